@@ -1,0 +1,2 @@
+//! Produce benchmark (written in a later step).
+fn main() {}

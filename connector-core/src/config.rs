@@ -1,0 +1,165 @@
+//! Configuration contracts shared by every connector: the [`ConnectorConfig`] trait (serde +
+//! JSON Schema + a pure `validate()`), and [`ConfigErrors`], a list of problems each naming the key
+//! path it is about, so the runner can print `connector[0].qos: expected 0, 1 or 2`.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+/// One configuration problem: the key path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path, relative to where the config was read from (e.g. `qos`, `topics[2]`).
+    pub path: String,
+    /// What is wrong with the value.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+///
+/// ```
+/// use connector_core::ConfigErrors;
+///
+/// let mut errors = ConfigErrors::new();
+/// errors.push("qos", "expected 0, 1 or 2");
+/// let errors = errors.prefixed("connector[0]");
+/// assert_eq!(errors.to_string(), "connector[0].qos: expected 0, 1 or 2");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// No errors.
+    pub const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Records a problem at `path`.
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError { path: path.into(), message: message.into() });
+    }
+
+    /// Adds all of `other`'s problems.
+    pub fn extend(&mut self, other: ConfigErrors) {
+        self.0.extend(other.0);
+    }
+
+    /// Prefixes every path with `prefix` (joined by `.`, or directly for `[i]` paths).
+    pub fn prefixed(self, prefix: &str) -> Self {
+        Self(
+            self.0
+                .into_iter()
+                .map(|e| ConfigError { path: join_path(prefix, &e.path), message: e.message })
+                .collect(),
+        )
+    }
+
+    /// True when nothing is wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The problems found.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    /// `Ok(())` when empty, else `Err(self)`.
+    pub fn into_result(self) -> Result<(), ConfigErrors> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// Joins a key path prefix and a relative path: `connector[0]` + `qos` = `connector[0].qos`.
+pub fn join_path(prefix: &str, path: &str) -> String {
+    match (prefix.is_empty(), path.is_empty()) {
+        (true, _) => path.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) if path.starts_with('[') => format!("{prefix}{path}"),
+        (false, false) => format!("{prefix}.{path}"),
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl IntoIterator for ConfigErrors {
+    type Item = ConfigError;
+    type IntoIter = std::vec::IntoIter<ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl From<ConfigErrors> for crate::Error {
+    fn from(errors: ConfigErrors) -> Self {
+        match errors.0.first() {
+            Some(first) if errors.0.len() == 1 => crate::Error::config(&first.path, &first.message),
+            _ => crate::Error::config("", errors.to_string()),
+        }
+    }
+}
+
+/// A connector's configuration: deserialized with unknown keys denied, described by JSON Schema,
+/// and checked by a pure [`validate`](ConnectorConfig::validate).
+///
+/// ```
+/// use connector_core::{ConfigErrors, ConnectorConfig};
+/// use schemars::JsonSchema;
+/// use serde::Deserialize;
+///
+/// /// Tails a file.
+/// #[derive(Debug, Deserialize, JsonSchema)]
+/// #[serde(deny_unknown_fields)]
+/// struct TailConfig {
+///     /// File to read.
+///     path: String,
+///     /// Lines per poll, 1..=10000.
+///     #[serde(default = "default_batch")]
+///     batch: usize,
+/// }
+/// fn default_batch() -> usize { 100 }
+///
+/// impl ConnectorConfig for TailConfig {
+///     fn validate(&self) -> ConfigErrors {
+///         let mut e = ConfigErrors::new();
+///         if !(1..=10_000).contains(&self.batch) {
+///             e.push("batch", "expected 1..=10000");
+///         }
+///         e
+///     }
+/// }
+/// ```
+pub trait ConnectorConfig: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 'static {
+    /// Checks what serde cannot (ranges, templates, URLs, cross-field rules). Must be pure: no I/O,
+    /// no `await`. Paths are relative to the connector's own table. The default finds nothing wrong.
+    fn validate(&self) -> ConfigErrors {
+        ConfigErrors::new()
+    }
+}

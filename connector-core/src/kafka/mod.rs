@@ -1,0 +1,25 @@
+//! Kafka I/O over rskafka's wire protocol: the [`KafkaClient`] broker pool and metadata cache, the
+//! batching [`Producer`], fetching, topic creation, the Java-compatible partitioner, and the
+//! `[kafka]` configuration.
+//!
+//! We use rskafka's request/response codecs and its pipelined request multiplexer, over a TCP
+//! transport of our own (with `TCP_NODELAY`, one write per request), and do batching,
+//! partitioning, leader tracking, timeouts and retries here. `docs/kafka-io.md` explains why.
+
+mod client;
+mod config;
+mod connection;
+mod errors;
+mod fetch;
+mod partitioner;
+mod producer;
+mod records;
+mod topic_name;
+
+pub use client::{KafkaClient, OffsetSpec, PartitionMetadata, TopicMetadata};
+pub use config::{Compression, KafkaConfig};
+pub use fetch::{FetchResult, Fetched};
+pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{Delivery, Producer};
+pub use records::ProducerRecord;
+pub use topic_name::{validate_topic_name, MAX_TOPIC_NAME_LEN};

@@ -1,0 +1,147 @@
+//! [`KafkaOffsetStore`]: offsets in a single-partition Kafka topic, in Kafka Connect's format
+//! (key = JSON `["<connector>", {partition}]`, value = JSON offset), so the latest record per key
+//! is the current offset.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use crate::kafka::{FetchResult, KafkaClient, OffsetSpec, ProducerRecord};
+use crate::offset::{OffsetMap, OffsetStore};
+use crate::{Error, Result};
+
+/// Offsets in a Kafka topic (default name `connect-offsets`), read in full once at first use and
+/// appended to on every save. Each save is written as one batch to one partition.
+///
+/// ```no_run
+/// use connector_core::kafka::{KafkaClient, KafkaConfig};
+/// use connector_core::{KafkaOffsetStore, OffsetStore};
+///
+/// # async fn example() -> connector_core::Result<()> {
+/// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+/// let store = KafkaOffsetStore::new(client, "connect-offsets");
+/// let offsets = store.load("telemetry").await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct KafkaOffsetStore {
+    client: KafkaClient,
+    topic: String,
+    cache: Mutex<Option<HashMap<String, OffsetMap>>>,
+}
+
+impl KafkaOffsetStore {
+    /// A store in `topic` (created with one partition if missing).
+    pub fn new(client: KafkaClient, topic: impl Into<String>) -> Self {
+        Self { client, topic: topic.into(), cache: Mutex::new(None) }
+    }
+
+    async fn ensure_topic(&self) -> Result<()> {
+        if self.client.topic_metadata(&self.topic).await?.is_none() {
+            let rf = self.client.config().topic_replication_factor;
+            self.client.create_topic(&self.topic, 1, rf).await?;
+        }
+        let meta = self.client.ensure_topic(&self.topic).await?;
+        if meta.partition_count() != 1 {
+            debug!(topic = %self.topic, partitions = meta.partition_count(), "offsets topic has several partitions; using partition 0");
+        }
+        Ok(())
+    }
+
+    async fn read_all(&self) -> Result<HashMap<String, OffsetMap>> {
+        self.ensure_topic().await?;
+        let end = self.client.end_offset(&self.topic, 0).await?;
+        let mut offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
+        let mut out: HashMap<String, OffsetMap> = HashMap::new();
+        while offset < end {
+            let fetched = match self.client.fetch(&self.topic, 0, offset, Duration::from_millis(100)).await? {
+                FetchResult::Records(f) => f,
+                FetchResult::OffsetOutOfRange => {
+                    return Err(Error::retriable(format!(
+                        "offsets topic {} changed while being read",
+                        self.topic
+                    )))
+                }
+            };
+            for r in &fetched.records {
+                self.apply(&mut out, r.key.as_deref(), r.value.as_deref(), r.offset)?;
+            }
+            offset = fetched.next_offset;
+        }
+        Ok(out)
+    }
+
+    fn apply(
+        &self,
+        out: &mut HashMap<String, OffsetMap>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        at: i64,
+    ) -> Result<()> {
+        let corrupt = |what: &str| {
+            Error::fatal(format!(
+                "offsets topic {} holds a record at offset {at} that is not a connector offset ({what}); refusing to guess",
+                self.topic
+            ))
+        };
+        let key: Value = serde_json::from_slice(key.ok_or_else(|| corrupt("no key"))?)
+            .map_err(|_| corrupt("key is not JSON"))?;
+        let Value::Array(parts) = key else { return Err(corrupt("key is not a JSON array")) };
+        let [Value::String(ns), Value::Object(partition)] = parts.as_slice() else {
+            return Err(corrupt("key is not [name, {partition}]"));
+        };
+        let Some(value) = value else {
+            // A tombstone: Kafka Connect's way of forgetting a partition. We never write them, but
+            // honour them so a reset done with other tools is respected.
+            if let Some(m) = out.get_mut(ns) {
+                m.remove(partition);
+            }
+            return Ok(());
+        };
+        let offset: Value = serde_json::from_slice(value).map_err(|_| corrupt("value is not JSON"))?;
+        let Value::Object(offset) = offset else { return Err(corrupt("value is not a JSON object")) };
+        out.entry(ns.clone()).or_default().insert(partition.clone(), offset);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OffsetStore for KafkaOffsetStore {
+    async fn load(&self, namespace: &str) -> Result<OffsetMap> {
+        let mut cache = self.cache.lock().await;
+        if cache.is_none() {
+            *cache = Some(self.read_all().await?);
+        }
+        Ok(cache.as_ref().and_then(|c| c.get(namespace)).cloned().unwrap_or_default())
+    }
+
+    async fn save(&self, namespace: &str, offsets: &OffsetMap) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut cache = self.cache.lock().await;
+        if cache.is_none() {
+            *cache = Some(self.read_all().await?);
+        }
+        let records = offsets
+            .iter()
+            .map(|(p, o)| {
+                let key = Value::Array(vec![Value::String(namespace.to_owned()), Value::Object(p.clone())]);
+                ProducerRecord::new(self.topic.as_str(), Bytes::from(Value::Object(o.clone()).to_string()))
+                    .with_key(Bytes::from(key.to_string()))
+                    .with_partition(0)
+            })
+            .collect();
+        self.client.produce(records).await?;
+        if let Some(c) = cache.as_mut() {
+            c.entry(namespace.to_owned()).or_default().merge(offsets);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! The runtime that drives tasks: [`SourceTaskRuntime`] (poll → Kafka → ordered finalizer →
+//! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
+//! the connector-level runners, the [`OrderedFinalizer`], and [`TaskStats`] for progress reports.
+
+mod connector;
+mod finalizer;
+mod sink;
+mod source;
+mod stats;
+
+pub use connector::{assign_round_robin, run_sink_connector, run_source_connector};
+pub use finalizer::OrderedFinalizer;
+pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};
+pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
+pub use stats::{StatsSnapshot, TaskStats};

@@ -1,0 +1,480 @@
+//! The sink runtime: reads Kafka partitions into one [`SinkTask`] with at-least-once delivery.
+//!
+//! ```text
+//!  per partition: fetch from the committed offset (else earliest/latest) ─► bounded channel
+//!        ─► put(records) ── retriable error: same records again after backoff
+//!  every commit_interval_ms and at shutdown:
+//!        offsets after the last put ─► pre_commit ─► OffsetStore::save(what it returned)
+//! ```
+//!
+//! * Prefetch is bounded: each partition's fetcher waits once `prefetch_batches` fetched batches
+//!   are queued, so memory is at most partitions × (prefetch + 1) × `fetch_max_bytes`.
+//! * The runtime commits exactly what `pre_commit` returned, clipped to what it offered and never
+//!   moving backwards.
+//! * A stored offset that no longer exists (retention removed it) is reset to `start` (earliest or
+//!   latest) with a warning.
+//! * Shutdown: fetching stops, a final `pre_commit` and commit run, then `close` and `stop`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::config::ConfigErrors;
+use crate::kafka::{FetchResult, KafkaClient, OffsetSpec};
+use crate::offset::{OffsetMap, OffsetStore};
+use crate::record::{SinkRecord, TopicPartition};
+use crate::runtime::stats::TaskStats;
+use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
+use crate::{Error, Result};
+
+/// How the sink runtime reads, retries and commits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkRuntimeConfig {
+    /// Where to start in a partition with no committed offset.
+    #[serde(default)]
+    pub start: StartFrom,
+    /// How often `pre_commit` is called and its offsets saved.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Fetched batches queued per partition ahead of `put`.
+    #[serde(default = "default_prefetch_batches")]
+    pub prefetch_batches: usize,
+    /// Backoff between retries of a `put` that failed with a retriable error, and of failed fetches.
+    #[serde(default)]
+    pub retry_backoff: BackoffConfig,
+    /// How long the final commit at shutdown may take.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+fn default_commit_interval_ms() -> u64 {
+    5_000
+}
+fn default_prefetch_batches() -> usize {
+    2
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for SinkRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            start: StartFrom::Earliest,
+            commit_interval_ms: default_commit_interval_ms(),
+            prefetch_batches: default_prefetch_batches(),
+            retry_backoff: BackoffConfig::default(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+        }
+    }
+}
+
+impl SinkRuntimeConfig {
+    /// Checks the values; paths are relative to this table.
+    pub fn validate(&self) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        if self.commit_interval_ms == 0 {
+            e.push("commit_interval_ms", "must be at least 1");
+        }
+        if self.prefetch_batches == 0 {
+            e.push("prefetch_batches", "must be at least 1");
+        }
+        e.extend(self.retry_backoff.validate().prefixed("retry_backoff"));
+        e
+    }
+}
+
+/// Runs one sink task over a fixed set of partitions until shutdown or a fatal error.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use connector_core::kafka::{KafkaClient, KafkaConfig};
+/// use connector_core::runtime::SinkTaskRuntime;
+/// use connector_core::{FileOffsetStore, SinkTask, TopicPartition};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(task: Box<dyn SinkTask>) -> connector_core::Result<()> {
+/// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+/// let offsets = Arc::new(FileOffsetStore::open("offsets.json").await?);
+/// let partitions = vec![TopicPartition::new("commands", 0)];
+/// SinkTaskRuntime::new("my-sink", 0, task, client, offsets, partitions)
+///     .run(CancellationToken::new())
+///     .await
+/// # }
+/// ```
+pub struct SinkTaskRuntime {
+    name: Arc<str>,
+    task_id: usize,
+    task: Box<dyn SinkTask>,
+    client: KafkaClient,
+    offsets: Arc<dyn OffsetStore>,
+    partitions: Vec<TopicPartition>,
+    config: SinkRuntimeConfig,
+    stats: Arc<TaskStats>,
+}
+
+impl std::fmt::Debug for SinkTaskRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkTaskRuntime")
+            .field("name", &self.name)
+            .field("task_id", &self.task_id)
+            .field("partitions", &self.partitions)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+enum FetchMsg {
+    Records(TopicPartition, Vec<SinkRecord>),
+    Failed(Error),
+}
+
+enum Event {
+    Fetched(Option<FetchMsg>),
+    Tick,
+    Shutdown,
+}
+
+/// Offsets handed to `put` and offsets committed, per partition.
+struct Progress {
+    consumed: HashMap<TopicPartition, i64>,
+    committed: HashMap<TopicPartition, i64>,
+}
+
+impl Progress {
+    /// Records handed to `put` and not yet covered by a committed offset.
+    fn uncommitted(&self) -> u64 {
+        self.consumed
+            .iter()
+            .map(|(tp, c)| {
+                let done = self.committed.get(tp).copied().unwrap_or(*c);
+                u64::try_from(c - done).unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl SinkTaskRuntime {
+    /// A runtime for task `task_id` of connector `name`, reading `partitions`.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        task_id: usize,
+        task: Box<dyn SinkTask>,
+        client: KafkaClient,
+        offsets: Arc<dyn OffsetStore>,
+        partitions: Vec<TopicPartition>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            task_id,
+            task,
+            client,
+            offsets,
+            partitions,
+            config: SinkRuntimeConfig::default(),
+            stats: Arc::new(TaskStats::new()),
+        }
+    }
+
+    /// Replaces the settings.
+    pub fn with_config(mut self, config: SinkRuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses `stats` for the counters.
+    pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The task's live counters.
+    pub fn stats(&self) -> Arc<TaskStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Starts the task and runs it until `shutdown` is cancelled (then commits what `pre_commit`
+    /// allows) or a fatal error happens.
+    ///
+    /// # Errors
+    /// The fatal error that stopped the task, with connector and task in its context.
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop. Dropping the future is a crash: nothing more is
+    /// committed, and records after the last commit are delivered again on restart.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { name, task_id, mut task, client, offsets, partitions, config, stats } = self;
+        let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
+        let stored = offsets.load(&name).await.map_err(tag)?;
+        let mut progress = Progress { consumed: HashMap::new(), committed: HashMap::new() };
+        for tp in &partitions {
+            let start = match stored.kafka_offset(tp) {
+                Some(o) => o,
+                None => initial_offset(&client, tp, config.start).await.map_err(tag)?,
+            };
+            progress.committed.insert(tp.clone(), start);
+            progress.consumed.insert(tp.clone(), start);
+        }
+        info!(connector = %name, task = task_id, partitions = ?progress.committed, "starting sink task");
+        task.start(SinkTaskContext::new(Arc::clone(&name), task_id)).await.map_err(tag)?;
+        let result = match task.open(&partitions).await {
+            Ok(()) => drive(&name, &mut *task, &client, &offsets, &config, &stats, &mut progress, shutdown).await,
+            Err(e) => Err(e),
+        }
+        .map_err(tag);
+        if let Err(e) = task.close(&partitions).await {
+            warn!(connector = %name, error = %e.report(), "sink task close failed");
+        }
+        if let Err(e) = task.stop().await {
+            warn!(connector = %name, error = %e.report(), "sink task stop failed");
+        }
+        match &result {
+            Ok(()) => info!(connector = %name, task = task_id, "sink task stopped"),
+            Err(e) => warn!(connector = %name, task = task_id, error = %e.report(), "sink task failed"),
+        }
+        result
+    }
+}
+
+/// Where to start a partition without a committed offset.
+async fn initial_offset(client: &KafkaClient, tp: &TopicPartition, start: StartFrom) -> Result<i64> {
+    let mut backoff = Backoff::new(client.config().retry_backoff);
+    loop {
+        let result = match start {
+            StartFrom::Earliest => client.list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest).await,
+            StartFrom::Latest => client.end_offset(&tp.topic, tp.partition).await,
+        };
+        match result {
+            Ok(o) => return Ok(o),
+            Err(e) if e.is_retriable() && backoff.attempts() < 10 => {
+                debug!(%tp, error = %e.report(), "start offset not available yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    client: &KafkaClient,
+    store: &Arc<dyn OffsetStore>,
+    config: &SinkRuntimeConfig,
+    stats: &TaskStats,
+    progress: &mut Progress,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let capacity = config.prefetch_batches.max(1) * progress.consumed.len().max(1);
+    let (tx, mut rx) = mpsc::channel::<FetchMsg>(capacity);
+    let stop_fetchers = shutdown.child_token();
+    let mut fetchers = JoinSet::new();
+    for (tp, offset) in &progress.consumed {
+        fetchers.spawn(fetch_loop(
+            client.clone(),
+            tp.clone(),
+            *offset,
+            config.start,
+            config.retry_backoff,
+            tx.clone(),
+            stop_fetchers.clone(),
+        ));
+    }
+    drop(tx);
+
+    let mut tick = tokio::time::interval(Duration::from_millis(config.commit_interval_ms.max(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.reset();
+    let mut put_backoff = Backoff::new(config.retry_backoff);
+
+    let outcome = loop {
+        let event = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Event::Shutdown,
+            _ = tick.tick() => Event::Tick,
+            msg = rx.recv() => Event::Fetched(msg),
+        };
+        match event {
+            Event::Shutdown => break Ok(()),
+            Event::Tick => {
+                if let Err(e) = commit(name, task, store, stats, progress).await {
+                    break Err(e);
+                }
+            }
+            Event::Fetched(None) => break Err(Error::fatal("all Kafka fetchers stopped")),
+            Event::Fetched(Some(FetchMsg::Failed(e))) => break Err(e),
+            Event::Fetched(Some(FetchMsg::Records(tp, records))) => {
+                let Some(last) = records.last().map(|r| r.offset) else { continue };
+                let n = records.len() as u64;
+                stats.add_in(n);
+                // Retriable errors: the same records again, after a backoff, until shutdown.
+                let delivered = loop {
+                    match task.put(&records).await {
+                        Ok(()) => {
+                            put_backoff.reset();
+                            break true;
+                        }
+                        Err(e) if e.is_retriable() => {
+                            stats.add_retry();
+                            let delay = put_backoff.next_delay();
+                            warn!(connector = %name, %tp, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "put failed; redelivering the same records");
+                            tokio::select! {
+                                () = shutdown.cancelled() => break false,
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                        Err(e) => {
+                            stats.add_error();
+                            return finish(name, task, store, stats, progress, config, Err(e.with_topic(&*tp.topic).with_partition(tp.partition))).await;
+                        }
+                    }
+                };
+                if !delivered {
+                    break Ok(());
+                }
+                stats.add_out(n);
+                progress.consumed.insert(tp, last + 1);
+                stats.set_in_flight(progress.uncommitted());
+            }
+        }
+    };
+    stop_fetchers.cancel();
+    fetchers.abort_all();
+    finish(name, task, store, stats, progress, config, outcome).await
+}
+
+/// The final commit (bounded by the shutdown timeout), then `outcome`.
+async fn finish(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    store: &Arc<dyn OffsetStore>,
+    stats: &TaskStats,
+    progress: &mut Progress,
+    config: &SinkRuntimeConfig,
+    outcome: Result<()>,
+) -> Result<()> {
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    match tokio::time::timeout(timeout, commit(name, task, store, stats, progress)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "final commit failed"),
+        Err(_) => warn!(connector = %name, "final commit timed out"),
+    }
+    outcome
+}
+
+/// Asks the task which consumed offsets are safe and saves exactly those.
+async fn commit(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    store: &Arc<dyn OffsetStore>,
+    stats: &TaskStats,
+    progress: &mut Progress,
+) -> Result<()> {
+    let offered = progress.consumed.clone();
+    let safe = match task.pre_commit(&offered).await {
+        Ok(s) => s,
+        Err(e) if e.is_retriable() => {
+            warn!(connector = %name, error = %e.report(), "pre_commit failed; nothing committed this time");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut to_save = OffsetMap::new();
+    let mut newly = 0u64;
+    for (tp, offset) in safe {
+        let Some(&max) = offered.get(&tp) else { continue };
+        let offset = offset.min(max);
+        let previous = progress.committed.get(&tp).copied();
+        if previous.is_none_or(|p| offset > p) {
+            newly += u64::try_from(offset - previous.unwrap_or(offset)).unwrap_or(0);
+            to_save.insert_kafka(&tp, offset);
+        }
+    }
+    if to_save.is_empty() {
+        return Ok(());
+    }
+    match store.save(name, &to_save).await {
+        Ok(()) => {
+            for (tp, _) in progress.consumed.clone() {
+                if let Some(o) = to_save.kafka_offset(&tp) {
+                    progress.committed.insert(tp, o);
+                }
+            }
+            stats.add_committed(newly);
+            stats.set_in_flight(progress.uncommitted());
+            debug!(connector = %name, partitions = to_save.len(), "sink offsets committed");
+            Ok(())
+        }
+        Err(e) if e.is_retriable() => {
+            warn!(connector = %name, error = %e.report(), "could not save sink offsets; will retry");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_loop(
+    client: KafkaClient,
+    tp: TopicPartition,
+    mut offset: i64,
+    start: StartFrom,
+    backoff: BackoffConfig,
+    tx: mpsc::Sender<FetchMsg>,
+    stop: CancellationToken,
+) {
+    let max_wait = Duration::from_millis(client.config().fetch_max_wait_ms);
+    let mut backoff = Backoff::new(backoff);
+    while !stop.is_cancelled() {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = client.fetch(&tp.topic, tp.partition, offset, max_wait) => r,
+        };
+        match result {
+            Ok(FetchResult::Records(fetched)) => {
+                backoff.reset();
+                offset = fetched.next_offset.max(offset);
+                if fetched.records.is_empty() {
+                    continue;
+                }
+                if tx.send(FetchMsg::Records(tp.clone(), fetched.records)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(FetchResult::OffsetOutOfRange) => {
+                let reset = match initial_offset(&client, &tp, start).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = tx.send(FetchMsg::Failed(e)).await;
+                        return;
+                    }
+                };
+                warn!(%tp, from = offset, to = reset, ?start, "offset out of range; resetting");
+                offset = reset;
+            }
+            Err(e) if e.is_retriable() => {
+                let delay = backoff.next_delay();
+                warn!(%tp, offset, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "fetch failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(FetchMsg::Failed(e.with_topic(&*tp.topic).with_partition(tp.partition))).await;
+                return;
+            }
+        }
+    }
+}

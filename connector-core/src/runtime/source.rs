@@ -1,0 +1,429 @@
+//! The source runtime: drives one [`SourceTask`] into Kafka with at-least-once delivery.
+//!
+//! ```text
+//!  poll ─► finalizer.push ─► producer (batches, acks=all) ─► delivery ─► finalizer.complete
+//!                                                                         │ contiguous prefix
+//!  commit_record (poll order) ◄────────────────────────────────────────────┘
+//!  every offset_flush_interval_ms and at shutdown: OffsetStore::save(prefix offsets) ─► commit
+//! ```
+//!
+//! * Acknowledgements are handled before new polls (biased select), and `poll` is dropped when an
+//!   acknowledgement arrives — which is why `poll` must be cancel-safe.
+//! * At most `max_in_flight_records` records are handed to the producer without an answer, and
+//!   polling stops while `max_in_flight_bytes` are held. When the window is full the producer is
+//!   told to send its batches now rather than wait for linger: ack-after-Kafka throughput is
+//!   window / round trip, and lingering with a full window only adds to the round trip.
+//! * Offsets are saved only for the unbroken prefix of acknowledged records, never past a record
+//!   Kafka has not acknowledged. A record Kafka refused stops the task (error policies come on top).
+//! * Shutdown (the token is cancelled): polling stops, open batches are sent, acknowledgements are
+//!   awaited up to `shutdown_timeout_ms`, offsets are committed, the task is stopped.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::config::ConfigErrors;
+use crate::kafka::{validate_topic_name, Delivery, KafkaClient, Producer, ProducerRecord};
+use crate::offset::{OffsetMap, OffsetStore};
+use crate::record::{RecordMetadata, SourceRecord};
+use crate::runtime::finalizer::OrderedFinalizer;
+use crate::runtime::stats::TaskStats;
+use crate::source::{SourceTask, SourceTaskContext};
+use crate::{Error, ErrorKind, Result};
+
+/// How the source runtime bounds and paces a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRuntimeConfig {
+    /// Most records handed to Kafka and not yet acknowledged. For the MQTT source this is also the
+    /// most MQTT messages held unacknowledged, so size it with the broker's in-flight limit.
+    #[serde(default = "default_max_in_flight_records")]
+    pub max_in_flight_records: usize,
+    /// Most bytes (keys, values, headers) of records polled and not yet committed.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// How often offsets of acknowledged records are saved.
+    #[serde(default = "default_offset_flush_interval_ms")]
+    pub offset_flush_interval_ms: u64,
+    /// How long shutdown waits for in-flight records to be acknowledged.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Backoff after a retriable `poll` error.
+    #[serde(default)]
+    pub retry_backoff: BackoffConfig,
+}
+
+fn default_max_in_flight_records() -> usize {
+    10_000
+}
+fn default_max_in_flight_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_offset_flush_interval_ms() -> u64 {
+    5_000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for SourceRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_records: default_max_in_flight_records(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
+            offset_flush_interval_ms: default_offset_flush_interval_ms(),
+            shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            retry_backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+impl SourceRuntimeConfig {
+    /// Checks the values; paths are relative to this table.
+    pub fn validate(&self) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        if self.max_in_flight_records == 0 {
+            e.push("max_in_flight_records", "must be at least 1");
+        }
+        if self.max_in_flight_bytes < 1024 {
+            e.push("max_in_flight_bytes", "must be at least 1024");
+        }
+        if self.offset_flush_interval_ms == 0 {
+            e.push("offset_flush_interval_ms", "must be at least 1");
+        }
+        e.extend(self.retry_backoff.validate().prefixed("retry_backoff"));
+        e
+    }
+}
+
+/// Pause before polling again after `poll` returned nothing.
+const IDLE_POLL_PAUSE: Duration = Duration::from_millis(10);
+
+/// Runs one source task until shutdown or a fatal error.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use connector_core::kafka::{KafkaClient, KafkaConfig};
+/// use connector_core::runtime::SourceTaskRuntime;
+/// use connector_core::{FileOffsetStore, SourceTask};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(task: Box<dyn SourceTask>) -> connector_core::Result<()> {
+/// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+/// let offsets = Arc::new(FileOffsetStore::open("offsets.json").await?);
+/// let shutdown = CancellationToken::new();
+/// SourceTaskRuntime::new("my-source", 0, task, client, offsets).run(shutdown).await
+/// # }
+/// ```
+pub struct SourceTaskRuntime {
+    name: Arc<str>,
+    task_id: usize,
+    task: Box<dyn SourceTask>,
+    client: KafkaClient,
+    offsets: Arc<dyn OffsetStore>,
+    config: SourceRuntimeConfig,
+    stats: Arc<TaskStats>,
+}
+
+impl std::fmt::Debug for SourceTaskRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceTaskRuntime")
+            .field("name", &self.name)
+            .field("task_id", &self.task_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a finalized record's offsets go, and how many records await an offset commit.
+struct Committer {
+    name: Arc<str>,
+    store: Arc<dyn OffsetStore>,
+    pending: OffsetMap,
+    finalized_since_commit: u64,
+}
+
+impl Committer {
+    /// Saves the offsets of the acknowledged prefix, then tells the task.
+    async fn commit(&mut self, task: &mut dyn SourceTask) {
+        if !self.pending.is_empty() {
+            match self.store.save(&self.name, &self.pending).await {
+                Ok(()) => {
+                    debug!(connector = %self.name, partitions = self.pending.len(), "source offsets committed");
+                    self.pending = OffsetMap::new();
+                }
+                Err(e) => {
+                    warn!(connector = %self.name, error = %e.report(), "could not save source offsets; will retry");
+                    return;
+                }
+            }
+        }
+        if self.finalized_since_commit > 0 {
+            self.finalized_since_commit = 0;
+            if let Err(e) = task.commit().await {
+                warn!(connector = %self.name, error = %e.report(), "source task commit failed");
+            }
+        }
+    }
+}
+
+enum Event {
+    Acks(Option<Vec<Delivery<u64>>>),
+    Shutdown,
+    Tick,
+    DrainTimeout,
+    PollRetry,
+    Polled(Result<Vec<SourceRecord>>),
+}
+
+impl SourceTaskRuntime {
+    /// A runtime for task `task_id` of connector `name`, with default limits.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        task_id: usize,
+        task: Box<dyn SourceTask>,
+        client: KafkaClient,
+        offsets: Arc<dyn OffsetStore>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            task_id,
+            task,
+            client,
+            offsets,
+            config: SourceRuntimeConfig::default(),
+            stats: Arc::new(TaskStats::new()),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn with_config(mut self, config: SourceRuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses `stats` for the counters (e.g. to share one reporter across tasks).
+    pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The task's live counters.
+    pub fn stats(&self) -> Arc<TaskStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Starts the task and runs it until `shutdown` is cancelled (then drains and commits) or a
+    /// fatal error happens (then commits what was acknowledged and returns the error).
+    ///
+    /// # Errors
+    /// The fatal error that stopped the task, with connector and task in its context.
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop. Dropping the future instead is a crash: nothing more
+    /// is committed, and uncommitted records are redelivered on restart.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { name, task_id, mut task, client, offsets, config, stats } = self;
+        let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
+        let initial = offsets.load(&name).await.map_err(tag)?;
+        info!(connector = %name, task = task_id, offsets = initial.len(), "starting source task");
+        task.start(SourceTaskContext::new(Arc::clone(&name), task_id, initial))
+            .await
+            .map_err(tag)?;
+        let mut committer = Committer {
+            name: Arc::clone(&name),
+            store: offsets,
+            pending: OffsetMap::new(),
+            finalized_since_commit: 0,
+        };
+        let result = drive(&name, &mut *task, client, &config, &stats, &mut committer, shutdown)
+            .await
+            .map_err(tag);
+        committer.commit(&mut *task).await;
+        if let Err(e) = task.stop().await {
+            warn!(connector = %name, task = task_id, error = %e.report(), "source task stop failed");
+        }
+        stats.set_in_flight(0);
+        match &result {
+            Ok(()) => info!(connector = %name, task = task_id, "source task stopped"),
+            Err(e) => warn!(connector = %name, task = task_id, error = %e.report(), "source task failed"),
+        }
+        result
+    }
+}
+
+/// The poll/produce/finalize loop. Returns on shutdown (after draining) or on a fatal error.
+#[allow(clippy::too_many_lines)]
+async fn drive(
+    name: &Arc<str>,
+    task: &mut dyn SourceTask,
+    client: KafkaClient,
+    config: &SourceRuntimeConfig,
+    stats: &TaskStats,
+    committer: &mut Committer,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let max_records = config.max_in_flight_records.max(1);
+    let max_bytes = config.max_in_flight_bytes.max(1);
+    let (producer, mut acks) = Producer::<u64>::new(client, max_records);
+    let mut finalizer: OrderedFinalizer<SourceRecord, Result<RecordMetadata>> = OrderedFinalizer::new();
+    let mut pending: VecDeque<(ProducerRecord, u64)> = VecDeque::new();
+    let mut unacked: usize = 0;
+    let mut held_bytes: usize = 0;
+    let mut flush_sent = false;
+    let mut stopping = false;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut poll_retry_at: Option<Instant> = None;
+    let mut poll_backoff = Backoff::new(config.retry_backoff);
+    let mut tick = tokio::time::interval(Duration::from_millis(config.offset_flush_interval_ms.max(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick.reset();
+
+    loop {
+        // Hand polled records to the producer while the window allows.
+        if !pending.is_empty() && unacked < max_records {
+            let n = (max_records - unacked).min(pending.len());
+            let batch: Vec<(ProducerRecord, u64)> = pending.drain(..n).collect();
+            unacked += batch.len();
+            producer.send_all(batch).await?;
+        }
+        let window_full = unacked >= max_records || held_bytes >= max_bytes;
+        if (window_full || stopping) && unacked > 0 && !flush_sent {
+            producer.flush().await?;
+            flush_sent = true;
+        }
+        stats.set_in_flight(finalizer.len() as u64);
+        if stopping && finalizer.is_empty() {
+            return Ok(());
+        }
+        let can_poll = !stopping
+            && pending.is_empty()
+            && finalizer.len() < max_records
+            && held_bytes < max_bytes
+            && poll_retry_at.is_none();
+
+        let event = tokio::select! {
+            biased;
+            batch = acks.recv() => Event::Acks(batch),
+            () = shutdown.cancelled(), if !stopping => Event::Shutdown,
+            _ = tick.tick() => Event::Tick,
+            () = sleep_until(drain_deadline), if drain_deadline.is_some() => Event::DrainTimeout,
+            () = sleep_until(poll_retry_at), if poll_retry_at.is_some() => Event::PollRetry,
+            polled = task.poll(), if can_poll => Event::Polled(polled),
+        };
+
+        match event {
+            Event::Acks(None) => return Err(Error::fatal("Kafka producer stopped unexpectedly")),
+            Event::Acks(Some(batch)) => {
+                flush_sent = false;
+                for d in batch {
+                    unacked = unacked.saturating_sub(1);
+                    if d.result.is_ok() {
+                        stats.add_out(1);
+                    }
+                    finalizer.complete(d.tag, d.result);
+                }
+                while let Some((record, outcome)) = finalizer.pop_ready() {
+                    held_bytes = held_bytes.saturating_sub(record.size());
+                    finalize(task, committer, stats, name, record, outcome).await?;
+                }
+            }
+            Event::Shutdown => {
+                info!(connector = %name, in_flight = finalizer.len(), "draining source task");
+                stopping = true;
+                drain_deadline = Some(Instant::now() + Duration::from_millis(config.shutdown_timeout_ms));
+            }
+            Event::Tick => committer.commit(task).await,
+            Event::DrainTimeout => {
+                warn!(
+                    connector = %name,
+                    in_flight = finalizer.len(),
+                    "shutdown timeout: records still unacknowledged by Kafka are not committed and will be redelivered"
+                );
+                return Ok(());
+            }
+            Event::PollRetry => poll_retry_at = None,
+            Event::Polled(Ok(records)) => {
+                poll_backoff.reset();
+                if records.is_empty() {
+                    poll_retry_at = Some(Instant::now() + IDLE_POLL_PAUSE);
+                    continue;
+                }
+                stats.add_in(records.len() as u64);
+                for record in records {
+                    held_bytes += record.size();
+                    let invalid_topic = validate_topic_name(&record.topic).err();
+                    let producer_record = ProducerRecord::from(&record);
+                    let seq = finalizer.push(record);
+                    match invalid_topic {
+                        Some(why) => {
+                            finalizer.complete(seq, Err(Error::rejected(why)));
+                        }
+                        None => pending.push_back((producer_record, seq)),
+                    }
+                }
+                // Records rejected before reaching Kafka may already be at the front.
+                while let Some((record, outcome)) = finalizer.pop_ready() {
+                    held_bytes = held_bytes.saturating_sub(record.size());
+                    finalize(task, committer, stats, name, record, outcome).await?;
+                }
+            }
+            Event::Polled(Err(e)) if e.is_retriable() => {
+                stats.add_retry();
+                let delay = poll_backoff.next_delay();
+                warn!(connector = %name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
+                poll_retry_at = Some(Instant::now() + delay);
+            }
+            Event::Polled(Err(e)) => {
+                stats.add_error();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Handles the next record of the acknowledged prefix.
+async fn finalize(
+    task: &mut dyn SourceTask,
+    committer: &mut Committer,
+    stats: &TaskStats,
+    name: &str,
+    record: SourceRecord,
+    outcome: Result<RecordMetadata>,
+) -> Result<()> {
+    let metadata = match outcome {
+        Ok(m) => m,
+        Err(e) => {
+            stats.add_error();
+            // Nothing after this record is committed: its offset is never passed.
+            return Err(e.with_topic(record.topic.clone()));
+        }
+    };
+    if let Some(offset) = &record.source_offset {
+        committer.pending.insert(record.source_partition.clone(), offset.clone());
+    }
+    committer.finalized_since_commit += 1;
+    stats.add_committed(1);
+    match task.commit_record(record, Some(metadata)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Fatal => Err(e),
+        Err(e) => {
+            warn!(connector = %name, error = %e.report(), "commit_record failed; continuing");
+            Ok(())
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,220 @@
+//! Sink-side contracts: [`SinkConnector`] (typed; names the Kafka topics to read and splits the
+//! work into task configs), [`SinkTask`] (writes records to an external system), and the
+//! object-safe [`DynSinkConnector`] the runtime drives.
+//!
+//! ```text
+//!   Kafka fetch (per partition, bounded prefetch) ──► SinkTask::put
+//!   every commit interval: consumed offsets ──► SinkTask::pre_commit ──► offsets safe to commit
+//!                                                                           │
+//!                                               OffsetStore (never past them) ◄┘
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConnectorConfig;
+use crate::record::{SinkRecord, TopicPartition};
+use crate::Result;
+
+/// Where a sink starts reading a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest record still stored (default: nothing written before the sink first ran is
+    /// skipped).
+    #[default]
+    Earliest,
+    /// Only records written after the sink first starts.
+    Latest,
+}
+
+/// What a sink task is given at start.
+#[derive(Debug, Clone)]
+pub struct SinkTaskContext {
+    connector: Arc<str>,
+    task_id: usize,
+}
+
+impl SinkTaskContext {
+    /// A context for task `task_id` of `connector`.
+    pub fn new(connector: impl Into<Arc<str>>, task_id: usize) -> Self {
+        Self { connector: connector.into(), task_id }
+    }
+
+    /// The connector's name.
+    pub fn connector(&self) -> &str {
+        &self.connector
+    }
+
+    /// This task's index (0-based).
+    pub fn task_id(&self) -> usize {
+        self.task_id
+    }
+}
+
+/// Writes records read from Kafka to an external system. Driven by one runtime task; methods are
+/// never called concurrently. Offsets are "the next offset to read", Kafka's convention.
+///
+/// A minimal task that writes synchronously:
+/// ```
+/// use async_trait::async_trait;
+/// use connector_core::{Result, SinkRecord, SinkTask, SinkTaskContext};
+///
+/// struct Stdout;
+///
+/// #[async_trait]
+/// impl SinkTask for Stdout {
+///     async fn start(&mut self, _ctx: SinkTaskContext) -> Result<()> { Ok(()) }
+///     async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {
+///         for r in records {
+///             println!("{}-{}@{}: {:?}", r.topic, r.partition, r.offset, r.value);
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait SinkTask: Send + 'static {
+    /// Called once before anything else.
+    ///
+    /// # Errors
+    /// An error stops the task.
+    async fn start(&mut self, ctx: SinkTaskContext) -> Result<()>;
+
+    /// Called with the partitions this task reads, before their first `put`. The default does
+    /// nothing.
+    ///
+    /// # Errors
+    /// An error stops the task.
+    async fn open(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let _ = partitions;
+        Ok(())
+    }
+
+    /// Hands over the next records of one partition, in offset order. The task may write them at
+    /// once, buffer them, or pipeline them; what it has not yet made durable it must not report
+    /// from [`pre_commit`](Self::pre_commit).
+    ///
+    /// # Errors
+    /// [`Error::Retriable`](crate::Error::Retriable): the runtime waits a backoff and calls `put`
+    /// again with **the same records**. Any other error stops the task; offsets stay where the last
+    /// commit left them.
+    async fn put(&mut self, records: &[SinkRecord]) -> Result<()>;
+
+    /// Called every commit interval and at shutdown with the offsets after the last record handed
+    /// to `put`, per partition. Returns the offsets that are safe to commit: the runtime commits
+    /// exactly those (never more than it offered, never backwards). The default flushes and
+    /// returns `offsets` unchanged, right for a task whose `put` is synchronous.
+    ///
+    /// # Errors
+    /// Retriable: nothing is committed this time. Fatal: the task stops.
+    async fn pre_commit(
+        &mut self,
+        offsets: &HashMap<TopicPartition, i64>,
+    ) -> Result<HashMap<TopicPartition, i64>> {
+        self.flush(offsets).await?;
+        Ok(offsets.clone())
+    }
+
+    /// Makes everything handed to `put` durable (used by the default `pre_commit`). The default
+    /// does nothing.
+    ///
+    /// # Errors
+    /// As for `pre_commit`.
+    async fn flush(&mut self, offsets: &HashMap<TopicPartition, i64>) -> Result<()> {
+        let _ = offsets;
+        Ok(())
+    }
+
+    /// Called when the task stops reading `partitions` (at shutdown, after the last commit). The
+    /// default does nothing.
+    ///
+    /// # Errors
+    /// Logged.
+    async fn close(&mut self, partitions: &[TopicPartition]) -> Result<()> {
+        let _ = partitions;
+        Ok(())
+    }
+
+    /// Called once when the task ends. The default does nothing.
+    ///
+    /// # Errors
+    /// Logged.
+    async fn stop(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink connector: built from its config, it names the Kafka topics to read and creates tasks.
+/// The runtime assigns the topics' partitions to the tasks round-robin.
+pub trait SinkConnector: Send + Sync + Sized + 'static {
+    /// The connector's configuration.
+    type Config: ConnectorConfig;
+    /// What one task needs to know.
+    type TaskConfig: Clone + fmt::Debug + Send + Sync + 'static;
+    /// The task type.
+    type Task: SinkTask;
+
+    /// Builds the connector from a config that passed [`ConnectorConfig::validate`].
+    ///
+    /// # Errors
+    /// Fatal when the config cannot be used.
+    fn create(name: &str, config: Self::Config) -> Result<Self>;
+
+    /// Kafka topics to read.
+    fn topics(&self) -> Vec<String>;
+
+    /// Where to start in partitions without a committed offset. Defaults to the earliest record.
+    fn start_from(&self) -> StartFrom {
+        StartFrom::Earliest
+    }
+
+    /// Splits the work into at most `max_tasks` task configs (at least one).
+    ///
+    /// # Errors
+    /// Fatal when the work cannot be split.
+    fn task_configs(&self, max_tasks: usize) -> Result<Vec<Self::TaskConfig>>;
+
+    /// Creates a task for one task config.
+    ///
+    /// # Errors
+    /// Fatal when the task cannot be created.
+    fn create_task(&self, config: Self::TaskConfig) -> Result<Self::Task>;
+}
+
+/// The object-safe side of [`SinkConnector`], used by the runtime and the runner's registry.
+pub trait DynSinkConnector: Send + Sync {
+    /// Kafka topics to read.
+    fn topics(&self) -> Vec<String>;
+
+    /// Where to start in partitions without a committed offset.
+    fn start_from(&self) -> StartFrom;
+
+    /// Creates the connector's tasks (at most `max_tasks`).
+    ///
+    /// # Errors
+    /// Fatal when a task cannot be created.
+    fn create_tasks(&self, max_tasks: usize) -> Result<Vec<Box<dyn SinkTask>>>;
+}
+
+impl<C: SinkConnector> DynSinkConnector for C {
+    fn topics(&self) -> Vec<String> {
+        SinkConnector::topics(self)
+    }
+
+    fn start_from(&self) -> StartFrom {
+        SinkConnector::start_from(self)
+    }
+
+    fn create_tasks(&self, max_tasks: usize) -> Result<Vec<Box<dyn SinkTask>>> {
+        self.task_configs(max_tasks.max(1))?
+            .into_iter()
+            .map(|c| Ok(Box::new(self.create_task(c)?) as Box<dyn SinkTask>))
+            .collect()
+    }
+}
