@@ -1,5 +1,13 @@
-//! Reading records: one Fetch from a partition leader, decoded into [`SinkRecord`]s with their
-//! headers in order, plus the partition's end offset (the high watermark).
+//! Reading records: Fetch from a partition leader, decoded into [`SinkRecord`]s with their headers
+//! in order, plus the partition's end offset (the high watermark).
+//!
+//! Kafka answers a fetch with whole record batches, the first one *containing* the requested
+//! offset. Some Kafka-compatible brokers (Tansu 0.6) instead return only batches that *start* at or
+//! after it, silently skipping the rest of the batch the offset is in, and may repeat batches in
+//! one response. A consumer resuming inside a batch (a sink whose acknowledged prefix ended
+//! mid-batch) would lose records. [`KafkaClient::fetch`] therefore checks that the first batch
+//! covers the requested offset and, when it does not, steps back to find the batch that does, and
+//! decodes records in strictly increasing offset order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +17,8 @@ use rskafka::protocol::messages::{
     FetchRequest, FetchRequestPartition, FetchRequestTopic, IsolationLevel, NORMAL_CONSUMER,
 };
 use rskafka::protocol::primitives::{Int32, Int64, String_};
+use rskafka::protocol::record::RecordBatch;
+use tracing::debug;
 
 use crate::kafka::client::{KafkaClient, OffsetSpec};
 use crate::kafka::errors::{api_error, invalidates_metadata};
@@ -19,7 +29,7 @@ use crate::{Error, Result};
 /// What one fetch returned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fetched {
-    /// Records at or after the requested offset, in offset order.
+    /// Records at or after the requested offset, in strictly increasing offset order.
     pub records: Vec<SinkRecord>,
     /// The offset to fetch next (past any transaction markers or skipped records).
     pub next_offset: i64,
@@ -36,6 +46,19 @@ pub enum FetchResult {
     OffsetOutOfRange,
 }
 
+/// Raw batches of one partition and its high watermark.
+struct RawFetch {
+    batches: Vec<RecordBatch>,
+    high_watermark: i64,
+}
+
+fn batch_end(b: &RecordBatch) -> i64 {
+    b.base_offset + i64::from(b.last_offset_delta) + 1
+}
+
+/// Most step-back fetches spent finding the batch that holds a mid-batch offset.
+const MAX_LOCATE_FETCHES: usize = 64;
+
 impl KafkaClient {
     /// Fetches records of `topic`/`partition` from `offset`, waiting up to `max_wait` for some to
     /// arrive, and at most the configured `fetch_max_bytes` (a larger first batch is still returned
@@ -50,6 +73,69 @@ impl KafkaClient {
         offset: i64,
         max_wait: Duration,
     ) -> Result<FetchResult> {
+        let Some(mut raw) = self.raw_fetch(topic, partition, offset, max_wait).await? else {
+            return Ok(FetchResult::OffsetOutOfRange);
+        };
+        let skipped = raw.batches.first().map_or(offset < raw.high_watermark, |b| b.base_offset > offset);
+        if skipped {
+            if let Some(found) = self.locate(topic, partition, offset).await? {
+                raw = found;
+            }
+        }
+        let last_end = raw.batches.iter().map(batch_end).max().unwrap_or(offset);
+        let topic_name: Arc<str> = Arc::from(topic);
+        let records = decode_batches(&topic_name, partition, raw.batches, offset)?;
+        let next_offset = records.last().map_or(offset, |r| r.offset + 1).max(last_end).max(offset);
+        Ok(FetchResult::Records(Fetched { records, next_offset, high_watermark: raw.high_watermark }))
+    }
+
+    /// Finds the batches from the one holding `offset` when a fetch at `offset` skipped it: fetch
+    /// from further back (1, 2, 4, ... records) until a batch starts at or before `offset`, then walk
+    /// forward batch by batch until one ends after it. `None` when no batch holds it (the records
+    /// were deleted or compacted away), in which case the skip was right.
+    async fn locate(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<RawFetch>> {
+        let earliest = self.list_offset(topic, partition, OffsetSpec::Earliest).await?;
+        let mut back: i64 = 1;
+        let mut probe = offset.saturating_sub(back).max(earliest);
+        for _ in 0..MAX_LOCATE_FETCHES {
+            if probe >= offset {
+                return Ok(None);
+            }
+            let Some(raw) = self.raw_fetch(topic, partition, probe, Duration::from_millis(1)).await? else {
+                return Ok(None);
+            };
+            let starts_before = raw.batches.first().is_some_and(|b| b.base_offset <= offset);
+            if raw.batches.iter().any(|b| b.base_offset <= offset && batch_end(b) > offset) {
+                debug!(topic, partition, offset, probe, "found the batch holding a mid-batch offset");
+                return Ok(Some(raw));
+            }
+            if starts_before {
+                // Every returned batch ends at or before `offset`: walk forward from the last.
+                let end = raw.batches.iter().map(batch_end).max().unwrap_or(offset);
+                if end <= probe {
+                    return Ok(None);
+                }
+                probe = end;
+            } else if probe <= earliest {
+                return Ok(None);
+            } else {
+                back = back.saturating_mul(2);
+                probe = offset.saturating_sub(back).max(earliest);
+            }
+        }
+        Err(Error::retriable(format!(
+            "could not find the record batch holding {topic}-{partition}@{offset}"
+        )))
+    }
+
+    /// One Fetch request; `None` when the offset is out of range.
+    async fn raw_fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+    ) -> Result<Option<RawFetch>> {
         let leader = self.leader_for(topic, partition).await?;
         let max_bytes = self.config().fetch_max_bytes;
         let request = FetchRequest {
@@ -80,7 +166,7 @@ impl KafkaClient {
         };
         match p.error_code {
             None => {}
-            Some(ApiError::OffsetOutOfRange) => return Ok(FetchResult::OffsetOutOfRange),
+            Some(ApiError::OffsetOutOfRange) => return Ok(None),
             Some(e) => {
                 if invalidates_metadata(e) {
                     self.invalidate_topic(topic);
@@ -91,21 +177,7 @@ impl KafkaClient {
                     .with_offset(offset));
             }
         }
-        let batch_end = p
-            .records
-            .0
-            .iter()
-            .map(|b| b.base_offset + i64::from(b.last_offset_delta) + 1)
-            .max()
-            .unwrap_or(offset);
-        let topic_name: Arc<str> = Arc::from(topic);
-        let records = decode_batches(&topic_name, partition, p.records.0, offset)?;
-        let next_offset = records.last().map_or(offset, |r| r.offset + 1).max(batch_end).max(offset);
-        Ok(FetchResult::Records(Fetched {
-            records,
-            next_offset,
-            high_watermark: p.high_watermark.0,
-        }))
+        Ok(Some(RawFetch { batches: p.records.0, high_watermark: p.high_watermark.0 }))
     }
 
     /// The offset the next record written to the partition will get.
@@ -117,9 +189,9 @@ impl KafkaClient {
     /// Retriable when the leader is unreachable.
     pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64> {
         let earliest = self.list_offset(topic, partition, OffsetSpec::Earliest).await?;
-        match self.fetch(topic, partition, earliest, Duration::from_millis(1)).await? {
-            FetchResult::Records(f) => Ok(f.high_watermark),
-            FetchResult::OffsetOutOfRange => Err(Error::retriable(format!(
+        match self.raw_fetch(topic, partition, earliest, Duration::from_millis(1)).await? {
+            Some(raw) => Ok(raw.high_watermark),
+            None => Err(Error::retriable(format!(
                 "{topic}-{partition}: earliest offset {earliest} moved while reading the end offset"
             ))),
         }

@@ -160,14 +160,17 @@ pub(crate) fn build_batch(records: &[PendingRecord], compression: Compression) -
 }
 
 /// Turns fetched batches into sink records at or after `from_offset` (brokers return whole
-/// batches, so the first may start before it). Control batches (transaction markers) are skipped.
+/// batches, so the first may start before it), in strictly increasing offset order: a record at or
+/// below one already taken is dropped (some brokers repeat batches within one response). Control
+/// batches (transaction markers) are skipped.
 pub(crate) fn decode_batches(
     topic: &Arc<str>,
     partition: i32,
     batches: Vec<RecordBatch>,
     from_offset: i64,
 ) -> Result<Vec<SinkRecord>> {
-    let mut out = Vec::new();
+    let mut out: Vec<SinkRecord> = Vec::new();
+    let mut next_expected = from_offset;
     for batch in batches {
         let ControlBatchOrRecords::Records(records) = batch.records else {
             continue;
@@ -175,9 +178,10 @@ pub(crate) fn decode_batches(
         out.reserve(records.len());
         for r in records {
             let offset = batch.base_offset + i64::from(r.offset_delta);
-            if offset < from_offset {
+            if offset < next_expected {
                 continue;
             }
+            next_expected = offset + 1;
             let timestamp = match batch.timestamp_type {
                 RecordBatchTimestampType::LogAppendTime => batch.max_timestamp,
                 RecordBatchTimestampType::CreateTime => {
@@ -239,6 +243,21 @@ mod tests {
             assert_eq!(out[1].value.as_deref(), Some(&b"v2"[..]));
             assert_eq!(out[0].value, None);
         }
+    }
+
+    #[test]
+    fn repeated_batches_in_one_response_yield_each_record_once() {
+        let records: Vec<_> = (0..3)
+            .map(|i| PendingRecord { key: None, value: Some(Bytes::from(vec![i])), headers: Headers::new(), timestamp: 1 })
+            .collect();
+        let mut a = build_batch(&records, Compression::None);
+        a.base_offset = 10;
+        let mut b = build_batch(&records, Compression::None);
+        b.base_offset = 10;
+        let topic: Arc<str> = Arc::from("t");
+        let out = decode_batches(&topic, 0, vec![a, b], 10).unwrap();
+        let offsets: Vec<_> = out.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [10, 11, 12]);
     }
 
     #[test]
