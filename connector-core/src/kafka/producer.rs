@@ -221,6 +221,8 @@ struct TopicState<T> {
     meta: Option<Arc<TopicMetadata>>,
     fetched: Instant,
     waiting: Vec<(ProducerRecord, T)>,
+    /// A flush was asked for while records were waiting for metadata: send them at once.
+    flush_waiting: bool,
     resolving: bool,
     sticky: Option<i32>,
 }
@@ -323,6 +325,7 @@ impl<T: Send + 'static> Actor<T> {
                 meta: None,
                 fetched: Instant::now(),
                 waiting: Vec::new(),
+                flush_waiting: false,
                 resolving: false,
                 sticky: None,
             });
@@ -330,13 +333,13 @@ impl<T: Send + 'static> Actor<T> {
                 state.waiting.push((record, tag));
                 if !state.resolving {
                     state.resolving = true;
-                    self.resolve(topic, Duration::ZERO);
+                    self.resolve(topic, Duration::ZERO, false);
                 }
                 continue;
             };
             if state.fetched.elapsed() > max_age && !state.resolving {
                 state.resolving = true;
-                self.resolve(Arc::clone(&topic), Duration::ZERO);
+                self.resolve(Arc::clone(&topic), Duration::ZERO, true);
             }
             if let Err((tag, e)) = self.append(&meta, record, tag) {
                 failed.push(Delivery { tag, result: Err(e) });
@@ -418,16 +421,24 @@ impl<T: Send + 'static> Actor<T> {
                 open.flush = true;
             }
         }
+        for t in self.topics.values_mut() {
+            if !t.waiting.is_empty() {
+                t.flush_waiting = true;
+            }
+        }
     }
 
-    /// Looks up (and creates, if configured) `topic` in the background after `delay`.
-    fn resolve(&self, topic: Arc<str>, delay: Duration) {
+    /// Looks up (and creates, if configured) `topic` in the background after `delay`; `fresh`
+    /// bypasses the client's metadata cache.
+    fn resolve(&self, topic: Arc<str>, delay: Duration, fresh: bool) {
         let client = self.client.clone();
         self.tasks.push(Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            client.invalidate_topic(&topic);
+            if fresh {
+                client.invalidate_topic(&topic);
+            }
             let result = client.ensure_topic(&topic).await;
             Event::Metadata { topic, result }
         }));
@@ -452,10 +463,20 @@ impl<T: Send + 'static> Actor<T> {
                 }
                 state.meta = Some(Arc::clone(&meta));
                 let waiting = std::mem::take(&mut state.waiting);
+                let flush = std::mem::take(&mut state.flush_waiting);
                 let mut failed = Vec::new();
                 for (record, tag) in waiting {
                     if let Err((tag, e)) = self.append(&meta, record, tag) {
                         failed.push(Delivery { tag, result: Err(e) });
+                    }
+                }
+                if flush {
+                    for (tp, ps) in &mut self.partitions {
+                        if tp.topic == topic {
+                            if let Some(open) = &mut ps.open {
+                                open.flush = true;
+                            }
+                        }
                     }
                 }
                 if !failed.is_empty() {
@@ -465,7 +486,7 @@ impl<T: Send + 'static> Actor<T> {
             Err(e) if e.is_retriable() => {
                 warn!(topic = %topic, error = %e.report(), "Kafka topic metadata unavailable; retrying");
                 let delay = Duration::from_millis(self.client.config().retry_backoff.max_ms.min(1000));
-                self.resolve(topic, delay);
+                self.resolve(topic, delay, true);
             }
             Err(e) => {
                 // The topic cannot be used (invalid name, auto-create off, not authorized):
@@ -544,7 +565,7 @@ impl<T: Send + 'static> Actor<T> {
         if let Some(t) = self.topics.get_mut(&topic) {
             if !t.resolving {
                 t.resolving = true;
-                self.resolve(topic, Duration::ZERO);
+                self.resolve(topic, Duration::ZERO, true);
             }
         }
     }
