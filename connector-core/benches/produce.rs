@@ -55,7 +55,10 @@ async fn ours(client: &KafkaClient, topic: &str, batch: usize, requests: usize) 
             })
             .collect();
         let t = Instant::now();
-        producer.send_all(records.into_iter().enumerate().map(|(k, r)| (r, k)).collect()).await.expect("send");
+        producer
+            .send_all(records.into_iter().enumerate().map(|(k, r)| (r, k)).collect())
+            .await
+            .expect("send");
         producer.flush().await.expect("flush");
         let mut acked = 0;
         while acked < batch {
@@ -70,7 +73,8 @@ async fn ours(client: &KafkaClient, topic: &str, batch: usize, requests: usize) 
 }
 
 async fn baseline(bootstrap: &str, topic: &str, batch: usize, requests: usize) -> Row {
-    let client = ClientBuilder::new(vec![bootstrap.to_owned()]).build().await.expect("rskafka client");
+    let client =
+        ClientBuilder::new(vec![bootstrap.to_owned()]).build().await.expect("rskafka client");
     let partition = client
         .partition_client(topic.to_owned(), 0, UnknownTopicHandling::Retry)
         .await
@@ -83,12 +87,15 @@ async fn baseline(bootstrap: &str, topic: &str, batch: usize, requests: usize) -
                 key: Some(format!("k{}", (i * batch + j) % 16).into_bytes()),
                 value: Some(vec![b'x'; PAYLOAD]),
                 headers: Default::default(),
-                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(connector_core::Timestamp::now().as_millis())
-                    .expect("valid timestamp"),
+                timestamp: rskafka::chrono::DateTime::from_timestamp_millis(
+                    connector_core::Timestamp::now().as_millis(),
+                )
+                .expect("valid timestamp"),
             })
             .collect();
         let t = Instant::now();
-        let offsets = partition.produce(records, Compression::NoCompression).await.expect("produce");
+        let offsets =
+            partition.produce(records, Compression::NoCompression).await.expect("produce");
         rtt.push(t.elapsed());
         assert_eq!(offsets.len(), batch);
     }
@@ -100,8 +107,13 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let requests: usize =
+        std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let tansu = Tansu::start().await.expect("tansu (run scripts/install-brokers)");
         let client = tansu.client().await.expect("client");

@@ -156,7 +156,9 @@ impl From<ConfigErrors> for crate::Error {
 ///     }
 /// }
 /// ```
-pub trait ConnectorConfig: DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 'static {
+pub trait ConnectorConfig:
+    DeserializeOwned + JsonSchema + fmt::Debug + Send + Sync + 'static
+{
     /// Checks what serde cannot (ranges, templates, URLs, cross-field rules). Must be pure: no I/O,
     /// no `await`. Paths are relative to the connector's own table. The default finds nothing wrong.
     fn validate(&self) -> ConfigErrors {

@@ -300,10 +300,7 @@ mod tests {
 
     #[test]
     fn context_is_rendered_after_the_message_and_kept_once_set() {
-        let e = Error::rejected("bad json")
-            .with_topic("t")
-            .with_offset(7)
-            .with_topic("other");
+        let e = Error::rejected("bad json").with_topic("t").with_offset(7).with_topic("other");
         assert_eq!(e.to_string(), "record rejected: bad json [topic=t offset=7]");
         assert_eq!(e.kind(), ErrorKind::RecordRejected);
     }

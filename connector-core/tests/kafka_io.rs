@@ -1,11 +1,16 @@
 //! The Kafka layer against a real broker (Tansu): topic creation, produce with ordered duplicate
 //! headers, fetch, key partitioning, end offsets, the Kafka offset store.
 
+// Test code: an unwrap that fails is a failing test, with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
-use connector_core::kafka::{partition_for_key, FetchResult, KafkaClient, OffsetSpec, Producer, ProducerRecord};
+use connector_core::kafka::{
+    partition_for_key, FetchResult, KafkaClient, OffsetSpec, Producer, ProducerRecord,
+};
 use connector_core::{KafkaOffsetStore, OffsetMap, OffsetStore, Timestamp, TopicPartition};
-use connector_testkit::{kafka, init_tracing, Tansu};
+use connector_testkit::{init_tracing, kafka, Tansu};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_round_trip_with_keys_ordered_duplicate_headers_and_timestamps() {
@@ -33,7 +38,11 @@ async fn records_round_trip_with_keys_ordered_duplicate_headers_and_timestamps()
         got[0].headers.iter().map(|h| (h.key.clone(), h.value.to_vec())).collect();
     assert_eq!(
         headers,
-        [("tag".into(), b"b".to_vec()), ("unit".into(), b"C".to_vec()), ("tag".into(), b"a".to_vec())]
+        [
+            ("tag".into(), b"b".to_vec()),
+            ("unit".into(), b"C".to_vec()),
+            ("tag".into(), b"a".to_vec())
+        ]
     );
     assert_eq!(got[0].timestamp, Timestamp::from_millis(1_700_000_000_123));
     assert_eq!(got[1].value, None, "tombstone stays a tombstone");
@@ -85,7 +94,8 @@ async fn end_offsets_and_fetches_follow_what_was_written() {
     let client = tansu.client().await.unwrap();
     client.ensure_topic("ends").await.unwrap();
     assert_eq!(client.end_offset("ends", 0).await.unwrap(), 0);
-    let batch: Vec<_> = (0..50).map(|i| ProducerRecord::new("ends", format!("{i}")).with_partition(0)).collect();
+    let batch: Vec<_> =
+        (0..50).map(|i| ProducerRecord::new("ends", format!("{i}")).with_partition(0)).collect();
     client.produce(batch).await.unwrap();
     let earliest = client.list_offset("ends", 0, OffsetSpec::Earliest).await.unwrap();
     let end = client.end_offset("ends", 0).await.unwrap();
@@ -133,17 +143,23 @@ async fn a_fetch_from_inside_a_batch_returns_the_rest_of_that_batch_exactly_once
     let client = tansu.client().await.unwrap();
     client.ensure_topic("mid").await.unwrap();
     for (base, n) in [(0, 50), (50, 10), (60, 10)] {
-        let batch: Vec<_> =
-            (0..n).map(|i| ProducerRecord::new("mid", format!("{}", base + i)).with_partition(0)).collect();
+        let batch: Vec<_> = (0..n)
+            .map(|i| ProducerRecord::new("mid", format!("{}", base + i)).with_partition(0))
+            .collect();
         client.produce(batch).await.unwrap();
     }
     for at in [0i64, 1, 45, 49, 50, 51, 59, 60, 65, 69, 70] {
-        let FetchResult::Records(f) = client.fetch("mid", 0, at, Duration::from_millis(20)).await.unwrap() else {
+        let FetchResult::Records(f) =
+            client.fetch("mid", 0, at, Duration::from_millis(20)).await.unwrap()
+        else {
             panic!("out of range at {at}");
         };
         let offsets: Vec<i64> = f.records.iter().map(|r| r.offset).collect();
         let first_batch_end = [50, 60, 70].into_iter().find(|e| *e > at).unwrap_or(70);
-        assert!(offsets.len() as i64 >= (first_batch_end - at).min(70 - at), "fetch@{at}: {offsets:?}");
+        assert!(
+            offsets.len() as i64 >= (first_batch_end - at).min(70 - at),
+            "fetch@{at}: {offsets:?}"
+        );
         assert_eq!(offsets, (at..at + offsets.len() as i64).collect::<Vec<_>>(), "fetch@{at}");
         for r in &f.records {
             assert_eq!(r.value.as_deref(), Some(r.offset.to_string().as_bytes()));

@@ -11,17 +11,49 @@ use crate::error::{Result, TestkitError};
 ///
 /// # Errors
 /// The first delivery error.
-pub async fn produce(client: &KafkaClient, records: Vec<ProducerRecord>) -> Result<Vec<RecordMetadata>> {
+pub async fn produce(
+    client: &KafkaClient,
+    records: Vec<ProducerRecord>,
+) -> Result<Vec<RecordMetadata>> {
     Ok(client.produce(records).await?)
 }
 
+/// Runs `op` again (up to 20 times, 250 ms apart) while it fails with a retriable error, as a
+/// broker restart or a cut connection causes.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = connector_core::Result<T>>,
+{
+    let mut attempts = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retriable() && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Every record currently in `topic` (all partitions, earliest to the high watermark), ordered by
-/// partition then offset. A missing topic has no records.
+/// partition then offset. A missing topic has no records. Retriable failures are retried.
 ///
 /// # Errors
 /// When the broker does not answer.
 pub async fn consume_all(client: &KafkaClient, topic: &str) -> Result<Vec<SinkRecord>> {
-    let Some(meta) = client.refresh_topic(topic).await? else { return Ok(Vec::new()) };
+    retrying(|| consume_all_once(client, topic)).await
+}
+
+async fn consume_all_once(
+    client: &KafkaClient,
+    topic: &str,
+) -> connector_core::Result<Vec<SinkRecord>> {
+    let Some(meta) = client.refresh_topic(topic).await? else {
+        return Ok(Vec::new());
+    };
     let mut out = Vec::new();
     for partition in 0..meta.partition_count() {
         let end = client.end_offset(topic, partition).await?;
@@ -69,11 +101,18 @@ pub async fn consume_at_least(
 }
 
 /// Number of records in `topic` (sum over partitions of high watermark minus earliest offset).
+/// Retriable failures are retried.
 ///
 /// # Errors
 /// When the broker does not answer.
 pub async fn count(client: &KafkaClient, topic: &str) -> Result<u64> {
-    let Some(meta) = client.refresh_topic(topic).await? else { return Ok(0) };
+    retrying(|| count_once(client, topic)).await
+}
+
+async fn count_once(client: &KafkaClient, topic: &str) -> connector_core::Result<u64> {
+    let Some(meta) = client.refresh_topic(topic).await? else {
+        return Ok(0);
+    };
     let mut n = 0u64;
     for p in 0..meta.partition_count() {
         let end = client.end_offset(topic, p).await?;

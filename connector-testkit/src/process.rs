@@ -59,7 +59,8 @@ fn is_executable(p: &Path) -> bool {
 /// # Errors
 /// When no port can be bound.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| TestkitError::io("bind a free port", e))?;
+    let l =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| TestkitError::io("bind a free port", e))?;
     l.local_addr().map(|a| a.port()).map_err(|e| TestkitError::io("read a bound port", e))
 }
 
@@ -104,7 +105,9 @@ impl ChildGuard {
 
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub(crate) fn terminate(&mut self, grace: Duration) {
-        let Some(mut c) = self.child.take() else { return };
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
         let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
@@ -125,7 +128,11 @@ impl Drop for ChildGuard {
 }
 
 /// Waits until `addr` accepts TCP connections or `child` exits or `timeout` passes.
-pub(crate) async fn wait_for_port(addr: SocketAddr, child: &mut ChildGuard, timeout: Duration) -> bool {
+pub(crate) async fn wait_for_port(
+    addr: SocketAddr,
+    child: &mut ChildGuard,
+    timeout: Duration,
+) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if !child.is_running() {

@@ -133,7 +133,9 @@ async fn accept_loop(
     forwarded: Arc<AtomicU64>,
 ) {
     loop {
-        let Ok((client, _)) = listener.accept().await else { continue };
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
         accepted.fetch_add(1, Ordering::Relaxed);
         if *mode.borrow() == ProxyMode::Cut {
             drop(client);
@@ -142,7 +144,9 @@ async fn accept_loop(
         let mode = mode.clone();
         let forwarded = Arc::clone(&forwarded);
         tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(target).await else { return };
+            let Ok(server) = TcpStream::connect(target).await else {
+                return;
+            };
             let _ = client.set_nodelay(true);
             let _ = server.set_nodelay(true);
             let (cr, cw) = client.into_split();

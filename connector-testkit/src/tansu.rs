@@ -12,6 +12,7 @@ use tracing::debug;
 
 use crate::error::{Result, TestkitError};
 use crate::process::{broker_cache_dir, find_binary, free_port, tail, wait_for_port, ChildGuard};
+use crate::proxy::FaultProxy;
 
 const INSTALL_TANSU: &str =
     "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root ~/.cache/connector-brokers/tansu-0.6.0";
@@ -40,6 +41,7 @@ pub struct Tansu {
     binary: PathBuf,
     dir: TempDir,
     port: u16,
+    advertised_port: u16,
     storage: TansuStorage,
     child: ChildGuard,
 }
@@ -79,20 +81,51 @@ impl Tansu {
         let mut last = None;
         for _ in 0..3 {
             let port = free_port()?;
-            match launch(&binary, dir.path(), port, storage).await {
-                Ok(child) => return Ok(Self { binary, dir, port, storage, child }),
+            match launch(&binary, dir.path(), port, port, storage).await {
+                Ok(child) => {
+                    return Ok(Self { binary, dir, port, advertised_port: port, storage, child })
+                }
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| TestkitError::Timeout("tansu start".into())))
     }
 
-    /// `127.0.0.1:PORT`, for `bootstrap_servers`.
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+    /// Starts a broker that advertises a [`FaultProxy`] in front of it as its address, so every
+    /// client connection (bootstrap and data) goes through the proxy and can be cut. Bootstrap
+    /// through [`Tansu::bootstrap`], which is the proxy.
+    ///
+    /// # Errors
+    /// When the binary is missing or the broker does not come up.
+    pub async fn start_behind_proxy(storage: TansuStorage) -> Result<(Self, FaultProxy)> {
+        let binary = Self::binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tansu-")
+            .tempdir()
+            .map_err(|e| TestkitError::io("create tansu dir", e))?;
+        let mut last = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+            let advertised_port = proxy.addr().port();
+            match launch(&binary, dir.path(), port, advertised_port, storage).await {
+                Ok(child) => {
+                    let tansu = Self { binary, dir, port, advertised_port, storage, child };
+                    return Ok((tansu, proxy));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| TestkitError::Timeout("tansu start".into())))
     }
 
-    /// The port it listens on.
+    /// `127.0.0.1:PORT` of the advertised address (the proxy, for a broker behind one), for
+    /// `bootstrap_servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised_port)
+    }
+
+    /// The port the broker itself listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -134,7 +167,9 @@ impl Tansu {
     /// # Errors
     /// When it does not come back.
     pub async fn start_again(&mut self) -> Result<()> {
-        self.child = launch(&self.binary, self.dir.path(), self.port, self.storage).await?;
+        self.child =
+            launch(&self.binary, self.dir.path(), self.port, self.advertised_port, self.storage)
+                .await?;
         Ok(())
     }
 
@@ -148,8 +183,15 @@ impl Tansu {
     }
 }
 
-async fn launch(binary: &Path, dir: &Path, port: u16, storage: TansuStorage) -> Result<ChildGuard> {
+async fn launch(
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    advertised_port: u16,
+    storage: TansuStorage,
+) -> Result<ChildGuard> {
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised_port}");
     let engine = match storage {
         TansuStorage::Memory => "memory://tansu/".to_owned(),
         // Relative to the working directory, which is the broker's own directory.
@@ -160,7 +202,7 @@ async fn launch(binary: &Path, dir: &Path, port: u16, storage: TansuStorage) -> 
         .arg("--listener-url")
         .arg(&url)
         .arg("--advertised-listener-url")
-        .arg(&url)
+        .arg(&advertised)
         .arg("--storage-engine")
         .arg(&engine)
         .current_dir(dir)

@@ -148,7 +148,9 @@ impl KafkaClient {
         loop {
             match client.fetch_metadata(Some(&[])).await {
                 Ok(_) => return Ok(client),
-                Err(e) if e.is_retriable() && Instant::now() + backoff_peek(&backoff) < deadline => {
+                Err(e)
+                    if e.is_retriable() && Instant::now() + backoff_peek(&backoff) < deadline =>
+                {
                     warn!(error = %e.report(), "Kafka not reachable yet; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
@@ -194,8 +196,10 @@ impl KafkaClient {
                 None | Some(ApiError::LeaderNotAvailable) => {}
                 Some(ApiError::UnknownTopicOrPartition) => return Ok(None),
                 Some(ApiError::InvalidTopicException) => {
-                    return Err(Error::rejected(format!("{topic:?} is not a valid Kafka topic name"))
-                        .with_topic(topic))
+                    return Err(Error::rejected(format!(
+                        "{topic:?} is not a valid Kafka topic name"
+                    ))
+                    .with_topic(topic))
                 }
                 Some(e) => return Err(api_error(e, format!("metadata for topic {topic}"))),
             }
@@ -204,14 +208,16 @@ impl KafkaClient {
                 .iter()
                 .map(|p| PartitionMetadata {
                     partition: p.partition_index.0,
-                    leader: (p.leader_id.0 >= 0 && p.error.is_none_or(|e| !invalidates_metadata(e)))
-                        .then_some(p.leader_id.0),
+                    leader: (p.leader_id.0 >= 0
+                        && p.error.is_none_or(|e| !invalidates_metadata(e)))
+                    .then_some(p.leader_id.0),
                 })
                 .collect();
             partitions.sort_by_key(|p| p.partition);
-            let contiguous = partitions.iter().enumerate().all(|(i, p)| {
-                usize::try_from(p.partition).is_ok_and(|n| n == i)
-            });
+            let contiguous = partitions
+                .iter()
+                .enumerate()
+                .all(|(i, p)| usize::try_from(p.partition).is_ok_and(|n| n == i));
             if !contiguous || partitions.is_empty() {
                 // A topic being created can briefly report no or some partitions.
                 return Err(Error::retriable(format!(
@@ -250,7 +256,9 @@ impl KafkaClient {
                 Ok(Some(meta)) if meta.partitions.iter().all(|p| p.leader.is_some()) => {
                     return Ok(meta)
                 }
-                Ok(Some(_)) => Err(Error::retriable(format!("topic {topic} has partitions without a leader"))),
+                Ok(Some(_)) => {
+                    Err(Error::retriable(format!("topic {topic} has partitions without a leader")))
+                }
                 Ok(None) if !self.inner.config.auto_create_topics => {
                     return Err(Error::fatal(format!(
                         "Kafka topic {topic} does not exist and kafka.auto_create_topics is false"
@@ -259,17 +267,26 @@ impl KafkaClient {
                 }
                 Ok(None) if !created => {
                     let config = &self.inner.config;
-                    self.create_topic(topic, config.topic_partitions, config.topic_replication_factor)
-                        .await
-                        .map(|()| created = true)
+                    self.create_topic(
+                        topic,
+                        config.topic_partitions,
+                        config.topic_replication_factor,
+                    )
+                    .await
+                    .map(|()| created = true)
                 }
-                Ok(None) => Err(Error::retriable(format!("created topic {topic} is not visible yet"))),
+                Ok(None) => {
+                    Err(Error::retriable(format!("created topic {topic} is not visible yet")))
+                }
                 Err(e) => Err(e),
             };
             match result {
                 Err(e) if !e.is_retriable() => return Err(e),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(Error::retriable(format!("topic {topic} not ready: {}", e.report())))
+                    return Err(Error::retriable(format!(
+                        "topic {topic} not ready: {}",
+                        e.report()
+                    )))
                 }
                 Err(e) => debug!(topic, error = %e.report(), "topic not ready yet"),
                 Ok(()) => {}
@@ -293,7 +310,9 @@ impl KafkaClient {
                 configs: vec![],
                 tagged_fields: None,
             }],
-            timeout_ms: Int32(i32::try_from(self.inner.config.request_timeout_ms).unwrap_or(i32::MAX)),
+            timeout_ms: Int32(
+                i32::try_from(self.inner.config.request_timeout_ms).unwrap_or(i32::MAX),
+            ),
             validate_only: None,
             tagged_fields: None,
         };
@@ -308,11 +327,15 @@ impl KafkaClient {
                 Some(ApiError::TopicAlreadyExists) => {}
                 Some(ApiError::NotController) => {
                     self.inner.state.lock().controller = None;
-                    return Err(Error::retriable(format!("create topic {topic}: not the controller")));
+                    return Err(Error::retriable(format!(
+                        "create topic {topic}: not the controller"
+                    )));
                 }
                 Some(e) => {
                     let detail = t.error_message.and_then(|m| m.0).unwrap_or_default();
-                    return Err(api_error(e, format!("create topic {topic} ({detail})")).with_topic(topic));
+                    return Err(
+                        api_error(e, format!("create topic {topic} ({detail})")).with_topic(topic)
+                    );
                 }
             }
         }
@@ -349,7 +372,9 @@ impl KafkaClient {
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index.0 == partition);
         let Some(p) = found else {
-            return Err(Error::retriable(format!("list offsets: no answer for {topic}-{partition}")));
+            return Err(Error::retriable(format!(
+                "list offsets: no answer for {topic}-{partition}"
+            )));
         };
         if let Some(e) = p.error_code {
             if invalidates_metadata(e) {
@@ -362,7 +387,9 @@ impl KafkaClient {
         p.offset
             .map(|o| o.0)
             .or_else(|| p.old_style_offsets.and_then(|a| a.0).and_then(|v| v.first().map(|o| o.0)))
-            .ok_or_else(|| Error::retriable(format!("list offsets of {topic}-{partition}: no offset")))
+            .ok_or_else(|| {
+                Error::retriable(format!("list offsets of {topic}-{partition}: no offset"))
+            })
     }
 
     /// Leader of `topic`/`partition`, from cache or a metadata refresh.
@@ -370,7 +397,9 @@ impl KafkaClient {
         let meta = match self.topic_metadata(topic).await? {
             Some(m) => m,
             None => {
-                return Err(Error::retriable(format!("topic {topic} does not exist")).with_topic(topic))
+                return Err(
+                    Error::retriable(format!("topic {topic} does not exist")).with_topic(topic)
+                )
             }
         };
         if partition < 0 || partition >= meta.partition_count() {
@@ -431,7 +460,10 @@ impl KafkaClient {
         let outcome = tokio::time::timeout(timeout, conn.request(request)).await;
         let err = match outcome {
             Ok(Ok(response)) => return Ok(response),
-            Ok(Err(RequestError::WriteError(WriteVersionedError::FieldNotAvailable { field, version }))) => {
+            Ok(Err(RequestError::WriteError(WriteVersionedError::FieldNotAvailable {
+                field,
+                version,
+            }))) => {
                 // Nothing was sent; the connection is fine.
                 return Err(Error::fatal(format!(
                     "request field {field} not available in version {version:?} on broker {addr}"
@@ -459,11 +491,14 @@ impl KafkaClient {
             allow_auto_topic_creation: refuse.then_some(Boolean(false)),
         };
         let response = match self.request(Target::Any, &request).await {
-            Err(Error::Fatal { message, .. }) if refuse && message.contains("allow_auto_topic_creation") => {
+            Err(Error::Fatal { message, .. })
+                if refuse && message.contains("allow_auto_topic_creation") =>
+            {
                 // The broker speaks Metadata < v4, which has no such field (and never auto-creates
                 // on our behalf unless configured to).
                 self.inner.metadata_can_refuse_auto_create.store(false, Ordering::Relaxed);
-                let request = MetadataRequest { topics: request.topics, allow_auto_topic_creation: None };
+                let request =
+                    MetadataRequest { topics: request.topics, allow_auto_topic_creation: None };
                 self.request(Target::Any, &request).await?
             }
             other => other?,

@@ -262,10 +262,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = serde_json::from_str::<KafkaConfig>(
-            r#"{"bootstrap_servers": ["a:1"], "lingerms": 3}"#,
-        )
-        .expect_err("unknown key");
+        let err =
+            serde_json::from_str::<KafkaConfig>(r#"{"bootstrap_servers": ["a:1"], "lingerms": 3}"#)
+                .expect_err("unknown key");
         assert!(err.to_string().contains("lingerms"), "{err}");
     }
 }

@@ -107,8 +107,9 @@ pub(crate) async fn connect(addr: &str, config: &KafkaConfig) -> Result<Arc<Conn
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
-            return Err(Error::retriable(format!("cannot connect to Kafka broker {addr}"))
-                .with_source(e))
+            return Err(
+                Error::retriable(format!("cannot connect to Kafka broker {addr}")).with_source(e)
+            )
         }
         Err(_) => {
             return Err(Error::retriable(format!(
@@ -124,10 +125,10 @@ pub(crate) async fn connect(addr: &str, config: &KafkaConfig) -> Result<Arc<Conn
         Messenger::new(stream, config.max_message_size, Arc::from(config.client_id.as_str()));
     match tokio::time::timeout(timeout, messenger.sync_versions()).await {
         Ok(Ok(())) => Ok(Arc::new(messenger)),
-        Ok(Err(e)) => Err(Error::retriable(format!(
-            "Kafka broker {addr} did not agree on API versions"
-        ))
-        .with_source(e)),
+        Ok(Err(e)) => {
+            Err(Error::retriable(format!("Kafka broker {addr} did not agree on API versions"))
+                .with_source(e))
+        }
         Err(_) => Err(Error::retriable(format!(
             "Kafka broker {addr} did not answer the API versions request within {timeout:?}"
         ))),

@@ -86,8 +86,9 @@ pub(crate) fn request_error(e: RequestError, broker: &str) -> Error {
         RequestError::NoVersionMatch { api_key } => Error::fatal(format!(
             "Kafka broker {broker} supports no version of {api_key:?} that we speak"
         )),
-        other => Error::retriable(format!("request to Kafka broker {broker} failed"))
-            .with_source(other),
+        other => {
+            Error::retriable(format!("request to Kafka broker {broker} failed")).with_source(other)
+        }
     }
 }
 
@@ -98,8 +99,14 @@ mod tests {
 
     #[test]
     fn error_codes_map_to_what_a_retry_can_do() {
-        assert_eq!(api_error(ApiError::NotLeaderOrFollower, "produce").kind(), ErrorKind::Retriable);
-        assert_eq!(api_error(ApiError::MessageTooLarge, "produce").kind(), ErrorKind::RecordRejected);
+        assert_eq!(
+            api_error(ApiError::NotLeaderOrFollower, "produce").kind(),
+            ErrorKind::Retriable
+        );
+        assert_eq!(
+            api_error(ApiError::MessageTooLarge, "produce").kind(),
+            ErrorKind::RecordRejected
+        );
         assert_eq!(
             api_error(ApiError::TopicAuthorizationFailed, "produce").kind(),
             ErrorKind::Fatal

@@ -76,7 +76,8 @@ impl KafkaClient {
         let Some(mut raw) = self.raw_fetch(topic, partition, offset, max_wait).await? else {
             return Ok(FetchResult::OffsetOutOfRange);
         };
-        let skipped = raw.batches.first().map_or(offset < raw.high_watermark, |b| b.base_offset > offset);
+        let skipped =
+            raw.batches.first().map_or(offset < raw.high_watermark, |b| b.base_offset > offset);
         if skipped {
             if let Some(found) = self.locate(topic, partition, offset).await? {
                 raw = found;
@@ -86,7 +87,11 @@ impl KafkaClient {
         let topic_name: Arc<str> = Arc::from(topic);
         let records = decode_batches(&topic_name, partition, raw.batches, offset)?;
         let next_offset = records.last().map_or(offset, |r| r.offset + 1).max(last_end).max(offset);
-        Ok(FetchResult::Records(Fetched { records, next_offset, high_watermark: raw.high_watermark }))
+        Ok(FetchResult::Records(Fetched {
+            records,
+            next_offset,
+            high_watermark: raw.high_watermark,
+        }))
     }
 
     /// Finds the batches from the one holding `offset` when a fetch at `offset` skipped it: fetch
@@ -101,12 +106,17 @@ impl KafkaClient {
             if probe >= offset {
                 return Ok(None);
             }
-            let Some(raw) = self.raw_fetch(topic, partition, probe, Duration::from_millis(1)).await? else {
+            let Some(raw) =
+                self.raw_fetch(topic, partition, probe, Duration::from_millis(1)).await?
+            else {
                 return Ok(None);
             };
             let starts_before = raw.batches.first().is_some_and(|b| b.base_offset <= offset);
             if raw.batches.iter().any(|b| b.base_offset <= offset && batch_end(b) > offset) {
-                debug!(topic, partition, offset, probe, "found the batch holding a mid-batch offset");
+                debug!(
+                    topic,
+                    partition, offset, probe, "found the batch holding a mid-batch offset"
+                );
                 return Ok(Some(raw));
             }
             if starts_before {
@@ -162,7 +172,9 @@ impl KafkaClient {
             .flat_map(|t| t.partitions)
             .find(|p| p.partition_index.0 == partition);
         let Some(p) = found else {
-            return Err(Error::retriable(format!("fetch: broker sent no data for {topic}-{partition}")));
+            return Err(Error::retriable(format!(
+                "fetch: broker sent no data for {topic}-{partition}"
+            )));
         };
         match p.error_code {
             None => {}

@@ -90,7 +90,10 @@ impl<T: Send + 'static> Producer<T> {
     /// Starts a producer on `client`, batching by the client's `linger_ms`, `batch_max_records`
     /// and `batch_max_bytes`. `max_pending` is the most records the caller will have sent and not
     /// yet seen delivered; it sizes the delivery channel so the producer never waits on it.
-    pub fn new(client: KafkaClient, max_pending: usize) -> (Self, mpsc::Receiver<Vec<Delivery<T>>>) {
+    pub fn new(
+        client: KafkaClient,
+        max_pending: usize,
+    ) -> (Self, mpsc::Receiver<Vec<Delivery<T>>>) {
         let (commands, rx) = mpsc::channel(64);
         let (acks_tx, acks_rx) = mpsc::channel(max_pending.max(1));
         let actor = Actor::new(client, rx, acks_tx);
@@ -150,7 +153,9 @@ impl KafkaClient {
         let mut seen = 0;
         while seen < n {
             let Some(batch) = deliveries.recv().await else {
-                return Err(Error::fatal("Kafka producer stopped before all records were delivered"));
+                return Err(Error::fatal(
+                    "Kafka producer stopped before all records were delivered",
+                ));
             };
             for d in batch {
                 seen += 1;
@@ -447,17 +452,25 @@ impl<T: Send + 'static> Actor<T> {
     async fn on_event(&mut self, event: Event<T>) {
         match event {
             Event::Metadata { topic, result } => self.on_metadata(topic, result).await,
-            Event::Produced { node, batches, result } => self.on_produced(node, batches, result).await,
+            Event::Produced { node, batches, result } => {
+                self.on_produced(node, batches, result).await
+            }
         }
     }
 
     async fn on_metadata(&mut self, topic: Arc<str>, result: Result<Arc<TopicMetadata>>) {
-        let Some(state) = self.topics.get_mut(&topic) else { return };
+        let Some(state) = self.topics.get_mut(&topic) else {
+            return;
+        };
         match result {
             Ok(meta) => {
                 state.resolving = false;
                 state.fetched = Instant::now();
-                if state.meta.as_ref().is_some_and(|m| m.partition_count() != meta.partition_count()) {
+                if state
+                    .meta
+                    .as_ref()
+                    .is_some_and(|m| m.partition_count() != meta.partition_count())
+                {
                     debug!(topic = %topic, partitions = meta.partition_count(), "partition count changed");
                     state.sticky = None;
                 }
@@ -485,7 +498,8 @@ impl<T: Send + 'static> Actor<T> {
             }
             Err(e) if e.is_retriable() => {
                 warn!(topic = %topic, error = %e.report(), "Kafka topic metadata unavailable; retrying");
-                let delay = Duration::from_millis(self.client.config().retry_backoff.max_ms.min(1000));
+                let delay =
+                    Duration::from_millis(self.client.config().retry_backoff.max_ms.min(1000));
                 self.resolve(topic, delay, true);
             }
             Err(e) => {
@@ -632,14 +646,17 @@ impl<T: Send + 'static> Actor<T> {
                 None => {
                     let base = p.base_offset.0;
                     let append_time = p.log_append_time_ms.map(|t| t.0).filter(|t| *t >= 0);
-                    for (i, (tag, record)) in batch.tags.into_iter().zip(batch.records).enumerate() {
+                    for (i, (tag, record)) in batch.tags.into_iter().zip(batch.records).enumerate()
+                    {
                         deliveries.push(Delivery {
                             tag,
                             result: Ok(RecordMetadata {
                                 topic: Arc::clone(&tp.topic),
                                 partition: tp.partition,
                                 offset: base + i64::try_from(i).unwrap_or(i64::MAX),
-                                timestamp: Timestamp::from_millis(append_time.unwrap_or(record.timestamp)),
+                                timestamp: Timestamp::from_millis(
+                                    append_time.unwrap_or(record.timestamp),
+                                ),
                             }),
                         });
                     }
@@ -673,7 +690,12 @@ impl<T: Send + 'static> Actor<T> {
                         if let Some(ps) = self.partitions.get_mut(&tp) {
                             ps.in_flight = false;
                         }
-                        deliveries.extend(batch.tags.into_iter().map(|tag| Delivery { tag, result: Err(e.clone()) }));
+                        deliveries.extend(
+                            batch
+                                .tags
+                                .into_iter()
+                                .map(|tag| Delivery { tag, result: Err(e.clone()) }),
+                        );
                     }
                 }
             }
@@ -690,7 +712,9 @@ impl<T: Send + 'static> Actor<T> {
         error: Error,
         deliveries: &mut Vec<Delivery<T>>,
     ) {
-        let Some(ps) = self.partitions.get_mut(&tp) else { return };
+        let Some(ps) = self.partitions.get_mut(&tp) else {
+            return;
+        };
         ps.in_flight = false;
         let expired = match (self.delivery_timeout, batch.first_sent) {
             (Some(limit), Some(first)) => first.elapsed() >= limit,
@@ -706,7 +730,9 @@ impl<T: Send + 'static> Actor<T> {
             } else {
                 error
             };
-            deliveries.extend(batch.tags.into_iter().map(|tag| Delivery { tag, result: Err(error.clone()) }));
+            deliveries.extend(
+                batch.tags.into_iter().map(|tag| Delivery { tag, result: Err(error.clone()) }),
+            );
             return;
         }
         let delay = ps.backoff.next_delay();

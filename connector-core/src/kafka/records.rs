@@ -224,9 +224,20 @@ mod tests {
         headers.push("b", "3");
         let records = vec![
             PendingRecord { key: Some(Bytes::from("k1")), value: None, headers, timestamp: 1000 },
-            PendingRecord { key: None, value: Some(Bytes::from("v2")), headers: Headers::new(), timestamp: 990 },
+            PendingRecord {
+                key: None,
+                value: Some(Bytes::from("v2")),
+                headers: Headers::new(),
+                timestamp: 990,
+            },
         ];
-        for compression in [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Zstd, Compression::Snappy] {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Lz4,
+            Compression::Zstd,
+            Compression::Snappy,
+        ] {
             let mut batch = build_batch(&records, compression);
             batch.base_offset = 40;
             let mut buf = Vec::new();
@@ -238,7 +249,8 @@ mod tests {
             assert_eq!(out[0].offset, 40);
             assert_eq!(out[0].timestamp.as_millis(), 1000);
             assert_eq!(out[1].timestamp.as_millis(), 990);
-            let keys: Vec<_> = out[0].headers.iter().map(|h| (h.key.as_str(), h.value.to_vec())).collect();
+            let keys: Vec<_> =
+                out[0].headers.iter().map(|h| (h.key.as_str(), h.value.to_vec())).collect();
             assert_eq!(keys, [("b", b"1".to_vec()), ("a", b"2".to_vec()), ("b", b"3".to_vec())]);
             assert_eq!(out[1].value.as_deref(), Some(&b"v2"[..]));
             assert_eq!(out[0].value, None);
@@ -248,7 +260,12 @@ mod tests {
     #[test]
     fn repeated_batches_in_one_response_yield_each_record_once() {
         let records: Vec<_> = (0..3)
-            .map(|i| PendingRecord { key: None, value: Some(Bytes::from(vec![i])), headers: Headers::new(), timestamp: 1 })
+            .map(|i| PendingRecord {
+                key: None,
+                value: Some(Bytes::from(vec![i])),
+                headers: Headers::new(),
+                timestamp: 1,
+            })
             .collect();
         let mut a = build_batch(&records, Compression::None);
         a.base_offset = 10;
@@ -263,7 +280,12 @@ mod tests {
     #[test]
     fn records_before_the_requested_offset_are_dropped() {
         let records: Vec<_> = (0..5)
-            .map(|i| PendingRecord { key: None, value: Some(Bytes::from(vec![i])), headers: Headers::new(), timestamp: 1 })
+            .map(|i| PendingRecord {
+                key: None,
+                value: Some(Bytes::from(vec![i])),
+                headers: Headers::new(),
+                timestamp: 1,
+            })
             .collect();
         let mut batch = build_batch(&records, Compression::None);
         batch.base_offset = 100;

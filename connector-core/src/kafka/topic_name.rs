@@ -28,7 +28,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) =
+        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(format!(
             "Kafka topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
         ));

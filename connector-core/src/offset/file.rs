@@ -172,7 +172,9 @@ impl OffsetStore for FileOffsetStore {
         tokio::task::spawn_blocking(move || Self::write_atomically(&path, &bytes))
             .await
             .map_err(|e| Error::fatal(format!("writing offsets file {shown}")).with_source(e))?
-            .map_err(|e| Error::retriable(format!("cannot write offsets file {shown}")).with_source(e))?;
+            .map_err(|e| {
+                Error::retriable(format!("cannot write offsets file {shown}")).with_source(e)
+            })?;
         *state = Some(next);
         Ok(())
     }
@@ -207,7 +209,10 @@ mod tests {
         let a_loaded = reopened.load("a").await.unwrap();
         assert_eq!(a_loaded.len(), 2, "saves merge");
         assert_eq!(a_loaded.get(&part(json!({"file": "x"}))), Some(&part(json!({"position": 7}))));
-        assert_eq!(reopened.load("b").await.unwrap().kafka_offset(&TopicPartition::new("t", 2)), Some(99));
+        assert_eq!(
+            reopened.load("b").await.unwrap().kafka_offset(&TopicPartition::new("t", 2)),
+            Some(99)
+        );
         assert!(reopened.load("c").await.unwrap().is_empty());
         assert!(!dir.path().join(".offsets.json.tmp").exists());
     }
@@ -256,6 +261,9 @@ mod tests {
         let mut b = OffsetMap::new();
         b.insert(part(json!({"f": 1})), part(json!({"p": 2})));
         assert!(store.save("a", &b).await.is_err());
-        assert_eq!(store.load("a").await.unwrap().get(&part(json!({"f": 1}))), Some(&part(json!({"p": 1}))));
+        assert_eq!(
+            store.load("a").await.unwrap().get(&part(json!({"f": 1}))),
+            Some(&part(json!({"p": 1})))
+        );
     }
 }

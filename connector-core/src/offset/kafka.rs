@@ -60,7 +60,11 @@ impl KafkaOffsetStore {
         let mut offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
         let mut out: HashMap<String, OffsetMap> = HashMap::new();
         while offset < end {
-            let fetched = match self.client.fetch(&self.topic, 0, offset, Duration::from_millis(100)).await? {
+            let fetched = match self
+                .client
+                .fetch(&self.topic, 0, offset, Duration::from_millis(100))
+                .await?
+            {
                 FetchResult::Records(f) => f,
                 FetchResult::OffsetOutOfRange => {
                     return Err(Error::retriable(format!(
@@ -92,7 +96,9 @@ impl KafkaOffsetStore {
         };
         let key: Value = serde_json::from_slice(key.ok_or_else(|| corrupt("no key"))?)
             .map_err(|_| corrupt("key is not JSON"))?;
-        let Value::Array(parts) = key else { return Err(corrupt("key is not a JSON array")) };
+        let Value::Array(parts) = key else {
+            return Err(corrupt("key is not a JSON array"));
+        };
         let [Value::String(ns), Value::Object(partition)] = parts.as_slice() else {
             return Err(corrupt("key is not [name, {partition}]"));
         };
@@ -104,8 +110,11 @@ impl KafkaOffsetStore {
             }
             return Ok(());
         };
-        let offset: Value = serde_json::from_slice(value).map_err(|_| corrupt("value is not JSON"))?;
-        let Value::Object(offset) = offset else { return Err(corrupt("value is not a JSON object")) };
+        let offset: Value =
+            serde_json::from_slice(value).map_err(|_| corrupt("value is not JSON"))?;
+        let Value::Object(offset) = offset else {
+            return Err(corrupt("value is not a JSON object"));
+        };
         out.entry(ns.clone()).or_default().insert(partition.clone(), offset);
         Ok(())
     }
@@ -132,10 +141,16 @@ impl OffsetStore for KafkaOffsetStore {
         let records = offsets
             .iter()
             .map(|(p, o)| {
-                let key = Value::Array(vec![Value::String(namespace.to_owned()), Value::Object(p.clone())]);
-                ProducerRecord::new(self.topic.as_str(), Bytes::from(Value::Object(o.clone()).to_string()))
-                    .with_key(Bytes::from(key.to_string()))
-                    .with_partition(0)
+                let key = Value::Array(vec![
+                    Value::String(namespace.to_owned()),
+                    Value::Object(p.clone()),
+                ]);
+                ProducerRecord::new(
+                    self.topic.as_str(),
+                    Bytes::from(Value::Object(o.clone()).to_string()),
+                )
+                .with_key(Bytes::from(key.to_string()))
+                .with_partition(0)
             })
             .collect();
         self.client.produce(records).await?;

@@ -66,7 +66,8 @@ pub async fn run_sink_connector(
     let mut partitions = Vec::new();
     for topic in connector.topics() {
         let meta = client.ensure_topic(&topic).await.map_err(|e| e.with_connector(name))?;
-        partitions.extend((0..meta.partition_count()).map(|p| TopicPartition::new(topic.as_str(), p)));
+        partitions
+            .extend((0..meta.partition_count()).map(|p| TopicPartition::new(topic.as_str(), p)));
     }
     let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(name))?;
     let assignment = assign_round_robin(partitions, tasks.len());
@@ -77,9 +78,10 @@ pub async fn run_sink_connector(
         if parts.is_empty() {
             continue;
         }
-        let runtime = SinkTaskRuntime::new(name, id, task, client.clone(), Arc::clone(&offsets), parts)
-            .with_config(config.clone())
-            .with_stats(Arc::clone(&stats));
+        let runtime =
+            SinkTaskRuntime::new(name, id, task, client.clone(), Arc::clone(&offsets), parts)
+                .with_config(config.clone())
+                .with_stats(Arc::clone(&stats));
         set.spawn(runtime.run(stop.clone()));
     }
     join_all(name, set, stop).await
@@ -96,7 +98,10 @@ pub async fn run_sink_connector(
 /// assert_eq!(buckets[0].iter().map(|tp| tp.partition).collect::<Vec<_>>(), [0, 2, 4]);
 /// assert_eq!(buckets[1].iter().map(|tp| tp.partition).collect::<Vec<_>>(), [1, 3]);
 /// ```
-pub fn assign_round_robin(mut partitions: Vec<TopicPartition>, tasks: usize) -> Vec<Vec<TopicPartition>> {
+pub fn assign_round_robin(
+    mut partitions: Vec<TopicPartition>,
+    tasks: usize,
+) -> Vec<Vec<TopicPartition>> {
     partitions.sort();
     let mut buckets = vec![Vec::new(); tasks.max(1)];
     let n = buckets.len();
@@ -110,7 +115,8 @@ async fn join_all(name: &str, mut set: JoinSet<Result<()>>, stop: CancellationTo
     let mut first_error: Option<Error> = None;
     while let Some(joined) = set.join_next().await {
         let result = joined.unwrap_or_else(|e| {
-            Err(Error::fatal(format!("a task of connector {name} panicked or was aborted")).with_source(e))
+            Err(Error::fatal(format!("a task of connector {name} panicked or was aborted"))
+                .with_source(e))
         });
         if let Err(e) = result {
             if first_error.is_none() {

@@ -228,7 +228,19 @@ impl SinkTaskRuntime {
         info!(connector = %name, task = task_id, partitions = ?progress.committed, "starting sink task");
         task.start(SinkTaskContext::new(Arc::clone(&name), task_id)).await.map_err(tag)?;
         let result = match task.open(&partitions).await {
-            Ok(()) => drive(&name, &mut *task, &client, &offsets, &config, &stats, &mut progress, shutdown).await,
+            Ok(()) => {
+                drive(
+                    &name,
+                    &mut *task,
+                    &client,
+                    &offsets,
+                    &config,
+                    &stats,
+                    &mut progress,
+                    shutdown,
+                )
+                .await
+            }
             Err(e) => Err(e),
         }
         .map_err(tag);
@@ -240,18 +252,26 @@ impl SinkTaskRuntime {
         }
         match &result {
             Ok(()) => info!(connector = %name, task = task_id, "sink task stopped"),
-            Err(e) => warn!(connector = %name, task = task_id, error = %e.report(), "sink task failed"),
+            Err(e) => {
+                warn!(connector = %name, task = task_id, error = %e.report(), "sink task failed")
+            }
         }
         result
     }
 }
 
 /// Where to start a partition without a committed offset.
-async fn initial_offset(client: &KafkaClient, tp: &TopicPartition, start: StartFrom) -> Result<i64> {
+async fn initial_offset(
+    client: &KafkaClient,
+    tp: &TopicPartition,
+    start: StartFrom,
+) -> Result<i64> {
     let mut backoff = Backoff::new(client.config().retry_backoff);
     loop {
         let result = match start {
-            StartFrom::Earliest => client.list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest).await,
+            StartFrom::Earliest => {
+                client.list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest).await
+            }
             StartFrom::Latest => client.end_offset(&tp.topic, tp.partition).await,
         };
         match result {
@@ -315,7 +335,9 @@ async fn drive(
             Event::Fetched(None) => break Err(Error::fatal("all Kafka fetchers stopped")),
             Event::Fetched(Some(FetchMsg::Failed(e))) => break Err(e),
             Event::Fetched(Some(FetchMsg::Records(tp, records))) => {
-                let Some(last) = records.last().map(|r| r.offset) else { continue };
+                let Some(last) = records.last().map(|r| r.offset) else {
+                    continue;
+                };
                 let n = records.len() as u64;
                 stats.add_in(n);
                 // Retriable errors: the same records again, after a backoff, until shutdown.
@@ -336,7 +358,16 @@ async fn drive(
                         }
                         Err(e) => {
                             stats.add_error();
-                            return finish(name, task, store, stats, progress, config, Err(e.with_topic(&*tp.topic).with_partition(tp.partition))).await;
+                            return finish(
+                                name,
+                                task,
+                                store,
+                                stats,
+                                progress,
+                                config,
+                                Err(e.with_topic(&*tp.topic).with_partition(tp.partition)),
+                            )
+                            .await;
                         }
                     }
                 };
@@ -393,7 +424,9 @@ async fn commit(
     let mut to_save = OffsetMap::new();
     let mut newly = 0u64;
     for (tp, offset) in safe {
-        let Some(&max) = offered.get(&tp) else { continue };
+        let Some(&max) = offered.get(&tp) else {
+            continue;
+        };
         let offset = offset.min(max);
         let previous = progress.committed.get(&tp).copied();
         if previous.is_none_or(|p| offset > p) {
@@ -472,7 +505,9 @@ async fn fetch_loop(
                 }
             }
             Err(e) => {
-                let _ = tx.send(FetchMsg::Failed(e.with_topic(&*tp.topic).with_partition(tp.partition))).await;
+                let _ = tx
+                    .send(FetchMsg::Failed(e.with_topic(&*tp.topic).with_partition(tp.partition)))
+                    .await;
                 return;
             }
         }

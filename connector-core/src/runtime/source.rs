@@ -253,7 +253,9 @@ impl SourceTaskRuntime {
         stats.set_in_flight(0);
         match &result {
             Ok(()) => info!(connector = %name, task = task_id, "source task stopped"),
-            Err(e) => warn!(connector = %name, task = task_id, error = %e.report(), "source task failed"),
+            Err(e) => {
+                warn!(connector = %name, task = task_id, error = %e.report(), "source task failed")
+            }
         }
         result
     }
@@ -273,7 +275,8 @@ async fn drive(
     let max_records = config.max_in_flight_records.max(1);
     let max_bytes = config.max_in_flight_bytes.max(1);
     let (producer, mut acks) = Producer::<u64>::new(client, max_records);
-    let mut finalizer: OrderedFinalizer<SourceRecord, Result<RecordMetadata>> = OrderedFinalizer::new();
+    let mut finalizer: OrderedFinalizer<SourceRecord, Result<RecordMetadata>> =
+        OrderedFinalizer::new();
     let mut pending: VecDeque<(ProducerRecord, u64)> = VecDeque::new();
     let mut unacked: usize = 0;
     let mut held_bytes: usize = 0;
@@ -282,7 +285,8 @@ async fn drive(
     let mut drain_deadline: Option<Instant> = None;
     let mut poll_retry_at: Option<Instant> = None;
     let mut poll_backoff = Backoff::new(config.retry_backoff);
-    let mut tick = tokio::time::interval(Duration::from_millis(config.offset_flush_interval_ms.max(1)));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(config.offset_flush_interval_ms.max(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.reset();
 
@@ -338,7 +342,8 @@ async fn drive(
             Event::Shutdown => {
                 info!(connector = %name, in_flight = finalizer.len(), "draining source task");
                 stopping = true;
-                drain_deadline = Some(Instant::now() + Duration::from_millis(config.shutdown_timeout_ms));
+                drain_deadline =
+                    Some(Instant::now() + Duration::from_millis(config.shutdown_timeout_ms));
             }
             Event::Tick => committer.commit(task).await,
             Event::DrainTimeout => {
