@@ -133,6 +133,24 @@ async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut done:
     }
 }
 
+/// Runs `task` as task 0 of connector `name` in the background.
+fn spawn_source(
+    name: &str,
+    task: Counter,
+    client: &KafkaClient,
+    store: &Arc<MemoryOffsetStore>,
+    config: SourceRuntimeConfig,
+) -> (tokio::task::JoinHandle<Result<()>>, Arc<connector_core::runtime::TaskStats>, CancellationToken)
+{
+    let shutdown = CancellationToken::new();
+    let store = Arc::clone(store) as Arc<dyn OffsetStore>;
+    let runtime =
+        SourceTaskRuntime::new(name, 0, Box::new(task), client.clone(), store).with_config(config);
+    let stats = runtime.stats();
+    let run = tokio::spawn(runtime.run(shutdown.clone()));
+    (run, stats, shutdown)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_record_runs_in_poll_order_after_kafka_acknowledged_across_partitions() {
     init_tracing();
@@ -142,21 +160,17 @@ async fn commit_record_runs_in_poll_order_after_kafka_acknowledged_across_partit
     let client = KafkaClient::connect(config).await.unwrap();
     let store = Arc::new(MemoryOffsetStore::new());
     let (task, observed) = counter("ordered", 5000, 250, Duration::ZERO);
-    let shutdown = CancellationToken::new();
-    let runtime = SourceTaskRuntime::new(
+    let (run, stats, shutdown) = spawn_source(
         "ordered",
-        0,
-        Box::new(task),
-        client.clone(),
-        Arc::clone(&store) as Arc<dyn OffsetStore>,
-    )
-    .with_config(SourceRuntimeConfig {
-        max_in_flight_records: 1000,
-        offset_flush_interval_ms: 50,
-        ..Default::default()
-    });
-    let stats = runtime.stats();
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+        task,
+        &client,
+        &store,
+        SourceRuntimeConfig {
+            max_in_flight_records: 1000,
+            offset_flush_interval_ms: 50,
+            ..Default::default()
+        },
+    );
     wait_until("5000 committed records", Duration::from_secs(60), || {
         observed.lock().committed.len() == 5000
     })
@@ -191,20 +205,17 @@ async fn nothing_is_committed_while_kafka_is_cut_and_nothing_is_lost_after_it_he
     let client = KafkaClient::connect(config).await.unwrap();
     let store = Arc::new(MemoryOffsetStore::new());
     let (task, observed) = counter("cut", 6000, 100, Duration::from_millis(20));
-    let shutdown = CancellationToken::new();
-    let runtime = SourceTaskRuntime::new(
+    let (run, _stats, shutdown) = spawn_source(
         "cut",
-        0,
-        Box::new(task),
-        client.clone(),
-        Arc::clone(&store) as Arc<dyn OffsetStore>,
-    )
-    .with_config(SourceRuntimeConfig {
-        max_in_flight_records: 500,
-        offset_flush_interval_ms: 50,
-        ..Default::default()
-    });
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+        task,
+        &client,
+        &store,
+        SourceRuntimeConfig {
+            max_in_flight_records: 500,
+            offset_flush_interval_ms: 50,
+            ..Default::default()
+        },
+    );
 
     wait_until("some records committed", Duration::from_secs(30), || {
         observed.lock().committed.len() >= 1000
@@ -249,17 +260,13 @@ async fn shutdown_drains_in_flight_records_and_commits_their_offsets() {
     let client = KafkaClient::connect(config).await.unwrap();
     let store = Arc::new(MemoryOffsetStore::new());
     let (task, observed) = counter("drain", 300, 300, Duration::ZERO);
-    let shutdown = CancellationToken::new();
-    let runtime = SourceTaskRuntime::new(
+    let (run, stats, shutdown) = spawn_source(
         "drain",
-        0,
-        Box::new(task),
-        client.clone(),
-        Arc::clone(&store) as Arc<dyn OffsetStore>,
-    )
-    .with_config(SourceRuntimeConfig { offset_flush_interval_ms: 60_000, ..Default::default() });
-    let stats = runtime.stats();
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+        task,
+        &client,
+        &store,
+        SourceRuntimeConfig { offset_flush_interval_ms: 60_000, ..Default::default() },
+    );
     wait_until("300 records in flight", Duration::from_secs(10), || {
         stats.snapshot().records_in == 300
     })
@@ -272,17 +279,8 @@ async fn shutdown_drains_in_flight_records_and_commits_their_offsets() {
 
     // A restart resumes after them.
     let (task, observed) = counter("drain", 300, 300, Duration::ZERO);
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(
-        SourceTaskRuntime::new(
-            "drain",
-            0,
-            Box::new(task),
-            client.clone(),
-            Arc::clone(&store) as Arc<dyn OffsetStore>,
-        )
-        .run(shutdown.clone()),
-    );
+    let (run, _stats, shutdown) =
+        spawn_source("drain", task, &client, &store, SourceRuntimeConfig::default());
     wait_until("restart", Duration::from_secs(10), || observed.lock().started_from.is_some()).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -299,11 +297,8 @@ async fn a_full_window_sends_at_once_instead_of_waiting_for_linger() {
     let client = KafkaClient::connect(config).await.unwrap();
     let store = Arc::new(MemoryOffsetStore::new());
     let (task, observed) = counter("window", 2000, 100, Duration::ZERO);
-    let shutdown = CancellationToken::new();
-    let runtime =
-        SourceTaskRuntime::new("window", 0, Box::new(task), client, store as Arc<dyn OffsetStore>)
-            .with_config(SourceRuntimeConfig { max_in_flight_records: 200, ..Default::default() });
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+    let config = SourceRuntimeConfig { max_in_flight_records: 200, ..Default::default() };
+    let (run, _stats, shutdown) = spawn_source("window", task, &client, &store, config);
     wait_until("2000 committed with a 200-record window", Duration::from_secs(30), || {
         observed.lock().committed.len() == 2000
     })
@@ -357,7 +352,6 @@ async fn a_retriable_put_error_redelivers_the_same_records() {
     let puts = Arc::new(Mutex::new(Vec::new()));
     let task = Recorder { puts: Arc::clone(&puts), fail_first: 2, hold_back: 0 };
     let store = Arc::new(MemoryOffsetStore::new());
-    let shutdown = CancellationToken::new();
     let config = SinkRuntimeConfig {
         commit_interval_ms: 50,
         retry_backoff: connector_core::backoff::BackoffConfig {
@@ -368,16 +362,7 @@ async fn a_retriable_put_error_redelivers_the_same_records() {
         ..Default::default()
     };
     let tp = TopicPartition::new("retry", 0);
-    let runtime = SinkTaskRuntime::new(
-        "retry",
-        0,
-        Box::new(task),
-        client,
-        Arc::clone(&store) as Arc<dyn OffsetStore>,
-        vec![tp.clone()],
-    )
-    .with_config(config);
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+    let (run, shutdown) = spawn_sink("retry", task, &client, &store, &tp, config);
     wait_until("100 records put", Duration::from_secs(20), || {
         puts.lock().iter().skip(2).map(Vec::len).sum::<usize>() >= 100
     })
@@ -406,17 +391,7 @@ async fn only_offsets_returned_by_pre_commit_are_committed_and_the_rest_is_redel
 
     let puts = Arc::new(Mutex::new(Vec::new()));
     let task = Recorder { puts: Arc::clone(&puts), fail_first: 0, hold_back: 10 };
-    let shutdown = CancellationToken::new();
-    let runtime = SinkTaskRuntime::new(
-        "held",
-        0,
-        Box::new(task),
-        client.clone(),
-        Arc::clone(&store) as Arc<dyn OffsetStore>,
-        vec![tp.clone()],
-    )
-    .with_config(config.clone());
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+    let (run, shutdown) = spawn_sink("held", task, &client, &store, &tp, config.clone());
     wait_until("offset 90 committed", Duration::from_secs(20), || {
         futures_lite_block(store.load("held")).unwrap().kafka_offset(&tp) == Some(90)
     })
@@ -433,22 +408,30 @@ async fn only_offsets_returned_by_pre_commit_are_committed_and_the_rest_is_redel
     // Restart: the 10 held-back records come again, nothing before them.
     let puts = Arc::new(Mutex::new(Vec::new()));
     let task = Recorder { puts: Arc::clone(&puts), fail_first: 0, hold_back: 0 };
-    let shutdown = CancellationToken::new();
-    let runtime = SinkTaskRuntime::new(
-        "held",
-        0,
-        Box::new(task),
-        client,
-        Arc::clone(&store) as Arc<dyn OffsetStore>,
-        vec![tp.clone()],
-    )
-    .with_config(config);
-    let run = tokio::spawn(runtime.run(shutdown.clone()));
+    let (run, shutdown) = spawn_sink("held", task, &client, &store, &tp, config);
     wait_until("redelivery", Duration::from_secs(20), || !puts.lock().is_empty()).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
     let redelivered: Vec<i64> = puts.lock().iter().flatten().copied().collect();
     assert_eq!(redelivered, (90..100).collect::<Vec<_>>());
+}
+
+/// Runs `task` as task 0 of sink connector `name`, reading `tp`, in the background.
+fn spawn_sink(
+    name: &str,
+    task: Recorder,
+    client: &KafkaClient,
+    store: &Arc<MemoryOffsetStore>,
+    tp: &TopicPartition,
+    config: SinkRuntimeConfig,
+) -> (tokio::task::JoinHandle<Result<()>>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let store = Arc::clone(store) as Arc<dyn OffsetStore>;
+    let runtime =
+        SinkTaskRuntime::new(name, 0, Box::new(task), client.clone(), store, vec![tp.clone()])
+            .with_config(config);
+    let run = tokio::spawn(runtime.run(shutdown.clone()));
+    (run, shutdown)
 }
 
 /// Polls a ready-quickly future from a sync closure (the memory store never waits).

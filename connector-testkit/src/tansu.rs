@@ -73,22 +73,7 @@ impl Tansu {
     /// # Errors
     /// When the binary is missing or the broker does not come up.
     pub async fn start_with(storage: TansuStorage) -> Result<Self> {
-        let binary = Self::binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix("tansu-")
-            .tempdir()
-            .map_err(|e| TestkitError::io("create tansu dir", e))?;
-        let mut last = None;
-        for _ in 0..3 {
-            let port = free_port()?;
-            match launch(&binary, dir.path(), port, port, storage).await {
-                Ok(child) => {
-                    return Ok(Self { binary, dir, port, advertised_port: port, storage, child })
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| TestkitError::Timeout("tansu start".into())))
+        Ok(Self::launch_new(storage, false).await?.0)
     }
 
     /// Starts a broker that advertises a [`FaultProxy`] in front of it as its address, so every
@@ -98,6 +83,17 @@ impl Tansu {
     /// # Errors
     /// When the binary is missing or the broker does not come up.
     pub async fn start_behind_proxy(storage: TansuStorage) -> Result<(Self, FaultProxy)> {
+        let (tansu, proxy) = Self::launch_new(storage, true).await?;
+        let proxy = proxy.ok_or_else(|| TestkitError::Timeout("fault proxy start".into()))?;
+        Ok((tansu, proxy))
+    }
+
+    /// A new broker in a new directory, on a free port (retried on a port clash), optionally
+    /// advertising a fault proxy in front of it.
+    async fn launch_new(
+        storage: TansuStorage,
+        behind_proxy: bool,
+    ) -> Result<(Self, Option<FaultProxy>)> {
         let binary = Self::binary()?;
         let dir = tempfile::Builder::new()
             .prefix("tansu-")
@@ -106,8 +102,11 @@ impl Tansu {
         let mut last = None;
         for _ in 0..3 {
             let port = free_port()?;
-            let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
-            let advertised_port = proxy.addr().port();
+            let proxy = match behind_proxy {
+                true => Some(FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?),
+                false => None,
+            };
+            let advertised_port = proxy.as_ref().map_or(port, |p| p.addr().port());
             match launch(&binary, dir.path(), port, advertised_port, storage).await {
                 Ok(child) => {
                     let tansu = Self { binary, dir, port, advertised_port, storage, child };

@@ -123,30 +123,22 @@ async fn wait_for_count(
     }
 }
 
-/// The committed source position in an offsets file (0 when none was committed).
-fn committed_position(offsets: &Path) -> u64 {
-    let Ok(text) = std::fs::read_to_string(offsets) else {
-        return 0;
-    };
+/// A field of the first committed offset in an offsets file (`None` when none was committed).
+fn committed_field(offsets: &Path, field: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(offsets).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["namespaces"]
-        .as_object()
-        .and_then(|m| m.values().next())
-        .and_then(|entries| entries[0]["offset"]["position"].as_u64())
-        .unwrap_or(0)
+    let entries = v["namespaces"].as_object()?.values().next()?.clone();
+    Some(entries[0]["offset"][field].clone())
 }
 
-/// The committed sink offset of partition 0 in an offsets file (0 when none was committed).
+/// The committed source position (0 when none was committed).
+fn committed_position(offsets: &Path) -> u64 {
+    committed_field(offsets, "position").and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+/// The committed sink offset of partition 0 (0 when none was committed).
 fn committed_kafka_offset(offsets: &Path) -> i64 {
-    let Ok(text) = std::fs::read_to_string(offsets) else {
-        return 0;
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["namespaces"]
-        .as_object()
-        .and_then(|m| m.values().next())
-        .and_then(|entries| entries[0]["offset"]["kafka_offset"].as_i64())
-        .unwrap_or(0)
+    committed_field(offsets, "kafka_offset").and_then(|v| v.as_i64()).unwrap_or(0)
 }
 
 fn read_lines(path: &Path) -> Vec<String> {

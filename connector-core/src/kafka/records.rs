@@ -257,16 +257,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn repeated_batches_in_one_response_yield_each_record_once() {
-        let records: Vec<_> = (0..3)
+    /// `n` records whose value is their index.
+    fn numbered(n: u8) -> Vec<PendingRecord> {
+        (0..n)
             .map(|i| PendingRecord {
                 key: None,
                 value: Some(Bytes::from(vec![i])),
                 headers: Headers::new(),
                 timestamp: 1,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn repeated_batches_in_one_response_yield_each_record_once() {
+        let records = numbered(3);
         let mut a = build_batch(&records, Compression::None);
         a.base_offset = 10;
         let mut b = build_batch(&records, Compression::None);
@@ -279,14 +284,7 @@ mod tests {
 
     #[test]
     fn records_before_the_requested_offset_are_dropped() {
-        let records: Vec<_> = (0..5)
-            .map(|i| PendingRecord {
-                key: None,
-                value: Some(Bytes::from(vec![i])),
-                headers: Headers::new(),
-                timestamp: 1,
-            })
-            .collect();
+        let records = numbered(5);
         let mut batch = build_batch(&records, Compression::None);
         batch.base_offset = 100;
         let topic: Arc<str> = Arc::from("t");
