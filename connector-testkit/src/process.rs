@@ -152,3 +152,19 @@ pub(crate) fn tail(log: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_is_an_error_that_says_how_to_install_it() {
+        let err =
+            find_binary("no-such-broker-xyz", "NO_SUCH_BROKER_BIN", &[], "apt-get install xyz")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("no-such-broker-xyz not found"), "{err}");
+        assert!(err.contains("scripts/install-brokers"), "{err}");
+        assert!(err.contains("apt-get install xyz"), "{err}");
+    }
+}
