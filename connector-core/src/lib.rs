@@ -7,8 +7,10 @@ pub mod kafka;
 mod offset;
 mod record;
 pub mod runtime;
+mod secret;
 mod sink;
 mod source;
+pub mod template;
 
 pub use config::{join_path, ConfigError, ConfigErrors, ConnectorConfig};
 pub use error::{Error, ErrorContext, ErrorKind, Result, SharedError};
@@ -17,5 +19,6 @@ pub use record::{
     Header, Headers, RecordMetadata, SinkRecord, SourceOffset, SourcePartition, SourceRecord,
     Timestamp, TopicPartition,
 };
+pub use secret::Secret;
 pub use sink::{DynSinkConnector, SinkConnector, SinkTask, SinkTaskContext, StartFrom};
 pub use source::{DynSourceConnector, SourceConnector, SourceTask, SourceTaskContext};

@@ -249,6 +249,10 @@ pub struct SourceRecord {
     /// Position after this record within `source_partition` (opaque). `None` when the source has
     /// nothing to resume from (e.g. MQTT, whose resume point is the broker session).
     pub source_offset: Option<SourceOffset>,
+    /// Set when the source already knows this record cannot be written (say, its topic renders
+    /// to an illegal Kafka topic name). The runtime does not write it; it hands it to the error
+    /// policy with this message, and calls `commit_record` once the policy has dealt with it.
+    pub rejected: Option<String>,
 }
 
 impl SourceRecord {
@@ -263,6 +267,7 @@ impl SourceRecord {
             timestamp: None,
             source_partition: SourcePartition::new(),
             source_offset: None,
+            rejected: None,
         }
     }
 
@@ -294,6 +299,13 @@ impl SourceRecord {
     pub fn with_source(mut self, partition: SourcePartition, offset: SourceOffset) -> Self {
         self.source_partition = partition;
         self.source_offset = Some(offset);
+        self
+    }
+
+    /// Marks the record as one that cannot be written, with the reason (see
+    /// [`rejected`](Self::rejected)).
+    pub fn reject(mut self, reason: impl Into<String>) -> Self {
+        self.rejected = Some(reason.into());
         self
     }
 

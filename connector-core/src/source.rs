@@ -213,10 +213,20 @@ pub trait SourceConnector: Send + Sync + Sized + 'static {
     /// # Errors
     /// Fatal when the task cannot be created.
     fn create_task(&self, config: Self::TaskConfig) -> Result<Self::Task>;
+
+    /// The most records each task should have in flight (polled, not yet committed), when the
+    /// connector has a window of its own (the MQTT source's receive window). The runtime uses the
+    /// smaller of this and its configured limit. The default has no preference.
+    fn max_in_flight_records(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The object-safe side of [`SourceConnector`], used by the runtime and the runner's registry.
 pub trait DynSourceConnector: Send + Sync {
+    /// See [`SourceConnector::max_in_flight_records`].
+    fn max_in_flight_records(&self) -> Option<usize>;
+
     /// Creates the connector's tasks (at most `max_tasks`).
     ///
     /// # Errors
@@ -225,6 +235,10 @@ pub trait DynSourceConnector: Send + Sync {
 }
 
 impl<C: SourceConnector> DynSourceConnector for C {
+    fn max_in_flight_records(&self) -> Option<usize> {
+        SourceConnector::max_in_flight_records(self)
+    }
+
     fn create_tasks(&self, max_tasks: usize) -> Result<Vec<Box<dyn SourceTask>>> {
         self.task_configs(max_tasks.max(1))?
             .into_iter()

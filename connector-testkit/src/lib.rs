@@ -22,12 +22,14 @@
 mod error;
 pub mod kafka;
 mod mosquitto;
+mod mqtt;
 mod process;
 mod proxy;
 mod tansu;
 
 pub use error::{Result, TestkitError};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
+pub use mqtt::{MqttPublisher, MqttSubscriber};
 pub use process::{broker_cache_dir, free_port};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use tansu::{Tansu, TansuStorage};

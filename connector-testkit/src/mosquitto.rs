@@ -154,6 +154,10 @@ impl Mosquitto {
 fn write_config(dir: &Path, port: u16, o: &MosquittoOptions) -> Result<()> {
     let mut c = String::new();
     let _ = writeln!(c, "listener {port} 127.0.0.1");
+    // Started as root, Mosquitto drops to user `mosquitto` and can then neither write its log nor
+    // its persistence database in our directory (so sessions would not survive a restart). This
+    // keeps the starting user; it has no effect when not started as root.
+    let _ = writeln!(c, "user root");
     let _ = writeln!(c, "allow_anonymous true");
     let _ = writeln!(c, "persistence {}", o.persistence);
     let _ = writeln!(c, "persistence_location {}/", dir.display());

@@ -35,6 +35,10 @@ pub async fn run_source_connector(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(name))?;
+    let mut config = config;
+    if let Some(window) = connector.max_in_flight_records() {
+        config.max_in_flight_records = config.max_in_flight_records.min(window.max(1));
+    }
     let stop = shutdown.child_token();
     let mut set = JoinSet::new();
     for (id, task) in tasks.into_iter().enumerate() {

@@ -362,12 +362,16 @@ async fn drive(
                     continue;
                 }
                 stats.add_in(records.len() as u64);
-                for record in records {
+                for mut record in records {
                     held_bytes += record.size();
-                    let invalid_topic = validate_topic_name(&record.topic).err();
+                    let invalid = record.rejected.take().or_else(|| {
+                        validate_topic_name(&record.topic).err().map(|why| {
+                            format!("cannot write to Kafka topic {:?}: {why}", record.topic)
+                        })
+                    });
                     let producer_record = ProducerRecord::from(&record);
                     let seq = finalizer.push(record);
-                    match invalid_topic {
+                    match invalid {
                         Some(why) => {
                             finalizer.complete(seq, Err(Error::rejected(why)));
                         }

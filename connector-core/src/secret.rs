@@ -1,0 +1,111 @@
+//! [`Secret`]: a configuration value that must not leak (passwords, keys). Written in config as a
+//! literal or, better, as `${VAR}` to read it from the environment. Its `Debug` output and its
+//! serialized form never show a literal value.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::{Error, Result};
+
+/// A secret string. `"${MQTT_PASSWORD}"` reads the variable when resolved; anything else is the
+/// secret itself.
+///
+/// ```
+/// use connector_core::Secret;
+///
+/// let s: Secret = serde_json::from_str(r#""${HOME}""#).unwrap();
+/// assert_eq!(s.env_var(), Some("HOME"));
+/// assert_eq!(format!("{s:?}"), "Secret(${HOME})");
+/// let literal: Secret = serde_json::from_str(r#""hunter2""#).unwrap();
+/// assert_eq!(format!("{literal:?}"), "Secret(***)");
+/// assert_eq!(serde_json::to_string(&literal).unwrap(), r#""***""#);
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[schemars(
+    description = "A secret: `${ENV_VAR}` reads it from the environment (recommended); any other string is the secret itself."
+)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret from its config form.
+    pub fn new(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+
+    /// The environment variable it names, for `${VAR}`.
+    pub fn env_var(&self) -> Option<&str> {
+        self.0.strip_prefix("${").and_then(|s| s.strip_suffix('}'))
+    }
+
+    /// Checks the form without reading anything (pure).
+    ///
+    /// # Errors
+    /// A message for a malformed `${...}` reference.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.0.starts_with("${") {
+            match self.env_var() {
+                Some(v)
+                    if !v.is_empty()
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {}
+                _ => {
+                    return Err(
+                        "expected ${VARIABLE_NAME} (letters, digits, underscores)".to_owned()
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The secret's value, reading the environment for `${VAR}`.
+    ///
+    /// # Errors
+    /// Fatal when the variable is not set; the message names the variable, never a value.
+    pub fn resolve(&self) -> Result<String> {
+        match self.env_var() {
+            Some(var) => std::env::var(var).map_err(|_| {
+                Error::fatal(format!(
+                    "environment variable {var} (referenced by a secret) is not set"
+                ))
+            }),
+            None => Ok(self.0.clone()),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.env_var() {
+            Some(_) => write!(f, "Secret({})", self.0),
+            None => f.write_str("Secret(***)"),
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.env_var() {
+            Some(_) => s.serialize_str(&self.0),
+            None => s.serialize_str("***"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_resolve_from_the_environment_and_malformed_ones_are_refused() {
+        assert!(Secret::new("${}").validate().is_err());
+        assert!(Secret::new("${A-B}").validate().is_err());
+        assert!(Secret::new("${PATH}").validate().is_ok());
+        assert!(Secret::new("${PATH}").resolve().is_ok());
+        let missing = Secret::new("${CONNECTOR_TEST_SURELY_UNSET_VAR}").resolve().unwrap_err();
+        assert!(missing.to_string().contains("CONNECTOR_TEST_SURELY_UNSET_VAR"));
+        assert_eq!(Secret::new("plain").resolve().unwrap(), "plain");
+    }
+}

@@ -1,0 +1,11 @@
+//! MQTT pieces shared by the MQTT source and sink connectors: broker URLs ([`MqttUrl`]), MQTT's
+//! topic and filter rules, building rumqttc client options from connector settings
+//! ([`ConnectionSettings`]), and what a connection error means ([`classify`]).
+
+mod connection;
+mod topic;
+mod url;
+
+pub use connection::{classify, connection_error, tls_config, ConnectionSettings, MAX_PACKET_IDS};
+pub use topic::{validate_filter, validate_topic, MAX_TOPIC_LEN};
+pub use url::MqttUrl;

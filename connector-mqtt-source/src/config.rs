@@ -1,0 +1,271 @@
+//! [`MqttSourceConfig`]: the keys of a `type = "mqtt-source"` connector.
+
+use std::time::Duration;
+
+use connector_core::backoff::BackoffConfig;
+use connector_core::template::Template;
+use connector_core::{ConfigErrors, ConnectorConfig, Secret};
+use connector_mqtt_common::{validate_filter, MqttUrl};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Reads MQTT messages into Kafka, acknowledging each one to the broker only after Kafka has it.
+///
+/// ```
+/// use connector_core::ConnectorConfig;
+/// use connector_mqtt_source::MqttSourceConfig;
+///
+/// let config: MqttSourceConfig = serde_json::from_value(serde_json::json!({
+///     "mqtt_url": "mqtt://127.0.0.1:1883",
+///     "topics": ["plant/+/sensors/#"],
+///     "kafka_topic": "plant.{1}",
+/// }))
+/// .unwrap();
+/// assert!(config.validate().is_empty());
+/// assert_eq!(config.qos, 1);
+/// assert_eq!(config.key, "{topic}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    /// Broker URL: `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (TLS, 8883).
+    pub mqtt_url: String,
+    /// MQTT client id. Defaults to the connector name. With `tasks` > 1, task i uses
+    /// `<client_id>-<i>`. Keep it stable: the broker keeps the persistent session under it.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Topic filters to subscribe to; `+` matches one level, `#` all remaining levels.
+    pub topics: Vec<String>,
+    /// Subscription QoS: 0 (at most once), 1 (at least once, default) or 2 (exactly once between
+    /// broker and connector; still at least once into Kafka).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Start a clean session on every connect. Default false: the broker keeps the session, so
+    /// messages published while the connector is down are delivered when it comes back.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Seconds between keep-alive pings when nothing else is sent.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// Seconds to wait for the broker to accept a connection.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// User name, if the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password; write `${ENV_VAR}` to read it from the environment.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Kafka topic template. `{topic}` is the MQTT topic, `{N}` its level N (0-based); every `/`
+    /// in the result becomes `.`. `"plant.{1}"` sends `plant/line1/temp` to `plant.line1`. A
+    /// result that is not a legal Kafka topic name goes to the error policy.
+    pub kafka_topic: String,
+    /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
+    /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
+    /// `""` writes records without a key.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Largest MQTT packet accepted, in bytes (default 1 MiB).
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: usize,
+    /// Most messages received and not yet acknowledged to the broker (waiting for Kafka). The
+    /// broker's own limit (Mosquitto `max_inflight_messages`) must be at least this for the
+    /// window to be used; throughput is about window / Kafka round trip.
+    #[serde(default = "default_inflight")]
+    pub inflight: usize,
+    /// Backoff between reconnect attempts.
+    #[serde(default = "default_reconnect_backoff")]
+    pub reconnect_backoff: BackoffConfig,
+    /// Do not forward retained messages (the broker's last-known value sent on subscribe); they
+    /// are acknowledged and counted, not written.
+    #[serde(default)]
+    pub skip_retained: bool,
+    /// Number of tasks. With more than one, each task is its own MQTT client
+    /// (`<client_id>-<i>`) and subscribes with `$share/<connector name>/<filter>`, so the broker
+    /// spreads messages across them.
+    #[serde(default = "default_tasks")]
+    pub tasks: usize,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_key() -> String {
+    "{topic}".to_owned()
+}
+fn default_max_packet_size() -> usize {
+    1024 * 1024
+}
+fn default_inflight() -> usize {
+    1000
+}
+fn default_reconnect_backoff() -> BackoffConfig {
+    BackoffConfig { min_ms: 250, max_ms: 30_000, jitter: 0.3 }
+}
+fn default_tasks() -> usize {
+    1
+}
+
+/// Largest MQTT packet the protocol allows.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+impl MqttSourceConfig {
+    /// A config with defaults for everything but the essentials.
+    pub fn new(
+        mqtt_url: impl Into<String>,
+        topics: Vec<String>,
+        kafka_topic: impl Into<String>,
+    ) -> Self {
+        Self {
+            mqtt_url: mqtt_url.into(),
+            client_id: None,
+            topics,
+            qos: default_qos(),
+            clean_session: false,
+            keep_alive_secs: default_keep_alive_secs(),
+            connect_timeout_secs: default_connect_timeout_secs(),
+            username: None,
+            password: None,
+            kafka_topic: kafka_topic.into(),
+            key: default_key(),
+            max_packet_size: default_max_packet_size(),
+            inflight: default_inflight(),
+            reconnect_backoff: default_reconnect_backoff(),
+            skip_retained: false,
+            tasks: default_tasks(),
+        }
+    }
+
+    pub(crate) fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs)
+    }
+}
+
+/// Checks a topic or key template: placeholders must be `topic` or a level number.
+pub(crate) fn check_template(source: &str) -> Result<Template, String> {
+    let t = Template::parse(source)?;
+    for p in t.placeholders() {
+        if p != "topic" && p.parse::<usize>().is_err() {
+            return Err(format!(
+                "unknown placeholder {{{p}}}: use {{topic}} or a topic level like {{0}}"
+            ));
+        }
+    }
+    Ok(t)
+}
+
+impl ConnectorConfig for MqttSourceConfig {
+    fn validate(&self) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        if let Err(msg) = MqttUrl::parse(&self.mqtt_url) {
+            e.push("mqtt_url", msg);
+        }
+        if self.client_id.as_deref().is_some_and(str::is_empty) {
+            e.push("client_id", "must not be empty (leave it out to use the connector name)");
+        }
+        if self.topics.is_empty() {
+            e.push("topics", "at least one topic filter is required");
+        }
+        for (i, f) in self.topics.iter().enumerate() {
+            if let Err(msg) = validate_filter(f) {
+                e.push(format!("topics[{i}]"), msg);
+            } else if self.tasks > 1 && f.starts_with("$share/") {
+                e.push(format!("topics[{i}]"), "with tasks > 1 the connector adds $share/ itself");
+            }
+        }
+        if self.qos > 2 {
+            e.push("qos", "expected 0, 1 or 2");
+        }
+        if !(1..=65_535).contains(&self.keep_alive_secs) {
+            e.push("keep_alive_secs", "expected 1 to 65535");
+        }
+        if self.connect_timeout_secs == 0 {
+            e.push("connect_timeout_secs", "must be at least 1");
+        }
+        if let Some(p) = &self.password {
+            if self.username.is_none() {
+                e.push("password", "a password needs a username");
+            }
+            if let Err(msg) = p.validate() {
+                e.push("password", msg);
+            }
+        }
+        match check_template(&self.kafka_topic) {
+            Err(msg) => e.push("kafka_topic", msg),
+            Ok(t) => {
+                if let Some(fixed) = t.as_literal() {
+                    if let Err(msg) =
+                        connector_core::kafka::validate_topic_name(&fixed.replace('/', "."))
+                    {
+                        e.push("kafka_topic", msg);
+                    }
+                }
+            }
+        }
+        if let Err(msg) = check_template(&self.key) {
+            e.push("key", msg);
+        }
+        if !(1024..=MQTT_MAX_PACKET).contains(&self.max_packet_size) {
+            e.push("max_packet_size", format!("expected 1024 to {MQTT_MAX_PACKET} bytes"));
+        }
+        if !(1..=65_535).contains(&self.inflight) {
+            e.push("inflight", "expected 1 to 65535 (MQTT packet identifiers)");
+        }
+        e.extend(self.reconnect_backoff.validate().prefixed("reconnect_backoff"));
+        if !(1..=256).contains(&self.tasks) {
+            e.push("tasks", "expected 1 to 256");
+        }
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(c: &MqttSourceConfig) -> Vec<String> {
+        c.validate().iter().map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn each_bad_value_is_reported_at_its_key() {
+        let mut c = MqttSourceConfig::new("http://x", vec!["a/#/b".into(), "ok/+".into()], "a b");
+        c.qos = 3;
+        c.key = "{device}".into();
+        c.inflight = 0;
+        c.password = Some(Secret::new("${X}"));
+        assert_eq!(
+            paths(&c),
+            ["mqtt_url", "topics[0]", "qos", "password", "kafka_topic", "key", "inflight"]
+        );
+    }
+
+    #[test]
+    fn templates_accept_topic_and_levels_only() {
+        assert!(check_template("plant.{1}.{topic}").is_ok());
+        assert!(check_template("{x}").is_err());
+        assert!(check_template("{1").is_err());
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["a".into()], "plant.{1}");
+        assert!(c.validate().is_empty());
+        c.kafka_topic = "fixed/topic".into();
+        assert!(c.validate().is_empty(), "a fixed topic is allowed; '/' becomes '.'");
+        c.tasks = 2;
+        c.topics = vec!["$share/g/a".into()];
+        assert_eq!(paths(&c), ["topics[0]"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = serde_json::from_value::<MqttSourceConfig>(serde_json::json!({
+            "mqtt_url": "mqtt://h", "topics": ["a"], "kafka_topic": "t", "qso": 1
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("qso"), "{err}");
+    }
+}

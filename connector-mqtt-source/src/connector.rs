@@ -1,0 +1,131 @@
+//! [`MqttSourceConnector`]: builds one task per MQTT client (`tasks`), sharing the subscription
+//! with `$share/<connector>/<filter>` when there are several.
+
+use std::time::Duration;
+
+use connector_core::{ConnectorConfig, Error, Result, SourceConnector};
+use connector_mqtt_common::{ConnectionSettings, MqttUrl};
+use rumqttc::QoS;
+
+use crate::config::{check_template, MqttSourceConfig};
+use crate::task::{MqttSourceTask, MqttSourceTaskConfig};
+
+/// The MQTT source connector (`type = "mqtt-source"`).
+///
+/// ```
+/// use connector_core::{DynSourceConnector, SourceConnector};
+/// use connector_mqtt_source::{MqttSourceConfig, MqttSourceConnector};
+///
+/// let mut config = MqttSourceConfig::new("mqtt://127.0.0.1:1883", vec!["plant/#".into()], "plant.{1}");
+/// config.tasks = 2;
+/// let connector = MqttSourceConnector::create("telemetry", config).unwrap();
+/// assert_eq!(connector.create_tasks(8).unwrap().len(), 2);
+/// ```
+#[derive(Debug)]
+pub struct MqttSourceConnector {
+    name: String,
+    config: MqttSourceConfig,
+    base: MqttSourceTaskConfig,
+}
+
+pub(crate) fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+impl SourceConnector for MqttSourceConnector {
+    type Config = MqttSourceConfig;
+    type TaskConfig = MqttSourceTaskConfig;
+    type Task = MqttSourceTask;
+
+    fn create(name: &str, config: MqttSourceConfig) -> Result<Self> {
+        if let Some(first) = config.validate().into_iter().next() {
+            return Err(Error::config(first.path, first.message));
+        }
+        let url = MqttUrl::parse(&config.mqtt_url).map_err(|m| Error::config("mqtt_url", m))?;
+        let kafka_topic =
+            check_template(&config.kafka_topic).map_err(|m| Error::config("kafka_topic", m))?;
+        let key = check_template(&config.key).map_err(|m| Error::config("key", m))?;
+        let base = MqttSourceTaskConfig {
+            connection: ConnectionSettings {
+                url,
+                client_id: config.client_id.clone().unwrap_or_else(|| name.to_owned()),
+                keep_alive: config.keep_alive(),
+                clean_session: config.clean_session,
+                username: config.username.clone(),
+                password: config.password.clone(),
+                max_packet_size: config.max_packet_size,
+                connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+            },
+            filters: config.topics.clone(),
+            qos: qos(config.qos),
+            kafka_topic,
+            key,
+            skip_retained: config.skip_retained,
+            inflight: config.inflight,
+            reconnect_backoff: config.reconnect_backoff,
+        };
+        Ok(Self { name: name.to_owned(), config, base })
+    }
+
+    fn task_configs(&self, max_tasks: usize) -> Result<Vec<MqttSourceTaskConfig>> {
+        let n = self.config.tasks.min(max_tasks.max(1)).max(1);
+        if n == 1 {
+            return Ok(vec![self.base.clone()]);
+        }
+        Ok((0..n)
+            .map(|i| {
+                let mut c = self.base.clone();
+                c.connection.client_id = format!("{}-{i}", self.base.connection.client_id);
+                c.filters =
+                    self.base.filters.iter().map(|f| format!("$share/{}/{f}", self.name)).collect();
+                c
+            })
+            .collect())
+    }
+
+    fn create_task(&self, config: MqttSourceTaskConfig) -> Result<MqttSourceTask> {
+        Ok(MqttSourceTask::new(config))
+    }
+
+    fn max_in_flight_records(&self) -> Option<usize> {
+        Some(self.config.inflight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_tasks_get_their_own_client_ids_and_shared_subscriptions() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["a/#".into(), "b".into()], "t");
+        c.tasks = 3;
+        let conn = MqttSourceConnector::create("fleet", c).unwrap();
+        let tasks = conn.task_configs(10).unwrap();
+        let ids: Vec<_> = tasks.iter().map(|t| t.connection.client_id.clone()).collect();
+        assert_eq!(ids, ["fleet-0", "fleet-1", "fleet-2"]);
+        assert_eq!(tasks[1].filters, ["$share/fleet/a/#", "$share/fleet/b"]);
+        assert_eq!(conn.task_configs(2).unwrap().len(), 2, "max_tasks caps");
+    }
+
+    #[test]
+    fn a_single_task_uses_the_client_id_and_filters_as_given() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["a/#".into()], "t");
+        c.client_id = Some("edge-1".into());
+        let tasks = MqttSourceConnector::create("fleet", c).unwrap().task_configs(4).unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].connection.client_id, "edge-1");
+        assert_eq!(tasks[0].filters, ["a/#"]);
+    }
+
+    #[test]
+    fn an_invalid_config_is_refused_with_its_key() {
+        let c = MqttSourceConfig::new("mqtt://h", vec![], "t");
+        let e = MqttSourceConnector::create("x", c).unwrap_err();
+        assert_eq!(e.to_string(), "topics: at least one topic filter is required");
+    }
+}
