@@ -100,10 +100,16 @@ pub trait SinkTask: Send + 'static {
     /// once, buffer them, or pipeline them; what it has not yet made durable it must not report
     /// from [`pre_commit`](Self::pre_commit).
     ///
+    /// A `put` may wait (for room in a pipeline, say); that is how a sink slows the fetching down.
+    ///
     /// # Errors
     /// [`Error::Retriable`](crate::Error::Retriable): the runtime waits a backoff and calls `put`
     /// again with **the same records**. Any other error stops the task; offsets stay where the last
     /// commit left them.
+    ///
+    /// # Cancellation
+    /// At shutdown a `put` still waiting is dropped. Records it had not handed on must simply not
+    /// be reported by `pre_commit`; they are read again after the restart.
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()>;
 
     /// Called every commit interval and at shutdown with the offsets after the last record handed
@@ -121,8 +127,9 @@ pub trait SinkTask: Send + 'static {
         Ok(offsets.clone())
     }
 
-    /// Makes everything handed to `put` durable (used by the default `pre_commit`). The default
-    /// does nothing.
+    /// Makes everything handed to `put` durable. The default `pre_commit` calls it, and the runtime
+    /// calls it at shutdown (bounded by the shutdown timeout) before the final `pre_commit`, so a
+    /// pipelining task can wait for what is in flight. The default does nothing.
     ///
     /// # Errors
     /// As for `pre_commit`.

@@ -1,1 +1,12 @@
-//! Kafka -> MQTT sink connector (built in a later step on connector-core and rumqttc).
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod connector;
+mod event_loop;
+mod render;
+mod task;
+mod tracker;
+
+pub use config::{MqttSinkConfig, Tombstones};
+pub use connector::MqttSinkConnector;
+pub use task::{MqttSinkTask, MqttSinkTaskConfig};

@@ -13,7 +13,9 @@
 //!   moving backwards.
 //! * A stored offset that no longer exists (retention removed it) is reset to `start` (earliest or
 //!   latest) with a warning.
-//! * Shutdown: fetching stops, a final `pre_commit` and commit run, then `close` and `stop`.
+//! * Shutdown: fetching stops (a `put` still waiting is dropped), `flush` gets up to
+//!   `shutdown_timeout_ms` to complete what is in flight, a final `pre_commit` and commit run, then
+//!   `close` and `stop`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -342,7 +344,13 @@ async fn drive(
                 stats.add_in(n);
                 // Retriable errors: the same records again, after a backoff, until shutdown.
                 let delivered = loop {
-                    match task.put(&records).await {
+                    // A put waiting on a slow destination must not hold up shutdown; what it did
+                    // not finish is simply not reported by pre_commit (see SinkTask::put).
+                    let put = tokio::select! {
+                        r = task.put(&records) => r,
+                        () = shutdown.cancelled() => break false,
+                    };
+                    match put {
                         Ok(()) => {
                             put_backoff.reset();
                             break true;
@@ -396,6 +404,15 @@ async fn finish(
     outcome: Result<()>,
 ) -> Result<()> {
     let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    // Give a pipelining task the chance to complete what is in flight, then commit what it reports.
+    let offered = progress.consumed.clone();
+    match tokio::time::timeout(timeout, task.flush(&offered)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "flush at shutdown failed"),
+        Err(_) => {
+            warn!(connector = %name, ?timeout, "flush at shutdown timed out; committing what was acknowledged")
+        }
+    }
     match tokio::time::timeout(timeout, commit(name, task, store, stats, progress)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "final commit failed"),

@@ -1,0 +1,269 @@
+//! [`MqttSinkConfig`]: the keys of a `type = "mqtt-sink"` connector.
+
+use std::time::Duration;
+
+use connector_core::backoff::BackoffConfig;
+use connector_core::template::{Part, Template};
+use connector_core::{ConfigErrors, ConnectorConfig, Secret, StartFrom};
+use connector_mqtt_common::{validate_topic, MqttUrl};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What to do with a Kafka record whose value is null (a tombstone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tombstones {
+    /// Publish nothing (default).
+    #[default]
+    Skip,
+    /// Publish an empty payload; with `retain`, this clears the topic's retained message.
+    Publish,
+}
+
+/// Publishes Kafka records to MQTT, committing a Kafka offset only after the broker acknowledged
+/// every publish before it.
+///
+/// ```
+/// use connector_core::ConnectorConfig;
+/// use connector_mqtt_sink::MqttSinkConfig;
+///
+/// let config: MqttSinkConfig = serde_json::from_value(serde_json::json!({
+///     "mqtt_url": "mqtt://127.0.0.1:1883",
+///     "topics": ["commands"],
+///     "mqtt_topic": "cars/{key}/cmd",
+/// }))
+/// .unwrap();
+/// assert!(config.validate().is_empty());
+/// assert_eq!(config.qos, 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSinkConfig {
+    /// Broker URL: `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (TLS, 8883).
+    pub mqtt_url: String,
+    /// MQTT client id. Defaults to the connector name. Keep it stable: with a persistent session
+    /// the broker keeps our unacknowledged publishes across a reconnect.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Kafka topics to read.
+    pub topics: Vec<String>,
+    /// MQTT topic template: `{key}` (the record key), `{topic}` (Kafka topic), `{partition}`,
+    /// `{header.NAME}` (a record header). A fixed topic is allowed. A substituted value containing
+    /// `/`, `+`, `#` or NUL, or an empty one, sends the record to the error policy: it is never
+    /// published, so a key cannot steer a command to another device's topic.
+    pub mqtt_topic: String,
+    /// Publish QoS: 0, 1 (default) or 2. With 0 there is no acknowledgement: a record counts as
+    /// delivered once sent.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Publish with the retain flag (default false).
+    #[serde(default)]
+    pub retain: bool,
+    /// Take the retain flag from this record header instead (`true`/`1` or `false`/`0`); records
+    /// without the header use `retain`.
+    #[serde(default)]
+    pub retain_header: Option<String>,
+    /// Where to start in a partition with no committed offset: `earliest` (default) or `latest`.
+    #[serde(default)]
+    pub start: StartFrom,
+    /// Most publishes in flight (sent, not yet acknowledged).
+    #[serde(default = "default_inflight")]
+    pub inflight: usize,
+    /// What to do with tombstones (null values): `skip` (default) or `publish` an empty payload.
+    #[serde(default)]
+    pub tombstones: Tombstones,
+    /// Start a clean session on every connect (default true). A publisher gains little from a
+    /// kept session: after any reconnect without one, the sink sends every unacknowledged publish
+    /// again. `false` lets rumqttc finish interrupted publishes instead; it is refused with
+    /// `qos = 2`, where a session left by an earlier run can make the broker discard a new publish
+    /// that reuses a packet id still pending there.
+    #[serde(default = "default_true")]
+    pub clean_session: bool,
+    /// Seconds between keep-alive pings when nothing else is sent.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// Seconds to wait for the broker to accept a connection.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// User name, if the broker requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password; write `${ENV_VAR}` to read it from the environment.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Largest MQTT packet sent, in bytes (default 1 MiB).
+    #[serde(default = "default_max_packet_size")]
+    pub max_packet_size: usize,
+    /// Backoff between reconnect attempts.
+    #[serde(default = "default_reconnect_backoff")]
+    pub reconnect_backoff: BackoffConfig,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_inflight() -> usize {
+    1000
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_max_packet_size() -> usize {
+    1024 * 1024
+}
+fn default_reconnect_backoff() -> BackoffConfig {
+    BackoffConfig { min_ms: 250, max_ms: 30_000, jitter: 0.3 }
+}
+
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+impl MqttSinkConfig {
+    /// A config with defaults for everything but the essentials.
+    pub fn new(
+        mqtt_url: impl Into<String>,
+        topics: Vec<String>,
+        mqtt_topic: impl Into<String>,
+    ) -> Self {
+        Self {
+            mqtt_url: mqtt_url.into(),
+            client_id: None,
+            topics,
+            mqtt_topic: mqtt_topic.into(),
+            qos: default_qos(),
+            retain: false,
+            retain_header: None,
+            start: StartFrom::Earliest,
+            inflight: default_inflight(),
+            tombstones: Tombstones::Skip,
+            clean_session: true,
+            keep_alive_secs: default_keep_alive_secs(),
+            connect_timeout_secs: default_connect_timeout_secs(),
+            username: None,
+            password: None,
+            max_packet_size: default_max_packet_size(),
+            reconnect_backoff: default_reconnect_backoff(),
+        }
+    }
+
+    pub(crate) fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs)
+    }
+}
+
+/// Parses an `mqtt_topic` template: known placeholders only, and fixed parts without wildcards.
+pub(crate) fn check_template(source: &str) -> Result<Template, String> {
+    let t = Template::parse(source)?;
+    for part in t.parts() {
+        match part {
+            Part::Placeholder(p) => {
+                let known = matches!(p.as_str(), "key" | "topic" | "partition")
+                    || p.strip_prefix("header.").is_some_and(|h| !h.is_empty());
+                if !known {
+                    return Err(format!(
+                        "unknown placeholder {{{p}}}: use {{key}}, {{topic}}, {{partition}} or {{header.NAME}}"
+                    ));
+                }
+            }
+            Part::Literal(l) => {
+                if l.contains(['+', '#', '\0']) {
+                    return Err(format!(
+                        "{source:?}: an MQTT topic to publish to cannot contain '+', '#' or NUL"
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(fixed) = t.as_literal() {
+        validate_topic(fixed)?;
+    }
+    Ok(t)
+}
+
+impl ConnectorConfig for MqttSinkConfig {
+    fn validate(&self) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        if let Err(msg) = MqttUrl::parse(&self.mqtt_url) {
+            e.push("mqtt_url", msg);
+        }
+        if self.client_id.as_deref().is_some_and(str::is_empty) {
+            e.push("client_id", "must not be empty (leave it out to use the connector name)");
+        }
+        if self.topics.is_empty() {
+            e.push("topics", "at least one Kafka topic is required");
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            if let Err(msg) = connector_core::kafka::validate_topic_name(t) {
+                e.push(format!("topics[{i}]"), msg);
+            }
+        }
+        if let Err(msg) = check_template(&self.mqtt_topic) {
+            e.push("mqtt_topic", msg);
+        }
+        if self.qos > 2 {
+            e.push("qos", "expected 0, 1 or 2");
+        }
+        if self.qos == 2 && !self.clean_session {
+            e.push(
+                "clean_session",
+                "must be true with qos = 2: a QoS 2 session left by an earlier run can make the broker discard a new publish reusing a pending packet id",
+            );
+        }
+        if self.retain_header.as_deref().is_some_and(str::is_empty) {
+            e.push("retain_header", "must not be empty");
+        }
+        if !(1..=65_535).contains(&self.inflight) {
+            e.push("inflight", "expected 1 to 65535 (MQTT packet identifiers)");
+        }
+        if !(1..=65_535).contains(&self.keep_alive_secs) {
+            e.push("keep_alive_secs", "expected 1 to 65535");
+        }
+        if self.connect_timeout_secs == 0 {
+            e.push("connect_timeout_secs", "must be at least 1");
+        }
+        if let Some(p) = &self.password {
+            if self.username.is_none() {
+                e.push("password", "a password needs a username");
+            }
+            if let Err(msg) = p.validate() {
+                e.push("password", msg);
+            }
+        }
+        if !(1024..=MQTT_MAX_PACKET).contains(&self.max_packet_size) {
+            e.push("max_packet_size", format!("expected 1024 to {MQTT_MAX_PACKET} bytes"));
+        }
+        e.extend(self.reconnect_backoff.validate().prefixed("reconnect_backoff"));
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_know_their_placeholders_and_refuse_wildcards() {
+        assert!(check_template("cars/{key}/cmd").is_ok());
+        assert!(check_template("fleet/{topic}/{partition}/{header.device}").is_ok());
+        assert!(check_template("fixed/commands").is_ok());
+        assert!(check_template("cars/{car}/cmd").is_err());
+        assert!(check_template("cars/{header.}/cmd").is_err());
+        assert!(check_template("cars/+/{key}").is_err());
+        assert!(check_template("cars/#").is_err());
+        assert!(check_template("").is_err(), "an empty fixed topic");
+    }
+
+    #[test]
+    fn each_bad_value_is_reported_at_its_key() {
+        let mut c = MqttSinkConfig::new("mqtt://h", vec!["bad topic".into()], "x/{nope}");
+        c.qos = 7;
+        c.inflight = 0;
+        let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths, ["topics[0]", "mqtt_topic", "qos", "inflight"]);
+    }
+}

@@ -1,0 +1,82 @@
+//! [`MqttSinkConnector`]: one MQTT client (task) publishing the records of its Kafka topics.
+
+use std::time::Duration;
+
+use connector_core::{ConnectorConfig, Error, Result, SinkConnector, StartFrom};
+use connector_mqtt_common::{ConnectionSettings, MqttUrl};
+use rumqttc::QoS;
+
+use crate::config::{check_template, MqttSinkConfig};
+use crate::task::{MqttSinkTask, MqttSinkTaskConfig};
+
+/// The MQTT sink connector (`type = "mqtt-sink"`).
+///
+/// ```
+/// use connector_core::{DynSinkConnector, SinkConnector};
+/// use connector_mqtt_sink::{MqttSinkConfig, MqttSinkConnector};
+///
+/// let config = MqttSinkConfig::new("mqtt://127.0.0.1:1883", vec!["commands".into()], "cars/{key}/cmd");
+/// let connector = MqttSinkConnector::create("commands", config).unwrap();
+/// assert_eq!(DynSinkConnector::topics(&connector), vec!["commands".to_string()]);
+/// ```
+#[derive(Debug)]
+pub struct MqttSinkConnector {
+    config: MqttSinkConfig,
+    base: MqttSinkTaskConfig,
+}
+
+impl SinkConnector for MqttSinkConnector {
+    type Config = MqttSinkConfig;
+    type TaskConfig = MqttSinkTaskConfig;
+    type Task = MqttSinkTask;
+
+    fn create(name: &str, config: MqttSinkConfig) -> Result<Self> {
+        if let Some(first) = config.validate().into_iter().next() {
+            return Err(Error::config(first.path, first.message));
+        }
+        let url = MqttUrl::parse(&config.mqtt_url).map_err(|m| Error::config("mqtt_url", m))?;
+        let mqtt_topic =
+            check_template(&config.mqtt_topic).map_err(|m| Error::config("mqtt_topic", m))?;
+        let base = MqttSinkTaskConfig {
+            connection: ConnectionSettings {
+                url,
+                client_id: config.client_id.clone().unwrap_or_else(|| name.to_owned()),
+                keep_alive: config.keep_alive(),
+                clean_session: config.clean_session,
+                username: config.username.clone(),
+                password: config.password.clone(),
+                max_packet_size: config.max_packet_size,
+                connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+            },
+            mqtt_topic,
+            qos: match config.qos {
+                0 => QoS::AtMostOnce,
+                2 => QoS::ExactlyOnce,
+                _ => QoS::AtLeastOnce,
+            },
+            retain: config.retain,
+            retain_header: config.retain_header.clone(),
+            tombstones: config.tombstones,
+            inflight: config.inflight,
+            reconnect_backoff: config.reconnect_backoff,
+        };
+        Ok(Self { config, base })
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.config.topics.clone()
+    }
+
+    fn start_from(&self) -> StartFrom {
+        self.config.start
+    }
+
+    fn task_configs(&self, _max_tasks: usize) -> Result<Vec<MqttSinkTaskConfig>> {
+        // One MQTT client: a second one with the same client id would take the first one's place.
+        Ok(vec![self.base.clone()])
+    }
+
+    fn create_task(&self, config: MqttSinkTaskConfig) -> Result<MqttSinkTask> {
+        Ok(MqttSinkTask::new(config))
+    }
+}

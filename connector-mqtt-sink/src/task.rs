@@ -1,0 +1,225 @@
+//! [`MqttSinkTask`]: publishes each record, many in flight at once, and reports from
+//! `pre_commit` only the offsets whose publishes the broker acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use connector_core::backoff::BackoffConfig;
+use connector_core::template::Template;
+use connector_core::{Error, Result, SinkRecord, SinkTask, SinkTaskContext, TopicPartition};
+use connector_mqtt_common::ConnectionSettings;
+use parking_lot::Mutex;
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::Tombstones;
+use crate::event_loop::{self, LoopSettings, Shared, Status};
+use crate::render;
+use crate::tracker::{Publication, Tracker};
+
+/// Everything one sink task needs.
+#[derive(Debug, Clone)]
+pub struct MqttSinkTaskConfig {
+    /// Connection settings, with this task's client id.
+    pub connection: ConnectionSettings,
+    /// MQTT topic template.
+    pub mqtt_topic: Template,
+    /// Publish QoS.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Header that overrides the retain flag.
+    pub retain_header: Option<String>,
+    /// What to do with tombstones.
+    pub tombstones: Tombstones,
+    /// Most publishes in flight.
+    pub inflight: usize,
+    /// Reconnect backoff.
+    pub reconnect_backoff: BackoffConfig,
+}
+
+/// Publishes records of its partitions to MQTT. See the crate docs for the delivery contract.
+pub struct MqttSinkTask {
+    config: MqttSinkTaskConfig,
+    shared: Option<Arc<Shared>>,
+    event_loop: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MqttSinkTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSinkTask")
+            .field("client_id", &self.config.connection.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MqttSinkTask {
+    fn drop(&mut self) {
+        if let Some(h) = &self.event_loop {
+            h.abort();
+        }
+    }
+}
+
+impl MqttSinkTask {
+    /// A task for `config`; it connects in `start`.
+    pub fn new(config: MqttSinkTaskConfig) -> Self {
+        Self { config, shared: None, event_loop: None }
+    }
+
+    fn shared(&self) -> Result<&Arc<Shared>> {
+        self.shared.as_ref().ok_or_else(|| Error::fatal("MQTT sink task used before start"))
+    }
+
+    fn retain(&self, r: &SinkRecord) -> Result<bool> {
+        let Some(h) = &self.config.retain_header else { return Ok(self.config.retain) };
+        match r.headers.last(h).map(|v| v.as_ref()) {
+            None => Ok(self.config.retain),
+            Some(b"true" | b"1") => Ok(true),
+            Some(b"false" | b"0") => Ok(false),
+            Some(other) => Err(Error::rejected(format!(
+                "header {h:?} is {:?}; retain_header expects true/false/1/0",
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+
+    /// Waits until `done` holds for the tracker, or the connection failed for good.
+    async fn wait_until(shared: &Shared, mut done: impl FnMut(&Tracker) -> bool) -> Result<()> {
+        loop {
+            let notified = shared.changed.notified();
+            {
+                let t = shared.tracker.lock();
+                if let Some(e) = &t.failed {
+                    return Err(e.clone());
+                }
+                if done(&t) {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl SinkTask for MqttSinkTask {
+    async fn start(&mut self, ctx: SinkTaskContext) -> Result<()> {
+        let c = &self.config;
+        let mut options = c.connection.options(false)?;
+        options.set_inflight(u16::try_from(c.inflight).unwrap_or(u16::MAX).max(1));
+        let (client, mut eventloop) =
+            AsyncClient::new(options, connector_mqtt_common::MAX_PACKET_IDS + 64);
+        eventloop.set_network_options(c.connection.network_options());
+        let shared = Arc::new(Shared {
+            tracker: Mutex::new(Tracker::default()),
+            client,
+            changed: Notify::new(),
+        });
+        let (status_tx, mut status) = watch::channel(Status::default());
+        let settings = LoopSettings {
+            url: c.connection.url.clone(),
+            client_id: c.connection.client_id.clone(),
+            backoff: c.reconnect_backoff,
+        };
+        self.event_loop = Some(tokio::spawn(event_loop::run(
+            eventloop,
+            Arc::clone(&shared),
+            status_tx,
+            settings,
+        )));
+        self.shared = Some(shared);
+
+        let limit = c.connection.connect_timeout * 3;
+        let ready = |s: &Status| s.connected || s.fatal.is_some();
+        let _ = tokio::time::timeout(limit, status.wait_for(ready)).await;
+        let (connected, fatal, last_error) = {
+            let s = status.borrow();
+            (s.connected, s.fatal.clone(), s.last_error.clone())
+        };
+        if connected {
+            info!(connector = ctx.connector(), task = ctx.task_id(), client_id = %c.connection.client_id, "MQTT sink task started");
+            return Ok(());
+        }
+        if let Some(fatal) = fatal {
+            return Err(Error::fatal(fatal));
+        }
+        Err(Error::retriable(format!(
+            "cannot connect to MQTT broker {} within {limit:?}: {}",
+            c.connection.url,
+            last_error.unwrap_or_else(|| "no answer".to_owned())
+        )))
+    }
+
+    async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {
+        let shared = Arc::clone(self.shared()?);
+        let window = self.config.inflight.max(1);
+        for r in records {
+            let context = |e: Error| {
+                e.with_topic(&*r.topic).with_partition(r.partition).with_offset(r.offset)
+            };
+            let payload = match (&r.value, self.config.tombstones) {
+                (Some(v), _) => v.clone(),
+                (None, Tombstones::Publish) => Bytes::new(),
+                (None, Tombstones::Skip) => continue,
+            };
+            let topic = render::mqtt_topic(&self.config.mqtt_topic, r)
+                .map_err(|m| context(Error::rejected(m)))?;
+            let retain = self.retain(r).map_err(context)?;
+            Self::wait_until(&shared, |t| t.pending() < window).await?;
+            let publication = Publication {
+                seq: 0,
+                tp: TopicPartition { topic: Arc::clone(&r.topic), partition: r.partition },
+                offset: r.offset,
+                topic,
+                payload,
+                qos: self.config.qos,
+                retain,
+            };
+            shared.tracker.lock().add(&shared.client, publication)?;
+        }
+        Ok(())
+    }
+
+    async fn pre_commit(
+        &mut self,
+        offsets: &HashMap<TopicPartition, i64>,
+    ) -> Result<HashMap<TopicPartition, i64>> {
+        let shared = self.shared()?;
+        let t = shared.tracker.lock();
+        if let Some(e) = &t.failed {
+            return Err(e.clone());
+        }
+        Ok(t.safe_offsets(offsets))
+    }
+
+    /// Waits until every publish handed over so far is acknowledged.
+    async fn flush(&mut self, _offsets: &HashMap<TopicPartition, i64>) -> Result<()> {
+        let shared = Arc::clone(self.shared()?);
+        Self::wait_until(&shared, |t| t.pending() == 0).await
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        let Some(shared) = self.shared.take() else { return Ok(()) };
+        let pending = shared.tracker.lock().pending();
+        if pending > 0 {
+            debug!(
+                pending,
+                "stopping with unacknowledged publishes; their offsets were not committed"
+            );
+        }
+        if shared.client.try_disconnect().is_ok() {
+            if let Some(h) = self.event_loop.as_mut() {
+                if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+                    warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
+                }
+            }
+        }
+        Ok(())
+    }
+}
