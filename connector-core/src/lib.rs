@@ -6,6 +6,7 @@ mod error;
 pub mod kafka;
 mod offset;
 mod record;
+pub mod runner;
 pub mod runtime;
 mod secret;
 mod sink;

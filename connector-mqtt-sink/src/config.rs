@@ -118,7 +118,7 @@ fn default_max_packet_size() -> usize {
     1024 * 1024
 }
 fn default_reconnect_backoff() -> BackoffConfig {
-    BackoffConfig { min_ms: 250, max_ms: 30_000, jitter: 0.3 }
+    BackoffConfig::default()
 }
 
 const MQTT_MAX_PACKET: usize = 268_435_455;

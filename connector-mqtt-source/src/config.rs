@@ -106,7 +106,7 @@ fn default_inflight() -> usize {
     1000
 }
 fn default_reconnect_backoff() -> BackoffConfig {
-    BackoffConfig { min_ms: 250, max_ms: 30_000, jitter: 0.3 }
+    BackoffConfig::default()
 }
 fn default_tasks() -> usize {
     1

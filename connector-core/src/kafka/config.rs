@@ -109,7 +109,7 @@ fn default_metadata_max_age_ms() -> u64 {
     300_000
 }
 fn default_retry_backoff() -> BackoffConfig {
-    BackoffConfig { min_ms: 100, max_ms: 5_000, jitter: 0.2 }
+    BackoffConfig::default()
 }
 fn default_linger_ms() -> u64 {
     5

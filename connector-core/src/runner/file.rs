@@ -1,0 +1,340 @@
+//! The `connect` configuration file: `[kafka]`, `[offsets]`, `[progress]` and `[[connector]]`
+//! tables, read with every problem reported at its key path (`connector[0].qos: expected 0, 1 or
+//! 2`), all at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigErrors;
+use crate::kafka::KafkaConfig;
+use crate::runner::registry::{deserialize_table, BuiltConnector, ConnectorKind, Registry};
+use crate::runtime::{SinkRuntimeConfig, SourceRuntimeConfig};
+
+/// Where connector offsets are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetStoreKind {
+    /// A JSON file, replaced atomically on every save (default).
+    #[default]
+    File,
+    /// A Kafka topic (Kafka Connect's format).
+    Kafka,
+    /// Memory only: lost when the process ends (tests, or connectors that keep no offsets).
+    Memory,
+}
+
+/// The `[offsets]` table: where offsets are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetsConfig {
+    /// `file` (default), `kafka` or `memory`.
+    #[serde(default)]
+    pub store: OffsetStoreKind,
+    /// The offsets file, for `store = "file"` (relative to the working directory).
+    #[serde(default = "default_offsets_path")]
+    pub path: PathBuf,
+    /// The offsets topic, for `store = "kafka"`.
+    #[serde(default = "default_offsets_topic")]
+    pub topic: String,
+}
+
+fn default_offsets_path() -> PathBuf {
+    PathBuf::from("connect-offsets.json")
+}
+fn default_offsets_topic() -> String {
+    "connect-offsets".to_owned()
+}
+
+impl Default for OffsetsConfig {
+    fn default() -> Self {
+        Self {
+            store: OffsetStoreKind::File,
+            path: default_offsets_path(),
+            topic: default_offsets_topic(),
+        }
+    }
+}
+
+/// The `[progress]` table: the periodic one-line summary per connector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressConfig {
+    /// Seconds between summaries (0 = none).
+    #[serde(default = "default_interval_secs")]
+    pub interval_secs: u64,
+}
+
+fn default_interval_secs() -> u64 {
+    10
+}
+
+impl Default for ProgressConfig {
+    fn default() -> Self {
+        Self { interval_secs: default_interval_secs() }
+    }
+}
+
+/// One `[[connector]]`, built.
+#[derive(Debug)]
+pub struct ConnectorEntry {
+    /// Unique name.
+    pub name: String,
+    /// Registered type name.
+    pub type_name: String,
+    /// The connector.
+    pub connector: BuiltConnector,
+    /// Runtime settings for a source.
+    pub source_runtime: SourceRuntimeConfig,
+    /// Runtime settings for a sink.
+    pub sink_runtime: SinkRuntimeConfig,
+}
+
+/// A whole configuration file, validated and built.
+#[derive(Debug)]
+pub struct ConnectFile {
+    /// `[kafka]`.
+    pub kafka: KafkaConfig,
+    /// `[offsets]`.
+    pub offsets: OffsetsConfig,
+    /// `[progress]`.
+    pub progress: ProgressConfig,
+    /// The `[[connector]]`s, in file order.
+    pub connectors: Vec<ConnectorEntry>,
+}
+
+const TOP_LEVEL: [&str; 4] = ["kafka", "offsets", "progress", "connector"];
+/// Keys of a `[[connector]]` table the runner handles; the rest belongs to the connector type.
+const COMMON: [&str; 3] = ["name", "type", "runtime"];
+
+impl ConnectFile {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// Every problem, each with its key path; an unreadable file is one error naming it.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let mut errors = ConfigErrors::new();
+            errors.push("", format!("cannot read {}: {e}", path.display()));
+            errors
+        })?;
+        Self::parse(&text, registry)
+    }
+
+    /// Parses and validates configuration text.
+    ///
+    /// ```
+    /// use connector_core::runner::{ConnectFile, Registry};
+    ///
+    /// let errors = ConnectFile::parse("[kafka]\nbootstrap_servers = []\nlinger = 5\n", &Registry::new())
+    ///     .unwrap_err()
+    ///     .to_string();
+    /// assert!(errors.contains("kafka.linger: unknown key"), "{errors}");
+    /// assert!(errors.contains("connector: at least one [[connector]]"), "{errors}");
+    ///
+    /// let errors = ConnectFile::parse("[kafka]\nbootstrap_servers = []\n", &Registry::new())
+    ///     .unwrap_err()
+    ///     .to_string();
+    /// assert!(errors.contains("kafka.bootstrap_servers: at least one"), "{errors}");
+    /// ```
+    ///
+    /// # Errors
+    /// Every problem, each with its key path.
+    pub fn parse(text: &str, registry: &Registry) -> Result<Self, ConfigErrors> {
+        let mut errors = ConfigErrors::new();
+        let mut root: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(
+                    "",
+                    format!("not valid TOML: {}", e.message().trim()).replace('\n', " ")
+                        + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
+                );
+                return Err(errors);
+            }
+        };
+        for key in root.keys() {
+            if !TOP_LEVEL.contains(&key.as_str()) {
+                errors.push(
+                    key.clone(),
+                    "unknown key (expected kafka, offsets, progress, connector)",
+                );
+            }
+        }
+
+        let kafka = match root.remove("kafka") {
+            Some(toml::Value::Table(t)) => {
+                section::<KafkaConfig>(t, "kafka", &mut errors, |k| k.validate())
+            }
+            Some(_) => {
+                errors.push("kafka", "expected a table");
+                None
+            }
+            None => {
+                errors.push("kafka", "is required (at least bootstrap_servers)");
+                None
+            }
+        };
+        let offsets = match root.remove("offsets") {
+            Some(toml::Value::Table(t)) => {
+                section::<OffsetsConfig>(t, "offsets", &mut errors, validate_offsets)
+            }
+            Some(_) => {
+                errors.push("offsets", "expected a table");
+                None
+            }
+            None => Some(OffsetsConfig::default()),
+        };
+        let progress = match root.remove("progress") {
+            Some(toml::Value::Table(t)) => {
+                section::<ProgressConfig>(t, "progress", &mut errors, |_| ConfigErrors::new())
+            }
+            Some(_) => {
+                errors.push("progress", "expected a table");
+                None
+            }
+            None => Some(ProgressConfig::default()),
+        };
+
+        let mut connectors = Vec::new();
+        match root.remove("connector") {
+            Some(toml::Value::Array(items)) if !items.is_empty() => {
+                let mut names: HashMap<String, usize> = HashMap::new();
+                for (i, item) in items.into_iter().enumerate() {
+                    let prefix = format!("connector[{i}]");
+                    let toml::Value::Table(table) = item else {
+                        errors.push(prefix, "expected a table ([[connector]])");
+                        continue;
+                    };
+                    if let Some(entry) = connector(i, table, registry, &mut names, &mut errors) {
+                        connectors.push(entry);
+                    }
+                }
+            }
+            Some(toml::Value::Array(_)) | None => {
+                errors.push("connector", "at least one [[connector]] is required")
+            }
+            Some(_) => errors.push("connector", "expected [[connector]] tables"),
+        }
+
+        match (kafka, offsets, progress) {
+            (Some(kafka), Some(offsets), Some(progress)) if errors.is_empty() => {
+                Ok(Self { kafka, offsets, progress, connectors })
+            }
+            _ => Err(errors),
+        }
+    }
+}
+
+fn validate_offsets(o: &OffsetsConfig) -> ConfigErrors {
+    let mut e = ConfigErrors::new();
+    if o.store == OffsetStoreKind::File && o.path.as_os_str().is_empty() {
+        e.push("path", "must not be empty");
+    }
+    if o.store == OffsetStoreKind::Kafka {
+        if let Err(msg) = crate::kafka::validate_topic_name(&o.topic) {
+            e.push("topic", msg);
+        }
+    }
+    e
+}
+
+/// Deserializes and validates one table, recording errors under `prefix`.
+fn section<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    prefix: &str,
+    errors: &mut ConfigErrors,
+    validate: impl Fn(&T) -> ConfigErrors,
+) -> Option<T> {
+    match deserialize_table::<T>(table) {
+        Ok(v) => {
+            let problems = validate(&v);
+            if problems.is_empty() {
+                Some(v)
+            } else {
+                errors.extend(problems.prefixed(prefix));
+                None
+            }
+        }
+        Err(e) => {
+            errors.extend(e.prefixed(prefix));
+            None
+        }
+    }
+}
+
+fn connector(
+    i: usize,
+    mut table: toml::Table,
+    registry: &Registry,
+    names: &mut HashMap<String, usize>,
+    errors: &mut ConfigErrors,
+) -> Option<ConnectorEntry> {
+    let prefix = format!("connector[{i}]");
+    let name = match table.remove("name") {
+        Some(toml::Value::String(n)) if !n.trim().is_empty() => Some(n),
+        Some(_) => {
+            errors.push(format!("{prefix}.name"), "expected a non-empty string");
+            None
+        }
+        None => {
+            errors.push(format!("{prefix}.name"), "is required");
+            None
+        }
+    };
+    if let Some(n) = &name {
+        if let Some(first) = names.get(n) {
+            errors.push(
+                format!("{prefix}.name"),
+                format!("duplicate connector name {n:?} (also connector[{first}])"),
+            );
+        } else {
+            names.insert(n.clone(), i);
+        }
+    }
+    let type_name = match table.remove("type") {
+        Some(toml::Value::String(t)) => Some(t),
+        Some(_) => {
+            errors.push(format!("{prefix}.type"), "expected a string");
+            None
+        }
+        None => {
+            let known: Vec<&str> = registry.type_names().collect();
+            errors.push(
+                format!("{prefix}.type"),
+                format!("is required (one of: {})", known.join(", ")),
+            );
+            None
+        }
+    };
+    let kind = type_name.as_deref().and_then(|t| registry.kind(t));
+    let runtime = table.remove("runtime");
+    let (mut source_runtime, mut sink_runtime) =
+        (SourceRuntimeConfig::default(), SinkRuntimeConfig::default());
+    if let Some(runtime) = runtime {
+        let path = format!("{prefix}.runtime");
+        match (runtime, kind) {
+            (toml::Value::Table(t), Some(ConnectorKind::Source)) => {
+                source_runtime = section(t, &path, errors, SourceRuntimeConfig::validate)?;
+            }
+            (toml::Value::Table(t), Some(ConnectorKind::Sink)) => {
+                sink_runtime = section(t, &path, errors, SinkRuntimeConfig::validate)?;
+            }
+            (toml::Value::Table(_), None) => {}
+            _ => errors.push(path, "expected a table"),
+        }
+    }
+    debug_assert!(COMMON.iter().all(|k| !table.contains_key(*k)));
+    let (Some(name), Some(type_name)) = (name, type_name) else { return None };
+    match registry.build(&type_name, &name, table) {
+        Ok(connector) => {
+            Some(ConnectorEntry { name, type_name, connector, source_runtime, sink_runtime })
+        }
+        Err(e) => {
+            errors.extend(e.prefixed(&prefix));
+            None
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The JSON Schema of a `connect` configuration file, built from the registry (so application
+//! types are described too), and the Markdown reference generated from it
+//! (`docs/configuration.md`).
+
+use std::fmt::Write as _;
+
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+
+use crate::kafka::KafkaConfig;
+use crate::runner::file::{OffsetsConfig, ProgressConfig};
+use crate::runner::registry::{ConnectorKind, Registry};
+use crate::runtime::{SinkRuntimeConfig, SourceRuntimeConfig};
+
+/// The schema of `T`, every subschema inlined (no `$ref`s), for deserialization.
+pub(crate) fn schema_of<T: JsonSchema>() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let mut schema = generator.root_schema_for::<T>().to_value();
+    strip_code_blocks(&mut schema);
+    schema
+}
+
+/// Rustdoc examples belong in rustdoc, not in a configuration schema: drops fenced code blocks
+/// from every description.
+fn strip_code_blocks(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, inner) in map.iter_mut() {
+                if k == "description" {
+                    if let Value::String(text) = inner {
+                        *text = without_code_blocks(text);
+                    }
+                } else {
+                    strip_code_blocks(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_code_blocks),
+        _ => {}
+    }
+}
+
+fn without_code_blocks(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if !in_code {
+            out.push(line);
+        }
+    }
+    out.join("\n").trim().to_owned()
+}
+
+/// The JSON Schema of a whole configuration file for the types in `registry`.
+///
+/// ```
+/// use connector_core::runner::{file_schema, Registry};
+///
+/// let schema = file_schema(&Registry::new());
+/// assert_eq!(schema["required"], serde_json::json!(["kafka", "connector"]));
+/// assert!(schema["properties"]["kafka"]["properties"]["bootstrap_servers"].is_object());
+/// ```
+pub fn file_schema(registry: &Registry) -> Value {
+    let variants: Vec<Value> = registry
+        .type_names()
+        .filter_map(|t| registry.schema(t).map(|s| connector_variant(t, registry.kind(t), s)))
+        .collect();
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "connect configuration file",
+        "description": "The TOML file read by `connect run` and `connect validate`.",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["kafka", "connector"],
+        "properties": {
+            "kafka": untitled(schema_of::<KafkaConfig>()),
+            "offsets": untitled(schema_of::<OffsetsConfig>()),
+            "progress": untitled(schema_of::<ProgressConfig>()),
+            "connector": {
+                "description": "The connectors to run, one `[[connector]]` table each.",
+                "type": "array",
+                "minItems": 1,
+                "items": { "oneOf": variants }
+            }
+        }
+    })
+}
+
+fn untitled(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("title");
+    }
+    v
+}
+
+/// A connector type's schema with the runner's common keys added.
+fn connector_variant(type_name: &str, kind: Option<ConnectorKind>, schema: Value) -> Value {
+    let mut schema = untitled(schema);
+    let runtime = match kind {
+        Some(ConnectorKind::Sink) => untitled(schema_of::<SinkRuntimeConfig>()),
+        _ => untitled(schema_of::<SourceRuntimeConfig>()),
+    };
+    let description = schema.get("description").cloned().unwrap_or(Value::Null);
+    let Some(obj) = schema.as_object_mut() else { return schema };
+    let mut properties = Map::new();
+    properties.insert(
+        "name".into(),
+        json!({"type": "string", "description": "Unique name of the connector; it names its offsets and is the default MQTT client id."}),
+    );
+    properties.insert(
+        "type".into(),
+        json!({"const": type_name, "description": format!("`{type_name}`.")}),
+    );
+    properties.insert(
+        "runtime".into(),
+        json!({"description": "Runtime tuning for this connector (in-flight limits, commit intervals).", "allOf": [runtime]}),
+    );
+    if let Some(Value::Object(own)) = obj.remove("properties") {
+        properties.extend(own);
+    }
+    let mut required = vec![json!("name"), json!("type")];
+    if let Some(Value::Array(own)) = obj.remove("required") {
+        required.extend(own);
+    }
+    obj.insert("title".into(), json!(format!("type = \"{type_name}\"")));
+    obj.insert("description".into(), description);
+    obj.insert("type".into(), json!("object"));
+    obj.insert("properties".into(), Value::Object(properties));
+    obj.insert("required".into(), Value::Array(required));
+    obj.insert("additionalProperties".into(), json!(false));
+    schema
+}
+
+/// The configuration reference in Markdown, generated from [`file_schema`].
+pub fn markdown(registry: &Registry) -> String {
+    let schema = file_schema(registry);
+    let mut out = String::new();
+    out.push_str("# Configuration reference\n\n");
+    out.push_str(
+        "Generated from the JSON Schema that `connect schema` prints; do not edit by hand. \
+         Regenerate with:\n\n```sh\ncargo run -p connector-examples --bin connect -- schema --markdown > docs/configuration.md\n```\n\n\
+         A `connect` configuration is a TOML file with a `[kafka]` table, an optional `[offsets]` \
+         and `[progress]` table, and one `[[connector]]` table per connector. Unknown keys are \
+         errors. Values written `${VAR}` in secret fields (passwords) are read from the environment.\n",
+    );
+    let props = &schema["properties"];
+    section(&mut out, "[kafka]", &props["kafka"], 2);
+    section(&mut out, "[offsets]", &props["offsets"], 2);
+    section(&mut out, "[progress]", &props["progress"], 2);
+    if let Some(variants) = props["connector"]["items"]["oneOf"].as_array() {
+        for v in variants {
+            let title = v["title"].as_str().unwrap_or("connector");
+            section(&mut out, &format!("[[connector]] {title}"), v, 2);
+        }
+    }
+    out
+}
+
+fn section(out: &mut String, title: &str, schema: &Value, level: usize) {
+    let _ = write!(out, "\n{} `{title}`\n\n", "#".repeat(level));
+    if let Some(d) = schema["description"].as_str() {
+        let _ = writeln!(out, "{}\n", d.trim());
+    }
+    let Some(props) = schema["properties"].as_object() else { return };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    out.push_str("| key | type | default | description |\n|---|---|---|---|\n");
+    let mut nested = Vec::new();
+    for (key, p) in props {
+        let resolved = resolve(p);
+        let p = &resolved;
+        let default = match p.get("default") {
+            Some(Value::Null) => "—".to_owned(),
+            Some(d) => format!("`{}`", compact(d)),
+            None if required.contains(&key.as_str()) => "required".to_owned(),
+            None => "—".to_owned(),
+        };
+        let description =
+            p["description"].as_str().unwrap_or("").replace('\n', " ").replace('|', "\\|");
+        let _ = writeln!(out, "| `{key}` | {} | {default} | {description} |", type_of(p));
+        if p["properties"].is_object() {
+            nested.push((key.clone(), p.clone()));
+        }
+    }
+    for (key, p) in nested {
+        // `[kafka]` → `[kafka.retry_backoff]`; connector sections → `type = "x" → runtime → ...`.
+        let sub = if title.starts_with('[') && !title.starts_with("[[") {
+            format!("{}.{key}]", title.trim_end_matches(']'))
+        } else {
+            format!("{} → {key}", title.trim_start_matches("[[connector]] "))
+        };
+        section(out, &sub, &p, level + 1);
+    }
+}
+
+/// Looks through `allOf: [one]` wrappers (used to attach a description to an inlined schema),
+/// keeping the wrapper's description.
+fn resolve(p: &Value) -> Value {
+    match p["allOf"].as_array() {
+        Some(all) if all.len() == 1 && p.get("properties").is_none() => {
+            let mut inner = all[0].clone();
+            if let (Some(obj), Some(d)) = (inner.as_object_mut(), p.get("description")) {
+                obj.insert("description".into(), d.clone());
+            }
+            inner
+        }
+        _ => p.clone(),
+    }
+}
+
+fn type_of(p: &Value) -> String {
+    if let Some(c) = p.get("const") {
+        return format!("`{}`", compact(c));
+    }
+    if let Some(values) = p["enum"].as_array() {
+        return values
+            .iter()
+            .map(|v| format!("`{}`", compact(v)))
+            .collect::<Vec<_>>()
+            .join(" \\| ");
+    }
+    if let Some(options) = p["oneOf"].as_array().or_else(|| p["anyOf"].as_array()) {
+        let consts: Vec<String> = options
+            .iter()
+            .filter_map(|o| o.get("const"))
+            .map(|c| format!("`{}`", compact(c)))
+            .collect();
+        if consts.len() == options.len() {
+            return consts.join(" \\| ");
+        }
+    }
+    if let Some(all) = p["allOf"].as_array() {
+        if let Some(first) = all.first() {
+            return type_of(first);
+        }
+    }
+    let types: Vec<String> = match &p["type"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => {
+            a.iter().filter_map(Value::as_str).filter(|t| *t != "null").map(str::to_owned).collect()
+        }
+        _ => vec![],
+    };
+    let name = |t: &str| -> String {
+        match t {
+            "object" => "table".to_owned(),
+            "array" => format!("array of {}", type_of(&p["items"])),
+            other => other.to_owned(),
+        }
+    };
+    match types.as_slice() {
+        [] => "any".to_owned(),
+        [one] => name(one),
+        many => many.iter().map(|t| name(t)).collect::<Vec<_>>().join(" or "),
+    }
+}
+
+fn compact(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
