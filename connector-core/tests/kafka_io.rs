@@ -166,3 +166,22 @@ async fn a_fetch_from_inside_a_batch_returns_the_rest_of_that_batch_exactly_once
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_does_not_hold_up_produce_requests() {
+    // A broker answers one connection's requests in order: were fetches and produces to share a
+    // connection, this produce would wait for the fetch's 3 s long poll.
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.ensure_topic("idle").await.unwrap();
+    client.ensure_topic("busy").await.unwrap();
+    let fetching = {
+        let client = client.clone();
+        tokio::spawn(async move { client.fetch("idle", 0, 0, Duration::from_secs(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.produce(vec![ProducerRecord::new("busy", "now")]).await.unwrap();
+    assert!(!fetching.is_finished(), "the produce completed while the long poll was still waiting");
+    fetching.await.unwrap().unwrap();
+}

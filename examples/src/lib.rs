@@ -5,6 +5,7 @@
 //!
 //! `docs/writing-a-connector.md` walks through writing connectors like these from zero.
 
+pub mod embedded;
 mod file_sink;
 mod file_source;
 mod record_line;

@@ -1,7 +1,8 @@
 //! [`KafkaClient`]: the broker pool and metadata cache everything else in `kafka` goes through.
 //!
 //! It bootstraps from the configured servers, learns brokers, topics, partitions and leaders from
-//! Metadata responses, keeps one pipelined connection per broker, refreshes metadata when it is
+//! Metadata responses, keeps pipelined connections per broker in separate *lanes* (see [`Lane`]),
+//! refreshes metadata when it is
 //! older than `metadata_max_age_ms` or when a broker says a leader moved, creates missing topics,
 //! and puts every broker call under the request timeout. A connection that fails or times out is
 //! dropped and re-established on next use.
@@ -94,11 +95,14 @@ impl fmt::Debug for KafkaClient {
     }
 }
 
+/// Serializes connection attempts to one broker lane.
+type ConnectLock = Arc<tokio::sync::Mutex<()>>;
+
 struct Inner {
     config: KafkaConfig,
     state: Mutex<State>,
-    /// One connection attempt per broker at a time.
-    connect_locks: Mutex<HashMap<i32, Arc<tokio::sync::Mutex<()>>>>,
+    /// One connection attempt per broker and lane at a time.
+    connect_locks: Mutex<HashMap<(i32, Lane), ConnectLock>>,
     /// Metadata v4+ can say "do not auto-create"; older brokers cannot, and we stop asking.
     metadata_can_refuse_auto_create: AtomicBool,
 }
@@ -106,7 +110,7 @@ struct Inner {
 #[derive(Default)]
 struct State {
     brokers: HashMap<i32, String>,
-    conns: HashMap<i32, Arc<Connection>>,
+    conns: HashMap<(i32, Lane), Arc<Connection>>,
     bootstrap: Option<(String, Arc<Connection>)>,
     topics: HashMap<Arc<str>, CachedTopic>,
     controller: Option<i32>,
@@ -118,10 +122,26 @@ struct CachedTopic {
     stale: bool,
 }
 
-/// Where a request goes: a known broker id, or whatever connection metadata uses.
+/// Which connection to a broker a request travels on.
+///
+/// A broker answers the requests of one connection in order, so a fetch that waits up to
+/// `fetch_max_wait_ms` for data would hold up every produce request queued behind it on the same
+/// connection. Produce requests, control requests (metadata, offsets, topic creation) and the
+/// fetches of each partition therefore use separate connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Lane {
+    /// Metadata, list offsets, create topics.
+    Control,
+    /// Produce requests.
+    Produce,
+    /// Fetches of one partition (keyed by a hash of topic and partition).
+    Fetch(u64),
+}
+
+/// Where a request goes: a known broker id on a lane, or whatever connection metadata uses.
 #[derive(Debug, Clone, Copy)]
 enum Target {
-    Node(i32),
+    Node(i32, Lane),
     Any,
 }
 
@@ -317,7 +337,7 @@ impl KafkaClient {
             tagged_fields: None,
         };
         let controller = self.inner.state.lock().controller;
-        let target = controller.map_or(Target::Any, Target::Node);
+        let target = controller.map_or(Target::Any, |c| Target::Node(c, Lane::Control));
         let response = self.request(target, &request).await?;
         for t in response.topics {
             match t.error {
@@ -364,7 +384,7 @@ impl KafkaClient {
                 }],
             }],
         };
-        let response = self.request(Target::Node(leader), &request).await?;
+        let response = self.request(Target::Node(leader, Lane::Control), &request).await?;
         let found = response
             .topics
             .into_iter()
@@ -435,13 +455,18 @@ impl KafkaClient {
         }
     }
 
-    /// Sends `request` to broker `node`, under the request timeout.
-    pub(crate) async fn request_node<R>(&self, node: i32, request: R) -> Result<R::ResponseBody>
+    /// Sends `request` to broker `node` on `lane`, under the request timeout.
+    pub(crate) async fn request_node<R>(
+        &self,
+        node: i32,
+        lane: Lane,
+        request: R,
+    ) -> Result<R::ResponseBody>
     where
         R: RequestBody + Send + WriteVersionedType<Vec<u8>>,
         R::ResponseBody: ReadVersionedType<Cursor<Vec<u8>>>,
     {
-        self.request(Target::Node(node), request).await
+        self.request(Target::Node(node, lane), request).await
     }
 
     async fn request<R>(&self, target: Target, request: R) -> Result<R::ResponseBody>
@@ -449,10 +474,10 @@ impl KafkaClient {
         R: RequestBody + Send + WriteVersionedType<Vec<u8>>,
         R::ResponseBody: ReadVersionedType<Cursor<Vec<u8>>>,
     {
-        let (node, addr, conn) = match target {
-            Target::Node(node) => {
-                let (addr, conn) = self.node_connection(node).await?;
-                (Some(node), addr, conn)
+        let (key, addr, conn) = match target {
+            Target::Node(node, lane) => {
+                let (addr, conn) = self.node_connection(node, lane).await?;
+                (Some((node, lane)), addr, conn)
             }
             Target::Any => self.any_connection().await?,
         };
@@ -475,7 +500,7 @@ impl KafkaClient {
             )),
         };
         if err.is_retriable() {
-            self.drop_connection(node, &conn);
+            self.drop_connection(key, &conn);
         }
         Err(err)
     }
@@ -512,7 +537,7 @@ impl KafkaClient {
         if !brokers.is_empty() {
             // Drop connections to brokers that left or moved.
             let State { conns, brokers: known, .. } = &mut *state;
-            conns.retain(|id, _| brokers.get(id).is_some_and(|a| known.get(id) == Some(a)));
+            conns.retain(|(id, _), _| brokers.get(id).is_some_and(|a| known.get(id) == Some(a)));
             *known = brokers;
         }
         if let Some(c) = response.controller_id {
@@ -521,11 +546,11 @@ impl KafkaClient {
         Ok(response)
     }
 
-    /// The connection to broker `node`, established if needed.
-    async fn node_connection(&self, node: i32) -> Result<(String, Arc<Connection>)> {
+    /// The connection to broker `node` on `lane`, established if needed.
+    async fn node_connection(&self, node: i32, lane: Lane) -> Result<(String, Arc<Connection>)> {
         let lookup = |state: &State| -> Option<(String, Option<Arc<Connection>>)> {
             let addr = state.brokers.get(&node)?.clone();
-            Some((addr, state.conns.get(&node).cloned()))
+            Some((addr, state.conns.get(&(node, lane)).cloned()))
         };
         let known = lookup(&self.inner.state.lock());
         let addr = match known {
@@ -537,25 +562,27 @@ impl KafkaClient {
                 return Err(Error::retriable(format!("unknown Kafka broker id {node}")));
             }
         };
-        let lock = Arc::clone(self.inner.connect_locks.lock().entry(node).or_default());
+        let lock = Arc::clone(self.inner.connect_locks.lock().entry((node, lane)).or_default());
         let _guard = lock.lock().await;
         if let Some((addr, Some(conn))) = lookup(&self.inner.state.lock()) {
             return Ok((addr, conn));
         }
-        debug!(node, addr, "connecting to Kafka broker");
+        debug!(node, addr, ?lane, "connecting to Kafka broker");
         let conn = connect(&addr, &self.inner.config).await?;
-        self.inner.state.lock().conns.insert(node, Arc::clone(&conn));
+        self.inner.state.lock().conns.insert((node, lane), Arc::clone(&conn));
         Ok((addr, conn))
     }
 
     /// Some live connection, for metadata and requests any broker can answer: an open broker
     /// connection, else a known broker, else the bootstrap servers in order.
-    async fn any_connection(&self) -> Result<(Option<i32>, String, Arc<Connection>)> {
+    async fn any_connection(&self) -> Result<(Option<(i32, Lane)>, String, Arc<Connection>)> {
         let (open, mut known, bootstrap) = {
             let state = self.inner.state.lock();
-            let open = state.conns.iter().next().and_then(|(id, c)| {
-                state.brokers.get(id).map(|a| (Some(*id), a.clone(), Arc::clone(c)))
-            });
+            let open = state.conns.iter().find(|((_, lane), _)| *lane == Lane::Control).and_then(
+                |((id, lane), c)| {
+                    state.brokers.get(id).map(|a| (Some((*id, *lane)), a.clone(), Arc::clone(c)))
+                },
+            );
             let known: Vec<i32> = state.brokers.keys().copied().collect();
             let bootstrap = state.bootstrap.as_ref().map(|(a, c)| (None, a.clone(), Arc::clone(c)));
             (open, known, bootstrap)
@@ -566,8 +593,8 @@ impl KafkaClient {
         fastrand::shuffle(&mut known);
         let mut last_error = None;
         for node in known {
-            match self.node_connection(node).await {
-                Ok((addr, conn)) => return Ok((Some(node), addr, conn)),
+            match self.node_connection(node, Lane::Control).await {
+                Ok((addr, conn)) => return Ok((Some((node, Lane::Control)), addr, conn)),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -586,12 +613,12 @@ impl KafkaClient {
         Err(last_error.unwrap_or_else(|| Error::fatal("no Kafka bootstrap servers configured")))
     }
 
-    fn drop_connection(&self, node: Option<i32>, conn: &Arc<Connection>) {
+    fn drop_connection(&self, key: Option<(i32, Lane)>, conn: &Arc<Connection>) {
         let mut state = self.inner.state.lock();
-        match node {
-            Some(node) => {
-                if state.conns.get(&node).is_some_and(|c| Arc::ptr_eq(c, conn)) {
-                    state.conns.remove(&node);
+        match key {
+            Some(key) => {
+                if state.conns.get(&key).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                    state.conns.remove(&key);
                 }
             }
             None => {

@@ -20,7 +20,7 @@ use rskafka::protocol::primitives::{Int32, Int64, String_};
 use rskafka::protocol::record::RecordBatch;
 use tracing::debug;
 
-use crate::kafka::client::{KafkaClient, OffsetSpec};
+use crate::kafka::client::{KafkaClient, Lane, OffsetSpec};
 use crate::kafka::errors::{api_error, invalidates_metadata};
 use crate::kafka::records::decode_batches;
 use crate::record::SinkRecord;
@@ -54,6 +54,15 @@ struct RawFetch {
 
 fn batch_end(b: &RecordBatch) -> i64 {
     b.base_offset + i64::from(b.last_offset_delta) + 1
+}
+
+/// The connection lane of `topic`/`partition`'s fetches: its own, so a long poll on one partition
+/// holds up nothing else.
+fn fetch_lane(topic: &str, partition: i32) -> Lane {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (topic, partition).hash(&mut h);
+    Lane::Fetch(h.finish())
 }
 
 /// Most step-back fetches spent finding the batch that holds a mid-batch offset.
@@ -164,7 +173,7 @@ impl KafkaClient {
                 }],
             }],
         };
-        let response = self.request_node(leader, &request).await?;
+        let response = self.request_node(leader, fetch_lane(topic, partition), &request).await?;
         let found = response
             .responses
             .into_iter()

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
-use crate::kafka::client::{KafkaClient, TopicMetadata};
+use crate::kafka::client::{KafkaClient, Lane, TopicMetadata};
 use crate::kafka::errors::{api_error, invalidates_metadata, is_retriable_code};
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::records::{build_batch, PendingRecord, ProducerRecord};
@@ -608,7 +608,7 @@ impl<T: Send + 'static> Actor<T> {
         };
         let client = self.client.clone();
         self.tasks.push(Box::pin(async move {
-            let result = client.request_node(node, request).await;
+            let result = client.request_node(node, Lane::Produce, request).await;
             Event::Produced { node, batches, result }
         }));
     }

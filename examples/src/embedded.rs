@@ -1,0 +1,176 @@
+//! In-process brokers for the quickstart: an MQTT broker ([rumqttd]) and a Kafka-compatible broker
+//! ([tansu-broker], memory storage), each on a free loopback port. Nothing to install; everything
+//! is gone when the process ends.
+//!
+//! [rumqttd]: https://crates.io/crates/rumqttd
+//! [tansu-broker]: https://crates.io/crates/tansu-broker
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use connector_core::{Error, Result};
+use tansu_broker::broker::Broker;
+use tansu_broker::coordinator::group::administrator::Controller;
+use tansu_storage::StorageContainer;
+use tracing::debug;
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::fatal("no free port").with_source(e))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| Error::fatal("no free port").with_source(e))
+}
+
+fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::fatal(format!("the embedded {what} did not start listening on {addr}")))
+}
+
+/// An MQTT broker (rumqttd) running on threads of this process.
+#[derive(Debug)]
+pub struct EmbeddedMqtt {
+    addr: SocketAddr,
+}
+
+impl EmbeddedMqtt {
+    /// Starts the broker on a free port and waits until it listens.
+    ///
+    /// # Errors
+    /// When no port is free or the broker does not come up.
+    pub fn start() -> Result<Self> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 1024 * 1024,
+            max_inflight_count: 1000,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        };
+        let server = rumqttd::ServerSettings {
+            name: "quickstart".into(),
+            listen: addr,
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections,
+        };
+        let config = rumqttd::Config {
+            id: 0,
+            router: rumqttd::RouterConfig {
+                max_connections: 10_010,
+                max_outgoing_packet_count: 1000,
+                max_segment_size: 100 * 1024 * 1024,
+                max_segment_count: 10,
+                ..Default::default()
+            },
+            v4: Some(HashMap::from([("quickstart".to_owned(), server)])),
+            ..Default::default()
+        };
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded MQTT broker stopped");
+                }
+            })
+            .map_err(|e| Error::fatal("cannot start the embedded MQTT broker").with_source(e))?;
+        wait_listening(addr, "MQTT broker")?;
+        debug!(%addr, "embedded MQTT broker ready");
+        Ok(Self { addr })
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}
+
+/// A Kafka-compatible broker (Tansu, memory storage) running in this process, on its own Tokio
+/// runtime and threads, so that nothing it does can stall the connectors' runtime.
+#[derive(Debug)]
+pub struct EmbeddedKafka {
+    addr: SocketAddr,
+}
+
+impl EmbeddedKafka {
+    /// Starts the broker on a free port and waits until it listens.
+    ///
+    /// # Errors
+    /// When no port is free or the broker does not come up.
+    pub fn start() -> Result<Self> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let (built_tx, built_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
+        std::thread::Builder::new()
+            .name("tansu".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = built_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let broker = match build_tansu(addr).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = built_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = built_tx.send(Ok(()));
+                    let mut broker = broker;
+                    if let Err(e) = broker.serve(tokio::time::Instant::now()).await {
+                        tracing::error!(error = %e, "embedded Kafka broker stopped");
+                    }
+                });
+            })
+            .map_err(|e| Error::fatal("cannot start the embedded Kafka broker").with_source(e))?;
+        match built_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Error::fatal(format!("cannot build the embedded Kafka broker: {e}")))
+            }
+            Err(_) => return Err(Error::fatal("the embedded Kafka broker thread ended")),
+        }
+        wait_listening(addr, "Kafka broker")?;
+        debug!(%addr, "embedded Kafka broker ready");
+        Ok(Self { addr })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+async fn build_tansu(
+    addr: SocketAddr,
+) -> std::result::Result<Broker<Controller<StorageContainer>, StorageContainer>, String> {
+    let listener = url::Url::parse(&format!("tcp://{addr}")).map_err(|e| e.to_string())?;
+    let storage = url::Url::parse("memory://tansu/").map_err(|e| e.to_string())?;
+    Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+        .node_id(111)
+        .cluster_id("quickstart")
+        .incarnation_id(uuid::Uuid::new_v4())
+        .advertised_listener(listener.clone())
+        .storage(storage)
+        .listener(listener)
+        .silent(true)
+        .build()
+        .await
+        .map_err(|e| e.to_string())
+}
