@@ -8,10 +8,12 @@
 pub mod embedded;
 mod file_sink;
 mod file_source;
+mod heartbeat;
 mod record_line;
 mod registry;
 
 pub use file_sink::{FileSinkConfig, FileSinkConnector, FileSinkTask};
 pub use file_source::{FileSourceConfig, FileSourceConnector, FileSourceTask};
+pub use heartbeat::{HeartbeatConfig, HeartbeatConnector, HeartbeatTask};
 pub use record_line::{LineFormat, RecordLine};
 pub use registry::registry;

@@ -1,25 +1,26 @@
 //! The connector types the example binaries know: the MQTT source and sink, and the custom file
-//! connectors, registered by name. An application adds its own with
+//! and heartbeat connectors, registered by name. An application adds its own with
 //! [`Registry::register_source`] / [`Registry::register_sink`].
 
 use connector_core::runner::Registry;
 use connector_mqtt_sink::MqttSinkConnector;
 use connector_mqtt_source::MqttSourceConnector;
 
-use crate::{FileSinkConnector, FileSourceConnector};
+use crate::{FileSinkConnector, FileSourceConnector, HeartbeatConnector};
 
-/// `mqtt-source`, `mqtt-sink`, `file-source` and `file-sink`.
+/// `mqtt-source`, `mqtt-sink`, `file-source`, `file-sink` and `heartbeat`.
 ///
 /// ```
 /// let registry = connector_examples::registry();
 /// let names: Vec<_> = registry.type_names().collect();
-/// assert_eq!(names, ["file-sink", "file-source", "mqtt-sink", "mqtt-source"]);
+/// assert_eq!(names, ["file-sink", "file-source", "heartbeat", "mqtt-sink", "mqtt-source"]);
 /// ```
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register_source::<MqttSourceConnector>("mqtt-source")
         .register_sink::<MqttSinkConnector>("mqtt-sink")
         .register_source::<FileSourceConnector>("file-source")
-        .register_sink::<FileSinkConnector>("file-sink");
+        .register_sink::<FileSinkConnector>("file-sink")
+        .register_source::<HeartbeatConnector>("heartbeat");
     r
 }

@@ -1,0 +1,407 @@
+//! The `connect` runner and the quickstart, as a user runs them: `validate` naming key paths,
+//! `schema` and the generated reference, `run` with both MQTT connectors on real brokers, SIGTERM
+//! draining and a restart losing nothing, unreachable brokers, and the quickstart.
+
+// Test code: an unwrap that fails is a failing test, with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connector_core::kafka::{KafkaClient, ProducerRecord};
+use connector_testkit::{init_tracing, kafka, Mosquitto, MqttPublisher, MqttSubscriber, Tansu};
+use rumqttc::QoS;
+
+const CONNECT: &str = env!("CARGO_BIN_EXE_connect");
+
+fn connect(args: &[&str]) -> Output {
+    Command::new(CONNECT).args(args).output().unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn validate_names_the_key_path_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[kafka]
+bootstrap_servers = ["127.0.0.1:9092"]
+
+[[connector]]
+name = "unknown-key"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "plant"
+qso = 1
+
+[[connector]]
+name = "bad-qos"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "plant"
+qos = 3
+
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "http://broker"
+topics = ["commands"]
+mqtt_topic = "cars/{key}/cmd"
+
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "mqtt://broker"
+topics = ["commands"]
+mqtt_topic = "cars/{car}/cmd"
+"#,
+    );
+    let out = connect(&["validate", "--config", &config]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "connector[0].qso: unknown key",
+        "connector[1].qos: expected 0, 1 or 2",
+        "connector[2].mqtt_url: expected mqtt://host[:port] or mqtts://host[:port]",
+        "connector[3].name: duplicate connector name \"commands\" (also connector[2])",
+        "connector[3].mqtt_topic: unknown placeholder {car}",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+
+    let good = write(
+        dir.path(),
+        "good.toml",
+        "[kafka]\nbootstrap_servers = [\"127.0.0.1:9092\"]\n\n[[connector]]\nname = \"t\"\ntype = \"mqtt-source\"\nmqtt_url = \"mqtt://broker\"\ntopics = [\"plant/#\"]\nkafka_topic = \"plant.{1}\"\n",
+    );
+    let out = connect(&["validate", "--config", &good]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn validate_reports_unknown_types_tables_and_toml_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[kafka]\nbootstrap_servers = [\"h:1\"]\n[[connector]]\nname = \"x\"\ntype = \"mqtt-souce\"\n", "connector[0].type: unknown connector type \"mqtt-souce\""),
+        ("[kafka]\nbootstrap_servers = [\"h:1\"]\n[offsets]\nstore = \"disk\"\n[[connector]]\nname = \"x\"\ntype = \"file-sink\"\npath = \"o\"\ntopics = [\"t\"]\n", "offsets.store:"),
+        ("[kafka]\nbootstrap_servers = [\"h:1\"]\n[kafak]\n", "kafak: unknown key"),
+        ("[kafka\n", "not valid TOML"),
+    ];
+    for (text, expected) in cases {
+        let out = connect(&["validate", "--config", &write(dir.path(), "c.toml", text)]);
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn schema_describes_every_registered_type_and_the_reference_is_up_to_date() {
+    let out = connect(&["schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let titles: Vec<String> = schema["properties"]["connector"]["items"]["oneOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["title"].as_str().unwrap().to_owned())
+        .collect();
+    for t in ["mqtt-source", "mqtt-sink", "file-source", "file-sink"] {
+        assert!(titles.iter().any(|x| x.contains(t)), "{t} in {titles:?}");
+    }
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md"))
+            .unwrap();
+    let current = connector_core::runner::markdown(&connector_examples::registry());
+    assert!(
+        committed == current,
+        "docs/configuration.md is stale; regenerate it with:\n  cargo run -p connector-examples --bin connect -- schema --markdown > docs/configuration.md"
+    );
+}
+
+/// A `connect run` child process.
+struct Runner {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Runner {
+    fn start(config: &str, log: &Path, extra: &[&str]) -> Self {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut args = vec!["run", "--config", config];
+        args.extend_from_slice(extra);
+        let child =
+            Command::new(CONNECT).args(&args).stdout(Stdio::null()).stderr(out).spawn().unwrap();
+        Self { child, log: log.to_path_buf() }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; returns the exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn both_ways_config(mqtt: &Mosquitto, tansu: &Tansu, offsets: &Path) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = ["{}"]
+
+[offsets]
+store = "file"
+path = "{}"
+
+[progress]
+interval_secs = 1
+
+[[connector]]
+name = "telemetry"
+type = "mqtt-source"
+mqtt_url = "{}"
+topics = ["plant/+/temp"]
+kafka_topic = "plant.{{1}}"
+
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "{}"
+topics = ["commands"]
+mqtt_topic = "cars/{{key}}/cmd"
+runtime = {{ commit_interval_ms = 200 }}
+"#,
+        tansu.bootstrap(),
+        offsets.display(),
+        mqtt.url(),
+        mqtt.url()
+    )
+}
+
+async fn wait_subscribed(publisher: &MqttPublisher, client: &KafkaClient) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kafka::count(client, "plant.probe").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the source never subscribed");
+        publisher
+            .publish("plant/probe/temp", QoS::AtLeastOnce, false, b"probe".to_vec())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn distinct_values(client: &KafkaClient, topic: &str) -> BTreeSet<Vec<u8>> {
+    kafka::consume_all(client, topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.value.map(|v| v.to_vec()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_moves_telemetry_in_and_commands_out_on_real_brokers_and_drains_on_sigterm() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &both_ways_config(&mqtt, &tansu, &dir.path().join("offsets.json")),
+    );
+    let mut runner =
+        Runner::start(&config, &dir.path().join("connect.log"), &["--log-format", "json"]);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
+    let car = MqttSubscriber::connect(&mqtt.url(), "car-7", "cars/car-7/cmd", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_subscribed(&publisher, &client).await;
+
+    for i in 0..500 {
+        publisher
+            .publish("plant/line1/temp", QoS::AtLeastOnce, false, format!("{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let commands = (0..100)
+        .map(|i| ProducerRecord::new("commands", format!("cmd-{i}")).with_key("car-7"))
+        .collect();
+    client.produce(commands).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while distinct_values(&client, "plant.line1").await.len() < 500 || car.count() < 100 {
+        assert!(Instant::now() < deadline, "flow incomplete; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !runner.log().contains("rec/s, in flight") {
+        assert!(Instant::now() < deadline, "no progress line; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(runner.terminate(), Some(0), "SIGTERM drains and exits 0; log:\n{}", runner.log());
+    let log = runner.log();
+    assert!(
+        log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "--log-format json:\n{log}"
+    );
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+    assert!(log.contains("rec/s, in flight"), "progress lines: {log}");
+    let got: Vec<String> =
+        car.messages().iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+    assert_eq!(got, (0..100).map(|i| format!("cmd-{i}")).collect::<Vec<_>>(), "in order, once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_a_restart_loses_nothing() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let offsets = dir.path().join("offsets.json");
+    let config = write(dir.path(), "connect.toml", &both_ways_config(&mqtt, &tansu, &offsets));
+    let log = dir.path().join("connect.log");
+    let mut runner = Runner::start(&config, &log, &[]);
+    let publisher = Arc::new(MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap());
+    let car = MqttSubscriber::connect(&mqtt.url(), "car-7", "cars/car-7/cmd", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    wait_subscribed(&publisher, &client).await;
+
+    let n = 4_000usize;
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move {
+            for i in 0..n {
+                publisher
+                    .publish(
+                        "plant/line1/temp",
+                        QoS::AtLeastOnce,
+                        false,
+                        format!("{i}").into_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    let producing = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for chunk in 0..20 {
+                let batch = (chunk * 50..(chunk + 1) * 50)
+                    .map(|i| ProducerRecord::new("commands", format!("cmd-{i}")).with_key("car-7"))
+                    .collect();
+                client.produce(batch).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
+    let before = distinct_values(&client, "plant.line1").await.len();
+    assert!(before < n, "stopped mid-stream ({before} of {n})");
+    assert!(std::fs::metadata(&offsets).is_ok(), "offsets were committed to the file");
+
+    let mut runner = Runner::start(&config, &log, &[]);
+    publishing.await.unwrap();
+    producing.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let telemetry = distinct_values(&client, "plant.line1").await.len();
+        let commands: BTreeSet<Vec<u8>> =
+            car.messages().iter().map(|p| p.payload.to_vec()).collect();
+        if telemetry == n && commands.len() == 1_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{telemetry} of {n} telemetry, {} of 1000 commands; log:\n{}",
+            commands.len(),
+            runner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(runner.terminate(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_brokers_give_a_one_line_reason_and_a_non_zero_exit() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = connector_testkit::free_port().unwrap();
+    let no_kafka = write(
+        dir.path(),
+        "no-kafka.toml",
+        &format!("[kafka]\nbootstrap_servers = [\"127.0.0.1:{closed}\"]\nrequest_timeout_ms = 2000\nconnect_timeout_ms = 500\n[offsets]\nstore = \"memory\"\n[[connector]]\nname = \"t\"\ntype = \"mqtt-source\"\nmqtt_url = \"mqtt://127.0.0.1:{closed}\"\ntopics = [\"a\"]\nkafka_topic = \"a\"\n"),
+    );
+    let out = connect(&["run", "--config", &no_kafka]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("connect: cannot reach Kafka at 127.0.0.1:{closed}")),
+        "{last}"
+    );
+
+    let tansu = Tansu::start().await.unwrap();
+    let no_mqtt = write(
+        dir.path(),
+        "no-mqtt.toml",
+        &format!("[kafka]\nbootstrap_servers = [\"{}\"]\n[offsets]\nstore = \"memory\"\n[[connector]]\nname = \"t\"\ntype = \"mqtt-source\"\nmqtt_url = \"mqtt://127.0.0.1:{closed}\"\ntopics = [\"a\"]\nkafka_topic = \"a\"\nconnect_timeout_secs = 1\n", tansu.bootstrap()),
+    );
+    let started = Instant::now();
+    let out = connect(&["run", "--config", &no_mqtt]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("connect: cannot connect to MQTT broker"), "{last}");
+    assert!(last.contains(&format!("127.0.0.1:{closed}")), "{last}");
+    assert!(started.elapsed() < Duration::from_secs(30), "bounded retry");
+}
+
+#[test]
+fn the_quickstart_runs_to_completion_with_every_message_accounted_for() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+        .args(["--cars", "5", "--seconds", "3", "--rate", "20"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every message was accounted for."), "{stdout}");
+    assert!(stdout.contains("300 published, 300 in Kafka, 0 missing"), "{stdout}");
+}
