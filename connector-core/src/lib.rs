@@ -2,7 +2,9 @@
 
 pub mod backoff;
 mod config;
+mod converter;
 mod error;
+mod error_policy;
 pub mod kafka;
 mod offset;
 mod record;
@@ -12,9 +14,12 @@ mod secret;
 mod sink;
 mod source;
 pub mod template;
+pub mod transform;
 
 pub use config::{join_path, ConfigError, ConfigErrors, ConnectorConfig};
+pub use converter::Converter;
 pub use error::{Error, ErrorContext, ErrorKind, Result, SharedError};
+pub use error_policy::{ErrorHandler, ErrorPolicyConfig, FailedRecord, Stage, Tolerance};
 pub use offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore};
 pub use record::{
     Header, Headers, RecordMetadata, SinkRecord, SourceOffset, SourcePartition, SourceRecord,

@@ -320,8 +320,10 @@ impl SourceRecord {
 /// A record read from Kafka, delivered to a sink task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkRecord {
-    /// Topic it was read from.
+    /// Topic, as the sink should see it: the topic it was read from, unless a transform renamed it.
     pub topic: Arc<str>,
+    /// The topic it was read from; with `partition` and `offset`, where its offset is committed.
+    pub original_topic: Arc<str>,
     /// Partition it was read from.
     pub partition: i32,
     /// Its offset in that partition.
@@ -337,9 +339,9 @@ pub struct SinkRecord {
 }
 
 impl SinkRecord {
-    /// The record's topic and partition.
+    /// The topic and partition it was read from (where its offset is committed).
     pub fn topic_partition(&self) -> TopicPartition {
-        TopicPartition { topic: Arc::clone(&self.topic), partition: self.partition }
+        TopicPartition { topic: Arc::clone(&self.original_topic), partition: self.partition }
     }
 
     /// Approximate size in bytes (key + value + headers).

@@ -103,9 +103,13 @@ pub trait SinkTask: Send + 'static {
     /// A `put` may wait (for room in a pipeline, say); that is how a sink slows the fetching down.
     ///
     /// # Errors
-    /// [`Error::Retriable`](crate::Error::Retriable): the runtime waits a backoff and calls `put`
-    /// again with **the same records**. Any other error stops the task; offsets stay where the last
-    /// commit left them.
+    /// * [`Error::Retriable`](crate::Error::Retriable): the runtime waits a backoff and calls `put`
+    ///   again with **the same records**, so none of them may count as accepted.
+    /// * [`Error::RecordRejected`](crate::Error::RecordRejected) whose context names the offset of
+    ///   one of `records` (`.with_offset(r.offset)`): that record is refused, **the records before
+    ///   it are accepted**. The runtime hands it to the error policy and, if tolerated, calls `put`
+    ///   with the records after it.
+    /// * Anything else stops the task; offsets stay where the last commit left them.
     ///
     /// # Cancellation
     /// At shutdown a `put` still waiting is dropped. Records it had not handed on must simply not

@@ -352,15 +352,8 @@ async fn a_retriable_put_error_redelivers_the_same_records() {
     let puts = Arc::new(Mutex::new(Vec::new()));
     let task = Recorder { puts: Arc::clone(&puts), fail_first: 2, hold_back: 0 };
     let store = Arc::new(MemoryOffsetStore::new());
-    let config = SinkRuntimeConfig {
-        commit_interval_ms: 50,
-        retry_backoff: connector_core::backoff::BackoffConfig {
-            min_ms: 10,
-            max_ms: 50,
-            jitter: 0.0,
-        },
-        ..Default::default()
-    };
+    let mut config = SinkRuntimeConfig { commit_interval_ms: 50, ..Default::default() };
+    config.pipeline.errors.retry_max_delay_ms = 50;
     let tp = TopicPartition::new("retry", 0);
     let (run, shutdown) = spawn_sink("retry", task, &client, &store, &tp, config);
     wait_until("100 records put", Duration::from_secs(20), || {
@@ -437,4 +430,79 @@ fn spawn_sink(
 /// Polls a ready-quickly future from a sync closure (the memory store never waits).
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
+}
+
+/// Emits `per_poll` records per poll; record `bad` is marked rejected.
+struct WithBad {
+    next: u64,
+    bad: u64,
+    committed: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait]
+impl SourceTask for WithBad {
+    async fn start(&mut self, _: SourceTaskContext) -> Result<()> {
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> Result<Vec<SourceRecord>> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let records = (self.next..self.next + 50)
+            .map(|i| {
+                let r = SourceRecord::new("halt", i.to_string());
+                if i == self.bad {
+                    r.reject("this one is bad")
+                } else {
+                    r
+                }
+            })
+            .collect();
+        self.next += 50;
+        Ok(records)
+    }
+
+    async fn commit_record(
+        &mut self,
+        record: SourceRecord,
+        _: Option<RecordMetadata>,
+    ) -> Result<()> {
+        let n = std::str::from_utf8(record.value.as_deref().unwrap_or_default())
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.committed.lock().push(n);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tolerance_none_a_bad_record_stops_the_task_after_committing_everything_before_it() {
+    // A small window, so records before the bad one are still queued when it is found: they must
+    // still reach Kafka and be committed, and nothing after the bad one may be.
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let task = WithBad { next: 0, bad: 137, committed: Arc::clone(&committed) };
+    let config = SourceRuntimeConfig { max_in_flight_records: 20, ..Default::default() };
+    let store = Arc::new(MemoryOffsetStore::new()) as Arc<dyn OffsetStore>;
+    let runtime = SourceTaskRuntime::new("halt", 0, Box::new(task), client.clone(), store)
+        .with_config(config);
+    let err = tokio::time::timeout(Duration::from_secs(30), runtime.run(CancellationToken::new()))
+        .await
+        .expect("the task stops instead of hanging")
+        .unwrap_err();
+    assert!(err.to_string().contains("this one is bad"), "{err}");
+    assert_eq!(
+        *committed.lock(),
+        (0..137).collect::<Vec<_>>(),
+        "everything before it, nothing after"
+    );
+    let in_kafka: Vec<u64> = kafka::consume_all(&client, "halt")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| std::str::from_utf8(r.value.as_deref().unwrap()).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(in_kafka, (0..137).collect::<Vec<_>>());
 }

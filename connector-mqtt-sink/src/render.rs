@@ -66,6 +66,7 @@ mod tests {
         headers.push("device", "car-9");
         SinkRecord {
             topic: Arc::from("commands"),
+            original_topic: Arc::from("commands"),
             partition: 2,
             offset: 7,
             key: key.map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())),

@@ -174,7 +174,7 @@ impl SinkTask for MqttSinkTask {
             Self::wait_until(&shared, |t| t.pending() < window).await?;
             let publication = Publication {
                 seq: 0,
-                tp: TopicPartition { topic: Arc::clone(&r.topic), partition: r.partition },
+                tp: r.topic_partition(),
                 offset: r.offset,
                 topic,
                 payload,

@@ -179,16 +179,21 @@ impl SinkTask for FileSinkTask {
     }
 
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {
-        let mark = self.pending.len();
+        let batch_start = self.pending.len();
         for r in records {
+            let before = self.pending.len();
             if let Err(e) = self.encode(r) {
-                // Keep the batch all-or-nothing, so a redelivery never writes a partial batch twice.
-                self.pending.truncate(mark);
+                // A rejected record: those before it are accepted (the runtime continues after it).
+                self.pending.truncate(before);
                 return Err(e);
             }
         }
         if self.pending.len() >= WRITE_THRESHOLD {
-            self.write_pending().await?;
+            if let Err(e) = self.write_pending().await {
+                // Retriable: the same records come again, so none of them may stay buffered.
+                self.pending.truncate(batch_start);
+                return Err(e);
+            }
         }
         Ok(())
     }

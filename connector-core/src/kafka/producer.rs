@@ -681,9 +681,15 @@ impl<T: Send + 'static> Actor<T> {
                         self.client.invalidate_topic(&tp.topic);
                         self.refresh_topic(Arc::clone(&tp.topic));
                     }
-                    let e = api_error(code, format!("produce to {tp}"))
-                        .with_topic(&*tp.topic)
-                        .with_partition(tp.partition);
+                    let e = match code {
+                        ApiError::MessageTooLarge | ApiError::RecordListTooLarge => Error::rejected(format!(
+                            "a record of {} bytes is larger than the broker accepts for {tp} ({code:?}); raise the topic's max.message.bytes or send smaller records",
+                            batch.bytes
+                        )),
+                        _ => api_error(code, format!("produce to {tp}")),
+                    }
+                    .with_topic(&*tp.topic)
+                    .with_partition(tp.partition);
                     if is_retriable_code(code) {
                         self.retry_or_fail(tp, batch, e, &mut deliveries);
                     } else {

@@ -194,6 +194,7 @@ pub(crate) fn decode_batches(
             };
             out.push(SinkRecord {
                 topic: Arc::clone(topic),
+                original_topic: Arc::clone(topic),
                 partition,
                 offset,
                 key: r.key.map(Bytes::from),

@@ -9,9 +9,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigErrors;
+use crate::error_policy::ErrorPolicyConfig;
 use crate::kafka::KafkaConfig;
 use crate::runner::registry::{deserialize_table, BuiltConnector, ConnectorKind, Registry};
-use crate::runtime::{SinkRuntimeConfig, SourceRuntimeConfig};
+use crate::runtime::{Pipeline, SinkRuntimeConfig, SourceRuntimeConfig};
+use crate::transform::TransformChain;
 
 /// Where connector offsets are kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -107,7 +109,16 @@ pub struct ConnectFile {
 
 const TOP_LEVEL: [&str; 4] = ["kafka", "offsets", "progress", "connector"];
 /// Keys of a `[[connector]]` table the runner handles; the rest belongs to the connector type.
-const COMMON: [&str; 3] = ["name", "type", "runtime"];
+const COMMON: [&str; 8] = [
+    "name",
+    "type",
+    "runtime",
+    "errors",
+    "key_converter",
+    "value_converter",
+    "json_reserialize",
+    "transforms",
+];
 
 impl ConnectFile {
     /// Reads and validates a configuration file.
@@ -265,6 +276,134 @@ fn section<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A single TOML value as `T`, recording an error at `path`.
+fn value_as<T: serde::de::DeserializeOwned>(
+    v: toml::Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Option<T> {
+    match T::deserialize(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(path, e.to_string().trim().replace('`', ""));
+            None
+        }
+    }
+}
+
+/// The connector's converters, transforms and error policy.
+fn pipeline(
+    table: &mut toml::Table,
+    prefix: &str,
+    registry: &Registry,
+    errors: &mut ConfigErrors,
+) -> Option<Pipeline> {
+    let before = errors.iter().count();
+    let mut p = Pipeline::default();
+    match table.remove("errors") {
+        Some(toml::Value::Table(t)) => {
+            if let Some(c) = section::<ErrorPolicyConfig>(
+                t,
+                &format!("{prefix}.errors"),
+                errors,
+                ErrorPolicyConfig::validate,
+            ) {
+                p.errors = c;
+            }
+        }
+        Some(_) => errors.push(format!("{prefix}.errors"), "expected a table"),
+        None => {}
+    }
+    if let Some(v) = table.remove("key_converter") {
+        p.key_converter =
+            value_as(v, &format!("{prefix}.key_converter"), errors).unwrap_or_default();
+    }
+    if let Some(v) = table.remove("value_converter") {
+        p.value_converter =
+            value_as(v, &format!("{prefix}.value_converter"), errors).unwrap_or_default();
+    }
+    if let Some(v) = table.remove("json_reserialize") {
+        p.json_reserialize =
+            value_as(v, &format!("{prefix}.json_reserialize"), errors).unwrap_or_default();
+    }
+    match table.remove("transforms") {
+        Some(toml::Value::Array(items)) => {
+            let mut chain = TransformChain::new();
+            for (j, item) in items.into_iter().enumerate() {
+                let path = format!("{prefix}.transforms[{j}]");
+                let toml::Value::Table(mut t) = item else {
+                    errors.push(path, "expected a table ([[connector.transforms]])");
+                    continue;
+                };
+                let Some(toml::Value::String(kind)) = t.remove("type") else {
+                    let known: Vec<&str> = registry.transform_types().collect();
+                    errors.push(
+                        format!("{path}.type"),
+                        format!("is required (one of: {})", known.join(", ")),
+                    );
+                    continue;
+                };
+                let name = match t.remove("name") {
+                    Some(v) => {
+                        value_as::<String>(v, &format!("{path}.name"), errors).unwrap_or_default()
+                    }
+                    None => kind.clone(),
+                };
+                let negate = match t.remove("negate") {
+                    Some(v) => {
+                        value_as::<bool>(v, &format!("{path}.negate"), errors).unwrap_or_default()
+                    }
+                    None => false,
+                };
+                let predicate = match t.remove("predicate") {
+                    Some(toml::Value::Table(mut pt)) => match pt.remove("type") {
+                        Some(toml::Value::String(ptype)) => {
+                            match registry.build_predicate(&ptype, pt) {
+                                Ok(p) => Some(p),
+                                Err(e) => {
+                                    errors.extend(e.prefixed(&format!("{path}.predicate")));
+                                    None
+                                }
+                            }
+                        }
+                        _ => {
+                            let known: Vec<&str> = registry.predicate_types().collect();
+                            errors.push(
+                                format!("{path}.predicate.type"),
+                                format!("is required (one of: {})", known.join(", ")),
+                            );
+                            None
+                        }
+                    },
+                    Some(_) => {
+                        errors.push(
+                            format!("{path}.predicate"),
+                            "expected a table, e.g. { type = \"record_is_tombstone\" }",
+                        );
+                        None
+                    }
+                    None => {
+                        if negate {
+                            errors.push(format!("{path}.negate"), "needs a predicate");
+                        }
+                        None
+                    }
+                };
+                match registry.build_transform(&kind, t) {
+                    Ok(transform) => chain.push(name, transform, predicate, negate),
+                    Err(e) => errors.extend(e.prefixed(&path)),
+                }
+            }
+            p.transforms = chain;
+        }
+        Some(_) => {
+            errors.push(format!("{prefix}.transforms"), "expected [[connector.transforms]] tables")
+        }
+        None => {}
+    }
+    (errors.iter().count() == before).then_some(p)
+}
+
 fn connector(
     i: usize,
     mut table: toml::Table,
@@ -326,8 +465,13 @@ fn connector(
             _ => errors.push(path, "expected a table"),
         }
     }
+    let pipeline = pipeline(&mut table, &prefix, registry, errors);
     debug_assert!(COMMON.iter().all(|k| !table.contains_key(*k)));
-    let (Some(name), Some(type_name)) = (name, type_name) else { return None };
+    let (Some(name), Some(type_name), Some(pipeline)) = (name, type_name, pipeline) else {
+        return None;
+    };
+    source_runtime.pipeline = pipeline.clone();
+    sink_runtime.pipeline = pipeline;
     match registry.build(&type_name, &name, table) {
         Ok(connector) => {
             Some(ConnectorEntry { name, type_name, connector, source_runtime, sink_runtime })

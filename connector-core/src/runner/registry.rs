@@ -13,6 +13,11 @@ use serde_json::Value;
 use crate::config::{ConfigErrors, ConnectorConfig};
 use crate::sink::{DynSinkConnector, SinkConnector};
 use crate::source::{DynSourceConnector, SourceConnector};
+use crate::transform::{
+    DropHeaders, ExtractField, Filter, HasHeaderKey, HeaderFrom, InsertHeader, Predicate,
+    RecordIsTombstone, RegexRouter, RegexRouterConfig, TimestampRouter, TopicNameMatches,
+    TopicNameMatchesConfig, Transform, ValueToKey,
+};
 
 /// Whether a type reads into Kafka or out of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,20 @@ impl fmt::Debug for BuiltConnector {
 
 type BuildFn = dyn Fn(&str, toml::Table) -> Result<BuiltConnector, ConfigErrors> + Send + Sync;
 type SchemaFn = dyn Fn() -> Value + Send + Sync;
+type TransformFn = dyn Fn(toml::Table) -> Result<Box<dyn Transform>, ConfigErrors> + Send + Sync;
+type PredicateFn = dyn Fn(toml::Table) -> Result<Box<dyn Predicate>, ConfigErrors> + Send + Sync;
+
+struct Described<F: ?Sized> {
+    build: Arc<F>,
+    schema: Arc<SchemaFn>,
+}
+
+// Written out: a derived Clone would require `F: Clone`, which a `dyn Fn` is not.
+impl<F: ?Sized> Clone for Described<F> {
+    fn clone(&self) -> Self {
+        Self { build: Arc::clone(&self.build), schema: Arc::clone(&self.schema) }
+    }
+}
 
 #[derive(Clone)]
 struct Entry {
@@ -95,21 +114,152 @@ struct Entry {
 /// let errors = registry.build("hello", "greeter", bad).unwrap_err();
 /// assert!(errors.to_string().starts_with("topik: unknown key"));
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     entries: BTreeMap<String, Entry>,
+    transforms: BTreeMap<String, Described<TransformFn>>,
+    predicates: BTreeMap<String, Described<PredicateFn>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.entries.iter().map(|(k, v)| (k, v.kind))).finish()
+        f.debug_struct("Registry")
+            .field("connectors", &self.entries.iter().map(|(k, v)| (k, v.kind)).collect::<Vec<_>>())
+            .field("transforms", &self.transforms.keys().collect::<Vec<_>>())
+            .field("predicates", &self.predicates.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
 impl Registry {
-    /// No types.
+    /// No connector types; the built-in transforms and predicates.
     pub fn new() -> Self {
-        Self::default()
+        let mut r = Self {
+            entries: BTreeMap::new(),
+            transforms: BTreeMap::new(),
+            predicates: BTreeMap::new(),
+        };
+        r.register_transform("insert_header", |c: InsertHeader| {
+            Ok(Box::new(c) as Box<dyn Transform>)
+        })
+        .register_transform("drop_headers", |c: DropHeaders| Ok(Box::new(c) as Box<dyn Transform>))
+        .register_transform("header_from", |c: HeaderFrom| {
+            if c.fields.len() == c.headers.len() {
+                Ok(Box::new(c) as Box<dyn Transform>)
+            } else {
+                Err("headers: give one header per field".to_owned())
+            }
+        })
+        .register_transform("value_to_key", |c: ValueToKey| Ok(Box::new(c) as Box<dyn Transform>))
+        .register_transform(
+            "extract_field",
+            |c: ExtractField| Ok(Box::new(c) as Box<dyn Transform>),
+        )
+        .register_transform("regex_router", |c: RegexRouterConfig| {
+            RegexRouter::new(c).map(|t| Box::new(t) as Box<dyn Transform>)
+        })
+        .register_transform("timestamp_router", |c: TimestampRouter| {
+            Ok(Box::new(c) as Box<dyn Transform>)
+        })
+        .register_transform("filter", |c: Filter| Ok(Box::new(c) as Box<dyn Transform>));
+        r.register_predicate("topic_name_matches", |c: TopicNameMatchesConfig| {
+            TopicNameMatches::new(c).map(|p| Box::new(p) as Box<dyn Predicate>)
+        })
+        .register_predicate("has_header_key", |c: HasHeaderKey| {
+            Ok(Box::new(c) as Box<dyn Predicate>)
+        })
+        .register_predicate("record_is_tombstone", |c: RecordIsTombstone| {
+            Ok(Box::new(c) as Box<dyn Predicate>)
+        });
+        r
+    }
+
+    /// Registers a transform type for `[[connector.transforms]]` tables with `type = type_name`:
+    /// the rest of the table deserializes into `C` (unknown keys are errors) and `build` makes the
+    /// transform.
+    pub fn register_transform<C, F>(&mut self, type_name: &str, build: F) -> &mut Self
+    where
+        C: DeserializeOwned + JsonSchema + 'static,
+        F: Fn(C) -> Result<Box<dyn Transform>, String> + Send + Sync + 'static,
+    {
+        let f = move |table: toml::Table| -> Result<Box<dyn Transform>, ConfigErrors> {
+            let c: C = deserialize_table(table)?;
+            build(c).map_err(message_error)
+        };
+        let schema = Arc::new(|| crate::runner::schema::schema_of::<C>());
+        self.transforms.insert(type_name.to_owned(), Described { build: Arc::new(f), schema });
+        self
+    }
+
+    /// Registers a predicate type for `predicate = { type = type_name, ... }`.
+    pub fn register_predicate<C, F>(&mut self, type_name: &str, build: F) -> &mut Self
+    where
+        C: DeserializeOwned + JsonSchema + 'static,
+        F: Fn(C) -> Result<Box<dyn Predicate>, String> + Send + Sync + 'static,
+    {
+        let f = move |table: toml::Table| -> Result<Box<dyn Predicate>, ConfigErrors> {
+            let c: C = deserialize_table(table)?;
+            build(c).map_err(message_error)
+        };
+        let schema = Arc::new(|| crate::runner::schema::schema_of::<C>());
+        self.predicates.insert(type_name.to_owned(), Described { build: Arc::new(f), schema });
+        self
+    }
+
+    /// Registered transform type names.
+    pub fn transform_types(&self) -> impl Iterator<Item = &str> {
+        self.transforms.keys().map(String::as_str)
+    }
+
+    /// Registered predicate type names.
+    pub fn predicate_types(&self) -> impl Iterator<Item = &str> {
+        self.predicates.keys().map(String::as_str)
+    }
+
+    /// JSON Schema of a transform type's keys.
+    pub fn transform_schema(&self, type_name: &str) -> Option<Value> {
+        self.transforms.get(type_name).map(|d| (d.schema)())
+    }
+
+    /// JSON Schema of a predicate type's keys.
+    pub fn predicate_schema(&self, type_name: &str) -> Option<Value> {
+        self.predicates.get(type_name).map(|d| (d.schema)())
+    }
+
+    /// Builds a transform of `type_name` from its keys.
+    ///
+    /// # Errors
+    /// Every problem, with key paths relative to the table (`type` for an unknown type).
+    pub fn build_transform(
+        &self,
+        type_name: &str,
+        table: toml::Table,
+    ) -> Result<Box<dyn Transform>, ConfigErrors> {
+        match self.transforms.get(type_name) {
+            Some(d) => (d.build)(table),
+            None => Err(unknown("transform", type_name, self.transform_types())),
+        }
+    }
+
+    /// Builds a predicate of `type_name` from its keys.
+    ///
+    /// # Errors
+    /// Every problem, with key paths relative to the table.
+    pub fn build_predicate(
+        &self,
+        type_name: &str,
+        table: toml::Table,
+    ) -> Result<Box<dyn Predicate>, ConfigErrors> {
+        match self.predicates.get(type_name) {
+            Some(d) => (d.build)(table),
+            None => Err(unknown("predicate", type_name, self.predicate_types())),
+        }
     }
 
     /// Registers a source connector type under `type_name`.
@@ -222,6 +372,23 @@ fn tidy(path: String, message: String) -> (String, String) {
         return (crate::config::join_path(&path, &key), "is required".to_owned());
     }
     (path, message.trim().to_owned())
+}
+
+fn unknown<'a>(what: &str, type_name: &str, known: impl Iterator<Item = &'a str>) -> ConfigErrors {
+    let known: Vec<&str> = known.collect();
+    let mut e = ConfigErrors::new();
+    e.push("type", format!("unknown {what} type {type_name:?}; known types: {}", known.join(", ")));
+    e
+}
+
+fn message_error(message: String) -> ConfigErrors {
+    // "field: problem" messages from builders name their key; keep it as the path.
+    let mut e = ConfigErrors::new();
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => e.push(path, rest),
+        _ => e.push("", message),
+    }
+    e
 }
 
 fn single_error(e: crate::Error) -> ConfigErrors {

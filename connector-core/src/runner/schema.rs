@@ -8,6 +8,8 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
+use crate::converter::Converter;
+use crate::error_policy::ErrorPolicyConfig;
 use crate::kafka::KafkaConfig;
 use crate::runner::file::{OffsetsConfig, ProgressConfig};
 use crate::runner::registry::{ConnectorKind, Registry};
@@ -72,9 +74,12 @@ fn without_code_blocks(text: &str) -> String {
 /// assert!(schema["properties"]["kafka"]["properties"]["bootstrap_servers"].is_object());
 /// ```
 pub fn file_schema(registry: &Registry) -> Value {
+    let transforms = transform_variants(registry);
     let variants: Vec<Value> = registry
         .type_names()
-        .filter_map(|t| registry.schema(t).map(|s| connector_variant(t, registry.kind(t), s)))
+        .filter_map(|t| {
+            registry.schema(t).map(|s| connector_variant(t, registry.kind(t), s, &transforms))
+        })
         .collect();
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -104,8 +109,65 @@ fn untitled(mut v: Value) -> Value {
     v
 }
 
+/// One schema per registered transform type, each with the common keys (`type`, `name`,
+/// `predicate`, `negate`).
+fn transform_variants(registry: &Registry) -> Vec<Value> {
+    let predicates: Vec<Value> = registry
+        .predicate_types()
+        .filter_map(|t| registry.predicate_schema(t).map(|s| with_type(t, s, Map::new())))
+        .collect();
+    registry
+        .transform_types()
+        .filter_map(|t| {
+            registry.transform_schema(t).map(|s| {
+                let mut common = Map::new();
+                common.insert("name".into(), json!({"type": "string", "description": "Name used in error messages (default: the type)."}));
+                common.insert(
+                    "predicate".into(),
+                    json!({"description": "Apply only to records this predicate matches.", "oneOf": predicates}),
+                );
+                common.insert(
+                    "negate".into(),
+                    json!({"type": "boolean", "default": false, "description": "Apply only to records the predicate does not match."}),
+                );
+                with_type(t, s, common)
+            })
+        })
+        .collect()
+}
+
+/// `schema` (an object's) with a `type` constant and `common` keys added.
+fn with_type(type_name: &str, schema: Value, common: Map<String, Value>) -> Value {
+    let mut schema = untitled(schema);
+    let Some(obj) = schema.as_object_mut() else { return schema };
+    let mut properties = Map::new();
+    properties.insert(
+        "type".into(),
+        json!({"const": type_name, "description": format!("`{type_name}`.")}),
+    );
+    properties.extend(common);
+    if let Some(Value::Object(own)) = obj.remove("properties") {
+        properties.extend(own);
+    }
+    let mut required = vec![json!("type")];
+    if let Some(Value::Array(own)) = obj.remove("required") {
+        required.extend(own);
+    }
+    obj.insert("title".into(), json!(format!("type = \"{type_name}\"")));
+    obj.insert("type".into(), json!("object"));
+    obj.insert("properties".into(), Value::Object(properties));
+    obj.insert("required".into(), Value::Array(required));
+    obj.insert("additionalProperties".into(), json!(false));
+    schema
+}
+
 /// A connector type's schema with the runner's common keys added.
-fn connector_variant(type_name: &str, kind: Option<ConnectorKind>, schema: Value) -> Value {
+fn connector_variant(
+    type_name: &str,
+    kind: Option<ConnectorKind>,
+    schema: Value,
+    transforms: &[Value],
+) -> Value {
     let mut schema = untitled(schema);
     let runtime = match kind {
         Some(ConnectorKind::Sink) => untitled(schema_of::<SinkRuntimeConfig>()),
@@ -125,6 +187,27 @@ fn connector_variant(type_name: &str, kind: Option<ConnectorKind>, schema: Value
     properties.insert(
         "runtime".into(),
         json!({"description": "Runtime tuning for this connector (in-flight limits, commit intervals).", "allOf": [runtime]}),
+    );
+    properties.insert(
+        "errors".into(),
+        json!({"description": "What happens to records that fail (the error policy).", "allOf": [untitled(schema_of::<ErrorPolicyConfig>())]}),
+    );
+    let converter = untitled(schema_of::<Converter>());
+    properties.insert(
+        "key_converter".into(),
+        json!({"description": "How keys are checked: `bytes` (default), `string` (UTF-8) or `json`.", "default": "bytes", "allOf": [converter.clone()]}),
+    );
+    properties.insert(
+        "value_converter".into(),
+        json!({"description": "How values are checked: `bytes` (default), `string` (UTF-8) or `json`.", "default": "bytes", "allOf": [converter]}),
+    );
+    properties.insert(
+        "json_reserialize".into(),
+        json!({"type": "boolean", "default": false, "description": "With a `json` converter, rewrite keys and values compactly."}),
+    );
+    properties.insert(
+        "transforms".into(),
+        json!({"type": "array", "description": "Transforms applied in order (`[[connector.transforms]]`); see Transforms below.", "items": {"oneOf": transforms}}),
     );
     if let Some(Value::Object(own)) = obj.remove("properties") {
         properties.extend(own);
@@ -155,6 +238,7 @@ pub fn markdown(registry: &Registry) -> String {
          errors. Values written `${VAR}` in secret fields (passwords) are read from the environment.\n",
     );
     let props = &schema["properties"];
+    let mut predicates: Vec<Value> = Vec::new();
     section(&mut out, "[kafka]", &props["kafka"], 2);
     section(&mut out, "[offsets]", &props["offsets"], 2);
     section(&mut out, "[progress]", &props["progress"], 2);
@@ -162,6 +246,23 @@ pub fn markdown(registry: &Registry) -> String {
         for v in variants {
             let title = v["title"].as_str().unwrap_or("connector");
             section(&mut out, &format!("[[connector]] {title}"), v, 2);
+        }
+        if let Some(first) = variants.first() {
+            out.push_str("\n## Transforms\n\nEach `[[connector.transforms]]` table has a `type` and that type's keys, and optionally `name`, `predicate` and `negate`.\n");
+            if let Some(ts) = first["properties"]["transforms"]["items"]["oneOf"].as_array() {
+                for t in ts {
+                    let title = t["title"].as_str().unwrap_or("transform");
+                    section(&mut out, &format!("[[connector.transforms]] {title}"), t, 3);
+                    if let Some(ps) = t["properties"]["predicate"]["oneOf"].as_array() {
+                        predicates = ps.clone();
+                    }
+                }
+            }
+            out.push_str("\n## Predicates\n\nWritten inline: `predicate = { type = \"topic_name_matches\", pattern = \"plant\\\\..*\" }`.\n");
+            for p in &predicates {
+                let title = p["title"].as_str().unwrap_or("predicate");
+                section(&mut out, &format!("predicate {title}"), p, 3);
+            }
         }
     }
     out
@@ -197,6 +298,9 @@ fn section(out: &mut String, title: &str, schema: &Value, level: usize) {
     }
     for (key, p) in nested {
         // `[kafka]` → `[kafka.retry_backoff]`; connector sections → `type = "x" → runtime → ...`.
+        if key == "predicate" || key == "transforms" {
+            continue;
+        }
         let sub = if title.starts_with('[') && !title.starts_with("[[") {
             format!("{}.{key}]", title.trim_end_matches(']'))
         } else {
@@ -212,8 +316,12 @@ fn resolve(p: &Value) -> Value {
     match p["allOf"].as_array() {
         Some(all) if all.len() == 1 && p.get("properties").is_none() => {
             let mut inner = all[0].clone();
-            if let (Some(obj), Some(d)) = (inner.as_object_mut(), p.get("description")) {
-                obj.insert("description".into(), d.clone());
+            if let Some(obj) = inner.as_object_mut() {
+                for key in ["description", "default"] {
+                    if let Some(v) = p.get(key) {
+                        obj.insert(key.into(), v.clone());
+                    }
+                }
             }
             inner
         }
@@ -238,8 +346,11 @@ fn type_of(p: &Value) -> String {
             .filter_map(|o| o.get("const"))
             .map(|c| format!("`{}`", compact(c)))
             .collect();
-        if consts.len() == options.len() {
+        if !options.is_empty() && consts.len() == options.len() {
             return consts.join(" \\| ");
+        }
+        if !options.is_empty() && options.iter().all(|o| o["type"] == "object") {
+            return "table".to_owned();
         }
     }
     if let Some(all) = p["allOf"].as_array() {

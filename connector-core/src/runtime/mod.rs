@@ -4,12 +4,14 @@
 
 mod connector;
 mod finalizer;
+mod pipeline;
 mod sink;
 mod source;
 mod stats;
 
 pub use connector::{assign_round_robin, run_sink_connector, run_source_connector};
 pub use finalizer::OrderedFinalizer;
+pub use pipeline::Pipeline;
 pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{StatsSnapshot, TaskStats};

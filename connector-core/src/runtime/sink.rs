@@ -29,14 +29,16 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::{Backoff, BackoffConfig};
+use crate::backoff::Backoff;
 use crate::config::ConfigErrors;
+use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
 use crate::kafka::{FetchResult, KafkaClient, OffsetSpec};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SinkRecord, TopicPartition};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::stats::TaskStats;
 use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// How the sink runtime reads, retries and commits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -51,12 +53,14 @@ pub struct SinkRuntimeConfig {
     /// Fetched batches queued per partition ahead of `put`.
     #[serde(default = "default_prefetch_batches")]
     pub prefetch_batches: usize,
-    /// Backoff between retries of a `put` that failed with a retriable error, and of failed fetches.
-    #[serde(default)]
-    pub retry_backoff: BackoffConfig,
-    /// How long the final commit at shutdown may take.
+    /// How long the final flush and commit at shutdown may take.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Converters, transforms and the error policy (the connector's `errors`, `transforms`,
+    /// `key_converter`, `value_converter` keys).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub pipeline: Pipeline,
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -75,7 +79,7 @@ impl Default for SinkRuntimeConfig {
             start: StartFrom::Earliest,
             commit_interval_ms: default_commit_interval_ms(),
             prefetch_batches: default_prefetch_batches(),
-            retry_backoff: BackoffConfig::default(),
+            pipeline: Pipeline::default(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
     }
@@ -91,7 +95,6 @@ impl SinkRuntimeConfig {
         if self.prefetch_batches == 0 {
             e.push("prefetch_batches", "must be at least 1");
         }
-        e.extend(self.retry_backoff.validate().prefixed("retry_backoff"));
         e
     }
 }
@@ -231,6 +234,13 @@ impl SinkTaskRuntime {
         task.start(SinkTaskContext::new(Arc::clone(&name), task_id)).await.map_err(tag)?;
         let result = match task.open(&partitions).await {
             Ok(()) => {
+                let handler = ErrorHandler::new(
+                    config.pipeline.errors.clone(),
+                    Arc::clone(&name),
+                    task_id,
+                    client.clone(),
+                    Arc::clone(&stats),
+                );
                 drive(
                     &name,
                     &mut *task,
@@ -238,6 +248,7 @@ impl SinkTaskRuntime {
                     &offsets,
                     &config,
                     &stats,
+                    &handler,
                     &mut progress,
                     shutdown,
                 )
@@ -295,6 +306,7 @@ async fn drive(
     store: &Arc<dyn OffsetStore>,
     config: &SinkRuntimeConfig,
     stats: &TaskStats,
+    handler: &ErrorHandler,
     progress: &mut Progress,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -308,7 +320,6 @@ async fn drive(
             tp.clone(),
             *offset,
             config.start,
-            config.retry_backoff,
             tx.clone(),
             stop_fetchers.clone(),
         ));
@@ -318,7 +329,6 @@ async fn drive(
     let mut tick = tokio::time::interval(Duration::from_millis(config.commit_interval_ms.max(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.reset();
-    let mut put_backoff = Backoff::new(config.retry_backoff);
 
     let outcome = loop {
         let event = tokio::select! {
@@ -337,60 +347,141 @@ async fn drive(
             Event::Fetched(None) => break Err(Error::fatal("all Kafka fetchers stopped")),
             Event::Fetched(Some(FetchMsg::Failed(e))) => break Err(e),
             Event::Fetched(Some(FetchMsg::Records(tp, records))) => {
-                let Some(last) = records.last().map(|r| r.offset) else {
+                if records.is_empty() {
                     continue;
-                };
-                let n = records.len() as u64;
-                stats.add_in(n);
-                // Retriable errors: the same records again, after a backoff, until shutdown.
-                let delivered = loop {
-                    // A put waiting on a slow destination must not hold up shutdown; what it did
-                    // not finish is simply not reported by pre_commit (see SinkTask::put).
-                    let put = tokio::select! {
-                        r = task.put(&records) => r,
-                        () = shutdown.cancelled() => break false,
-                    };
-                    match put {
-                        Ok(()) => {
-                            put_backoff.reset();
-                            break true;
-                        }
-                        Err(e) if e.is_retriable() => {
-                            stats.add_retry();
-                            let delay = put_backoff.next_delay();
-                            warn!(connector = %name, %tp, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "put failed; redelivering the same records");
-                            tokio::select! {
-                                () = shutdown.cancelled() => break false,
-                                () = tokio::time::sleep(delay) => {}
-                            }
-                        }
-                        Err(e) => {
-                            stats.add_error();
-                            return finish(
-                                name,
-                                task,
-                                store,
-                                stats,
-                                progress,
-                                config,
-                                Err(e.with_topic(&*tp.topic).with_partition(tp.partition)),
-                            )
-                            .await;
-                        }
-                    }
-                };
-                if !delivered {
-                    break Ok(());
                 }
-                stats.add_out(n);
-                progress.consumed.insert(tp, last + 1);
-                stats.set_in_flight(progress.uncommitted());
+                stats.add_in(records.len() as u64);
+                match deliver(
+                    name,
+                    task,
+                    &config.pipeline,
+                    handler,
+                    stats,
+                    progress,
+                    tp,
+                    records,
+                    &shutdown,
+                )
+                .await
+                {
+                    Ok(true) => stats.set_in_flight(progress.uncommitted()),
+                    Ok(false) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
             }
         }
     };
     stop_fetchers.cancel();
     fetchers.abort_all();
     finish(name, task, store, stats, progress, config, outcome).await
+}
+
+/// A fetched record that failed, for the error policy.
+fn failed<'a>(stage: Stage, error: &'a Error, r: &'a SinkRecord) -> FailedRecord<'a> {
+    FailedRecord {
+        stage,
+        error,
+        topic: &r.original_topic,
+        partition: Some(r.partition),
+        offset: Some(r.offset),
+        key: r.key.as_ref(),
+        value: r.value.as_ref(),
+        headers: &r.headers,
+    }
+}
+
+/// Puts one fetched batch: converters and transforms first, then `put`, retrying retriable failures
+/// (bounded by `errors.retry_timeout_ms`) and handing records `put` rejects to the error policy.
+/// Returns `false` when shutdown interrupted it.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    pipeline: &Pipeline,
+    handler: &ErrorHandler,
+    stats: &TaskStats,
+    progress: &mut Progress,
+    tp: TopicPartition,
+    records: Vec<SinkRecord>,
+    shutdown: &CancellationToken,
+) -> Result<bool> {
+    let Some(last) = records.last().map(|r| r.offset) else { return Ok(true) };
+    let to_put = if pipeline.is_passthrough() {
+        records
+    } else {
+        let mut out = Vec::with_capacity(records.len());
+        for r in &records {
+            match pipeline.sink(r) {
+                Ok(Some(t)) => out.push(t),
+                Ok(None) => {}
+                Err((stage, why)) => {
+                    // Nothing of this batch is put yet, so a stop here commits nothing past it.
+                    let e = Error::rejected(why);
+                    handler.handle(failed(stage, &e, r)).await?;
+                }
+            }
+        }
+        out
+    };
+
+    let mut start = 0;
+    let mut backoff = Backoff::new(pipeline.task_backoff());
+    let mut failing_since: Option<std::time::Instant> = None;
+    while start < to_put.len() {
+        let batch = &to_put[start..];
+        // A put waiting on a slow destination must not hold up shutdown; what it did not finish
+        // is simply not reported by pre_commit (see SinkTask::put).
+        let put = tokio::select! {
+            r = task.put(batch) => r,
+            () = shutdown.cancelled() => return Ok(false),
+        };
+        match put {
+            Ok(()) => break,
+            Err(e) if e.is_retriable() => {
+                stats.add_retry();
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
+                    stats.add_error();
+                    return Err(Error::fatal(format!(
+                        "put kept failing for {:?} (errors.retry_timeout_ms): {}",
+                        since.elapsed(),
+                        e.report()
+                    ))
+                    .with_topic(&*tp.topic)
+                    .with_partition(tp.partition));
+                }
+                let delay = backoff.next_delay();
+                warn!(connector = %name, %tp, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "put failed; redelivering the same records");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(false),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::RecordRejected => {
+                // The task refused one record; those before it were accepted.
+                let position = e
+                    .context()
+                    .and_then(|c| c.offset)
+                    .and_then(|o| batch.iter().position(|r| r.offset == o));
+                let Some(i) = position else {
+                    stats.add_error();
+                    return Err(e.with_topic(&*tp.topic).with_partition(tp.partition));
+                };
+                if let Err(stop) = handler.handle(failed(Stage::TaskPut, &e, &batch[i])).await {
+                    progress.consumed.insert(tp.clone(), batch[i].offset);
+                    return Err(stop);
+                }
+                start += i + 1;
+            }
+            Err(e) => {
+                stats.add_error();
+                return Err(e.with_topic(&*tp.topic).with_partition(tp.partition));
+            }
+        }
+    }
+    stats.add_out(to_put.len() as u64);
+    progress.consumed.insert(tp, last + 1);
+    Ok(true)
 }
 
 /// The final commit (bounded by the shutdown timeout), then `outcome`.
@@ -480,12 +571,11 @@ async fn fetch_loop(
     tp: TopicPartition,
     mut offset: i64,
     start: StartFrom,
-    backoff: BackoffConfig,
     tx: mpsc::Sender<FetchMsg>,
     stop: CancellationToken,
 ) {
     let max_wait = Duration::from_millis(client.config().fetch_max_wait_ms);
-    let mut backoff = Backoff::new(backoff);
+    let mut backoff = Backoff::new(client.config().retry_backoff);
     while !stop.is_cancelled() {
         let result = tokio::select! {
             () = stop.cancelled() => return,

@@ -28,12 +28,14 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backoff::{Backoff, BackoffConfig};
+use crate::backoff::Backoff;
 use crate::config::ConfigErrors;
+use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
 use crate::kafka::{validate_topic_name, Delivery, KafkaClient, Producer, ProducerRecord};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{RecordMetadata, SourceRecord};
 use crate::runtime::finalizer::OrderedFinalizer;
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::stats::TaskStats;
 use crate::source::{SourceTask, SourceTaskContext};
 use crate::{Error, ErrorKind, Result};
@@ -55,9 +57,11 @@ pub struct SourceRuntimeConfig {
     /// How long shutdown waits for in-flight records to be acknowledged.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
-    /// Backoff after a retriable `poll` error.
-    #[serde(default)]
-    pub retry_backoff: BackoffConfig,
+    /// Transforms, converters and the error policy (the connector's `errors`, `transforms`,
+    /// `key_converter`, `value_converter` keys).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub pipeline: Pipeline,
 }
 
 fn default_max_in_flight_records() -> usize {
@@ -80,7 +84,7 @@ impl Default for SourceRuntimeConfig {
             max_in_flight_bytes: default_max_in_flight_bytes(),
             offset_flush_interval_ms: default_offset_flush_interval_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
-            retry_backoff: BackoffConfig::default(),
+            pipeline: Pipeline::default(),
         }
     }
 }
@@ -98,7 +102,6 @@ impl SourceRuntimeConfig {
         if self.offset_flush_interval_ms == 0 {
             e.push("offset_flush_interval_ms", "must be at least 1");
         }
-        e.extend(self.retry_backoff.validate().prefixed("retry_backoff"));
         e
     }
 }
@@ -243,9 +246,17 @@ impl SourceTaskRuntime {
             pending: OffsetMap::new(),
             finalized_since_commit: 0,
         };
-        let result = drive(&name, &mut *task, client, &config, &stats, &mut committer, shutdown)
-            .await
-            .map_err(tag);
+        let handler = ErrorHandler::new(
+            config.pipeline.errors.clone(),
+            Arc::clone(&name),
+            task_id,
+            client.clone(),
+            Arc::clone(&stats),
+        );
+        let result =
+            drive(&name, &mut *task, client, &config, &stats, &handler, &mut committer, shutdown)
+                .await
+                .map_err(tag);
         committer.commit(&mut *task).await;
         if let Err(e) = task.stop().await {
             warn!(connector = %name, task = task_id, error = %e.report(), "source task stop failed");
@@ -261,22 +272,48 @@ impl SourceTaskRuntime {
     }
 }
 
+/// What became of a polled record.
+enum Outcome {
+    /// Kafka has it.
+    Delivered(RecordMetadata),
+    /// A transform dropped it.
+    Dropped,
+    /// It failed at `Stage`; the error policy decides.
+    Failed(Stage, Error),
+}
+
+/// The record as it goes to Kafka, or why it does not.
+fn prepare(
+    pipeline: &Pipeline,
+    record: &mut SourceRecord,
+) -> Result<Option<ProducerRecord>, (Stage, String)> {
+    if let Some(why) = record.rejected.take() {
+        return Err((Stage::TaskPoll, why));
+    }
+    let Some(out) = pipeline.source(record)? else { return Ok(None) };
+    validate_topic_name(&out.topic).map_err(|why| {
+        (Stage::KafkaProduce, format!("cannot write to Kafka topic {:?}: {why}", out.topic))
+    })?;
+    Ok(Some(out))
+}
+
 /// The poll/produce/finalize loop. Returns on shutdown (after draining) or on a fatal error.
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn drive(
     name: &Arc<str>,
     task: &mut dyn SourceTask,
     client: KafkaClient,
     config: &SourceRuntimeConfig,
     stats: &TaskStats,
+    handler: &ErrorHandler,
     committer: &mut Committer,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let max_records = config.max_in_flight_records.max(1);
     let max_bytes = config.max_in_flight_bytes.max(1);
+    let pipeline = &config.pipeline;
     let (producer, mut acks) = Producer::<u64>::new(client, max_records);
-    let mut finalizer: OrderedFinalizer<SourceRecord, Result<RecordMetadata>> =
-        OrderedFinalizer::new();
+    let mut finalizer: OrderedFinalizer<SourceRecord, Outcome> = OrderedFinalizer::new();
     let mut pending: VecDeque<(ProducerRecord, u64)> = VecDeque::new();
     let mut unacked: usize = 0;
     let mut held_bytes: usize = 0;
@@ -284,14 +321,21 @@ async fn drive(
     let mut stopping = false;
     let mut drain_deadline: Option<Instant> = None;
     let mut poll_retry_at: Option<Instant> = None;
-    let mut poll_backoff = Backoff::new(config.retry_backoff);
+    let mut poll_backoff = Backoff::new(pipeline.task_backoff());
+    let mut failing_since: Option<Instant> = None;
+    // With tolerance "none", a record that failed before Kafka stops the task: from then on
+    // nothing more is polled; the task fails once the records before it are committed.
+    let mut halting = false;
+    let tolerant = pipeline.errors.tolerance == crate::Tolerance::All;
     let mut tick =
         tokio::time::interval(Duration::from_millis(config.offset_flush_interval_ms.max(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.reset();
 
     loop {
-        // Hand polled records to the producer while the window allows.
+        // Hand polled records to the producer while the window allows. This goes on while halting:
+        // what is still pending was polled before the failed record, and must reach Kafka for the
+        // task to commit up to it.
         if !pending.is_empty() && unacked < max_records {
             let n = (max_records - unacked).min(pending.len());
             let batch: Vec<(ProducerRecord, u64)> = pending.drain(..n).collect();
@@ -304,10 +348,11 @@ async fn drive(
             flush_sent = true;
         }
         stats.set_in_flight(finalizer.len() as u64);
-        if stopping && finalizer.is_empty() {
+        if (stopping || halting) && finalizer.is_empty() {
             return Ok(());
         }
         let can_poll = !stopping
+            && !halting
             && pending.is_empty()
             && finalizer.len() < max_records
             && held_bytes < max_bytes
@@ -329,14 +374,19 @@ async fn drive(
                 flush_sent = false;
                 for d in batch {
                     unacked = unacked.saturating_sub(1);
-                    if d.result.is_ok() {
-                        stats.add_out(1);
-                    }
-                    finalizer.complete(d.tag, d.result);
-                }
-                while let Some((record, outcome)) = finalizer.pop_ready() {
-                    held_bytes = held_bytes.saturating_sub(record.size());
-                    finalize(task, committer, stats, name, record, outcome).await?;
+                    let outcome = match d.result {
+                        Ok(m) => {
+                            stats.add_out(1);
+                            Outcome::Delivered(m)
+                        }
+                        Err(e) => {
+                            if !tolerant || e.kind() != ErrorKind::RecordRejected {
+                                halting = true;
+                            }
+                            Outcome::Failed(Stage::KafkaProduce, e)
+                        }
+                    };
+                    finalizer.complete(d.tag, outcome);
                 }
             }
             Event::Shutdown => {
@@ -357,6 +407,7 @@ async fn drive(
             Event::PollRetry => poll_retry_at = None,
             Event::Polled(Ok(records)) => {
                 poll_backoff.reset();
+                failing_since = None;
                 if records.is_empty() {
                     poll_retry_at = Some(Instant::now() + IDLE_POLL_PAUSE);
                     continue;
@@ -364,28 +415,36 @@ async fn drive(
                 stats.add_in(records.len() as u64);
                 for mut record in records {
                     held_bytes += record.size();
-                    let invalid = record.rejected.take().or_else(|| {
-                        validate_topic_name(&record.topic).err().map(|why| {
-                            format!("cannot write to Kafka topic {:?}: {why}", record.topic)
-                        })
-                    });
-                    let producer_record = ProducerRecord::from(&record);
+                    let prepared = prepare(pipeline, &mut record);
                     let seq = finalizer.push(record);
-                    match invalid {
-                        Some(why) => {
-                            finalizer.complete(seq, Err(Error::rejected(why)));
+                    match prepared {
+                        Ok(Some(out)) => pending.push_back((out, seq)),
+                        Ok(None) => {
+                            finalizer.complete(seq, Outcome::Dropped);
                         }
-                        None => pending.push_back((producer_record, seq)),
+                        Err((stage, why)) => {
+                            finalizer.complete(seq, Outcome::Failed(stage, Error::rejected(why)));
+                            if !tolerant {
+                                // The rest of this poll is dropped unacknowledged: the source
+                                // delivers it again after the restart.
+                                halting = true;
+                                break;
+                            }
+                        }
                     }
-                }
-                // Records rejected before reaching Kafka may already be at the front.
-                while let Some((record, outcome)) = finalizer.pop_ready() {
-                    held_bytes = held_bytes.saturating_sub(record.size());
-                    finalize(task, committer, stats, name, record, outcome).await?;
                 }
             }
             Event::Polled(Err(e)) if e.is_retriable() => {
                 stats.add_retry();
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
+                    stats.add_error();
+                    return Err(Error::fatal(format!(
+                        "poll kept failing for {:?} (errors.retry_timeout_ms): {}",
+                        since.elapsed(),
+                        e.report()
+                    )));
+                }
                 let delay = poll_backoff.next_delay();
                 warn!(connector = %name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
                 poll_retry_at = Some(Instant::now() + delay);
@@ -395,24 +454,48 @@ async fn drive(
                 return Err(e);
             }
         }
+        // Commit the acknowledged prefix, in poll order.
+        while let Some((record, outcome)) = finalizer.pop_ready() {
+            held_bytes = held_bytes.saturating_sub(record.size());
+            finalize(task, committer, stats, handler, name, record, outcome).await?;
+        }
     }
 }
 
-/// Handles the next record of the acknowledged prefix.
+/// Handles the next record of the finished prefix: commits delivered and dropped records, hands
+/// failed ones to the error policy (which stops the task unless it tolerates them).
 async fn finalize(
     task: &mut dyn SourceTask,
     committer: &mut Committer,
     stats: &TaskStats,
+    handler: &ErrorHandler,
     name: &str,
     record: SourceRecord,
-    outcome: Result<RecordMetadata>,
+    outcome: Outcome,
 ) -> Result<()> {
     let metadata = match outcome {
-        Ok(m) => m,
-        Err(e) => {
+        Outcome::Delivered(m) => Some(m),
+        Outcome::Dropped => None,
+        // Only errors about the record itself are the policy's to tolerate; a broker refusing us
+        // (authorization, say) stops the task whatever the policy.
+        Outcome::Failed(_, e) if e.kind() != ErrorKind::RecordRejected => {
             stats.add_error();
-            // Nothing after this record is committed: its offset is never passed.
             return Err(e.with_topic(record.topic.clone()));
+        }
+        Outcome::Failed(stage, e) => {
+            handler
+                .handle(FailedRecord {
+                    stage,
+                    error: &e,
+                    topic: &record.topic,
+                    partition: record.partition,
+                    offset: None,
+                    key: record.key.as_ref(),
+                    value: record.value.as_ref(),
+                    headers: &record.headers,
+                })
+                .await?;
+            None
         }
     };
     if let Some(offset) = &record.source_offset {
@@ -420,7 +503,7 @@ async fn finalize(
     }
     committer.finalized_since_commit += 1;
     stats.add_committed(1);
-    match task.commit_record(record, Some(metadata)).await {
+    match task.commit_record(record, metadata).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::Fatal => Err(e),
         Err(e) => {

@@ -11,6 +11,7 @@ pub struct TaskStats {
     in_flight: AtomicU64,
     errors: AtomicU64,
     retries: AtomicU64,
+    dead_letters: AtomicU64,
 }
 
 /// A point-in-time copy of [`TaskStats`].
@@ -29,6 +30,8 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// Retries of retriable failures.
     pub retries: u64,
+    /// Records written to the dead-letter topic.
+    pub dead_letters: u64,
 }
 
 impl TaskStats {
@@ -46,6 +49,7 @@ impl TaskStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
         }
     }
 
@@ -66,5 +70,8 @@ impl TaskStats {
     }
     pub(crate) fn add_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_dead_letter(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
     }
 }
