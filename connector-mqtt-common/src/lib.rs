@@ -3,9 +3,13 @@
 //! ([`ConnectionSettings`]), and what a connection error means ([`classify`]).
 
 mod connection;
+mod keys;
+mod status;
 mod topic;
 mod url;
 
 pub use connection::{classify, connection_error, tls_config, ConnectionSettings, MAX_PACKET_IDS};
+pub use keys::{ConnectionKeys, MQTT_MAX_PACKET};
+pub use status::{wait_connected, Status};
 pub use topic::{validate_filter, validate_topic, MAX_TOPIC_LEN};
 pub use url::MqttUrl;

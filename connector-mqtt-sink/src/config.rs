@@ -1,11 +1,9 @@
 //! [`MqttSinkConfig`]: the keys of a `type = "mqtt-sink"` connector.
 
-use std::time::Duration;
-
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::{Part, Template};
 use connector_core::{ConfigErrors, ConnectorConfig, Secret, StartFrom};
-use connector_mqtt_common::{validate_topic, MqttUrl};
+use connector_mqtt_common::{validate_topic, ConnectionKeys};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -121,8 +119,6 @@ fn default_reconnect_backoff() -> BackoffConfig {
     BackoffConfig::default()
 }
 
-const MQTT_MAX_PACKET: usize = 268_435_455;
-
 impl MqttSinkConfig {
     /// A config with defaults for everything but the essentials.
     pub fn new(
@@ -151,8 +147,19 @@ impl MqttSinkConfig {
         }
     }
 
-    pub(crate) fn keep_alive(&self) -> Duration {
-        Duration::from_secs(self.keep_alive_secs)
+    /// The connection keys, as the shared checks and settings see them.
+    pub(crate) fn connection_keys(&self) -> ConnectionKeys<'_> {
+        ConnectionKeys {
+            mqtt_url: &self.mqtt_url,
+            client_id: self.client_id.as_deref(),
+            clean_session: self.clean_session,
+            keep_alive_secs: self.keep_alive_secs,
+            connect_timeout_secs: self.connect_timeout_secs,
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            max_packet_size: self.max_packet_size,
+            reconnect_backoff: &self.reconnect_backoff,
+        }
     }
 }
 
@@ -187,13 +194,7 @@ pub(crate) fn check_template(source: &str) -> Result<Template, String> {
 
 impl ConnectorConfig for MqttSinkConfig {
     fn validate(&self) -> ConfigErrors {
-        let mut e = ConfigErrors::new();
-        if let Err(msg) = MqttUrl::parse(&self.mqtt_url) {
-            e.push("mqtt_url", msg);
-        }
-        if self.client_id.as_deref().is_some_and(str::is_empty) {
-            e.push("client_id", "must not be empty (leave it out to use the connector name)");
-        }
+        let mut e = self.connection_keys().validate();
         if self.topics.is_empty() {
             e.push("topics", "at least one Kafka topic is required");
         }
@@ -220,24 +221,6 @@ impl ConnectorConfig for MqttSinkConfig {
         if !(1..=65_535).contains(&self.inflight) {
             e.push("inflight", "expected 1 to 65535 (MQTT packet identifiers)");
         }
-        if !(1..=65_535).contains(&self.keep_alive_secs) {
-            e.push("keep_alive_secs", "expected 1 to 65535");
-        }
-        if self.connect_timeout_secs == 0 {
-            e.push("connect_timeout_secs", "must be at least 1");
-        }
-        if let Some(p) = &self.password {
-            if self.username.is_none() {
-                e.push("password", "a password needs a username");
-            }
-            if let Err(msg) = p.validate() {
-                e.push("password", msg);
-            }
-        }
-        if !(1024..=MQTT_MAX_PACKET).contains(&self.max_packet_size) {
-            e.push("max_packet_size", format!("expected 1024 to {MQTT_MAX_PACKET} bytes"));
-        }
-        e.extend(self.reconnect_backoff.validate().prefixed("reconnect_backoff"));
         e
     }
 }

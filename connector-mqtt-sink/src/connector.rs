@@ -1,9 +1,6 @@
 //! [`MqttSinkConnector`]: one MQTT client (task) publishing the records of its Kafka topics.
 
-use std::time::Duration;
-
 use connector_core::{ConnectorConfig, Error, Result, SinkConnector, StartFrom};
-use connector_mqtt_common::{ConnectionSettings, MqttUrl};
 use rumqttc::QoS;
 
 use crate::config::{check_template, MqttSinkConfig};
@@ -34,20 +31,10 @@ impl SinkConnector for MqttSinkConnector {
         if let Some(first) = config.validate().into_iter().next() {
             return Err(Error::config(first.path, first.message));
         }
-        let url = MqttUrl::parse(&config.mqtt_url).map_err(|m| Error::config("mqtt_url", m))?;
         let mqtt_topic =
             check_template(&config.mqtt_topic).map_err(|m| Error::config("mqtt_topic", m))?;
         let base = MqttSinkTaskConfig {
-            connection: ConnectionSettings {
-                url,
-                client_id: config.client_id.clone().unwrap_or_else(|| name.to_owned()),
-                keep_alive: config.keep_alive(),
-                clean_session: config.clean_session,
-                username: config.username.clone(),
-                password: config.password.clone(),
-                max_packet_size: config.max_packet_size,
-                connect_timeout: Duration::from_secs(config.connect_timeout_secs),
-            },
+            connection: config.connection_keys().settings(name)?,
             mqtt_topic,
             qos: match config.qos {
                 0 => QoS::AtMostOnce,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::ErrorKind;
-use connector_mqtt_common::{classify, connection_error, MqttUrl};
+use connector_mqtt_common::{classify, connection_error, MqttUrl, Status};
 use parking_lot::Mutex;
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet};
 use tokio::sync::{watch, Notify};
@@ -21,14 +21,6 @@ pub(crate) struct Shared {
     pub(crate) client: AsyncClient,
     /// Woken when publishes complete or the connection changes.
     pub(crate) changed: Notify,
-}
-
-/// Connection status for `start`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Status {
-    pub(crate) connected: bool,
-    pub(crate) last_error: Option<String>,
-    pub(crate) fatal: Option<String>,
 }
 
 pub(crate) struct LoopSettings {

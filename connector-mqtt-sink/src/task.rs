@@ -10,7 +10,7 @@ use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
 use connector_core::{Error, Result, SinkRecord, SinkTask, SinkTaskContext, TopicPartition};
-use connector_mqtt_common::ConnectionSettings;
+use connector_mqtt_common::{wait_connected, ConnectionSettings, Status};
 use parking_lot::Mutex;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{watch, Notify};
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Tombstones;
-use crate::event_loop::{self, LoopSettings, Shared, Status};
+use crate::event_loop::{self, LoopSettings, Shared};
 use crate::render;
 use crate::tracker::{Publication, Tracker};
 
@@ -136,24 +136,9 @@ impl SinkTask for MqttSinkTask {
         self.shared = Some(shared);
 
         let limit = c.connection.connect_timeout * 3;
-        let ready = |s: &Status| s.connected || s.fatal.is_some();
-        let _ = tokio::time::timeout(limit, status.wait_for(ready)).await;
-        let (connected, fatal, last_error) = {
-            let s = status.borrow();
-            (s.connected, s.fatal.clone(), s.last_error.clone())
-        };
-        if connected {
-            info!(connector = ctx.connector(), task = ctx.task_id(), client_id = %c.connection.client_id, "MQTT sink task started");
-            return Ok(());
-        }
-        if let Some(fatal) = fatal {
-            return Err(Error::fatal(fatal));
-        }
-        Err(Error::retriable(format!(
-            "cannot connect to MQTT broker {} within {limit:?}: {}",
-            c.connection.url,
-            last_error.unwrap_or_else(|| "no answer".to_owned())
-        )))
+        wait_connected(&mut status, limit, &c.connection.url).await?;
+        info!(connector = ctx.connector(), task = ctx.task_id(), client_id = %c.connection.client_id, "MQTT sink task started");
+        Ok(())
     }
 
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {

@@ -1,11 +1,9 @@
 //! [`MqttSourceConfig`]: the keys of a `type = "mqtt-source"` connector.
 
-use std::time::Duration;
-
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
 use connector_core::{ConfigErrors, ConnectorConfig, Secret};
-use connector_mqtt_common::{validate_filter, MqttUrl};
+use connector_mqtt_common::{validate_filter, ConnectionKeys};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -112,9 +110,6 @@ fn default_tasks() -> usize {
     1
 }
 
-/// Largest MQTT packet the protocol allows.
-const MQTT_MAX_PACKET: usize = 268_435_455;
-
 impl MqttSourceConfig {
     /// A config with defaults for everything but the essentials.
     pub fn new(
@@ -142,8 +137,19 @@ impl MqttSourceConfig {
         }
     }
 
-    pub(crate) fn keep_alive(&self) -> Duration {
-        Duration::from_secs(self.keep_alive_secs)
+    /// The connection keys, as the shared checks and settings see them.
+    pub(crate) fn connection_keys(&self) -> ConnectionKeys<'_> {
+        ConnectionKeys {
+            mqtt_url: &self.mqtt_url,
+            client_id: self.client_id.as_deref(),
+            clean_session: self.clean_session,
+            keep_alive_secs: self.keep_alive_secs,
+            connect_timeout_secs: self.connect_timeout_secs,
+            username: self.username.as_deref(),
+            password: self.password.as_ref(),
+            max_packet_size: self.max_packet_size,
+            reconnect_backoff: &self.reconnect_backoff,
+        }
     }
 }
 
@@ -162,13 +168,7 @@ pub(crate) fn check_template(source: &str) -> Result<Template, String> {
 
 impl ConnectorConfig for MqttSourceConfig {
     fn validate(&self) -> ConfigErrors {
-        let mut e = ConfigErrors::new();
-        if let Err(msg) = MqttUrl::parse(&self.mqtt_url) {
-            e.push("mqtt_url", msg);
-        }
-        if self.client_id.as_deref().is_some_and(str::is_empty) {
-            e.push("client_id", "must not be empty (leave it out to use the connector name)");
-        }
+        let mut e = self.connection_keys().validate();
         if self.topics.is_empty() {
             e.push("topics", "at least one topic filter is required");
         }
@@ -181,20 +181,6 @@ impl ConnectorConfig for MqttSourceConfig {
         }
         if self.qos > 2 {
             e.push("qos", "expected 0, 1 or 2");
-        }
-        if !(1..=65_535).contains(&self.keep_alive_secs) {
-            e.push("keep_alive_secs", "expected 1 to 65535");
-        }
-        if self.connect_timeout_secs == 0 {
-            e.push("connect_timeout_secs", "must be at least 1");
-        }
-        if let Some(p) = &self.password {
-            if self.username.is_none() {
-                e.push("password", "a password needs a username");
-            }
-            if let Err(msg) = p.validate() {
-                e.push("password", msg);
-            }
         }
         match check_template(&self.kafka_topic) {
             Err(msg) => e.push("kafka_topic", msg),
@@ -211,13 +197,9 @@ impl ConnectorConfig for MqttSourceConfig {
         if let Err(msg) = check_template(&self.key) {
             e.push("key", msg);
         }
-        if !(1024..=MQTT_MAX_PACKET).contains(&self.max_packet_size) {
-            e.push("max_packet_size", format!("expected 1024 to {MQTT_MAX_PACKET} bytes"));
-        }
         if !(1..=65_535).contains(&self.inflight) {
             e.push("inflight", "expected 1 to 65535 (MQTT packet identifiers)");
         }
-        e.extend(self.reconnect_backoff.validate().prefixed("reconnect_backoff"));
         if !(1..=256).contains(&self.tasks) {
             e.push("tasks", "expected 1 to 256");
         }
@@ -242,7 +224,7 @@ mod tests {
         c.password = Some(Secret::new("${X}"));
         assert_eq!(
             paths(&c),
-            ["mqtt_url", "topics[0]", "qos", "password", "kafka_topic", "key", "inflight"]
+            ["mqtt_url", "password", "topics[0]", "qos", "kafka_topic", "key", "inflight"]
         );
     }
 

@@ -1,10 +1,7 @@
 //! [`MqttSourceConnector`]: builds one task per MQTT client (`tasks`), sharing the subscription
 //! with `$share/<connector>/<filter>` when there are several.
 
-use std::time::Duration;
-
 use connector_core::{ConnectorConfig, Error, Result, SourceConnector};
-use connector_mqtt_common::{ConnectionSettings, MqttUrl};
 use rumqttc::QoS;
 
 use crate::config::{check_template, MqttSourceConfig};
@@ -45,21 +42,11 @@ impl SourceConnector for MqttSourceConnector {
         if let Some(first) = config.validate().into_iter().next() {
             return Err(Error::config(first.path, first.message));
         }
-        let url = MqttUrl::parse(&config.mqtt_url).map_err(|m| Error::config("mqtt_url", m))?;
         let kafka_topic =
             check_template(&config.kafka_topic).map_err(|m| Error::config("kafka_topic", m))?;
         let key = check_template(&config.key).map_err(|m| Error::config("key", m))?;
         let base = MqttSourceTaskConfig {
-            connection: ConnectionSettings {
-                url,
-                client_id: config.client_id.clone().unwrap_or_else(|| name.to_owned()),
-                keep_alive: config.keep_alive(),
-                clean_session: config.clean_session,
-                username: config.username.clone(),
-                password: config.password.clone(),
-                max_packet_size: config.max_packet_size,
-                connect_timeout: Duration::from_secs(config.connect_timeout_secs),
-            },
+            connection: config.connection_keys().settings(name)?,
             filters: config.topics.clone(),
             qos: qos(config.qos),
             kafka_topic,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind, Timestamp};
-use connector_mqtt_common::{classify, connection_error, MqttUrl};
+use connector_mqtt_common::{classify, connection_error, MqttUrl, Status};
 use parking_lot::Mutex;
 use rumqttc::{
     AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeFilter,
@@ -43,15 +43,6 @@ pub(crate) enum Incoming {
 #[derive(Debug, Default)]
 pub(crate) struct Session {
     pub(crate) generation: Mutex<u64>,
-}
-
-/// Connection status for the source task's `start`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Status {
-    pub(crate) connected: bool,
-    pub(crate) last_error: Option<String>,
-    /// The connection cannot be used any more (also sent as [`Incoming::Failed`]).
-    pub(crate) fatal: Option<String>,
 }
 
 pub(crate) struct LoopSettings {

@@ -14,13 +14,13 @@ use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
 };
-use connector_mqtt_common::ConnectionSettings;
+use connector_mqtt_common::{wait_connected, ConnectionSettings, Status};
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::event_loop::{self, Incoming, LoopSettings, Received, Session, Status};
+use crate::event_loop::{self, Incoming, LoopSettings, Received, Session};
 use crate::render;
 
 /// Most records returned by one poll.
@@ -221,25 +221,10 @@ impl SourceTask for MqttSourceTask {
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
         // instead of retrying silently forever. Only the status is watched: messages stay queued.
         let limit = c.connection.connect_timeout * 3;
-        let ready = |s: &Status| s.connected || s.fatal.is_some();
-        let _ = tokio::time::timeout(limit, status.wait_for(ready)).await;
-        let (connected, fatal, last_error) = {
-            let s = status.borrow();
-            (s.connected, s.fatal.clone(), s.last_error.clone())
-        };
-        if connected {
-            info!(connector = ctx.connector(), task = ctx.task_id(), client_id = %c.connection.client_id, "MQTT source task started");
-            self.running = Some(running);
-            return Ok(());
-        }
-        if let Some(fatal) = fatal {
-            return Err(Error::fatal(fatal));
-        }
-        Err(Error::retriable(format!(
-            "cannot connect to MQTT broker {} within {limit:?}: {}",
-            c.connection.url,
-            last_error.unwrap_or_else(|| "no answer".to_owned())
-        )))
+        wait_connected(&mut status, limit, &c.connection.url).await?;
+        info!(connector = ctx.connector(), task = ctx.task_id(), client_id = %c.connection.client_id, "MQTT source task started");
+        self.running = Some(running);
+        Ok(())
     }
 
     /// Cancel-safe: waits on the channel (cancel-safe), then only does synchronous work.
