@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use connector_core::kafka::{KafkaClient, ProducerRecord};
@@ -19,7 +19,7 @@ use connector_core::{
     SinkTaskContext, SourceOffset, SourcePartition, SourceRecord, SourceTask, SourceTaskContext,
     TopicPartition,
 };
-use connector_testkit::{init_tracing, kafka, Tansu, TansuStorage};
+use connector_testkit::{init_tracing, kafka, wait_until, Tansu, TansuStorage};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -125,14 +125,6 @@ async fn stored_next(store: &MemoryOffsetStore, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut done: F) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Runs `task` as task 0 of connector `name` in the background.
 fn spawn_source(
     name: &str,
@@ -174,7 +166,8 @@ async fn commit_record_runs_in_poll_order_after_kafka_acknowledged_across_partit
     wait_until("5000 committed records", Duration::from_secs(60), || {
         observed.lock().committed.len() == 5000
     })
-    .await;
+    .await
+    .unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
@@ -220,7 +213,8 @@ async fn nothing_is_committed_while_kafka_is_cut_and_nothing_is_lost_after_it_he
     wait_until("some records committed", Duration::from_secs(30), || {
         observed.lock().committed.len() >= 1000
     })
-    .await;
+    .await
+    .unwrap();
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let at_cut = observed.lock().committed.len();
@@ -239,7 +233,8 @@ async fn nothing_is_committed_while_kafka_is_cut_and_nothing_is_lost_after_it_he
     wait_until("all 6000 committed after healing", Duration::from_secs(60), || {
         observed.lock().committed.len() == 6000
     })
-    .await;
+    .await
+    .unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
     let order: Vec<u64> = observed.lock().committed.iter().map(|(n, _)| *n).collect();
@@ -270,7 +265,8 @@ async fn shutdown_drains_in_flight_records_and_commits_their_offsets() {
     wait_until("300 records in flight", Duration::from_secs(10), || {
         stats.snapshot().records_in == 300
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(observed.lock().committed.len(), 0, "still lingering");
     shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -281,7 +277,9 @@ async fn shutdown_drains_in_flight_records_and_commits_their_offsets() {
     let (task, observed) = counter("drain", 300, 300, Duration::ZERO);
     let (run, _stats, shutdown) =
         spawn_source("drain", task, &client, &store, SourceRuntimeConfig::default());
-    wait_until("restart", Duration::from_secs(10), || observed.lock().started_from.is_some()).await;
+    wait_until("restart", Duration::from_secs(10), || observed.lock().started_from.is_some())
+        .await
+        .unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
     assert_eq!(observed.lock().started_from, Some(300));
@@ -302,7 +300,8 @@ async fn a_full_window_sends_at_once_instead_of_waiting_for_linger() {
     wait_until("2000 committed with a 200-record window", Duration::from_secs(30), || {
         observed.lock().committed.len() == 2000
     })
-    .await;
+    .await
+    .unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
 }
@@ -359,11 +358,13 @@ async fn a_retriable_put_error_redelivers_the_same_records() {
     wait_until("100 records put", Duration::from_secs(20), || {
         puts.lock().iter().skip(2).map(Vec::len).sum::<usize>() >= 100
     })
-    .await;
+    .await
+    .unwrap();
     wait_until("offset 100 committed", Duration::from_secs(20), || {
         futures_lite_block(store.load("retry")).unwrap().kafka_offset(&tp) == Some(100)
     })
-    .await;
+    .await
+    .unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
     let puts = puts.lock();
@@ -388,7 +389,8 @@ async fn only_offsets_returned_by_pre_commit_are_committed_and_the_rest_is_redel
     wait_until("offset 90 committed", Duration::from_secs(20), || {
         futures_lite_block(store.load("held")).unwrap().kafka_offset(&tp) == Some(90)
     })
-    .await;
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -402,7 +404,7 @@ async fn only_offsets_returned_by_pre_commit_are_committed_and_the_rest_is_redel
     let puts = Arc::new(Mutex::new(Vec::new()));
     let task = Recorder { puts: Arc::clone(&puts), fail_first: 0, hold_back: 0 };
     let (run, shutdown) = spawn_sink("held", task, &client, &store, &tp, config);
-    wait_until("redelivery", Duration::from_secs(20), || !puts.lock().is_empty()).await;
+    wait_until("redelivery", Duration::from_secs(20), || !puts.lock().is_empty()).await.unwrap();
     shutdown.cancel();
     run.await.unwrap().unwrap();
     let redelivered: Vec<i64> = puts.lock().iter().flatten().copied().collect();

@@ -17,7 +17,7 @@ use connector_core::{
 };
 use connector_mqtt_sink::{MqttSinkConfig, MqttSinkConnector, Tombstones};
 use connector_testkit::{
-    init_tracing, FaultProxy, Mosquitto, MqttPublisher, MqttSubscriber, Tansu,
+    init_tracing, wait_until, FaultProxy, Mosquitto, MqttPublisher, MqttSubscriber, Tansu,
 };
 use parking_lot::Mutex;
 use rumqttc::QoS;
@@ -89,14 +89,6 @@ async fn committed(store: &MemoryOffsetStore, name: &str, topic: &str) -> i64 {
     store.load(name).await.unwrap().kafka_offset(&TopicPartition::new(topic, 0)).unwrap_or(0)
 }
 
-async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut done: F) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Distinct payloads received, and how many arrived more than once.
 fn tally(msgs: &[(String, String)]) -> (usize, usize) {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -163,7 +155,8 @@ async fn ten_thousand_commands_reach_each_car_in_key_order_at_an_independent_sub
     wait_until("10,000 commands", Duration::from_secs(60), || {
         lines.lock().iter().filter(|l| !l.ends_with(" probe")).count() >= 10_000
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
 
     let mut per_car: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -199,6 +192,13 @@ async fn a_crash_after_fetch_before_the_broker_got_the_publishes_loses_nothing()
     let sink = start("row3", config.clone(), &client, &store, 100);
     produce(&client, "row3", 0, 100).await;
     sub.wait_for(100, Duration::from_secs(30)).await.unwrap();
+    // The first 100 must be settled (PUBACKed and committed) before the cut, or a PUBACK still
+    // on its way would make their republish count as a duplicate of the held ones.
+    wait_until("offset 100 committed", Duration::from_secs(10), || {
+        futures::executor::block_on(committed(&store, "row3", "row3")) == 100
+    })
+    .await
+    .unwrap();
     // Publishes now leave the sink but never reach the broker; no PUBACK comes back.
     proxy.blackhole();
     produce(&client, "row3", 100, 400).await;
@@ -237,7 +237,8 @@ async fn a_crash_after_pubacks_before_the_offset_commit_republishes_only_the_unc
     wait_until("offset 200 committed", Duration::from_secs(10), || {
         futures::executor::block_on(committed(&store, "row4", "row4")) == 200
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
     // ...then almost never, and crash after the broker acknowledged everything.
     let sink = start("row4", config.clone(), &client, &store, 3_600_000);
@@ -298,11 +299,13 @@ async fn while_the_mqtt_broker_is_cut_offsets_do_not_pass_unacknowledged_publish
     proxy.heal();
     producing.await.unwrap();
     wait_until("all 4000 delivered", Duration::from_secs(60), || tally(&payloads(&sub)).0 == 4_000)
-        .await;
+        .await
+        .unwrap();
     wait_until("offset 4000 committed", Duration::from_secs(10), || {
         futures::executor::block_on(committed(&store, "cut", "cut")) == 4_000
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
 }
 
@@ -331,11 +334,12 @@ async fn a_mosquitto_restart_mid_stream_loses_nothing() {
             }
         })
     };
-    wait_until("some delivered", Duration::from_secs(30), || sub.count() >= 800).await;
+    wait_until("some delivered", Duration::from_secs(30), || sub.count() >= 800).await.unwrap();
     mqtt.restart().await.unwrap();
     producing.await.unwrap();
     wait_until("all 3000 delivered", Duration::from_secs(60), || tally(&payloads(&sub)).0 == 3_000)
-        .await;
+        .await
+        .unwrap();
     sink.stop().await;
 }
 
@@ -402,7 +406,8 @@ async fn start_latest_skips_history() {
     wait_until("the new commands", Duration::from_secs(30), || {
         payloads(&sub).iter().filter(|(_, p)| p != "probe").count() >= 10
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
     let got: Vec<usize> = payloads(&sub)
         .iter()
@@ -435,7 +440,8 @@ async fn retain_and_tombstones_behave_as_configured() {
     wait_until("offset 2 committed", Duration::from_secs(20), || {
         futures::executor::block_on(committed(&store, "state", "state")) == 2
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
     let late = MqttSubscriber::connect(&mqtt.url(), "late-1", "state/car-1", QoS::AtLeastOnce)
         .await
@@ -454,7 +460,8 @@ async fn retain_and_tombstones_behave_as_configured() {
     wait_until("offset 3 committed", Duration::from_secs(20), || {
         futures::executor::block_on(committed(&store, "state", "state")) == 3
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
     let later = MqttSubscriber::connect(&mqtt.url(), "late-2", "state/car-1", QoS::AtLeastOnce)
         .await
@@ -478,7 +485,8 @@ async fn retain_and_tombstones_behave_as_configured() {
     wait_until("offset 5 committed", Duration::from_secs(20), || {
         futures::executor::block_on(committed(&store, "state", "state")) == 5
     })
-    .await;
+    .await
+    .unwrap();
     sink.stop().await;
     let latest =
         MqttSubscriber::connect(&mqtt.url(), "late-3", "state/#", QoS::AtLeastOnce).await.unwrap();

@@ -64,15 +64,9 @@ async fn wait_subscribed(
     client: &KafkaClient,
     kafka_topic: &str,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        publisher.publish(mqtt_topic, QoS::AtLeastOnce, false, PROBE.to_vec()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if kafka::count(client, kafka_topic).await.unwrap() > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the source never subscribed");
-    }
+    connector_testkit::wait_source_subscribed(publisher, mqtt_topic, PROBE, client, kafka_topic)
+        .await
+        .unwrap();
 }
 
 /// Records of `topic` that are not probes.

@@ -26,6 +26,7 @@ mod mqtt;
 mod process;
 mod proxy;
 mod tansu;
+mod wait;
 
 pub use error::{Result, TestkitError};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
@@ -33,6 +34,7 @@ pub use mqtt::{MqttPublisher, MqttSubscriber};
 pub use process::{broker_cache_dir, free_port};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use tansu::{Tansu, TansuStorage};
+pub use wait::{wait_source_subscribed, wait_until};
 
 /// Installs a `tracing` subscriber for tests (honours `RUST_LOG`; default `warn`). Safe to call
 /// from every test.

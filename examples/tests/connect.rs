@@ -204,15 +204,15 @@ runtime = {{ commit_interval_ms = 200 }}
 }
 
 async fn wait_subscribed(publisher: &MqttPublisher, client: &KafkaClient) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kafka::count(client, "plant.probe").await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "the source never subscribed");
-        publisher
-            .publish("plant/probe/temp", QoS::AtLeastOnce, false, b"probe".to_vec())
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    connector_testkit::wait_source_subscribed(
+        publisher,
+        "plant/probe/temp",
+        b"probe",
+        client,
+        "plant.probe",
+    )
+    .await
+    .unwrap();
 }
 
 async fn distinct_values(client: &KafkaClient, topic: &str) -> BTreeSet<Vec<u8>> {

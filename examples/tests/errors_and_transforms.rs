@@ -55,15 +55,15 @@ async fn wait_subscribed(
     client: &KafkaClient,
     kafka_topic: &str,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kafka::count(client, kafka_topic).await.unwrap() == 0 {
-        assert!(Instant::now() < deadline, "the source never subscribed");
-        publisher
-            .publish(mqtt_topic, QoS::AtLeastOnce, false, br#"{"probe":true}"#.to_vec())
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    connector_testkit::wait_source_subscribed(
+        publisher,
+        mqtt_topic,
+        br#"{"probe":true}"#,
+        client,
+        kafka_topic,
+    )
+    .await
+    .unwrap();
 }
 
 fn source_toml(mqtt: &Mosquitto, tansu: &Tansu, extra: &str) -> String {

@@ -22,7 +22,7 @@ use connector_examples::{
     FileSinkConfig, FileSinkConnector, FileSourceConfig, FileSourceConnector, LineFormat,
     RecordLine,
 };
-use connector_testkit::{init_tracing, kafka, Tansu, TansuStorage};
+use connector_testkit::{init_tracing, kafka, wait_until, Tansu, TansuStorage};
 use tokio_util::sync::CancellationToken;
 
 /// The `file-pipeline` example binary as a child process.
@@ -96,14 +96,6 @@ fn spawn_writer(
             std::thread::sleep(pause);
         }
     })
-}
-
-async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut done: F) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn wait_for_count(
@@ -217,7 +209,8 @@ async fn records_arrive_with_keys_headers_and_timestamps_intact() {
     wait_until("500 lines in the sink file", Duration::from_secs(60), || {
         read_lines(&output).len() >= 500
     })
-    .await;
+    .await
+    .unwrap();
     shutdown.cancel();
     source_task.await.unwrap().unwrap();
     sink_task.await.unwrap().unwrap();
@@ -365,7 +358,8 @@ async fn a_killed_sink_resumes_from_its_committed_offset_and_loses_nothing() {
     wait_until("a third of the records in the sink file", Duration::from_secs(60), || {
         read_lines(&output).len() as i64 >= n / 3
     })
-    .await;
+    .await
+    .unwrap();
     pipeline.kill();
     let committed = committed_kafka_offset(&offsets);
     let written: Vec<RecordLine> =
@@ -382,7 +376,8 @@ async fn a_killed_sink_resumes_from_its_committed_offset_and_loses_nothing() {
             .collect();
         offsets.len() as i64 == n
     })
-    .await;
+    .await
+    .unwrap();
     pipeline.terminate();
 
     let all: Vec<RecordLine> =
@@ -443,14 +438,16 @@ async fn a_kafka_restart_mid_stream_on_sqlite_storage_loses_nothing() {
     wait_until("a third of the lines through", Duration::from_secs(60), || {
         read_lines(&output).len() >= n / 3
     })
-    .await;
+    .await
+    .unwrap();
     tansu.restart().await.unwrap();
     writer.join().unwrap();
     wait_until("every line through", Duration::from_secs(120), || {
         let got: std::collections::BTreeSet<String> = read_lines(&output).into_iter().collect();
         got.len() == n
     })
-    .await;
+    .await
+    .unwrap();
     source.terminate();
     sink.terminate();
 
