@@ -118,6 +118,31 @@ pub trait SourceTask: Send + 'static {
         Ok(())
     }
 
+    /// Called with each run of records that became final together, in poll order, instead of
+    /// [`commit_record`](Self::commit_record) one by one. The default calls `commit_record` for
+    /// each record: it returns a fatal error at once, and the first other error once every record
+    /// was passed on. Override it to acknowledge upstream in bulk (the MQTT source writes a run's
+    /// PUBACKs with one system call).
+    ///
+    /// # Errors
+    /// As for `commit_record`.
+    async fn commit_records(
+        &mut self,
+        records: Vec<(SourceRecord, Option<RecordMetadata>)>,
+    ) -> Result<()> {
+        let mut first_error = None;
+        for (record, metadata) in records {
+            match self.commit_record(record, metadata).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == crate::ErrorKind::Fatal => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Called after the offsets of every record passed to `commit_record` so far are durably
     /// stored. The default does nothing.
     ///

@@ -1,20 +1,30 @@
-//! The MQTT event loop, in its own task: it polls rumqttc, hands received messages to the source
-//! task through a bounded channel, subscribes when the broker did not keep the session, and
-//! reconnects with backoff. Nothing else ever runs on it (publishing or acknowledging from the task
-//! that polls rumqttc's event loop can deadlock), so acknowledgements go through a cloned client.
+//! The MQTT connection of one source task, driven in its own task.
+//!
+//! rumqttc opens the connection (TCP or TLS, CONNECT, CONNACK). From then on this loop drives it
+//! through rumqttc's packet reader and writer: it reads packets in bulk and hands received
+//! messages to the source task in batches through a bounded channel; writes the acknowledgements
+//! the task releases, many per system call; sends keep-alive pings; subscribes when the broker did
+//! not keep the session; and reconnects with backoff. (rumqttc's own loop writes and flushes each
+//! acknowledgement on its own, one system call per message: most of a QoS 1 source's CPU time.)
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind, Timestamp};
 use connector_mqtt_common::{classify, connection_error, MqttUrl, Status};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeFilter,
-    SubscribeReasonCode,
+    ConnectionError, Event, EventLoop, Packet, PingReq, PubAck, PubRec, Publish, QoS, Request,
+    StateError, Subscribe, SubscribeFilter, SubscribeReasonCode,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// Most messages read and not yet handed to the source task.
+pub(crate) const MAX_BATCH: usize = 1024;
 
 /// A message as received, tagged with the connection it arrived on.
 #[derive(Debug)]
@@ -27,22 +37,75 @@ pub(crate) struct Received {
 /// What the event loop hands to the source task.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Message(Received),
+    /// Messages in the order they arrived.
+    Messages(Vec<Received>),
     /// The connection cannot be used any more (refused login, refused subscription).
     Failed(Error),
 }
 
-/// State shared by the event loop and the source task.
+/// Acknowledgements released by the source task, waiting to be written.
 ///
 /// The generation counts lost connections. Packet ids belong to a connection's session: after a
 /// reconnect the broker resends unacknowledged messages, and may give a freed id to a new message.
 /// Acknowledging a message from an earlier connection could therefore acknowledge a different,
 /// newer message that is not in Kafka yet. So a message is acknowledged only on the connection it
-/// arrived on. The lock is held while checking the generation and queueing the ack, and while
-/// the event loop bumps the generation and drops queued acks, so no ack slips in between.
+/// arrived on: [`Acks::release`] checks the generation and queues under one lock, and a lost
+/// connection bumps the generation and drops what is queued under the same lock.
 #[derive(Debug, Default)]
-pub(crate) struct Session {
-    pub(crate) generation: Mutex<u64>,
+pub(crate) struct Acks {
+    state: Mutex<AckState>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    generation: u64,
+    queued: Vec<(u16, QoS)>,
+}
+
+impl Acks {
+    /// Queues acknowledgements of `(packet id, QoS, generation)`; those of an earlier connection
+    /// are left out (the broker redelivers their messages). Returns how many were left out.
+    pub(crate) fn release(&self, acks: impl IntoIterator<Item = (u16, QoS, u64)>) -> u64 {
+        let mut stale = 0;
+        let mut queued_any = false;
+        {
+            let mut state = self.state.lock();
+            let current = state.generation;
+            for (pkid, qos, generation) in acks {
+                if qos == QoS::AtMostOnce {
+                    continue;
+                }
+                if generation == current {
+                    state.queued.push((pkid, qos));
+                    queued_any = true;
+                } else {
+                    stale += 1;
+                }
+            }
+        }
+        if queued_any {
+            self.ready.notify_one();
+        }
+        stale
+    }
+
+    /// The current connection's generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    /// Moves the queued acknowledgements into `into`.
+    fn take(&self, into: &mut Vec<(u16, QoS)>) {
+        std::mem::swap(&mut self.state.lock().queued, into);
+    }
+
+    /// The connection was lost: later releases for it are stale, queued ones are dropped.
+    fn connection_lost(&self) {
+        let mut state = self.state.lock();
+        state.generation += 1;
+        state.queued.clear();
+    }
 }
 
 pub(crate) struct LoopSettings {
@@ -50,87 +113,85 @@ pub(crate) struct LoopSettings {
     pub(crate) client_id: String,
     pub(crate) filters: Vec<(String, QoS)>,
     pub(crate) backoff: BackoffConfig,
+    pub(crate) keep_alive: Duration,
+    /// Longest a write may wait for the broker to take our bytes.
+    pub(crate) write_timeout: Duration,
 }
 
-/// Runs until the connection is refused for good, the source task goes away, or a DISCONNECT
-/// was sent.
-pub(crate) async fn run(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    tx: mpsc::Sender<Incoming>,
-    session: Arc<Session>,
-    status: watch::Sender<Status>,
-    settings: LoopSettings,
-) {
+/// The channels between the event loop and its source task.
+pub(crate) struct LoopChannels {
+    pub(crate) tx: mpsc::Sender<Incoming>,
+    pub(crate) acks: Arc<Acks>,
+    pub(crate) status: watch::Sender<Status>,
+    /// Cancelled by the task's `stop`: write the queued acknowledgements, DISCONNECT, return.
+    pub(crate) stop: CancellationToken,
+}
+
+/// Why a connection's loop ended.
+enum End {
+    /// `stop` was cancelled (DISCONNECT sent) or the source task went away.
+    Stopped,
+    /// The connection broke; reconnect.
+    Lost(Box<ConnectionError>),
+    /// The connection cannot be used any more.
+    Fatal(Error),
+}
+
+impl From<StateError> for End {
+    fn from(e: StateError) -> Self {
+        End::Lost(Box::new(ConnectionError::MqttState(e)))
+    }
+}
+
+/// Runs until the connection is refused for good, the source task goes away, or `stop`.
+pub(crate) async fn run(mut eventloop: EventLoop, channels: LoopChannels, settings: LoopSettings) {
     let mut backoff = Backoff::new(settings.backoff);
+    // Whether the broker holds our subscription: a kept session keeps it, once acknowledged.
+    let mut subscribed = false;
     loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let generation = *session.generation.lock();
-                let msg = Received { publish, generation, received: Timestamp::now() };
-                if tx.send(Incoming::Message(msg)).await.is_err() {
-                    return;
-                }
-            }
+        let connected = tokio::select! {
+            () = channels.stop.cancelled() => return,
+            r = eventloop.poll() => r,
+        };
+        let end = match connected {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 info!(client_id = %settings.client_id, url = %settings.url, session_present = ack.session_present, "connected to MQTT broker");
-                if !ack.session_present {
-                    // A new session has no subscriptions: (re)subscribe. The request channel is
-                    // far larger than anything queued, so this does not wait.
-                    let filters =
-                        settings.filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), *q));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        let e = Error::fatal("cannot queue the MQTT subscription").with_source(e);
-                        fail(&tx, &status, e).await;
-                        return;
-                    }
-                }
-                status.send_replace(Status { connected: true, last_error: None, fatal: None });
+                // We resubscribe ourselves below; nothing of ours is left to resend.
+                eventloop.pending.clear();
+                subscribed &= ack.session_present;
+                channels.status.send_replace(Status {
+                    connected: true,
+                    last_error: None,
+                    fatal: None,
+                });
+                drive(&mut eventloop, &channels, &settings, &mut subscribed).await
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let refused: Vec<&str> = ack
-                    .return_codes
-                    .iter()
-                    .zip(&settings.filters)
-                    .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
-                    .map(|(_, (f, _))| f.as_str())
-                    .collect();
-                if !refused.is_empty() {
-                    let e = Error::fatal(format!(
-                        "MQTT broker {} refused the subscription to {}",
-                        settings.url,
-                        refused.join(", ")
-                    ));
-                    fail(&tx, &status, e).await;
-                    return;
-                }
-                debug!(filters = ?settings.filters, "subscribed");
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                debug!(client_id = %settings.client_id, "DISCONNECT sent");
+            Ok(_) => End::Lost(Box::new(ConnectionError::NotConnAck(Packet::PingResp))),
+            Err(e) => End::Lost(Box::new(e)),
+        };
+        match end {
+            End::Stopped => return,
+            End::Fatal(error) => {
+                fail(&channels, error).await;
                 return;
             }
-            Ok(_) => {}
-            Err(e) => {
+            End::Lost(e) => {
                 let error = connection_error(&e, &settings.url);
                 if classify(&e) == ErrorKind::Fatal {
-                    fail(&tx, &status, error).await;
+                    fail(&channels, error).await;
                     return;
                 }
-                status.send_replace(Status {
+                channels.status.send_replace(Status {
                     connected: false,
                     last_error: Some(error.to_string()),
                     fatal: None,
                 });
-                {
-                    // Messages received so far belong to the lost connection: their acks must not
-                    // reach the next one (see `Session`). rumqttc already dropped the acks queued
-                    // before it noticed; drop any queued since, under the lock.
-                    let mut generation = session.generation.lock();
-                    *generation += 1;
-                    eventloop.clean();
-                }
+                // Messages received so far belong to the lost connection: their acks must not
+                // reach the next one (see `Acks`).
+                channels.acks.connection_lost();
+                eventloop.clean();
+                eventloop.pending.clear();
                 let delay = backoff.next_delay();
                 warn!(
                     client_id = %settings.client_id,
@@ -138,18 +199,213 @@ pub(crate) async fn run(
                     retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     "MQTT connection lost; reconnecting"
                 );
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = channels.stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
         }
     }
 }
 
+/// Drives one established connection until it ends.
+async fn drive(
+    eventloop: &mut EventLoop,
+    channels: &LoopChannels,
+    settings: &LoopSettings,
+    subscribed: &mut bool,
+) -> End {
+    let EventLoop { network, state, .. } = eventloop;
+    let Some(network) = network.as_mut() else {
+        return End::Lost(Box::new(ConnectionError::RequestsDone));
+    };
+    let generation = channels.acks.generation();
+    // rumqttc's connection type cannot be named outside it, hence macros rather than functions.
+    // `write!` queues a packet in the write buffer; `flush!` writes the buffer out.
+    macro_rules! write {
+        ($packet:expr) => {
+            if let Err(e) = network.write($packet).await {
+                return e.into();
+            }
+        };
+    }
+    macro_rules! flush {
+        () => {
+            match tokio::time::timeout(settings.write_timeout, network.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return e.into(),
+                Err(_) => return End::Lost(Box::new(ConnectionError::FlushTimeout)),
+            }
+        };
+    }
+    let mut subscribe_pkid = None;
+    if !*subscribed {
+        let filters = settings.filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), *q));
+        let request = Request::Subscribe(Subscribe::new_many(filters));
+        match state.handle_outgoing_packet(request) {
+            Ok(Some(packet)) => {
+                if let Packet::Subscribe(s) = &packet {
+                    subscribe_pkid = Some(s.pkid);
+                }
+                write!(packet);
+                flush!();
+            }
+            Ok(None) => {}
+            Err(e) => return e.into(),
+        }
+    }
+    let mut keepalive = tokio::time::interval(settings.keep_alive);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    keepalive.reset();
+    let mut batch: Vec<Received> = Vec::new();
+    let mut acks: Vec<(u16, QoS)> = Vec::new();
+
+    loop {
+        tokio::select! {
+            biased;
+            () = channels.stop.cancelled() => {
+                // Queued acknowledgements go out before the DISCONNECT; the session stays.
+                channels.acks.take(&mut acks);
+                for (pkid, qos) in acks.drain(..) {
+                    if let Some(packet) = ack_packet(state, pkid, qos) {
+                        let _ = network.write(packet).await;
+                    }
+                }
+                if let Ok(Some(packet)) = state.handle_outgoing_packet(Request::Disconnect(rumqttc::Disconnect)) {
+                    let _ = network.write(packet).await;
+                }
+                let _ = tokio::time::timeout(settings.write_timeout, network.flush()).await;
+                debug!(client_id = %settings.client_id, "DISCONNECT sent");
+                return End::Stopped;
+            }
+            () = channels.acks.ready.notified() => {
+                channels.acks.take(&mut acks);
+                for (pkid, qos) in acks.drain(..) {
+                    if let Some(packet) = ack_packet(state, pkid, qos) {
+                        write!(packet);
+                    }
+                }
+                flush!();
+            }
+            permit = channels.tx.reserve(), if !batch.is_empty() => match permit {
+                Ok(permit) => permit.send(Incoming::Messages(std::mem::take(&mut batch))),
+                Err(_) => return End::Stopped,
+            },
+            packet = network.read(), if batch.len() < MAX_BATCH => {
+                let received = Timestamp::now();
+                let mut next = Some(packet);
+                // Everything already buffered is handled now; its replies go out in one write.
+                while let Some(packet) = next.take() {
+                    let packet = match packet {
+                        Ok(p) => p,
+                        Err(e) => return e.into(),
+                    };
+                    match packet {
+                        Packet::Publish(publish) => {
+                            if publish.qos == QoS::ExactlyOnce {
+                                // The state remembers the id, to answer the broker's PUBREL.
+                                if let Err(e) = state.handle_incoming_packet(Packet::Publish(publish.clone())) {
+                                    return e.into();
+                                }
+                            }
+                            batch.push(Received { publish, generation, received });
+                        }
+                        Packet::SubAck(ack) => {
+                            if subscribe_pkid == Some(ack.pkid) {
+                                if let Err(end) = check_suback(&ack.return_codes, settings) {
+                                    return end;
+                                }
+                                *subscribed = true;
+                                debug!(filters = ?settings.filters, "subscribed");
+                            }
+                        }
+                        other => match state.handle_incoming_packet(other) {
+                            Ok(Some(reply)) => write!(reply),
+                            Ok(None) => {}
+                            Err(e) => return e.into(),
+                        },
+                    }
+                    if batch.len() < MAX_BATCH {
+                        next = network.read().now_or_never();
+                    }
+                }
+                // The state keeps a copy of each packet it saw as an event; we need none.
+                state.events.clear();
+                flush!();
+            }
+            _ = keepalive.tick() => {
+                match state.handle_outgoing_packet(Request::PingReq(PingReq)) {
+                    Ok(Some(packet)) => {
+                        write!(packet);
+                        flush!();
+                    }
+                    Ok(None) => {}
+                    // No answer to the previous ping: the connection is dead.
+                    Err(e) => return e.into(),
+                }
+                state.events.clear();
+            }
+        }
+    }
+}
+
+/// The acknowledgement of a message: PUBACK for QoS 1, PUBREC for QoS 2 (recorded in the state,
+/// which then answers the broker's PUBREL with PUBCOMP).
+fn ack_packet(state: &mut rumqttc::MqttState, pkid: u16, qos: QoS) -> Option<Packet> {
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(pkid))),
+        QoS::ExactlyOnce => {
+            let packet = state.handle_outgoing_packet(Request::PubRec(PubRec::new(pkid))).ok()?;
+            state.events.clear();
+            packet
+        }
+    }
+}
+
+fn check_suback(codes: &[SubscribeReasonCode], settings: &LoopSettings) -> Result<(), End> {
+    let refused: Vec<&str> = codes
+        .iter()
+        .zip(&settings.filters)
+        .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
+        .map(|(_, (f, _))| f.as_str())
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(End::Fatal(Error::fatal(format!(
+        "MQTT broker {} refused the subscription to {}",
+        settings.url,
+        refused.join(", ")
+    ))))
+}
+
 /// Reports a failure the connection cannot recover from, to `start` and to `poll`.
-async fn fail(tx: &mpsc::Sender<Incoming>, status: &watch::Sender<Status>, error: Error) {
-    status.send_replace(Status {
+async fn fail(channels: &LoopChannels, error: Error) {
+    channels.status.send_replace(Status {
         connected: false,
         last_error: None,
         fatal: Some(error.to_string()),
     });
-    let _ = tx.send(Incoming::Failed(error)).await;
+    let _ = channels.tx.send(Incoming::Failed(error)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_of_an_earlier_connection_are_left_out() {
+        let acks = Acks::default();
+        let g = acks.generation();
+        assert_eq!(acks.release([(1, QoS::AtLeastOnce, g), (2, QoS::AtMostOnce, g)]), 0);
+        acks.connection_lost();
+        let mut taken = Vec::new();
+        acks.take(&mut taken);
+        assert!(taken.is_empty(), "queued acks of the lost connection are dropped");
+        assert_eq!(acks.release([(3, QoS::AtLeastOnce, g)]), 1, "stale");
+        assert_eq!(acks.release([(4, QoS::ExactlyOnce, g + 1)]), 0);
+        acks.take(&mut taken);
+        assert_eq!(taken, vec![(4, QoS::ExactlyOnce)]);
+    }
 }

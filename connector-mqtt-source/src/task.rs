@@ -15,16 +15,17 @@ use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
 };
 use connector_mqtt_common::{wait_connected, ConnectionSettings, Status};
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::{EventLoop, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::event_loop::{self, Incoming, LoopSettings, Received, Session};
+use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
 use crate::render;
 
-/// Most records returned by one poll.
-const MAX_BATCH: usize = 1000;
+/// Most records returned by one poll (a little more when a batch straddles it).
+const MAX_POLL: usize = 1000;
 
 /// Everything one task needs: its own client id and filters, and the connector's templates.
 #[derive(Debug, Clone)]
@@ -58,17 +59,58 @@ struct Unacked {
 }
 
 struct Running {
-    client: AsyncClient,
     rx: mpsc::Receiver<Incoming>,
-    session: Arc<Session>,
+    acks: Arc<Acks>,
+    stop: CancellationToken,
     event_loop: JoinHandle<()>,
     unacked: VecDeque<Unacked>,
+    /// Acknowledgements collected by `commit_records`, released together.
+    releasing: Vec<(u16, QoS, u64)>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         // A dropped task (a crash, from the broker's point of view) must not keep the connection.
         self.event_loop.abort();
+    }
+}
+
+impl Running {
+    /// Takes the acknowledgement of the next forwarded message (and of skipped ones before it)
+    /// off the front of the queue. Records are committed in poll order, which is receive order.
+    fn next_forwarded(&mut self) -> Result<()> {
+        loop {
+            let Some(u) = self.unacked.pop_front() else {
+                return Err(Error::fatal("commit_record for a record this task did not hand out"));
+            };
+            self.releasing.push((u.pkid, u.qos, u.generation));
+            if u.forwarded {
+                break;
+            }
+        }
+        self.skipped_prefix();
+        Ok(())
+    }
+
+    /// Takes skipped messages at the front: nothing before them is waiting any more.
+    fn skipped_prefix(&mut self) {
+        while self.unacked.front().is_some_and(|u| !u.forwarded) {
+            if let Some(u) = self.unacked.pop_front() {
+                self.releasing.push((u.pkid, u.qos, u.generation));
+            }
+        }
+    }
+
+    /// Hands the collected acknowledgements to the event loop.
+    fn release(&mut self, counters: &MqttSourceCounters) {
+        if self.releasing.is_empty() {
+            return;
+        }
+        let stale = self.acks.release(self.releasing.drain(..));
+        if stale > 0 {
+            counters.stale_acks.fetch_add(stale, Ordering::Relaxed);
+            debug!(stale, "messages arrived on an earlier connection; the broker redelivers them");
+        }
     }
 }
 
@@ -162,61 +204,37 @@ fn bool_name(b: bool) -> &'static [u8] {
     }
 }
 
-/// Acknowledges one message, if it arrived on the current connection.
-fn ack(running: &Running, u: &Unacked, counters: &MqttSourceCounters) -> Result<()> {
-    if u.qos == QoS::AtMostOnce {
-        return Ok(());
-    }
-    let generation = running.session.generation.lock();
-    if *generation != u.generation {
-        counters.stale_acks.fetch_add(1, Ordering::Relaxed);
-        debug!(pkid = u.pkid, "message arrived on an earlier connection; the broker redelivers it");
-        return Ok(());
-    }
-    let mut publish = Publish::new("", u.qos, Vec::new());
-    publish.pkid = u.pkid;
-    running.client.try_ack(&publish).map_err(|e| {
-        Error::retriable(format!("cannot queue the acknowledgement of packet {}", u.pkid))
-            .with_source(e)
-    })
-}
-
-/// Acknowledges skipped messages at the front: nothing before them is waiting any more.
-fn ack_skipped_prefix(running: &mut Running, counters: &MqttSourceCounters) -> Result<()> {
-    while running.unacked.front().is_some_and(|u| !u.forwarded) {
-        if let Some(u) = running.unacked.pop_front() {
-            ack(running, &u, counters)?;
-        }
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl SourceTask for MqttSourceTask {
     async fn start(&mut self, ctx: SourceTaskContext) -> Result<()> {
         let c = &self.config;
         let options = c.connection.options(true)?;
-        let (client, mut eventloop) =
-            AsyncClient::new(options, connector_mqtt_common::MAX_PACKET_IDS + 64);
+        let mut eventloop = EventLoop::new(options, 16);
         eventloop.set_network_options(c.connection.network_options());
-        let (tx, rx) = mpsc::channel(c.inflight.max(1));
-        let session = Arc::new(Session::default());
+        // Batches of up to MAX_BATCH messages: room for `inflight` messages in all.
+        let (tx, rx) = mpsc::channel(c.inflight.div_ceil(MAX_BATCH).max(1));
+        let acks = Arc::new(Acks::default());
         let (status_tx, mut status) = watch::channel(Status::default());
+        let stop = CancellationToken::new();
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
             filters: c.filters.iter().map(|f| (f.clone(), c.qos)).collect(),
             backoff: c.reconnect_backoff,
+            keep_alive: Duration::from_secs(c.connection.keep_alive.as_secs().max(1)),
+            write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
         };
-        let event_loop = tokio::spawn(event_loop::run(
-            eventloop,
-            client.clone(),
-            tx,
-            Arc::clone(&session),
-            status_tx,
-            settings,
-        ));
-        let running = Running { client, rx, session, event_loop, unacked: VecDeque::new() };
+        let channels =
+            LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };
+        let event_loop = tokio::spawn(event_loop::run(eventloop, channels, settings));
+        let running = Running {
+            rx,
+            acks,
+            stop,
+            event_loop,
+            unacked: VecDeque::new(),
+            releasing: Vec::new(),
+        };
 
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
         // instead of retrying silently forever. Only the status is watched: messages stay queued.
@@ -238,35 +256,40 @@ impl SourceTask for MqttSourceTask {
         let Some(first) = running.rx.recv().await else {
             return Err(Error::fatal("the MQTT event loop stopped"));
         };
-        let mut incoming = Vec::with_capacity(16);
-        incoming.push(first);
-        while incoming.len() < MAX_BATCH {
+        let mut incoming = vec![first];
+        let mut messages = incoming_len(&incoming[0]);
+        while messages < MAX_POLL {
             match running.rx.try_recv() {
-                Ok(i) => incoming.push(i),
+                Ok(i) => {
+                    messages += incoming_len(&i);
+                    incoming.push(i);
+                }
                 Err(_) => break,
             }
         }
-        let mut records = Vec::with_capacity(incoming.len());
-        let mut unacked = Vec::with_capacity(incoming.len());
-        for i in incoming {
+        let mut records = Vec::with_capacity(messages);
+        let mut unacked = Vec::with_capacity(messages);
+        'batches: for i in incoming {
             match i {
                 Incoming::Failed(e) => {
                     self.pending_error = Some(e);
-                    break;
+                    break 'batches;
                 }
-                Incoming::Message(m) => {
-                    let p = &m.publish;
-                    let forwarded = !(self.config.skip_retained && p.retain);
-                    unacked.push(Unacked {
-                        pkid: p.pkid,
-                        qos: p.qos,
-                        generation: m.generation,
-                        forwarded,
-                    });
-                    if forwarded {
-                        records.push(self.record(m));
-                    } else {
-                        self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
+                Incoming::Messages(batch) => {
+                    for m in batch {
+                        let p = &m.publish;
+                        let forwarded = !(self.config.skip_retained && p.retain);
+                        unacked.push(Unacked {
+                            pkid: p.pkid,
+                            qos: p.qos,
+                            generation: m.generation,
+                            forwarded,
+                        });
+                        if forwarded {
+                            records.push(self.record(m));
+                        } else {
+                            self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -274,7 +297,8 @@ impl SourceTask for MqttSourceTask {
         let counters = Arc::clone(&self.counters);
         if let Some(running) = self.running.as_mut() {
             running.unacked.extend(unacked);
-            ack_skipped_prefix(running, &counters)?;
+            running.skipped_prefix();
+            running.release(&counters);
         }
         if records.is_empty() {
             if let Some(e) = self.pending_error.take() {
@@ -289,37 +313,52 @@ impl SourceTask for MqttSourceTask {
         _record: SourceRecord,
         _metadata: Option<RecordMetadata>,
     ) -> Result<()> {
-        let counters = Arc::clone(&self.counters);
         let Some(running) = self.running.as_mut() else {
             return Err(Error::fatal("commit_record before start"));
         };
-        // Records are committed in poll order, which is receive order: this record's message is
-        // the first forwarded one still waiting. Skipped ones before it are acknowledged first.
-        loop {
-            let Some(u) = running.unacked.pop_front() else {
-                return Err(Error::fatal("commit_record for a record this task did not hand out"));
-            };
-            ack(running, &u, &counters)?;
-            if u.forwarded {
+        let result = running.next_forwarded();
+        running.release(&self.counters);
+        result
+    }
+
+    /// All the run's acknowledgements go to the event loop together, to be written at once.
+    async fn commit_records(
+        &mut self,
+        records: Vec<(SourceRecord, Option<RecordMetadata>)>,
+    ) -> Result<()> {
+        let Some(running) = self.running.as_mut() else {
+            return Err(Error::fatal("commit_record before start"));
+        };
+        let mut result = Ok(());
+        for _ in &records {
+            if let Err(e) = running.next_forwarded() {
+                result = Err(e);
                 break;
             }
         }
-        ack_skipped_prefix(running, &counters)
+        running.release(&self.counters);
+        result
     }
 
     async fn stop(&mut self) -> Result<()> {
         let Some(mut running) = self.running.take() else { return Ok(()) };
-        // Queued acknowledgements go out before the DISCONNECT (same queue); the session stays.
-        if running.client.try_disconnect().is_ok() {
-            let wait = tokio::time::timeout(Duration::from_secs(5), &mut running.event_loop).await;
-            if wait.is_err() {
-                warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
-            }
+        // The event loop writes the queued acknowledgements, then DISCONNECT; the session stays.
+        running.stop.cancel();
+        let wait = tokio::time::timeout(Duration::from_secs(5), &mut running.event_loop).await;
+        if wait.is_err() {
+            warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
         }
         let pending = running.unacked.len();
         if pending > 0 {
             debug!(pending, "messages left unacknowledged; the broker redelivers them");
         }
         Ok(())
+    }
+}
+
+fn incoming_len(i: &Incoming) -> usize {
+    match i {
+        Incoming::Messages(m) => m.len(),
+        Incoming::Failed(_) => 0,
     }
 }

@@ -156,6 +156,11 @@ impl Tansu {
         std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.pid()
+    }
+
     /// Kills the broker (SIGKILL) without restarting it.
     pub fn kill(&mut self) {
         self.child.kill();

@@ -565,6 +565,9 @@ async fn commit(
     }
 }
 
+/// Broker wait of a fetch while the partition has records past the fetch position.
+const CATCH_UP_FETCH_WAIT: Duration = Duration::from_millis(1);
+
 #[allow(clippy::too_many_arguments)]
 async fn fetch_loop(
     client: KafkaClient,
@@ -574,9 +577,15 @@ async fn fetch_loop(
     tx: mpsc::Sender<FetchMsg>,
     stop: CancellationToken,
 ) {
-    let max_wait = Duration::from_millis(client.config().fetch_max_wait_ms);
+    let long_poll = Duration::from_millis(client.config().fetch_max_wait_ms);
     let mut backoff = Backoff::new(client.config().retry_backoff);
+    // Long-poll only when caught up. While behind the high watermark, records are waiting: ask the
+    // broker not to wait. Kafka answers at once either way, but some brokers (Tansu 0.6) hold
+    // every fetch for part of its max wait even with data ready, which would cap a catching-up
+    // partition at one fetch per half max wait.
+    let mut behind = true;
     while !stop.is_cancelled() {
+        let max_wait = if behind { CATCH_UP_FETCH_WAIT } else { long_poll };
         let result = tokio::select! {
             () = stop.cancelled() => return,
             r = client.fetch(&tp.topic, tp.partition, offset, max_wait) => r,
@@ -585,6 +594,7 @@ async fn fetch_loop(
             Ok(FetchResult::Records(fetched)) => {
                 backoff.reset();
                 offset = fetched.next_offset.max(offset);
+                behind = fetched.high_watermark > offset;
                 if fetched.records.is_empty() {
                     continue;
                 }
@@ -602,6 +612,7 @@ async fn fetch_loop(
                 };
                 warn!(%tp, from = offset, to = reset, ?start, "offset out of range; resetting");
                 offset = reset;
+                behind = true;
             }
             Err(e) if e.is_retriable() => {
                 let delay = backoff.next_delay();

@@ -455,24 +455,51 @@ async fn drive(
             }
         }
         // Commit the acknowledged prefix, in poll order.
+        let mut ready = Vec::new();
         while let Some((record, outcome)) = finalizer.pop_ready() {
             held_bytes = held_bytes.saturating_sub(record.size());
-            finalize(task, committer, stats, handler, name, record, outcome).await?;
+            match finalize(committer, stats, handler, record, outcome).await {
+                Ok(done) => ready.push(done),
+                Err(e) => {
+                    // The records before the failed one are final: commit them, then stop.
+                    commit_records(task, name, ready).await?;
+                    return Err(e);
+                }
+            }
+        }
+        commit_records(task, name, ready).await?;
+    }
+}
+
+/// Passes a run of final records to the task.
+async fn commit_records(
+    task: &mut dyn SourceTask,
+    name: &str,
+    ready: Vec<(SourceRecord, Option<RecordMetadata>)>,
+) -> Result<()> {
+    if ready.is_empty() {
+        return Ok(());
+    }
+    match task.commit_records(ready).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Fatal => Err(e),
+        Err(e) => {
+            warn!(connector = %name, error = %e.report(), "commit_record failed; continuing");
+            Ok(())
         }
     }
 }
 
-/// Handles the next record of the finished prefix: commits delivered and dropped records, hands
-/// failed ones to the error policy (which stops the task unless it tolerates them).
+/// Handles the next record of the finished prefix: delivered and dropped records are final,
+/// failed ones go to the error policy (which stops the task unless it tolerates them). Returns the
+/// record with its metadata for `commit_records`.
 async fn finalize(
-    task: &mut dyn SourceTask,
     committer: &mut Committer,
     stats: &TaskStats,
     handler: &ErrorHandler,
-    name: &str,
     record: SourceRecord,
     outcome: Outcome,
-) -> Result<()> {
+) -> Result<(SourceRecord, Option<RecordMetadata>)> {
     let metadata = match outcome {
         Outcome::Delivered(m) => Some(m),
         Outcome::Dropped => None,
@@ -503,14 +530,7 @@ async fn finalize(
     }
     committer.finalized_since_commit += 1;
     stats.add_committed(1);
-    match task.commit_record(record, metadata).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::Fatal => Err(e),
-        Err(e) => {
-            warn!(connector = %name, error = %e.report(), "commit_record failed; continuing");
-            Ok(())
-        }
-    }
+    Ok((record, metadata))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -1,0 +1,416 @@
+//! `bench`: the benchmark driver. In one run it starts Mosquitto and Tansu and measures
+//!
+//! 1. bare MQTT publisher -> Mosquitto -> subscriber, QoS 0 and 1, 100 B and 1 KiB (the ceiling);
+//! 2. MQTT -> Kafka through our `connect` runner's `mqtt-source` at QoS 1 and 0: msg/s, ratio to
+//!    (1), CPU-µs per message and peak RSS of the `connect` process, every message counted in
+//!    Kafka; the same for the Python reference bridge (`scripts/mqtt-kafka-bridge.py`);
+//! 3. Kafka -> MQTT through our `mqtt-sink` at QoS 1, counted by an independent subscriber;
+//! 4. end-to-end latency MQTT publish -> Kafka fetch at a fixed rate;
+//! 5. RSS of our source over a long run at a fixed rate.
+//!
+//! Each round (`--runs`) starts fresh brokers and measures the ceiling and the bridges in turn,
+//! so every ratio compares figures from the same round; the summary gives medians over rounds.
+//! `scripts/bench` builds everything in release mode and runs this. `--smoke` runs tiny counts
+//! and fails when a message is missing: a check that the driver works, never a speed test.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod load;
+mod procstat;
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::scenarios::{Bridge, Brokers, Latency, Settings, Soak, Throughput};
+
+/// Measures our MQTT <-> Kafka connectors against the bare brokers and a Python bridge.
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Cli {
+    /// Rounds of measurements (fresh brokers each); the summary reports medians.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Messages per throughput measurement with 100-byte payloads.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Messages per throughput measurement with 1 KiB payloads.
+    #[arg(long, default_value_t = 100_000)]
+    big_messages: u64,
+    /// Messages through the Python reference bridge (it is much slower).
+    #[arg(long, default_value_t = 30_000)]
+    python_messages: u64,
+    /// The `connect` binary to measure (default: next to this one).
+    #[arg(long)]
+    connect: Option<PathBuf>,
+    /// The Python reference bridge.
+    #[arg(long, default_value = "scripts/mqtt-kafka-bridge.py")]
+    python_bridge: PathBuf,
+    /// Messages per second for the latency measurement.
+    #[arg(long, default_value_t = 1_000)]
+    latency_rate: u64,
+    /// Seconds of the latency measurement (the first is warm-up).
+    #[arg(long, default_value_t = 20)]
+    latency_secs: u64,
+    /// Messages per second for the memory run.
+    #[arg(long, default_value_t = 10_000)]
+    soak_rate: u64,
+    /// Seconds of the memory run.
+    #[arg(long, default_value_t = 600)]
+    soak_secs: u64,
+    /// `linger_ms` of our producer.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Mosquitto `max_inflight_messages`.
+    #[arg(long, default_value_t = 1000)]
+    mosquitto_inflight: u32,
+    /// Our source's `inflight` (default: the connector's default).
+    #[arg(long)]
+    source_inflight: Option<usize>,
+    /// Measurements to run, comma-separated: bare, source, sink, python, latency, soak.
+    #[arg(long, default_value = "bare,source,sink,python,latency,soak", value_delimiter = ',')]
+    only: Vec<String>,
+    /// QoS levels of the throughput rows to run (sink and Python rows are QoS 1).
+    #[arg(long, default_value = "0,1", value_delimiter = ',')]
+    qos: Vec<u8>,
+    /// Payload sizes of the throughput rows to run: 100 and/or 1024.
+    #[arg(long, default_value = "100,1024", value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Tiny counts, one round, a 5-second memory run; fails if any message is missing.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// One row of the summary: a measurement and its figures per round.
+#[derive(Default)]
+struct Row {
+    runs: Vec<(Throughput, Option<f64>)>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_owned(), |x| format!("{x:.digits$}"))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn with_commas(n: f64) -> String {
+    let s = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn describe(t: &Throughput, ratio: Option<f64>) -> String {
+    let mut s = format!(
+        "{}/{} delivered ({} dup) in {:.2} s = {} msg/s",
+        t.delivered,
+        t.sent,
+        t.duplicates,
+        t.secs,
+        with_commas(t.rate)
+    );
+    if let Some(r) = ratio {
+        let _ = write!(s, ", {r:.2}× ceiling");
+    }
+    if let Some(c) = t.cpu_us_per_msg {
+        let _ = write!(s, ", {c:.2} CPU-µs/msg");
+    }
+    if let Some(r) = t.peak_rss {
+        let _ = write!(s, ", peak RSS {:.1} MiB", mib(r));
+    }
+    let _ = write!(
+        s,
+        " | cores: mosquitto {:.2}, tansu {:.2}, bridge {:.2}",
+        t.mosquitto_cores, t.tansu_cores, t.bridge_cores
+    );
+    s
+}
+
+struct Driver {
+    cli: Cli,
+    settings: Settings,
+    rows: BTreeMap<&'static str, Row>,
+    latencies: Vec<Latency>,
+    soak: Option<Soak>,
+    problems: Vec<String>,
+}
+
+impl Driver {
+    fn wants(&self, what: &str) -> bool {
+        self.cli.only.iter().any(|o| o == what)
+    }
+
+    fn row_wanted(&self, qos: u8, size: usize) -> bool {
+        self.cli.qos.contains(&qos) && self.cli.sizes.contains(&size)
+    }
+
+    fn record(&mut self, label: &'static str, t: Throughput, ceiling: Option<f64>, lossless: bool) {
+        let ratio = ceiling.filter(|c| *c > 0.0).map(|c| t.rate / c);
+        println!("  {label:<28} {}", describe(&t, ratio));
+        if lossless && t.delivered < t.sent {
+            self.problems.push(format!("{label}: {} of {} messages delivered", t.delivered, t.sent));
+        }
+        self.rows.entry(label).or_default().runs.push((t, ratio));
+    }
+
+    async fn round(&mut self, round: u32) -> Result<(), String> {
+        println!("round {round}/{}: starting brokers", self.cli.runs);
+        let b = Brokers::start(&self.settings).await?;
+        let (n, big, py) = (self.cli.messages, self.cli.big_messages, self.cli.python_messages);
+        let mut ceiling = BTreeMap::new();
+        if self.wants("bare") {
+            for (qos, size, count, label) in [
+                (0, 100, n, "bare pub->sub QoS0 100 B"),
+                (1, 100, n, "bare pub->sub QoS1 100 B"),
+                (0, 1024, big, "bare pub->sub QoS0 1 KiB"),
+                (1, 1024, big, "bare pub->sub QoS1 1 KiB"),
+            ] {
+                if !self.row_wanted(qos, size) {
+                    continue;
+                }
+                let t = scenarios::bare(&b, qos, size, count).await?;
+                ceiling.insert((qos, size), t.rate);
+                self.record(label, t, None, qos == 1);
+            }
+        }
+        if self.wants("source") {
+            for (qos, size, count, label) in [
+                (1, 100, n, "source QoS1 100 B"),
+                (0, 100, n, "source QoS0 100 B"),
+                (1, 1024, big, "source QoS1 1 KiB"),
+                (0, 1024, big, "source QoS0 1 KiB"),
+            ] {
+                if !self.row_wanted(qos, size) {
+                    continue;
+                }
+                let t = scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count).await?;
+                self.record(label, t, ceiling.get(&(qos, size)).copied(), qos == 1);
+            }
+        }
+        if self.wants("sink") {
+            for (size, count, label) in
+                [(100, n, "sink QoS1 100 B"), (1024, big, "sink QoS1 1 KiB")]
+            {
+                if !self.row_wanted(1, size) {
+                    continue;
+                }
+                let t = scenarios::sink(&b, &self.settings, 1, size, count).await?;
+                self.record(label, t, ceiling.get(&(1, size)).copied(), true);
+            }
+        }
+        if self.wants("python") {
+            let t = scenarios::source(&b, &self.settings, Bridge::Python, 1, 100, py).await?;
+            self.record("python bridge QoS1 100 B", t, ceiling.get(&(1, 100)).copied(), true);
+        }
+        if self.wants("latency") {
+            let l = scenarios::latency(
+                &b,
+                &self.settings,
+                self.cli.latency_rate,
+                self.cli.latency_secs,
+                100,
+            )
+            .await?;
+            println!(
+                "  {:<28} {} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} missing",
+                format!("latency {} msg/s", self.cli.latency_rate),
+                l.samples,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                l.missing
+            );
+            if l.missing > 0 {
+                self.problems.push(format!("latency: {} messages never reached Kafka", l.missing));
+            }
+            self.latencies.push(l);
+        }
+        Ok(())
+    }
+
+    async fn soak(&mut self) -> Result<(), String> {
+        let (rate, secs) = (self.cli.soak_rate, self.cli.soak_secs);
+        println!("memory run: {rate} msg/s for {secs} s (fresh brokers)");
+        let b = Brokers::start(&self.settings).await?;
+        let s = scenarios::soak(&b, &self.settings, rate, secs, 100).await?;
+        let first = s.rss.first().map_or(0, |r| r.1);
+        let last = s.rss.last().map_or(0, |r| r.1);
+        let max = s.rss.iter().map(|r| r.1).max().unwrap_or(0);
+        println!(
+            "  RSS first {:.1} MiB, last {:.1} MiB, max {:.1} MiB, peak (VmHWM) {:.1} MiB; {:.2} CPU-µs/msg; {}/{} in Kafka",
+            mib(first),
+            mib(last),
+            mib(max),
+            mib(s.peak_rss),
+            s.cpu_us_per_msg,
+            s.in_kafka,
+            s.sent
+        );
+        if s.in_kafka < s.sent {
+            self.problems.push(format!("memory run: {} of {} in Kafka", s.in_kafka, s.sent));
+        }
+        self.soak = Some(s);
+        Ok(())
+    }
+
+    fn report(&self) -> String {
+        let mut r = String::new();
+        let _ = writeln!(r, "| measurement | msg/s | × ceiling | CPU-µs/msg | peak RSS | Mosquitto cores | Tansu cores | bridge cores | delivered |");
+        let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (label, row) in &self.rows {
+            let col = |f: &dyn Fn(&(Throughput, Option<f64>)) -> Option<f64>| {
+                median(row.runs.iter().filter_map(f).collect())
+            };
+            let delivered: Vec<String> =
+                row.runs.iter().map(|(t, _)| format!("{}/{}", t.delivered, t.sent)).collect();
+            let _ = writeln!(
+                r,
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                col(&|(t, _)| Some(t.rate)).map_or_else(|| "—".into(), with_commas),
+                fmt_opt(col(&|(_, ratio)| *ratio), 2),
+                fmt_opt(col(&|(t, _)| t.cpu_us_per_msg), 2),
+                col(&|(t, _)| t.peak_rss.map(mib))
+                    .map_or_else(|| "—".into(), |m| format!("{m:.1} MiB")),
+                fmt_opt(col(&|(t, _)| Some(t.mosquitto_cores)), 2),
+                fmt_opt(col(&|(t, _)| Some(t.tansu_cores)), 2),
+                fmt_opt(col(&|(t, _)| Some(t.bridge_cores)).filter(|c| *c > 0.0), 2),
+                delivered.join(", "),
+            );
+        }
+        if !self.latencies.is_empty() {
+            let m = |f: fn(&Latency) -> f64| {
+                fmt_opt(median(self.latencies.iter().map(f).collect()), 2)
+            };
+            let _ = writeln!(
+                r,
+                "\nLatency MQTT publish -> Kafka fetch at {} msg/s, linger_ms {} (median of {} rounds): p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+                self.cli.latency_rate,
+                self.settings.linger_ms,
+                self.latencies.len(),
+                m(|l| l.p50),
+                m(|l| l.p90),
+                m(|l| l.p99),
+                m(|l| l.p999),
+                m(|l| l.max),
+            );
+        }
+        if let Some(s) = &self.soak {
+            let _ = writeln!(
+                r,
+                "\nMemory run: {} msg/s for {} s; RSS every 5 s (MiB): {}",
+                self.cli.soak_rate,
+                self.cli.soak_secs,
+                s.rss.iter().map(|(_, b)| format!("{:.1}", mib(*b))).collect::<Vec<_>>().join(" ")
+            );
+            let _ = writeln!(
+                r,
+                "Peak RSS {:.1} MiB; {:.2} CPU-µs/msg; {}/{} in Kafka",
+                mib(s.peak_rss),
+                s.cpu_us_per_msg,
+                s.in_kafka,
+                s.sent
+            );
+        }
+        r
+    }
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if cli.smoke {
+        cli.runs = 1;
+        cli.messages = cli.messages.min(2_000);
+        cli.big_messages = cli.big_messages.min(1_000);
+        cli.python_messages = cli.python_messages.min(1_000);
+        cli.latency_rate = cli.latency_rate.min(200);
+        cli.latency_secs = cli.latency_secs.min(3);
+        cli.soak_rate = cli.soak_rate.min(500);
+        cli.soak_secs = cli.soak_secs.min(5);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let connect = cli.connect.clone().or_else(|| {
+        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("connect")))
+    });
+    let Some(connect) = connect.filter(|p| p.is_file()) else {
+        eprintln!("bench: no `connect` binary found; build it (scripts/bench does) or pass --connect");
+        return ExitCode::FAILURE;
+    };
+    let settings = Settings {
+        connect,
+        python_bridge: cli.python_bridge.clone(),
+        linger_ms: cli.linger_ms,
+        mosquitto_inflight: cli.mosquitto_inflight,
+        source_inflight: cli.source_inflight,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut driver = Driver {
+        cli,
+        settings,
+        rows: BTreeMap::new(),
+        latencies: Vec::new(),
+        soak: None,
+        problems: Vec::new(),
+    };
+    let result = runtime.block_on(async {
+        for round in 1..=driver.cli.runs {
+            driver.round(round).await?;
+        }
+        if driver.wants("soak") {
+            driver.soak().await?;
+        }
+        Ok::<(), String>(())
+    });
+    let report = driver.report();
+    println!("\n{report}");
+    if let Some(path) = &driver.cli.report {
+        if let Err(e) = std::fs::write(path, &report) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = result {
+        eprintln!("bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if !driver.problems.is_empty() {
+        for p in &driver.problems {
+            eprintln!("bench: {p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,576 @@
+//! The measurements: bare MQTT pub->sub, MQTT -> Kafka through a bridge process (ours or the
+//! Python reference), Kafka -> MQTT through our sink, end-to-end latency at a fixed rate, and
+//! memory over a long run. Each starts from fresh topics, so runs do not see each other's data.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connector_core::kafka::{FetchResult, KafkaClient, ProducerRecord};
+use connector_testkit::{
+    kafka, wait_source_subscribed, Mosquitto, MosquittoOptions, MqttPublisher, Tansu,
+};
+use rumqttc::QoS;
+
+use crate::load::{self, CountingSubscriber, LoadPublisher};
+use crate::procstat::{self, Sample};
+
+/// Errors of the driver: a message saying what failed.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Devices (MQTT topics) the load is spread over.
+const DEVICES: usize = 100;
+/// QoS 1 publishes the load publisher keeps in flight.
+const PUBLISH_INFLIGHT: u16 = 1000;
+/// Longest a throughput measurement may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Which bridge process a source measurement runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bridge {
+    /// Our `connect` runner with the `mqtt-source` connector.
+    Ours,
+    /// `scripts/mqtt-kafka-bridge.py` (paho-mqtt + confluent-kafka).
+    Python,
+}
+
+/// Settings shared by all measurements.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `connect` binary under test.
+    pub connect: PathBuf,
+    /// The Python reference bridge.
+    pub python_bridge: PathBuf,
+    /// `linger_ms` of our producer.
+    pub linger_ms: u64,
+    /// Mosquitto `max_inflight_messages`.
+    pub mosquitto_inflight: u32,
+    /// Our source's `inflight` and runtime window (None: defaults).
+    pub source_inflight: Option<usize>,
+}
+
+/// The brokers of one round of measurements, and a scratch directory.
+pub struct Brokers {
+    pub mqtt: Mosquitto,
+    pub tansu: Tansu,
+    pub client: KafkaClient,
+    dir: tempfile::TempDir,
+    next_id: AtomicU64,
+}
+
+impl Brokers {
+    /// Starts a fresh Mosquitto and Tansu (memory storage).
+    pub async fn start(settings: &Settings) -> Result<Self> {
+        let mqtt = Mosquitto::start_with(MosquittoOptions {
+            // Sessions on disk cost time and are the same for every row; the benchmark measures
+            // flow, not the broker's persistence.
+            persistence: false,
+            max_inflight_messages: settings.mosquitto_inflight,
+            max_queued_messages: 10_000_000,
+            extra_config: Vec::new(),
+        })
+        .await
+        .map_err(|e| format!("start mosquitto: {e}"))?;
+        let tansu = Tansu::start().await.map_err(|e| format!("start tansu: {e}"))?;
+        let client = tansu.client().await.map_err(|e| format!("connect to tansu: {e}"))?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("bench-")
+            .tempdir()
+            .map_err(|e| format!("scratch directory: {e}"))?;
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            // Keep configurations and logs of the processes under test for a look afterwards.
+            dir.disable_cleanup(true);
+            tracing::warn!(dir = %dir.path().display(), "keeping the scratch directory");
+        }
+        Ok(Self { mqtt, tansu, client, dir, next_id: AtomicU64::new(1) })
+    }
+
+    fn id(&self, kind: &str) -> String {
+        format!("{kind}{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn brokers_sample(&self) -> (Option<Sample>, Option<Sample>) {
+        (
+            self.mqtt.pid().and_then(procstat::sample),
+            self.tansu.pid().and_then(procstat::sample),
+        )
+    }
+}
+
+/// A throughput measurement.
+#[derive(Debug, Clone, Default)]
+pub struct Throughput {
+    /// Messages sent.
+    pub sent: u64,
+    /// Distinct messages that arrived.
+    pub delivered: u64,
+    /// Messages that arrived more than once.
+    pub duplicates: u64,
+    /// Wall time of the measurement.
+    pub secs: f64,
+    /// Messages per second delivered.
+    pub rate: f64,
+    /// CPU time of the bridge process per delivered message, in microseconds.
+    pub cpu_us_per_msg: Option<f64>,
+    /// Peak RSS of the bridge process, in bytes.
+    pub peak_rss: Option<u64>,
+    /// Cores Mosquitto and Tansu kept busy during the measurement.
+    pub mosquitto_cores: f64,
+    pub tansu_cores: f64,
+    /// Cores the bridge process kept busy.
+    pub bridge_cores: f64,
+}
+
+impl Throughput {
+    fn finish(
+        &mut self,
+        wall: Duration,
+        brokers_before: (Option<Sample>, Option<Sample>),
+        brokers_after: (Option<Sample>, Option<Sample>),
+        bridge: Option<(Option<Sample>, Option<Sample>)>,
+    ) {
+        self.secs = wall.as_secs_f64().max(1e-9);
+        self.rate = self.delivered as f64 / self.secs;
+        let cores = |d: Duration| d.as_secs_f64() / self.secs;
+        self.mosquitto_cores = cores(procstat::cpu_between(brokers_before.0, brokers_after.0));
+        self.tansu_cores = cores(procstat::cpu_between(brokers_before.1, brokers_after.1));
+        if let Some((before, after)) = bridge {
+            let cpu = procstat::cpu_between(before, after);
+            self.bridge_cores = cores(cpu);
+            if self.delivered > 0 {
+                self.cpu_us_per_msg = Some(cpu.as_secs_f64() * 1e6 / self.delivered as f64);
+            }
+            self.peak_rss = after.map(|s| s.peak_rss);
+        }
+    }
+}
+
+/// A process under test, killed when dropped.
+struct UnderTest {
+    child: Child,
+    log: PathBuf,
+}
+
+impl UnderTest {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        cmd.stdout(Stdio::null()).stderr(file).stdin(Stdio::null());
+        let child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        Ok(Self { child, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn sample(&self) -> Option<Sample> {
+        procstat::sample(self.pid())
+    }
+
+    /// Fails with the log's tail if the process has exited.
+    fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "the process under test exited ({status}); its log ends:\n{}",
+                tail(&self.log)
+            )),
+            Err(e) => Err(format!("cannot check the process under test: {e}")),
+        }
+    }
+}
+
+impl Drop for UnderTest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn qos_of(n: u8) -> QoS {
+    match n {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+/// Starts our `connect` runner with one MQTT source from `filter` to `topic`.
+fn start_our_source(
+    b: &Brokers,
+    s: &Settings,
+    id: &str,
+    filter: &str,
+    topic: &str,
+    qos: u8,
+) -> Result<UnderTest> {
+    let mut c = String::new();
+    let _ = writeln!(c, "[kafka]\nbootstrap_servers = [\"{}\"]", b.tansu.bootstrap());
+    let _ = writeln!(c, "linger_ms = {}", s.linger_ms);
+    let _ = writeln!(c, "[offsets]\nstore = \"memory\"\n[progress]\ninterval_secs = 0");
+    let _ = writeln!(c, "[[connector]]\nname = \"{id}\"\ntype = \"mqtt-source\"");
+    let _ = writeln!(c, "mqtt_url = \"{}\"", b.mqtt.url());
+    let _ = writeln!(c, "topics = [\"{filter}\"]\nqos = {qos}\nkafka_topic = \"{topic}\"");
+    if let Some(n) = s.source_inflight {
+        let _ = writeln!(c, "inflight = {n}");
+    }
+    spawn_connect(b, s, id, &c)
+}
+
+fn spawn_connect(b: &Brokers, s: &Settings, id: &str, config: &str) -> Result<UnderTest> {
+    let path = b.dir.path().join(format!("{id}.toml"));
+    std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut cmd = Command::new(&s.connect);
+    // BENCH_CONNECT_LOG sets the log filter of the process under test (to investigate a run).
+    let filter = std::env::var("BENCH_CONNECT_LOG").unwrap_or_else(|_| "warn".to_owned());
+    cmd.arg("run").arg("--config").arg(&path).env("RUST_LOG", filter);
+    UnderTest::spawn(cmd, b.dir.path().join(format!("{id}.log")))
+}
+
+/// Starts the Python reference bridge from `filter` to `topic`.
+fn start_python_source(
+    b: &Brokers,
+    s: &Settings,
+    id: &str,
+    filter: &str,
+    topic: &str,
+    qos: u8,
+) -> Result<UnderTest> {
+    let mut cmd = Command::new("python3");
+    cmd.arg(&s.python_bridge)
+        .args(["--mqtt-host", "127.0.0.1", "--mqtt-port", &b.mqtt.port().to_string()])
+        .args(["--filter", filter, "--qos", &qos.to_string()])
+        .args(["--kafka", &b.tansu.bootstrap(), "--topic", topic, "--client-id", id]);
+    UnderTest::spawn(cmd, b.dir.path().join(format!("{id}.log")))
+}
+
+/// Starts a source bridge and waits until its subscription is live. Returns it, the device
+/// topics to publish on, and the Kafka offset the benchmark's records start after.
+async fn live_source(
+    b: &Brokers,
+    s: &Settings,
+    bridge: Bridge,
+    qos: u8,
+    id: &str,
+    topic: &str,
+) -> Result<(UnderTest, Vec<String>, i64)> {
+    let prefix = format!("bench/{id}");
+    let filter = format!("{prefix}/#");
+    b.client.create_topic(topic, 1, 1).await.map_err(|e| format!("create {topic}: {e}"))?;
+    let mut process = match bridge {
+        Bridge::Ours => start_our_source(b, s, id, &filter, topic, qos)?,
+        Bridge::Python => start_python_source(b, s, id, &filter, topic, qos)?,
+    };
+    let probe = MqttPublisher::connect(&b.mqtt.url(), &format!("{id}-probe"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let subscribed =
+        wait_source_subscribed(&probe, &format!("{prefix}/probe"), b"probe", &b.client, topic)
+            .await;
+    process.check_running()?;
+    subscribed.map_err(|e| e.to_string())?;
+    // Let probes still in flight land before taking the starting offset.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = b.client.end_offset(topic, 0).await.map_err(|e| e.to_string())?;
+    Ok((process, load::device_topics(&prefix, DEVICES), base))
+}
+
+/// Distinct benchmark messages among the records of `topic` after `base`, and duplicates.
+async fn count_in_kafka(client: &KafkaClient, topic: &str, base: i64) -> Result<(u64, u64)> {
+    let records = kafka::consume_all(client, topic).await.map_err(|e| e.to_string())?;
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
+    for r in records.iter().filter(|r| r.offset >= base) {
+        if let Some((seq, _)) = r.value.as_deref().and_then(load::parse) {
+            if !seen.insert(seq) {
+                duplicates += 1;
+            }
+        }
+    }
+    Ok((seen.len() as u64, duplicates))
+}
+
+/// (1) Bare MQTT: publisher -> Mosquitto -> subscriber, `n` messages of `size` bytes at `qos`.
+/// Time runs from the first publish to the last arrival.
+pub async fn bare(b: &Brokers, qos: u8, size: usize, n: u64) -> Result<Throughput> {
+    let id = b.id("bare");
+    let prefix = format!("bench/{id}");
+    let sub =
+        CountingSubscriber::connect(b.mqtt.port(), &format!("{id}-sub"), &format!("{prefix}/#"), qos_of(qos), n)
+            .await?;
+    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let topics = load::device_topics(&prefix, DEVICES);
+    let before = b.brokers_sample();
+    let started = Instant::now();
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move { publisher.publish(&topics, qos_of(qos), 0, n, size, None).await })
+    };
+    sub.wait_for(n, Duration::from_secs(3), RUN_TIMEOUT).await;
+    let after = b.brokers_sample();
+    publishing.await.map_err(|e| e.to_string())??;
+    let end = sub.first_last().1.unwrap_or(started);
+    let mut t = Throughput {
+        sent: n,
+        delivered: sub.distinct(),
+        duplicates: sub.duplicates(),
+        ..Throughput::default()
+    };
+    t.finish(end.saturating_duration_since(started), before, after, None);
+    Ok(t)
+}
+
+/// (2) MQTT -> Kafka through `bridge`: `n` messages of `size` bytes published at `qos`, counted
+/// in Kafka. Time runs from the first publish until Kafka holds them all (QoS 0: until no more
+/// arrive for 3 s).
+pub async fn source(
+    b: &Brokers,
+    s: &Settings,
+    bridge: Bridge,
+    qos: u8,
+    size: usize,
+    n: u64,
+) -> Result<Throughput> {
+    let id = b.id(match bridge {
+        Bridge::Ours => "src",
+        Bridge::Python => "py",
+    });
+    let topic = format!("bench-{id}");
+    let (mut process, topics, base) = live_source(b, s, bridge, qos, &id, &topic).await?;
+    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let before = (b.brokers_sample(), process.sample());
+    let started = Instant::now();
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move { publisher.publish(&topics, qos_of(qos), 0, n, size, None).await })
+    };
+    let idle = Duration::from_secs(3);
+    let (mut count, mut last_progress) = (0i64, Instant::now());
+    let mut checks = 0u32;
+    while count < n as i64 && started.elapsed() < RUN_TIMEOUT && last_progress.elapsed() < idle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let end = b.client.end_offset(&topic, 0).await.map_err(|e| e.to_string())?;
+        if end - base > count {
+            count = end - base;
+            last_progress = Instant::now();
+        }
+        checks += 1;
+        if checks % 200 == 0 {
+            process.check_running()?;
+        }
+    }
+    let after = (b.brokers_sample(), process.sample());
+    publishing.await.map_err(|e| e.to_string())??;
+    process.check_running()?;
+    drop(process);
+    let (delivered, duplicates) = count_in_kafka(&b.client, &topic, base).await?;
+    let mut t = Throughput { sent: n, delivered, duplicates, ..Throughput::default() };
+    t.finish(last_progress.saturating_duration_since(started), before.0, after.0, Some((before.1, after.1)));
+    Ok(t)
+}
+
+/// (3) Kafka -> MQTT through our sink: `n` records of `size` bytes are written to Kafka first;
+/// the sink publishes them at `qos`; an independent subscriber counts them. Time runs from the
+/// first arrival to the last.
+pub async fn sink(b: &Brokers, s: &Settings, qos: u8, size: usize, n: u64) -> Result<Throughput> {
+    let id = b.id("sink");
+    let topic = format!("bench-{id}");
+    let prefix = format!("bench/{id}");
+    b.client.create_topic(&topic, 1, 1).await.map_err(|e| format!("create {topic}: {e}"))?;
+    let mut seq = 0;
+    while seq < n {
+        let chunk: Vec<ProducerRecord> = (seq..n.min(seq + 5_000))
+            .map(|i| {
+                ProducerRecord::new(topic.as_str(), load::payload(i, size))
+                    .with_key(format!("d{}", i % DEVICES as u64))
+            })
+            .collect();
+        seq += chunk.len() as u64;
+        kafka::produce(&b.client, chunk).await.map_err(|e| format!("preload {topic}: {e}"))?;
+    }
+    let sub = CountingSubscriber::connect(
+        b.mqtt.port(),
+        &format!("{id}-sub"),
+        &format!("{prefix}/#"),
+        QoS::AtLeastOnce,
+        n,
+    )
+    .await?;
+    let mut c = String::new();
+    let _ = writeln!(c, "[kafka]\nbootstrap_servers = [\"{}\"]", b.tansu.bootstrap());
+    let _ = writeln!(c, "[offsets]\nstore = \"memory\"\n[progress]\ninterval_secs = 0");
+    let _ = writeln!(c, "[[connector]]\nname = \"{id}\"\ntype = \"mqtt-sink\"");
+    let _ = writeln!(c, "mqtt_url = \"{}\"\ntopics = [\"{topic}\"]", b.mqtt.url());
+    let _ = writeln!(c, "mqtt_topic = \"{prefix}/{{key}}\"\nqos = {qos}");
+    let mut process = spawn_connect(b, s, &id, &c)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sub.first_last().0.is_none() {
+        if Instant::now() > deadline {
+            return Err(format!("nothing arrived from the sink within 30 s:\n{}", tail(&process.log)));
+        }
+        process.check_running()?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = (b.brokers_sample(), process.sample());
+    sub.wait_for(n, Duration::from_secs(5), RUN_TIMEOUT).await;
+    let after = (b.brokers_sample(), process.sample());
+    process.check_running()?;
+    let (first, last) = sub.first_last();
+    let wall = match (first, last) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f),
+        _ => Duration::ZERO,
+    };
+    let mut t = Throughput {
+        sent: n,
+        delivered: sub.distinct(),
+        duplicates: sub.duplicates(),
+        ..Throughput::default()
+    };
+    t.finish(wall, before.0, after.0, Some((before.1, after.1)));
+    Ok(t)
+}
+
+/// End-to-end latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    /// Messages sent that never showed up in Kafka.
+    pub missing: u64,
+}
+
+/// (4) Latency from MQTT publish to Kafka fetch, through our source at `rate` messages per second
+/// for `secs` seconds (the first second is warm-up and not counted). The observer long-polls
+/// Kafka with a 1 ms wait so it adds as little as it can.
+pub async fn latency(b: &Brokers, s: &Settings, rate: u64, secs: u64, size: usize) -> Result<Latency> {
+    let id = b.id("lat");
+    let topic = format!("bench-{id}");
+    let (mut process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
+    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let n = rate * secs;
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move {
+            publisher.publish(&topics, QoS::AtLeastOnce, 0, n, size, Some(rate)).await
+        })
+    };
+    let warmup = rate;
+    let mut lat_ms: Vec<f64> = Vec::with_capacity(n as usize);
+    let mut seen = 0u64;
+    let mut offset = base;
+    let deadline = Instant::now() + Duration::from_secs(secs + 30);
+    while seen < n && Instant::now() < deadline {
+        let fetched = b
+            .client
+            .fetch(&topic, 0, offset, Duration::from_millis(1))
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = load::now_ns();
+        let FetchResult::Records(f) = fetched else {
+            return Err(format!("{topic}: offset {offset} out of range"));
+        };
+        for r in &f.records {
+            if let Some((seq, sent)) = r.value.as_deref().and_then(load::parse) {
+                seen += 1;
+                if seq >= warmup {
+                    lat_ms.push(now.saturating_sub(sent) as f64 / 1e6);
+                }
+            }
+        }
+        offset = f.next_offset;
+    }
+    publishing.await.map_err(|e| e.to_string())??;
+    process.check_running()?;
+    lat_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if lat_ms.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((lat_ms.len() as f64 - 1.0) * p).round() as usize;
+        lat_ms[i.min(lat_ms.len() - 1)]
+    };
+    Ok(Latency {
+        samples: lat_ms.len(),
+        p50: pct(0.50),
+        p90: pct(0.90),
+        p99: pct(0.99),
+        p999: pct(0.999),
+        max: lat_ms.last().copied().unwrap_or(f64::NAN),
+        missing: n.saturating_sub(seen),
+    })
+}
+
+/// Memory of our source over a long run.
+#[derive(Debug, Clone, Default)]
+pub struct Soak {
+    /// (seconds since start, RSS bytes), every `interval`.
+    pub rss: Vec<(f64, u64)>,
+    pub peak_rss: u64,
+    pub sent: u64,
+    /// Records in Kafka after the run (at least `sent` when nothing was lost).
+    pub in_kafka: u64,
+    pub cpu_us_per_msg: f64,
+}
+
+/// (5) Our source at a fixed `rate` for `secs` seconds; RSS sampled every 5 s.
+pub async fn soak(b: &Brokers, s: &Settings, rate: u64, secs: u64, size: usize) -> Result<Soak> {
+    let id = b.id("soak");
+    let topic = format!("bench-{id}");
+    let (mut process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
+    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let n = rate * secs;
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move {
+            publisher.publish(&topics, QoS::AtLeastOnce, 0, n, size, Some(rate)).await
+        })
+    };
+    let cpu_before = process.sample();
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    let interval = Duration::from_secs(5).min(Duration::from_secs(secs.max(1)));
+    while !publishing.is_finished() {
+        tokio::time::sleep(interval).await;
+        process.check_running()?;
+        if let Some(sample) = process.sample() {
+            rss.push((started.elapsed().as_secs_f64(), sample.rss));
+        }
+    }
+    publishing.await.map_err(|e| e.to_string())??;
+    if !publisher.wait_acked(n, Duration::from_secs(60)).await {
+        return Err(format!("memory run: {} of {n} publishes acknowledged", publisher.acked()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut in_kafka = 0;
+    while Instant::now() < deadline {
+        let end = b.client.end_offset(&topic, 0).await.map_err(|e| e.to_string())?;
+        in_kafka = u64::try_from(end - base).unwrap_or(0);
+        if in_kafka >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = process.sample();
+    process.check_running()?;
+    let cpu = procstat::cpu_between(cpu_before, after);
+    Ok(Soak {
+        rss,
+        peak_rss: after.map_or(0, |a| a.peak_rss),
+        sent: n,
+        in_kafka,
+        cpu_us_per_msg: cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
+    })
+}

@@ -1,0 +1,23 @@
+//! The benchmark driver's smoke run: tiny counts through every measurement against real brokers,
+//! failing if any message is missing. It checks that `scripts/bench` works; it never judges speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn the_benchmark_driver_accounts_for_every_message() {
+    let bridge = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mqtt-kafka-bridge.py");
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--smoke", "--connect", env!("CARGO_BIN_EXE_connect"), "--python-bridge", bridge])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench --smoke failed\n{stdout}\n{stderr}");
+    for row in ["bare pub->sub QoS1 100 B", "source QoS1 100 B", "sink QoS1 100 B", "python bridge"] {
+        assert!(stdout.contains(row), "no {row:?} row in\n{stdout}");
+    }
+    assert!(stdout.contains("Latency MQTT publish -> Kafka fetch"), "{stdout}");
+    assert!(stdout.contains("Memory run"), "{stdout}");
+}
