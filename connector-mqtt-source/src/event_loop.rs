@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind, Timestamp};
-use connector_mqtt_common::{classify, connection_error, MqttUrl, Status};
-use futures::FutureExt;
+use connector_mqtt_common::{classify, connection_error, Link, MqttUrl, Status};
 use parking_lot::Mutex;
 use rumqttc::{
     ConnectionError, Event, EventLoop, Packet, PingReq, PubAck, PubRec, Publish, QoS, Request,
@@ -143,6 +142,12 @@ impl From<StateError> for End {
     }
 }
 
+impl From<Box<ConnectionError>> for End {
+    fn from(e: Box<ConnectionError>) -> Self {
+        End::Lost(e)
+    }
+}
+
 /// Runs until the connection is refused for good, the source task goes away, or `stop`.
 pub(crate) async fn run(mut eventloop: EventLoop, channels: LoopChannels, settings: LoopSettings) {
     let mut backoff = Backoff::new(settings.backoff);
@@ -215,44 +220,38 @@ async fn drive(
     settings: &LoopSettings,
     subscribed: &mut bool,
 ) -> End {
-    let EventLoop { network, state, .. } = eventloop;
-    let Some(network) = network.as_mut() else {
-        return End::Lost(Box::new(ConnectionError::RequestsDone));
-    };
+    match drive_link(
+        &mut Link::new(eventloop, settings.write_timeout),
+        channels,
+        settings,
+        subscribed,
+    )
+    .await
+    {
+        Ok(()) => End::Stopped,
+        Err(end) => end,
+    }
+}
+
+async fn drive_link(
+    link: &mut Link<'_>,
+    channels: &LoopChannels,
+    settings: &LoopSettings,
+    subscribed: &mut bool,
+) -> Result<(), End> {
     let generation = channels.acks.generation();
-    // rumqttc's connection type cannot be named outside it, hence macros rather than functions.
-    // `write!` queues a packet in the write buffer; `flush!` writes the buffer out.
-    macro_rules! write {
-        ($packet:expr) => {
-            if let Err(e) = network.write($packet).await {
-                return e.into();
-            }
-        };
-    }
-    macro_rules! flush {
-        () => {
-            match tokio::time::timeout(settings.write_timeout, network.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return e.into(),
-                Err(_) => return End::Lost(Box::new(ConnectionError::FlushTimeout)),
-            }
-        };
-    }
     let mut subscribe_pkid = None;
     if !*subscribed {
         let filters = settings.filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), *q));
         let request = Request::Subscribe(Subscribe::new_many(filters));
-        match state.handle_outgoing_packet(request) {
-            Ok(Some(packet)) => {
-                if let Packet::Subscribe(s) = &packet {
-                    subscribe_pkid = Some(s.pkid);
-                }
-                write!(packet);
-                flush!();
+        if let Some(packet) = link.state().handle_outgoing_packet(request)? {
+            if let Packet::Subscribe(s) = &packet {
+                subscribe_pkid = Some(s.pkid);
             }
-            Ok(None) => {}
-            Err(e) => return e.into(),
+            link.write(packet).await?;
+            link.flush().await?;
         }
+        link.state().events.clear();
     }
     let mut keepalive = tokio::time::interval(settings.keep_alive);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,83 +266,69 @@ async fn drive(
                 // Queued acknowledgements go out before the DISCONNECT; the session stays.
                 channels.acks.take(&mut acks);
                 for (pkid, qos) in acks.drain(..) {
-                    if let Some(packet) = ack_packet(state, pkid, qos) {
-                        let _ = network.write(packet).await;
+                    if let Some(packet) = ack_packet(link.state(), pkid, qos) {
+                        link.write(packet).await?;
                     }
                 }
-                if let Ok(Some(packet)) = state.handle_outgoing_packet(Request::Disconnect(rumqttc::Disconnect)) {
-                    let _ = network.write(packet).await;
-                }
-                let _ = tokio::time::timeout(settings.write_timeout, network.flush()).await;
+                link.write(Packet::Disconnect).await?;
+                link.flush().await?;
                 debug!(client_id = %settings.client_id, "DISCONNECT sent");
-                return End::Stopped;
+                return Ok(());
             }
             () = channels.acks.ready.notified() => {
                 channels.acks.take(&mut acks);
                 for (pkid, qos) in acks.drain(..) {
-                    if let Some(packet) = ack_packet(state, pkid, qos) {
-                        write!(packet);
+                    if let Some(packet) = ack_packet(link.state(), pkid, qos) {
+                        link.write(packet).await?;
                     }
                 }
-                flush!();
+                link.flush().await?;
             }
             permit = channels.tx.reserve(), if !batch.is_empty() => match permit {
                 Ok(permit) => permit.send(Incoming::Messages(std::mem::take(&mut batch))),
-                Err(_) => return End::Stopped,
+                Err(_) => return Err(End::Stopped),
             },
-            packet = network.read(), if batch.len() < MAX_BATCH => {
+            packet = link.read(), if batch.len() < MAX_BATCH => {
                 let received = Timestamp::now();
                 let mut next = Some(packet);
                 // Everything already buffered is handled now; its replies go out in one write.
                 while let Some(packet) = next.take() {
-                    let packet = match packet {
-                        Ok(p) => p,
-                        Err(e) => return e.into(),
-                    };
-                    match packet {
+                    match packet? {
                         Packet::Publish(publish) => {
                             if publish.qos == QoS::ExactlyOnce {
                                 // The state remembers the id, to answer the broker's PUBREL.
-                                if let Err(e) = state.handle_incoming_packet(Packet::Publish(publish.clone())) {
-                                    return e.into();
-                                }
+                                link.state().handle_incoming_packet(Packet::Publish(publish.clone()))?;
                             }
                             batch.push(Received { publish, generation, received });
                         }
                         Packet::SubAck(ack) => {
                             if subscribe_pkid == Some(ack.pkid) {
-                                if let Err(end) = check_suback(&ack.return_codes, settings) {
-                                    return end;
-                                }
+                                check_suback(&ack.return_codes, settings)?;
                                 *subscribed = true;
                                 debug!(filters = ?settings.filters, "subscribed");
                             }
                         }
-                        other => match state.handle_incoming_packet(other) {
-                            Ok(Some(reply)) => write!(reply),
-                            Ok(None) => {}
-                            Err(e) => return e.into(),
-                        },
+                        other => {
+                            if let Some(reply) = link.state().handle_incoming_packet(other)? {
+                                link.write(reply).await?;
+                            }
+                        }
                     }
                     if batch.len() < MAX_BATCH {
-                        next = network.read().now_or_never();
+                        next = link.read_buffered();
                     }
                 }
                 // The state keeps a copy of each packet it saw as an event; we need none.
-                state.events.clear();
-                flush!();
+                link.state().events.clear();
+                link.flush().await?;
             }
             _ = keepalive.tick() => {
-                match state.handle_outgoing_packet(Request::PingReq(PingReq)) {
-                    Ok(Some(packet)) => {
-                        write!(packet);
-                        flush!();
-                    }
-                    Ok(None) => {}
-                    // No answer to the previous ping: the connection is dead.
-                    Err(e) => return e.into(),
+                // Fails when the previous ping got no answer: the connection is dead.
+                if let Some(packet) = link.state().handle_outgoing_packet(Request::PingReq(PingReq))? {
+                    link.write(packet).await?;
+                    link.flush().await?;
                 }
-                state.events.clear();
+                link.state().events.clear();
             }
         }
     }

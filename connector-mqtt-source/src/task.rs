@@ -227,14 +227,8 @@ impl SourceTask for MqttSourceTask {
         let channels =
             LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };
         let event_loop = tokio::spawn(event_loop::run(eventloop, channels, settings));
-        let running = Running {
-            rx,
-            acks,
-            stop,
-            event_loop,
-            unacked: VecDeque::new(),
-            releasing: Vec::new(),
-        };
+        let running =
+            Running { rx, acks, stop, event_loop, unacked: VecDeque::new(), releasing: Vec::new() };
 
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
         // instead of retrying silently forever. Only the status is watched: messages stay queued.

@@ -15,7 +15,8 @@ fn the_benchmark_driver_accounts_for_every_message() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench --smoke failed\n{stdout}\n{stderr}");
-    for row in ["bare pub->sub QoS1 100 B", "source QoS1 100 B", "sink QoS1 100 B", "python bridge"] {
+    for row in ["bare pub->sub QoS1 100 B", "source QoS1 100 B", "sink QoS1 100 B", "python bridge"]
+    {
         assert!(stdout.contains(row), "no {row:?} row in\n{stdout}");
     }
     assert!(stdout.contains("Latency MQTT publish -> Kafka fetch"), "{stdout}");

@@ -172,7 +172,8 @@ impl Driver {
         let ratio = ceiling.filter(|c| *c > 0.0).map(|c| t.rate / c);
         println!("  {label:<28} {}", describe(&t, ratio));
         if lossless && t.delivered < t.sent {
-            self.problems.push(format!("{label}: {} of {} messages delivered", t.delivered, t.sent));
+            self.problems
+                .push(format!("{label}: {} of {} messages delivered", t.delivered, t.sent));
         }
         self.rows.entry(label).or_default().runs.push((t, ratio));
     }
@@ -207,7 +208,8 @@ impl Driver {
                 if !self.row_wanted(qos, size) {
                     continue;
                 }
-                let t = scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count).await?;
+                let t =
+                    scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count).await?;
                 self.record(label, t, ceiling.get(&(qos, size)).copied(), qos == 1);
             }
         }
@@ -304,9 +306,8 @@ impl Driver {
             );
         }
         if !self.latencies.is_empty() {
-            let m = |f: fn(&Latency) -> f64| {
-                fmt_opt(median(self.latencies.iter().map(f).collect()), 2)
-            };
+            let m =
+                |f: fn(&Latency) -> f64| fmt_opt(median(self.latencies.iter().map(f).collect()), 2);
             let _ = writeln!(
                 r,
                 "\nLatency MQTT publish -> Kafka fetch at {} msg/s, linger_ms {} (median of {} rounds): p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
@@ -360,7 +361,9 @@ fn main() -> ExitCode {
         std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("connect")))
     });
     let Some(connect) = connect.filter(|p| p.is_file()) else {
-        eprintln!("bench: no `connect` binary found; build it (scripts/bench does) or pass --connect");
+        eprintln!(
+            "bench: no `connect` binary found; build it (scripts/bench does) or pass --connect"
+        );
         return ExitCode::FAILURE;
     };
     let settings = Settings {

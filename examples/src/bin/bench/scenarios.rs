@@ -93,10 +93,7 @@ impl Brokers {
     }
 
     fn brokers_sample(&self) -> (Option<Sample>, Option<Sample>) {
-        (
-            self.mqtt.pid().and_then(procstat::sample),
-            self.tansu.pid().and_then(procstat::sample),
-        )
+        (self.mqtt.pid().and_then(procstat::sample), self.tansu.pid().and_then(procstat::sample))
     }
 }
 
@@ -304,10 +301,16 @@ async fn count_in_kafka(client: &KafkaClient, topic: &str, base: i64) -> Result<
 pub async fn bare(b: &Brokers, qos: u8, size: usize, n: u64) -> Result<Throughput> {
     let id = b.id("bare");
     let prefix = format!("bench/{id}");
-    let sub =
-        CountingSubscriber::connect(b.mqtt.port(), &format!("{id}-sub"), &format!("{prefix}/#"), qos_of(qos), n)
-            .await?;
-    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let sub = CountingSubscriber::connect(
+        b.mqtt.port(),
+        &format!("{id}-sub"),
+        &format!("{prefix}/#"),
+        qos_of(qos),
+        n,
+    )
+    .await?;
+    let publisher =
+        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let topics = load::device_topics(&prefix, DEVICES);
     let before = b.brokers_sample();
     let started = Instant::now();
@@ -346,7 +349,8 @@ pub async fn source(
     });
     let topic = format!("bench-{id}");
     let (mut process, topics, base) = live_source(b, s, bridge, qos, &id, &topic).await?;
-    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let publisher =
+        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let before = (b.brokers_sample(), process.sample());
     let started = Instant::now();
     let publishing = {
@@ -374,7 +378,12 @@ pub async fn source(
     drop(process);
     let (delivered, duplicates) = count_in_kafka(&b.client, &topic, base).await?;
     let mut t = Throughput { sent: n, delivered, duplicates, ..Throughput::default() };
-    t.finish(last_progress.saturating_duration_since(started), before.0, after.0, Some((before.1, after.1)));
+    t.finish(
+        last_progress.saturating_duration_since(started),
+        before.0,
+        after.0,
+        Some((before.1, after.1)),
+    );
     Ok(t)
 }
 
@@ -415,7 +424,10 @@ pub async fn sink(b: &Brokers, s: &Settings, qos: u8, size: usize, n: u64) -> Re
     let deadline = Instant::now() + Duration::from_secs(30);
     while sub.first_last().0.is_none() {
         if Instant::now() > deadline {
-            return Err(format!("nothing arrived from the sink within 30 s:\n{}", tail(&process.log)));
+            return Err(format!(
+                "nothing arrived from the sink within 30 s:\n{}",
+                tail(&process.log)
+            ));
         }
         process.check_running()?;
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -455,11 +467,18 @@ pub struct Latency {
 /// (4) Latency from MQTT publish to Kafka fetch, through our source at `rate` messages per second
 /// for `secs` seconds (the first second is warm-up and not counted). The observer long-polls
 /// Kafka with a 1 ms wait so it adds as little as it can.
-pub async fn latency(b: &Brokers, s: &Settings, rate: u64, secs: u64, size: usize) -> Result<Latency> {
+pub async fn latency(
+    b: &Brokers,
+    s: &Settings,
+    rate: u64,
+    secs: u64,
+    size: usize,
+) -> Result<Latency> {
     let id = b.id("lat");
     let topic = format!("bench-{id}");
     let (mut process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
-    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let publisher =
+        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let n = rate * secs;
     let publishing = {
         let publisher = Arc::clone(&publisher);
@@ -530,7 +549,8 @@ pub async fn soak(b: &Brokers, s: &Settings, rate: u64, secs: u64, size: usize) 
     let id = b.id("soak");
     let topic = format!("bench-{id}");
     let (mut process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
-    let publisher = Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let publisher =
+        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let n = rate * secs;
     let publishing = {
         let publisher = Arc::clone(&publisher);
