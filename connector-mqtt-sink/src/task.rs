@@ -11,10 +11,10 @@ use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
 use connector_core::{Error, Result, SinkRecord, SinkTask, SinkTaskContext, TopicPartition};
 use connector_mqtt_common::{wait_connected, ConnectionSettings, Status};
-use parking_lot::Mutex;
-use rumqttc::{AsyncClient, QoS};
-use tokio::sync::{watch, Notify};
+use rumqttc::{EventLoop, QoS};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Tombstones;
@@ -48,6 +48,7 @@ pub struct MqttSinkTask {
     config: MqttSinkTaskConfig,
     shared: Option<Arc<Shared>>,
     event_loop: Option<JoinHandle<()>>,
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for MqttSinkTask {
@@ -69,7 +70,7 @@ impl Drop for MqttSinkTask {
 impl MqttSinkTask {
     /// A task for `config`; it connects in `start`.
     pub fn new(config: MqttSinkTaskConfig) -> Self {
-        Self { config, shared: None, event_loop: None }
+        Self { config, shared: None, event_loop: None, stop: CancellationToken::new() }
     }
 
     fn shared(&self) -> Result<&Arc<Shared>> {
@@ -111,27 +112,24 @@ impl MqttSinkTask {
 impl SinkTask for MqttSinkTask {
     async fn start(&mut self, ctx: SinkTaskContext) -> Result<()> {
         let c = &self.config;
-        let mut options = c.connection.options(false)?;
-        options.set_inflight(u16::try_from(c.inflight).unwrap_or(u16::MAX).max(1));
-        let (client, mut eventloop) =
-            AsyncClient::new(options, connector_mqtt_common::MAX_PACKET_IDS + 64);
+        let mut eventloop = EventLoop::new(c.connection.options(false)?, 16);
         eventloop.set_network_options(c.connection.network_options());
-        let shared = Arc::new(Shared {
-            tracker: Mutex::new(Tracker::default()),
-            client,
-            changed: Notify::new(),
-        });
+        let shared = Arc::new(Shared::default());
         let (status_tx, mut status) = watch::channel(Status::default());
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
             backoff: c.reconnect_backoff,
+            keep_alive: Duration::from_secs(c.connection.keep_alive.as_secs().max(1)),
+            write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
+            window: c.inflight.max(1),
         };
         self.event_loop = Some(tokio::spawn(event_loop::run(
             eventloop,
             Arc::clone(&shared),
             status_tx,
             settings,
+            self.stop.clone(),
         )));
         self.shared = Some(shared);
 
@@ -156,7 +154,11 @@ impl SinkTask for MqttSinkTask {
             let topic = render::mqtt_topic(&self.config.mqtt_topic, r)
                 .map_err(|m| context(Error::rejected(m)))?;
             let retain = self.retain(r).map_err(context)?;
-            Self::wait_until(&shared, |t| t.pending() < window).await?;
+            if shared.tracker.lock().pending() >= window {
+                // Let the event loop send what is queued, and wait for room.
+                shared.work.notify_one();
+                Self::wait_until(&shared, |t| t.pending() < window).await?;
+            }
             let publication = Publication {
                 seq: 0,
                 tp: r.topic_partition(),
@@ -166,8 +168,9 @@ impl SinkTask for MqttSinkTask {
                 qos: self.config.qos,
                 retain,
             };
-            shared.tracker.lock().add(&shared.client, publication)?;
+            shared.tracker.lock().add(publication);
         }
+        shared.work.notify_one();
         Ok(())
     }
 
@@ -198,11 +201,11 @@ impl SinkTask for MqttSinkTask {
                 "stopping with unacknowledged publishes; their offsets were not committed"
             );
         }
-        if shared.client.try_disconnect().is_ok() {
-            if let Some(h) = self.event_loop.as_mut() {
-                if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
-                    warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
-                }
+        // The event loop sends DISCONNECT and ends.
+        self.stop.cancel();
+        if let Some(h) = self.event_loop.as_mut() {
+            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
+                warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
             }
         }
         Ok(())

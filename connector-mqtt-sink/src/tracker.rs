@@ -1,16 +1,16 @@
 //! [`Tracker`]: what became of every publish, from `put` to the broker's acknowledgement, and so
 //! which Kafka offsets are safe to commit.
 //!
-//! rumqttc has no per-publish completion token, but it handles publish requests strictly in
-//! order and reports `Outgoing::Publish(pkid)` for each one it sends. So publishes handed to it
-//! wait in a FIFO (`queued`) until their packet id is known, then in `inflight` until PUBACK
-//! (QoS 1) or PUBCOMP (QoS 2). QoS 0 publishes are done once sent.
+//! Publishes wait in the backlog until the event loop sends them, at most `window` in flight. It
+//! gives each a packet id and keeps it in flight until PUBACK (QoS 1) or PUBCOMP (QoS 2, after
+//! the broker's PUBREC and our PUBREL). QoS 0 publishes are done once written.
 //!
 //! After a reconnect there are two cases:
-//! * The broker **kept the session**: rumqttc resends the unacknowledged publishes under their
-//!   packet ids (those `Outgoing::Publish` events are recognised and ignored), then what was queued.
-//! * The broker **kept no session**: rumqttc drops everything pending, so every unacknowledged
-//!   publish is handed to it again, in original order.
+//! * The broker **kept the session**: the in-flight publishes are sent again under their packet
+//!   ids with the DUP flag, as MQTT requires (QoS 2 ones the broker already received get their
+//!   PUBREL again), then the backlog.
+//! * The broker **kept no session**: every unacknowledged publish goes back to the front of the
+//!   backlog, in original order, and is sent again under a new packet id.
 //!
 //! Either way nothing is lost, and a publish whose acknowledgement was lost may arrive twice.
 
@@ -18,8 +18,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use connector_core::{Error, TopicPartition};
-use rumqttc::QoS;
-use tracing::warn;
+use rumqttc::{Packet, PubRel, Publish, QoS};
 
 /// One record to publish.
 #[derive(Debug, Clone)]
@@ -33,83 +32,98 @@ pub(crate) struct Publication {
     pub(crate) retain: bool,
 }
 
-/// Something that takes publishes (rumqttc's client; a recorder in tests).
-pub(crate) trait Outlet {
-    fn publish(&self, p: &Publication) -> Result<(), Error>;
+impl Publication {
+    fn packet(&self, pkid: u16, dup: bool) -> Packet {
+        let mut p = Publish::from_bytes(self.topic.clone(), self.qos, self.payload.clone());
+        p.retain = self.retain;
+        p.pkid = pkid;
+        p.dup = dup;
+        Packet::Publish(p)
+    }
 }
 
-impl Outlet for rumqttc::AsyncClient {
-    fn publish(&self, p: &Publication) -> Result<(), Error> {
-        self.try_publish(p.topic.clone(), p.qos, p.retain, p.payload.to_vec()).map_err(|e| {
-            Error::retriable(format!("cannot queue a publish to {}", p.topic)).with_source(e)
-        })
-    }
+/// A publish sent and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    publication: Publication,
+    /// QoS 2: the broker sent PUBREC and we sent PUBREL; waiting for PUBCOMP.
+    released: bool,
 }
 
 /// The state of every publish not yet acknowledged.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     next_seq: u64,
-    /// Waiting for a connection.
+    last_pkid: u16,
+    /// Waiting to be sent.
     backlog: VecDeque<Publication>,
-    /// Handed to rumqttc, packet id not yet known.
-    queued: VecDeque<Publication>,
-    /// Sent, waiting for PUBACK/PUBCOMP.
-    inflight: HashMap<u16, Publication>,
+    /// Sent, waiting for PUBACK/PUBCOMP, by packet id.
+    inflight: HashMap<u16, InFlight>,
     /// Offsets not yet acknowledged, per partition.
     unacked: HashMap<TopicPartition, BTreeSet<i64>>,
     pub(crate) connected: bool,
     pub(crate) failed: Option<Error>,
-    /// Publishes handed to rumqttc again after a session was lost.
+    /// Publishes sent again under a new packet id after a session was lost.
     pub(crate) republished: u64,
 }
 
 impl Tracker {
     /// Publishes not yet acknowledged.
     pub(crate) fn pending(&self) -> usize {
-        self.backlog.len() + self.queued.len() + self.inflight.len()
+        self.backlog.len() + self.inflight.len()
     }
 
-    /// Registers a record to publish (its `seq` is assigned here), and hands it on when connected.
-    pub(crate) fn add(&mut self, outlet: &impl Outlet, mut p: Publication) -> Result<(), Error> {
+    /// Registers a record to publish (its `seq` is assigned here).
+    pub(crate) fn add(&mut self, mut p: Publication) {
         p.seq = self.next_seq;
         self.next_seq += 1;
         self.unacked.entry(p.tp.clone()).or_default().insert(p.offset);
-        self.hand_on(outlet, p)
+        self.backlog.push_back(p);
     }
 
-    fn hand_on(&mut self, outlet: &impl Outlet, p: Publication) -> Result<(), Error> {
-        if self.connected {
-            outlet.publish(&p)?;
-            self.queued.push_back(p);
-        } else {
-            self.backlog.push_back(p);
+    /// The next packet id not in flight (at most `window` <= 65535 are).
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = if self.last_pkid == u16::MAX { 1 } else { self.last_pkid + 1 };
+            if !self.inflight.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
         }
-        Ok(())
     }
 
-    /// rumqttc sent a publish with `pkid` (0 for QoS 0).
-    pub(crate) fn sent(&mut self, pkid: u16) {
-        if pkid != 0 && self.inflight.contains_key(&pkid) {
-            // A resend on a resumed session: already tracked.
+    /// Moves publishes from the backlog into flight while fewer than `window` are, appending their
+    /// packets to `out`. QoS 0 publishes are done at once: they are at most once.
+    pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<Packet>) {
+        if !self.connected {
             return;
         }
-        let Some(p) = self.queued.pop_front() else {
-            warn!(pkid, "a publish was sent that the sink did not queue");
-            return;
-        };
-        if pkid == 0 {
-            self.done(&p);
-        } else {
-            self.inflight.insert(pkid, p);
+        while self.inflight.len() < window.min(u16::MAX as usize) {
+            let Some(p) = self.backlog.pop_front() else { break };
+            if p.qos == QoS::AtMostOnce {
+                out.push(p.packet(0, false));
+                self.done(&p);
+                continue;
+            }
+            let pkid = self.next_pkid();
+            out.push(p.packet(pkid, false));
+            self.inflight.insert(pkid, InFlight { publication: p, released: false });
         }
     }
 
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
     pub(crate) fn acknowledged(&mut self, pkid: u16) {
-        if let Some(p) = self.inflight.remove(&pkid) {
-            self.done(&p);
+        if let Some(f) = self.inflight.remove(&pkid) {
+            self.done(&f.publication);
         }
+    }
+
+    /// The broker received QoS 2 publish `pkid` (PUBREC); returns our PUBREL. (Sent for an
+    /// unknown id too, so the broker can drop its state.)
+    pub(crate) fn received(&mut self, pkid: u16) -> Packet {
+        if let Some(f) = self.inflight.get_mut(&pkid) {
+            f.released = true;
+        }
+        Packet::PubRel(PubRel::new(pkid))
     }
 
     fn done(&mut self, p: &Publication) {
@@ -121,26 +135,26 @@ impl Tracker {
         }
     }
 
-    /// The connection is up. Without a kept session, everything unacknowledged is handed on again
-    /// in original order; then the backlog follows.
-    pub(crate) fn connected(
-        &mut self,
-        outlet: &impl Outlet,
-        session_present: bool,
-    ) -> Result<(), Error> {
+    /// The connection is up. With a kept session, appends to `out` what must be sent again first;
+    /// without, everything unacknowledged goes back to the front of the backlog in original order.
+    pub(crate) fn connected(&mut self, session_present: bool, out: &mut Vec<Packet>) {
         self.connected = true;
-        let mut again: Vec<Publication> = Vec::new();
-        if !session_present {
-            again.extend(self.inflight.drain().map(|(_, p)| p));
-            again.extend(self.queued.drain(..));
-            again.sort_by_key(|p| p.seq);
-            self.republished += again.len() as u64;
+        let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
+        flying.sort_by_key(|(_, f)| f.publication.seq);
+        if session_present {
+            for (pkid, f) in flying {
+                out.push(match f.released {
+                    true => Packet::PubRel(PubRel::new(pkid)),
+                    false => f.publication.packet(pkid, true),
+                });
+                self.inflight.insert(pkid, f);
+            }
+        } else {
+            self.republished += flying.len() as u64;
+            for (_, f) in flying.into_iter().rev() {
+                self.backlog.push_front(f.publication);
+            }
         }
-        again.extend(self.backlog.drain(..));
-        for p in again {
-            self.hand_on(outlet, p)?;
-        }
-        Ok(())
     }
 
     /// The connection was lost.
@@ -167,17 +181,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-
-    #[derive(Default)]
-    struct Recorder(RefCell<Vec<String>>);
-
-    impl Outlet for Recorder {
-        fn publish(&self, p: &Publication) -> Result<(), Error> {
-            self.0.borrow_mut().push(String::from_utf8_lossy(&p.payload).into_owned());
-            Ok(())
-        }
-    }
 
     fn tp() -> TopicPartition {
         TopicPartition::new("commands", 0)
@@ -195,25 +198,36 @@ mod tests {
         }
     }
 
-    fn add(t: &mut Tracker, out: &Recorder, offset: i64) {
-        t.add(out, publication(offset, QoS::AtLeastOnce)).unwrap();
+    fn add(t: &mut Tracker, offset: i64) {
+        t.add(publication(offset, QoS::AtLeastOnce));
     }
 
     fn safe(t: &Tracker, offered: i64) -> i64 {
         t.safe_offsets(&HashMap::from([(tp(), offered)]))[&tp()]
     }
 
+    /// (packet id, payload, dup) of each publish in `packets`; PUBRELs as (id, "rel", false).
+    fn sent(packets: &[Packet]) -> Vec<(u16, String, bool)> {
+        packets
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => (p.pkid, String::from_utf8_lossy(&p.payload).into(), p.dup),
+                Packet::PubRel(r) => (r.pkid, "rel".into(), false),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn offsets_are_safe_only_up_to_the_first_unacknowledged_publish() {
-        let out = Recorder::default();
         let mut t = Tracker::default();
-        t.connected(&out, false).unwrap();
+        t.connected(false, &mut Vec::new());
         for o in 10..15 {
-            add(&mut t, &out, o);
+            add(&mut t, o);
         }
-        for pkid in 1..=5 {
-            t.sent(pkid);
-        }
+        let mut out = Vec::new();
+        t.take_sendable(100, &mut out);
+        assert_eq!(out.len(), 5);
         assert_eq!(safe(&t, 15), 10);
         t.acknowledged(2); // offset 11, out of order
         assert_eq!(safe(&t, 15), 10, "11 is done but 10 is not");
@@ -227,59 +241,93 @@ mod tests {
     }
 
     #[test]
-    fn resends_on_a_kept_session_are_recognised() {
-        let out = Recorder::default();
+    fn no_more_than_the_window_is_in_flight_and_ids_are_not_reused_while_in_flight() {
         let mut t = Tracker::default();
-        t.connected(&out, false).unwrap();
-        add(&mut t, &out, 0);
-        add(&mut t, &out, 1);
-        t.sent(1);
-        t.disconnected();
-        add(&mut t, &out, 2); // while down: backlog
-        t.connected(&out, true).unwrap();
-        // rumqttc resends pkid 1, then sends what was queued (offset 1), then the backlog.
-        t.sent(1);
-        t.sent(2);
-        t.sent(3);
-        t.acknowledged(1);
+        t.connected(false, &mut Vec::new());
+        for o in 0..5 {
+            add(&mut t, o);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(2, &mut out);
+        assert_eq!(sent(&out), [(1, "m0".into(), false), (2, "m1".into(), false)]);
         t.acknowledged(2);
+        out.clear();
+        t.take_sendable(2, &mut out);
+        assert_eq!(sent(&out), [(3, "m2".into(), false)], "id 1 is still in flight");
+        t.last_pkid = u16::MAX - 1;
         t.acknowledged(3);
-        assert_eq!(t.pending(), 0);
-        assert_eq!(safe(&t, 3), 3);
-        assert_eq!(*out.0.borrow(), ["m0", "m1", "m2"], "nothing handed on twice");
+        out.clear();
+        t.take_sendable(2, &mut out);
+        assert_eq!(sent(&out), [(u16::MAX, "m3".into(), false)]);
+        t.acknowledged(u16::MAX);
+        out.clear();
+        t.take_sendable(2, &mut out);
+        assert_eq!(sent(&out), [(2, "m4".into(), false)], "wraps past 0, skipping 1");
     }
 
     #[test]
-    fn without_a_kept_session_everything_unacknowledged_is_handed_on_again_in_order() {
-        let out = Recorder::default();
+    fn a_kept_session_gets_the_in_flight_publishes_again_under_their_ids() {
         let mut t = Tracker::default();
-        t.connected(&out, false).unwrap();
-        for o in 0..4 {
-            add(&mut t, &out, o);
-        }
-        t.sent(7);
-        t.sent(8);
-        t.acknowledged(7); // offset 0 done
+        t.connected(false, &mut Vec::new());
+        add(&mut t, 0);
+        let mut q2 = publication(1, QoS::ExactlyOnce);
+        q2.payload = Bytes::from("q2");
+        t.add(q2);
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        assert!(matches!(t.received(2), Packet::PubRel(r) if r.pkid == 2));
         t.disconnected();
-        add(&mut t, &out, 4);
-        t.connected(&out, false).unwrap();
-        assert_eq!(*out.0.borrow(), ["m0", "m1", "m2", "m3", "m1", "m2", "m3", "m4"]);
+        add(&mut t, 2); // while down: backlog
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert!(out.is_empty(), "nothing is sent while disconnected");
+        t.connected(true, &mut out);
+        assert_eq!(sent(&out), [(1, "m0".into(), true), (2, "rel".into(), false)]);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(3, "m2".into(), false)]);
+        for pkid in 1..=3 {
+            t.acknowledged(pkid);
+        }
+        assert_eq!(t.pending(), 0);
+        assert_eq!(safe(&t, 3), 3);
+        assert_eq!(t.republished, 0);
+    }
+
+    #[test]
+    fn without_a_kept_session_everything_unacknowledged_is_sent_again_in_order() {
+        let mut t = Tracker::default();
+        t.connected(false, &mut Vec::new());
+        for o in 0..4 {
+            add(&mut t, o);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.acknowledged(1); // offset 0 done
+        t.disconnected();
+        add(&mut t, 4);
+        out.clear();
+        t.connected(false, &mut out);
+        assert!(out.is_empty());
         assert_eq!(t.republished, 3);
-        for pkid in 1..=4 {
-            t.sent(pkid);
+        t.take_sendable(10, &mut out);
+        let payloads: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
+        assert_eq!(payloads, ["m1", "m2", "m3", "m4"]);
+        for (pkid, _, _) in sent(&out) {
             t.acknowledged(pkid);
         }
         assert_eq!(safe(&t, 5), 5);
     }
 
     #[test]
-    fn qos0_publishes_are_done_once_sent() {
-        let out = Recorder::default();
+    fn qos0_publishes_are_done_once_taken_for_sending() {
         let mut t = Tracker::default();
-        t.connected(&out, false).unwrap();
-        t.add(&out, publication(0, QoS::AtMostOnce)).unwrap();
+        t.connected(false, &mut Vec::new());
+        t.add(publication(0, QoS::AtMostOnce));
         assert_eq!(safe(&t, 1), 0);
-        t.sent(0);
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(0, "m0".into(), false)]);
         assert_eq!(safe(&t, 1), 1);
     }
 }

@@ -309,8 +309,8 @@ async fn while_the_mqtt_broker_is_cut_offsets_do_not_pass_unacknowledged_publish
     sink.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mosquitto_restart_mid_stream_loses_nothing() {
+/// 3000 commands, Mosquitto restarted (state saved) mid-stream: every one arrives.
+async fn restart_mid_stream(name: &str, adjust: impl FnOnce(&mut MqttSinkConfig)) {
     init_tracing();
     let mut mqtt = Mosquitto::start().await.unwrap();
     let tansu = Tansu::start().await.unwrap();
@@ -318,18 +318,14 @@ async fn a_mosquitto_restart_mid_stream_loses_nothing() {
     let sub =
         MqttSubscriber::connect(&mqtt.url(), "watcher", "cars/#", QoS::AtLeastOnce).await.unwrap();
     let store = Arc::new(MemoryOffsetStore::new());
-    let sink = start(
-        "restart",
-        MqttSinkConfig::new(mqtt.url(), vec!["restart".into()], "cars/{key}/cmd"),
-        &client,
-        &store,
-        100,
-    );
+    let mut config = MqttSinkConfig::new(mqtt.url(), vec![name.into()], "cars/{key}/cmd");
+    adjust(&mut config);
+    let sink = start(name, config, &client, &store, 100);
     let producing = {
-        let client = client.clone();
+        let (client, name) = (client.clone(), name.to_owned());
         tokio::spawn(async move {
             for chunk in 0..30 {
-                produce(&client, "restart", chunk * 100, (chunk + 1) * 100).await;
+                produce(&client, &name, chunk * 100, (chunk + 1) * 100).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -341,6 +337,22 @@ async fn a_mosquitto_restart_mid_stream_loses_nothing() {
         .await
         .unwrap();
     sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mosquitto_restart_mid_stream_loses_nothing() {
+    restart_mid_stream("restart", |_| {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_kept_session_a_mosquitto_restart_loses_nothing() {
+    // The broker keeps our session: in-flight publishes are resent under their ids (DUP).
+    restart_mid_stream("kept", |c| c.clean_session = false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_publishes_survive_a_mosquitto_restart() {
+    restart_mid_stream("exactly", |c| c.qos = 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
