@@ -282,11 +282,13 @@ impl Driver {
     }
 
     fn report(&self) -> String {
+        /// Picks one figure out of a run (its throughput and its ratio to the ceiling).
+        type Pick = dyn Fn(&(Throughput, Option<f64>)) -> Option<f64>;
         let mut r = String::new();
         let _ = writeln!(r, "| measurement | msg/s | × ceiling | CPU-µs/msg | peak RSS | Mosquitto cores | Tansu cores | bridge cores | delivered |");
         let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (label, row) in &self.rows {
-            let col = |f: &dyn Fn(&(Throughput, Option<f64>)) -> Option<f64>| {
+            let col = |f: &Pick| {
                 median(row.runs.iter().filter_map(f).collect())
             };
             let delivered: Vec<String> =
