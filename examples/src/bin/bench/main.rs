@@ -288,9 +288,7 @@ impl Driver {
         let _ = writeln!(r, "| measurement | msg/s | × ceiling | CPU-µs/msg | peak RSS | Mosquitto cores | Tansu cores | bridge cores | delivered |");
         let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (label, row) in &self.rows {
-            let col = |f: &Pick| {
-                median(row.runs.iter().filter_map(f).collect())
-            };
+            let col = |f: &Pick| median(row.runs.iter().filter_map(f).collect());
             let delivered: Vec<String> =
                 row.runs.iter().map(|(t, _)| format!("{}/{}", t.delivered, t.sent)).collect();
             let _ = writeln!(
