@@ -22,10 +22,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rskafka::protocol::error::Error as ApiError;
-use rskafka::protocol::messages::{
-    ProduceRequest, ProduceRequestPartitionData, ProduceRequestTopicData, ProduceResponse,
-};
-use rskafka::protocol::primitives::{Int16, Int32, NullableString, Records, String_};
+use rskafka::protocol::messages::ProduceResponse;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -34,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::kafka::client::{KafkaClient, Lane, TopicMetadata};
 use crate::kafka::errors::{api_error, invalidates_metadata, is_retriable_code};
 use crate::kafka::partitioner::partition_for_key;
-use crate::kafka::records::{build_batch, PendingRecord, ProducerRecord};
+use crate::kafka::records::{encode_batch, EncodedProduceRequest, PendingRecord, ProducerRecord};
 use crate::record::{RecordMetadata, Timestamp, TopicPartition};
 use crate::{Error, Result};
 
@@ -586,25 +583,26 @@ impl<T: Send + 'static> Actor<T> {
 
     fn send_request(&self, node: i32, batches: Vec<(TopicPartition, Batch<T>)>) {
         let config = self.client.config();
-        let mut topics: Vec<ProduceRequestTopicData> = Vec::new();
+        let mut topics: Vec<(Arc<str>, Vec<(i32, Vec<u8>)>)> = Vec::new();
         for (tp, batch) in &batches {
-            let data = ProduceRequestPartitionData {
-                index: Int32(tp.partition),
-                records: Records(vec![build_batch(&batch.records, config.compression)]),
-            };
-            match topics.iter_mut().find(|t| t.name.0 == *tp.topic) {
-                Some(t) => t.partition_data.push(data),
-                None => topics.push(ProduceRequestTopicData {
-                    name: String_(tp.topic.to_string()),
-                    partition_data: vec![data],
-                }),
+            let mut encoded = Vec::new();
+            if let Err(e) = encode_batch(&batch.records, config.compression, &mut encoded) {
+                // Not reachable within the batch size limits; fail the request's records rather
+                // than send a broken batch.
+                self.tasks.push(Box::pin(async move {
+                    Event::Produced { node, batches, result: Err(e) }
+                }));
+                return;
+            }
+            match topics.iter_mut().find(|(name, _)| *name == tp.topic) {
+                Some((_, partitions)) => partitions.push((tp.partition, encoded)),
+                None => topics.push((Arc::clone(&tp.topic), vec![(tp.partition, encoded)])),
             }
         }
-        let request = ProduceRequest {
-            transactional_id: NullableString(None),
-            acks: Int16(-1),
-            timeout_ms: Int32(i32::try_from(config.request_timeout_ms).unwrap_or(i32::MAX)),
-            topic_data: topics,
+        let request = EncodedProduceRequest {
+            acks: -1,
+            timeout_ms: i32::try_from(config.request_timeout_ms).unwrap_or(i32::MAX),
+            topics,
         };
         let client = self.client.clone();
         self.tasks.push(Box::pin(async move {
