@@ -31,7 +31,9 @@ use crate::backoff::Backoff;
 use crate::kafka::client::{KafkaClient, Lane, TopicMetadata};
 use crate::kafka::errors::{api_error, invalidates_metadata, is_retriable_code};
 use crate::kafka::partitioner::partition_for_key;
-use crate::kafka::records::{encode_batch, EncodedProduceRequest, PendingRecord, ProducerRecord};
+use crate::kafka::records::{
+    encode_batch, EncodedBatch, EncodedProduceRequest, PendingRecord, ProducerRecord,
+};
 use crate::record::{RecordMetadata, Timestamp, TopicPartition};
 use crate::{Error, Result};
 
@@ -583,7 +585,7 @@ impl<T: Send + 'static> Actor<T> {
 
     fn send_request(&self, node: i32, batches: Vec<(TopicPartition, Batch<T>)>) {
         let config = self.client.config();
-        let mut topics: Vec<(Arc<str>, Vec<(i32, Vec<u8>)>)> = Vec::new();
+        let mut topics: Vec<(Arc<str>, Vec<EncodedBatch>)> = Vec::new();
         for (tp, batch) in &batches {
             let mut encoded = Vec::new();
             if let Err(e) = encode_batch(&batch.records, config.compression, &mut encoded) {

@@ -267,6 +267,9 @@ fn put_nullable(out: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// A partition and its encoded record batch.
+pub(crate) type EncodedBatch = (i32, Vec<u8>);
+
 /// A produce request (versions 3 to 7, which share one layout) whose record batches are already
 /// encoded by [`encode_batch`], so building the request copies nothing per record.
 #[derive(Debug)]
@@ -276,7 +279,7 @@ pub(crate) struct EncodedProduceRequest {
     /// How long the broker may wait for replication.
     pub(crate) timeout_ms: i32,
     /// Per topic, per partition: one encoded record batch.
-    pub(crate) topics: Vec<(Arc<str>, Vec<(i32, Vec<u8>)>)>,
+    pub(crate) topics: Vec<(Arc<str>, Vec<EncodedBatch>)>,
 }
 
 impl<W: Write> WriteVersionedType<W> for EncodedProduceRequest {
