@@ -466,7 +466,7 @@ mod tests {
         headers.push("dup", "");
         headers.push("dup", vec![0u8; 300]);
         let big = Bytes::from(vec![7u8; 70_000]);
-        let records = vec![
+        let records = [
             PendingRecord {
                 key: Some(Bytes::from("k1")),
                 value: None,
