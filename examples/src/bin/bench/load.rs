@@ -50,6 +50,13 @@ fn options(port: u16, client_id: &str, inflight: u16) -> MqttOptions {
     o
 }
 
+/// Socket options of the load clients: Nagle's algorithm off, like our connectors.
+fn nodelay() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 /// Publishes numbered messages and counts the broker's acknowledgements.
 pub struct LoadPublisher {
     client: AsyncClient,
@@ -67,6 +74,7 @@ impl LoadPublisher {
     /// Connects with up to `inflight` unacknowledged QoS 1 publishes.
     pub fn connect(port: u16, client_id: &str, inflight: u16) -> Self {
         let (client, mut eventloop) = AsyncClient::new(options(port, client_id, inflight), 10_000);
+        eventloop.set_network_options(nodelay());
         let acked = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&acked);
         let task = tokio::spawn(async move {
@@ -172,6 +180,7 @@ impl CountingSubscriber {
         capacity: u64,
     ) -> Result<Self, String> {
         let (client, mut eventloop) = AsyncClient::new(options(port, client_id, 100), 100);
+        eventloop.set_network_options(nodelay());
         let seen = Arc::new(Mutex::new(Seen {
             bits: vec![0; (capacity as usize).div_ceil(64)],
             ..Seen::default()

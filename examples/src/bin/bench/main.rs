@@ -154,7 +154,8 @@ struct Driver {
     cli: Cli,
     settings: Settings,
     rows: BTreeMap<&'static str, Row>,
-    latencies: Vec<Latency>,
+    /// Per round: MQTT publish -> Kafka fetch through our source, and Kafka alone.
+    latencies: Vec<(Latency, Latency)>,
     soak: Option<Soak>,
     problems: Vec<String>,
 }
@@ -229,31 +230,25 @@ impl Driver {
             self.record("python bridge QoS1 100 B", t, ceiling.get(&(1, 100)).copied(), true);
         }
         if self.wants("latency") {
-            let l = scenarios::latency(
-                &b,
-                &self.settings,
-                self.cli.latency_rate,
-                self.cli.latency_secs,
-                100,
-            )
-            .await?;
-            println!(
-                "  {:<28} {} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} missing",
-                format!("latency {} msg/s", self.cli.latency_rate),
-                l.samples,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p999,
-                l.max,
-                l.missing
-            );
-            if l.missing > 0 {
-                self.problems.push(format!("latency: {} messages never reached Kafka", l.missing));
-            }
-            self.latencies.push(l);
+            let (rate, secs) = (self.cli.latency_rate, self.cli.latency_secs);
+            let l = scenarios::latency(&b, &self.settings, rate, secs, 100).await?;
+            self.latency_line(&format!("latency {rate} msg/s"), &l);
+            let k = scenarios::kafka_latency(&b, &self.settings, rate, secs, 100).await?;
+            self.latency_line("  of which Kafka alone", &k);
+            self.latencies.push((l, k));
         }
         Ok(())
+    }
+
+    /// Prints one latency measurement and notes messages that never arrived.
+    fn latency_line(&mut self, label: &str, l: &Latency) {
+        println!(
+            "  {label:<28} {} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} missing",
+            l.samples, l.p50, l.p90, l.p99, l.p999, l.max, l.missing
+        );
+        if l.missing > 0 {
+            self.problems.push(format!("{label}: {} messages never reached Kafka", l.missing));
+        }
     }
 
     async fn soak(&mut self) -> Result<(), String> {
@@ -306,20 +301,27 @@ impl Driver {
             );
         }
         if !self.latencies.is_empty() {
-            let m =
-                |f: fn(&Latency) -> f64| fmt_opt(median(self.latencies.iter().map(f).collect()), 2);
-            let _ = writeln!(
-                r,
-                "\nLatency MQTT publish -> Kafka fetch at {} msg/s, linger_ms {} (median of {} rounds): p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
-                self.cli.latency_rate,
-                self.settings.linger_ms,
-                self.latencies.len(),
-                m(|l| l.p50),
-                m(|l| l.p90),
-                m(|l| l.p99),
-                m(|l| l.p999),
-                m(|l| l.max),
-            );
+            for (what, pick) in [
+                ("MQTT publish -> Kafka fetch through our source", 0),
+                ("Kafka alone (our producer -> Tansu -> fetch)", 1),
+            ] {
+                let all: Vec<&Latency> =
+                    self.latencies.iter().map(|(l, k)| if pick == 0 { l } else { k }).collect();
+                let m =
+                    |f: fn(&Latency) -> f64| fmt_opt(median(all.iter().map(|l| f(l)).collect()), 2);
+                let _ = writeln!(
+                    r,
+                    "\nLatency, {what}, at {} msg/s, linger_ms {} (median of {} rounds): p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+                    self.cli.latency_rate,
+                    self.settings.linger_ms,
+                    all.len(),
+                    m(|l| l.p50),
+                    m(|l| l.p90),
+                    m(|l| l.p99),
+                    m(|l| l.p999),
+                    m(|l| l.max),
+                );
+            }
         }
         if let Some(s) = &self.soak {
             let _ = writeln!(

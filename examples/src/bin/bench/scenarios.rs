@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connector_core::kafka::{FetchResult, KafkaClient, ProducerRecord};
+use connector_core::kafka::{FetchResult, KafkaClient, KafkaConfig, Producer, ProducerRecord};
 use connector_testkit::{
     kafka, wait_source_subscribed, Mosquitto, MosquittoOptions, MqttPublisher, Tansu,
 };
@@ -70,7 +70,9 @@ impl Brokers {
             persistence: false,
             max_inflight_messages: settings.mosquitto_inflight,
             max_queued_messages: 10_000_000,
-            extra_config: Vec::new(),
+            // Mosquitto leaves Nagle's algorithm on by default; each message then waits for the
+            // ACK of the one before it, which costs milliseconds at moderate rates.
+            extra_config: vec!["set_tcp_nodelay true".into()],
         })
         .await
         .map_err(|e| format!("start mosquitto: {e}"))?;
@@ -486,15 +488,81 @@ pub async fn latency(
             publisher.publish(&topics, QoS::AtLeastOnce, 0, n, size, Some(rate)).await
         })
     };
-    let warmup = rate;
+    let observed = observe(b, &topic, base, n, rate, secs).await;
+    publishing.await.map_err(|e| e.to_string())??;
+    process.check_running()?;
+    observed
+}
+
+/// (4, baseline) The Kafka half of [`latency`] alone: our producer, in this process and with the
+/// same `linger_ms`, writes `rate` records per second straight to Tansu, and the same observer
+/// reads them. What this adds up to is the part of the end-to-end figure the MQTT side and our
+/// source cannot remove.
+pub async fn kafka_latency(
+    b: &Brokers,
+    s: &Settings,
+    rate: u64,
+    secs: u64,
+    size: usize,
+) -> Result<Latency> {
+    let id = b.id("klat");
+    let topic = format!("bench-{id}");
+    b.client.create_topic(&topic, 1, 1).await.map_err(|e| format!("create {topic}: {e}"))?;
+    let mut config = KafkaConfig::new([b.tansu.bootstrap()]);
+    config.linger_ms = s.linger_ms;
+    let client = KafkaClient::connect(config).await.map_err(|e| e.to_string())?;
+    let n = rate * secs;
+    let (producer, mut deliveries) = Producer::<()>::new(client, n as usize);
+    let draining = tokio::spawn(async move {
+        let mut failed = 0u64;
+        while let Some(batch) = deliveries.recv().await {
+            failed += batch.iter().filter(|d| d.result.is_err()).count() as u64;
+        }
+        failed
+    });
+    let sending = {
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for i in 0..n {
+                let due = started + Duration::from_nanos(i * 1_000_000_000 / rate.max(1));
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let record = ProducerRecord::new(topic.as_str(), load::payload(i, size));
+                producer.send(record, ()).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(producer)
+        })
+    };
+    let observed = observe(b, &topic, 0, n, rate, secs).await;
+    let producer = sending.await.map_err(|e| e.to_string())??;
+    drop(producer);
+    let failed = draining.await.map_err(|e| e.to_string())?;
+    if failed > 0 {
+        return Err(format!("{failed} records could not be produced"));
+    }
+    observed
+}
+
+/// Reads `topic` partition 0 from `offset` with 1 ms long polls until `n` benchmark records were
+/// seen (or `secs` + 30 s passed) and returns the latency percentiles of all but the first
+/// `warmup` sequence numbers.
+async fn observe(
+    b: &Brokers,
+    topic: &str,
+    mut offset: i64,
+    n: u64,
+    warmup: u64,
+    secs: u64,
+) -> Result<Latency> {
     let mut lat_ms: Vec<f64> = Vec::with_capacity(n as usize);
     let mut seen = 0u64;
-    let mut offset = base;
     let deadline = Instant::now() + Duration::from_secs(secs + 30);
     while seen < n && Instant::now() < deadline {
         let fetched = b
             .client
-            .fetch(&topic, 0, offset, Duration::from_millis(1))
+            .fetch(topic, 0, offset, Duration::from_millis(1))
             .await
             .map_err(|e| e.to_string())?;
         let now = load::now_ns();
@@ -511,8 +579,6 @@ pub async fn latency(
         }
         offset = f.next_offset;
     }
-    publishing.await.map_err(|e| e.to_string())??;
-    process.check_running()?;
     lat_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| -> f64 {
         if lat_ms.is_empty() {
