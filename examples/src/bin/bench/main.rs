@@ -154,8 +154,9 @@ struct Driver {
     cli: Cli,
     settings: Settings,
     rows: BTreeMap<&'static str, Row>,
-    /// Per round: MQTT publish -> Kafka fetch through our source, and Kafka alone.
-    latencies: Vec<(Latency, Latency)>,
+    /// Per round: MQTT publish -> Kafka fetch through our source with Mosquitto as shipped and
+    /// with `set_tcp_nodelay true`, and Kafka alone.
+    latencies: Vec<[Latency; 3]>,
     soak: Option<Soak>,
     problems: Vec<String>,
 }
@@ -181,7 +182,7 @@ impl Driver {
 
     async fn round(&mut self, round: u32) -> Result<(), String> {
         println!("round {round}/{}: starting brokers", self.cli.runs);
-        let b = Brokers::start(&self.settings).await?;
+        let mut b = Brokers::start(&self.settings).await?;
         let (n, big, py) = (self.cli.messages, self.cli.big_messages, self.cli.python_messages);
         let mut ceiling = BTreeMap::new();
         if self.wants("bare") {
@@ -233,9 +234,12 @@ impl Driver {
             let (rate, secs) = (self.cli.latency_rate, self.cli.latency_secs);
             let l = scenarios::latency(&b, &self.settings, rate, secs, 100).await?;
             self.latency_line(&format!("latency {rate} msg/s"), &l);
+            b.restart_mosquitto_without_nagle(&self.settings).await?;
+            let n = scenarios::latency(&b, &self.settings, rate, secs, 100).await?;
+            self.latency_line("  Mosquitto without Nagle", &n);
             let k = scenarios::kafka_latency(&b, &self.settings, rate, secs, 100).await?;
-            self.latency_line("  of which Kafka alone", &k);
-            self.latencies.push((l, k));
+            self.latency_line("  Kafka alone", &k);
+            self.latencies.push([l, n, k]);
         }
         Ok(())
     }
@@ -302,11 +306,11 @@ impl Driver {
         }
         if !self.latencies.is_empty() {
             for (what, pick) in [
-                ("MQTT publish -> Kafka fetch through our source", 0),
-                ("Kafka alone (our producer -> Tansu -> fetch)", 1),
+                ("MQTT publish -> Kafka fetch through our source, Mosquitto as shipped", 0),
+                ("the same with Mosquitto `set_tcp_nodelay true`", 1),
+                ("Kafka alone (our producer -> Tansu -> fetch)", 2),
             ] {
-                let all: Vec<&Latency> =
-                    self.latencies.iter().map(|(l, k)| if pick == 0 { l } else { k }).collect();
+                let all: Vec<&Latency> = self.latencies.iter().map(|l| &l[pick]).collect();
                 let m =
                     |f: fn(&Latency) -> f64| fmt_opt(median(all.iter().map(|l| f(l)).collect()), 2);
                 let _ = writeln!(

@@ -52,6 +52,23 @@ pub struct Settings {
     pub source_inflight: Option<usize>,
 }
 
+/// Starts Mosquitto for the benchmark. `nodelay` sets `set_tcp_nodelay true`: Mosquitto leaves
+/// Nagle's algorithm on by default, which coalesces messages at high rates (less CPU everywhere)
+/// but at low rates holds each message until the previous one is ACKed, and our source ACKs (with
+/// its PUBACK) only after Kafka did.
+async fn start_mosquitto(settings: &Settings, nodelay: bool) -> Result<Mosquitto> {
+    Mosquitto::start_with(MosquittoOptions {
+        // Sessions on disk cost time and are the same for every row; the benchmark measures
+        // flow, not the broker's persistence.
+        persistence: false,
+        max_inflight_messages: settings.mosquitto_inflight,
+        max_queued_messages: 10_000_000,
+        extra_config: if nodelay { vec!["set_tcp_nodelay true".into()] } else { Vec::new() },
+    })
+    .await
+    .map_err(|e| format!("start mosquitto: {e}"))
+}
+
 /// The brokers of one round of measurements, and a scratch directory.
 pub struct Brokers {
     pub mqtt: Mosquitto,
@@ -62,20 +79,9 @@ pub struct Brokers {
 }
 
 impl Brokers {
-    /// Starts a fresh Mosquitto and Tansu (memory storage).
+    /// Starts a fresh Mosquitto (as shipped: Nagle's algorithm on) and Tansu (memory storage).
     pub async fn start(settings: &Settings) -> Result<Self> {
-        let mqtt = Mosquitto::start_with(MosquittoOptions {
-            // Sessions on disk cost time and are the same for every row; the benchmark measures
-            // flow, not the broker's persistence.
-            persistence: false,
-            max_inflight_messages: settings.mosquitto_inflight,
-            max_queued_messages: 10_000_000,
-            // Mosquitto leaves Nagle's algorithm on by default; each message then waits for the
-            // ACK of the one before it, which costs milliseconds at moderate rates.
-            extra_config: vec!["set_tcp_nodelay true".into()],
-        })
-        .await
-        .map_err(|e| format!("start mosquitto: {e}"))?;
+        let mqtt = start_mosquitto(settings, false).await?;
         let tansu = Tansu::start().await.map_err(|e| format!("start tansu: {e}"))?;
         let client = tansu.client().await.map_err(|e| format!("connect to tansu: {e}"))?;
         let mut dir = tempfile::Builder::new()
@@ -88,6 +94,12 @@ impl Brokers {
             tracing::warn!(dir = %dir.path().display(), "keeping the scratch directory");
         }
         Ok(Self { mqtt, tansu, client, dir, next_id: AtomicU64::new(1) })
+    }
+
+    /// Replaces Mosquitto by a fresh one with `set_tcp_nodelay true`.
+    pub async fn restart_mosquitto_without_nagle(&mut self, settings: &Settings) -> Result<()> {
+        self.mqtt = start_mosquitto(settings, true).await?;
+        Ok(())
     }
 
     fn id(&self, kind: &str) -> String {
