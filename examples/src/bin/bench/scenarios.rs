@@ -14,6 +14,7 @@ use connector_testkit::{
     kafka, wait_source_subscribed, Mosquitto, MosquittoOptions, MqttPublisher, Tansu,
 };
 use rumqttc::QoS;
+use tokio::task::JoinHandle;
 
 use crate::load::{self, CountingSubscriber, LoadPublisher};
 use crate::procstat::{self, Sample};
@@ -478,6 +479,43 @@ pub struct Latency {
     pub missing: u64,
 }
 
+/// A running source of ours fed by a publisher at a fixed rate.
+struct Paced {
+    process: UnderTest,
+    /// Its Kafka topic, and the topic's offset before the first message.
+    topic: String,
+    base: i64,
+    /// Messages the publisher sends in all.
+    n: u64,
+    publisher: Arc<LoadPublisher>,
+    publishing: JoinHandle<Result<()>>,
+}
+
+/// Starts a source of ours (id prefix `kind`) and a publisher feeding it `rate` QoS 1 messages
+/// per second for `secs` seconds.
+async fn paced_source(
+    b: &Brokers,
+    s: &Settings,
+    kind: &str,
+    rate: u64,
+    secs: u64,
+    size: usize,
+) -> Result<Paced> {
+    let id = b.id(kind);
+    let topic = format!("bench-{id}");
+    let (process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
+    let publisher =
+        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let n = rate * secs;
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move {
+            publisher.publish(&topics, QoS::AtLeastOnce, 0, n, size, Some(rate)).await
+        })
+    };
+    Ok(Paced { process, topic, base, n, publisher, publishing })
+}
+
 /// (4) Latency from MQTT publish to Kafka fetch, through our source at `rate` messages per second
 /// for `secs` seconds (the first second is warm-up and not counted). The observer long-polls
 /// Kafka with a 1 ms wait so it adds as little as it can.
@@ -488,18 +526,8 @@ pub async fn latency(
     secs: u64,
     size: usize,
 ) -> Result<Latency> {
-    let id = b.id("lat");
-    let topic = format!("bench-{id}");
-    let (mut process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
-    let publisher =
-        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
-    let n = rate * secs;
-    let publishing = {
-        let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move {
-            publisher.publish(&topics, QoS::AtLeastOnce, 0, n, size, Some(rate)).await
-        })
-    };
+    let Paced { mut process, topic, base, n, publisher: _publisher, publishing } =
+        paced_source(b, s, "lat", rate, secs, size).await?;
     let observed = observe(b, &topic, base, n, rate, secs).await;
     publishing.await.map_err(|e| e.to_string())??;
     process.check_running()?;
@@ -624,18 +652,8 @@ pub struct Soak {
 
 /// (5) Our source at a fixed `rate` for `secs` seconds; RSS sampled every 5 s.
 pub async fn soak(b: &Brokers, s: &Settings, rate: u64, secs: u64, size: usize) -> Result<Soak> {
-    let id = b.id("soak");
-    let topic = format!("bench-{id}");
-    let (mut process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
-    let publisher =
-        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
-    let n = rate * secs;
-    let publishing = {
-        let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move {
-            publisher.publish(&topics, QoS::AtLeastOnce, 0, n, size, Some(rate)).await
-        })
-    };
+    let Paced { mut process, topic, base, n, publisher, publishing } =
+        paced_source(b, s, "soak", rate, secs, size).await?;
     let cpu_before = process.sample();
     let started = Instant::now();
     let mut rss = Vec::new();
