@@ -502,7 +502,9 @@ async fn retain_and_tombstones_behave_as_configured() {
     sink.stop().await;
     let latest =
         MqttSubscriber::connect(&mqtt.url(), "late-3", "state/#", QoS::AtLeastOnce).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until("a retained message", Duration::from_secs(20), || latest.count() > 0).await.unwrap();
+    // Retained messages come right after the subscription; give a wrongly retained one a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let retained: Vec<_> = latest.messages().into_iter().map(|p| p.topic).collect();
     assert_eq!(retained, ["state/car-2"], "only the record whose header said so was retained");
 }

@@ -13,7 +13,9 @@ use connector_core::kafka::KafkaClient;
 use connector_core::runtime::{run_source_connector, SourceRuntimeConfig, TaskStats};
 use connector_core::{MemoryOffsetStore, OffsetStore, Result, SinkRecord, SourceConnector};
 use connector_mqtt_source::{MqttSourceConfig, MqttSourceConnector};
-use connector_testkit::{init_tracing, kafka, Mosquitto, MqttPublisher, Tansu, TansuStorage};
+use connector_testkit::{
+    init_tracing, kafka, wait_until, Mosquitto, MqttPublisher, Tansu, TansuStorage,
+};
 use rumqttc::QoS;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -573,8 +575,11 @@ async fn crash_after_mqtt_delivery_before_the_kafka_ack_redelivers_everything_wi
     rig.kafka_proxy.cut();
     publish_numbered(&rig.publisher, 300).await;
     // Delivered to the connector (it pulls up to its window), but Kafka cannot have them.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(source.stats.snapshot().records_in >= 300, "the connector received the messages");
+    wait_until("the connector received the messages", Duration::from_secs(30), || {
+        source.stats.snapshot().records_in >= 300
+    })
+    .await
+    .unwrap();
     assert_eq!(source.stats.snapshot().committed as usize, probes, "none acknowledged");
     source.handle.abort();
     let _ = source.handle.await;
@@ -597,7 +602,11 @@ async fn crash_after_the_kafka_ack_before_the_mqtt_ack_duplicates_exactly_the_un
     // PUBACKs leave the connector but stay in the (silent) network.
     rig.kafka_proxy.cut();
     publish_numbered(&rig.publisher, 300).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("the connector received the messages", Duration::from_secs(30), || {
+        source.stats.snapshot().records_in >= 300
+    })
+    .await
+    .unwrap();
     rig.mqtt_proxy.blackhole();
     rig.kafka_proxy.heal();
     wait_distinct(&rig.client, "row2", 300, Duration::from_secs(60)).await;

@@ -44,7 +44,7 @@ impl Default for MosquittoOptions {
 /// ```no_run
 /// # async fn example() -> connector_testkit::Result<()> {
 /// let broker = connector_testkit::Mosquitto::start().await?;
-/// println!("MQTT at {}", broker.url());
+/// assert!(broker.url().starts_with("mqtt://127.0.0.1:"));
 /// # Ok(())
 /// # }
 /// ```
