@@ -12,7 +12,7 @@ mod url;
 
 pub use connection::{classify, connection_error, tls_config, ConnectionSettings, MAX_PACKET_IDS};
 pub use keys::{ConnectionKeys, MQTT_MAX_PACKET};
-pub use link::{Link, LinkResult};
+pub use link::{pause_before_reconnect, Link, LinkResult};
 pub use status::{wait_connected, Status};
 pub use topic::{validate_filter, validate_topic, MAX_TOPIC_LEN};
 pub use url::MqttUrl;

@@ -104,3 +104,37 @@ impl<'a> Link<'a> {
         &mut self.eventloop.state
     }
 }
+
+/// What both MQTT connectors do after losing a connection they will retry: forget what rumqttc
+/// still holds for the old connection (the connector's own state decides what is sent again),
+/// log, and wait out `delay`. Returns `false` when `stopped` completes first.
+///
+/// ```no_run
+/// # async fn example(eventloop: &mut rumqttc::EventLoop, error: connector_core::Error) {
+/// let stop = tokio::sync::Notify::new();
+/// let delay = std::time::Duration::from_secs(1);
+/// if !connector_mqtt_common::pause_before_reconnect(eventloop, "c1", &error, delay, stop.notified()).await {
+///     return; // stopped
+/// }
+/// # }
+/// ```
+pub async fn pause_before_reconnect(
+    eventloop: &mut EventLoop,
+    client_id: &str,
+    error: &connector_core::Error,
+    delay: Duration,
+    stopped: impl std::future::Future<Output = ()>,
+) -> bool {
+    eventloop.clean();
+    eventloop.pending.clear();
+    tracing::warn!(
+        client_id = %client_id,
+        error = %error,
+        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        "MQTT connection lost; reconnecting"
+    );
+    tokio::select! {
+        () = stopped => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}

@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::ErrorKind;
-use connector_mqtt_common::{classify, connection_error, Link, MqttUrl, Status};
+use connector_mqtt_common::{
+    classify, connection_error, pause_before_reconnect, Link, MqttUrl, Status,
+};
 use parking_lot::Mutex;
 use rumqttc::{ConnectionError, Event, EventLoop, Packet, PingReq, Request};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::tracker::Tracker;
 
@@ -121,8 +123,6 @@ pub(crate) async fn run(
             return;
         }
         shared.tracker.lock().disconnected();
-        eventloop.clean();
-        eventloop.pending.clear();
         status.send_replace(Status {
             connected: false,
             last_error: Some(error.to_string()),
@@ -130,15 +130,11 @@ pub(crate) async fn run(
         });
         shared.changed.notify_waiters();
         let delay = backoff.next_delay();
-        warn!(
-            client_id = %settings.client_id,
-            error = %error,
-            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            "MQTT connection lost; reconnecting"
-        );
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+        let stopped = stop.cancelled();
+        if !pause_before_reconnect(&mut eventloop, &settings.client_id, &error, delay, stopped)
+            .await
+        {
+            return;
         }
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind, Timestamp};
-use connector_mqtt_common::{classify, connection_error, Link, MqttUrl, Status};
+use connector_mqtt_common::{
+    classify, connection_error, pause_before_reconnect, Link, MqttUrl, Status,
+};
 use parking_lot::Mutex;
 use rumqttc::{
     ConnectionError, Event, EventLoop, Packet, PingReq, PubAck, PubRec, Publish, QoS, Request,
@@ -20,7 +22,7 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// Most messages read and not yet handed to the source task.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -195,18 +197,18 @@ pub(crate) async fn run(mut eventloop: EventLoop, channels: LoopChannels, settin
                 // Messages received so far belong to the lost connection: their acks must not
                 // reach the next one (see `Acks`).
                 channels.acks.connection_lost();
-                eventloop.clean();
-                eventloop.pending.clear();
                 let delay = backoff.next_delay();
-                warn!(
-                    client_id = %settings.client_id,
-                    error = %error,
-                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    "MQTT connection lost; reconnecting"
-                );
-                tokio::select! {
-                    () = channels.stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                let stopped = channels.stop.cancelled();
+                if !pause_before_reconnect(
+                    &mut eventloop,
+                    &settings.client_id,
+                    &error,
+                    delay,
+                    stopped,
+                )
+                .await
+                {
+                    return;
                 }
             }
         }
