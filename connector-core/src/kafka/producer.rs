@@ -587,7 +587,8 @@ impl<T: Send + 'static> Actor<T> {
         let config = self.client.config();
         let mut topics: Vec<(Arc<str>, Vec<EncodedBatch>)> = Vec::new();
         for (tp, batch) in &batches {
-            let mut encoded = Vec::new();
+            // The batch's bytes plus room for each record's framing (varints, attributes).
+            let mut encoded = Vec::with_capacity(64 + batch.bytes + 32 * batch.records.len());
             if let Err(e) = encode_batch(&batch.records, config.compression, &mut encoded) {
                 // Not reachable within the batch size limits; fail the request's records rather
                 // than send a broken batch.

@@ -189,7 +189,6 @@ pub(crate) fn encode_batch(
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(first_ts);
     let count = i32::try_from(records.len())
         .map_err(|_| Error::fatal("a record batch cannot hold more than i32::MAX records"))?;
-    out.reserve(61 + records.iter().map(|r| r.size() + 16).sum::<usize>());
     let start = out.len();
     out.extend_from_slice(&0i64.to_be_bytes()); // base offset
     out.extend_from_slice(&0i32.to_be_bytes()); // batch length, patched below
