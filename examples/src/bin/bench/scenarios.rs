@@ -216,6 +216,17 @@ fn qos_of(n: u8) -> QoS {
     }
 }
 
+/// The start of a `connect` configuration for one connector `id` of type `kind`: Kafka at our
+/// Tansu (plus `kafka_extra` lines), offsets in memory, no progress lines. Connector keys follow.
+fn runner_config(b: &Brokers, kafka_extra: &str, id: &str, kind: &str) -> String {
+    let mut c = String::new();
+    let _ =
+        writeln!(c, "[kafka]\nbootstrap_servers = [\"{}\"]\n{kafka_extra}", b.tansu.bootstrap());
+    let _ = writeln!(c, "[offsets]\nstore = \"memory\"\n[progress]\ninterval_secs = 0");
+    let _ = writeln!(c, "[[connector]]\nname = \"{id}\"\ntype = \"{kind}\"");
+    c
+}
+
 /// Starts our `connect` runner with one MQTT source from `filter` to `topic`.
 fn start_our_source(
     b: &Brokers,
@@ -225,11 +236,7 @@ fn start_our_source(
     topic: &str,
     qos: u8,
 ) -> Result<UnderTest> {
-    let mut c = String::new();
-    let _ = writeln!(c, "[kafka]\nbootstrap_servers = [\"{}\"]", b.tansu.bootstrap());
-    let _ = writeln!(c, "linger_ms = {}", s.linger_ms);
-    let _ = writeln!(c, "[offsets]\nstore = \"memory\"\n[progress]\ninterval_secs = 0");
-    let _ = writeln!(c, "[[connector]]\nname = \"{id}\"\ntype = \"mqtt-source\"");
+    let mut c = runner_config(b, &format!("linger_ms = {}", s.linger_ms), id, "mqtt-source");
     let _ = writeln!(c, "mqtt_url = \"{}\"", b.mqtt.url());
     let _ = writeln!(c, "topics = [\"{filter}\"]\nqos = {qos}\nkafka_topic = \"{topic}\"");
     if let Some(n) = s.source_inflight {
@@ -429,10 +436,7 @@ pub async fn sink(b: &Brokers, s: &Settings, qos: u8, size: usize, n: u64) -> Re
         n,
     )
     .await?;
-    let mut c = String::new();
-    let _ = writeln!(c, "[kafka]\nbootstrap_servers = [\"{}\"]", b.tansu.bootstrap());
-    let _ = writeln!(c, "[offsets]\nstore = \"memory\"\n[progress]\ninterval_secs = 0");
-    let _ = writeln!(c, "[[connector]]\nname = \"{id}\"\ntype = \"mqtt-sink\"");
+    let mut c = runner_config(b, "", &id, "mqtt-sink");
     let _ = writeln!(c, "mqtt_url = \"{}\"\ntopics = [\"{topic}\"]", b.mqtt.url());
     let _ = writeln!(c, "mqtt_topic = \"{prefix}/{{key}}\"\nqos = {qos}");
     let mut process = spawn_connect(b, s, &id, &c)?;
