@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use connector_core::{Error, ErrorKind, Result, Secret};
 use rumqttc::{
-    ConnectReturnCode, ConnectionError, MqttOptions, NetworkOptions, TlsConfiguration, Transport,
+    ConnectReturnCode, ConnectionError, LastWill, MqttOptions, NetworkOptions, QoS,
+    TlsConfiguration, Transport,
 };
 
+use crate::tls::{client_config, TlsFiles};
 use crate::url::MqttUrl;
+use crate::wire::{Message, MqttVersion};
 
 /// The largest number of packet identifiers MQTT has; acknowledgements can never outnumber it,
 /// so a request channel this large never makes an acknowledgement wait.
@@ -35,6 +39,32 @@ pub struct ConnectionSettings {
     pub max_packet_size: usize,
     /// Connect timeout (whole seconds).
     pub connect_timeout: Duration,
+    /// Protocol version.
+    pub version: MqttVersion,
+    /// CA file, client certificate and server name for `mqtts://`.
+    pub tls: Option<TlsFiles>,
+    /// Status topic (`{client_id}` is replaced by the client id): `online` is published there,
+    /// retained, on every connect, `offline` on a clean stop, and the broker publishes `offline`
+    /// (the last will) when the connection dies without a DISCONNECT.
+    pub status_topic: Option<String>,
+}
+
+/// Status payload while connected.
+pub const STATUS_ONLINE: &[u8] = b"online";
+/// Status payload after a clean stop or a lost connection (the last will).
+pub const STATUS_OFFLINE: &[u8] = b"offline";
+
+/// A last will: published by the broker for us when our connection dies without a DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS.
+    pub qos: QoS,
+    /// Retained, so that a client subscribing later still sees it.
+    pub retain: bool,
 }
 
 impl ConnectionSettings {
@@ -52,22 +82,59 @@ impl ConnectionSettings {
         o.set_manual_acks(manual_acks);
         // Acknowledgements and publishes never wait for room in the request channel.
         o.set_request_channel_capacity(MAX_PACKET_IDS + 64);
-        match (&self.username, &self.password) {
-            (Some(user), Some(pass)) => {
-                o.set_credentials(user.clone(), pass.resolve()?);
-            }
-            (Some(user), None) => {
-                o.set_credentials(user.clone(), String::new());
-            }
-            (None, Some(_)) => {
-                return Err(Error::config("password", "a password needs a username"))
-            }
-            (None, None) => {}
+        if let Some((user, pass)) = self.credentials()? {
+            o.set_credentials(user, pass);
+        }
+        if let Some(w) = self.will() {
+            o.set_last_will(LastWill::new(w.topic, w.payload, w.qos, w.retain));
         }
         if self.url.tls {
-            o.set_transport(Transport::Tls(tls_config()?));
+            let config = client_config(self.tls.as_ref())?;
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
         }
         Ok(o)
+    }
+
+    /// The status topic of this client, if it has one.
+    pub fn status_topic(&self) -> Option<String> {
+        self.status_topic.as_ref().map(|t| t.replace("{client_id}", &self.client_id))
+    }
+
+    /// The last will: `offline`, retained, QoS 1, on the status topic.
+    pub fn will(&self) -> Option<Will> {
+        self.status_topic().map(|topic| Will {
+            topic,
+            payload: Bytes::from_static(STATUS_OFFLINE),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        })
+    }
+
+    /// The retained status message (`online` or `offline`), sent at QoS 0: a connection that
+    /// dies before it arrives triggers the will instead.
+    pub fn status_message(&self, online: bool) -> Option<Message> {
+        self.status_topic().map(|topic| Message {
+            topic,
+            payload: Bytes::from_static(if online { STATUS_ONLINE } else { STATUS_OFFLINE }),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            dup: false,
+            pkid: 0,
+            properties: None,
+        })
+    }
+
+    /// User name and password (read from the environment or file now), if set.
+    ///
+    /// # Errors
+    /// Fatal when the password's variable or file cannot be read.
+    pub fn credentials(&self) -> Result<Option<(String, String)>> {
+        match (&self.username, &self.password) {
+            (Some(user), Some(pass)) => Ok(Some((user.clone(), pass.resolve()?))),
+            (Some(user), None) => Ok(Some((user.clone(), String::new()))),
+            (None, Some(_)) => Err(Error::config("password", "a password needs a username")),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Socket options: `TCP_NODELAY` (acknowledgements are small and latency matters) and the
@@ -80,33 +147,8 @@ impl ConnectionSettings {
     }
 }
 
-/// TLS with the operating system's root certificates, over rustls with the ring provider.
-///
-/// # Errors
-/// Fatal when no root certificate can be loaded.
-pub fn tls_config() -> Result<TlsConfiguration> {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        // An unparsable system certificate is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(Error::fatal(format!(
-            "mqtts: no usable root certificates in the system store ({} errors)",
-            found.errors.len()
-        )));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::fatal("mqtts: TLS setup failed").with_source(e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
-/// What a connection error means: a refused login or client id is fatal (retrying cannot help);
+/// What a connection error means: a refused login or client id, or a certificate the other side
+/// does not accept, is fatal (retrying cannot help);
 /// anything else (broker down, network cut, timeout) is retriable.
 pub fn classify(err: &ConnectionError) -> ErrorKind {
     match err {
@@ -116,6 +158,9 @@ pub fn classify(err: &ConnectionError) -> ErrorKind {
             | ConnectReturnCode::BadClientId
             | ConnectReturnCode::RefusedProtocolVersion,
         ) => ErrorKind::Fatal,
+        ConnectionError::Tls(rumqttc::TlsError::Io(e)) if crate::tls::is_certificate_problem(e) => {
+            ErrorKind::Fatal
+        }
         _ => ErrorKind::Retriable,
     }
 }
@@ -161,6 +206,9 @@ mod tests {
             password: Some(Secret::new("${CONNECTOR_TEST_NO_SUCH_PASSWORD}")),
             max_packet_size: 1 << 20,
             connect_timeout: Duration::from_secs(5),
+            version: MqttVersion::V311,
+            tls: None,
+            status_topic: None,
         };
         let e = s.options(true).unwrap_err().to_string();
         assert!(e.contains("CONNECTOR_TEST_NO_SUCH_PASSWORD"), "{e}");

@@ -8,7 +8,13 @@ use connector_core::backoff::BackoffConfig;
 use connector_core::{ConfigErrors, Error, Result, Secret};
 
 use crate::connection::ConnectionSettings;
+use crate::tls::TlsFiles;
+use crate::topic::validate_topic;
 use crate::url::MqttUrl;
+use crate::wire::MqttVersion;
+
+/// The default status topic: `online`/`offline` (retained) and the connector's last will.
+pub const DEFAULT_STATUS_TOPIC: &str = "connect/{client_id}/status";
 
 /// Largest MQTT packet the protocol allows.
 pub const MQTT_MAX_PACKET: usize = 268_435_455;
@@ -30,6 +36,9 @@ pub const MQTT_MAX_PACKET: usize = 268_435_455;
 ///     password: None,
 ///     max_packet_size: 1 << 20,
 ///     reconnect_backoff: &backoff,
+///     mqtt_version: Default::default(),
+///     tls: None,
+///     status_topic: "connect/{client_id}/status",
 /// };
 /// assert!(keys.validate().is_empty());
 /// assert_eq!(keys.settings("telemetry").unwrap().client_id, "telemetry");
@@ -54,6 +63,12 @@ pub struct ConnectionKeys<'a> {
     pub max_packet_size: usize,
     /// `reconnect_backoff`.
     pub reconnect_backoff: &'a BackoffConfig,
+    /// `mqtt_version`.
+    pub mqtt_version: MqttVersion,
+    /// `tls`.
+    pub tls: Option<&'a TlsFiles>,
+    /// `status_topic` (`""`: none).
+    pub status_topic: &'a str,
 }
 
 impl ConnectionKeys<'_> {
@@ -84,6 +99,18 @@ impl ConnectionKeys<'_> {
             e.push("max_packet_size", format!("expected 1024 to {MQTT_MAX_PACKET} bytes"));
         }
         e.extend(self.reconnect_backoff.validate().prefixed("reconnect_backoff"));
+        if let Some(tls) = self.tls {
+            if MqttUrl::parse(self.mqtt_url).is_ok_and(|u| !u.tls) {
+                e.push("tls", "TLS settings need an mqtts:// URL");
+            }
+            e.extend(tls.validate().prefixed("tls"));
+        }
+        if !self.status_topic.is_empty() {
+            let sample = self.status_topic.replace("{client_id}", "client");
+            if let Err(msg) = validate_topic(&sample) {
+                e.push("status_topic", msg);
+            }
+        }
         e
     }
 
@@ -102,6 +129,9 @@ impl ConnectionKeys<'_> {
             password: self.password.cloned(),
             max_packet_size: self.max_packet_size,
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            version: self.mqtt_version,
+            tls: self.tls.cloned(),
+            status_topic: (!self.status_topic.is_empty()).then(|| self.status_topic.to_owned()),
         })
     }
 }

@@ -1,18 +1,29 @@
 //! MQTT pieces shared by the MQTT source and sink connectors: broker URLs ([`MqttUrl`]), MQTT's
 //! topic and filter rules, building rumqttc client options from connector settings
-//! ([`ConnectionSettings`]), what a connection error means ([`classify`]), and driving a
-//! connection rumqttc opened with bulk reads and writes ([`Link`]).
+//! ([`ConnectionSettings`], [`TlsFiles`]), what a connection error means ([`classify`]), and the
+//! connection itself in MQTT 3.1.1 or 5 ([`Session`]), driven with bulk reads and writes
+//! ([`Link`]) in the version-neutral packets of [`Inbound`] and [`Outbound`].
 
 mod connection;
+pub mod headers;
 mod keys;
 mod link;
+mod session;
 mod status;
+mod tls;
 mod topic;
 mod url;
+mod wire;
 
-pub use connection::{classify, connection_error, tls_config, ConnectionSettings, MAX_PACKET_IDS};
-pub use keys::{ConnectionKeys, MQTT_MAX_PACKET};
-pub use link::{pause_before_reconnect, Link, LinkResult};
+pub use connection::{
+    classify, connection_error, ConnectionSettings, Will, MAX_PACKET_IDS, STATUS_OFFLINE,
+    STATUS_ONLINE,
+};
+pub use keys::{ConnectionKeys, DEFAULT_STATUS_TOPIC, MQTT_MAX_PACKET};
+pub use link::{pause_before_reconnect, Link};
+pub use session::{Connected, Session};
 pub use status::{wait_connected, Status};
+pub use tls::{client_config, TlsFiles};
 pub use topic::{validate_filter, validate_topic, MAX_TOPIC_LEN};
 pub use url::MqttUrl;
+pub use wire::{Inbound, Message, MqttVersion, Outbound, PublishProperties};

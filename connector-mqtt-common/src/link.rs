@@ -1,134 +1,174 @@
-//! [`Link`]: an MQTT connection that rumqttc opened and the connector drives itself.
+//! [`Link`]: an established MQTT connection (either version) that the connector drives itself.
 //!
 //! rumqttc's event loop handles one request per turn and flushes after each: every PUBACK a source
-//! sends and every PUBLISH a sink sends costs a system call of its own, most of the CPU time of a
-//! busy connector. Its connection setup (TCP or TLS, CONNECT, CONNACK) and its packet reader and
-//! writer are fine, and public. So the connectors let [`EventLoop::poll`] connect, then read and
+//! sends and every PUBLISH a sink sends would cost a system call of its own, most of the CPU time
+//! of a busy connector. So the connectors let a [`Session`](crate::Session) connect, then read and
 //! write packets through a `Link` over the same connection: packets read in bulk, replies queued
-//! and written out together by one [`Link::flush`].
+//! and written out together by one [`Link::flush`]. Pings are the link's own: a second ping
+//! while the first is unanswered means the connection is dead.
 
 use std::time::Duration;
 
+use connector_core::{Error, Result};
 use futures::FutureExt;
-use rumqttc::{ConnectionError, EventLoop, MqttState, Packet};
+use rumqttc::EventLoop;
 
-/// The established connection of an [`EventLoop`], driven packet by packet.
+use crate::session::{Session, V5Connection};
+use crate::wire::{Inbound, Outbound};
+
+/// The established connection of a [`Session`], driven packet by packet.
 ///
 /// ```no_run
-/// # async fn example(eventloop: &mut rumqttc::EventLoop) -> connector_mqtt_common::LinkResult<()> {
-/// use connector_mqtt_common::Link;
-/// use rumqttc::{Packet, PubAck};
+/// # async fn example(session: &mut connector_mqtt_common::Session) -> connector_core::Result<()> {
+/// use connector_mqtt_common::{Inbound, Outbound};
 ///
-/// eventloop.poll().await.map_err(Box::new)?; // connects: CONNACK
-/// let mut link = Link::new(eventloop, std::time::Duration::from_secs(10));
-/// if let Packet::Publish(p) = link.read().await? {
-///     link.write(Packet::PubAck(PubAck::new(p.pkid))).await?;
+/// session.connect().await?;
+/// let mut link = session.link(std::time::Duration::from_secs(10));
+/// if let Inbound::Publish(m) = link.read().await? {
+///     link.write(Outbound::PubAck(m.pkid)).await?;
 ///     link.flush().await?;
 /// }
 /// # Ok(())
 /// # }
 /// ```
 pub struct Link<'a> {
-    eventloop: &'a mut EventLoop,
+    conn: Conn<'a>,
     write_timeout: Duration,
+    ping_outstanding: bool,
 }
 
-/// What a [`Link`] operation returns: a boxed rumqttc error (it is large).
-pub type LinkResult<T> = Result<T, Box<ConnectionError>>;
-
-fn state_error(e: rumqttc::StateError) -> Box<ConnectionError> {
-    Box::new(ConnectionError::MqttState(e))
+enum Conn<'a> {
+    V4(&'a mut EventLoop),
+    V5(Option<&'a mut V5Connection>),
 }
 
 impl std::fmt::Debug for Link<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link").field("connected", &self.eventloop.network.is_some()).finish()
+        let connected = match &self.conn {
+            Conn::V4(e) => e.network.is_some(),
+            Conn::V5(c) => c.is_some(),
+        };
+        f.debug_struct("Link").field("connected", &connected).finish()
     }
 }
 
-fn not_connected() -> Box<ConnectionError> {
-    Box::new(ConnectionError::Io(std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "not connected",
-    )))
+fn not_connected() -> Error {
+    Error::retriable("MQTT connection lost: not connected")
+}
+
+fn lost(e: impl std::fmt::Display) -> Error {
+    Error::retriable(format!("MQTT connection lost: {e}"))
 }
 
 impl<'a> Link<'a> {
-    /// The connection `eventloop` established; a flush may wait `write_timeout` for the broker.
-    pub fn new(eventloop: &'a mut EventLoop, write_timeout: Duration) -> Self {
-        Self { eventloop, write_timeout }
+    pub(crate) fn v4(eventloop: &'a mut EventLoop, write_timeout: Duration) -> Self {
+        Self { conn: Conn::V4(eventloop), write_timeout, ping_outstanding: false }
+    }
+
+    pub(crate) fn v5(connection: Option<&'a mut V5Connection>, write_timeout: Duration) -> Self {
+        Self { conn: Conn::V5(connection), write_timeout, ping_outstanding: false }
     }
 
     /// The next packet from the broker. Cancel-safe: a packet is never half read.
     ///
     /// # Errors
-    /// When the connection broke or the broker sent something malformed.
-    pub async fn read(&mut self) -> LinkResult<Packet> {
-        let network = self.eventloop.network.as_mut().ok_or_else(not_connected)?;
-        network.read().await.map_err(state_error)
+    /// Retriable when the connection broke or the broker sent something malformed.
+    pub async fn read(&mut self) -> Result<Inbound> {
+        let packet = match &mut self.conn {
+            Conn::V4(e) => {
+                let network = e.network.as_mut().ok_or_else(not_connected)?;
+                Inbound::from(network.read().await.map_err(lost)?)
+            }
+            Conn::V5(c) => c.as_mut().ok_or_else(not_connected)?.read().await?,
+        };
+        if packet == Inbound::PingResp {
+            self.ping_outstanding = false;
+        }
+        Ok(packet)
     }
 
     /// The next packet if it is already buffered, without waiting.
-    pub fn read_buffered(&mut self) -> Option<LinkResult<Packet>> {
-        let Some(network) = self.eventloop.network.as_mut() else {
-            return Some(Err(not_connected()));
-        };
-        network.read().now_or_never().map(|r| r.map_err(state_error))
+    pub fn read_buffered(&mut self) -> Option<Result<Inbound>> {
+        self.read().now_or_never()
     }
 
     /// Queues `packet` for the next [`flush`](Self::flush) (written earlier only when the buffer
     /// is full).
     ///
     /// # Errors
-    /// When the connection broke.
-    pub async fn write(&mut self, packet: Packet) -> LinkResult<()> {
-        let network = self.eventloop.network.as_mut().ok_or_else(not_connected)?;
-        network.write(packet).await.map_err(state_error)
+    /// Retriable when the connection broke.
+    pub async fn write(&mut self, packet: Outbound) -> Result<()> {
+        match &mut self.conn {
+            Conn::V4(e) => {
+                let network = e.network.as_mut().ok_or_else(not_connected)?;
+                network.write(packet.into()).await.map_err(lost)
+            }
+            Conn::V5(c) => c.as_mut().ok_or_else(not_connected)?.write(packet),
+        }
     }
 
     /// Writes out everything queued.
     ///
     /// # Errors
-    /// When the connection broke, or the broker did not take the bytes within the write timeout.
-    pub async fn flush(&mut self) -> LinkResult<()> {
-        let network = self.eventloop.network.as_mut().ok_or_else(not_connected)?;
-        match tokio::time::timeout(self.write_timeout, network.flush()).await {
-            Ok(r) => r.map_err(state_error),
-            Err(_) => Err(Box::new(ConnectionError::FlushTimeout)),
-        }
+    /// Retriable when the connection broke, or the broker did not take the bytes within the write
+    /// timeout.
+    pub async fn flush(&mut self) -> Result<()> {
+        let flushed = match &mut self.conn {
+            Conn::V4(e) => {
+                let network = e.network.as_mut().ok_or_else(not_connected)?;
+                tokio::time::timeout(self.write_timeout, async {
+                    network.flush().await.map_err(lost)
+                })
+                .await
+            }
+            Conn::V5(c) => {
+                let c = c.as_mut().ok_or_else(not_connected)?;
+                tokio::time::timeout(self.write_timeout, c.flush()).await
+            }
+        };
+        flushed.unwrap_or_else(|_| {
+            Err(lost(format!("the broker took no data for {:?}", self.write_timeout)))
+        })
     }
 
-    /// rumqttc's protocol state of this connection (pings, QoS 2 flows, subscription ids). It keeps
-    /// a copy of each packet it handles as an event, which the link's users clear.
-    pub fn state(&mut self) -> &mut MqttState {
-        &mut self.eventloop.state
+    /// Sends a keep-alive ping.
+    ///
+    /// # Errors
+    /// Retriable when the previous ping is still unanswered (the connection is dead) or the
+    /// connection broke.
+    pub async fn ping(&mut self) -> Result<()> {
+        if self.ping_outstanding {
+            return Err(lost("the broker did not answer the last ping"));
+        }
+        self.write(Outbound::PingReq).await?;
+        self.flush().await?;
+        self.ping_outstanding = true;
+        Ok(())
     }
 }
 
-/// What both MQTT connectors do after losing a connection they will retry: forget what rumqttc
-/// still holds for the old connection (the connector's own state decides what is sent again),
-/// log, and wait out `delay`. Returns `false` when `stopped` completes first.
+/// What both MQTT connectors do after losing a connection they will retry: forget the connection
+/// (the connector's own state decides what is sent again), log, and wait out `delay`. Returns
+/// `false` when `stopped` completes first.
 ///
 /// ```no_run
-/// # async fn example(eventloop: &mut rumqttc::EventLoop, error: connector_core::Error) {
+/// # async fn example(session: &mut connector_mqtt_common::Session, error: connector_core::Error) {
 /// let stop = tokio::sync::Notify::new();
 /// let delay = std::time::Duration::from_secs(1);
-/// if !connector_mqtt_common::pause_before_reconnect(eventloop, "c1", &error, delay, stop.notified()).await {
+/// if !connector_mqtt_common::pause_before_reconnect(session, &error, delay, stop.notified()).await {
 ///     return; // stopped
 /// }
 /// # }
 /// ```
 pub async fn pause_before_reconnect(
-    eventloop: &mut EventLoop,
-    client_id: &str,
-    error: &connector_core::Error,
+    session: &mut Session,
+    error: &Error,
     delay: Duration,
     stopped: impl std::future::Future<Output = ()>,
 ) -> bool {
-    eventloop.clean();
-    eventloop.pending.clear();
+    session.disconnected();
     tracing::warn!(
-        client_id = %client_id,
+        client_id = %session.settings().client_id,
         error = %error,
         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         "MQTT connection lost; reconnecting"

@@ -3,7 +3,11 @@
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::{Part, Template};
 use connector_core::{ConfigErrors, ConnectorConfig, Secret, StartFrom};
-use connector_mqtt_common::{validate_topic, ConnectionKeys};
+use connector_mqtt_common::{
+    validate_topic, ConnectionKeys, MqttVersion, TlsFiles, DEFAULT_STATUS_TOPIC,
+};
+
+use crate::properties::UserProperties;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +99,39 @@ pub struct MqttSinkConfig {
     /// Backoff between reconnect attempts.
     #[serde(default = "default_reconnect_backoff")]
     pub reconnect_backoff: BackoffConfig,
+    /// MQTT protocol version: "3.1.1" (default) or "5". With 5, record headers become user
+    /// properties (see `user_properties`), and the `mqtt.content_type`, `mqtt.response_topic`,
+    /// `mqtt.correlation_data` and `mqtt.payload_format_indicator` headers (as the MQTT source
+    /// writes them) become the matching MQTT 5 properties.
+    #[serde(default)]
+    pub mqtt_version: MqttVersion,
+    /// TLS settings for an `mqtts://` URL: CA file, client certificate and key, server name.
+    /// Without them the system's roots are trusted and no client certificate is sent.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Status topic of the connector's MQTT client (`{client_id}` is replaced): `online` is
+    /// published there (retained) on connect, `offline` on a clean stop, and the broker publishes
+    /// `offline` (the last will) when the connector dies or loses its network. `""` turns it off.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// MQTT 5: which record headers become user properties: "all" (default; every header except
+    /// the connector's own `mqtt.*` ones, in order, duplicates kept), "prefix" (only headers
+    /// starting with `user_property_prefix`, prefix removed) or "none".
+    #[serde(default)]
+    pub user_properties: UserProperties,
+    /// The prefix for `user_properties = "prefix"`.
+    #[serde(default)]
+    pub user_property_prefix: Option<String>,
+    /// Seconds a command stays valid, counted from its Kafka timestamp, for records without an
+    /// `mqtt.message_expiry_interval` header. An expired record is not published (it is counted
+    /// and its offset committed); a valid one is published, on MQTT 5, with the seconds left as
+    /// its message expiry interval, so the broker does not deliver it late either. Default: none.
+    #[serde(default)]
+    pub message_expiry_secs: Option<u32>,
+}
+
+fn default_status_topic() -> String {
+    DEFAULT_STATUS_TOPIC.to_owned()
 }
 
 fn default_qos() -> u8 {
@@ -144,6 +181,12 @@ impl MqttSinkConfig {
             password: None,
             max_packet_size: default_max_packet_size(),
             reconnect_backoff: default_reconnect_backoff(),
+            mqtt_version: MqttVersion::default(),
+            tls: None,
+            status_topic: default_status_topic(),
+            user_properties: UserProperties::default(),
+            user_property_prefix: None,
+            message_expiry_secs: None,
         }
     }
 
@@ -159,6 +202,9 @@ impl MqttSinkConfig {
             password: self.password.as_ref(),
             max_packet_size: self.max_packet_size,
             reconnect_backoff: &self.reconnect_backoff,
+            mqtt_version: self.mqtt_version,
+            tls: self.tls.as_ref(),
+            status_topic: &self.status_topic,
         }
     }
 }
@@ -197,6 +243,19 @@ impl ConnectorConfig for MqttSinkConfig {
         let mut e = self.connection_keys().validate();
         if self.topics.is_empty() {
             e.push("topics", "at least one Kafka topic is required");
+        }
+        let prefix_set = self.user_property_prefix.as_deref().is_some_and(|p| !p.is_empty());
+        match (self.user_properties, prefix_set) {
+            (UserProperties::Prefix, false) => {
+                e.push("user_property_prefix", "user_properties = \"prefix\" needs a prefix");
+            }
+            (UserProperties::All | UserProperties::None, true) => {
+                e.push("user_property_prefix", "only used with user_properties = \"prefix\"")
+            }
+            _ => {}
+        }
+        if self.message_expiry_secs == Some(0) {
+            e.push("message_expiry_secs", "must be at least 1 (leave it out for no expiry)");
         }
         for (i, t) in self.topics.iter().enumerate() {
             if let Err(msg) = connector_core::kafka::validate_topic_name(t) {

@@ -1,9 +1,11 @@
 //! [`MqttSinkConnector`]: one MQTT client (task) publishing the records of its Kafka topics.
 
 use connector_core::{ConnectorConfig, Error, Result, SinkConnector, StartFrom};
+use connector_mqtt_common::MqttVersion;
 use rumqttc::QoS;
 
 use crate::config::{check_template, MqttSinkConfig};
+use crate::properties::PropertyRules;
 use crate::task::{MqttSinkTask, MqttSinkTaskConfig};
 
 /// The MQTT sink connector (`type = "mqtt-sink"`).
@@ -46,6 +48,12 @@ impl SinkConnector for MqttSinkConnector {
             tombstones: config.tombstones,
             inflight: config.inflight,
             reconnect_backoff: config.reconnect_backoff,
+            properties: PropertyRules {
+                v5: config.mqtt_version == MqttVersion::V5,
+                user_properties: config.user_properties,
+                prefix: config.user_property_prefix.clone().unwrap_or_default(),
+                default_expiry_secs: config.message_expiry_secs,
+            },
         };
         Ok(Self { config, base })
     }

@@ -1,7 +1,7 @@
 //! The MQTT connection of one sink task, driven in its own task.
 //!
-//! rumqttc opens the connection (TCP or TLS, CONNECT, CONNACK); then this loop drives it through a
-//! [`Link`]: it sends what the [`Tracker`]'s backlog holds while the in-flight window allows, many
+//! A [`Session`] opens the connection (TCP or TLS, CONNECT, CONNACK; MQTT 3.1.1 or 5); then this
+//! loop drives it through a [`Link`]: it sends what the [`Tracker`]'s backlog holds while the in-flight window allows, many
 //! publishes per write; reads acknowledgements in bulk and feeds them to the tracker; completes
 //! QoS 2 flows; sends keep-alive pings; and reconnects with backoff. The sink task only adds to
 //! the tracker and wakes this loop.
@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
-use connector_core::ErrorKind;
+use connector_core::{Error, ErrorKind};
 use connector_mqtt_common::{
-    classify, connection_error, pause_before_reconnect, Link, MqttUrl, Status,
+    pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Session, Status,
 };
 use parking_lot::Mutex;
-use rumqttc::{ConnectionError, Event, EventLoop, Packet, PingReq, Request};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -36,7 +35,6 @@ pub(crate) struct LoopSettings {
     pub(crate) url: MqttUrl,
     pub(crate) client_id: String,
     pub(crate) backoff: BackoffConfig,
-    pub(crate) keep_alive: Duration,
     /// Longest a write may wait for the broker to take our bytes.
     pub(crate) write_timeout: Duration,
     /// Most publishes in flight.
@@ -47,25 +45,19 @@ pub(crate) struct LoopSettings {
 enum End {
     /// `stop` was cancelled (DISCONNECT sent).
     Stopped,
-    /// The connection broke; reconnect.
-    Lost(Box<ConnectionError>),
+    /// The connection broke (retry) or cannot be used any more (fatal).
+    Lost(Error),
 }
 
-impl From<Box<ConnectionError>> for End {
-    fn from(e: Box<ConnectionError>) -> Self {
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
         End::Lost(e)
-    }
-}
-
-impl From<rumqttc::StateError> for End {
-    fn from(e: rumqttc::StateError) -> Self {
-        End::Lost(Box::new(ConnectionError::MqttState(e)))
     }
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
 pub(crate) async fn run(
-    mut eventloop: EventLoop,
+    mut session: Session,
     shared: Arc<Shared>,
     status: watch::Sender<Status>,
     settings: LoopSettings,
@@ -75,44 +67,47 @@ pub(crate) async fn run(
     loop {
         let connected = tokio::select! {
             () = stop.cancelled() => return,
-            r = eventloop.poll() => r,
+            r = session.connect() => r,
         };
         let end = match connected {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(c) => {
                 backoff.reset();
-                eventloop.pending.clear();
                 let mut resend = Vec::new();
                 let republished = {
                     let mut t = shared.tracker.lock();
                     let before = t.republished;
-                    t.connected(ack.session_present, &mut resend);
+                    t.connected(c.session_present, &mut resend);
                     t.republished - before
                 };
                 info!(
                     client_id = %settings.client_id,
                     url = %settings.url,
-                    session_present = ack.session_present,
+                    session_present = c.session_present,
                     resent = resend.len(),
                     republished,
                     "connected to MQTT broker"
                 );
                 status.send_replace(Status { connected: true, last_error: None, fatal: None });
                 shared.changed.notify_waiters();
-                let mut link = Link::new(&mut eventloop, settings.write_timeout);
-                match drive(&mut link, &shared, &settings, &stop, resend).await {
+                let statuses = (
+                    session.settings().status_message(true),
+                    session.settings().status_message(false),
+                );
+                let mut link = session.link(settings.write_timeout);
+                match drive(&mut link, &shared, &settings, &stop, resend, c.keep_alive, statuses)
+                    .await
+                {
                     Ok(()) => End::Stopped,
                     Err(end) => end,
                 }
             }
-            Ok(_) => End::Lost(Box::new(ConnectionError::NotConnAck(Packet::PingResp))),
-            Err(e) => End::Lost(Box::new(e)),
+            Err(e) => End::Lost(e),
         };
-        let e = match end {
+        let error = match end {
             End::Stopped => return,
             End::Lost(e) => e,
         };
-        let error = connection_error(&e, &settings.url);
-        if classify(&e) == ErrorKind::Fatal {
+        if error.kind() == ErrorKind::Fatal {
             status.send_replace(Status {
                 connected: false,
                 last_error: None,
@@ -131,9 +126,7 @@ pub(crate) async fn run(
         shared.changed.notify_waiters();
         let delay = backoff.next_delay();
         let stopped = stop.cancelled();
-        if !pause_before_reconnect(&mut eventloop, &settings.client_id, &error, delay, stopped)
-            .await
-        {
+        if !pause_before_reconnect(&mut session, &error, delay, stopped).await {
             return;
         }
     }
@@ -145,16 +138,21 @@ async fn drive(
     shared: &Shared,
     settings: &LoopSettings,
     stop: &CancellationToken,
-    resend: Vec<Packet>,
+    resend: Vec<Outbound>,
+    keep_alive: Duration,
+    (online, offline): (Option<Message>, Option<Message>),
 ) -> Result<(), End> {
+    if let Some(online) = online {
+        link.write(Outbound::Publish(online)).await?;
+    }
     for packet in resend {
         link.write(packet).await?;
     }
     link.flush().await?;
-    let mut keepalive = tokio::time::interval(settings.keep_alive);
+    let mut keepalive = tokio::time::interval(keep_alive.max(Duration::from_secs(1)));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
-    let mut out: Vec<Packet> = Vec::new();
+    let mut out: Vec<Outbound> = Vec::new();
     loop {
         // Send what the window allows, in one write.
         shared.tracker.lock().take_sendable(settings.window, &mut out);
@@ -169,7 +167,10 @@ async fn drive(
         tokio::select! {
             biased;
             () = stop.cancelled() => {
-                link.write(Packet::Disconnect).await?;
+                if let Some(offline) = offline {
+                    link.write(Outbound::Publish(offline)).await?;
+                }
+                link.write(Outbound::Disconnect).await?;
                 link.flush().await?;
                 debug!(client_id = %settings.client_id, "DISCONNECT sent");
                 return Ok(());
@@ -179,31 +180,29 @@ async fn drive(
                 let mut next = Some(packet);
                 while let Some(packet) = next.take() {
                     match packet? {
-                        Packet::PubAck(ack) => shared.tracker.lock().acknowledged(ack.pkid),
-                        Packet::PubComp(comp) => shared.tracker.lock().acknowledged(comp.pkid),
-                        Packet::PubRec(rec) => {
-                            let rel = shared.tracker.lock().received(rec.pkid);
+                        Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
+                            shared.tracker.lock().acknowledged(pkid);
+                        }
+                        Inbound::PubRec(pkid) => {
+                            let rel = shared.tracker.lock().received(pkid);
                             link.write(rel).await?;
                         }
-                        Packet::PingResp => {
-                            link.state().handle_incoming_packet(Packet::PingResp)?;
+                        Inbound::PingResp => {}
+                        Inbound::Disconnect(reason) => {
+                            return Err(End::Lost(Error::retriable(format!(
+                                "MQTT broker {} closed the connection: {reason}",
+                                settings.url
+                            ))));
                         }
                         other => debug!(packet = ?other, "ignoring an unexpected packet"),
                     }
                     next = link.read_buffered();
                 }
-                link.state().events.clear();
                 link.flush().await?;
                 shared.changed.notify_waiters();
             }
-            _ = keepalive.tick() => {
-                // Fails when the previous ping got no answer: the connection is dead.
-                if let Some(packet) = link.state().handle_outgoing_packet(Request::PingReq(PingReq))? {
-                    link.write(packet).await?;
-                    link.flush().await?;
-                }
-                link.state().events.clear();
-            }
+            // Fails when the previous ping got no answer: the connection is dead.
+            _ = keepalive.tick() => link.ping().await?,
         }
     }
 }

@@ -3,10 +3,12 @@
 mod config;
 mod connector;
 mod event_loop;
+mod properties;
 mod render;
 mod task;
 mod tracker;
 
 pub use config::{MqttSinkConfig, Tombstones};
 pub use connector::MqttSinkConnector;
-pub use task::{MqttSinkTask, MqttSinkTaskConfig};
+pub use properties::{PropertyRules, UserProperties};
+pub use task::{MqttSinkCounters, MqttSinkTask, MqttSinkTaskConfig};

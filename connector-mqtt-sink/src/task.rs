@@ -2,6 +2,7 @@
 //! `pre_commit` only the offsets whose publishes the broker acknowledged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,8 @@ use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
 use connector_core::{Error, Result, SinkRecord, SinkTask, SinkTaskContext, TopicPartition};
-use connector_mqtt_common::{wait_connected, ConnectionSettings, Status};
-use rumqttc::{EventLoop, QoS};
+use connector_mqtt_common::{wait_connected, ConnectionSettings, Session, Status};
+use rumqttc::QoS;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Tombstones;
 use crate::event_loop::{self, LoopSettings, Shared};
+use crate::properties::{self, Outcome, PropertyRules};
 use crate::render;
 use crate::tracker::{Publication, Tracker};
 
@@ -41,6 +43,15 @@ pub struct MqttSinkTaskConfig {
     pub inflight: usize,
     /// Reconnect backoff.
     pub reconnect_backoff: BackoffConfig,
+    /// MQTT 5 properties and expiry.
+    pub properties: PropertyRules,
+}
+
+/// Counters of one MQTT sink task.
+#[derive(Debug, Default)]
+pub struct MqttSinkCounters {
+    /// Records not published because their message expiry interval had passed.
+    pub expired: AtomicU64,
 }
 
 /// Publishes records of its partitions to MQTT. See the crate docs for the delivery contract.
@@ -49,6 +60,7 @@ pub struct MqttSinkTask {
     shared: Option<Arc<Shared>>,
     event_loop: Option<JoinHandle<()>>,
     stop: CancellationToken,
+    counters: Arc<MqttSinkCounters>,
 }
 
 impl std::fmt::Debug for MqttSinkTask {
@@ -70,7 +82,18 @@ impl Drop for MqttSinkTask {
 impl MqttSinkTask {
     /// A task for `config`; it connects in `start`.
     pub fn new(config: MqttSinkTaskConfig) -> Self {
-        Self { config, shared: None, event_loop: None, stop: CancellationToken::new() }
+        Self {
+            config,
+            shared: None,
+            event_loop: None,
+            stop: CancellationToken::new(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// The task's counters.
+    pub fn counters(&self) -> Arc<MqttSinkCounters> {
+        Arc::clone(&self.counters)
     }
 
     fn shared(&self) -> Result<&Arc<Shared>> {
@@ -112,20 +135,18 @@ impl MqttSinkTask {
 impl SinkTask for MqttSinkTask {
     async fn start(&mut self, ctx: SinkTaskContext) -> Result<()> {
         let c = &self.config;
-        let mut eventloop = EventLoop::new(c.connection.options(false)?, 16);
-        eventloop.set_network_options(c.connection.network_options());
+        let session = Session::new(c.connection.clone(), false)?;
         let shared = Arc::new(Shared::default());
         let (status_tx, mut status) = watch::channel(Status::default());
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
             backoff: c.reconnect_backoff,
-            keep_alive: Duration::from_secs(c.connection.keep_alive.as_secs().max(1)),
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
             window: c.inflight.max(1),
         };
         self.event_loop = Some(tokio::spawn(event_loop::run(
-            eventloop,
+            session,
             Arc::clone(&shared),
             status_tx,
             settings,
@@ -142,6 +163,7 @@ impl SinkTask for MqttSinkTask {
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {
         let shared = Arc::clone(self.shared()?);
         let window = self.config.inflight.max(1);
+        let now = connector_core::Timestamp::now();
         for r in records {
             let context = |e: Error| {
                 e.with_topic(&*r.topic).with_partition(r.partition).with_offset(r.offset)
@@ -154,6 +176,15 @@ impl SinkTask for MqttSinkTask {
             let topic = render::mqtt_topic(&self.config.mqtt_topic, r)
                 .map_err(|m| context(Error::rejected(m)))?;
             let retain = self.retain(r).map_err(context)?;
+            let properties = match properties::outcome(r, &self.config.properties, now) {
+                Ok(Outcome::Publish(p)) => p,
+                Ok(Outcome::Expired) => {
+                    self.counters.expired.fetch_add(1, Ordering::Relaxed);
+                    debug!(topic = %r.topic, partition = r.partition, offset = r.offset, "not publishing an expired record");
+                    continue;
+                }
+                Err(e) => return Err(context(e)),
+            };
             if shared.tracker.lock().pending() >= window {
                 // Let the event loop send what is queued, and wait for room.
                 shared.work.notify_one();
@@ -167,6 +198,7 @@ impl SinkTask for MqttSinkTask {
                 payload,
                 qos: self.config.qos,
                 retain,
+                properties,
             };
             shared.tracker.lock().add(publication);
         }

@@ -18,7 +18,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use connector_core::{Error, TopicPartition};
-use rumqttc::{Packet, PubRel, Publish, QoS};
+use connector_mqtt_common::{Message, Outbound, PublishProperties};
+use rumqttc::QoS;
 
 /// One record to publish.
 #[derive(Debug, Clone)]
@@ -30,15 +31,21 @@ pub(crate) struct Publication {
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
+    /// MQTT 5 properties (`None` on 3.1.1).
+    pub(crate) properties: Option<Box<PublishProperties>>,
 }
 
 impl Publication {
-    fn packet(&self, pkid: u16, dup: bool) -> Packet {
-        let mut p = Publish::from_bytes(self.topic.clone(), self.qos, self.payload.clone());
-        p.retain = self.retain;
-        p.pkid = pkid;
-        p.dup = dup;
-        Packet::Publish(p)
+    fn packet(&self, pkid: u16, dup: bool) -> Outbound {
+        Outbound::Publish(Message {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            dup,
+            pkid,
+            properties: self.properties.clone(),
+        })
     }
 }
 
@@ -93,7 +100,7 @@ impl Tracker {
 
     /// Moves publishes from the backlog into flight while fewer than `window` are, appending their
     /// packets to `out`. QoS 0 publishes are done at once: they are at most once.
-    pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<Packet>) {
+    pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<Outbound>) {
         if !self.connected {
             return;
         }
@@ -119,11 +126,11 @@ impl Tracker {
 
     /// The broker received QoS 2 publish `pkid` (PUBREC); returns our PUBREL. (Sent for an
     /// unknown id too, so the broker can drop its state.)
-    pub(crate) fn received(&mut self, pkid: u16) -> Packet {
+    pub(crate) fn received(&mut self, pkid: u16) -> Outbound {
         if let Some(f) = self.inflight.get_mut(&pkid) {
             f.released = true;
         }
-        Packet::PubRel(PubRel::new(pkid))
+        Outbound::PubRel(pkid)
     }
 
     fn done(&mut self, p: &Publication) {
@@ -137,14 +144,14 @@ impl Tracker {
 
     /// The connection is up. With a kept session, appends to `out` what must be sent again first;
     /// without, everything unacknowledged goes back to the front of the backlog in original order.
-    pub(crate) fn connected(&mut self, session_present: bool, out: &mut Vec<Packet>) {
+    pub(crate) fn connected(&mut self, session_present: bool, out: &mut Vec<Outbound>) {
         self.connected = true;
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         flying.sort_by_key(|(_, f)| f.publication.seq);
         if session_present {
             for (pkid, f) in flying {
                 out.push(match f.released {
-                    true => Packet::PubRel(PubRel::new(pkid)),
+                    true => Outbound::PubRel(pkid),
                     false => f.publication.packet(pkid, true),
                 });
                 self.inflight.insert(pkid, f);
@@ -195,6 +202,7 @@ mod tests {
             payload: Bytes::from(format!("m{offset}")),
             qos,
             retain: false,
+            properties: None,
         }
     }
 
@@ -207,12 +215,12 @@ mod tests {
     }
 
     /// (packet id, payload, dup) of each publish in `packets`; PUBRELs as (id, "rel", false).
-    fn sent(packets: &[Packet]) -> Vec<(u16, String, bool)> {
+    fn sent(packets: &[Outbound]) -> Vec<(u16, String, bool)> {
         packets
             .iter()
             .map(|p| match p {
-                Packet::Publish(p) => (p.pkid, String::from_utf8_lossy(&p.payload).into(), p.dup),
-                Packet::PubRel(r) => (r.pkid, "rel".into(), false),
+                Outbound::Publish(p) => (p.pkid, String::from_utf8_lossy(&p.payload).into(), p.dup),
+                Outbound::PubRel(pkid) => (*pkid, "rel".into(), false),
                 other => panic!("unexpected {other:?}"),
             })
             .collect()
@@ -275,7 +283,7 @@ mod tests {
         t.add(q2);
         let mut out = Vec::new();
         t.take_sendable(10, &mut out);
-        assert!(matches!(t.received(2), Packet::PubRel(r) if r.pkid == 2));
+        assert_eq!(t.received(2), Outbound::PubRel(2));
         t.disconnected();
         add(&mut t, 2); // while down: backlog
         out.clear();

@@ -3,7 +3,9 @@
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
 use connector_core::{ConfigErrors, ConnectorConfig, Secret};
-use connector_mqtt_common::{validate_filter, ConnectionKeys};
+use connector_mqtt_common::{
+    validate_filter, ConnectionKeys, MqttVersion, TlsFiles, DEFAULT_STATUS_TOPIC,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +85,42 @@ pub struct MqttSourceConfig {
     /// spreads messages across them.
     #[serde(default = "default_tasks")]
     pub tasks: usize,
+    /// MQTT protocol version: "3.1.1" (default) or "5". With 5, user properties become Kafka
+    /// headers (same names, order and duplicates kept), and content type, response topic,
+    /// correlation data, payload format indicator and message expiry interval become the
+    /// `mqtt.content_type`, `mqtt.response_topic`, `mqtt.correlation_data`,
+    /// `mqtt.payload_format_indicator` and `mqtt.message_expiry_interval` headers.
+    #[serde(default)]
+    pub mqtt_version: MqttVersion,
+    /// TLS settings for an `mqtts://` URL: CA file, client certificate and key, server name.
+    /// Without them the system's roots are trusted and no client certificate is sent.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Status topic of the connector's MQTT client (`{client_id}` is replaced): `online` is
+    /// published there (retained) on connect, `offline` on a clean stop, and the broker publishes
+    /// `offline` (the last will) when the connector dies or loses its network. `""` turns it off.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// MQTT 5 messages whose message expiry interval passed before they were handed to Kafka:
+    /// "produce" (default) writes them anyway, "drop" acknowledges them without writing and
+    /// counts them.
+    #[serde(default)]
+    pub expired_messages: ExpiredMessages,
+}
+
+/// What the MQTT source does with an MQTT 5 message whose expiry interval has passed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiredMessages {
+    /// Write it to Kafka anyway (with its `mqtt.message_expiry_interval` header).
+    #[default]
+    Produce,
+    /// Acknowledge it without writing it, and count it.
+    Drop,
+}
+
+fn default_status_topic() -> String {
+    DEFAULT_STATUS_TOPIC.to_owned()
 }
 
 fn default_qos() -> u8 {
@@ -134,6 +172,10 @@ impl MqttSourceConfig {
             reconnect_backoff: default_reconnect_backoff(),
             skip_retained: false,
             tasks: default_tasks(),
+            mqtt_version: MqttVersion::default(),
+            tls: None,
+            status_topic: default_status_topic(),
+            expired_messages: ExpiredMessages::default(),
         }
     }
 
@@ -149,6 +191,9 @@ impl MqttSourceConfig {
             password: self.password.as_ref(),
             max_packet_size: self.max_packet_size,
             reconnect_backoff: &self.reconnect_backoff,
+            mqtt_version: self.mqtt_version,
+            tls: self.tls.as_ref(),
+            status_topic: &self.status_topic,
         }
     }
 }

@@ -54,6 +54,7 @@ impl SourceConnector for MqttSourceConnector {
             skip_retained: config.skip_retained,
             inflight: config.inflight,
             reconnect_backoff: config.reconnect_backoff,
+            expired_messages: config.expired_messages,
         };
         Ok(Self { name: name.to_owned(), config, base })
     }

@@ -1,7 +1,7 @@
 //! The MQTT connection of one source task, driven in its own task.
 //!
-//! rumqttc opens the connection (TCP or TLS, CONNECT, CONNACK). From then on this loop drives it
-//! through rumqttc's packet reader and writer: it reads packets in bulk and hands received
+//! A [`Session`] opens the connection (TCP or TLS, CONNECT, CONNACK; MQTT 3.1.1 or 5). From then
+//! on this loop drives it through a [`Link`]: it reads packets in bulk and hands received
 //! messages to the source task in batches through a bounded channel; writes the acknowledgements
 //! the task releases, many per system call; sends keep-alive pings; subscribes when the broker did
 //! not keep the session; and reconnects with backoff. (rumqttc's own loop writes and flushes each
@@ -13,13 +13,10 @@ use std::time::Duration;
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind, Timestamp};
 use connector_mqtt_common::{
-    classify, connection_error, pause_before_reconnect, Link, MqttUrl, Status,
+    pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Session, Status,
 };
 use parking_lot::Mutex;
-use rumqttc::{
-    ConnectionError, Event, EventLoop, Packet, PingReq, PubAck, PubRec, Publish, QoS, Request,
-    StateError, Subscribe, SubscribeFilter, SubscribeReasonCode,
-};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
@@ -30,7 +27,7 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// A message as received, tagged with the connection it arrived on.
 #[derive(Debug)]
 pub(crate) struct Received {
-    pub(crate) publish: Publish,
+    pub(crate) publish: Message,
     pub(crate) generation: u64,
     pub(crate) received: Timestamp,
 }
@@ -114,7 +111,6 @@ pub(crate) struct LoopSettings {
     pub(crate) client_id: String,
     pub(crate) filters: Vec<(String, QoS)>,
     pub(crate) backoff: BackoffConfig,
-    pub(crate) keep_alive: Duration,
     /// Longest a write may wait for the broker to take our bytes.
     pub(crate) write_timeout: Duration,
 }
@@ -132,130 +128,107 @@ pub(crate) struct LoopChannels {
 enum End {
     /// `stop` was cancelled (DISCONNECT sent) or the source task went away.
     Stopped,
-    /// The connection broke; reconnect.
-    Lost(Box<ConnectionError>),
-    /// The connection cannot be used any more.
-    Fatal(Error),
+    /// The connection broke (retry) or cannot be used any more (fatal).
+    Lost(Error),
 }
 
-impl From<StateError> for End {
-    fn from(e: StateError) -> Self {
-        End::Lost(Box::new(ConnectionError::MqttState(e)))
-    }
-}
-
-impl From<Box<ConnectionError>> for End {
-    fn from(e: Box<ConnectionError>) -> Self {
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
         End::Lost(e)
     }
 }
 
 /// Runs until the connection is refused for good, the source task goes away, or `stop`.
-pub(crate) async fn run(mut eventloop: EventLoop, channels: LoopChannels, settings: LoopSettings) {
+pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: LoopSettings) {
     let mut backoff = Backoff::new(settings.backoff);
     // Whether the broker holds our subscription: a kept session keeps it, once acknowledged.
     let mut subscribed = false;
     loop {
         let connected = tokio::select! {
             () = channels.stop.cancelled() => return,
-            r = eventloop.poll() => r,
+            r = session.connect() => r,
         };
         let end = match connected {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(c) => {
                 backoff.reset();
-                info!(client_id = %settings.client_id, url = %settings.url, session_present = ack.session_present, "connected to MQTT broker");
-                // We resubscribe ourselves below; nothing of ours is left to resend.
-                eventloop.pending.clear();
-                subscribed &= ack.session_present;
+                info!(client_id = %settings.client_id, url = %settings.url, session_present = c.session_present, "connected to MQTT broker");
+                subscribed &= c.session_present;
                 channels.status.send_replace(Status {
                     connected: true,
                     last_error: None,
                     fatal: None,
                 });
-                drive(&mut eventloop, &channels, &settings, &mut subscribed).await
-            }
-            Ok(_) => End::Lost(Box::new(ConnectionError::NotConnAck(Packet::PingResp))),
-            Err(e) => End::Lost(Box::new(e)),
-        };
-        match end {
-            End::Stopped => return,
-            End::Fatal(error) => {
-                fail(&channels, error).await;
-                return;
-            }
-            End::Lost(e) => {
-                let error = connection_error(&e, &settings.url);
-                if classify(&e) == ErrorKind::Fatal {
-                    fail(&channels, error).await;
-                    return;
-                }
-                channels.status.send_replace(Status {
-                    connected: false,
-                    last_error: Some(error.to_string()),
-                    fatal: None,
-                });
-                // Messages received so far belong to the lost connection: their acks must not
-                // reach the next one (see `Acks`).
-                channels.acks.connection_lost();
-                let delay = backoff.next_delay();
-                let stopped = channels.stop.cancelled();
-                if !pause_before_reconnect(
-                    &mut eventloop,
-                    &settings.client_id,
-                    &error,
-                    delay,
-                    stopped,
+                let online = session.settings().status_message(true);
+                let offline = session.settings().status_message(false);
+                let mut link = session.link(settings.write_timeout);
+                let mut statuses = Statuses { online, offline };
+                match drive_link(
+                    &mut link,
+                    &channels,
+                    &settings,
+                    &mut subscribed,
+                    c.keep_alive,
+                    &mut statuses,
                 )
                 .await
                 {
-                    return;
+                    Ok(()) => End::Stopped,
+                    Err(end) => end,
                 }
             }
+            Err(e) => End::Lost(e),
+        };
+        let error = match end {
+            End::Stopped => return,
+            End::Lost(error) => error,
+        };
+        if error.kind() == ErrorKind::Fatal {
+            fail(&channels, error).await;
+            return;
+        }
+        channels.status.send_replace(Status {
+            connected: false,
+            last_error: Some(error.to_string()),
+            fatal: None,
+        });
+        // Messages received so far belong to the lost connection: their acks must not reach
+        // the next one (see `Acks`).
+        channels.acks.connection_lost();
+        let delay = backoff.next_delay();
+        let stopped = channels.stop.cancelled();
+        if !pause_before_reconnect(&mut session, &error, delay, stopped).await {
+            return;
         }
     }
 }
 
-/// Drives one established connection until it ends.
-async fn drive(
-    eventloop: &mut EventLoop,
-    channels: &LoopChannels,
-    settings: &LoopSettings,
-    subscribed: &mut bool,
-) -> End {
-    match drive_link(
-        &mut Link::new(eventloop, settings.write_timeout),
-        channels,
-        settings,
-        subscribed,
-    )
-    .await
-    {
-        Ok(()) => End::Stopped,
-        Err(end) => end,
-    }
+/// The status messages to send on connect and on a clean stop.
+struct Statuses {
+    online: Option<Message>,
+    offline: Option<Message>,
 }
+
+/// Packet id of our SUBSCRIBE (the broker's messages use their own ids).
+const SUBSCRIBE_PKID: u16 = 1;
 
 async fn drive_link(
     link: &mut Link<'_>,
     channels: &LoopChannels,
     settings: &LoopSettings,
     subscribed: &mut bool,
+    keep_alive: Duration,
+    statuses: &mut Statuses,
 ) -> Result<(), End> {
     let generation = channels.acks.generation();
-    let mut subscribe_pkid = None;
-    if !*subscribed {
-        let filters = settings.filters.iter().map(|(f, q)| SubscribeFilter::new(f.clone(), *q));
-        let request = Request::Subscribe(Subscribe::new_many(filters));
-        if let Some(packet) = link.state().handle_outgoing_packet(request)? {
-            if let Packet::Subscribe(s) = &packet {
-                subscribe_pkid = Some(s.pkid);
-            }
-            link.write(packet).await?;
-            link.flush().await?;
-        }
-        link.state().events.clear();
+    if let Some(online) = statuses.online.clone() {
+        link.write(Outbound::Publish(online)).await?;
     }
-    let mut keepalive = tokio::time::interval(settings.keep_alive);
+    if !*subscribed {
+        let filters = settings.filters.clone();
+        link.write(Outbound::Subscribe { pkid: SUBSCRIBE_PKID, filters }).await?;
+    }
+    link.flush().await?;
+    let mut keepalive = tokio::time::interval(keep_alive.max(Duration::from_secs(1)));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
     let mut batch: Vec<Received> = Vec::new();
@@ -268,11 +241,14 @@ async fn drive_link(
                 // Queued acknowledgements go out before the DISCONNECT; the session stays.
                 channels.acks.take(&mut acks);
                 for (pkid, qos) in acks.drain(..) {
-                    if let Some(packet) = ack_packet(link.state(), pkid, qos) {
+                    if let Some(packet) = ack_packet(pkid, qos) {
                         link.write(packet).await?;
                     }
                 }
-                link.write(Packet::Disconnect).await?;
+                if let Some(offline) = statuses.offline.take() {
+                    link.write(Outbound::Publish(offline)).await?;
+                }
+                link.write(Outbound::Disconnect).await?;
                 link.flush().await?;
                 debug!(client_id = %settings.client_id, "DISCONNECT sent");
                 return Ok(());
@@ -280,7 +256,7 @@ async fn drive_link(
             () = channels.acks.ready.notified() => {
                 channels.acks.take(&mut acks);
                 for (pkid, qos) in acks.drain(..) {
-                    if let Some(packet) = ack_packet(link.state(), pkid, qos) {
+                    if let Some(packet) = ack_packet(pkid, qos) {
                         link.write(packet).await?;
                     }
                 }
@@ -296,74 +272,57 @@ async fn drive_link(
                 // Everything already buffered is handled now; its replies go out in one write.
                 while let Some(packet) = next.take() {
                     match packet? {
-                        Packet::Publish(publish) => {
-                            if publish.qos == QoS::ExactlyOnce {
-                                // The state remembers the id, to answer the broker's PUBREL.
-                                link.state().handle_incoming_packet(Packet::Publish(publish.clone()))?;
-                            }
+                        Inbound::Publish(publish) => {
                             batch.push(Received { publish, generation, received });
                         }
-                        Packet::SubAck(ack) => {
-                            if subscribe_pkid == Some(ack.pkid) {
-                                check_suback(&ack.return_codes, settings)?;
-                                *subscribed = true;
-                                debug!(filters = ?settings.filters, "subscribed");
-                            }
+                        Inbound::SubAck { pkid, refused }
+                            if pkid == SUBSCRIBE_PKID && !*subscribed =>
+                        {
+                            check_suback(&refused, settings)?;
+                            *subscribed = true;
+                            debug!(filters = ?settings.filters, "subscribed");
                         }
-                        other => {
-                            if let Some(reply) = link.state().handle_incoming_packet(other)? {
-                                link.write(reply).await?;
-                            }
+                        // The broker releases a QoS 2 message we acknowledged with PUBREC.
+                        Inbound::PubRel(pkid) => link.write(Outbound::PubComp(pkid)).await?,
+                        Inbound::Disconnect(reason) => {
+                            return Err(End::Lost(Error::retriable(format!(
+                                "MQTT broker {} closed the connection: {reason}",
+                                settings.url
+                            ))));
                         }
+                        _ => {}
                     }
                     if batch.len() < MAX_BATCH {
                         next = link.read_buffered();
                     }
                 }
-                // The state keeps a copy of each packet it saw as an event; we need none.
-                link.state().events.clear();
                 link.flush().await?;
             }
-            _ = keepalive.tick() => {
-                // Fails when the previous ping got no answer: the connection is dead.
-                if let Some(packet) = link.state().handle_outgoing_packet(Request::PingReq(PingReq))? {
-                    link.write(packet).await?;
-                    link.flush().await?;
-                }
-                link.state().events.clear();
-            }
+            _ = keepalive.tick() => link.ping().await?,
         }
     }
 }
 
-/// The acknowledgement of a message: PUBACK for QoS 1, PUBREC for QoS 2 (recorded in the state,
-/// which then answers the broker's PUBREL with PUBCOMP).
-fn ack_packet(state: &mut rumqttc::MqttState, pkid: u16, qos: QoS) -> Option<Packet> {
+/// The acknowledgement of a message: PUBACK for QoS 1, PUBREC for QoS 2 (the broker then sends
+/// PUBREL, answered with PUBCOMP).
+fn ack_packet(pkid: u16, qos: QoS) -> Option<Outbound> {
     match qos {
         QoS::AtMostOnce => None,
-        QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(pkid))),
-        QoS::ExactlyOnce => {
-            let packet = state.handle_outgoing_packet(Request::PubRec(PubRec::new(pkid))).ok()?;
-            state.events.clear();
-            packet
-        }
+        QoS::AtLeastOnce => Some(Outbound::PubAck(pkid)),
+        QoS::ExactlyOnce => Some(Outbound::PubRec(pkid)),
     }
 }
 
-fn check_suback(codes: &[SubscribeReasonCode], settings: &LoopSettings) -> Result<(), End> {
-    let refused: Vec<&str> = codes
-        .iter()
-        .zip(&settings.filters)
-        .filter(|(code, _)| matches!(code, SubscribeReasonCode::Failure))
-        .map(|(_, (f, _))| f.as_str())
-        .collect();
+fn check_suback(refused: &[usize], settings: &LoopSettings) -> Result<(), End> {
     if refused.is_empty() {
         return Ok(());
     }
-    Err(End::Fatal(Error::fatal(format!(
+    let names: Vec<&str> =
+        refused.iter().filter_map(|i| settings.filters.get(*i)).map(|(f, _)| f.as_str()).collect();
+    Err(End::Lost(Error::fatal(format!(
         "MQTT broker {} refused the subscription to {}",
         settings.url,
-        refused.join(", ")
+        names.join(", ")
     ))))
 }
 

@@ -6,6 +6,6 @@ mod event_loop;
 mod render;
 mod task;
 
-pub use config::MqttSourceConfig;
+pub use config::{ExpiredMessages, MqttSourceConfig};
 pub use connector::MqttSourceConnector;
 pub use task::{MqttSourceCounters, MqttSourceTask, MqttSourceTaskConfig};

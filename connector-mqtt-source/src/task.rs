@@ -14,13 +14,14 @@ use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
 };
-use connector_mqtt_common::{wait_connected, ConnectionSettings, Status};
-use rumqttc::{EventLoop, QoS};
+use connector_mqtt_common::{headers, wait_connected, ConnectionSettings, Session, Status};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::ExpiredMessages;
 use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
 use crate::render;
 
@@ -46,6 +47,8 @@ pub struct MqttSourceTaskConfig {
     pub inflight: usize,
     /// Reconnect backoff.
     pub reconnect_backoff: BackoffConfig,
+    /// What to do with an MQTT 5 message whose expiry interval has passed.
+    pub expired_messages: ExpiredMessages,
 }
 
 /// One received message not yet acknowledged to the broker.
@@ -122,6 +125,9 @@ pub struct MqttSourceCounters {
     /// Messages not acknowledged because their connection was lost before Kafka had them (the
     /// broker redelivers them).
     pub stale_acks: AtomicU64,
+    /// MQTT 5 messages dropped because their expiry interval had passed
+    /// (`expired_messages = "drop"`).
+    pub expired_dropped: AtomicU64,
 }
 
 /// Reads one MQTT client's messages. See the crate docs for the delivery contract.
@@ -154,11 +160,14 @@ impl MqttSourceTask {
 
     fn record(&self, msg: Received) -> SourceRecord {
         let Received { publish, received, .. } = msg;
-        let mut headers = Headers::with_capacity(4);
-        headers.push("mqtt.topic", Bytes::copy_from_slice(publish.topic.as_bytes()));
-        headers.push("mqtt.qos", Bytes::from_static(qos_name(publish.qos)));
-        headers.push("mqtt.retain", Bytes::from_static(bool_name(publish.retain)));
-        headers.push("mqtt.dup", Bytes::from_static(bool_name(publish.dup)));
+        let mut record_headers = Headers::with_capacity(4);
+        record_headers.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
+        record_headers.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
+        record_headers.push(headers::RETAIN, Bytes::from_static(bool_name(publish.retain)));
+        record_headers.push(headers::DUP, Bytes::from_static(bool_name(publish.dup)));
+        if let Some(p) = &publish.properties {
+            v5_headers(p, &mut record_headers);
+        }
         let mut rejected = None;
         let topic = match render::kafka_topic(&self.config.kafka_topic, &publish.topic) {
             Ok(t) => t,
@@ -179,13 +188,44 @@ impl MqttSourceTask {
             partition: None,
             key,
             value: Some(publish.payload),
-            headers,
+            headers: record_headers,
             timestamp: Some(received),
             source_partition: Default::default(),
             source_offset: None,
             rejected,
         }
     }
+}
+
+/// MQTT 5 properties as headers: user properties under their own names (order and duplicates
+/// kept), the others under `mqtt.*` names the MQTT sink reads back.
+fn v5_headers(p: &connector_mqtt_common::PublishProperties, out: &mut Headers) {
+    for (name, value) in &p.user_properties {
+        out.push(name.as_str(), Bytes::copy_from_slice(value.as_bytes()));
+    }
+    if let Some(ct) = &p.content_type {
+        out.push(headers::CONTENT_TYPE, Bytes::copy_from_slice(ct.as_bytes()));
+    }
+    if let Some(rt) = &p.response_topic {
+        out.push(headers::RESPONSE_TOPIC, Bytes::copy_from_slice(rt.as_bytes()));
+    }
+    if let Some(cd) = &p.correlation_data {
+        out.push(headers::CORRELATION_DATA, cd.clone());
+    }
+    if let Some(pf) = p.payload_format_indicator {
+        out.push(headers::PAYLOAD_FORMAT, Bytes::from(pf.to_string()));
+    }
+    if let Some(e) = p.message_expiry_interval {
+        out.push(headers::MESSAGE_EXPIRY, Bytes::from(e.to_string()));
+    }
+}
+
+/// Whether an MQTT 5 message's expiry interval (counted from when it was received) has passed.
+fn expired(m: &Received, now: connector_core::Timestamp) -> bool {
+    let Some(secs) = m.publish.properties.as_ref().and_then(|p| p.message_expiry_interval) else {
+        return false;
+    };
+    now.as_millis() - m.received.as_millis() >= i64::from(secs) * 1000
 }
 
 fn qos_name(q: QoS) -> &'static [u8] {
@@ -208,9 +248,7 @@ fn bool_name(b: bool) -> &'static [u8] {
 impl SourceTask for MqttSourceTask {
     async fn start(&mut self, ctx: SourceTaskContext) -> Result<()> {
         let c = &self.config;
-        let options = c.connection.options(true)?;
-        let mut eventloop = EventLoop::new(options, 16);
-        eventloop.set_network_options(c.connection.network_options());
+        let session = Session::new(c.connection.clone(), true)?;
         // Batches of up to MAX_BATCH messages: room for `inflight` messages in all.
         let (tx, rx) = mpsc::channel(c.inflight.div_ceil(MAX_BATCH).max(1));
         let acks = Arc::new(Acks::default());
@@ -221,12 +259,11 @@ impl SourceTask for MqttSourceTask {
             client_id: c.connection.client_id.clone(),
             filters: c.filters.iter().map(|f| (f.clone(), c.qos)).collect(),
             backoff: c.reconnect_backoff,
-            keep_alive: Duration::from_secs(c.connection.keep_alive.as_secs().max(1)),
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
         };
         let channels =
             LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };
-        let event_loop = tokio::spawn(event_loop::run(eventloop, channels, settings));
+        let event_loop = tokio::spawn(event_loop::run(session, channels, settings));
         let running =
             Running { rx, acks, stop, event_loop, unacked: VecDeque::new(), releasing: Vec::new() };
 
@@ -263,6 +300,7 @@ impl SourceTask for MqttSourceTask {
         }
         let mut records = Vec::with_capacity(messages);
         let mut unacked = Vec::with_capacity(messages);
+        let now = connector_core::Timestamp::now();
         'batches: for i in incoming {
             match i {
                 Incoming::Failed(e) => {
@@ -272,7 +310,11 @@ impl SourceTask for MqttSourceTask {
                 Incoming::Messages(batch) => {
                     for m in batch {
                         let p = &m.publish;
-                        let forwarded = !(self.config.skip_retained && p.retain);
+                        let retained = self.config.skip_retained && p.retain;
+                        let drop_expired = !retained
+                            && self.config.expired_messages == ExpiredMessages::Drop
+                            && expired(&m, now);
+                        let forwarded = !retained && !drop_expired;
                         unacked.push(Unacked {
                             pkid: p.pkid,
                             qos: p.qos,
@@ -281,8 +323,11 @@ impl SourceTask for MqttSourceTask {
                         });
                         if forwarded {
                             records.push(self.record(m));
-                        } else {
+                        } else if retained {
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
+                            debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
                         }
                     }
                 }

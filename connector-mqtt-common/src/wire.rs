@@ -1,0 +1,289 @@
+//! The MQTT packets the connectors exchange, the same for MQTT 3.1.1 and MQTT 5 ([`Inbound`],
+//! [`Outbound`], [`Message`]), and their conversions to and from rumqttc's packets of each
+//! version. A message's MQTT 5 properties travel with it; on 3.1.1 they are absent.
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::QoS;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+/// The MQTT protocol version a connector speaks.
+///
+/// ```
+/// use connector_mqtt_common::MqttVersion;
+///
+/// let v: MqttVersion = serde_json::from_str(r#""5""#).unwrap();
+/// assert_eq!(v, MqttVersion::V5);
+/// assert_eq!(MqttVersion::default(), MqttVersion::V311);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5: properties (user properties, content type, expiry, ...) and reason codes.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// A PUBLISH, received or to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Quality of service.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Duplicate flag (a redelivery).
+    pub dup: bool,
+    /// Packet identifier (0 for QoS 0).
+    pub pkid: u16,
+    /// MQTT 5 properties; always `None` on MQTT 3.1.1.
+    pub properties: Option<Box<PublishProperties>>,
+}
+
+/// A packet from the broker, as the connectors see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A message.
+    Publish(Message),
+    /// QoS 1 publish acknowledged.
+    PubAck(u16),
+    /// QoS 2 publish received by the broker (answer with PUBREL).
+    PubRec(u16),
+    /// QoS 2 release of a message we received (answer with PUBCOMP).
+    PubRel(u16),
+    /// QoS 2 publish complete.
+    PubComp(u16),
+    /// Subscription result: the indexes of refused filters.
+    SubAck {
+        /// Packet identifier of the SUBSCRIBE.
+        pkid: u16,
+        /// Indexes (in the SUBSCRIBE's order) of the filters the broker refused.
+        refused: Vec<usize>,
+    },
+    /// Answer to our ping.
+    PingResp,
+    /// The broker closes the connection (MQTT 5), with its reason.
+    Disconnect(String),
+    /// Anything else (ignored).
+    Other,
+}
+
+/// A packet to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A message.
+    Publish(Message),
+    /// Acknowledge a QoS 1 message.
+    PubAck(u16),
+    /// Acknowledge receipt of a QoS 2 message.
+    PubRec(u16),
+    /// Release a QoS 2 publish the broker received.
+    PubRel(u16),
+    /// Complete a QoS 2 message we received.
+    PubComp(u16),
+    /// Subscribe to filters.
+    Subscribe {
+        /// Packet identifier.
+        pkid: u16,
+        /// Filters and their QoS.
+        filters: Vec<(String, QoS)>,
+    },
+    /// Keep-alive ping.
+    PingReq,
+    /// Normal disconnect (the session stays; the last will is discarded).
+    Disconnect,
+}
+
+pub(crate) fn qos_to_v5(q: QoS) -> QoS5 {
+    match q {
+        QoS::AtMostOnce => QoS5::AtMostOnce,
+        QoS::AtLeastOnce => QoS5::AtLeastOnce,
+        QoS::ExactlyOnce => QoS5::ExactlyOnce,
+    }
+}
+
+fn qos_from_v5(q: QoS5) -> QoS {
+    match q {
+        QoS5::AtMostOnce => QoS::AtMostOnce,
+        QoS5::AtLeastOnce => QoS::AtLeastOnce,
+        QoS5::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+impl From<rumqttc::Packet> for Inbound {
+    fn from(p: rumqttc::Packet) -> Self {
+        use rumqttc::Packet as P;
+        match p {
+            P::Publish(p) => Inbound::Publish(Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                dup: p.dup,
+                pkid: p.pkid,
+                properties: None,
+            }),
+            P::PubAck(a) => Inbound::PubAck(a.pkid),
+            P::PubRec(a) => Inbound::PubRec(a.pkid),
+            P::PubRel(a) => Inbound::PubRel(a.pkid),
+            P::PubComp(a) => Inbound::PubComp(a.pkid),
+            P::SubAck(a) => Inbound::SubAck {
+                pkid: a.pkid,
+                refused: a
+                    .return_codes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .map(|(i, _)| i)
+                    .collect(),
+            },
+            P::PingResp => Inbound::PingResp,
+            _ => Inbound::Other,
+        }
+    }
+}
+
+impl From<Outbound> for rumqttc::Packet {
+    fn from(o: Outbound) -> Self {
+        use rumqttc::Packet as P;
+        match o {
+            Outbound::Publish(m) => {
+                let mut p = rumqttc::Publish::from_bytes(m.topic, m.qos, m.payload);
+                p.retain = m.retain;
+                p.dup = m.dup;
+                p.pkid = m.pkid;
+                P::Publish(p)
+            }
+            Outbound::PubAck(id) => P::PubAck(rumqttc::PubAck::new(id)),
+            Outbound::PubRec(id) => P::PubRec(rumqttc::PubRec::new(id)),
+            Outbound::PubRel(id) => P::PubRel(rumqttc::PubRel::new(id)),
+            Outbound::PubComp(id) => P::PubComp(rumqttc::PubComp::new(id)),
+            Outbound::Subscribe { pkid, filters } => {
+                let mut s = rumqttc::Subscribe::new_many(
+                    filters.into_iter().map(|(f, q)| rumqttc::SubscribeFilter::new(f, q)),
+                );
+                s.pkid = pkid;
+                P::Subscribe(s)
+            }
+            Outbound::PingReq => P::PingReq,
+            Outbound::Disconnect => P::Disconnect,
+        }
+    }
+}
+
+impl Inbound {
+    /// The connector's view of an MQTT 5 packet. A topic that is not UTF-8 (which a broker must
+    /// not send) is an error.
+    pub(crate) fn from_v5(p: p5::Packet) -> Result<Self, String> {
+        use p5::Packet as P;
+        Ok(match p {
+            P::Publish(p) => Inbound::Publish(Message {
+                topic: String::from_utf8(p.topic.to_vec())
+                    .map_err(|_| "the broker sent a topic that is not UTF-8".to_owned())?,
+                payload: p.payload,
+                qos: qos_from_v5(p.qos),
+                retain: p.retain,
+                dup: p.dup,
+                pkid: p.pkid,
+                properties: p.properties.map(Box::new),
+            }),
+            P::PubAck(a) => Inbound::PubAck(a.pkid),
+            P::PubRec(a) => Inbound::PubRec(a.pkid),
+            P::PubRel(a) => Inbound::PubRel(a.pkid),
+            P::PubComp(a) => Inbound::PubComp(a.pkid),
+            P::SubAck(a) => Inbound::SubAck {
+                pkid: a.pkid,
+                refused: a
+                    .return_codes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| !matches!(c, p5::SubscribeReasonCode::Success(_)))
+                    .map(|(i, _)| i)
+                    .collect(),
+            },
+            P::PingResp(_) => Inbound::PingResp,
+            P::Disconnect(d) => Inbound::Disconnect(format!(
+                "{:?}{}",
+                d.reason_code,
+                d.properties
+                    .and_then(|p| p.reason_string)
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )),
+            _ => Inbound::Other,
+        })
+    }
+}
+
+impl From<Outbound> for p5::Packet {
+    fn from(o: Outbound) -> Self {
+        use p5::Packet as P;
+        match o {
+            Outbound::Publish(m) => P::Publish(p5::Publish {
+                dup: m.dup,
+                qos: qos_to_v5(m.qos),
+                retain: m.retain,
+                topic: Bytes::from(m.topic),
+                pkid: m.pkid,
+                payload: m.payload,
+                properties: m.properties.map(|p| *p),
+            }),
+            Outbound::PubAck(id) => P::PubAck(p5::PubAck::new(id, None)),
+            Outbound::PubRec(id) => P::PubRec(p5::PubRec::new(id, None)),
+            Outbound::PubRel(id) => P::PubRel(p5::PubRel::new(id, None)),
+            Outbound::PubComp(id) => P::PubComp(p5::PubComp::new(id, None)),
+            Outbound::Subscribe { pkid, filters } => {
+                let mut s = p5::Subscribe::new_many(
+                    filters.into_iter().map(|(f, q)| p5::Filter::new(f, qos_to_v5(q))),
+                    None,
+                );
+                s.pkid = pkid;
+                P::Subscribe(s)
+            }
+            Outbound::PingReq => P::PingReq(p5::PingReq),
+            Outbound::Disconnect => {
+                P::Disconnect(p5::Disconnect::new(p5::DisconnectReasonCode::NormalDisconnection))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v5_publish_keeps_its_properties_through_the_codec() {
+        let props = PublishProperties {
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            content_type: Some("application/json".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            ..PublishProperties::default()
+        };
+        let out = Outbound::Publish(Message {
+            topic: "t/1".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: false,
+            pkid: 7,
+            properties: Some(Box::new(props.clone())),
+        });
+        let mut buf = bytes::BytesMut::new();
+        p5::Packet::from(out).write(&mut buf, None).unwrap();
+        let back = Inbound::from_v5(p5::Packet::read(&mut buf, None).unwrap()).unwrap();
+        let Inbound::Publish(m) = back else { panic!("{back:?}") };
+        assert_eq!((m.topic.as_str(), m.pkid), ("t/1", 7));
+        assert_eq!(*m.properties.unwrap(), props);
+    }
+}
