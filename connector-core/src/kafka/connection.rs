@@ -213,7 +213,7 @@ pub(crate) async fn connect(
                     "TLS connection to Kafka broker {addr} failed: {tls_error} (does it require \
                      a client certificate? see kafka.ssl_certificate_file and kafka.ssl_key_file)"
                 );
-                return Err(Error::fatal(message).with_source(e));
+                return Err(Error::fatal(message));
             }
             return Err(Error::retriable(format!(
                 "Kafka broker {addr} did not agree on API versions"

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rskafka::client::{Credentials, SaslConfig};
-use rskafka::messenger::SaslError;
+use rskafka::messenger::{RequestError, SaslError};
 use rskafka::protocol::error::Error as ApiError;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -255,8 +255,8 @@ pub(crate) fn tls_handshake_error(e: std::io::Error, addr: &str, tls: &Tls) -> E
         }
         _ => "",
     };
+    // The message quotes the TLS error; no source, so reports do not repeat it.
     Error::fatal(format!("TLS handshake with Kafka broker {addr} failed: {tls_error}{hint}"))
-        .with_source(e)
 }
 
 /// The rustls error somewhere in `e`'s chain of causes, if any: a TLS alert that arrives after
@@ -276,7 +276,11 @@ pub(crate) fn find_tls_error<'a>(
         {
             return Some(found);
         }
-        next = err.source();
+        // A poisoned connection carries the error that poisoned it, but not as its source.
+        next = match err.downcast_ref::<RequestError>() {
+            Some(RequestError::Poisoned(cause)) => Some(cause.as_ref()),
+            _ => err.source(),
+        };
     }
     None
 }
@@ -292,11 +296,11 @@ pub(crate) fn sasl_error(e: SaslError, addr: &str, sasl: &Sasl) -> Error {
                 return Error::fatal(format!(
                     "TLS connection to Kafka broker {addr} failed during the SASL {mechanism} login: \
                      {tls_error}"
-                ))
-                .with_source(e);
+                ));
             }
             Error::retriable(format!(
-                "connection to Kafka broker {addr} failed during the SASL {mechanism} login"
+                "connection to Kafka broker {addr} failed during the SASL {mechanism} login (some \
+                 brokers close the connection when they do not offer the mechanism)"
             ))
             .with_source(e)
         }
@@ -312,6 +316,11 @@ pub(crate) fn sasl_error(e: SaslError, addr: &str, sasl: &Sasl) -> Error {
         SaslError::ApiError(code) => Error::fatal(format!(
             "SASL {mechanism} login of user {user:?} to Kafka broker {addr} failed: broker \
              answered {code:?}"
+        )),
+        // SCRAM: the broker's final message rejects the proof ("e=invalid-proof").
+        SaslError::SaslSessionError(e) => Error::fatal(format!(
+            "Kafka broker {addr} refused the SASL {mechanism} login of user {user:?}: {e} (check \
+             kafka.sasl_username and the password)"
         )),
         other => Error::fatal(format!(
             "SASL {mechanism} login of user {user:?} to Kafka broker {addr} failed"
