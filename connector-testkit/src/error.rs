@@ -41,6 +41,12 @@ pub enum TestkitError {
     /// A wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Generating or loading test certificates failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// A combination of options the brokers cannot provide.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A file the test kit wrote or read.
     #[error("{path}: {message}")]
     File {

@@ -1,6 +1,8 @@
 //! Real brokers for tests and the quickstart: [`Mosquitto`] and [`Tansu`] started on free ports in
 //! temporary directories (stopped and removed on drop), a [`FaultProxy`] that cuts, heals and
-//! delays TCP connections, and [`kafka`] helpers to write and read test records.
+//! delays TCP connections, [`kafka`] helpers to write and read test records, and for security
+//! tests a throw-away [`TestPki`] and a TLS-terminating [`TlsProxy`] (Tansu can also be started
+//! behind TLS and with SASL users, see [`TansuOptions`]).
 //!
 //! Brokers are real processes, never mocks. A missing binary is an error whose message says how to
 //! install it (`scripts/install-brokers` installs both); tests never skip silently.
@@ -26,6 +28,7 @@ mod mqtt;
 mod process;
 mod proxy;
 mod tansu;
+mod tls;
 mod wait;
 
 pub use error::{Result, TestkitError};
@@ -33,7 +36,8 @@ pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use mqtt::{MqttPublisher, MqttSubscriber};
 pub use process::{broker_cache_dir, free_port};
 pub use proxy::{FaultProxy, ProxyMode};
-pub use tansu::{Tansu, TansuStorage};
+pub use tansu::{SaslUser, Tansu, TansuOptions, TansuStorage, TansuTls};
+pub use tls::{TestPki, TlsProxy};
 pub use wait::{wait_source_subscribed, wait_until};
 
 /// Installs a `tracing` subscriber for tests (honours `RUST_LOG`; default `warn`). Safe to call

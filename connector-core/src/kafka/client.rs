@@ -29,6 +29,7 @@ use crate::backoff::Backoff;
 use crate::kafka::config::KafkaConfig;
 use crate::kafka::connection::{connect, Connection};
 use crate::kafka::errors::{api_error, invalidates_metadata, request_error};
+use crate::kafka::security::Security;
 use crate::{Error, Result};
 
 /// A topic's partitions and their leaders, as last seen in a Metadata response.
@@ -100,6 +101,8 @@ type ConnectLock = Arc<tokio::sync::Mutex<()>>;
 
 struct Inner {
     config: KafkaConfig,
+    /// TLS configuration and SASL credentials, loaded once.
+    security: Security,
     state: Mutex<State>,
     /// One connection attempt per broker and lane at a time.
     connect_locks: Mutex<HashMap<(i32, Lane), ConnectLock>>,
@@ -146,18 +149,23 @@ enum Target {
 }
 
 impl KafkaClient {
-    /// Connects to the cluster: validates the config, then fetches cluster metadata from the first
-    /// bootstrap server that answers, retrying with backoff for up to the request timeout.
+    /// Connects to the cluster: validates the config, reads its TLS and SASL files and secrets,
+    /// then fetches cluster metadata from the first bootstrap server that answers, retrying with
+    /// backoff for up to the request timeout.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid config; retriable when no bootstrap server answered.
+    /// [`Error::Config`] for an invalid config or an unreadable certificate, key or password
+    /// file; fatal when a broker's certificate does not verify or it refuses the SASL login;
+    /// retriable when no bootstrap server answered.
     pub async fn connect(config: KafkaConfig) -> Result<Self> {
         if let Some(first) = config.validate().iter().next() {
             return Err(Error::config(format!("kafka.{}", first.path), &first.message));
         }
+        let security = Security::load(&config)?;
         let client = Self {
             inner: Arc::new(Inner {
                 config,
+                security,
                 state: Mutex::new(State::default()),
                 connect_locks: Mutex::new(HashMap::new()),
                 metadata_can_refuse_auto_create: AtomicBool::new(true),
@@ -174,6 +182,8 @@ impl KafkaClient {
                     warn!(error = %e.report(), "Kafka not reachable yet; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
+                // A refused login or an untrusted certificate: retrying cannot help.
+                Err(e) if !e.is_retriable() => return Err(e),
                 Err(e) => {
                     return Err(Error::retriable(format!(
                         "cannot reach Kafka at {}: {}",
@@ -568,7 +578,7 @@ impl KafkaClient {
             return Ok((addr, conn));
         }
         debug!(node, addr, ?lane, "connecting to Kafka broker");
-        let conn = connect(&addr, &self.inner.config).await?;
+        let conn = connect(&addr, &self.inner.config, &self.inner.security).await?;
         self.inner.state.lock().conns.insert((node, lane), Arc::clone(&conn));
         Ok((addr, conn))
     }
@@ -595,15 +605,17 @@ impl KafkaClient {
         for node in known {
             match self.node_connection(node, Lane::Control).await {
                 Ok((addr, conn)) => return Ok((Some((node, Lane::Control)), addr, conn)),
+                Err(e) if !e.is_retriable() => return Err(e),
                 Err(e) => last_error = Some(e),
             }
         }
         for addr in &self.inner.config.bootstrap_servers {
-            match connect(addr, &self.inner.config).await {
+            match connect(addr, &self.inner.config, &self.inner.security).await {
                 Ok(conn) => {
                     self.inner.state.lock().bootstrap = Some((addr.clone(), Arc::clone(&conn)));
                     return Ok((None, addr.clone(), conn));
                 }
+                Err(e) if !e.is_retriable() => return Err(e),
                 Err(e) => {
                     debug!(addr, error = %e.report(), "bootstrap server not reachable");
                     last_error = Some(e);

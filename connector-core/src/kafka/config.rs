@@ -1,6 +1,8 @@
-//! The `[kafka]` table: where the brokers are and how we talk to them (timeouts, backoff,
-//! batching, fetch sizes, topic auto-creation).
+//! The `[kafka]` table: where the brokers are and how we talk to them (security, timeouts,
+//! backoff, batching, fetch sizes, topic auto-creation).
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -8,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::BackoffConfig;
 use crate::config::{join_path, ConfigErrors};
+use crate::Secret;
 
 /// Compression applied to produced record batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -24,6 +27,84 @@ pub enum Compression {
     Lz4,
     /// Zstandard.
     Zstd,
+}
+
+/// How connections to the brokers are secured: Kafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// Plain TCP, no login (default).
+    #[default]
+    #[serde(alias = "PLAINTEXT")]
+    Plaintext,
+    /// TLS, no login (or a client certificate, with `ssl_certificate_file`).
+    #[serde(alias = "SSL")]
+    Ssl,
+    /// SASL login over plain TCP. With `PLAIN` the password crosses the network unencrypted.
+    #[serde(alias = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    /// SASL login over TLS.
+    #[serde(alias = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// True for `ssl` and `sasl_ssl`.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    /// True for `sasl_plaintext` and `sasl_ssl`.
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    /// The name as written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+impl fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A SASL mechanism, by its Kafka name (`sasl.mechanism`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    /// `PLAIN`: user name and password sent as they are (use it over TLS only).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`: challenge-response; the password never crosses the network.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`: as `SCRAM-SHA-256`, with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The mechanism's name, as brokers and config spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+impl fmt::Display for SaslMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How to reach Kafka and how to batch, retry and fetch.
@@ -44,6 +125,41 @@ pub struct KafkaConfig {
     /// Client id sent to the brokers (shows in broker logs and quotas).
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// How connections are secured (Kafka's `security.protocol`): `plaintext` (default), `ssl`
+    /// (TLS), `sasl_plaintext` (SASL login over plain TCP) or `sasl_ssl` (SASL login over TLS).
+    /// Kafka's upper-case spellings (`SASL_SSL`) are accepted too.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CA certificates that sign the brokers' certificates, for `ssl` and
+    /// `sasl_ssl`. Default: the operating system's root certificates.
+    #[serde(default)]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// PEM file of our client certificate (chain), for brokers that require client certificates
+    /// (mutual TLS). Needs `ssl_key_file`.
+    #[serde(default)]
+    pub ssl_certificate_file: Option<PathBuf>,
+    /// PEM file of the unencrypted private key (PKCS#8, PKCS#1 or SEC1) of
+    /// `ssl_certificate_file`. Only its path is ever shown; its contents are never logged.
+    #[serde(default)]
+    pub ssl_key_file: Option<PathBuf>,
+    /// Name to verify the brokers' certificates against (and to send as SNI) instead of the host
+    /// of each broker's address: for brokers reached by IP address or through a tunnel.
+    #[serde(default)]
+    pub ssl_server_name: Option<String>,
+    /// SASL mechanism for `sasl_plaintext` and `sasl_ssl`: `PLAIN`, `SCRAM-SHA-256` or
+    /// `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// SASL user name.
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// SASL password; `${VAR}` reads it from the environment. Set this or `sasl_password_file`.
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// File holding the SASL password (one trailing newline is ignored), such as a mounted
+    /// Kubernetes or Docker secret. Set this or `sasl_password`.
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
     /// Largest time a broker may take to answer one request before we give up on it, drop the
     /// connection and retry.
     #[serde(default = "default_request_timeout_ms")]
@@ -145,6 +261,15 @@ impl KafkaConfig {
         Self {
             bootstrap_servers: bootstrap_servers.into_iter().map(Into::into).collect(),
             client_id: default_client_id(),
+            security_protocol: SecurityProtocol::Plaintext,
+            ssl_ca_file: None,
+            ssl_certificate_file: None,
+            ssl_key_file: None,
+            ssl_server_name: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            sasl_password_file: None,
             request_timeout_ms: default_request_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             metadata_max_age_ms: default_metadata_max_age_ms(),
@@ -177,6 +302,8 @@ impl KafkaConfig {
         if self.client_id.is_empty() {
             e.push("client_id", "must not be empty");
         }
+        self.validate_tls(&mut e);
+        self.validate_sasl(&mut e);
         for (key, v) in [
             ("request_timeout_ms", self.request_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -209,6 +336,99 @@ impl KafkaConfig {
             e.push(join_path("retry_backoff", &err.path), err.message);
         }
         e
+    }
+
+    fn validate_tls(&self, e: &mut ConfigErrors) {
+        let files = [
+            ("ssl_ca_file", &self.ssl_ca_file),
+            ("ssl_certificate_file", &self.ssl_certificate_file),
+            ("ssl_key_file", &self.ssl_key_file),
+        ];
+        if !self.security_protocol.uses_tls() {
+            let set = files.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k);
+            for key in set.chain(self.ssl_server_name.is_some().then_some("ssl_server_name")) {
+                e.push(
+                    key,
+                    format!(
+                        "has no effect with security_protocol = \"{}\"; use \"ssl\" or \"sasl_ssl\"",
+                        self.security_protocol
+                    ),
+                );
+            }
+            return;
+        }
+        for (key, path) in files {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                e.push(key, "must not be empty");
+            }
+        }
+        match (&self.ssl_certificate_file, &self.ssl_key_file) {
+            (Some(_), None) => e.push("ssl_key_file", "required with ssl_certificate_file"),
+            (None, Some(_)) => e.push("ssl_certificate_file", "required with ssl_key_file"),
+            _ => {}
+        }
+        if let Some(name) = &self.ssl_server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                e.push("ssl_server_name", format!("{name:?} is not a DNS name or IP address"));
+            }
+        }
+    }
+
+    fn validate_sasl(&self, e: &mut ConfigErrors) {
+        if !self.security_protocol.uses_sasl() {
+            let set = [
+                ("sasl_mechanism", self.sasl_mechanism.is_some()),
+                ("sasl_username", self.sasl_username.is_some()),
+                ("sasl_password", self.sasl_password.is_some()),
+                ("sasl_password_file", self.sasl_password_file.is_some()),
+            ];
+            for (key, _) in set.iter().filter(|(_, is_set)| *is_set) {
+                e.push(
+                    *key,
+                    format!(
+                        "has no effect with security_protocol = \"{}\"; use \"sasl_ssl\" or \"sasl_plaintext\"",
+                        self.security_protocol
+                    ),
+                );
+            }
+            return;
+        }
+        let protocol = self.security_protocol;
+        if self.sasl_mechanism.is_none() {
+            e.push(
+                "sasl_mechanism",
+                format!(
+                    "required with security_protocol = \"{protocol}\": PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                ),
+            );
+        }
+        match &self.sasl_username {
+            None => {
+                e.push("sasl_username", format!("required with security_protocol = \"{protocol}\""))
+            }
+            Some(u) if u.is_empty() => e.push("sasl_username", "must not be empty"),
+            Some(_) => {}
+        }
+        match (&self.sasl_password, &self.sasl_password_file) {
+            (None, None) => e.push(
+                "sasl_password",
+                format!(
+                    "required with security_protocol = \"{protocol}\" (or set sasl_password_file)"
+                ),
+            ),
+            (Some(_), Some(_)) => {
+                e.push("sasl_password_file", "set sasl_password or sasl_password_file, not both");
+            }
+            (Some(p), None) => {
+                if let Err(msg) = p.validate() {
+                    e.push("sasl_password", msg);
+                }
+            }
+            (None, Some(f)) if f.as_os_str().is_empty() => {
+                e.push("sasl_password_file", "must not be empty");
+            }
+            (None, Some(_)) => {}
+        }
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
@@ -258,6 +478,97 @@ mod tests {
                 "retry_backoff.jitter"
             ]
         );
+    }
+
+    fn paths(c: &KafkaConfig) -> Vec<String> {
+        c.validate().iter().map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn security_keys_parse_with_kafka_names_and_default_to_plaintext() {
+        let c: KafkaConfig = serde_json::from_str(r#"{"bootstrap_servers": ["a:1"]}"#).unwrap();
+        assert_eq!(c.security_protocol, SecurityProtocol::Plaintext);
+        let c: KafkaConfig = toml::from_str(
+            r#"
+            bootstrap_servers = ["kafka:9093"]
+            security_protocol = "SASL_SSL"
+            ssl_ca_file = "/etc/kafka/ca.pem"
+            sasl_mechanism = "SCRAM-SHA-512"
+            sasl_username = "connect"
+            sasl_password = "${KAFKA_PASSWORD}"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.security_protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(c.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+        assert!(c.validate().is_empty(), "{}", c.validate());
+        let c: KafkaConfig =
+            serde_json::from_str(r#"{"bootstrap_servers": ["a:1"], "security_protocol": "ssl"}"#)
+                .unwrap();
+        assert_eq!(c.security_protocol, SecurityProtocol::Ssl);
+        assert!(serde_json::from_str::<KafkaConfig>(
+            r#"{"bootstrap_servers": ["a:1"], "sasl_mechanism": "GSSAPI"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn sasl_needs_a_mechanism_a_user_and_one_password_source() {
+        let mut c = KafkaConfig::new(["a:1"]);
+        c.security_protocol = SecurityProtocol::SaslSsl;
+        assert_eq!(paths(&c), ["sasl_mechanism", "sasl_username", "sasl_password"]);
+        c.sasl_mechanism = Some(SaslMechanism::Plain);
+        c.sasl_username = Some(String::new());
+        c.sasl_password = Some(Secret::new("${NOT-A-VAR}"));
+        assert_eq!(paths(&c), ["sasl_username", "sasl_password"]);
+        c.sasl_username = Some("u".into());
+        c.sasl_password = Some(Secret::new("p"));
+        c.sasl_password_file = Some("/run/secrets/kafka".into());
+        assert_eq!(paths(&c), ["sasl_password_file"]);
+        c.sasl_password = None;
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn security_keys_that_the_protocol_would_ignore_are_reported() {
+        let mut c = KafkaConfig::new(["a:1"]);
+        c.ssl_ca_file = Some("/ca.pem".into());
+        c.ssl_server_name = Some("kafka".into());
+        c.sasl_username = Some("u".into());
+        assert_eq!(paths(&c), ["ssl_ca_file", "ssl_server_name", "sasl_username"]);
+        let msg = c.validate().iter().next().map(|e| e.message.clone()).unwrap();
+        assert!(msg.contains("plaintext") && msg.contains("ssl"), "{msg}");
+        c.security_protocol = SecurityProtocol::SaslPlaintext;
+        assert!(paths(&c).contains(&"ssl_ca_file".to_owned()));
+        assert!(!paths(&c).contains(&"sasl_username".to_owned()));
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_server_name_must_be_valid() {
+        let mut c = KafkaConfig::new(["a:1"]);
+        c.security_protocol = SecurityProtocol::Ssl;
+        c.ssl_certificate_file = Some("/client.pem".into());
+        c.ssl_server_name = Some("not a name!".into());
+        assert_eq!(paths(&c), ["ssl_key_file", "ssl_server_name"]);
+        c.ssl_certificate_file = None;
+        c.ssl_key_file = Some("/client.key".into());
+        c.ssl_server_name = Some("127.0.0.1".into());
+        assert_eq!(paths(&c), ["ssl_certificate_file"]);
+    }
+
+    #[test]
+    fn debug_and_serialized_configs_do_not_show_the_password() {
+        let mut c = KafkaConfig::new(["a:1"]);
+        c.security_protocol = SecurityProtocol::SaslSsl;
+        c.sasl_mechanism = Some(SaslMechanism::ScramSha256);
+        c.sasl_username = Some("alice".into());
+        c.sasl_password = Some(Secret::new("hunter2-very-secret"));
+        c.ssl_key_file = Some("/etc/kafka/client.key".into());
+        let debug = format!("{c:?}");
+        assert!(debug.contains("alice") && debug.contains("client.key"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! then waits for the broker's delayed ACK of the length (~40 ms). We open the socket ourselves,
 //! set `TCP_NODELAY`, and buffer each request until rskafka flushes it, so a request of any size
 //! leaves in one `write` and nothing waits for an ACK. See `docs/kafka-io.md`.
+//!
+//! With `ssl` / `sasl_ssl` the socket is wrapped in TLS (rustls) under the coalescing buffer, so a
+//! request still leaves in one write of TLS records; with `sasl_*` the connection logs in after
+//! the API versions are agreed, before it is handed out.
 
 use std::io;
 use std::pin::Pin;
@@ -14,12 +18,65 @@ use std::task::{ready, Context, Poll};
 use rskafka::messenger::Messenger;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::kafka::config::KafkaConfig;
+use crate::kafka::security::{
+    find_tls_error, sasl_error, server_name_for, tls_handshake_error, Security,
+};
 use crate::{Error, Result};
 
 /// Buffered reads (responses are read as a 4-byte length then a body) over coalesced writes.
-pub(crate) type BrokerStream = BufReader<CoalescingWriter<TcpStream>>;
+pub(crate) type BrokerStream = BufReader<CoalescingWriter<Transport>>;
+
+/// The socket under a connection: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// `plaintext`, `sasl_plaintext`.
+    Plain(TcpStream),
+    /// `ssl`, `sasl_ssl`. Boxed: the TLS state is large.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// A multiplexed, pipelined connection to one broker.
 pub(crate) type Connection = Messenger<BrokerStream>;
@@ -98,11 +155,18 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CoalescingWriter<W> {
     }
 }
 
-/// Connects to `addr`, agrees API versions, and returns the connection.
+/// Connects to `addr` (TCP, then TLS when configured), agrees API versions, logs in with SASL
+/// when configured, and returns the connection. Each step runs under the connect timeout.
 ///
 /// # Errors
-/// Retriable when the broker cannot be reached or does not answer within the connect timeout.
-pub(crate) async fn connect(addr: &str, config: &KafkaConfig) -> Result<Arc<Connection>> {
+/// Retriable when the broker cannot be reached, drops the connection or does not answer within
+/// the connect timeout. Fatal when its certificate does not verify, a TLS alert ends the
+/// connection, or it refuses the SASL login (a retry would present the same credentials).
+pub(crate) async fn connect(
+    addr: &str,
+    config: &KafkaConfig,
+    security: &Security,
+) -> Result<Arc<Connection>> {
     let timeout = config.connect_timeout();
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
@@ -120,19 +184,61 @@ pub(crate) async fn connect(addr: &str, config: &KafkaConfig) -> Result<Arc<Conn
     tcp.set_nodelay(true).map_err(|e| {
         Error::retriable(format!("cannot set TCP_NODELAY on connection to {addr}")).with_source(e)
     })?;
-    let stream = BufReader::with_capacity(READ_BUFFER, CoalescingWriter::new(tcp));
+    let transport = match &security.tls {
+        None => Transport::Plain(tcp),
+        Some(tls) => {
+            let name = server_name_for(tls, addr)?;
+            match tokio::time::timeout(timeout, tls.connector.connect(name, tcp)).await {
+                Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+                Ok(Err(e)) => return Err(tls_handshake_error(e, addr, tls)),
+                Err(_) => {
+                    return Err(Error::retriable(format!(
+                        "TLS handshake with Kafka broker {addr} timed out after {timeout:?} \
+                         (does its listener speak TLS?)"
+                    )))
+                }
+            }
+        }
+    };
+    let stream = BufReader::with_capacity(READ_BUFFER, CoalescingWriter::new(transport));
     let mut messenger =
         Messenger::new(stream, config.max_message_size, Arc::from(config.client_id.as_str()));
     match tokio::time::timeout(timeout, messenger.sync_versions()).await {
-        Ok(Ok(())) => Ok(Arc::new(messenger)),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            Err(Error::retriable(format!("Kafka broker {addr} did not agree on API versions"))
-                .with_source(e))
+            // TLS 1.3 servers reject a missing or untrusted client certificate after the
+            // handshake: the alert arrives with the first response.
+            if let Some(tls_error) = find_tls_error(&e) {
+                let message = format!(
+                    "TLS connection to Kafka broker {addr} failed: {tls_error} (does it require \
+                     a client certificate? see kafka.ssl_certificate_file and kafka.ssl_key_file)"
+                );
+                return Err(Error::fatal(message));
+            }
+            return Err(Error::retriable(format!(
+                "Kafka broker {addr} did not agree on API versions"
+            ))
+            .with_source(e));
         }
-        Err(_) => Err(Error::retriable(format!(
-            "Kafka broker {addr} did not answer the API versions request within {timeout:?}"
-        ))),
+        Err(_) => {
+            return Err(Error::retriable(format!(
+                "Kafka broker {addr} did not answer the API versions request within {timeout:?}"
+            )))
+        }
     }
+    if let Some(sasl) = &security.sasl {
+        match tokio::time::timeout(timeout, messenger.do_sasl(sasl.rskafka_config())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(sasl_error(e, addr, sasl)),
+            Err(_) => {
+                return Err(Error::retriable(format!(
+                    "Kafka broker {addr} did not complete the SASL {} login within {timeout:?}",
+                    sasl.mechanism
+                )))
+            }
+        }
+    }
+    Ok(Arc::new(messenger))
 }
 
 #[cfg(test)]

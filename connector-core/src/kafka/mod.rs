@@ -14,10 +14,11 @@ mod fetch;
 mod partitioner;
 mod producer;
 mod records;
+mod security;
 mod topic_name;
 
 pub use client::{KafkaClient, OffsetSpec, PartitionMetadata, TopicMetadata};
-pub use config::{Compression, KafkaConfig};
+pub use config::{Compression, KafkaConfig, SaslMechanism, SecurityProtocol};
 pub use fetch::{FetchResult, Fetched};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer};

@@ -341,6 +341,11 @@ fn type_of(p: &Value) -> String {
             .join(" \\| ");
     }
     if let Some(options) = p["oneOf"].as_array().or_else(|| p["anyOf"].as_array()) {
+        // An `Option<T>`: T or null. Show T (a missing key is the null).
+        let mut not_null = options.iter().filter(|o| o["type"] != "null");
+        if let (Some(only), None, true) = (not_null.next(), not_null.next(), options.len() == 2) {
+            return type_of(only);
+        }
         let consts: Vec<String> = options
             .iter()
             .filter_map(|o| o.get("const"))
