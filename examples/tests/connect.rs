@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,17 +15,9 @@ use connector_core::kafka::{KafkaClient, ProducerRecord};
 use connector_testkit::{init_tracing, kafka, Mosquitto, MqttPublisher, MqttSubscriber, Tansu};
 use rumqttc::QoS;
 
-const CONNECT: &str = env!("CARGO_BIN_EXE_connect");
+mod support;
 
-fn connect(args: &[&str]) -> Output {
-    Command::new(CONNECT).args(args).output().unwrap()
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
-}
+use support::{connect, write, Runner};
 
 #[test]
 fn validate_names_the_key_path_of_every_problem() {
@@ -132,40 +124,6 @@ fn schema_describes_every_registered_type_and_the_reference_is_up_to_date() {
         committed == current,
         "docs/configuration.md is stale; regenerate it with:\n  cargo run -p connector-examples --bin connect -- schema --markdown > docs/configuration.md"
     );
-}
-
-/// A `connect run` child process.
-struct Runner {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Runner {
-    fn start(config: &str, log: &Path, extra: &[&str]) -> Self {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut args = vec!["run", "--config", config];
-        args.extend_from_slice(extra);
-        let child =
-            Command::new(CONNECT).args(&args).stdout(Stdio::null()).stderr(out).spawn().unwrap();
-        Self { child, log: log.to_path_buf() }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM; returns the exit code.
-    fn terminate(&mut self) -> Option<i32> {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        self.child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn both_ways_config(mqtt: &Mosquitto, tansu: &Tansu, offsets: &Path) -> String {

@@ -1,0 +1,431 @@
+//! MQTT 5 and security through the `connect` runner on real brokers: properties survive MQTT 5 ->
+//! Kafka -> MQTT 5 (checked by Mosquitto's own `mosquitto_pub`/`mosquitto_sub`), an expired
+//! command is not published, the status topic and last will tell device-side tools the bridge's
+//! state, bad credentials end the runner with a clear error, and no password reaches the log.
+
+// Test code: an unwrap that fails is a failing test, with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use connector_core::kafka::ProducerRecord;
+use connector_core::Timestamp;
+use connector_testkit::{
+    init_tracing, kafka, wait_until, Mosquitto, MosquittoOptions, MqttPublisher, MqttSubscriber,
+    Tansu,
+};
+use rumqttc::QoS;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+mod support;
+
+use support::{connect, write, Runner};
+
+/// `mosquitto_sub` (MQTT 5) printing one line per message in `format`, started and subscribed.
+struct Sub {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Sub {
+    async fn start(mqtt: &Mosquitto, topic: &str, format: &str) -> Self {
+        // Line-buffered: its stdout is a pipe.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-V",
+                "5",
+                "-d",
+                "-q",
+                "1",
+                "-h",
+                "127.0.0.1",
+                "-i",
+                "props-watcher",
+            ])
+            .args(["-p", &mqtt.port().to_string(), "-t", topic, "-F", format])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // With -d it reports its SUBACK: from then on nothing published is missed.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("received SUBACK") {
+                    return;
+                }
+            }
+            panic!("mosquitto_sub ended before subscribing");
+        })
+        .await
+        .unwrap();
+        Self { child, lines }
+    }
+
+    /// The next message line (debug lines skipped).
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let line = self.lines.next_line().await.unwrap().expect("mosquitto_sub ended");
+                if !line.starts_with("Client ") && !line.starts_with("Subscribed (") {
+                    return line;
+                }
+            }
+        })
+        .await
+        .expect("no message within 30 s")
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn header_pairs(r: &connector_core::SinkRecord) -> Vec<(String, String)> {
+    r.headers
+        .iter()
+        .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.value).into_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_round_trip_keeps_user_properties_content_type_and_correlation_data() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            r#"
+[kafka]
+bootstrap_servers = ["{kafka}"]
+
+[offsets]
+store = "memory"
+
+[[connector]]
+name = "requests-in"
+type = "mqtt-source"
+mqtt_url = "{url}"
+mqtt_version = "5"
+topics = ["req/+"]
+kafka_topic = "requests"
+key = "{{1}}"
+
+[[connector]]
+name = "requests-out"
+type = "mqtt-sink"
+mqtt_url = "{url}"
+mqtt_version = "5"
+topics = ["requests"]
+mqtt_topic = "out/{{key}}"
+"#,
+            kafka = tansu.bootstrap(),
+            url = mqtt.url()
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let mut sub = Sub::start(&mqtt, "out/device-9", "%t|%C|%D|%R|%F|%P|%p").await;
+    let probe = MqttPublisher::connect(&mqtt.url(), "probe").await.unwrap();
+    connector_testkit::wait_source_subscribed(&probe, "req/probe", b"probe", &client, "requests")
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+
+    let published = std::process::Command::new("mosquitto_pub")
+        .args(["-V", "5", "-q", "1", "-h", "127.0.0.1", "-p", &mqtt.port().to_string()])
+        .args(["-t", "req/device-9", "-m", "open sesame"])
+        .args(["-D", "publish", "user-property", "b", "1"])
+        .args(["-D", "publish", "user-property", "a", "2"])
+        .args(["-D", "publish", "user-property", "b", "3"])
+        .args(["-D", "publish", "content-type", "text/plain"])
+        .args(["-D", "publish", "correlation-data", "cid-7"])
+        .args(["-D", "publish", "response-topic", "replies/device-9"])
+        .args(["-D", "publish", "payload-format-indicator", "1"])
+        .status()
+        .unwrap();
+    assert!(published.success());
+
+    let line = sub.next().await;
+    assert_eq!(
+        line, "out/device-9|text/plain|cid-7|replies/device-9|1|b:1 a:2 b:3|open sesame",
+        "topic|content type|correlation data|response topic|payload format|user properties|payload; log:\n{}",
+        runner.log()
+    );
+
+    // In Kafka: the user properties as headers, in order with the duplicate, and the rest under
+    // the connector's mqtt.* names.
+    let records = kafka::consume_all(&client, "requests").await.unwrap();
+    let record = records.iter().find(|r| r.key.as_deref() == Some(&b"device-9"[..])).unwrap();
+    let headers = header_pairs(record);
+    let user: Vec<_> = headers.iter().filter(|(k, _)| !k.starts_with("mqtt.")).cloned().collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    };
+    assert_eq!(user, pairs(&[("b", "1"), ("a", "2"), ("b", "3")]));
+    for expected in [
+        ("mqtt.content_type", "text/plain"),
+        ("mqtt.correlation_data", "cid-7"),
+        ("mqtt.response_topic", "replies/device-9"),
+        ("mqtt.payload_format_indicator", "1"),
+    ] {
+        assert!(headers.contains(&pairs(&[expected])[0]), "{expected:?} in {headers:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_command_is_not_published() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let car = MqttSubscriber::connect(&mqtt.url(), "car-1", "cars/+/cmd", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let now = Timestamp::now().as_millis();
+    let ago = |secs: i64| Timestamp::from_millis(now - secs * 1000);
+    // Same key, same partition: they are handled in this order.
+    client
+        .produce(vec![
+            ProducerRecord::new("commands", "stale by config")
+                .with_key("car-1")
+                .with_timestamp(ago(120)),
+            ProducerRecord::new("commands", "stale by header")
+                .with_key("car-1")
+                .with_timestamp(ago(10))
+                .with_header("mqtt.message_expiry_interval", "5"),
+            ProducerRecord::new("commands", "fresh").with_key("car-1").with_timestamp(ago(1)),
+        ])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n[offsets]\nstore = \"memory\"\n[[connector]]\nname = \"commands\"\ntype = \"mqtt-sink\"\nmqtt_url = \"{}\"\nmqtt_version = \"5\"\ntopics = [\"commands\"]\nmqtt_topic = \"cars/{{key}}/cmd\"\nmessage_expiry_secs = 60\n",
+            tansu.bootstrap(),
+            mqtt.url()
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let got = car
+        .wait_for(1, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+    let payloads: Vec<_> =
+        got.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
+    assert_eq!(payloads, ["fresh"], "the two expired commands came first and were not published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_topic_says_online_and_offline_and_the_last_will_reports_a_crash() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let watcher = MqttSubscriber::connect(&mqtt.url(), "ops", "connect/+/status", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n[offsets]\nstore = \"memory\"\n[[connector]]\nname = \"telemetry\"\ntype = \"mqtt-source\"\nmqtt_url = \"{}\"\ntopics = [\"plant/#\"]\nkafka_topic = \"plant\"\n",
+            tansu.bootstrap(),
+            mqtt.url()
+        ),
+    );
+    let statuses = || -> Vec<String> {
+        watcher
+            .messages()
+            .iter()
+            .map(|p| format!("{}={}", p.topic, String::from_utf8_lossy(&p.payload)))
+            .collect()
+    };
+    let log = dir.path().join("connect.log");
+    let expect = |n: usize, last: &'static str| {
+        let statuses = &statuses;
+        async move {
+            wait_until(&format!("status #{n} is {last}"), Duration::from_secs(30), || {
+                let s = statuses();
+                s.len() >= n && s[n - 1] == format!("connect/telemetry/status={last}")
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {:?}", statuses()));
+        }
+    };
+
+    let mut runner = Runner::start(&config, &log, &[]);
+    expect(1, "online").await;
+    assert_eq!(runner.terminate(), Some(0));
+    expect(2, "offline").await;
+
+    let mut runner = Runner::start(&config, &log, &[]);
+    expect(3, "online").await;
+    runner.kill();
+    // No DISCONNECT: the broker publishes the will.
+    expect(4, "offline").await;
+    let mosquitto_log = mqtt.log();
+    assert!(mosquitto_log.contains("telemetry"), "{mosquitto_log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_exit_non_zero_and_no_password_reaches_the_log() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwords");
+    let created = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c", passwords.to_str().unwrap(), "bridge", "S3cret-Pw-4711"])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let mqtt = Mosquitto::start_with(MosquittoOptions {
+        extra_config: vec![
+            "allow_anonymous false".into(),
+            format!("password_file {}", passwords.display()),
+        ],
+        ..MosquittoOptions::default()
+    })
+    .await
+    .unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    // The source reads its password from the environment, the sink has it in the file.
+    let config = |sink_password: &str| {
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = ["{kafka}"]
+[offsets]
+store = "memory"
+[[connector]]
+name = "telemetry"
+type = "mqtt-source"
+mqtt_url = "{url}"
+topics = ["plant/#"]
+kafka_topic = "plant"
+username = "bridge"
+password = "${{TEST_MQTT_PASSWORD}}"
+connect_timeout_secs = 2
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "{url}"
+mqtt_version = "5"
+topics = ["commands"]
+mqtt_topic = "cars/{{key}}/cmd"
+username = "bridge"
+password = "{sink_password}"
+connect_timeout_secs = 2
+"#,
+            kafka = tansu.bootstrap(),
+            url = mqtt.url()
+        )
+    };
+    let secrets = ["S3cret-Pw-4711", "Wr0ng-Pw-0815"];
+    let trace = ("RUST_LOG", "trace");
+
+    // Wrong password from the environment: a clear, fatal error and exit 1.
+    let wrong = write(dir.path(), "wrong.toml", &config("S3cret-Pw-4711"));
+    let out = std::process::Command::new(support::CONNECT)
+        .args(["run", "--config", &wrong])
+        .env("TEST_MQTT_PASSWORD", "Wr0ng-Pw-0815")
+        .env(trace.0, trace.1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("refused the connection") && last.contains(&mqtt.url()),
+        "the last line says who refused what: {last}"
+    );
+    for s in secrets {
+        assert!(!stderr.contains(s), "secret {s:?} in the log:\n{stderr}");
+    }
+
+    // Wrong password in the file (MQTT 5 sink): the same.
+    let out = std::process::Command::new(support::CONNECT)
+        .args(["run", "--config", &write(dir.path(), "wrong5.toml", &config("Wr0ng-Pw-0815"))])
+        .env("TEST_MQTT_PASSWORD", "S3cret-Pw-4711")
+        .env(trace.0, trace.1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("BadUserNamePassword") || stderr.contains("NotAuthorized"), "{stderr}");
+    for s in secrets {
+        assert!(!stderr.contains(s), "secret {s:?} in the log:\n{stderr}");
+    }
+
+    // The right ones: both connectors start, run and stop; still no secret in a trace log.
+    let right = write(dir.path(), "right.toml", &config("S3cret-Pw-4711"));
+    let log = dir.path().join("right.log");
+    let mut runner =
+        Runner::start_with_env(&right, &log, &[("TEST_MQTT_PASSWORD", "S3cret-Pw-4711"), trace]);
+    wait_until("both connectors started", Duration::from_secs(30), || {
+        let l = runner.log();
+        l.contains("MQTT source task started") && l.contains("MQTT sink task started")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+    assert_eq!(runner.terminate(), Some(0));
+    let text = runner.log();
+    for s in secrets {
+        assert!(!text.contains(s), "secret {s:?} in the log:\n{text}");
+    }
+}
+
+#[test]
+fn validate_checks_the_new_keys_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[kafka]
+bootstrap_servers = ["127.0.0.1:9092"]
+
+[[connector]]
+name = "a"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+mqtt_version = "4"
+topics = ["plant/#"]
+kafka_topic = "plant"
+
+[[connector]]
+name = "b"
+type = "mqtt-sink"
+mqtt_url = "mqtt://broker"
+topics = ["commands"]
+mqtt_topic = "cars/{key}/cmd"
+tls = { cert_file = "client.pem" }
+status_topic = "status/#"
+user_properties = "prefix"
+"#,
+    );
+    let out = connect(&["validate", "--config", &config]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "connector[0].mqtt_version:",
+        "connector[1].tls: TLS settings need an mqtts:// URL",
+        "connector[1].tls.key_file: a client certificate needs its key_file",
+        "connector[1].status_topic:",
+        "connector[1].user_property_prefix:",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

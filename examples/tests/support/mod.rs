@@ -1,0 +1,73 @@
+//! Helpers shared by the runner tests: run `connect` once, or keep it running as a [`Runner`].
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+pub const CONNECT: &str = env!("CARGO_BIN_EXE_connect");
+
+pub fn connect(args: &[&str]) -> Output {
+    Command::new(CONNECT).args(args).output().unwrap()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// A `connect run` child process.
+pub struct Runner {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Runner {
+    pub fn start(config: &str, log: &Path, extra: &[&str]) -> Self {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut args = vec!["run", "--config", config];
+        args.extend_from_slice(extra);
+        let child =
+            Command::new(CONNECT).args(&args).stdout(Stdio::null()).stderr(out).spawn().unwrap();
+        Self { child, log: log.to_path_buf() }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Runner {
+    /// Like [`Runner::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, log: &Path, env: &[(&str, &str)]) -> Self {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(CONNECT)
+            .args(["run", "--config", config])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, log: log.to_path_buf() }
+    }
+
+    /// SIGKILL: a crash, as the brokers see it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
