@@ -14,6 +14,7 @@ mod secret;
 mod sink;
 mod source;
 pub mod template;
+pub mod tls;
 pub mod transform;
 
 pub use config::{join_path, ConfigError, ConfigErrors, ConnectorConfig};

@@ -158,18 +158,23 @@ pub fn classify(err: &ConnectionError) -> ErrorKind {
             | ConnectReturnCode::BadClientId
             | ConnectReturnCode::RefusedProtocolVersion,
         ) => ErrorKind::Fatal,
-        ConnectionError::Tls(rumqttc::TlsError::Io(e)) if crate::tls::is_certificate_problem(e) => {
-            ErrorKind::Fatal
-        }
+        other if connector_core::tls::is_certificate_problem(other) => ErrorKind::Fatal,
         _ => ErrorKind::Retriable,
     }
 }
+
+/// What to check when certificates do not match.
+pub(crate) const TLS_HINT: &str = "check that tls.ca_file holds the CA that signed the broker's \
+    certificate, and that tls.cert_file/tls.key_file hold a client certificate the broker trusts";
 
 /// An [`Error`] for a connection failure to `url`.
 pub fn connection_error(err: &ConnectionError, url: &MqttUrl) -> Error {
     let message = match err {
         ConnectionError::ConnectionRefused(code) => {
             format!("MQTT broker {url} refused the connection: {code:?}")
+        }
+        other if connector_core::tls::is_certificate_problem(other) => {
+            format!("TLS with MQTT broker {url} failed: {other}; {TLS_HINT}")
         }
         other => format!("MQTT connection to {url} failed: {other}"),
     };

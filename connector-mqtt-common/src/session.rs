@@ -192,6 +192,13 @@ impl V5Connection {
             match self.io.read_buf(&mut self.read).await {
                 Ok(0) => return Err(lost("the broker closed the connection")),
                 Ok(_) => {}
+                // A TLS 1.3 broker refuses our certificate on the first read, not in the handshake.
+                Err(e) if connector_core::tls::is_certificate_problem(&e) => {
+                    return Err(Error::fatal(format!(
+                        "TLS: the MQTT broker refused us: {e}; {}",
+                        crate::connection::TLS_HINT
+                    )))
+                }
                 Err(e) => return Err(lost(e)),
             }
         }
@@ -301,6 +308,9 @@ async fn connect_v5(
                 "MQTT broker {url} did not answer CONNECT with CONNACK: {other:?}"
             )))
         }
+        Err(e) if e.kind() == connector_core::ErrorKind::Fatal => {
+            return Err(Error::fatal(format!("MQTT CONNECT to {url}: {e}")))
+        }
         Err(e) => return Err(Error::retriable(format!("MQTT CONNECT to {url}: {e}"))),
     };
     if ack.code != p5::ConnectReturnCode::Success {
@@ -329,8 +339,11 @@ async fn connect_v5(
 
 /// A TLS handshake failure: fatal when the certificates do not match (retrying cannot help).
 fn tls_error(url: &crate::MqttUrl, e: std::io::Error) -> Error {
-    let message = format!("TLS handshake with MQTT broker {url} failed: {e}");
-    if crate::tls::is_certificate_problem(&e) {
+    let message = format!(
+        "TLS handshake with MQTT broker {url} failed: {e}; {}",
+        crate::connection::TLS_HINT
+    );
+    if connector_core::tls::is_certificate_problem(&e) {
         Error::fatal(message)
     } else {
         Error::retriable(message)

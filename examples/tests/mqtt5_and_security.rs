@@ -13,7 +13,7 @@ use connector_core::kafka::ProducerRecord;
 use connector_core::Timestamp;
 use connector_testkit::{
     init_tracing, kafka, wait_until, Mosquitto, MosquittoOptions, MqttPublisher, MqttSubscriber,
-    Tansu,
+    Tansu, TestPki,
 };
 use rumqttc::QoS;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -428,4 +428,104 @@ user_properties = "prefix"
             "missing {expected:?} in:\n{stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_client_certificates_accepts_the_connectors_and_rejects_a_stranger() {
+    init_tracing();
+    let pki = TestPki::generate().unwrap();
+    // Same names, signed by a CA the broker does not trust.
+    let stranger = TestPki::generate().unwrap();
+    let tls_port = connector_testkit::free_port().unwrap();
+    let mqtt = Mosquitto::start_with(MosquittoOptions {
+        extra_config: vec![
+            format!("listener {tls_port} 127.0.0.1"),
+            format!("cafile {}", pki.ca_file().display()),
+            format!("certfile {}", pki.server_cert_file().display()),
+            format!("keyfile {}", pki.server_key_file().display()),
+            "require_certificate true".into(),
+        ],
+        ..MosquittoOptions::default()
+    })
+    .await
+    .unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let tls_url = format!("mqtts://127.0.0.1:{tls_port}");
+    let config = |ca: &TestPki, client: &TestPki| {
+        let tls = format!(
+            "{{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}",
+            ca.ca_file().display(),
+            client.client_cert_file().display(),
+            client.client_key_file().display()
+        );
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = ["{kafka}"]
+[offsets]
+store = "memory"
+[[connector]]
+name = "telemetry"
+type = "mqtt-source"
+mqtt_url = "{tls_url}"
+tls = {tls}
+topics = ["plant/#"]
+kafka_topic = "plant"
+connect_timeout_secs = 2
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "{tls_url}"
+mqtt_version = "5"
+tls = {tls}
+topics = ["plant"]
+mqtt_topic = "echo/{{partition}}"
+connect_timeout_secs = 2
+"#,
+            kafka = tansu.bootstrap(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    // Our certificate: MQTT 3.1.1 in over TLS, MQTT 5 out over TLS (watched on the plain listener).
+    let echo =
+        MqttSubscriber::connect(&mqtt.url(), "echo", "echo/#", QoS::AtLeastOnce).await.unwrap();
+    let good = write(dir.path(), "good.toml", &config(&pki, &pki));
+    let runner = Runner::start(&good, &dir.path().join("good.log"), &[]);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
+    connector_testkit::wait_source_subscribed(
+        &publisher,
+        "plant/probe",
+        b"probe",
+        &client,
+        "plant",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+    echo.wait_for(1, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+    drop(runner);
+
+    // A client certificate from another CA: refused, a clear error, exit 1.
+    let bad = write(dir.path(), "stranger.toml", &config(&pki, &stranger));
+    let out = std::process::Command::new(support::CONNECT)
+        .args(["run", "--config", &bad])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(&tls_url) && last.contains("TLS"), "{last}");
+
+    // A broker certificate we do not trust: refused by us, the same way.
+    let untrusted = write(dir.path(), "untrusted.toml", &config(&stranger, &pki));
+    let out = std::process::Command::new(support::CONNECT)
+        .args(["run", "--config", &untrusted])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
 }

@@ -8,15 +8,12 @@
 //! never a password or key.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use rskafka::client::{Credentials, SaslConfig};
 use rskafka::messenger::{RequestError, SaslError};
 use rskafka::protocol::error::Error as ApiError;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tracing::warn;
 
@@ -102,55 +99,15 @@ impl Security {
 }
 
 fn load_tls(config: &KafkaConfig) -> Result<Tls> {
-    let mut roots = RootCertStore::empty();
-    match &config.ssl_ca_file {
-        Some(path) => {
-            for cert in read_certificates(path, "kafka.ssl_ca_file")? {
-                roots.add(cert).map_err(|e| {
-                    Error::config(
-                        "kafka.ssl_ca_file",
-                        format!("{}: not a usable CA certificate: {e}", path.display()),
-                    )
-                })?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // An unparsable system certificate is skipped, as browsers do.
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(Error::fatal(format!(
-                    "Kafka TLS: no usable root certificates in the system store ({} errors); \
-                     set kafka.ssl_ca_file",
-                    found.errors.len()
-                )));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::fatal("Kafka TLS setup failed").with_source(e))?
-        .with_root_certificates(roots);
-    let client = match (&config.ssl_certificate_file, &config.ssl_key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certificates(cert, "kafka.ssl_certificate_file")?;
-            let key_der = read_private_key(key)?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                Error::config(
-                    "kafka.ssl_key_file",
-                    format!(
-                        "{} does not fit the certificate in {}: {e}",
-                        key.display(),
-                        cert.display()
-                    ),
-                )
-            })?
-        }
-        _ => builder.with_no_client_auth(),
+    let file = crate::tls::PemFile::optional;
+    let files = crate::tls::TlsFiles {
+        ca: file(config.ssl_ca_file.as_deref(), "kafka.ssl_ca_file"),
+        client: file(config.ssl_certificate_file.as_deref(), "kafka.ssl_certificate_file")
+            .zip(file(config.ssl_key_file.as_deref(), "kafka.ssl_key_file")),
+        // The name is sent as SNI and verified by the connection itself (`server_name_for`).
+        verify_name: None,
     };
+    let client = crate::tls::client_config(&files)?;
     let server_name = match &config.ssl_server_name {
         Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
             Error::config("kafka.ssl_server_name", format!("{name:?} is not a DNS name or IP"))
@@ -161,36 +118,6 @@ fn load_tls(config: &KafkaConfig) -> Result<Tls> {
         connector: TlsConnector::from(Arc::new(client)),
         server_name,
         ca_file: config.ssl_ca_file.is_some(),
-    })
-}
-
-/// Every certificate in a PEM file; at least one.
-fn read_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<std::result::Result<Vec<_>, _>>)
-        .map_err(|e| Error::config(key, format!("cannot read {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(Error::config(
-            key,
-            format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display()),
-        ));
-    }
-    Ok(certs)
-}
-
-/// The private key in a PEM file. The error never quotes the file's contents.
-fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    use rustls::pki_types::pem::Error as PemError;
-    PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        let why = match e {
-            PemError::Io(io) => format!("cannot read {}: {io}", path.display()),
-            PemError::NoItemsFound => format!(
-                "{} holds no unencrypted private key (PKCS#8, PKCS#1 or SEC1 PEM block)",
-                path.display()
-            ),
-            _ => format!("{} is not a readable PEM private key", path.display()),
-        };
-        Error::config("kafka.ssl_key_file", why)
     })
 }
 
@@ -405,7 +332,7 @@ mod tests {
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(RootCertStore::empty())
+            .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         let tls = Tls {
             connector: TlsConnector::from(Arc::new(client)),
