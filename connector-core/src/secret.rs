@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{Error, Result};
 
-/// A secret string. `"${MQTT_PASSWORD}"` reads the variable when resolved; anything else is the
-/// secret itself.
+/// A secret string. `"${MQTT_PASSWORD}"` reads the variable when resolved, `"${file:/run/secrets/mqtt}"`
+/// reads the file; anything else is the secret itself.
 ///
 /// ```
 /// use connector_core::Secret;
@@ -25,7 +25,7 @@ use crate::{Error, Result};
 #[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(transparent)]
 #[schemars(
-    description = "A secret: `${ENV_VAR}` reads it from the environment (recommended); any other string is the secret itself."
+    description = "A secret: `${ENV_VAR}` reads it from the environment, `${file:/path}` from a file (recommended); any other string is the secret itself."
 )]
 pub struct Secret(String);
 
@@ -37,6 +37,16 @@ impl Secret {
 
     /// The environment variable it names, for `${VAR}`.
     pub fn env_var(&self) -> Option<&str> {
+        self.reference().filter(|r| !r.starts_with("file:"))
+    }
+
+    /// The file it names, for `${file:PATH}`.
+    pub fn file(&self) -> Option<&str> {
+        self.reference().and_then(|r| r.strip_prefix("file:"))
+    }
+
+    /// What is between `${` and `}`.
+    fn reference(&self) -> Option<&str> {
         self.0.strip_prefix("${").and_then(|s| s.strip_suffix('}'))
     }
 
@@ -45,6 +55,12 @@ impl Secret {
     /// # Errors
     /// A message for a malformed `${...}` reference.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(path) = self.file() {
+            if path.is_empty() {
+                return Err("expected ${file:/path/to/secret}".to_owned());
+            }
+            return Ok(());
+        }
         if self.0.starts_with("${") {
             match self.env_var() {
                 Some(v)
@@ -60,11 +76,21 @@ impl Secret {
         Ok(())
     }
 
-    /// The secret's value, reading the environment for `${VAR}`.
+    /// The secret's value, reading the environment for `${VAR}` and the file for
+    /// `${file:PATH}` (one trailing newline dropped).
     ///
     /// # Errors
-    /// Fatal when the variable is not set; the message names the variable, never a value.
+    /// Fatal when the variable is not set or the file cannot be read; the message names the
+    /// variable or file, never a value.
     pub fn resolve(&self) -> Result<String> {
+        if let Some(path) = self.file() {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::fatal(format!("cannot read the secret file {path} (referenced by a secret)"))
+                    .with_source(e)
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            return Ok(text.strip_suffix('\r').unwrap_or(text).to_owned());
+        }
         match self.env_var() {
             Some(var) => std::env::var(var).map_err(|_| {
                 Error::fatal(format!(
@@ -78,7 +104,7 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.env_var() {
+        match self.reference() {
             Some(_) => write!(f, "Secret({})", self.0),
             None => f.write_str("Secret(***)"),
         }
@@ -87,7 +113,7 @@ impl fmt::Debug for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self.env_var() {
+        match self.reference() {
             Some(_) => s.serialize_str(&self.0),
             None => s.serialize_str("***"),
         }
@@ -107,5 +133,20 @@ mod tests {
         let missing = Secret::new("${CONNECTOR_TEST_SURELY_UNSET_VAR}").resolve().unwrap_err();
         assert!(missing.to_string().contains("CONNECTOR_TEST_SURELY_UNSET_VAR"));
         assert_eq!(Secret::new("plain").resolve().unwrap(), "plain");
+    }
+
+    #[test]
+    fn file_references_read_the_file_without_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let s = Secret::new(format!("${{file:{}}}", path.display()));
+        assert!(s.validate().is_ok());
+        assert_eq!(s.env_var(), None);
+        assert_eq!(s.resolve().unwrap(), "s3cret");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let missing = Secret::new("${file:/no/such/secret}").resolve().unwrap_err();
+        assert!(missing.to_string().contains("/no/such/secret"), "{missing}");
+        assert!(Secret::new("${file:}").validate().is_err());
     }
 }

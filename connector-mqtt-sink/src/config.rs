@@ -90,7 +90,8 @@ pub struct MqttSinkConfig {
     /// User name, if the broker requires one.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password; write `${ENV_VAR}` to read it from the environment.
+    /// Password; write `${ENV_VAR}` to read it from the environment or `${file:/path}` to read it
+    /// from a file.
     #[serde(default)]
     pub password: Option<Secret>,
     /// Largest MQTT packet sent, in bytes (default 1 MiB).

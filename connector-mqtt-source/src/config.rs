@@ -53,7 +53,8 @@ pub struct MqttSourceConfig {
     /// User name, if the broker requires one.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password; write `${ENV_VAR}` to read it from the environment.
+    /// Password; write `${ENV_VAR}` to read it from the environment or `${file:/path}` to read it
+    /// from a file.
     #[serde(default)]
     pub password: Option<Secret>,
     /// Kafka topic template. `{topic}` is the MQTT topic, `{N}` its level N (0-based); every `/`

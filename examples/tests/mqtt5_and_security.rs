@@ -298,7 +298,7 @@ async fn bad_credentials_exit_non_zero_and_no_password_reaches_the_log() {
     .await
     .unwrap();
     let tansu = Tansu::start().await.unwrap();
-    // The source reads its password from the environment, the sink has it in the file.
+    // The source reads its password from the environment; the sink's is in the config file.
     let config = |sink_password: &str| {
         format!(
             r#"
@@ -366,8 +366,12 @@ connect_timeout_secs = 2
         assert!(!stderr.contains(s), "secret {s:?} in the log:\n{stderr}");
     }
 
-    // The right ones: both connectors start, run and stop; still no secret in a trace log.
-    let right = write(dir.path(), "right.toml", &config("S3cret-Pw-4711"));
+    // The right ones, the sink's now from a file: both connectors start, run and stop; still
+    // no secret in a trace log.
+    let secret_file = dir.path().join("mqtt-password");
+    std::fs::write(&secret_file, "S3cret-Pw-4711\n").unwrap();
+    let right =
+        write(dir.path(), "right.toml", &config(&format!("${{file:{}}}", secret_file.display())));
     let log = dir.path().join("right.log");
     let mut runner =
         Runner::start_with_env(&right, &log, &[("TEST_MQTT_PASSWORD", "S3cret-Pw-4711"), trace]);
