@@ -27,6 +27,9 @@ pub struct Connected {
     pub session_present: bool,
     /// Keep-alive interval to use (the broker may impose one in MQTT 5).
     pub keep_alive: Duration,
+    /// Most QoS 1/2 publishes the broker accepts in flight from us (MQTT 5 receive maximum;
+    /// `None`: no limit announced).
+    pub receive_maximum: Option<u16>,
 }
 
 /// A connector's MQTT client, connected or not.
@@ -107,6 +110,7 @@ impl Session {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => Ok(Connected {
                     session_present: ack.session_present,
                     keep_alive: self.settings.keep_alive,
+                    receive_maximum: None,
                 }),
                 Ok(other) => Err(Error::retriable(format!(
                     "MQTT broker {url} did not answer CONNECT with CONNACK: {other:?}"
@@ -328,13 +332,15 @@ async fn connect_v5(
         });
     }
     let mut keep_alive = s.keep_alive;
+    let mut receive_maximum = None;
     if let Some(props) = &ack.properties {
+        receive_maximum = props.receive_max;
         c.max_outgoing = props.max_packet_size;
         if let Some(k) = props.server_keep_alive {
             keep_alive = Duration::from_secs(u64::from(k.max(1)));
         }
     }
-    Ok((c, Connected { session_present: ack.session_present, keep_alive }))
+    Ok((c, Connected { session_present: ack.session_present, keep_alive, receive_maximum }))
 }
 
 /// A TLS handshake failure: fatal when the certificates do not match (retrying cannot help).

@@ -83,6 +83,7 @@ pub(crate) async fn run(
                     client_id = %settings.client_id,
                     url = %settings.url,
                     session_present = c.session_present,
+                    receive_maximum = c.receive_maximum,
                     resent = resend.len(),
                     republished,
                     "connected to MQTT broker"
@@ -93,10 +94,15 @@ pub(crate) async fn run(
                     session.settings().status_message(true),
                     session.settings().status_message(false),
                 );
+                // An MQTT 5 broker that announces a receive maximum may disconnect a client that
+                // sends more QoS 1/2 publishes than that before they are acknowledged.
+                let window = match c.receive_maximum {
+                    Some(max) => settings.window.min(usize::from(max.max(1))),
+                    None => settings.window,
+                };
                 let mut link = session.link(settings.write_timeout);
-                match drive(&mut link, &shared, &settings, &stop, resend, c.keep_alive, statuses)
-                    .await
-                {
+                let timing = (c.keep_alive, window);
+                match drive(&mut link, &shared, &settings, &stop, resend, timing, statuses).await {
                     Ok(()) => End::Stopped,
                     Err(end) => end,
                 }
@@ -139,7 +145,7 @@ async fn drive(
     settings: &LoopSettings,
     stop: &CancellationToken,
     resend: Vec<Outbound>,
-    keep_alive: Duration,
+    (keep_alive, window): (Duration, usize),
     (online, offline): (Option<Message>, Option<Message>),
 ) -> Result<(), End> {
     if let Some(online) = online {
@@ -155,7 +161,7 @@ async fn drive(
     let mut out: Vec<Outbound> = Vec::new();
     loop {
         // Send what the window allows, in one write.
-        shared.tracker.lock().take_sendable(settings.window, &mut out);
+        shared.tracker.lock().take_sendable(window, &mut out);
         if !out.is_empty() {
             for packet in out.drain(..) {
                 link.write(packet).await?;

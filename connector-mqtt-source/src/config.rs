@@ -289,6 +289,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_a_literal_password() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["a".into()], "t");
+        c.username = Some("bridge".into());
+        c.password = Some(Secret::new("Sup3r-Secret"));
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(!shown.contains("Sup3r-Secret"), "{shown}");
+        assert!(shown.contains("bridge"));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_by_name() {
         let err = serde_json::from_value::<MqttSourceConfig>(serde_json::json!({
             "mqtt_url": "mqtt://h", "topics": ["a"], "kafka_topic": "t", "qso": 1

@@ -401,3 +401,72 @@ fn incoming_len(i: &Incoming) -> usize {
         Incoming::Failed(_) => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connector_core::Timestamp;
+    use connector_mqtt_common::{Message, PublishProperties};
+
+    fn received(properties: Option<PublishProperties>, received: Timestamp) -> Received {
+        Received {
+            publish: Message {
+                topic: "a/b".into(),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                dup: false,
+                pkid: 1,
+                properties: properties.map(Box::new),
+            },
+            generation: 0,
+            received,
+        }
+    }
+
+    #[test]
+    fn expiry_counts_from_receipt_and_only_mqtt5_messages_expire() {
+        let now = Timestamp::from_millis(100_000);
+        let with = |secs| PublishProperties {
+            message_expiry_interval: Some(secs),
+            ..PublishProperties::default()
+        };
+        assert!(expired(&received(Some(with(5)), Timestamp::from_millis(95_000)), now));
+        assert!(!expired(&received(Some(with(5)), Timestamp::from_millis(95_001)), now));
+        assert!(!expired(&received(None, Timestamp::from_millis(0)), now));
+    }
+
+    #[test]
+    fn v5_properties_become_headers_in_order_with_duplicates() {
+        let p = PublishProperties {
+            user_properties: vec![
+                ("k".into(), "1".into()),
+                ("j".into(), "2".into()),
+                ("k".into(), "3".into()),
+            ],
+            content_type: Some("application/json".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\xff")),
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(30),
+            response_topic: Some("r".into()),
+            ..PublishProperties::default()
+        };
+        let mut h = Headers::new();
+        v5_headers(&p, &mut h);
+        let got: Vec<(&str, &[u8])> =
+            h.iter().map(|h| (h.key.as_str(), h.value.as_ref())).collect();
+        assert_eq!(
+            got,
+            [
+                ("k", &b"1"[..]),
+                ("j", b"2"),
+                ("k", b"3"),
+                ("mqtt.content_type", b"application/json"),
+                ("mqtt.response_topic", b"r"),
+                ("mqtt.correlation_data", b"\x00\xff"),
+                ("mqtt.payload_format_indicator", b"1"),
+                ("mqtt.message_expiry_interval", b"30"),
+            ]
+        );
+    }
+}

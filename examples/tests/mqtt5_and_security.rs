@@ -533,3 +533,51 @@ connect_timeout_secs = 2
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("certificate"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_sink_keeps_to_the_brokers_receive_maximum() {
+    init_tracing();
+    // Mosquitto announces max_inflight_messages as its MQTT 5 receive maximum, which MQTT 5
+    // forbids a client to exceed (Mosquitto 2.0 itself tolerates it, so this checks that the
+    // limit is read and the flow stays complete and ordered with the smaller window).
+    let mqtt = Mosquitto::start_with(MosquittoOptions {
+        max_inflight_messages: 20,
+        ..MosquittoOptions::default()
+    })
+    .await
+    .unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let car = MqttSubscriber::connect(&mqtt.url(), "car-2", "cars/+/cmd", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let n = 2_000;
+    let records =
+        (0..n).map(|i| ProducerRecord::new("commands", format!("cmd-{i}")).with_key("car-2"));
+    client.produce(records.collect()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n[offsets]\nstore = \"memory\"\n[[connector]]\nname = \"commands\"\ntype = \"mqtt-sink\"\nmqtt_url = \"{}\"\nmqtt_version = \"5\"\ninflight = 1000\ntopics = [\"commands\"]\nmqtt_topic = \"cars/{{key}}/cmd\"\n",
+            tansu.bootstrap(),
+            mqtt.url()
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &["--log-format", "json"]);
+    let got = car
+        .wait_for(n, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+    let payloads: Vec<_> =
+        got.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
+    assert_eq!(payloads, (0..n).map(|i| format!("cmd-{i}")).collect::<Vec<_>>(), "in order, once");
+    assert!(!runner.log().contains("reconnecting"), "never disconnected:\n{}", runner.log());
+    let log = runner.log();
+    assert!(
+        log.contains("\"receive_maximum\":20"),
+        "the announced limit was read:
+{log}"
+    );
+}
