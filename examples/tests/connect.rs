@@ -17,7 +17,7 @@ use rumqttc::QoS;
 
 mod support;
 
-use support::{connect, write, Runner};
+use support::{assert_validate_reports, connect, write, Runner};
 
 #[test]
 fn validate_names_the_key_path_of_every_problem() {
@@ -60,21 +60,16 @@ topics = ["commands"]
 mqtt_topic = "cars/{car}/cmd"
 "#,
     );
-    let out = connect(&["validate", "--config", &config]);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for expected in [
-        "connector[0].qso: unknown key",
-        "connector[1].qos: expected 0, 1 or 2",
-        "connector[2].mqtt_url: expected mqtt://host[:port] or mqtts://host[:port]",
-        "connector[3].name: duplicate connector name \"commands\" (also connector[2])",
-        "connector[3].mqtt_topic: unknown placeholder {car}",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.starts_with(expected)),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_validate_reports(
+        &config,
+        &[
+            "connector[0].qso: unknown key",
+            "connector[1].qos: expected 0, 1 or 2",
+            "connector[2].mqtt_url: expected mqtt://host[:port] or mqtts://host[:port]",
+            "connector[3].name: duplicate connector name \"commands\" (also connector[2])",
+            "connector[3].mqtt_topic: unknown placeholder {car}",
+        ],
+    );
 
     let good = write(
         dir.path(),

@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 
 mod support;
 
-use support::{connect, write, Runner};
+use support::{assert_validate_reports, write, Runner};
 
 /// `mosquitto_sub` (MQTT 5) printing one line per message in `format`, started and subscribed.
 struct Sub {
@@ -417,21 +417,16 @@ status_topic = "status/#"
 user_properties = "prefix"
 "#,
     );
-    let out = connect(&["validate", "--config", &config]);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for expected in [
-        "connector[0].mqtt_version:",
-        "connector[1].tls: TLS settings need an mqtts:// URL",
-        "connector[1].tls.key_file: a client certificate needs its key_file",
-        "connector[1].status_topic:",
-        "connector[1].user_property_prefix:",
-    ] {
-        assert!(
-            stderr.lines().any(|l| l.starts_with(expected)),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_validate_reports(
+        &config,
+        &[
+            "connector[0].mqtt_version:",
+            "connector[1].tls: TLS settings need an mqtts:// URL",
+            "connector[1].tls.key_file: a client certificate needs its key_file",
+            "connector[1].status_topic:",
+            "connector[1].user_property_prefix:",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

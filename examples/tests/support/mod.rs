@@ -71,3 +71,14 @@ impl Runner {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `connect validate` on `config` and checks that it exits 2 with a line starting with each
+/// of `expected` (a key path and the start of its message).
+pub fn assert_validate_reports(config: &str, expected: &[&str]) {
+    let out = connect(&["validate", "--config", config]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for e in expected {
+        assert!(stderr.lines().any(|l| l.starts_with(e)), "missing {e:?} in:\n{stderr}");
+    }
+}
