@@ -71,6 +71,9 @@ struct Cli {
     /// Our source's `inflight` (default: the connector's default).
     #[arg(long)]
     source_inflight: Option<usize>,
+    /// MQTT protocol version of our source and sink: "3.1.1" or "5".
+    #[arg(long, default_value = "3.1.1")]
+    mqtt_version: String,
     /// Measurements to run, comma-separated: bare, source, sink, python, latency, soak.
     #[arg(long, default_value = "bare,source,sink,python,latency,soak", value_delimiter = ',')]
     only: Vec<String>,
@@ -284,6 +287,7 @@ impl Driver {
         /// Picks one figure out of a run (its throughput and its ratio to the ceiling).
         type Pick = dyn Fn(&(Throughput, Option<f64>)) -> Option<f64>;
         let mut r = String::new();
+        let _ = writeln!(r, "Our connectors speak MQTT {}.\n", self.settings.mqtt_version);
         let _ = writeln!(r, "| measurement | msg/s | × ceiling | CPU-µs/msg | peak RSS | Mosquitto cores | Tansu cores | bridge cores | delivered |");
         let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (label, row) in &self.rows {
@@ -378,6 +382,7 @@ fn main() -> ExitCode {
         linger_ms: cli.linger_ms,
         mosquitto_inflight: cli.mosquitto_inflight,
         source_inflight: cli.source_inflight,
+        mqtt_version: cli.mqtt_version.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -51,6 +51,8 @@ pub struct Settings {
     pub mosquitto_inflight: u32,
     /// Our source's `inflight` and runtime window (None: defaults).
     pub source_inflight: Option<usize>,
+    /// `mqtt_version` of our source and sink.
+    pub mqtt_version: String,
 }
 
 /// Starts Mosquitto for the benchmark. `nodelay` sets `set_tcp_nodelay true`: Mosquitto leaves
@@ -237,7 +239,7 @@ fn start_our_source(
     qos: u8,
 ) -> Result<UnderTest> {
     let mut c = runner_config(b, &format!("linger_ms = {}", s.linger_ms), id, "mqtt-source");
-    let _ = writeln!(c, "mqtt_url = \"{}\"", b.mqtt.url());
+    let _ = writeln!(c, "mqtt_url = \"{}\"\nmqtt_version = \"{}\"", b.mqtt.url(), s.mqtt_version);
     let _ = writeln!(c, "topics = [\"{filter}\"]\nqos = {qos}\nkafka_topic = \"{topic}\"");
     if let Some(n) = s.source_inflight {
         let _ = writeln!(c, "inflight = {n}");
@@ -438,6 +440,7 @@ pub async fn sink(b: &Brokers, s: &Settings, qos: u8, size: usize, n: u64) -> Re
     .await?;
     let mut c = runner_config(b, "", &id, "mqtt-sink");
     let _ = writeln!(c, "mqtt_url = \"{}\"\ntopics = [\"{topic}\"]", b.mqtt.url());
+    let _ = writeln!(c, "mqtt_version = \"{}\"", s.mqtt_version);
     let _ = writeln!(c, "mqtt_topic = \"{prefix}/{{key}}\"\nqos = {qos}");
     let mut process = spawn_connect(b, s, &id, &c)?;
     let deadline = Instant::now() + Duration::from_secs(30);
