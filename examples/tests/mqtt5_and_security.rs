@@ -1,7 +1,8 @@
 //! MQTT 5 and security through the `connect` runner on real brokers: properties survive MQTT 5 ->
 //! Kafka -> MQTT 5 (checked by Mosquitto's own `mosquitto_pub`/`mosquitto_sub`), an expired
 //! command is not published, the status topic and last will tell device-side tools the bridge's
-//! state, bad credentials end the runner with a clear error, and no password reaches the log.
+//! state, `mqtts://` with client certificates, Kafka over TLS with a SCRAM login, bad credentials
+//! end the runner with a clear error, and no password reaches the log.
 
 // Test code: an unwrap that fails is a failing test, with the error in its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +14,7 @@ use connector_core::kafka::ProducerRecord;
 use connector_core::Timestamp;
 use connector_testkit::{
     init_tracing, kafka, wait_until, Mosquitto, MosquittoOptions, MqttPublisher, MqttSubscriber,
-    Tansu, TestPki,
+    SaslUser, Tansu, TansuOptions, TansuStorage, TansuTls, TestPki,
 };
 use rumqttc::QoS;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -578,4 +579,86 @@ async fn an_mqtt5_sink_keeps_to_the_brokers_receive_maximum() {
         "the announced limit was read:
 {log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_with_scram_runs_and_a_wrong_password_exits_without_showing_it() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start_with_options(TansuOptions {
+        storage: TansuStorage::Sqlite,
+        tls: Some(TansuTls::default()),
+        sasl_users: vec![SaslUser::new("bridge", "K4fka-S3cret-99")],
+    })
+    .await
+    .unwrap();
+    let client = tansu.client().await.unwrap();
+    let ca = tansu.pki().unwrap().ca_file();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            r#"
+[kafka]
+bootstrap_servers = ["{kafka}"]
+security_protocol = "sasl_ssl"
+ssl_ca_file = "{ca}"
+sasl_mechanism = "SCRAM-SHA-256"
+sasl_username = "bridge"
+sasl_password = "${{TEST_KAFKA_PASSWORD}}"
+connect_timeout_ms = 2000
+[offsets]
+store = "memory"
+[[connector]]
+name = "telemetry"
+type = "mqtt-source"
+mqtt_url = "{url}"
+topics = ["plant/#"]
+kafka_topic = "plant"
+"#,
+            kafka = tansu.bootstrap(),
+            ca = ca.display(),
+            url = mqtt.url()
+        ),
+    );
+    let secrets = ["K4fka-S3cret-99", "Wr0ng-K4fka-11"];
+
+    // The right password: MQTT -> Kafka over TLS with a SCRAM login; a trace log without it.
+    let log = dir.path().join("right.log");
+    let mut runner = Runner::start_with_env(
+        &config,
+        &log,
+        &[("TEST_KAFKA_PASSWORD", "K4fka-S3cret-99"), ("RUST_LOG", "trace")],
+    );
+    let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
+    connector_testkit::wait_source_subscribed(
+        &publisher,
+        "plant/probe",
+        b"probe",
+        &client,
+        "plant",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", runner.log()));
+    assert_eq!(runner.terminate(), Some(0));
+    let text = runner.log();
+    for s in secrets {
+        assert!(!text.contains(s), "secret {s:?} in the log:\n{text}");
+    }
+
+    // A wrong one: refused at once, exit 1, the message names the mechanism and user only.
+    let out = std::process::Command::new(support::CONNECT)
+        .args(["run", "--config", &config])
+        .env("TEST_KAFKA_PASSWORD", "Wr0ng-K4fka-11")
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("SCRAM-SHA-256") && last.contains("bridge"), "{last}");
+    for s in secrets {
+        assert!(!stderr.contains(s), "secret {s:?} in the log:\n{stderr}");
+    }
 }
