@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 
 mod support;
 
-use support::{assert_validate_reports, write, Runner};
+use support::{assert_validate_reports, run_expecting_failure, write, Runner};
 
 /// `mosquitto_sub` (MQTT 5) printing one line per message in `format`, started and subscribed.
 struct Sub {
@@ -339,14 +339,7 @@ connect_timeout_secs = 2
 
     // Wrong password from the environment: a clear, fatal error and exit 1.
     let wrong = write(dir.path(), "wrong.toml", &config("S3cret-Pw-4711"));
-    let out = std::process::Command::new(support::CONNECT)
-        .args(["run", "--config", &wrong])
-        .env("TEST_MQTT_PASSWORD", "Wr0ng-Pw-0815")
-        .env(trace.0, trace.1)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_expecting_failure(&wrong, &[("TEST_MQTT_PASSWORD", "Wr0ng-Pw-0815"), trace]);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.contains("refused the connection") && last.contains(&mqtt.url()),
@@ -357,14 +350,10 @@ connect_timeout_secs = 2
     }
 
     // Wrong password in the file (MQTT 5 sink): the same.
-    let out = std::process::Command::new(support::CONNECT)
-        .args(["run", "--config", &write(dir.path(), "wrong5.toml", &config("Wr0ng-Pw-0815"))])
-        .env("TEST_MQTT_PASSWORD", "S3cret-Pw-4711")
-        .env(trace.0, trace.1)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_expecting_failure(
+        &write(dir.path(), "wrong5.toml", &config("Wr0ng-Pw-0815")),
+        &[("TEST_MQTT_PASSWORD", "S3cret-Pw-4711"), trace],
+    );
     assert!(stderr.contains("BadUserNamePassword") || stderr.contains("NotAuthorized"), "{stderr}");
     for s in secrets {
         assert!(!stderr.contains(s), "secret {s:?} in the log:\n{stderr}");
@@ -513,23 +502,13 @@ connect_timeout_secs = 2
 
     // A client certificate from another CA: refused, a clear error, exit 1.
     let bad = write(dir.path(), "stranger.toml", &config(&pki, &stranger));
-    let out = std::process::Command::new(support::CONNECT)
-        .args(["run", "--config", &bad])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_expecting_failure(&bad, &[]);
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains(&tls_url) && last.contains("TLS"), "{last}");
 
     // A broker certificate we do not trust: refused by us, the same way.
     let untrusted = write(dir.path(), "untrusted.toml", &config(&stranger, &pki));
-    let out = std::process::Command::new(support::CONNECT)
-        .args(["run", "--config", &untrusted])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_expecting_failure(&untrusted, &[]);
     assert!(stderr.contains("certificate"), "{stderr}");
 }
 
@@ -648,14 +627,10 @@ kafka_topic = "plant"
     }
 
     // A wrong one: refused at once, exit 1, the message names the mechanism and user only.
-    let out = std::process::Command::new(support::CONNECT)
-        .args(["run", "--config", &config])
-        .env("TEST_KAFKA_PASSWORD", "Wr0ng-K4fka-11")
-        .env("RUST_LOG", "trace")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_expecting_failure(
+        &config,
+        &[("TEST_KAFKA_PASSWORD", "Wr0ng-K4fka-11"), ("RUST_LOG", "trace")],
+    );
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("SCRAM-SHA-256") && last.contains("bridge"), "{last}");
     for s in secrets {

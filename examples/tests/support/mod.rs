@@ -82,3 +82,16 @@ pub fn assert_validate_reports(config: &str, expected: &[&str]) {
         assert!(stderr.lines().any(|l| l.starts_with(e)), "missing {e:?} in:\n{stderr}");
     }
 }
+
+/// `connect run --config CONFIG` with `env`, to its end, which must be exit code 1 (a fatal
+/// error): returns its stderr.
+pub fn run_expecting_failure(config: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new(CONNECT)
+        .args(["run", "--config", config])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
