@@ -84,12 +84,10 @@ impl Secret {
     /// variable or file, never a value.
     pub fn resolve(&self) -> Result<String> {
         if let Some(path) = self.file() {
-            let text = std::fs::read_to_string(path).map_err(|e| {
+            return read_secret_file(std::path::Path::new(path)).map_err(|e| {
                 Error::fatal(format!("cannot read the secret file {path} (referenced by a secret)"))
                     .with_source(e)
-            })?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            return Ok(text.strip_suffix('\r').unwrap_or(text).to_owned());
+            });
         }
         match self.env_var() {
             Some(var) => std::env::var(var).map_err(|_| {
@@ -100,6 +98,14 @@ impl Secret {
             None => Ok(self.0.clone()),
         }
     }
+}
+
+/// A secret kept in a file (a mounted Kubernetes or Docker secret, say): its contents without
+/// the one trailing newline editors and `echo` add.
+pub(crate) fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
 }
 
 impl fmt::Debug for Secret {

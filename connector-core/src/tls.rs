@@ -163,12 +163,7 @@ fn read_private_key(file: PemFile<'_>) -> Result<PrivateKeyDer<'static>> {
 pub fn is_certificate_problem(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(err) = next {
-        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
+        if let Some(tls) = rustls_error_of(err) {
             return matches!(
                 tls,
                 rustls::Error::InvalidCertificate(_)
@@ -179,6 +174,16 @@ pub fn is_certificate_problem(e: &(dyn std::error::Error + 'static)) -> bool {
         next = err.source();
     }
     false
+}
+
+/// The rustls error `e` is, or carries as an I/O error's inner error (how tokio-rustls reports
+/// handshake failures); this level only, not its causes.
+pub fn rustls_error_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    e.downcast_ref::<rustls::Error>().or_else(|| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    })
 }
 
 /// Checks the server's certificate with the usual WebPKI rules, against the configured name

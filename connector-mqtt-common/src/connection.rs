@@ -110,18 +110,21 @@ impl ConnectionSettings {
         })
     }
 
-    /// The retained status message (`online` or `offline`), sent at QoS 0: a connection that
-    /// dies before it arrives triggers the will instead.
-    pub fn status_message(&self, online: bool) -> Option<Message> {
-        self.status_topic().map(|topic| Message {
-            topic,
-            payload: Bytes::from_static(if online { STATUS_ONLINE } else { STATUS_OFFLINE }),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            dup: false,
-            pkid: 0,
-            properties: None,
-        })
+    /// The retained status messages `online` (sent on connect) and `offline` (sent before a
+    /// clean DISCONNECT), at QoS 0: a connection that dies before one arrives triggers the will.
+    pub fn status_messages(&self) -> (Option<Message>, Option<Message>) {
+        let message = |payload: &'static [u8]| {
+            self.status_topic().map(|topic| Message {
+                topic,
+                payload: Bytes::from_static(payload),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                dup: false,
+                pkid: 0,
+                properties: None,
+            })
+        };
+        (message(STATUS_ONLINE), message(STATUS_OFFLINE))
     }
 
     /// User name and password (read from the environment or file now), if set.

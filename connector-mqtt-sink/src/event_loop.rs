@@ -41,20 +41,6 @@ pub(crate) struct LoopSettings {
     pub(crate) window: usize,
 }
 
-/// Why a connection's loop ended.
-enum End {
-    /// `stop` was cancelled (DISCONNECT sent).
-    Stopped,
-    /// The connection broke (retry) or cannot be used any more (fatal).
-    Lost(Error),
-}
-
-impl From<Error> for End {
-    fn from(e: Error) -> Self {
-        End::Lost(e)
-    }
-}
-
 /// Runs until the connection is refused for good or `stop` is cancelled.
 pub(crate) async fn run(
     mut session: Session,
@@ -69,7 +55,7 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             r = session.connect() => r,
         };
-        let end = match connected {
+        let ended = match connected {
             Ok(c) => {
                 backoff.reset();
                 let mut resend = Vec::new();
@@ -90,10 +76,7 @@ pub(crate) async fn run(
                 );
                 status.send_replace(Status { connected: true, last_error: None, fatal: None });
                 shared.changed.notify_waiters();
-                let statuses = (
-                    session.settings().status_message(true),
-                    session.settings().status_message(false),
-                );
+                let statuses = session.settings().status_messages();
                 // An MQTT 5 broker that announces a receive maximum may disconnect a client that
                 // sends more QoS 1/2 publishes than that before they are acknowledged.
                 let window = match c.receive_maximum {
@@ -102,17 +85,12 @@ pub(crate) async fn run(
                 };
                 let mut link = session.link(settings.write_timeout);
                 let timing = (c.keep_alive, window);
-                match drive(&mut link, &shared, &settings, &stop, resend, timing, statuses).await {
-                    Ok(()) => End::Stopped,
-                    Err(end) => end,
-                }
+                drive(&mut link, &shared, &settings, &stop, resend, timing, statuses).await
             }
-            Err(e) => End::Lost(e),
+            Err(e) => Err(e),
         };
-        let error = match end {
-            End::Stopped => return,
-            End::Lost(e) => e,
-        };
+        // Ok: stopped (DISCONNECT sent).
+        let Err(error) = ended else { return };
         if error.kind() == ErrorKind::Fatal {
             status.send_replace(Status {
                 connected: false,
@@ -147,7 +125,7 @@ async fn drive(
     resend: Vec<Outbound>,
     (keep_alive, window): (Duration, usize),
     (online, offline): (Option<Message>, Option<Message>),
-) -> Result<(), End> {
+) -> Result<(), Error> {
     if let Some(online) = online {
         link.write(Outbound::Publish(online)).await?;
     }
@@ -195,10 +173,10 @@ async fn drive(
                         }
                         Inbound::PingResp => {}
                         Inbound::Disconnect(reason) => {
-                            return Err(End::Lost(Error::retriable(format!(
+                            return Err(Error::retriable(format!(
                                 "MQTT broker {} closed the connection: {reason}",
                                 settings.url
-                            ))));
+                            )));
                         }
                         other => debug!(packet = ?other, "ignoring an unexpected packet"),
                     }

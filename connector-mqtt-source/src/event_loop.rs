@@ -124,20 +124,6 @@ pub(crate) struct LoopChannels {
     pub(crate) stop: CancellationToken,
 }
 
-/// Why a connection's loop ended.
-enum End {
-    /// `stop` was cancelled (DISCONNECT sent) or the source task went away.
-    Stopped,
-    /// The connection broke (retry) or cannot be used any more (fatal).
-    Lost(Error),
-}
-
-impl From<Error> for End {
-    fn from(e: Error) -> Self {
-        End::Lost(e)
-    }
-}
-
 /// Runs until the connection is refused for good, the source task goes away, or `stop`.
 pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: LoopSettings) {
     let mut backoff = Backoff::new(settings.backoff);
@@ -148,7 +134,7 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
             () = channels.stop.cancelled() => return,
             r = session.connect() => r,
         };
-        let end = match connected {
+        let ended = match connected {
             Ok(c) => {
                 backoff.reset();
                 info!(client_id = %settings.client_id, url = %settings.url, session_present = c.session_present, "connected to MQTT broker");
@@ -158,30 +144,16 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
                     last_error: None,
                     fatal: None,
                 });
-                let online = session.settings().status_message(true);
-                let offline = session.settings().status_message(false);
+                let statuses = session.settings().status_messages();
                 let mut link = session.link(settings.write_timeout);
-                let mut statuses = Statuses { online, offline };
-                match drive_link(
-                    &mut link,
-                    &channels,
-                    &settings,
-                    &mut subscribed,
-                    c.keep_alive,
-                    &mut statuses,
-                )
-                .await
-                {
-                    Ok(()) => End::Stopped,
-                    Err(end) => end,
-                }
+                let keep_alive = c.keep_alive;
+                drive_link(&mut link, &channels, &settings, &mut subscribed, keep_alive, statuses)
+                    .await
             }
-            Err(e) => End::Lost(e),
+            Err(e) => Err(e),
         };
-        let error = match end {
-            End::Stopped => return,
-            End::Lost(error) => error,
-        };
+        // Ok: stopped, or the source task went away.
+        let Err(error) = ended else { return };
         if error.kind() == ErrorKind::Fatal {
             fail(&channels, error).await;
             return;
@@ -202,12 +174,6 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
     }
 }
 
-/// The status messages to send on connect and on a clean stop.
-struct Statuses {
-    online: Option<Message>,
-    offline: Option<Message>,
-}
-
 /// Packet id of our SUBSCRIBE (the broker's messages use their own ids).
 const SUBSCRIBE_PKID: u16 = 1;
 
@@ -217,10 +183,10 @@ async fn drive_link(
     settings: &LoopSettings,
     subscribed: &mut bool,
     keep_alive: Duration,
-    statuses: &mut Statuses,
-) -> Result<(), End> {
+    (online, offline): (Option<Message>, Option<Message>),
+) -> Result<(), Error> {
     let generation = channels.acks.generation();
-    if let Some(online) = statuses.online.clone() {
+    if let Some(online) = online {
         link.write(Outbound::Publish(online)).await?;
     }
     if !*subscribed {
@@ -245,7 +211,7 @@ async fn drive_link(
                         link.write(packet).await?;
                     }
                 }
-                if let Some(offline) = statuses.offline.take() {
+                if let Some(offline) = offline {
                     link.write(Outbound::Publish(offline)).await?;
                 }
                 link.write(Outbound::Disconnect).await?;
@@ -264,7 +230,8 @@ async fn drive_link(
             }
             permit = channels.tx.reserve(), if !batch.is_empty() => match permit {
                 Ok(permit) => permit.send(Incoming::Messages(std::mem::take(&mut batch))),
-                Err(_) => return Err(End::Stopped),
+                // The source task went away.
+                Err(_) => return Ok(()),
             },
             packet = link.read(), if batch.len() < MAX_BATCH => {
                 let received = Timestamp::now();
@@ -285,10 +252,10 @@ async fn drive_link(
                         // The broker releases a QoS 2 message we acknowledged with PUBREC.
                         Inbound::PubRel(pkid) => link.write(Outbound::PubComp(pkid)).await?,
                         Inbound::Disconnect(reason) => {
-                            return Err(End::Lost(Error::retriable(format!(
+                            return Err(Error::retriable(format!(
                                 "MQTT broker {} closed the connection: {reason}",
                                 settings.url
-                            ))));
+                            )));
                         }
                         _ => {}
                     }
@@ -313,17 +280,17 @@ fn ack_packet(pkid: u16, qos: QoS) -> Option<Outbound> {
     }
 }
 
-fn check_suback(refused: &[usize], settings: &LoopSettings) -> Result<(), End> {
+fn check_suback(refused: &[usize], settings: &LoopSettings) -> Result<(), Error> {
     if refused.is_empty() {
         return Ok(());
     }
     let names: Vec<&str> =
         refused.iter().filter_map(|i| settings.filters.get(*i)).map(|(f, _)| f.as_str()).collect();
-    Err(End::Lost(Error::fatal(format!(
+    Err(Error::fatal(format!(
         "MQTT broker {} refused the subscription to {}",
         settings.url,
         names.join(", ")
-    ))))
+    )))
 }
 
 /// Reports a failure the connection cannot recover from, to `start` and to `poll`.

@@ -127,16 +127,12 @@ fn load_sasl(config: &KafkaConfig) -> Result<Sasl> {
     let username = config.sasl_username.clone().ok_or_else(|| missing("sasl_username"))?;
     let password = match (&config.sasl_password, &config.sasl_password_file) {
         (Some(secret), _) => secret.resolve()?,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::config(
-                    "kafka.sasl_password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            let text = text.strip_suffix('\n').unwrap_or(&text);
-            text.strip_suffix('\r').unwrap_or(text).to_owned()
-        }
+        (None, Some(path)) => crate::secret::read_secret_file(path).map_err(|e| {
+            Error::config(
+                "kafka.sasl_password_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?,
         (None, None) => return Err(missing("sasl_password")),
     };
     Ok(Sasl { mechanism, username, password })
@@ -193,14 +189,7 @@ pub(crate) fn find_tls_error<'a>(
 ) -> Option<&'a rustls::Error> {
     let mut next = Some(e);
     while let Some(err) = next {
-        if let Some(found) = err.downcast_ref::<rustls::Error>() {
-            return Some(found);
-        }
-        if let Some(found) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
+        if let Some(found) = crate::tls::rustls_error_of(err) {
             return Some(found);
         }
         // A poisoned connection carries the error that poisoned it, but not as its source.

@@ -24,12 +24,26 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// `connect run --config CONFIG EXTRA...`, stderr appended to `log`.
     pub fn start(config: &str, log: &Path, extra: &[&str]) -> Self {
+        Self::spawn(config, log, extra, &[])
+    }
+
+    /// Like [`Runner::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, log: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(config, log, &[], env)
+    }
+
+    fn spawn(config: &str, log: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut args = vec!["run", "--config", config];
-        args.extend_from_slice(extra);
-        let child =
-            Command::new(CONNECT).args(&args).stdout(Stdio::null()).stderr(out).spawn().unwrap();
+        let child = Command::new(CONNECT)
+            .args(["run", "--config", config])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
         Self { child, log: log.to_path_buf() }
     }
 
@@ -42,33 +56,17 @@ impl Runner {
         Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
         self.child.wait().unwrap().code()
     }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Runner {
-    /// Like [`Runner::start`], with extra environment variables.
-    pub fn start_with_env(config: &str, log: &Path, env: &[(&str, &str)]) -> Self {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(CONNECT)
-            .args(["run", "--config", config])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { child, log: log.to_path_buf() }
-    }
 
     /// SIGKILL: a crash, as the brokers see it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
