@@ -27,5 +27,7 @@ pub use record::{
     Timestamp, TopicPartition,
 };
 pub use secret::Secret;
-pub use sink::{DynSinkConnector, SinkConnector, SinkTask, SinkTaskContext, StartFrom};
+pub use sink::{
+    DynSinkConnector, ErrantRecordReporter, SinkConnector, SinkTask, SinkTaskContext, StartFrom,
+};
 pub use source::{DynSourceConnector, SourceConnector, SourceTask, SourceTaskContext};

@@ -17,9 +17,12 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use bytes::Bytes;
+
 use crate::config::ConnectorConfig;
+use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
 use crate::record::{SinkRecord, TopicPartition};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Where a sink starts reading a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -33,17 +36,104 @@ pub enum StartFrom {
     Latest,
 }
 
+/// Where a sink task sends a record that failed after `put` had accepted it (Kafka Connect's
+/// `ErrantRecordReporter`): a pipelining task learns only later that the destination refused a
+/// record (an MQTT 5 PUBACK with a failure reason code, say). The runtime's implementation is its
+/// error policy ([`ErrorHandler`]), the same one that handles records `put` rejects.
+///
+/// Called from the task's own methods (`put`, `pre_commit`, `flush`), never concurrently.
+#[async_trait]
+pub trait ErrantRecordReporter: Send + Sync + fmt::Debug {
+    /// Hands `record`, which failed with `error`, to the error policy; `context` pairs become
+    /// `__connect.errors.<name>` headers of its dead letter. Returns when the policy is done
+    /// with it: `Ok` when it was tolerated (written to the dead-letter topic, or logged), and only
+    /// then may the task count the record's offset as done.
+    ///
+    /// # Errors
+    /// The record's error, with its topic, partition and offset, when the policy does not
+    /// tolerate it (`errors.tolerance = "none"`), or the dead-letter write's error. The task must
+    /// then fail, and never report the record's offset from `pre_commit`.
+    ///
+    /// # Cancellation
+    /// Dropping the future may leave the dead letter written or not: the task must not count
+    /// the offset as done, so the record is read again after a restart.
+    async fn report(
+        &self,
+        record: &SinkRecord,
+        error: &Error,
+        context: &[(&str, String)],
+    ) -> Result<()>;
+}
+
+#[async_trait]
+impl ErrantRecordReporter for ErrorHandler {
+    async fn report(
+        &self,
+        record: &SinkRecord,
+        error: &Error,
+        context: &[(&str, String)],
+    ) -> Result<()> {
+        let mut headers = record.headers.clone();
+        for (name, value) in context {
+            headers.push(format!("__connect.errors.{name}"), Bytes::from(value.clone()));
+        }
+        self.handle(FailedRecord {
+            stage: Stage::TaskPut,
+            error,
+            topic: &record.original_topic,
+            partition: Some(record.partition),
+            offset: Some(record.offset),
+            key: record.key.as_ref(),
+            value: record.value.as_ref(),
+            headers: &headers,
+        })
+        .await
+    }
+}
+
 /// What a sink task is given at start.
 #[derive(Debug, Clone)]
 pub struct SinkTaskContext {
     connector: Arc<str>,
     task_id: usize,
+    errant: Option<Arc<dyn ErrantRecordReporter>>,
 }
 
 impl SinkTaskContext {
-    /// A context for task `task_id` of `connector`.
+    /// A context for task `task_id` of `connector`, without an errant-record reporter (a record
+    /// reported through [`report`](Self::report) then fails the task, as with `tolerance = "none"`).
     pub fn new(connector: impl Into<Arc<str>>, task_id: usize) -> Self {
-        Self { connector: connector.into(), task_id }
+        Self { connector: connector.into(), task_id, errant: None }
+    }
+
+    /// Routes [`report`](Self::report) to `reporter` (the runtime passes its error policy).
+    pub fn with_errant_record_reporter(mut self, reporter: Arc<dyn ErrantRecordReporter>) -> Self {
+        self.errant = Some(reporter);
+        self
+    }
+
+    /// Hands a record that failed after `put` accepted it to the error policy; see
+    /// [`ErrantRecordReporter::report`]. Without a reporter, the record's error (with its topic,
+    /// partition and offset) is returned: the task must fail.
+    ///
+    /// # Errors
+    /// As [`ErrantRecordReporter::report`].
+    pub async fn report(
+        &self,
+        record: &SinkRecord,
+        error: &Error,
+        context: &[(&str, String)],
+    ) -> Result<()> {
+        match &self.errant {
+            Some(r) => r.report(record, error, context).await,
+            None => Err(error
+                .clone()
+                .with_connector(&*self.connector)
+                .with_task(self.task_id)
+                .with_topic(&*record.original_topic)
+                .with_partition(record.partition)
+                .with_offset(record.offset)),
+        }
     }
 
     /// The connector's name.

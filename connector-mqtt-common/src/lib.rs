@@ -26,4 +26,6 @@ pub use status::{wait_connected, Status};
 pub use tls::{client_config, TlsFiles};
 pub use topic::{validate_filter, validate_topic, MAX_TOPIC_LEN};
 pub use url::MqttUrl;
-pub use wire::{Inbound, Message, MqttVersion, Outbound, PublishProperties};
+pub use wire::{
+    publish_size, AckPacket, Inbound, Message, MqttVersion, Outbound, PublishProperties, Refusal,
+};

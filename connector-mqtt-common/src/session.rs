@@ -31,6 +31,9 @@ pub struct Connected {
     /// Most QoS 1/2 publishes the broker accepts in flight from us (MQTT 5 receive maximum;
     /// `None`: no limit announced).
     pub receive_maximum: Option<u16>,
+    /// Largest packet the broker accepts from us (MQTT 5 Maximum Packet Size; `None`: not
+    /// announced, and always on MQTT 3.1.1, which has no way to say it).
+    pub max_packet_size: Option<u32>,
 }
 
 /// A connector's MQTT client, connected or not.
@@ -414,6 +417,7 @@ async fn connect(
                         session_present: ack.session_present,
                         keep_alive: s.keep_alive,
                         receive_maximum: None,
+                        max_packet_size: None,
                     },
                 )),
                 code @ (C::BadUserNamePassword
@@ -494,7 +498,13 @@ async fn connect_v5(
             keep_alive = Duration::from_secs(u64::from(k.max(1)));
         }
     }
-    Ok((c, Connected { session_present: ack.session_present, keep_alive, receive_maximum }))
+    let connected = Connected {
+        session_present: ack.session_present,
+        keep_alive,
+        receive_maximum,
+        max_packet_size: c.max_outgoing,
+    };
+    Ok((c, connected))
 }
 
 /// A TLS handshake failure: fatal when the certificates do not match (retrying cannot help).

@@ -50,6 +50,71 @@ pub struct Message {
     pub properties: Option<Box<PublishProperties>>,
 }
 
+/// Bytes of an MQTT variable-length integer holding `n`.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+impl Message {
+    /// The size in bytes of this message's PUBLISH packet in `version`, fixed header included:
+    /// what a broker's Maximum Packet Size (and our `max_packet_size`) is compared with. The
+    /// packet identifier of a QoS 1/2 message is counted even while `pkid` is still 0.
+    ///
+    /// ```
+    /// use connector_mqtt_common::{Message, MqttVersion};
+    ///
+    /// let m = Message {
+    ///     topic: "a/b".into(),
+    ///     payload: bytes::Bytes::from_static(b"hello"),
+    ///     qos: rumqttc::QoS::AtLeastOnce,
+    ///     retain: false,
+    ///     dup: false,
+    ///     pkid: 0,
+    ///     properties: None,
+    /// };
+    /// // 1 (type) + 1 (length) + 2 + 3 (topic) + 2 (packet id) + 5 (payload)
+    /// assert_eq!(m.packet_size(MqttVersion::V311), 14);
+    /// // + 1 (empty property length)
+    /// assert_eq!(m.packet_size(MqttVersion::V5), 15);
+    /// ```
+    pub fn packet_size(&self, version: MqttVersion) -> usize {
+        publish_size(version, &self.topic, self.payload.len(), self.qos, self.properties.as_deref())
+    }
+}
+
+/// The size in bytes of a PUBLISH packet with this topic, payload length, QoS and MQTT 5
+/// properties, in `version`, fixed header included (see [`Message::packet_size`]).
+pub fn publish_size(
+    version: MqttVersion,
+    topic: &str,
+    payload_len: usize,
+    qos: QoS,
+    properties: Option<&PublishProperties>,
+) -> usize {
+    let pkid = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let properties_len = match (version, properties) {
+        (MqttVersion::V311, _) => 0,
+        (MqttVersion::V5, None) => 1,
+        (MqttVersion::V5, Some(p)) => {
+            // rumqttc keeps the property length private: measure an otherwise empty QoS 0
+            // PUBLISH (1 type byte, remaining length, 2 bytes of empty topic, properties).
+            let size = p5::Publish { properties: Some(p.clone()), ..p5::Publish::default() }.size();
+            let remaining = (1..=4)
+                .map(|v| size.saturating_sub(1 + v))
+                .find(|len| 1 + varint_len(*len) + len == size)
+                .unwrap_or(size);
+            remaining.saturating_sub(2)
+        }
+    };
+    let len = 2 + topic.len() + pkid + properties_len + payload_len;
+    1 + varint_len(len) + len
+}
+
 /// A packet from the broker, as the connectors see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
@@ -63,6 +128,10 @@ pub enum Inbound {
     PubRel(u16),
     /// QoS 2 publish complete.
     PubComp(u16),
+    /// MQTT 5: the broker answered one of our publishes with a failure reason code (>= 0x80).
+    /// A refused PUBACK or PUBREC means the broker did not take the message; the flow ends there
+    /// (no PUBREL follows a refused PUBREC).
+    Refused(Refusal),
     /// Subscription result: the refused filters.
     SubAck {
         /// Packet identifier of the SUBSCRIBE.
@@ -85,6 +154,105 @@ pub enum Inbound {
     Disconnect(String),
     /// Anything else (ignored).
     Other,
+}
+
+/// Which acknowledgement carried a [`Refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPacket {
+    /// The answer to a QoS 1 PUBLISH.
+    PubAck,
+    /// The first answer to a QoS 2 PUBLISH.
+    PubRec,
+    /// The answer to our PUBREL (QoS 2).
+    PubComp,
+}
+
+impl std::fmt::Display for AckPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AckPacket::PubAck => "PUBACK",
+            AckPacket::PubRec => "PUBREC",
+            AckPacket::PubComp => "PUBCOMP",
+        })
+    }
+}
+
+/// An MQTT 5 acknowledgement with a failure reason code: the broker refused the publish.
+///
+/// ```
+/// use connector_mqtt_common::{AckPacket, Refusal};
+///
+/// let r = Refusal { pkid: 3, packet: AckPacket::PubAck, code: 0x87, name: "NotAuthorized".into(), reason: None };
+/// assert_eq!(r.to_string(), "PUBACK reason code 0x87 (NotAuthorized)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Packet identifier of the publish.
+    pub pkid: u16,
+    /// The acknowledgement that carried it.
+    pub packet: AckPacket,
+    /// The reason code (>= 0x80).
+    pub code: u8,
+    /// The reason code's name (`NotAuthorized`, `QuotaExceeded`, ...).
+    pub name: String,
+    /// The broker's reason string, if it sent one.
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} reason code {:#04x} ({})", self.packet, self.code, self.name)?;
+        if let Some(r) = &self.reason {
+            write!(f, ": {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The number of an MQTT 5 PUBACK/PUBREC reason (rumqttc keeps its own mapping private).
+fn ack_code(r: &p5::PubAckReason) -> u8 {
+    use p5::PubAckReason as R;
+    match r {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+fn rec_code(r: &p5::PubRecReason) -> u8 {
+    use p5::PubRecReason as R;
+    match r {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+/// `ok` when `code` is a success (< 0x80), else the refusal.
+fn acked(
+    pkid: u16,
+    packet: AckPacket,
+    code: u8,
+    name: impl std::fmt::Debug,
+    reason: Option<String>,
+    ok: Inbound,
+) -> Inbound {
+    if code < 0x80 {
+        return ok;
+    }
+    Inbound::Refused(Refusal { pkid, packet, code, name: format!("{name:?}"), reason })
 }
 
 /// A packet to the broker.
@@ -206,10 +374,31 @@ impl Inbound {
                 pkid: p.pkid,
                 properties: p.properties.map(Box::new),
             }),
-            P::PubAck(a) => Inbound::PubAck(a.pkid),
-            P::PubRec(a) => Inbound::PubRec(a.pkid),
+            P::PubAck(a) => acked(
+                a.pkid,
+                AckPacket::PubAck,
+                ack_code(&a.reason),
+                a.reason,
+                a.properties.and_then(|p| p.reason_string),
+                Inbound::PubAck(a.pkid),
+            ),
+            P::PubRec(a) => acked(
+                a.pkid,
+                AckPacket::PubRec,
+                rec_code(&a.reason),
+                a.reason,
+                a.properties.and_then(|p| p.reason_string),
+                Inbound::PubRec(a.pkid),
+            ),
             P::PubRel(a) => Inbound::PubRel(a.pkid),
-            P::PubComp(a) => Inbound::PubComp(a.pkid),
+            P::PubComp(a) => {
+                let code = match a.reason {
+                    p5::PubCompReason::Success => 0x00,
+                    p5::PubCompReason::PacketIdentifierNotFound => 0x92,
+                };
+                let reason = a.properties.and_then(|p| p.reason_string);
+                acked(a.pkid, AckPacket::PubComp, code, a.reason, reason, Inbound::PubComp(a.pkid))
+            }
             P::SubAck(a) => {
                 let why = a
                     .properties
@@ -301,5 +490,58 @@ mod tests {
         let Inbound::Publish(m) = back else { panic!("{back:?}") };
         assert_eq!((m.topic.as_str(), m.pkid), ("t/1", 7));
         assert_eq!(*m.properties.unwrap(), props);
+    }
+
+    #[test]
+    fn packet_size_is_what_the_codec_writes() {
+        let mut m = Message {
+            topic: "cars/car-1/cmd".into(),
+            payload: Bytes::from(vec![b'x'; 20_000]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: false,
+            pkid: 9,
+            properties: None,
+        };
+        let mut buf = bytes::BytesMut::new();
+        rumqttc::Packet::from(Outbound::Publish(m.clone())).write(&mut buf, usize::MAX).unwrap();
+        assert_eq!(m.packet_size(MqttVersion::V311), buf.len());
+        m.properties = Some(Box::new(PublishProperties {
+            user_properties: vec![("k".into(), "v".into())],
+            content_type: Some("text/plain".into()),
+            ..PublishProperties::default()
+        }));
+        let mut buf = bytes::BytesMut::new();
+        p5::Packet::from(Outbound::Publish(m.clone())).write(&mut buf, None).unwrap();
+        assert_eq!(m.packet_size(MqttVersion::V5), buf.len());
+    }
+
+    #[test]
+    fn failure_reason_codes_are_refusals_and_successes_acknowledgements() {
+        let roundtrip = |p: p5::Packet| {
+            let mut buf = bytes::BytesMut::new();
+            p.write(&mut buf, None).unwrap();
+            Inbound::from_v5(p5::Packet::read(&mut buf, None).unwrap()).unwrap()
+        };
+        let mut denied = p5::PubAck::new(4, None);
+        denied.reason = p5::PubAckReason::NotAuthorized;
+        denied.properties = Some(p5::PubAckProperties {
+            reason_string: Some("acl".into()),
+            user_properties: Vec::new(),
+        });
+        let Inbound::Refused(r) = roundtrip(p5::Packet::PubAck(denied)) else { panic!() };
+        assert_eq!(
+            (r.pkid, r.packet, r.code, r.name.as_str()),
+            (4, AckPacket::PubAck, 0x87, "NotAuthorized")
+        );
+        assert_eq!(r.to_string(), "PUBACK reason code 0x87 (NotAuthorized): acl");
+        let mut no_subscribers = p5::PubAck::new(5, None);
+        no_subscribers.reason = p5::PubAckReason::NoMatchingSubscribers;
+        assert_eq!(roundtrip(p5::Packet::PubAck(no_subscribers)), Inbound::PubAck(5));
+        let mut quota = p5::PubRec::new(6, None);
+        quota.reason = p5::PubRecReason::QuotaExceeded;
+        let Inbound::Refused(r) = roundtrip(p5::Packet::PubRec(quota)) else { panic!() };
+        assert_eq!((r.packet, r.code), (AckPacket::PubRec, 0x97));
+        assert_eq!(roundtrip(p5::Packet::PubRec(p5::PubRec::new(7, None))), Inbound::PubRec(7));
     }
 }

@@ -5,6 +5,12 @@
 //! publishes per write; reads acknowledgements in bulk and feeds them to the tracker; completes
 //! QoS 2 flows; sends keep-alive pings; and reconnects with backoff. The sink task only adds to
 //! the tracker and wakes this loop.
+//!
+//! When a connection breaks, what the broker sent before it closed is still read (briefly, see
+//! [`DRAIN_LIMIT`]): a PUBACK read just before a drop is final, so a refused publish is not sent
+//! again on the next connection. The reconnect backoff starts over only after a connection that
+//! got at least one acknowledgement, so a broker that closes the connection at once is not
+//! hammered, while one refused publish costs one quick reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +18,17 @@ use std::time::Duration;
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind};
 use connector_mqtt_common::{
-    pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Session, Status,
+    pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Refusal, Session, Status,
 };
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::tracker::Tracker;
+
+/// How long a broken connection is still read for what the broker sent before closing it.
+const DRAIN_LIMIT: Duration = Duration::from_millis(100);
 
 /// State shared by the sink task and its event loop.
 #[derive(Debug, Default)]
@@ -39,6 +48,8 @@ pub(crate) struct LoopSettings {
     pub(crate) write_timeout: Duration,
     /// Most publishes in flight.
     pub(crate) window: usize,
+    /// Largest PUBLISH packet to send (`max_packet_size`); the broker's may be smaller.
+    pub(crate) max_packet: usize,
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
@@ -55,13 +66,15 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             r = session.connect() => r,
         };
+        let answers_before = shared.tracker.lock().answers;
         let ended = match connected {
             Ok(c) => {
-                backoff.reset();
                 let mut resend = Vec::new();
+                let broker_max = c.max_packet_size.map_or(usize::MAX, |m| m as usize);
                 let republished = {
                     let mut t = shared.tracker.lock();
                     let before = t.republished;
+                    t.max_packet = settings.max_packet.min(broker_max);
                     t.connected(c.session_present, &mut resend);
                     t.republished - before
                 };
@@ -70,6 +83,7 @@ pub(crate) async fn run(
                     url = %settings.url,
                     session_present = c.session_present,
                     receive_maximum = c.receive_maximum,
+                    max_packet_size = c.max_packet_size,
                     resent = resend.len(),
                     republished,
                     "connected to MQTT broker"
@@ -85,7 +99,12 @@ pub(crate) async fn run(
                 };
                 let mut link = session.link(settings.write_timeout);
                 let timing = (c.keep_alive, window);
-                drive(&mut link, &shared, &settings, &stop, resend, timing, statuses).await
+                let ended =
+                    drive(&mut link, &shared, &settings, &stop, resend, timing, statuses).await;
+                if ended.is_err() {
+                    drain(&mut link, &shared, &settings).await;
+                }
+                ended
             }
             Err(e) => Err(e),
         };
@@ -101,7 +120,14 @@ pub(crate) async fn run(
             shared.changed.notify_waiters();
             return;
         }
-        shared.tracker.lock().disconnected();
+        {
+            let mut t = shared.tracker.lock();
+            if t.answers > answers_before {
+                // The connection made progress: the next one is tried soon.
+                backoff.reset();
+            }
+            t.disconnected();
+        }
         status.send_replace(Status {
             connected: false,
             last_error: Some(error.to_string()),
@@ -139,13 +165,22 @@ async fn drive(
     let mut out: Vec<Outbound> = Vec::new();
     loop {
         // Send what the window allows, in one write.
-        shared.tracker.lock().take_sendable(window, &mut out);
+        let oversize = {
+            let mut t = shared.tracker.lock();
+            t.take_sendable(window, &mut out);
+            t.has_refused()
+        };
+        if oversize {
+            // Over the maximum packet size: the sink task hands it to the error policy.
+            shared.changed.notify_waiters();
+        }
         if !out.is_empty() {
             for packet in out.drain(..) {
                 link.write(packet).await?;
             }
             link.flush().await?;
             // QoS 0 publishes are done once written.
+            shared.tracker.lock().written();
             shared.changed.notify_waiters();
         }
         tokio::select! {
@@ -171,7 +206,9 @@ async fn drive(
                             let rel = shared.tracker.lock().received(pkid);
                             link.write(rel).await?;
                         }
-                        Inbound::PingResp => {}
+                        Inbound::Refused(refusal) => refused(shared, settings, &refusal),
+                        // An answer: the connection works (for the reconnect backoff).
+                        Inbound::PingResp => shared.tracker.lock().answers += 1,
                         Inbound::Disconnect(reason) => {
                             return Err(Error::retriable(format!(
                                 "MQTT broker {} closed the connection: {reason}",
@@ -189,4 +226,34 @@ async fn drive(
             _ = keepalive.tick() => link.ping().await?,
         }
     }
+}
+
+/// The broker refused a publish: no PUBREL follows a refused PUBREC; the sink task hands the
+/// record to the error policy.
+fn refused(shared: &Shared, settings: &LoopSettings, refusal: &Refusal) {
+    warn!(client_id = %settings.client_id, pkid = refusal.pkid, refusal = %refusal, "the MQTT broker refused a publish");
+    shared.tracker.lock().refused(refusal);
+}
+
+/// Reads what the broker sent before the connection broke (a broker may answer with a refusal
+/// and close at once), for at most [`DRAIN_LIMIT`]. Nothing is written: a QoS 2 publish whose
+/// PUBREC arrives here gets its PUBREL on the next connection if the session is kept, and is
+/// published again otherwise.
+async fn drain(link: &mut Link<'_>, shared: &Shared, settings: &LoopSettings) {
+    let read_all = async {
+        while let Ok(packet) = link.read().await {
+            match packet {
+                Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
+                    shared.tracker.lock().acknowledged(pkid);
+                }
+                Inbound::PubRec(pkid) => {
+                    shared.tracker.lock().received(pkid);
+                }
+                Inbound::Refused(refusal) => refused(shared, settings, &refusal),
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_LIMIT, read_all).await;
+    shared.changed.notify_waiters();
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
 use connector_core::{Error, Result, SinkRecord, SinkTask, SinkTaskContext, TopicPartition};
-use connector_mqtt_common::{wait_connected, ConnectionSettings, Session, Status};
+use connector_mqtt_common::{publish_size, wait_connected, ConnectionSettings, Session, Status};
 use rumqttc::QoS;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -57,6 +57,9 @@ pub struct MqttSinkCounters {
 /// Publishes records of its partitions to MQTT. See the crate docs for the delivery contract.
 pub struct MqttSinkTask {
     config: MqttSinkTaskConfig,
+    ctx: Option<SinkTaskContext>,
+    /// The error policy did not tolerate a refused publish: the task has failed.
+    report_failed: Option<Error>,
     shared: Option<Arc<Shared>>,
     event_loop: Option<JoinHandle<()>>,
     stop: CancellationToken,
@@ -84,6 +87,8 @@ impl MqttSinkTask {
     pub fn new(config: MqttSinkTaskConfig) -> Self {
         Self {
             config,
+            ctx: None,
+            report_failed: None,
             shared: None,
             event_loop: None,
             stop: CancellationToken::new(),
@@ -110,6 +115,46 @@ impl MqttSinkTask {
                 "header {h:?} is {:?}; retain_header expects true/false/1/0",
                 String::from_utf8_lossy(other)
             ))),
+        }
+    }
+
+    /// Hands every refused publish to the error policy (through the context's errant-record
+    /// reporter), marking each done once the policy took it. The first one the policy does not
+    /// tolerate fails the task; its offset is never committed.
+    async fn settle_refused(&mut self) -> Result<()> {
+        if let Some(e) = &self.report_failed {
+            return Err(e.clone());
+        }
+        let shared = Arc::clone(self.shared()?);
+        let ctx =
+            self.ctx.as_ref().ok_or_else(|| Error::fatal("MQTT sink task used before start"))?;
+        loop {
+            let Some(r) = shared.tracker.lock().take_refused() else { return Ok(()) };
+            let p = &r.publication;
+            warn!(topic = %p.tp.topic, partition = p.tp.partition, offset = p.offset, error = %r.error, "publish refused; handing the record to the error policy");
+            match ctx.report(&p.record, &r.error, &r.context).await {
+                Ok(()) => {
+                    shared.tracker.lock().settled(p);
+                    shared.changed.notify_waiters();
+                }
+                Err(e) => {
+                    self.report_failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits until `done` holds for the tracker, handing refused publishes to the error policy
+    /// meanwhile.
+    async fn wait_settling(&mut self, mut done: impl FnMut(&Tracker) -> bool) -> Result<()> {
+        loop {
+            self.settle_refused().await?;
+            let shared = Arc::clone(self.shared()?);
+            Self::wait_until(&shared, |t| t.has_refused() || done(t)).await?;
+            if !shared.tracker.lock().has_refused() {
+                return Ok(());
+            }
         }
     }
 
@@ -144,7 +189,9 @@ impl SinkTask for MqttSinkTask {
             backoff: c.reconnect_backoff,
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
             window: c.inflight.max(1),
+            max_packet: c.connection.max_packet_size,
         };
+        shared.tracker.lock().max_packet = c.connection.max_packet_size;
         self.event_loop = Some(tokio::spawn(event_loop::run(
             session,
             Arc::clone(&shared),
@@ -157,12 +204,15 @@ impl SinkTask for MqttSinkTask {
         let limit = c.connection.connect_timeout * 3;
         wait_connected(&mut status, limit, &c.connection.url).await?;
         info!(connector = ctx.connector(), task = ctx.task_id(), client_id = %c.connection.client_id, "MQTT sink task started");
+        self.ctx = Some(ctx);
         Ok(())
     }
 
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {
+        self.settle_refused().await?;
         let shared = Arc::clone(self.shared()?);
         let window = self.config.inflight.max(1);
+        let version = self.config.connection.version;
         let now = connector_core::Timestamp::now();
         for r in records {
             let context = |e: Error| {
@@ -185,10 +235,18 @@ impl SinkTask for MqttSinkTask {
                 }
                 Err(e) => return Err(context(e)),
             };
+            let qos = self.config.qos;
+            let size = publish_size(version, &topic, payload.len(), qos, properties.as_deref());
+            let max_packet = shared.tracker.lock().max_packet;
+            if size > max_packet {
+                return Err(context(Error::rejected(format!(
+                    "its PUBLISH of {size} bytes to MQTT topic {topic} exceeds the maximum packet size of {max_packet} bytes (the broker's or max_packet_size); not published"
+                ))));
+            }
             if shared.tracker.lock().pending() >= window {
                 // Let the event loop send what is queued, and wait for room.
                 shared.work.notify_one();
-                Self::wait_until(&shared, |t| t.pending() < window).await?;
+                self.wait_settling(|t| t.pending() < window).await?;
             }
             let publication = Publication {
                 seq: 0,
@@ -196,9 +254,13 @@ impl SinkTask for MqttSinkTask {
                 offset: r.offset,
                 topic,
                 payload,
-                qos: self.config.qos,
+                qos,
                 retain,
                 properties,
+                size,
+                record: r.clone(),
+                suspect: false,
+                strikes: 0,
             };
             shared.tracker.lock().add(publication);
         }
@@ -210,6 +272,10 @@ impl SinkTask for MqttSinkTask {
         &mut self,
         offsets: &HashMap<TopicPartition, i64>,
     ) -> Result<HashMap<TopicPartition, i64>> {
+        // After a refusal the policy did not tolerate, the offsets before it are still safe.
+        if self.report_failed.is_none() {
+            self.settle_refused().await?;
+        }
         let shared = self.shared()?;
         let t = shared.tracker.lock();
         if let Some(e) = &t.failed {
@@ -218,10 +284,10 @@ impl SinkTask for MqttSinkTask {
         Ok(t.safe_offsets(offsets))
     }
 
-    /// Waits until every publish handed over so far is acknowledged.
+    /// Waits until every publish handed over so far is acknowledged, or refused and handled by
+    /// the error policy.
     async fn flush(&mut self, _offsets: &HashMap<TopicPartition, i64>) -> Result<()> {
-        let shared = Arc::clone(self.shared()?);
-        Self::wait_until(&shared, |t| t.pending() == 0).await
+        self.wait_settling(|t| t.pending() == 0).await
     }
 
     async fn stop(&mut self) -> Result<()> {

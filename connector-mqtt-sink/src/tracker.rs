@@ -3,23 +3,38 @@
 //!
 //! Publishes wait in the backlog until the event loop sends them, at most `window` in flight. It
 //! gives each a packet id and keeps it in flight until PUBACK (QoS 1) or PUBCOMP (QoS 2, after
-//! the broker's PUBREC and our PUBREL). QoS 0 publishes are done once written.
+//! the broker's PUBREC and our PUBREL). QoS 0 publishes are done once written to the socket.
+//!
+//! A publish the broker **refuses** (an MQTT 5 acknowledgement with a failure reason code), or
+//! one too large for the broker's or our maximum packet size, is not done: it moves to the
+//! refused list, and its offset stays uncommitted until the sink task has handed it to the error
+//! policy (dead-letter topic, or the connector fails). A refused PUBREC gets no PUBREL.
 //!
 //! After a reconnect there are two cases:
 //! * The broker **kept the session**: the in-flight publishes are sent again under their packet
 //!   ids with the DUP flag, as MQTT requires (QoS 2 ones the broker already received get their
 //!   PUBREL again), then the backlog.
 //! * The broker **kept no session**: every unacknowledged publish goes back to the front of the
-//!   backlog, in original order, and is sent again under a new packet id.
+//!   backlog, in original order, and is sent again under a new packet id. When the connection
+//!   dropped with publishes in flight and no refusal to explain it, those publishes are
+//!   *suspects*: each is sent alone (nothing else in flight) until acknowledged, so that a drop
+//!   is attributed to exactly one publish. One that alone caused [`MAX_STRIKES`] drops (a
+//!   broker that closes the connection on it, as MQTT 3.1.1 brokers do for a packet over their
+//!   limit) is refused instead of being sent forever.
 //!
 //! Either way nothing is lost, and a publish whose acknowledgement was lost may arrive twice.
+//! A record handed over twice (a `put` retried with the same records) is counted twice: its
+//! offset is done only when both copies are.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
-use connector_core::{Error, TopicPartition};
-use connector_mqtt_common::{Message, Outbound, PublishProperties};
+use connector_core::{Error, SinkRecord, TopicPartition};
+use connector_mqtt_common::{Message, Outbound, PublishProperties, Refusal};
 use rumqttc::QoS;
+
+/// Connection drops one publish, sent alone, may cause before it is refused.
+pub(crate) const MAX_STRIKES: u8 = 3;
 
 /// One record to publish.
 #[derive(Debug, Clone)]
@@ -33,6 +48,14 @@ pub(crate) struct Publication {
     pub(crate) retain: bool,
     /// MQTT 5 properties (`None` on 3.1.1).
     pub(crate) properties: Option<Box<PublishProperties>>,
+    /// Size of its PUBLISH packet in bytes.
+    pub(crate) size: usize,
+    /// The record it came from (for the error policy: key, value and headers as read).
+    pub(crate) record: SinkRecord,
+    /// In flight when a connection dropped unexplained: sent alone until acknowledged.
+    pub(crate) suspect: bool,
+    /// Connection drops while it was in flight alone.
+    pub(crate) strikes: u8,
 }
 
 impl Publication {
@@ -49,6 +72,16 @@ impl Publication {
     }
 }
 
+/// A publish that cannot be delivered, waiting for the error policy.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) publication: Publication,
+    /// Why (a record error naming the MQTT topic and the broker's reason).
+    pub(crate) error: Error,
+    /// `__connect.errors.*` headers for its dead letter.
+    pub(crate) context: Vec<(&'static str, String)>,
+}
+
 /// A publish sent and not yet acknowledged.
 #[derive(Debug)]
 struct InFlight {
@@ -58,7 +91,7 @@ struct InFlight {
 }
 
 /// The state of every publish not yet acknowledged.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tracker {
     next_seq: u64,
     last_pkid: u16,
@@ -66,25 +99,64 @@ pub(crate) struct Tracker {
     backlog: VecDeque<Publication>,
     /// Sent, waiting for PUBACK/PUBCOMP, by packet id.
     inflight: HashMap<u16, InFlight>,
-    /// Offsets not yet acknowledged, per partition.
-    unacked: HashMap<TopicPartition, BTreeSet<i64>>,
+    /// QoS 0 publishes handed to the event loop, done once written out.
+    unwritten: Vec<Publication>,
+    /// Refused or undeliverable, waiting for the sink task to hand them to the error policy.
+    refused: VecDeque<Refused>,
+    /// Copies not yet done, per offset, per partition.
+    unacked: HashMap<TopicPartition, BTreeMap<i64, u32>>,
+    /// The suspect in flight alone, if any (nothing else is sent meanwhile).
+    probing: Option<u16>,
+    /// A refusal arrived on the current connection: a drop right after it is explained.
+    explained: bool,
+    /// Largest PUBLISH packet that may be sent now (ours, or the broker's if smaller).
+    pub(crate) max_packet: usize,
     pub(crate) connected: bool,
     pub(crate) failed: Option<Error>,
     /// Publishes sent again under a new packet id after a session was lost.
     pub(crate) republished: u64,
+    /// Acknowledgements, refusals and ping answers received so far (a connection that got one
+    /// worked, so the reconnect backoff starts over).
+    pub(crate) answers: u64,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 impl Tracker {
-    /// Publishes not yet acknowledged.
+    /// A tracker sending packets of at most `max_packet` bytes.
+    pub(crate) fn new(max_packet: usize) -> Self {
+        Self {
+            next_seq: 0,
+            last_pkid: 0,
+            backlog: VecDeque::new(),
+            inflight: HashMap::new(),
+            unwritten: Vec::new(),
+            refused: VecDeque::new(),
+            unacked: HashMap::new(),
+            probing: None,
+            explained: false,
+            max_packet,
+            connected: false,
+            failed: None,
+            republished: 0,
+            answers: 0,
+        }
+    }
+
+    /// Publishes not yet done: waiting, in flight, being written, or refused and not yet handled.
     pub(crate) fn pending(&self) -> usize {
-        self.backlog.len() + self.inflight.len()
+        self.backlog.len() + self.inflight.len() + self.unwritten.len() + self.refused.len()
     }
 
     /// Registers a record to publish (its `seq` is assigned here).
     pub(crate) fn add(&mut self, mut p: Publication) {
         p.seq = self.next_seq;
         self.next_seq += 1;
-        self.unacked.entry(p.tp.clone()).or_default().insert(p.offset);
+        *self.unacked.entry(p.tp.clone()).or_default().entry(p.offset).or_default() += 1;
         self.backlog.push_back(p);
     }
 
@@ -99,29 +171,113 @@ impl Tracker {
     }
 
     /// Moves publishes from the backlog into flight while fewer than `window` are, appending their
-    /// packets to `out`. QoS 0 publishes are done at once: they are at most once.
+    /// packets to `out`. QoS 0 publishes are done once [`written`](Self::written). A publish over
+    /// the maximum packet size is refused here, never sent. A suspect goes out only alone.
     pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<Outbound>) {
         if !self.connected {
             return;
         }
-        while self.inflight.len() < window.min(u16::MAX as usize) {
+        while self.inflight.len() < window.min(u16::MAX as usize) && self.probing.is_none() {
+            let Some(front) = self.backlog.front() else { break };
+            let probe = front.suspect && front.qos != QoS::AtMostOnce;
+            if probe && !self.inflight.is_empty() {
+                // Alone, or a drop could not be pinned on it.
+                break;
+            }
             let Some(p) = self.backlog.pop_front() else { break };
+            if p.size > self.max_packet {
+                let why = format!(
+                    "its PUBLISH of {} bytes to MQTT topic {} exceeds the maximum packet size of {} bytes (the broker's or max_packet_size)",
+                    p.size, p.topic, self.max_packet
+                );
+                let context = vec![
+                    ("mqtt.topic", p.topic.clone()),
+                    ("mqtt.packet.size", p.size.to_string()),
+                    ("mqtt.max.packet.size", self.max_packet.to_string()),
+                ];
+                self.refuse(p, why, context);
+                continue;
+            }
             if p.qos == QoS::AtMostOnce {
                 out.push(p.packet(0, false));
-                self.done(&p);
+                self.unwritten.push(p);
                 continue;
             }
             let pkid = self.next_pkid();
+            if probe {
+                self.probing = Some(pkid);
+            }
             out.push(p.packet(pkid, false));
             self.inflight.insert(pkid, InFlight { publication: p, released: false });
+        }
+    }
+
+    /// Everything taken by [`take_sendable`](Self::take_sendable) was written out: the QoS 0
+    /// publishes among it are done.
+    pub(crate) fn written(&mut self) {
+        for p in std::mem::take(&mut self.unwritten) {
+            self.done(&p);
         }
     }
 
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
     pub(crate) fn acknowledged(&mut self, pkid: u16) {
         if let Some(f) = self.inflight.remove(&pkid) {
+            self.answers += 1;
+            self.settle_probe(pkid);
             self.done(&f.publication);
         }
+    }
+
+    /// The broker refused publish `pkid` (MQTT 5 failure reason code): it waits for the error
+    /// policy. Its offset is not done.
+    pub(crate) fn refused(&mut self, refusal: &Refusal) {
+        self.explained = true;
+        let Some(f) = self.inflight.remove(&refusal.pkid) else { return };
+        self.answers += 1;
+        self.settle_probe(refusal.pkid);
+        let p = f.publication;
+        let why =
+            format!("the MQTT broker refused the publish to MQTT topic {}: {refusal}", p.topic);
+        let mut context = vec![
+            ("mqtt.topic", p.topic.clone()),
+            ("mqtt.reason.code", format!("{:#04x}", refusal.code)),
+            ("mqtt.reason.name", refusal.name.clone()),
+        ];
+        if let Some(r) = &refusal.reason {
+            context.push(("mqtt.reason.string", r.clone()));
+        }
+        self.refuse(p, why, context);
+    }
+
+    fn settle_probe(&mut self, pkid: u16) {
+        if self.probing == Some(pkid) {
+            self.probing = None;
+        }
+    }
+
+    fn refuse(&mut self, p: Publication, why: String, context: Vec<(&'static str, String)>) {
+        let error = Error::rejected(why)
+            .with_topic(&*p.record.original_topic)
+            .with_partition(p.record.partition)
+            .with_offset(p.record.offset);
+        self.refused.push_back(Refused { publication: p, error, context });
+    }
+
+    /// The oldest refused publish, for the error policy. Its offset stays not done until
+    /// [`settled`](Self::settled).
+    pub(crate) fn take_refused(&mut self) -> Option<Refused> {
+        self.refused.pop_front()
+    }
+
+    /// Refused publishes waiting for the error policy.
+    pub(crate) fn has_refused(&self) -> bool {
+        !self.refused.is_empty()
+    }
+
+    /// The error policy took care of a refused publish (dead letter written, or logged).
+    pub(crate) fn settled(&mut self, p: &Publication) {
+        self.done(p);
     }
 
     /// The broker received QoS 2 publish `pkid` (PUBREC); returns our PUBREL. (Sent for an
@@ -134,11 +290,15 @@ impl Tracker {
     }
 
     fn done(&mut self, p: &Publication) {
-        if let Some(set) = self.unacked.get_mut(&p.tp) {
-            set.remove(&p.offset);
-            if set.is_empty() {
-                self.unacked.remove(&p.tp);
+        let Some(copies) = self.unacked.get_mut(&p.tp) else { return };
+        if let Some(n) = copies.get_mut(&p.offset) {
+            *n -= 1;
+            if *n == 0 {
+                copies.remove(&p.offset);
             }
+        }
+        if copies.is_empty() {
+            self.unacked.remove(&p.tp);
         }
     }
 
@@ -146,8 +306,12 @@ impl Tracker {
     /// without, everything unacknowledged goes back to the front of the backlog in original order.
     pub(crate) fn connected(&mut self, session_present: bool, out: &mut Vec<Outbound>) {
         self.connected = true;
+        self.explained = false;
+        self.probing = None;
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         flying.sort_by_key(|(_, f)| f.publication.seq);
+        // QoS 0 publishes whose write did not complete go out again (in order).
+        let mut unwritten = std::mem::take(&mut self.unwritten);
         if session_present {
             for (pkid, f) in flying {
                 out.push(match f.released {
@@ -158,19 +322,50 @@ impl Tracker {
             }
         } else {
             self.republished += flying.len() as u64;
-            for (_, f) in flying.into_iter().rev() {
-                self.backlog.push_front(f.publication);
+            unwritten.extend(flying.into_iter().map(|(_, f)| f.publication));
+        }
+        unwritten.sort_by_key(|p| p.seq);
+        for p in unwritten.into_iter().rev() {
+            self.backlog.push_front(p);
+        }
+    }
+
+    /// The connection was lost. A suspect in flight alone gets a strike (and is refused at
+    /// [`MAX_STRIKES`]); without a refusal to explain the drop, everything in flight becomes a
+    /// suspect.
+    pub(crate) fn disconnected(&mut self) {
+        if !std::mem::replace(&mut self.connected, false) {
+            return;
+        }
+        if let Some(pkid) = self.probing.take() {
+            if let Some(f) = self.inflight.get_mut(&pkid) {
+                f.publication.strikes += 1;
+                if f.publication.strikes >= MAX_STRIKES && !self.explained {
+                    if let Some(f) = self.inflight.remove(&pkid) {
+                        let p = f.publication;
+                        let why = format!(
+                            "the MQTT broker closed the connection {} times right after this publish to MQTT topic {} ({} bytes), sent alone: it will not take it (too large, or not allowed?)",
+                            p.strikes, p.topic, p.size
+                        );
+                        let context = vec![
+                            ("mqtt.topic", p.topic.clone()),
+                            ("mqtt.packet.size", p.size.to_string()),
+                            ("mqtt.connection.drops", p.strikes.to_string()),
+                        ];
+                        self.refuse(p, why, context);
+                    }
+                }
+            }
+        }
+        if !self.explained {
+            for f in self.inflight.values_mut() {
+                f.publication.suspect = true;
             }
         }
     }
 
-    /// The connection was lost.
-    pub(crate) fn disconnected(&mut self) {
-        self.connected = false;
-    }
-
     /// Of `offered` (next offset after the last record handed to `put`, per partition), the
-    /// offsets that are safe: up to the first publish not yet acknowledged.
+    /// offsets that are safe: up to the first publish not yet done.
     pub(crate) fn safe_offsets(
         &self,
         offered: &HashMap<TopicPartition, i64>,
@@ -178,7 +373,8 @@ impl Tracker {
         offered
             .iter()
             .map(|(tp, o)| {
-                let first_unacked = self.unacked.get(tp).and_then(|s| s.first().copied());
+                let first_unacked =
+                    self.unacked.get(tp).and_then(|s| s.first_key_value()).map(|(o, _)| *o);
                 (tp.clone(), first_unacked.map_or(*o, |u| u.min(*o)))
             })
             .collect()
@@ -194,15 +390,29 @@ mod tests {
     }
 
     fn publication(offset: i64, qos: QoS) -> Publication {
+        let payload = Bytes::from(format!("m{offset}"));
         Publication {
             seq: 0,
             tp: tp(),
             offset,
             topic: "cars/x/cmd".into(),
-            payload: Bytes::from(format!("m{offset}")),
+            payload: payload.clone(),
             qos,
             retain: false,
             properties: None,
+            size: 20,
+            record: SinkRecord {
+                topic: "commands".into(),
+                original_topic: "commands".into(),
+                partition: 0,
+                offset,
+                key: None,
+                value: Some(payload),
+                headers: connector_core::Headers::new(),
+                timestamp: connector_core::Timestamp::now(),
+            },
+            suspect: false,
+            strikes: 0,
         }
     }
 
@@ -228,7 +438,7 @@ mod tests {
 
     #[test]
     fn offsets_are_safe_only_up_to_the_first_unacknowledged_publish() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(1000);
         t.connected(false, &mut Vec::new());
         for o in 10..15 {
             add(&mut t, o);
@@ -250,7 +460,7 @@ mod tests {
 
     #[test]
     fn no_more_than_the_window_is_in_flight_and_ids_are_not_reused_while_in_flight() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(1000);
         t.connected(false, &mut Vec::new());
         for o in 0..5 {
             add(&mut t, o);
@@ -275,7 +485,7 @@ mod tests {
 
     #[test]
     fn a_kept_session_gets_the_in_flight_publishes_again_under_their_ids() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(1000);
         t.connected(false, &mut Vec::new());
         add(&mut t, 0);
         let mut q2 = publication(1, QoS::ExactlyOnce);
@@ -304,7 +514,7 @@ mod tests {
 
     #[test]
     fn without_a_kept_session_everything_unacknowledged_is_sent_again_in_order() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(1000);
         t.connected(false, &mut Vec::new());
         for o in 0..4 {
             add(&mut t, o);
@@ -318,24 +528,189 @@ mod tests {
         t.connected(false, &mut out);
         assert!(out.is_empty());
         assert_eq!(t.republished, 3);
-        t.take_sendable(10, &mut out);
-        let payloads: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
-        assert_eq!(payloads, ["m1", "m2", "m3", "m4"]);
-        for (pkid, _, _) in sent(&out) {
-            t.acknowledged(pkid);
+        // The three in flight at the drop are suspects (sent alone), then the window opens.
+        let mut rounds = Vec::new();
+        while t.pending() > 0 {
+            out.clear();
+            t.take_sendable(10, &mut out);
+            let round: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
+            rounds.push(round.join(","));
+            for (pkid, _, _) in sent(&out) {
+                t.acknowledged(pkid);
+            }
         }
+        assert_eq!(rounds, ["m1", "m2", "m3", "m4"]);
         assert_eq!(safe(&t, 5), 5);
     }
 
     #[test]
-    fn qos0_publishes_are_done_once_taken_for_sending() {
-        let mut t = Tracker::default();
+    fn qos0_publishes_are_done_only_once_written() {
+        let mut t = Tracker::new(1000);
         t.connected(false, &mut Vec::new());
         t.add(publication(0, QoS::AtMostOnce));
         assert_eq!(safe(&t, 1), 0);
         let mut out = Vec::new();
         t.take_sendable(10, &mut out);
         assert_eq!(sent(&out), [(0, "m0".into(), false)]);
+        assert_eq!(safe(&t, 1), 0, "taken for sending is not written");
+        // The write fails: sent again on the next connection.
+        t.disconnected();
+        t.connected(false, &mut Vec::new());
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(0, "m0".into(), false)]);
+        t.written();
         assert_eq!(safe(&t, 1), 1);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_record_handed_over_twice_is_done_only_when_both_copies_are() {
+        // A put retried with the same records after a retriable error.
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        for _ in 0..2 {
+            add(&mut t, 0);
+            add(&mut t, 1);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        assert_eq!(out.len(), 4);
+        t.acknowledged(1); // the first copy of offset 0
+        assert_eq!(safe(&t, 2), 0, "the second copy of 0 is still in flight");
+        t.acknowledged(2);
+        t.acknowledged(3);
+        assert_eq!(safe(&t, 2), 1, "the second copy of 1 is still in flight");
+        t.acknowledged(4);
+        assert_eq!(safe(&t, 2), 2);
+    }
+
+    fn refusal(pkid: u16) -> Refusal {
+        Refusal {
+            pkid,
+            packet: connector_mqtt_common::AckPacket::PubAck,
+            code: 0x87,
+            name: "NotAuthorized".into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_refused_publish_holds_its_offset_until_the_error_policy_took_it() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        for o in 0..3 {
+            add(&mut t, o);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.acknowledged(1);
+        t.refused(&refusal(2));
+        t.acknowledged(3);
+        assert_eq!(safe(&t, 3), 1, "never committed past a refusal");
+        assert_eq!(t.pending(), 1);
+        // The broker closes the connection right after the refusal: the refused publish is not
+        // sent again, and nothing becomes a suspect.
+        t.disconnected();
+        t.connected(false, &mut Vec::new());
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert!(out.is_empty());
+        let r = t.take_refused().unwrap();
+        assert_eq!(r.publication.offset, 1);
+        let msg = r.error.to_string();
+        assert!(
+            msg.contains("cars/x/cmd") && msg.contains("0x87") && msg.contains("offset=1"),
+            "{msg}"
+        );
+        assert!(r.context.contains(&("mqtt.reason.code", "0x87".into())));
+        assert_eq!(safe(&t, 3), 1, "taken for the policy is not settled");
+        t.settled(&r.publication);
+        assert_eq!(safe(&t, 3), 3);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_publish_over_the_maximum_packet_size_is_refused_not_sent() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        add(&mut t, 0);
+        let mut big = publication(1, QoS::AtLeastOnce);
+        big.size = 1001;
+        t.add(big);
+        add(&mut t, 2);
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        let payloads: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
+        assert_eq!(payloads, ["m0", "m2"]);
+        let r = t.take_refused().unwrap();
+        assert!(r.error.to_string().contains("1001 bytes"), "{}", r.error);
+    }
+
+    #[test]
+    fn after_an_unexplained_drop_suspects_go_alone_and_one_that_keeps_dropping_is_refused() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        for o in 0..4 {
+            add(&mut t, o);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.acknowledged(1); // offset 0 done; 1 (the poison), 2 and 3 in flight at the drop
+        t.disconnected();
+        add(&mut t, 4);
+        let mut drops = 1;
+        loop {
+            t.connected(false, &mut Vec::new());
+            out.clear();
+            t.take_sendable(10, &mut out);
+            let payloads: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
+            if t.has_refused() {
+                break;
+            }
+            assert_eq!(payloads, ["m1"], "the first suspect, alone");
+            t.disconnected(); // it makes the broker drop the connection again
+            drops += 1;
+            assert!(drops <= 1 + MAX_STRIKES as usize, "refused after {MAX_STRIKES} drops alone");
+        }
+        assert_eq!(drops, 1 + MAX_STRIKES as usize);
+        let r = t.take_refused().unwrap();
+        assert_eq!(r.publication.offset, 1);
+        // The other suspects follow one at a time, then the normal window.
+        let payloads: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
+        assert_eq!(payloads, ["m2"]);
+        t.acknowledged(sent(&out)[0].0);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out).len(), 1, "m3 alone");
+        t.acknowledged(sent(&out)[0].0);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        let payloads: Vec<String> = sent(&out).into_iter().map(|(_, p, _)| p).collect();
+        assert_eq!(payloads, ["m4"]);
+        t.acknowledged(sent(&out)[0].0);
+        t.settled(&r.publication);
+        assert_eq!(safe(&t, 5), 5);
+    }
+
+    #[test]
+    fn a_plain_network_flap_only_slows_suspects_down() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        for o in 0..3 {
+            add(&mut t, o);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.disconnected();
+        t.connected(false, &mut Vec::new());
+        for _ in 0..3 {
+            out.clear();
+            t.take_sendable(10, &mut out);
+            assert_eq!(out.len(), 1);
+            t.acknowledged(sent(&out)[0].0);
+        }
+        assert!(!t.has_refused());
+        assert_eq!(safe(&t, 3), 3);
     }
 }

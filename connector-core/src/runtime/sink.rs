@@ -231,16 +231,19 @@ impl SinkTaskRuntime {
             progress.consumed.insert(tp.clone(), start);
         }
         info!(connector = %name, task = task_id, partitions = ?progress.committed, "starting sink task");
-        task.start(SinkTaskContext::new(Arc::clone(&name), task_id)).await.map_err(tag)?;
+        let handler = ErrorHandler::new(
+            config.pipeline.errors.clone(),
+            Arc::clone(&name),
+            task_id,
+            client.clone(),
+            Arc::clone(&stats),
+        );
+        // Records the destination refuses after `put` go to the same error policy.
+        let ctx = SinkTaskContext::new(Arc::clone(&name), task_id)
+            .with_errant_record_reporter(Arc::new(handler.clone()));
+        task.start(ctx).await.map_err(tag)?;
         let result = match task.open(&partitions).await {
             Ok(()) => {
-                let handler = ErrorHandler::new(
-                    config.pipeline.errors.clone(),
-                    Arc::clone(&name),
-                    task_id,
-                    client.clone(),
-                    Arc::clone(&stats),
-                );
                 drive(
                     &name,
                     &mut *task,
