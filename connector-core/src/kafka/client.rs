@@ -18,16 +18,18 @@ use parking_lot::Mutex;
 use rskafka::messenger::RequestError;
 use rskafka::protocol::error::Error as ApiError;
 use rskafka::protocol::messages::{
-    CreateTopicRequest, CreateTopicsRequest, ListOffsetsRequest, ListOffsetsRequestPartition,
-    ListOffsetsRequestTopic, MetadataRequest, MetadataRequestTopic, MetadataResponse,
-    ReadVersionedType, RequestBody, WriteVersionedError, WriteVersionedType, NORMAL_CONSUMER,
+    CreateTopicConfig, CreateTopicRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    ListOffsetsRequest, ListOffsetsRequestPartition, ListOffsetsRequestTopic, MetadataRequest,
+    MetadataRequestTopic, MetadataResponse, ReadVersionedType, RequestBody, WriteVersionedError,
+    WriteVersionedType, NORMAL_CONSUMER,
 };
-use rskafka::protocol::primitives::{Boolean, Int16, Int32, Int64, String_};
+use rskafka::protocol::primitives::{Array, Boolean, Int16, Int32, Int64, NullableString, String_};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::kafka::config::KafkaConfig;
 use crate::kafka::connection::{connect, Connection};
+use crate::kafka::describe_configs::{DescribeConfigsRequest, RESOURCE_TOPIC};
 use crate::kafka::errors::{api_error, invalidates_metadata, request_error};
 use crate::kafka::security::Security;
 use crate::{Error, Result};
@@ -331,13 +333,35 @@ impl KafkaClient {
     /// Fatal when the broker refuses (invalid name, too many partitions, policy); retriable when no
     /// broker answered.
     pub async fn create_topic(&self, topic: &str, partitions: i32, replication: i16) -> Result<()> {
+        self.create_topic_with_configs(topic, partitions, replication, &[]).await
+    }
+
+    /// Creates `topic` with topic-level `configs` (such as `("cleanup.policy", "compact")`). An
+    /// existing topic is not an error, and its configs are left as they are.
+    ///
+    /// # Errors
+    /// As for [`create_topic`](Self::create_topic); also fatal when the broker refuses a config.
+    pub async fn create_topic_with_configs(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i16,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
         let request = CreateTopicsRequest {
             topics: vec![CreateTopicRequest {
                 name: String_(topic.to_owned()),
                 num_partitions: Int32(partitions),
                 replication_factor: Int16(replication),
                 assignments: vec![],
-                configs: vec![],
+                configs: configs
+                    .iter()
+                    .map(|(name, value)| CreateTopicConfig {
+                        name: String_((*name).to_owned()),
+                        value: NullableString(Some((*value).to_owned())),
+                        tagged_fields: None,
+                    })
+                    .collect(),
                 tagged_fields: None,
             }],
             timeout_ms: Int32(
@@ -352,7 +376,7 @@ impl KafkaClient {
         for t in response.topics {
             match t.error {
                 None => {
-                    info!(topic, partitions, replication, "created Kafka topic");
+                    info!(topic, partitions, replication, ?configs, "created Kafka topic");
                 }
                 Some(ApiError::TopicAlreadyExists) => {}
                 Some(ApiError::NotController) => {
@@ -371,6 +395,72 @@ impl KafkaClient {
         }
         self.invalidate_topic(topic);
         Ok(())
+    }
+
+    /// Deletes `topic`. A topic that does not exist is not an error.
+    ///
+    /// # Errors
+    /// Fatal when the broker refuses (not allowed); retriable when no broker answered.
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let request = DeleteTopicsRequest {
+            topic_names: Array(Some(vec![String_(topic.to_owned())])),
+            timeout_ms: Int32(
+                i32::try_from(self.inner.config.request_timeout_ms).unwrap_or(i32::MAX),
+            ),
+            tagged_fields: None,
+        };
+        let controller = self.inner.state.lock().controller;
+        let target = controller.map_or(Target::Any, |c| Target::Node(c, Lane::Control));
+        let response = self.request(target, &request).await?;
+        for t in response.responses {
+            match t.error {
+                None => info!(topic, "deleted Kafka topic"),
+                Some(ApiError::UnknownTopicOrPartition) => {}
+                Some(e) => {
+                    return Err(api_error(e, format!("delete topic {topic}")).with_topic(topic))
+                }
+            }
+        }
+        self.invalidate_topic(topic);
+        Ok(())
+    }
+
+    /// The topic-level configs of `topic` the broker lists (DescribeConfigs), as name -> value.
+    /// Kafka lists every config, defaults included; some brokers (Tansu 0.6) list only the ones
+    /// set when the topic was created. `Ok(None)` when the broker does not answer DescribeConfigs
+    /// (it does not support it, or refuses us the describe permission), so the caller cannot check.
+    ///
+    /// # Errors
+    /// Retriable when no broker answered; fatal for any other error the broker names.
+    pub async fn topic_configs(
+        &self,
+        topic: &str,
+    ) -> Result<Option<HashMap<String, Option<String>>>> {
+        let request =
+            DescribeConfigsRequest { resources: vec![(RESOURCE_TOPIC, topic.to_owned(), None)] };
+        let response = match self.request(Target::Any, &request).await {
+            Ok(r) => r,
+            Err(e) if e.to_string().contains("supports no version of") => {
+                debug!(topic, "broker does not support DescribeConfigs");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(result) = response.results.into_iter().find(|r| r.resource_name == topic) else {
+            return Err(Error::retriable(format!("describe configs: no answer for topic {topic}")));
+        };
+        match result.error {
+            None => Ok(Some(result.configs.into_iter().collect())),
+            Some(ApiError::TopicAuthorizationFailed | ApiError::ClusterAuthorizationFailed) => {
+                warn!(topic, "not allowed to describe the topic's configs; cannot check them");
+                Ok(None)
+            }
+            Some(e) => {
+                let detail = result.error_message.unwrap_or_default();
+                Err(api_error(e, format!("describe configs of topic {topic} ({detail})"))
+                    .with_topic(topic))
+            }
+        }
     }
 
     /// The earliest or latest offset of a partition.

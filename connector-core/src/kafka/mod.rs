@@ -9,6 +9,7 @@
 mod client;
 mod config;
 mod connection;
+mod describe_configs;
 mod errors;
 mod fetch;
 mod partitioner;

@@ -9,14 +9,22 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::kafka::{FetchResult, KafkaClient, OffsetSpec, ProducerRecord};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::{Error, Result};
 
-/// Offsets in a Kafka topic (default name `connect-offsets`), read in full once at first use and
-/// appended to on every save. Each save is written as one batch to one partition.
+/// Topic config that makes the broker keep the latest record of every key.
+const CLEANUP_POLICY: &str = "cleanup.policy";
+/// The only acceptable value of [`CLEANUP_POLICY`] (as Kafka Connect's `offset.storage.topic`).
+const COMPACT: &str = "compact";
+
+/// Offsets in a Kafka topic (default name `connect-offsets`), read once at first use up to the
+/// high watermark (keeping the last value of each key) and appended to on every save. Each save is
+/// written as one batch to one partition. The topic is created with `cleanup.policy=compact`, so
+/// the broker keeps the latest offset of every key however long ago it was written; an existing
+/// topic that is not compacted is refused at start (where the broker describes topic configs).
 ///
 /// ```no_run
 /// use connector_core::kafka::{KafkaClient, KafkaConfig};
@@ -45,21 +53,64 @@ impl KafkaOffsetStore {
     async fn ensure_topic(&self) -> Result<()> {
         if self.client.topic_metadata(&self.topic).await?.is_none() {
             let rf = self.client.config().topic_replication_factor;
-            self.client.create_topic(&self.topic, 1, rf).await?;
+            self.client
+                .create_topic_with_configs(&self.topic, 1, rf, &[(CLEANUP_POLICY, COMPACT)])
+                .await?;
         }
         let meta = self.client.ensure_topic(&self.topic).await?;
         if meta.partition_count() != 1 {
             debug!(topic = %self.topic, partitions = meta.partition_count(), "offsets topic has several partitions; using partition 0");
         }
-        Ok(())
+        self.check_compacted().await
+    }
+
+    /// Refuses an offsets topic that is not compacted: under `delete` retention the offsets of
+    /// partitions that saw no traffic for `retention.ms` would be deleted, and their connectors
+    /// would start over. A broker that does not answer DescribeConfigs cannot be checked.
+    async fn check_compacted(&self) -> Result<()> {
+        let Some(configs) = self.client.topic_configs(&self.topic).await? else {
+            warn!(topic = %self.topic, "cannot check that the offsets topic has cleanup.policy=compact (the broker does not describe topic configs)");
+            return Ok(());
+        };
+        let policy = configs.get(CLEANUP_POLICY).cloned().flatten();
+        let compacted = policy.as_deref().is_some_and(|p| {
+            let policies: Vec<&str> = p.split(',').map(str::trim).collect();
+            policies == [COMPACT]
+        });
+        if compacted {
+            return Ok(());
+        }
+        let found = match &policy {
+            Some(p) => format!("{CLEANUP_POLICY}={p}"),
+            None => format!("no {CLEANUP_POLICY} set (the broker default, delete)"),
+        };
+        Err(Error::fatal(format!(
+            "offsets topic {topic} must have {CLEANUP_POLICY}={COMPACT}, but it has {found}: under \
+             delete retention the offsets of idle partitions expire and their connectors start \
+             over. Set it on the topic (kafka-configs --alter --entity-type topics --entity-name \
+             {topic} --add-config {CLEANUP_POLICY}={COMPACT}) or use another offsets.topic",
+            topic = self.topic
+        ))
+        .with_topic(&*self.topic))
     }
 
     async fn read_all(&self) -> Result<HashMap<String, OffsetMap>> {
         self.ensure_topic().await?;
         let end = self.client.end_offset(&self.topic, 0).await?;
         let mut offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
+        // The high watermark is taken once: saves made while we read (there are none before the
+        // first load returns) are not chased, so the read ends. Only the last value of each key is
+        // kept, so memory follows the number of keys, not the topic's history.
         let mut out: HashMap<String, OffsetMap> = HashMap::new();
+        let stall_limit = self.client.config().request_timeout();
+        let mut last_progress = std::time::Instant::now();
         while offset < end {
+            if last_progress.elapsed() > stall_limit {
+                return Err(Error::retriable(format!(
+                    "offsets topic {} stopped returning records at offset {offset} of {end}",
+                    self.topic
+                )));
+            }
             let fetched = match self
                 .client
                 .fetch(&self.topic, 0, offset, Duration::from_millis(100))
@@ -76,7 +127,10 @@ impl KafkaOffsetStore {
             for r in &fetched.records {
                 self.apply(&mut out, r.key.as_deref(), r.value.as_deref(), r.offset)?;
             }
-            offset = fetched.next_offset;
+            if fetched.next_offset > offset {
+                last_progress = std::time::Instant::now();
+            }
+            offset = fetched.next_offset.max(offset);
         }
         Ok(out)
     }
