@@ -156,7 +156,7 @@ mqtt_topic = "cars/{{key}}/\u0000"
     );
     let out = connect(&["validate", "--config", &config]);
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("250 characters outside its placeholders"), "{stderr}");
+    assert!(stderr.contains("251 characters outside its placeholders"), "{stderr}");
     assert!(!stderr.contains("connector[3]"), "'/' in a kafka_topic becomes '.': {stderr}");
 }
 
