@@ -5,6 +5,8 @@ mod config;
 mod converter;
 mod error;
 mod error_policy;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kafka;
 mod offset;
 mod record;

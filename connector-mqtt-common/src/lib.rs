@@ -5,6 +5,8 @@
 //! ([`Link`]) in the version-neutral packets of [`Inbound`] and [`Outbound`].
 
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 mod keys;
 mod link;

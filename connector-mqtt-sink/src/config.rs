@@ -233,6 +233,19 @@ pub(crate) fn check_template(source: &str) -> Result<Template, String> {
             }
         }
     }
+    let literal_bytes: usize = t
+        .parts()
+        .iter()
+        .map(|p| match p {
+            Part::Literal(l) => l.len(),
+            Part::Placeholder(_) => 0,
+        })
+        .sum();
+    if literal_bytes > usize::from(u16::MAX) {
+        return Err(format!(
+            "the template has {literal_bytes} bytes outside its placeholders; an MQTT topic has at most 65535"
+        ));
+    }
     if let Some(fixed) = t.as_literal() {
         validate_topic(fixed)?;
     }
@@ -299,6 +312,9 @@ mod tests {
         assert!(check_template("cars/+/{key}").is_err());
         assert!(check_template("cars/#").is_err());
         assert!(check_template("").is_err(), "an empty fixed topic");
+        assert!(check_template("cars/{key}/\0").is_err());
+        assert!(check_template(&format!("{}/{{key}}", "x".repeat(65_535))).is_err());
+        assert!(check_template(&format!("{}/{{key}}", "x".repeat(65_000))).is_ok());
     }
 
     #[test]

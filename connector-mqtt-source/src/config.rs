@@ -58,8 +58,10 @@ pub struct MqttSourceConfig {
     #[serde(default)]
     pub password: Option<Secret>,
     /// Kafka topic template. `{topic}` is the MQTT topic, `{N}` its level N (0-based); every `/`
-    /// in the result becomes `.`. `"plant.{1}"` sends `plant/line1/temp` to `plant.line1`. A
-    /// result that is not a legal Kafka topic name goes to the error policy.
+    /// in the result becomes `.`. `"plant.{1}"` sends `plant/line1/temp` to `plant.line1`. Its
+    /// fixed parts must be legal in a topic name (`[a-zA-Z0-9._-]`, `/`, at most 249 characters),
+    /// or `connect validate` refuses it; a rendered result that is not a legal Kafka topic name
+    /// goes to the error policy.
     pub kafka_topic: String,
     /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
     /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
@@ -231,12 +233,9 @@ impl ConnectorConfig for MqttSourceConfig {
         match check_template(&self.kafka_topic) {
             Err(msg) => e.push("kafka_topic", msg),
             Ok(t) => {
-                if let Some(fixed) = t.as_literal() {
-                    if let Err(msg) =
-                        connector_core::kafka::validate_topic_name(&fixed.replace('/', "."))
-                    {
-                        e.push("kafka_topic", msg);
-                    }
+                // The fixed parts alone can already rule out every legal topic name.
+                if let Err(msg) = connector_core::kafka::validate_topic_template(&t, true) {
+                    e.push("kafka_topic", msg);
                 }
             }
         }
@@ -283,6 +282,14 @@ mod tests {
         assert!(c.validate().is_empty());
         c.kafka_topic = "fixed/topic".into();
         assert!(c.validate().is_empty(), "a fixed topic is allowed; '/' becomes '.'");
+        for bad in ["plant {1}", "plant.{1}#", "{topic}.r\u{e9}sum\u{e9}", "plant:{1}"] {
+            c.kafka_topic = bad.into();
+            assert_eq!(paths(&c), ["kafka_topic"], "{bad}");
+        }
+        c.kafka_topic = format!("{}.{{1}}", "x".repeat(249));
+        assert_eq!(paths(&c), ["kafka_topic"], "250 fixed characters");
+        c.kafka_topic = "plant/{1}/raw".into();
+        assert!(c.validate().is_empty());
         c.tasks = 2;
         c.topics = vec!["$share/g/a".into()];
         assert_eq!(paths(&c), ["topics[0]"]);

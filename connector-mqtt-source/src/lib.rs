@@ -3,6 +3,8 @@
 mod config;
 mod connector;
 mod event_loop;
+#[doc(hidden)]
+pub mod fuzzing;
 mod render;
 mod task;
 

@@ -81,6 +81,86 @@ mqtt_topic = "cars/{car}/cmd"
 }
 
 #[test]
+fn validate_refuses_topic_templates_whose_fixed_parts_can_never_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(250);
+    let config = write(
+        dir.path(),
+        "templates.toml",
+        &format!(
+            r#"
+[kafka]
+bootstrap_servers = ["127.0.0.1:9092"]
+
+[[connector]]
+name = "space"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "plant {{1}}"
+
+[[connector]]
+name = "colon"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "plant:{{1}}"
+
+[[connector]]
+name = "too-long"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "{long}.{{1}}"
+
+[[connector]]
+name = "slashes-are-fine"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "plant/{{1}}/raw"
+
+[[connector]]
+name = "plus"
+type = "mqtt-sink"
+mqtt_url = "mqtt://broker"
+topics = ["commands"]
+mqtt_topic = "cars/+/{{key}}"
+
+[[connector]]
+name = "hash"
+type = "mqtt-sink"
+mqtt_url = "mqtt://broker"
+topics = ["commands"]
+mqtt_topic = "cars/{{key}}/#"
+
+[[connector]]
+name = "nul"
+type = "mqtt-sink"
+mqtt_url = "mqtt://broker"
+topics = ["commands"]
+mqtt_topic = "cars/{{key}}/\u0000"
+"#
+        ),
+    );
+    assert_validate_reports(
+        &config,
+        &[
+            "connector[0].kafka_topic: \"plant {1}\" contains ' '",
+            "connector[1].kafka_topic: \"plant:{1}\" contains ':'",
+            "connector[2].kafka_topic: ",
+            "connector[4].mqtt_topic: ",
+            "connector[5].mqtt_topic: ",
+            "connector[6].mqtt_topic: ",
+        ],
+    );
+    let out = connect(&["validate", "--config", &config]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("251 characters outside its placeholders"), "{stderr}");
+    assert!(!stderr.contains("connector[3]"), "'/' in a kafka_topic becomes '.': {stderr}");
+}
+
+#[test]
 fn validate_reports_unknown_types_tables_and_toml_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

@@ -374,3 +374,62 @@ predicate = { type = "topic_name_matches", patern = "x" }
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_for_more_kafka_topics_than_max_kafka_topics_go_to_the_dead_letter_topic() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = ["{}"]
+[offsets]
+store = "memory"
+[progress]
+interval_secs = 0
+
+[[connector]]
+name = "fleet"
+type = "mqtt-source"
+mqtt_url = "{}"
+topics = ["fleet/+/data"]
+kafka_topic = "fleet.{{1}}"
+runtime = {{ max_kafka_topics = 3 }}
+errors = {{ tolerance = "all", dead_letter_topic = "fleet-dlq" }}
+"#,
+        tansu.bootstrap(),
+        mqtt.url()
+    );
+    let running = start(&config);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "devices").await.unwrap();
+    // The probes' topic is the first of the three.
+    wait_subscribed(&publisher, "fleet/d0/data", &client, "fleet.d0").await;
+
+    // Nine distinct topics in all: three times the limit.
+    for d in 1..9 {
+        let topic = format!("fleet/d{d}/data");
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, format!("m{d}").into_bytes())
+            .await
+            .unwrap();
+    }
+    let dead = wait_count(&client, "fleet-dlq", 6).await;
+    for d in 1..3 {
+        let got = wait_count(&client, &format!("fleet.d{d}"), 1).await;
+        assert_eq!(got.iter().map(value).collect::<Vec<_>>(), [format!("m{d}")]);
+    }
+    running.stop().await;
+
+    assert_eq!(
+        dead.iter().map(value).collect::<Vec<_>>(),
+        ["m3", "m4", "m5", "m6", "m7", "m8"],
+        "the records for the 4th to 9th topic are dead-lettered, in order"
+    );
+    for d in &dead {
+        let why = header(d, "__connect.errors.exception.message");
+        assert!(why.contains("max_kafka_topics = 3"), "{why}");
+        assert_eq!(header(d, "__connect.errors.stage"), "KAFKA_PRODUCE", "{why}");
+    }
+}

@@ -555,6 +555,12 @@ impl KafkaClient {
         }
     }
 
+    /// Drops `topic` from the metadata cache (a producer evicted it as idle), so the cache holds
+    /// no more topics than are in use.
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        self.inner.state.lock().topics.remove(topic);
+    }
+
     /// Sends `request` to broker `node` on `lane`, under the request timeout.
     pub(crate) async fn request_node<R>(
         &self,

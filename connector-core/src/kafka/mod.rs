@@ -14,7 +14,7 @@ mod errors;
 mod fetch;
 mod partitioner;
 mod producer;
-mod records;
+pub(crate) mod records;
 mod security;
 mod topic_name;
 
@@ -22,6 +22,6 @@ pub use client::{KafkaClient, OffsetSpec, PartitionMetadata, TopicMetadata};
 pub use config::{Compression, KafkaConfig, SaslMechanism, SecurityProtocol};
 pub use fetch::{FetchResult, Fetched};
 pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{Delivery, Producer};
+pub use producer::{Delivery, Producer, ProducerState, TopicBudget, DEFAULT_TOPIC_IDLE};
 pub use records::ProducerRecord;
-pub use topic_name::{validate_topic_name, MAX_TOPIC_NAME_LEN};
+pub use topic_name::{validate_topic_name, validate_topic_template, MAX_TOPIC_NAME_LEN};

@@ -14,13 +14,19 @@
 //! set; a batch the broker finds too large is split in half and retried; a record that is too large
 //! on its own, or any other non-retriable error, is reported as that record's delivery error.
 //! Deliveries are reported in batches on a bounded channel.
+//!
+//! Per-topic state is bounded: a [`TopicBudget`] (shared by one connector's producers) caps the
+//! distinct topics written to at once, rejecting a record for one topic more, and a topic left
+//! idle for the budget's idle time is evicted with its partitions and its cached metadata.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
 use rskafka::protocol::error::Error as ApiError;
 use rskafka::protocol::messages::ProduceResponse;
 use tokio::sync::mpsc;
@@ -44,6 +50,125 @@ pub struct Delivery<T> {
     pub tag: T,
     /// Where Kafka stored the record, or why it could not.
     pub result: Result<RecordMetadata>,
+}
+
+/// How long a topic may go without a record before its state is evicted, by default.
+pub const DEFAULT_TOPIC_IDLE: Duration = Duration::from_secs(300);
+
+/// A limit on the distinct Kafka topics written to at once, shared by the producers of one
+/// connector (clones share the count). A topic counts from its first record until it has been
+/// idle (no record sent to it) for the budget's idle time; then it is forgotten, and a new topic
+/// may take its place.
+///
+/// ```
+/// use std::time::Duration;
+/// use connector_core::kafka::TopicBudget;
+///
+/// let budget = TopicBudget::new(2, Duration::from_secs(60));
+/// assert!(budget.admit("a") && budget.admit("b") && budget.admit("a"));
+/// assert!(!budget.admit("c"), "a third topic is over the limit");
+/// assert_eq!(budget.len(), 2);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TopicBudget {
+    max_topics: usize,
+    idle: Duration,
+    state: Arc<Mutex<BudgetState>>,
+}
+
+/// Budgets are equal when they share one count.
+impl PartialEq for TopicBudget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+}
+
+impl Eq for TopicBudget {}
+
+#[derive(Debug)]
+struct BudgetState {
+    last_used: HashMap<Arc<str>, Instant>,
+    last_sweep: Instant,
+}
+
+impl TopicBudget {
+    /// At most `max_topics` topics at once; a topic is forgotten after `idle` without a record.
+    pub fn new(max_topics: usize, idle: Duration) -> Self {
+        Self {
+            max_topics,
+            idle,
+            state: Arc::new(Mutex::new(BudgetState {
+                last_used: HashMap::new(),
+                last_sweep: Instant::now(),
+            })),
+        }
+    }
+
+    /// No limit on the number of topics (idle topics are still evicted after
+    /// [`DEFAULT_TOPIC_IDLE`]).
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX, DEFAULT_TOPIC_IDLE)
+    }
+
+    /// The limit.
+    pub fn max_topics(&self) -> usize {
+        self.max_topics
+    }
+
+    /// How long a topic may be idle before it is forgotten.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// Topics counted now.
+    pub fn len(&self) -> usize {
+        self.state.lock().last_used.len()
+    }
+
+    /// True when no topic is counted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Notes a record for `topic`: true when it may be written (the topic is counted already, or
+    /// there is room for it), false when it would be one topic over the limit.
+    pub fn admit(&self, topic: &str) -> bool {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if let Some(at) = state.last_used.get_mut(topic) {
+            *at = now;
+            return true;
+        }
+        // Full: forget idle topics, at most once a second so that a flood of rejected records
+        // does not scan the whole map for each one.
+        if state.last_used.len() >= self.max_topics
+            && now.duration_since(state.last_sweep) >= Duration::from_secs(1).min(self.idle)
+        {
+            let idle = self.idle;
+            state.last_used.retain(|_, at| now.duration_since(*at) < idle);
+            state.last_sweep = now;
+        }
+        if state.last_used.len() >= self.max_topics {
+            return false;
+        }
+        state.last_used.insert(Arc::from(topic), now);
+        true
+    }
+}
+
+/// Sizes of a producer's per-topic and per-partition state, for tests and monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerState {
+    /// Topics with state (metadata, records waiting for it).
+    pub topics: usize,
+    /// Partitions with state (batches, backoff).
+    pub partitions: usize,
+}
+
+#[derive(Debug, Default)]
+struct StateGauge {
+    topics: AtomicUsize,
+    partitions: AtomicUsize,
 }
 
 enum Command<T> {
@@ -77,6 +202,7 @@ enum Command<T> {
 pub struct Producer<T> {
     commands: mpsc::Sender<Command<T>>,
     task: JoinHandle<()>,
+    gauge: Arc<StateGauge>,
 }
 
 impl<T> Drop for Producer<T> {
@@ -93,11 +219,31 @@ impl<T: Send + 'static> Producer<T> {
         client: KafkaClient,
         max_pending: usize,
     ) -> (Self, mpsc::Receiver<Vec<Delivery<T>>>) {
+        Self::with_topic_budget(client, max_pending, TopicBudget::unlimited())
+    }
+
+    /// Like [`Producer::new`], writing to at most `budget`'s number of topics at once: a record
+    /// for one topic more gets a [`RecordRejected`](crate::ErrorKind::RecordRejected) delivery
+    /// naming `max_kafka_topics`. Topics idle for the budget's idle time are evicted.
+    pub fn with_topic_budget(
+        client: KafkaClient,
+        max_pending: usize,
+        budget: TopicBudget,
+    ) -> (Self, mpsc::Receiver<Vec<Delivery<T>>>) {
         let (commands, rx) = mpsc::channel(64);
         let (acks_tx, acks_rx) = mpsc::channel(max_pending.max(1));
-        let actor = Actor::new(client, rx, acks_tx);
+        let gauge = Arc::new(StateGauge::default());
+        let actor = Actor::new(client, rx, acks_tx, budget, Arc::clone(&gauge));
         let task = tokio::spawn(actor.run());
-        (Self { commands, task }, acks_rx)
+        (Self { commands, task, gauge }, acks_rx)
+    }
+
+    /// How much per-topic and per-partition state the producer holds now.
+    pub fn state(&self) -> ProducerState {
+        ProducerState {
+            topics: self.gauge.topics.load(Ordering::Relaxed),
+            partitions: self.gauge.partitions.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues one record.
@@ -224,6 +370,8 @@ struct PartitionState<T> {
 struct TopicState<T> {
     meta: Option<Arc<TopicMetadata>>,
     fetched: Instant,
+    /// When a record for it was last sent.
+    last_used: Instant,
     waiting: Vec<(ProducerRecord, T)>,
     /// A flush was asked for while records were waiting for metadata: send them at once.
     flush_waiting: bool,
@@ -254,6 +402,8 @@ struct Actor<T> {
     topics: HashMap<Arc<str>, TopicState<T>>,
     partitions: HashMap<TopicPartition, PartitionState<T>>,
     tasks: FuturesUnordered<BoxFuture<'static, Event<T>>>,
+    budget: TopicBudget,
+    gauge: Arc<StateGauge>,
 }
 
 impl<T: Send + 'static> Actor<T> {
@@ -261,6 +411,8 @@ impl<T: Send + 'static> Actor<T> {
         client: KafkaClient,
         commands: mpsc::Receiver<Command<T>>,
         acks: mpsc::Sender<Vec<Delivery<T>>>,
+        budget: TopicBudget,
+        gauge: Arc<StateGauge>,
     ) -> Self {
         let config = client.config();
         Self {
@@ -275,10 +427,17 @@ impl<T: Send + 'static> Actor<T> {
             topics: HashMap::new(),
             partitions: HashMap::new(),
             tasks: FuturesUnordered::new(),
+            budget,
+            gauge,
         }
     }
 
     async fn run(mut self) {
+        let idle = self.budget.idle();
+        let mut sweep = tokio::time::interval(
+            (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(30)),
+        );
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -292,9 +451,44 @@ impl<T: Send + 'static> Actor<T> {
                     None => return,
                 },
                 () = sleep_until(deadline), if deadline.is_some() => {}
+                _ = sweep.tick() => self.evict_idle(idle),
             }
             self.dispatch();
+            self.gauge.topics.store(self.topics.len(), Ordering::Relaxed);
+            self.gauge.partitions.store(self.partitions.len(), Ordering::Relaxed);
         }
+    }
+
+    /// Drops the state of topics that got no record for `idle` and have nothing waiting, queued
+    /// or in flight: their partitions, and their metadata in the client's cache.
+    fn evict_idle(&mut self, idle: Duration) {
+        let busy: HashSet<&Arc<str>> = self
+            .partitions
+            .iter()
+            .filter(|(_, ps)| ps.in_flight || ps.open.is_some() || !ps.queue.is_empty())
+            .map(|(tp, _)| &tp.topic)
+            .collect();
+        let evict: Vec<Arc<str>> = self
+            .topics
+            .iter()
+            .filter(|(name, t)| {
+                t.last_used.elapsed() >= idle
+                    && t.waiting.is_empty()
+                    && !t.resolving
+                    && !busy.contains(name)
+            })
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        if evict.is_empty() {
+            return;
+        }
+        for topic in &evict {
+            self.topics.remove(topic);
+            self.client.forget_topic(topic);
+        }
+        let topics = &self.topics;
+        self.partitions.retain(|tp, _| topics.contains_key(&tp.topic));
+        debug!(evicted = evict.len(), topics = self.topics.len(), "evicted idle Kafka topics");
     }
 
     /// When the next open batch's linger expires or a backed-off partition may retry.
@@ -324,15 +518,29 @@ impl<T: Send + 'static> Actor<T> {
         for (mut record, tag) in records {
             record.timestamp.get_or_insert(now);
             let topic = Arc::clone(&record.topic);
+            if !self.budget.admit(&topic) {
+                let max = self.budget.max_topics();
+                failed.push(Delivery {
+                    tag,
+                    result: Err(Error::rejected(format!(
+                        "Kafka topic {topic:?} would be one more than the {max} distinct topics this connector may write to at once (max_kafka_topics = {max}; a topic stops counting after kafka_topic_idle_ms = {} without records)",
+                        self.budget.idle().as_millis()
+                    ))
+                    .with_topic(&*topic)),
+                });
+                continue;
+            }
             let max_age = Duration::from_millis(self.client.config().metadata_max_age_ms);
             let state = self.topics.entry(Arc::clone(&topic)).or_insert_with(|| TopicState {
                 meta: None,
                 fetched: Instant::now(),
+                last_used: Instant::now(),
                 waiting: Vec::new(),
                 flush_waiting: false,
                 resolving: false,
                 sticky: None,
             });
+            state.last_used = Instant::now();
             let Some(meta) = state.meta.clone() else {
                 state.waiting.push((record, tag));
                 if !state.resolving {

@@ -1,4 +1,7 @@
-//! Kafka's rules for topic names: 1 to 249 characters from `[a-zA-Z0-9._-]`, not `.` or `..`.
+//! Kafka's rules for topic names: 1 to 249 characters from `[a-zA-Z0-9._-]`, not `.` or `..`;
+//! and the check of a topic *template* whose fixed parts alone already break them.
+
+use crate::template::{Part, Template};
 
 /// Longest legal Kafka topic name.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -38,9 +41,83 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks what a Kafka topic template fixes in advance: every literal character must be legal
+/// in a topic name and the literals alone may not exceed [`MAX_TOPIC_NAME_LEN`]; a template
+/// without placeholders must be a legal name as a whole. With `slash_as_dot`, a `/` counts as the
+/// `.` it becomes after rendering (the MQTT source's mapping). What the placeholders render to is
+/// checked per record, at run time.
+///
+/// ```
+/// use connector_core::kafka::validate_topic_template;
+/// use connector_core::template::Template;
+///
+/// let t = |s: &str| Template::parse(s).unwrap();
+/// assert!(validate_topic_template(&t("plant/{1}"), true).is_ok());
+/// assert!(validate_topic_template(&t("plant {1}"), true).is_err());
+/// assert!(validate_topic_template(&t("plant/{1}"), false).is_err());
+/// ```
+///
+/// # Errors
+/// A message naming the first illegal character, or the length of the literals.
+pub fn validate_topic_template(template: &Template, slash_as_dot: bool) -> Result<(), String> {
+    let map = |c: char| if slash_as_dot && c == '/' { '.' } else { c };
+    if let Some(fixed) = template.as_literal() {
+        let name: String = fixed.chars().map(map).collect();
+        return validate_topic_name(&name);
+    }
+    let mut literal_len = 0usize;
+    for part in template.parts() {
+        let Part::Literal(text) = part else { continue };
+        literal_len += text.chars().count();
+        if let Some(c) = text
+            .chars()
+            .map(map)
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "{:?} contains {c:?} outside its placeholders, so no Kafka topic name can come of it; only ASCII letters, digits, '.', '_' and '-' are allowed{}",
+                template.as_str(),
+                if slash_as_dot { " ('/' becomes '.')" } else { "" }
+            ));
+        }
+    }
+    if literal_len > MAX_TOPIC_NAME_LEN {
+        return Err(format!(
+            "{:?} has {literal_len} characters outside its placeholders; a Kafka topic name has at most {MAX_TOPIC_NAME_LEN}",
+            template.as_str()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_whose_literals_can_never_be_a_topic_name_are_refused() {
+        let check = |s: &str| validate_topic_template(&Template::parse(s).unwrap(), true);
+        assert!(check("plant.{1}").is_ok());
+        assert!(check("plant/{1}/raw").is_ok(), "'/' becomes '.'");
+        assert!(check("{topic}").is_ok());
+        assert!(check("fixed/topic").is_ok());
+        for bad in ["plant {1}", "plant.{1}:raw", "caf\u{e9}.{1}", "a b", "{1}+", "."] {
+            let e = check(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        let e = check("plant {1}").unwrap_err();
+        assert!(e.contains("' '") && e.contains("\"plant {1}\""), "{e}");
+        let long = format!("{}{{1}}", "x".repeat(249));
+        assert!(
+            check(&long).is_ok(),
+            "249 literal characters can still be legal if {{1}} is empty"
+        );
+        let e = check(&format!("{}{{1}}", "x".repeat(250))).unwrap_err();
+        assert!(e.contains("250 characters"), "{e}");
+        let e = check(&format!("{}.{{1}}.{}", "x".repeat(125), "y".repeat(124))).unwrap_err();
+        assert!(e.contains("251"), "{e}");
+        assert!(validate_topic_template(&Template::parse("a/{1}").unwrap(), false).is_err());
+    }
 
     #[test]
     fn legal_and_illegal_names() {

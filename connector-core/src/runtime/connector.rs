@@ -39,6 +39,8 @@ pub async fn run_source_connector(
     if let Some(window) = connector.max_in_flight_records() {
         config.max_in_flight_records = config.max_in_flight_records.min(window.max(1));
     }
+    // One count of distinct Kafka topics for all the connector's tasks.
+    config.topic_budget = Some(config.topic_budget());
     let stop = shutdown.child_token();
     let mut set = JoinSet::new();
     for (id, task) in tasks.into_iter().enumerate() {

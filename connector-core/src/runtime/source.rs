@@ -31,7 +31,9 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::config::ConfigErrors;
 use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
-use crate::kafka::{validate_topic_name, Delivery, KafkaClient, Producer, ProducerRecord};
+use crate::kafka::{
+    validate_topic_name, Delivery, KafkaClient, Producer, ProducerRecord, TopicBudget,
+};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{RecordMetadata, SourceRecord};
 use crate::runtime::finalizer::OrderedFinalizer;
@@ -57,6 +59,23 @@ pub struct SourceRuntimeConfig {
     /// How long shutdown waits for in-flight records to be acknowledged.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Most distinct Kafka topics the connector (all its tasks together) writes to at once. A
+    /// record for one topic more is rejected to the error policy (`errors.tolerance = "all"`:
+    /// dead-lettered, naming this limit). A topic counts from its first record until it has gone
+    /// `kafka_topic_idle_ms` without one. Bounds the per-topic state a `kafka_topic` template fed
+    /// by publishers can create.
+    #[serde(default = "default_max_kafka_topics")]
+    pub max_kafka_topics: usize,
+    /// Milliseconds without a record after which a Kafka topic is forgotten: its producer and
+    /// partition state and its cached metadata are dropped, and it no longer counts toward
+    /// `max_kafka_topics`.
+    #[serde(default = "default_kafka_topic_idle_ms")]
+    pub kafka_topic_idle_ms: u64,
+    /// The count behind `max_kafka_topics`, shared by the connector's tasks (set by the runner;
+    /// `None`: each task counts alone).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub topic_budget: Option<TopicBudget>,
     /// Transforms, converters and the error policy (the connector's `errors`, `transforms`,
     /// `key_converter`, `value_converter` keys).
     #[serde(skip)]
@@ -76,6 +95,12 @@ fn default_offset_flush_interval_ms() -> u64 {
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
 }
+fn default_max_kafka_topics() -> usize {
+    10_000
+}
+fn default_kafka_topic_idle_ms() -> u64 {
+    300_000
+}
 
 impl Default for SourceRuntimeConfig {
     fn default() -> Self {
@@ -84,6 +109,9 @@ impl Default for SourceRuntimeConfig {
             max_in_flight_bytes: default_max_in_flight_bytes(),
             offset_flush_interval_ms: default_offset_flush_interval_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            max_kafka_topics: default_max_kafka_topics(),
+            kafka_topic_idle_ms: default_kafka_topic_idle_ms(),
+            topic_budget: None,
             pipeline: Pipeline::default(),
         }
     }
@@ -102,7 +130,23 @@ impl SourceRuntimeConfig {
         if self.offset_flush_interval_ms == 0 {
             e.push("offset_flush_interval_ms", "must be at least 1");
         }
+        if self.max_kafka_topics == 0 {
+            e.push("max_kafka_topics", "must be at least 1");
+        }
+        if self.kafka_topic_idle_ms < 1000 {
+            e.push("kafka_topic_idle_ms", "must be at least 1000");
+        }
         e
+    }
+
+    /// The connector's topic budget: the shared one, or a new one from the limits.
+    pub fn topic_budget(&self) -> TopicBudget {
+        self.topic_budget.clone().unwrap_or_else(|| {
+            TopicBudget::new(
+                self.max_kafka_topics.max(1),
+                Duration::from_millis(self.kafka_topic_idle_ms.max(1)),
+            )
+        })
     }
 }
 
@@ -312,7 +356,8 @@ async fn drive(
     let max_records = config.max_in_flight_records.max(1);
     let max_bytes = config.max_in_flight_bytes.max(1);
     let pipeline = &config.pipeline;
-    let (producer, mut acks) = Producer::<u64>::new(client, max_records);
+    let (producer, mut acks) =
+        Producer::<u64>::with_topic_budget(client, max_records, config.topic_budget());
     let mut finalizer: OrderedFinalizer<SourceRecord, Outcome> = OrderedFinalizer::new();
     let mut pending: VecDeque<(ProducerRecord, u64)> = VecDeque::new();
     let mut unacked: usize = 0;
