@@ -43,6 +43,9 @@ pub struct ConnectionSettings {
     pub version: MqttVersion,
     /// CA file, client certificate and server name for `mqtts://`.
     pub tls: Option<TlsFiles>,
+    /// MQTT 5 Receive Maximum announced in CONNECT: most unacknowledged QoS 1/2 messages the
+    /// broker may send us at once (`None`: 65,535). A source sets it to its in-flight window.
+    pub receive_maximum: Option<u16>,
     /// Status topic (`{client_id}` is replaced by the client id): `online` is published there,
     /// retained, on every connect, `offline` on a clean stop, and the broker publishes `offline`
     /// (the last will) when the connection dies without a DISCONNECT.
@@ -217,6 +220,7 @@ mod tests {
             version: MqttVersion::V311,
             tls: None,
             status_topic: None,
+            receive_maximum: None,
         };
         let e = s.options(true).unwrap_err().to_string();
         assert!(e.contains("CONNECTOR_TEST_NO_SUCH_PASSWORD"), "{e}");

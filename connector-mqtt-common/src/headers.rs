@@ -27,3 +27,6 @@ pub const CORRELATION_DATA: &str = "mqtt.correlation_data";
 pub const PAYLOAD_FORMAT: &str = "mqtt.payload_format_indicator";
 /// MQTT 5 message expiry interval in seconds, counted from the record's timestamp.
 pub const MESSAGE_EXPIRY: &str = "mqtt.message_expiry_interval";
+/// Size in bytes of a PUBLISH over `max_packet_size` whose payload the source dropped (on its
+/// dead-letter record, which has no value).
+pub const PACKET_SIZE: &str = "mqtt.packet_size";

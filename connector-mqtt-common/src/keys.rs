@@ -132,6 +132,7 @@ impl ConnectionKeys<'_> {
             version: self.mqtt_version,
             tls: self.tls.cloned(),
             status_topic: (!self.status_topic.is_empty()).then(|| self.status_topic.to_owned()),
+            receive_maximum: None,
         })
     }
 }

@@ -5,15 +5,15 @@
 //! of a busy connector. So the connectors let a [`Session`](crate::Session) connect, then read and
 //! write packets through a `Link` over the same connection: packets read in bulk, replies queued
 //! and written out together by one [`Link::flush`]. Pings are the link's own: a second ping
-//! while the first is unanswered means the connection is dead.
+//! while the first is unanswered means the connection is dead (unless the owner paused reading
+//! meanwhile, [`Link::reading_paused`]).
 
 use std::time::Duration;
 
 use connector_core::{Error, Result};
 use futures::FutureExt;
-use rumqttc::EventLoop;
 
-use crate::session::{Session, V5Connection};
+use crate::session::{Connection, Session};
 use crate::wire::{Inbound, Outbound};
 
 /// The established connection of a [`Session`], driven packet by packet.
@@ -32,23 +32,14 @@ use crate::wire::{Inbound, Outbound};
 /// # }
 /// ```
 pub struct Link<'a> {
-    conn: Conn<'a>,
+    conn: Option<&'a mut Connection>,
     write_timeout: Duration,
     ping_outstanding: bool,
 }
 
-enum Conn<'a> {
-    V4(&'a mut EventLoop),
-    V5(Option<&'a mut V5Connection>),
-}
-
 impl std::fmt::Debug for Link<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let connected = match &self.conn {
-            Conn::V4(e) => e.network.is_some(),
-            Conn::V5(c) => c.is_some(),
-        };
-        f.debug_struct("Link").field("connected", &connected).finish()
+        f.debug_struct("Link").field("connected", &self.conn.is_some()).finish()
     }
 }
 
@@ -61,12 +52,8 @@ fn lost(e: impl std::fmt::Display) -> Error {
 }
 
 impl<'a> Link<'a> {
-    pub(crate) fn v4(eventloop: &'a mut EventLoop, write_timeout: Duration) -> Self {
-        Self { conn: Conn::V4(eventloop), write_timeout, ping_outstanding: false }
-    }
-
-    pub(crate) fn v5(connection: Option<&'a mut V5Connection>, write_timeout: Duration) -> Self {
-        Self { conn: Conn::V5(connection), write_timeout, ping_outstanding: false }
+    pub(crate) fn new(conn: Option<&'a mut Connection>, write_timeout: Duration) -> Self {
+        Self { conn, write_timeout, ping_outstanding: false }
     }
 
     /// The next packet from the broker. Cancel-safe: a packet is never half read.
@@ -74,13 +61,7 @@ impl<'a> Link<'a> {
     /// # Errors
     /// Retriable when the connection broke or the broker sent something malformed.
     pub async fn read(&mut self) -> Result<Inbound> {
-        let packet = match &mut self.conn {
-            Conn::V4(e) => {
-                let network = e.network.as_mut().ok_or_else(not_connected)?;
-                Inbound::from(network.read().await.map_err(lost)?)
-            }
-            Conn::V5(c) => c.as_mut().ok_or_else(not_connected)?.read().await?,
-        };
+        let packet = self.conn.as_mut().ok_or_else(not_connected)?.read().await?;
         if packet == Inbound::PingResp {
             self.ping_outstanding = false;
         }
@@ -98,13 +79,7 @@ impl<'a> Link<'a> {
     /// # Errors
     /// Retriable when the connection broke.
     pub async fn write(&mut self, packet: Outbound) -> Result<()> {
-        match &mut self.conn {
-            Conn::V4(e) => {
-                let network = e.network.as_mut().ok_or_else(not_connected)?;
-                network.write(packet.into()).await.map_err(lost)
-            }
-            Conn::V5(c) => c.as_mut().ok_or_else(not_connected)?.write(packet),
-        }
+        self.conn.as_mut().ok_or_else(not_connected)?.write(packet)
     }
 
     /// Writes out everything queued.
@@ -113,22 +88,17 @@ impl<'a> Link<'a> {
     /// Retriable when the connection broke, or the broker did not take the bytes within the write
     /// timeout.
     pub async fn flush(&mut self) -> Result<()> {
-        let flushed = match &mut self.conn {
-            Conn::V4(e) => {
-                let network = e.network.as_mut().ok_or_else(not_connected)?;
-                tokio::time::timeout(self.write_timeout, async {
-                    network.flush().await.map_err(lost)
-                })
-                .await
-            }
-            Conn::V5(c) => {
-                let c = c.as_mut().ok_or_else(not_connected)?;
-                tokio::time::timeout(self.write_timeout, c.flush()).await
-            }
-        };
+        let c = self.conn.as_mut().ok_or_else(not_connected)?;
+        let flushed = tokio::time::timeout(self.write_timeout, c.flush()).await;
         flushed.unwrap_or_else(|_| {
             Err(lost(format!("the broker took no data for {:?}", self.write_timeout)))
         })
+    }
+
+    /// Tells the link that its owner stopped reading for now (back-pressure): the answer to an
+    /// outstanding ping may be waiting unread, so it is not counted as missing.
+    pub fn reading_paused(&mut self) {
+        self.ping_outstanding = false;
     }
 
     /// Sends a keep-alive ping.

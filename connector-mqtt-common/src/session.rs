@@ -1,10 +1,12 @@
 //! [`Session`]: one MQTT client connection of a connector, in either protocol version, opened
 //! (TCP or TLS, CONNECT, CONNACK) again after every loss, and driven through a [`Link`].
 //!
-//! MQTT 3.1.1 connections are opened by rumqttc's event loop, whose packet reader and writer the
-//! link then uses. MQTT 5 connections are our own: a socket (TLS through tokio-rustls), rumqttc's
-//! MQTT 5 packet codec, and a read and a write buffer — rumqttc's MQTT 5 event loop does not
-//! expose its connection, and its one-packet-per-write loop would cost a system call per message.
+//! The connection is our own in both versions: a socket (TLS through tokio-rustls), rumqttc's
+//! MQTT 3.1.1 or MQTT 5 packet codec, and a read and a write buffer. rumqttc's event loops write
+//! one packet per system call, and on a PUBLISH over `max_packet_size` fail the read, so the
+//! connection drops, the broker redelivers the message on the next one and the client never gets
+//! past it. Here such a PUBLISH is read past instead, without buffering its payload, and handed
+//! on as [`Inbound::Oversize`] (topic, QoS, packet id, size) for the error policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +14,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use connector_core::{Error, Result};
 use rumqttc::v5::mqttbytes::v5 as p5;
-use rumqttc::{Event, EventLoop, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::connection::{connection_error, ConnectionSettings};
+use crate::connection::ConnectionSettings;
 use crate::link::Link;
-use crate::wire::{qos_to_v5, Inbound, MqttVersion, Outbound};
+use crate::wire::{qos_to_v5, Inbound, Message, MqttVersion, Outbound};
 
 /// What the broker said when it accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +50,8 @@ pub struct Connected {
 /// ```
 pub struct Session {
     settings: ConnectionSettings,
-    inner: Inner,
-}
-
-enum Inner {
-    V4(Box<EventLoop>),
-    V5 { tls: Option<Arc<rustls::ClientConfig>>, connection: Option<V5Connection> },
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connection: Option<Connection>,
 }
 
 impl std::fmt::Debug for Session {
@@ -68,30 +65,22 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    /// A client for `settings` (not connected yet), acknowledging received messages only when
-    /// told to when `manual_acks`.
+    /// A client for `settings` (not connected yet). It never acknowledges a received message on
+    /// its own: the connector writes every acknowledgement through the [`Link`] (`manual_acks`
+    /// is kept for callers written for rumqttc's event loop and changes nothing).
     ///
     /// # Errors
     /// Fatal when the password cannot be read or TLS cannot be set up (unreadable files).
     pub fn new(settings: ConnectionSettings, manual_acks: bool) -> Result<Self> {
-        let inner = match settings.version {
-            MqttVersion::V311 => {
-                let mut eventloop = EventLoop::new(settings.options(manual_acks)?, 16);
-                eventloop.set_network_options(settings.network_options());
-                Inner::V4(Box::new(eventloop))
-            }
-            MqttVersion::V5 => {
-                // Fails now, not at the first connect, on a missing password variable.
-                settings.credentials()?;
-                let tls = if settings.url.tls {
-                    Some(Arc::new(crate::tls::client_config(settings.tls.as_ref())?))
-                } else {
-                    None
-                };
-                Inner::V5 { tls, connection: None }
-            }
+        let _ = manual_acks;
+        // Fails now, not at the first connect, on a missing password variable.
+        settings.credentials()?;
+        let tls = if settings.url.tls {
+            Some(Arc::new(crate::tls::client_config(settings.tls.as_ref())?))
+        } else {
+            None
         };
-        Ok(Self { settings, inner })
+        Ok(Self { settings, tls, connection: None })
     }
 
     /// The settings this session connects with.
@@ -104,54 +93,26 @@ impl Session {
     /// # Errors
     /// Fatal when the broker refused our credentials or client id; retriable otherwise.
     pub async fn connect(&mut self) -> Result<Connected> {
+        self.connection = None;
         let url = &self.settings.url;
-        match &mut self.inner {
-            Inner::V4(eventloop) => match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => Ok(Connected {
-                    session_present: ack.session_present,
-                    keep_alive: self.settings.keep_alive,
-                    receive_maximum: None,
-                }),
-                Ok(other) => Err(Error::retriable(format!(
-                    "MQTT broker {url} did not answer CONNECT with CONNACK: {other:?}"
-                ))),
-                Err(e) => Err(connection_error(&e, url)),
-            },
-            Inner::V5 { tls, connection } => {
-                *connection = None;
-                let limit = self.settings.connect_timeout.max(Duration::from_secs(1));
-                let (c, connected) =
-                    tokio::time::timeout(limit, connect_v5(&self.settings, tls.clone()))
-                        .await
-                        .map_err(|_| {
-                        Error::retriable(format!(
-                            "MQTT connection to {url} timed out after {limit:?}"
-                        ))
-                    })??;
-                *connection = Some(c);
-                Ok(connected)
-            }
-        }
+        let limit = self.settings.connect_timeout.max(Duration::from_secs(1));
+        let (c, connected) =
+            tokio::time::timeout(limit, connect(&self.settings, self.tls.clone())).await.map_err(
+                |_| Error::retriable(format!("MQTT connection to {url} timed out after {limit:?}")),
+            )??;
+        self.connection = Some(c);
+        Ok(connected)
     }
 
     /// The established connection; a flush may wait `write_timeout` for the broker.
     pub fn link(&mut self, write_timeout: Duration) -> Link<'_> {
-        match &mut self.inner {
-            Inner::V4(eventloop) => Link::v4(eventloop, write_timeout),
-            Inner::V5 { connection, .. } => Link::v5(connection.as_mut(), write_timeout),
-        }
+        Link::new(self.connection.as_mut(), write_timeout)
     }
 
-    /// Forgets the connection (after it was lost or closed) and anything rumqttc still holds for
-    /// it: the connector's own state decides what is sent again.
+    /// Forgets the connection (after it was lost or closed): the connector's own state decides
+    /// what is sent again.
     pub fn disconnected(&mut self) {
-        match &mut self.inner {
-            Inner::V4(eventloop) => {
-                eventloop.clean();
-                eventloop.pending.clear();
-            }
-            Inner::V5 { connection, .. } => *connection = None,
-        }
+        self.connection = None;
     }
 }
 
@@ -162,30 +123,145 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// Spare read-buffer room asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// An open MQTT 5 connection: packets parsed from a read buffer, written to a write buffer.
-pub(crate) struct V5Connection {
+/// An open MQTT connection (either version): packets parsed from a read buffer, written to a
+/// write buffer.
+pub(crate) struct Connection {
+    version: MqttVersion,
     io: Box<dyn Io>,
     read: BytesMut,
     write: BytesMut,
-    max_incoming: u32,
-    max_outgoing: Option<u32>,
+    /// Largest remaining length of a packet we read whole (`max_packet_size`).
+    max_incoming: usize,
+    /// Largest packet we may send (ours in 3.1.1, the broker's Maximum Packet Size in MQTT 5).
+    max_outgoing: Option<usize>,
+    /// An oversize PUBLISH being read past.
+    skipping: Option<Skipping>,
 }
+
+/// An oversize PUBLISH whose head was read: the rest of it is discarded as it arrives.
+struct Skipping {
+    message: Message,
+    size: usize,
+    left: usize,
+}
+
+/// The fixed header at the start of `buf`: first byte, header length and remaining length, or
+/// `None` while incomplete.
+fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>> {
+    let Some((&byte1, rest)) = buf.split_first() else { return Ok(None) };
+    let mut len = 0usize;
+    for (i, b) in rest.iter().take(4).enumerate() {
+        len |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((byte1, 2 + i, len)));
+        }
+    }
+    if rest.len() >= 4 {
+        return Err(lost("malformed packet from the broker: bad remaining length"));
+    }
+    Ok(None)
+}
+
+/// A packet as decoded, before the connectors' version-neutral view of it. Short-lived (turned
+/// into an [`Inbound`] at once), so its size matters less than a heap allocation per packet.
+#[allow(clippy::large_enum_variant)]
+enum Packet {
+    V4(rumqttc::Packet),
+    V5(p5::Packet),
+    /// A PUBLISH over `max_packet_size`, read past (payload dropped).
+    Oversize {
+        message: Message,
+        size: usize,
+    },
+}
+
+/// MQTT's PUBLISH packet type.
+const PUBLISH: u8 = 3;
 
 fn lost(what: impl std::fmt::Display) -> Error {
     Error::retriable(format!("MQTT connection lost: {what}"))
 }
 
-impl V5Connection {
-    fn parse(&mut self) -> Result<Option<p5::Packet>> {
-        match p5::Packet::read(&mut self.read, Some(self.max_incoming)) {
-            Ok(p) => Ok(Some(p)),
-            Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-            Err(e) => Err(lost(format!("malformed packet from the broker: {e}"))),
+impl Connection {
+    fn parse(&mut self) -> Result<Option<Packet>> {
+        if let Some(skip) = &mut self.skipping {
+            let n = skip.left.min(self.read.len());
+            self.read.advance(n);
+            skip.left -= n;
+            if skip.left > 0 {
+                return Ok(None);
+            }
+            return Ok(self
+                .skipping
+                .take()
+                .map(|s| Packet::Oversize { message: s.message, size: s.size }));
+        }
+        let Some((byte1, header, remaining)) = fixed_header(&self.read)? else { return Ok(None) };
+        if remaining > self.max_incoming {
+            return self.oversize(byte1, header, remaining);
+        }
+        match self.version {
+            MqttVersion::V311 => match rumqttc::Packet::read(&mut self.read, usize::MAX) {
+                Ok(p) => Ok(Some(Packet::V4(p))),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                Err(e) => Err(lost(format!("malformed packet from the broker: {e}"))),
+            },
+            MqttVersion::V5 => match p5::Packet::read(&mut self.read, None) {
+                Ok(p) => Ok(Some(Packet::V5(p))),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                Err(e) => Err(lost(format!("malformed packet from the broker: {e}"))),
+            },
         }
     }
 
-    /// The next packet. Cancel-safe: bytes read stay in the buffer until a whole packet is there.
-    async fn read_packet(&mut self) -> Result<p5::Packet> {
+    /// A packet over `max_packet_size`: a PUBLISH is read past once its topic and packet id are
+    /// in (at most 64 KiB); anything else ends the connection.
+    fn oversize(&mut self, byte1: u8, header: usize, remaining: usize) -> Result<Option<Packet>> {
+        let size = header + remaining;
+        if byte1 >> 4 != PUBLISH {
+            return Err(lost(format!(
+                "the broker sent a packet of {size} bytes, over max_packet_size ({} bytes)",
+                self.max_incoming
+            )));
+        }
+        let qos = match (byte1 >> 1) & 0b11 {
+            0 => rumqttc::QoS::AtMostOnce,
+            1 => rumqttc::QoS::AtLeastOnce,
+            2 => rumqttc::QoS::ExactlyOnce,
+            _ => return Err(lost("malformed PUBLISH from the broker: QoS 3")),
+        };
+        let body = &self.read[header..];
+        let Some(topic_len) = body.get(..2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return Ok(None);
+        };
+        let head = 2 + topic_len + if qos == rumqttc::QoS::AtMostOnce { 0 } else { 2 };
+        if body.len() < head {
+            return Ok(None);
+        }
+        let topic = String::from_utf8(body[2..2 + topic_len].to_vec())
+            .map_err(|_| lost("the broker sent a topic that is not UTF-8"))?;
+        let pkid = body
+            .get(2 + topic_len..head)
+            .filter(|b| b.len() == 2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let message = Message {
+            topic,
+            payload: bytes::Bytes::new(),
+            qos,
+            retain: byte1 & 1 == 1,
+            dup: byte1 & 0b1000 != 0,
+            pkid,
+            properties: None,
+        };
+        self.read.advance(header + head);
+        self.skipping = Some(Skipping { message, size, left: size - header - head });
+        self.parse()
+    }
+
+    /// The next packet. Cancel-safe: bytes read stay in the buffer until a whole packet is there
+    /// (an oversize PUBLISH's payload is dropped as it arrives, the progress kept).
+    async fn read_packet(&mut self) -> Result<Packet> {
         loop {
             if let Some(p) = self.parse()? {
                 return Ok(p);
@@ -208,19 +284,33 @@ impl V5Connection {
         }
     }
 
+    /// The next packet, as the connectors see it.
     pub(crate) async fn read(&mut self) -> Result<Inbound> {
-        let p = self.read_packet().await?;
-        Inbound::from_v5(p).map_err(lost)
+        Ok(match self.read_packet().await? {
+            Packet::V4(p) => Inbound::from(p),
+            Packet::V5(p) => Inbound::from_v5(p).map_err(lost)?,
+            Packet::Oversize { message, size } => Inbound::Oversize { message, size },
+        })
     }
 
-    fn write_packet(&mut self, p: p5::Packet) -> Result<()> {
-        p.write(&mut self.write, self.max_outgoing)
+    fn write_v5(&mut self, p: p5::Packet) -> Result<()> {
+        let max = self.max_outgoing.map(|m| u32::try_from(m).unwrap_or(u32::MAX));
+        p.write(&mut self.write, max)
+            .map(|_| ())
+            .map_err(|e| Error::retriable(format!("cannot encode an MQTT packet: {e}")))
+    }
+
+    fn write_v4(&mut self, p: rumqttc::Packet) -> Result<()> {
+        p.write(&mut self.write, self.max_outgoing.unwrap_or(usize::MAX))
             .map(|_| ())
             .map_err(|e| Error::retriable(format!("cannot encode an MQTT packet: {e}")))
     }
 
     pub(crate) fn write(&mut self, o: Outbound) -> Result<()> {
-        self.write_packet(p5::Packet::from(o))
+        match self.version {
+            MqttVersion::V311 => self.write_v4(rumqttc::Packet::from(o)),
+            MqttVersion::V5 => self.write_v5(p5::Packet::from(o)),
+        }
     }
 
     /// Writes the buffer out. Cancel-safe: what was written is taken off the buffer.
@@ -252,10 +342,11 @@ fn refusal_is_fatal(code: p5::ConnectReturnCode) -> bool {
     )
 }
 
-async fn connect_v5(
+/// Opens the socket (TCP, then TLS for `mqtts://`), sends CONNECT and reads CONNACK.
+async fn connect(
     s: &ConnectionSettings,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<(V5Connection, Connected)> {
+) -> Result<(Connection, Connected)> {
     let url = &s.url;
     let tcp = TcpStream::connect((s.url.host.as_str(), s.url.port))
         .await
@@ -279,43 +370,106 @@ async fn connect_v5(
             Box::new(stream)
         }
     };
-    let max_incoming = u32::try_from(s.max_packet_size).unwrap_or(u32::MAX);
-    let mut c = V5Connection {
+    let mut c = Connection {
+        version: s.version,
         io,
         read: BytesMut::with_capacity(READ_CHUNK),
         write: BytesMut::with_capacity(16 * 1024),
-        max_incoming,
+        max_incoming: s.max_packet_size,
         max_outgoing: None,
+        skipping: None,
     };
+    let keep_alive = u16::try_from(s.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX);
+    let login = s.credentials()?;
+    match s.version {
+        MqttVersion::V311 => {
+            c.max_outgoing = Some(s.max_packet_size);
+            let mut connect = rumqttc::Connect::new(s.client_id.clone());
+            connect.keep_alive = keep_alive;
+            // An empty client id is only allowed with a clean session.
+            connect.clean_session = s.clean_session || s.client_id.is_empty();
+            connect.last_will =
+                s.will().map(|w| rumqttc::LastWill::new(w.topic, w.payload, w.qos, w.retain));
+            connect.login = login.map(|(u, p)| rumqttc::Login::new(u, p));
+            c.write_v4(rumqttc::Packet::Connect(connect))?;
+            c.flush().await.map_err(|e| Error::retriable(format!("MQTT CONNECT to {url}: {e}")))?;
+            let ack = match c.read_packet().await {
+                Ok(Packet::V4(rumqttc::Packet::ConnAck(ack))) => ack,
+                Ok(_) => {
+                    return Err(Error::retriable(format!(
+                        "MQTT broker {url} did not answer CONNECT with CONNACK"
+                    )))
+                }
+                Err(e) => return Err(connect_failed(url, &e)),
+            };
+            let refused = |fatal, code: &dyn std::fmt::Debug| {
+                let message = format!("MQTT broker {url} refused the connection: {code:?}");
+                Err(if fatal { Error::fatal(message) } else { Error::retriable(message) })
+            };
+            use rumqttc::ConnectReturnCode as C;
+            match ack.code {
+                C::Success => Ok((
+                    c,
+                    Connected {
+                        session_present: ack.session_present,
+                        keep_alive: s.keep_alive,
+                        receive_maximum: None,
+                    },
+                )),
+                code @ (C::BadUserNamePassword
+                | C::NotAuthorized
+                | C::BadClientId
+                | C::RefusedProtocolVersion) => refused(true, &code),
+                code @ C::ServiceUnavailable => refused(false, &code),
+            }
+        }
+        MqttVersion::V5 => connect_v5(c, s, keep_alive, login).await,
+    }
+}
+
+/// A failed CONNECT: fatal stays fatal (TLS refusals), anything else is retried.
+fn connect_failed(url: &crate::MqttUrl, e: &Error) -> Error {
+    if e.kind() == connector_core::ErrorKind::Fatal {
+        Error::fatal(format!("MQTT CONNECT to {url}: {e}"))
+    } else {
+        Error::retriable(format!("MQTT CONNECT to {url}: {e}"))
+    }
+}
+
+async fn connect_v5(
+    mut c: Connection,
+    s: &ConnectionSettings,
+    keep_alive: u16,
+    login: Option<(String, String)>,
+) -> Result<(Connection, Connected)> {
+    let url = &s.url;
     let mut properties = p5::ConnectProperties::new();
     // A kept session must outlive the connection (0, the MQTT 5 default, ends it at disconnect).
     properties.session_expiry_interval = (!s.clean_session).then_some(u32::MAX);
-    // The broker may send as many unacknowledged messages as packet ids allow: the connector's
-    // own window, not the broker's default, bounds what is in flight.
-    properties.receive_maximum = Some(u16::MAX);
-    properties.max_packet_size = Some(max_incoming);
+    // The broker sends no more unacknowledged messages than the connector's window, so the
+    // connector can keep reading (and answering pings) while Kafka holds up its messages.
+    properties.receive_maximum = Some(s.receive_maximum.unwrap_or(u16::MAX).max(1));
+    // No Maximum Packet Size: a broker drops a message over it without telling anyone (lost);
+    // announced none, it sends it, and `Connection` reads past it for the error policy.
     let will =
         s.will().map(|w| p5::LastWill::new(w.topic, w.payload, qos_to_v5(w.qos), w.retain, None));
-    let login = s.credentials()?.map(|(u, p)| p5::Login::new(u, p));
     let connect = p5::Connect {
-        keep_alive: u16::try_from(s.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX),
+        keep_alive,
         client_id: s.client_id.clone(),
         clean_start: s.clean_session,
         properties: Some(properties),
     };
-    c.write_packet(p5::Packet::Connect(connect, will, login))?;
+    let login = login.map(|(u, p)| p5::Login::new(u, p));
+    c.write_v5(p5::Packet::Connect(connect, will, login))?;
     c.flush().await.map_err(|e| Error::retriable(format!("MQTT CONNECT to {url}: {e}")))?;
     let ack = match c.read_packet().await {
-        Ok(p5::Packet::ConnAck(ack)) => ack,
-        Ok(other) => {
+        Ok(Packet::V5(p5::Packet::ConnAck(ack))) => ack,
+        Ok(_) => {
             return Err(Error::retriable(format!(
-                "MQTT broker {url} did not answer CONNECT with CONNACK: {other:?}"
+                "MQTT broker {url} did not answer CONNECT with CONNACK"
             )))
         }
-        Err(e) if e.kind() == connector_core::ErrorKind::Fatal => {
-            return Err(Error::fatal(format!("MQTT CONNECT to {url}: {e}")))
-        }
-        Err(e) => return Err(Error::retriable(format!("MQTT CONNECT to {url}: {e}"))),
+        Err(e) => return Err(connect_failed(url, &e)),
     };
     if ack.code != p5::ConnectReturnCode::Success {
         let reason = ack
@@ -335,7 +489,7 @@ async fn connect_v5(
     let mut receive_maximum = None;
     if let Some(props) = &ack.properties {
         receive_maximum = props.receive_max;
-        c.max_outgoing = props.max_packet_size;
+        c.max_outgoing = props.max_packet_size.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
         if let Some(k) = props.server_keep_alive {
             keep_alive = Duration::from_secs(u64::from(k.max(1)));
         }
@@ -353,5 +507,70 @@ fn tls_error(url: &crate::MqttUrl, e: std::io::Error) -> Error {
         Error::fatal(message)
     } else {
         Error::retriable(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rumqttc::QoS;
+
+    fn connection(version: MqttVersion, io: tokio::io::DuplexStream, max: usize) -> Connection {
+        Connection {
+            version,
+            io: Box::new(io),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            max_incoming: max,
+            max_outgoing: None,
+            skipping: None,
+        }
+    }
+
+    fn publish(topic: &str, pkid: u16, payload: Vec<u8>) -> Outbound {
+        Outbound::Publish(Message {
+            topic: topic.into(),
+            payload: Bytes::from(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            dup: true,
+            pkid,
+            properties: None,
+        })
+    }
+
+    /// An oversize PUBLISH, arriving in small pieces, is read past (topic, packet id and size
+    /// kept, payload dropped); the packets around it are read as usual.
+    #[tokio::test]
+    async fn an_oversize_publish_is_read_past_in_both_versions() {
+        for version in [MqttVersion::V311, MqttVersion::V5] {
+            let (ours, mut broker) = tokio::io::duplex(1024);
+            let mut c = connection(version, ours, 2048);
+            let mut encoder = connection(version, tokio::io::duplex(1).0, usize::MAX);
+            encoder.write(publish("a/small", 1, b"one".to_vec())).unwrap();
+            encoder.write(publish("a/big", 2, vec![7; 100_000])).unwrap();
+            encoder.write(publish("a/small", 3, b"three".to_vec())).unwrap();
+            let bytes = encoder.write.split().freeze();
+            let sent = bytes.len();
+            let writer = tokio::spawn(async move {
+                for chunk in bytes.chunks(700) {
+                    broker.write_all(chunk).await.unwrap();
+                }
+                broker
+            });
+            let Inbound::Publish(m) = c.read().await.unwrap() else { panic!("publish") };
+            assert_eq!((m.pkid, &m.payload[..]), (1, &b"one"[..]));
+            let Inbound::Oversize { message, size } = c.read().await.unwrap() else {
+                panic!("oversize")
+            };
+            assert_eq!((message.topic.as_str(), message.pkid, message.dup), ("a/big", 2, true));
+            assert!(message.payload.is_empty());
+            assert!(size > 100_000 && size < 100_020, "{size}");
+            let Inbound::Publish(m) = c.read().await.unwrap() else { panic!("publish") };
+            assert_eq!((m.pkid, &m.payload[..]), (3, &b"three"[..]));
+            assert!(c.read.capacity() < sent, "{version:?}: the big payload was never buffered");
+            drop(writer.await.unwrap());
+        }
     }
 }

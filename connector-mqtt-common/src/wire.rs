@@ -63,12 +63,21 @@ pub enum Inbound {
     PubRel(u16),
     /// QoS 2 publish complete.
     PubComp(u16),
-    /// Subscription result: the indexes of refused filters.
+    /// Subscription result: the refused filters.
     SubAck {
         /// Packet identifier of the SUBSCRIBE.
         pkid: u16,
-        /// Indexes (in the SUBSCRIBE's order) of the filters the broker refused.
-        refused: Vec<usize>,
+        /// Indexes (in the SUBSCRIBE's order) of the filters the broker refused, each with the
+        /// broker's reason (`0x80` in MQTT 3.1.1; the reason code and reason string in MQTT 5).
+        refused: Vec<(usize, String)>,
+    },
+    /// A PUBLISH over `max_packet_size`, read past without its payload: `message` has the
+    /// topic, QoS, flags and packet id and an empty payload; `size` is the packet's size.
+    Oversize {
+        /// The message without its payload (nor MQTT 5 properties).
+        message: Message,
+        /// Size of the whole PUBLISH packet in bytes.
+        size: usize,
     },
     /// Answer to our ping.
     PingResp,
@@ -144,7 +153,7 @@ impl From<rumqttc::Packet> for Inbound {
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    .map(|(i, _)| i)
+                    .map(|(i, _)| (i, "return code 0x80 (failure)".to_owned()))
                     .collect(),
             },
             P::PingResp => Inbound::PingResp,
@@ -201,16 +210,23 @@ impl Inbound {
             P::PubRec(a) => Inbound::PubRec(a.pkid),
             P::PubRel(a) => Inbound::PubRel(a.pkid),
             P::PubComp(a) => Inbound::PubComp(a.pkid),
-            P::SubAck(a) => Inbound::SubAck {
-                pkid: a.pkid,
-                refused: a
-                    .return_codes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| !matches!(c, p5::SubscribeReasonCode::Success(_)))
-                    .map(|(i, _)| i)
-                    .collect(),
-            },
+            P::SubAck(a) => {
+                let why = a
+                    .properties
+                    .and_then(|p| p.reason_string)
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                Inbound::SubAck {
+                    pkid: a.pkid,
+                    refused: a
+                        .return_codes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| !matches!(c, p5::SubscribeReasonCode::Success(_)))
+                        .map(|(i, c)| (i, format!("reason code {c:?}{why}")))
+                        .collect(),
+                }
+            }
             P::PingResp(_) => Inbound::PingResp,
             P::Disconnect(d) => Inbound::Disconnect(format!(
                 "{:?}{}",

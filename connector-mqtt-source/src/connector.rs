@@ -45,8 +45,11 @@ impl SourceConnector for MqttSourceConnector {
         let kafka_topic =
             check_template(&config.kafka_topic).map_err(|m| Error::config("kafka_topic", m))?;
         let key = check_template(&config.key).map_err(|m| Error::config("key", m))?;
+        let mut connection = config.connection_keys().settings(name)?;
+        // The broker sends no more unacknowledged messages than the source's window (MQTT 5).
+        connection.receive_maximum = Some(u16::try_from(config.inflight).unwrap_or(u16::MAX));
         let base = MqttSourceTaskConfig {
-            connection: config.connection_keys().settings(name)?,
+            connection,
             filters: config.topics.clone(),
             qos: qos(config.qos),
             kafka_topic,

@@ -6,7 +6,16 @@
 //! the task releases, many per system call; sends keep-alive pings; subscribes when the broker did
 //! not keep the session; and reconnects with backoff. (rumqttc's own loop writes and flushes each
 //! acknowledgement on its own, one system call per message: most of a QoS 1 source's CPU time.)
+//!
+//! While the task does not take messages (Kafka slow or unreachable), the loop keeps reading into
+//! a buffer of up to `inflight` messages, so pings are still answered and a healthy connection is
+//! not taken for dead: the broker sends no more unacknowledged QoS 1/2 messages than its in-flight
+//! window (MQTT 5: our Receive Maximum, set to `inflight`; MQTT 3.1.1: the broker's own setting,
+//! Mosquitto's `max_inflight_messages`). Only when that buffer is full (QoS 0, or a 3.1.1 broker
+//! with a larger window) does reading pause, and a ping unanswered meanwhile is not held against
+//! the connection.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +28,9 @@ use parking_lot::Mutex;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-/// Most messages read and not yet handed to the source task.
+/// Most messages handed to the source task at once.
 pub(crate) const MAX_BATCH: usize = 1024;
 
 /// A message as received, tagged with the connection it arrived on.
@@ -30,6 +39,8 @@ pub(crate) struct Received {
     pub(crate) publish: Message,
     pub(crate) generation: u64,
     pub(crate) received: Timestamp,
+    /// Size of a PUBLISH over `max_packet_size`, whose payload was dropped unread.
+    pub(crate) oversize: Option<usize>,
 }
 
 /// What the event loop hands to the source task.
@@ -113,6 +124,10 @@ pub(crate) struct LoopSettings {
     pub(crate) backoff: BackoffConfig,
     /// Longest a write may wait for the broker to take our bytes.
     pub(crate) write_timeout: Duration,
+    /// Most messages read and not yet handed to the task (the in-flight window).
+    pub(crate) buffer: usize,
+    /// `max_packet_size`, for the log of an oversize message.
+    pub(crate) max_packet_size: usize,
 }
 
 /// The channels between the event loop and its source task.
@@ -197,10 +212,17 @@ async fn drive_link(
     let mut keepalive = tokio::time::interval(keep_alive.max(Duration::from_secs(1)));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
-    let mut batch: Vec<Received> = Vec::new();
+    // Read and not yet handed to the task; handed over in batches of up to MAX_BATCH.
+    let mut pending: VecDeque<Received> = VecDeque::new();
+    let buffer = settings.buffer.max(MAX_BATCH);
     let mut acks: Vec<(u16, QoS)> = Vec::new();
 
     loop {
+        let can_read = pending.len() < buffer;
+        if !can_read {
+            // The answer to a ping may be waiting unread behind messages.
+            link.reading_paused();
+        }
         tokio::select! {
             biased;
             () = channels.stop.cancelled() => {
@@ -228,19 +250,37 @@ async fn drive_link(
                 }
                 link.flush().await?;
             }
-            permit = channels.tx.reserve(), if !batch.is_empty() => match permit {
-                Ok(permit) => permit.send(Incoming::Messages(std::mem::take(&mut batch))),
+            permit = channels.tx.reserve(), if !pending.is_empty() => match permit {
+                Ok(permit) => {
+                    let n = pending.len().min(MAX_BATCH);
+                    permit.send(Incoming::Messages(pending.drain(..n).collect()));
+                }
                 // The source task went away.
                 Err(_) => return Ok(()),
             },
-            packet = link.read(), if batch.len() < MAX_BATCH => {
+            packet = link.read(), if can_read => {
                 let received = Timestamp::now();
                 let mut next = Some(packet);
                 // Everything already buffered is handled now; its replies go out in one write.
                 while let Some(packet) = next.take() {
                     match packet? {
                         Inbound::Publish(publish) => {
-                            batch.push(Received { publish, generation, received });
+                            pending.push_back(Received { publish, generation, received, oversize: None });
+                        }
+                        Inbound::Oversize { message, size } => {
+                            warn!(
+                                client_id = %settings.client_id,
+                                topic = %message.topic,
+                                size,
+                                max_packet_size = settings.max_packet_size,
+                                "MQTT message over max_packet_size: payload dropped, record goes to the error policy"
+                            );
+                            pending.push_back(Received {
+                                publish: message,
+                                generation,
+                                received,
+                                oversize: Some(size),
+                            });
                         }
                         Inbound::SubAck { pkid, refused }
                             if pkid == SUBSCRIBE_PKID && !*subscribed =>
@@ -259,7 +299,7 @@ async fn drive_link(
                         }
                         _ => {}
                     }
-                    if batch.len() < MAX_BATCH {
+                    if pending.len() < buffer {
                         next = link.read_buffered();
                     }
                 }
@@ -280,12 +320,19 @@ fn ack_packet(pkid: u16, qos: QoS) -> Option<Outbound> {
     }
 }
 
-fn check_suback(refused: &[usize], settings: &LoopSettings) -> Result<(), Error> {
+/// A refused filter is fatal: a source subscribed to less than it was told would run and
+/// silently get nothing.
+fn check_suback(refused: &[(usize, String)], settings: &LoopSettings) -> Result<(), Error> {
     if refused.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> =
-        refused.iter().filter_map(|i| settings.filters.get(*i)).map(|(f, _)| f.as_str()).collect();
+    let names: Vec<String> = refused
+        .iter()
+        .map(|(i, why)| {
+            let filter = settings.filters.get(*i).map_or("?", |(f, _)| f.as_str());
+            format!("{filter:?} ({why})")
+        })
+        .collect();
     Err(Error::fatal(format!(
         "MQTT broker {} refused the subscription to {}",
         settings.url,

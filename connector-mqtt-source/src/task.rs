@@ -159,7 +159,7 @@ impl MqttSourceTask {
     }
 
     fn record(&self, msg: Received) -> SourceRecord {
-        let Received { publish, received, .. } = msg;
+        let Received { publish, received, oversize, .. } = msg;
         let mut record_headers = Headers::with_capacity(4);
         record_headers.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
         record_headers.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
@@ -169,6 +169,13 @@ impl MqttSourceTask {
             v5_headers(p, &mut record_headers);
         }
         let mut rejected = None;
+        if let Some(size) = oversize {
+            record_headers.push(headers::PACKET_SIZE, Bytes::from(size.to_string()));
+            rejected = Some(format!(
+                "MQTT message on {:?} is {size} bytes, over max_packet_size ({} bytes); its payload was dropped",
+                publish.topic, self.config.connection.max_packet_size
+            ));
+        }
         let topic = match render::kafka_topic(&self.config.kafka_topic, &publish.topic) {
             Ok(t) => t,
             Err(why) => {
@@ -187,7 +194,7 @@ impl MqttSourceTask {
             topic,
             partition: None,
             key,
-            value: Some(publish.payload),
+            value: oversize.is_none().then_some(publish.payload),
             headers: record_headers,
             timestamp: Some(received),
             source_partition: Default::default(),
@@ -260,6 +267,8 @@ impl SourceTask for MqttSourceTask {
             filters: c.filters.iter().map(|f| (f.clone(), c.qos)).collect(),
             backoff: c.reconnect_backoff,
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
+            buffer: c.inflight,
+            max_packet_size: c.connection.max_packet_size,
         };
         let channels =
             LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };
@@ -421,6 +430,7 @@ mod tests {
             },
             generation: 0,
             received,
+            oversize: None,
         }
     }
 
