@@ -68,12 +68,16 @@ pub struct MqttSourceConfig {
     /// `""` writes records without a key.
     #[serde(default = "default_key")]
     pub key: String,
-    /// Largest MQTT packet accepted, in bytes (default 1 MiB).
+    /// Largest MQTT packet read whole, in bytes (default 1 MiB). A larger message is read past
+    /// without its payload and goes to the error policy (dead letter without a value, with its
+    /// size in the `mqtt.packet_size` header); it never breaks the connection.
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: usize,
-    /// Most messages received and not yet acknowledged to the broker (waiting for Kafka). The
-    /// broker's own limit (Mosquitto `max_inflight_messages`) must be at least this for the
-    /// window to be used; throughput is about window / Kafka round trip.
+    /// Most messages received and not yet acknowledged to the broker (waiting for Kafka); with
+    /// MQTT 5 also the Receive Maximum announced to the broker. The broker's own limit (Mosquitto
+    /// `max_inflight_messages`) should equal this: lower, the window is not used (throughput is
+    /// about window / Kafka round trip); higher (MQTT 3.1.1), a Kafka outage can fill the
+    /// source's read buffer, and reading pauses.
     #[serde(default = "default_inflight")]
     pub inflight: usize,
     /// Backoff between reconnect attempts.
