@@ -502,7 +502,7 @@ async fn connect_v5(
         session_present: ack.session_present,
         keep_alive,
         receive_maximum,
-        max_packet_size: c.max_outgoing,
+        max_packet_size: c.max_outgoing.map(|m| u32::try_from(m).unwrap_or(u32::MAX)),
     };
     Ok((c, connected))
 }
