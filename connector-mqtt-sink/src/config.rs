@@ -94,7 +94,9 @@ pub struct MqttSinkConfig {
     /// from a file.
     #[serde(default)]
     pub password: Option<Secret>,
-    /// Largest MQTT packet sent, in bytes (default 1 MiB).
+    /// Largest MQTT packet sent, in bytes (default 1 MiB). A record whose PUBLISH would be
+    /// larger, or larger than the Maximum Packet Size an MQTT 5 broker announces, goes to the
+    /// error policy unsent.
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: usize,
     /// Backoff between reconnect attempts.
