@@ -103,7 +103,10 @@ mod tests {
         assert_eq!(mqtt311(&v4, 1 << 20).len(), 4);
         let got = mqtt5(&v5, 1 << 20);
         assert_eq!(got.len(), 4, "{got:?}");
-        assert!(matches!(&got[2], Inbound::SubAck { refused, .. } if refused.len() == 1 && refused[0].0 == 1), "{got:?}");
+        assert!(
+            matches!(&got[2], Inbound::SubAck { refused, .. } if refused.len() == 1 && refused[0].0 == 1),
+            "{got:?}"
+        );
     }
 
     /// Writes the MQTT seed inputs to `fuzz/seeds/mqtt_packets/` (run by hand with `--ignored`).
