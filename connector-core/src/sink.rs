@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConnectorConfig;
 use crate::record::{SinkRecord, TopicPartition};
+use crate::runtime::CommitRequester;
 use crate::Result;
 
 /// Where a sink starts reading a partition that has no committed offset.
@@ -38,12 +39,19 @@ pub enum StartFrom {
 pub struct SinkTaskContext {
     connector: Arc<str>,
     task_id: usize,
+    commit: CommitRequester,
 }
 
 impl SinkTaskContext {
     /// A context for task `task_id` of `connector`.
     pub fn new(connector: impl Into<Arc<str>>, task_id: usize) -> Self {
-        Self { connector: connector.into(), task_id }
+        Self { connector: connector.into(), task_id, commit: CommitRequester::new() }
+    }
+
+    /// A handle that asks the runtime to commit soon (Kafka Connect's `requestCommit()`): call it
+    /// when acknowledgements arrive, so a crash repeats as little as possible.
+    pub fn commit_requester(&self) -> CommitRequester {
+        self.commit.clone()
     }
 
     /// The connector's name.

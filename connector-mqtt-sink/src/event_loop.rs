@@ -39,6 +39,8 @@ pub(crate) struct LoopSettings {
     pub(crate) write_timeout: Duration,
     /// Most publishes in flight.
     pub(crate) window: usize,
+    /// Asks the runtime to commit once acknowledgements arrived.
+    pub(crate) commit: connector_core::runtime::CommitRequester,
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
@@ -184,6 +186,7 @@ async fn drive(
                 }
                 link.flush().await?;
                 shared.changed.notify_waiters();
+                settings.commit.request();
             }
             // Fails when the previous ping got no answer: the connection is dead.
             _ = keepalive.tick() => link.ping().await?,

@@ -144,6 +144,7 @@ impl SinkTask for MqttSinkTask {
             backoff: c.reconnect_backoff,
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
             window: c.inflight.max(1),
+            commit: ctx.commit_requester(),
         };
         self.event_loop = Some(tokio::spawn(event_loop::run(
             session,
