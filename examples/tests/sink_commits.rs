@@ -135,8 +135,9 @@ async fn start_latest_is_saved_before_the_first_record_so_a_crash_skips_nothing(
 }
 
 /// Item 5: commits follow acknowledgements, so each SIGKILL repeats at most the in-flight window
-/// plus one `put`'s records plus what was acknowledged during one offset save, not everything
-/// since the last `commit_interval_ms` (left at its 5 s default here, longer than each run lives).
+/// plus one `put`'s records plus what was acknowledged during about two offset saves, not
+/// everything since the last `commit_interval_ms` (left at its 5 s default here, longer than each
+/// run lives).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_during_a_command_stream_repeat_at_most_the_window_per_kill() {
     init_tracing();
@@ -146,7 +147,9 @@ async fn sigkills_during_a_command_stream_repeat_at_most_the_window_per_kill() {
     let (n, kills, window) = (6_000usize, 5usize, 100usize);
     produce_commands(&client, 0..n).await;
     let dir = tempfile::tempdir().unwrap();
-    let offsets = format!("store = \"file\"\npath = \"{}\"", dir.path().join("o.json").display());
+    // The Kafka offset store: a save is one produce to Tansu, not two fsyncs of a disk that
+    // other builds keep busy, so one save's worth stays small and steady.
+    let offsets = "store = \"kafka\"".to_owned();
     let config = write(
         dir.path(),
         "connect.toml",
@@ -195,10 +198,12 @@ async fn sigkills_during_a_command_stream_repeat_at_most_the_window_per_kill() {
         started.elapsed()
     );
     assert_eq!(seen.len(), n, "nothing lost");
-    // The bound: the window, one put's records (both 100 here), and one save's worth of
-    // acknowledgements: up to 200 while one fsync'd save runs at ~5,000 commands/s on a busy box.
+    // The bound: the window and one put's records (both 100 here), plus what was acknowledged
+    // since the last completed save started: about two saves' worth (the one in flight and the
+    // one before it), ~200 each at ~5,000 commands/s with fsync'd saves on a busy box. Saves only
+    // every commit_interval_ms (5 s, longer than each run here) repeat everything since the start.
     assert!(
-        per_kill <= (window + window + 200) as f64,
+        per_kill <= (window + window + 400) as f64,
         "{per_kill:.0} repeats per kill with a window of {window}"
     );
 }
