@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   Kafka fetch (per partition, bounded prefetch) ──► SinkTask::put
-//!   every commit interval: consumed offsets ──► SinkTask::pre_commit ──► offsets safe to commit
+//!   on request / every commit interval: consumed offsets ──► SinkTask::pre_commit ──► safe offsets
 //!                                                                           │
 //!                                               OffsetStore (never past them) ◄┘
 //! ```
@@ -124,8 +124,9 @@ pub trait SinkTask: Send + 'static {
     /// be reported by `pre_commit`; they are read again after the restart.
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()>;
 
-    /// Called every commit interval and at shutdown with the offsets after the last record handed
-    /// to `put`, per partition. Returns the offsets that are safe to commit: the runtime commits
+    /// Called soon after the task requested a commit ([`SinkTaskContext::commit_requester`]), at
+    /// the latest every commit interval, and at shutdown, with the offsets after the last record
+    /// handed to `put`, per partition. Returns the offsets that are safe to commit: the runtime commits
     /// exactly those (never more than it offered, never backwards). The default flushes and
     /// returns `offsets` unchanged, right for a task whose `put` is synchronous.
     ///
