@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   Kafka fetch (per partition, bounded prefetch) ──► SinkTask::put
-//!   every commit interval: consumed offsets ──► SinkTask::pre_commit ──► offsets safe to commit
+//!   on request / every commit interval: consumed offsets ──► SinkTask::pre_commit ──► safe offsets
 //!                                                                           │
 //!                                               OffsetStore (never past them) ◄┘
 //! ```
@@ -22,6 +22,7 @@ use bytes::Bytes;
 use crate::config::ConnectorConfig;
 use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
 use crate::record::{SinkRecord, TopicPartition};
+use crate::runtime::CommitRequester;
 use crate::{Error, Result};
 
 /// Where a sink starts reading a partition that has no committed offset.
@@ -97,13 +98,14 @@ pub struct SinkTaskContext {
     connector: Arc<str>,
     task_id: usize,
     errant: Option<Arc<dyn ErrantRecordReporter>>,
+    commit: CommitRequester,
 }
 
 impl SinkTaskContext {
     /// A context for task `task_id` of `connector`, without an errant-record reporter (a record
     /// reported through [`report`](Self::report) then fails the task, as with `tolerance = "none"`).
     pub fn new(connector: impl Into<Arc<str>>, task_id: usize) -> Self {
-        Self { connector: connector.into(), task_id, errant: None }
+        Self { connector: connector.into(), task_id, errant: None, commit: CommitRequester::new() }
     }
 
     /// Routes [`report`](Self::report) to `reporter` (the runtime passes its error policy).
@@ -134,6 +136,12 @@ impl SinkTaskContext {
                 .with_partition(record.partition)
                 .with_offset(record.offset)),
         }
+    }
+
+    /// A handle that asks the runtime to commit soon (Kafka Connect's `requestCommit()`): call it
+    /// when acknowledgements arrive, so a crash repeats as little as possible.
+    pub fn commit_requester(&self) -> CommitRequester {
+        self.commit.clone()
     }
 
     /// The connector's name.
@@ -206,8 +214,9 @@ pub trait SinkTask: Send + 'static {
     /// be reported by `pre_commit`; they are read again after the restart.
     async fn put(&mut self, records: &[SinkRecord]) -> Result<()>;
 
-    /// Called every commit interval and at shutdown with the offsets after the last record handed
-    /// to `put`, per partition. Returns the offsets that are safe to commit: the runtime commits
+    /// Called soon after the task requested a commit ([`SinkTaskContext::commit_requester`]), at
+    /// the latest every commit interval, and at shutdown, with the offsets after the last record
+    /// handed to `put`, per partition. Returns the offsets that are safe to commit: the runtime commits
     /// exactly those (never more than it offered, never backwards). The default flushes and
     /// returns `offsets` unchanged, right for a task whose `put` is synchronous.
     ///

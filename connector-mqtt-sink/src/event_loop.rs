@@ -50,6 +50,8 @@ pub(crate) struct LoopSettings {
     pub(crate) window: usize,
     /// Largest PUBLISH packet to send (`max_packet_size`); the broker's may be smaller.
     pub(crate) max_packet: usize,
+    /// Asks the runtime to commit once acknowledgements arrived.
+    pub(crate) commit: connector_core::runtime::CommitRequester,
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
@@ -221,6 +223,7 @@ async fn drive(
                 }
                 link.flush().await?;
                 shared.changed.notify_waiters();
+                settings.commit.request();
             }
             // Fails when the previous ping got no answer: the connection is dead.
             _ = keepalive.tick() => link.ping().await?,

@@ -190,6 +190,7 @@ impl SinkTask for MqttSinkTask {
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
             window: c.inflight.max(1),
             max_packet: c.connection.max_packet_size,
+            commit: ctx.commit_requester(),
         };
         shared.tracker.lock().max_packet = c.connection.max_packet_size;
         self.event_loop = Some(tokio::spawn(event_loop::run(

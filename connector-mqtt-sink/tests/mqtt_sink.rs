@@ -50,9 +50,33 @@ fn start(
     store: &Arc<MemoryOffsetStore>,
     commit_interval_ms: u64,
 ) -> Running {
+    start_with_store(name, config, client, Arc::clone(store) as _, commit_interval_ms)
+}
+
+/// Loads from the store it wraps; every save fails (retriable), so acknowledged records stay
+/// uncommitted (commits follow PUBACKs, so only a store that cannot save leaves them so).
+#[derive(Debug)]
+struct FrozenStore(Arc<MemoryOffsetStore>);
+
+#[async_trait::async_trait]
+impl OffsetStore for FrozenStore {
+    async fn load(&self, namespace: &str) -> Result<connector_core::OffsetMap> {
+        self.0.load(namespace).await
+    }
+    async fn save(&self, _: &str, _: &connector_core::OffsetMap) -> Result<()> {
+        Err(connector_core::Error::retriable("offsets store frozen by the test"))
+    }
+}
+
+fn start_with_store(
+    name: &str,
+    config: MqttSinkConfig,
+    client: &KafkaClient,
+    store: Arc<dyn OffsetStore>,
+    commit_interval_ms: u64,
+) -> Running {
     let connector = MqttSinkConnector::create(name, config).unwrap();
     let shutdown = CancellationToken::new();
-    let store = Arc::clone(store) as Arc<dyn OffsetStore>;
     let runtime = SinkRuntimeConfig { commit_interval_ms, ..SinkRuntimeConfig::default() };
     let (name, client, t) = (name.to_owned(), client.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
@@ -240,8 +264,9 @@ async fn a_crash_after_pubacks_before_the_offset_commit_republishes_only_the_unc
     .await
     .unwrap();
     sink.stop().await;
-    // ...then almost never, and crash after the broker acknowledged everything.
-    let sink = start("row4", config.clone(), &client, &store, 3_600_000);
+    // ...then not at all (saves fail), and crash after the broker acknowledged everything.
+    let frozen = Arc::new(FrozenStore(Arc::clone(&store)));
+    let sink = start_with_store("row4", config.clone(), &client, frozen, 3_600_000);
     produce(&client, "row4", 200, 500).await;
     sub.wait_for(500, Duration::from_secs(30)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

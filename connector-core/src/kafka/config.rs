@@ -188,9 +188,11 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub compression: Compression,
     /// Give up on a record that could not be delivered within this many milliseconds of its first
-    /// attempt (0 = keep retrying while the task runs, the default: at-least-once holds either way,
-    /// because an undelivered record is never acknowledged upstream).
-    #[serde(default)]
+    /// attempt (default 120000, as the Java producer's `delivery.timeout.ms`; 0 = keep retrying
+    /// while the task runs). A record given up on goes to the error policy; at-least-once holds
+    /// either way, because an undelivered record is never acknowledged upstream. It also bounds
+    /// how long an offset save to a Kafka offsets topic can take.
+    #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
     /// Create a topic that does not exist when a record is first written to it.
     #[serde(default = "default_true")]
@@ -236,6 +238,9 @@ fn default_batch_max_records() -> usize {
 fn default_batch_max_bytes() -> usize {
     1024 * 1024
 }
+fn default_delivery_timeout_ms() -> u64 {
+    120_000
+}
 fn default_true() -> bool {
     true
 }
@@ -278,7 +283,7 @@ impl KafkaConfig {
             batch_max_records: default_batch_max_records(),
             batch_max_bytes: default_batch_max_bytes(),
             compression: Compression::None,
-            delivery_timeout_ms: 0,
+            delivery_timeout_ms: default_delivery_timeout_ms(),
             auto_create_topics: true,
             topic_partitions: default_topic_partitions(),
             topic_replication_factor: default_topic_replication_factor(),

@@ -2,11 +2,14 @@
 //! the tasks, give sink tasks their partitions (round-robin), run them concurrently, and stop them
 //! all when one fails.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::kafka::KafkaClient;
 use crate::offset::OffsetStore;
@@ -55,6 +58,8 @@ pub async fn run_source_connector(
 /// Runs up to `max_tasks` tasks of a sink connector until `shutdown` or the first fatal error.
 /// The connector's topics are created if missing (when `auto_create_topics` is on); their
 /// partitions are dealt to the tasks round-robin, and tasks left without partitions are not run.
+/// Partitions added to the topics later are found by a metadata refresh every
+/// `metadata_max_age_ms` and dealt to the running tasks, which read them from the `start` rule.
 ///
 /// # Errors
 /// The first task error, or a topic that cannot be read.
@@ -69,28 +74,105 @@ pub async fn run_sink_connector(
     stats: Arc<TaskStats>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let topics = connector.topics();
     let mut partitions = Vec::new();
-    for topic in connector.topics() {
-        let meta = client.ensure_topic(&topic).await.map_err(|e| e.with_connector(name))?;
+    for topic in &topics {
+        let meta = client.ensure_topic(topic).await.map_err(|e| e.with_connector(name))?;
         partitions
             .extend((0..meta.partition_count()).map(|p| TopicPartition::new(topic.as_str(), p)));
     }
     let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(name))?;
+    let known: HashSet<TopicPartition> = partitions.iter().cloned().collect();
     let assignment = assign_round_robin(partitions, tasks.len());
     let config = SinkRuntimeConfig { start: connector.start_from(), ..config };
     let stop = shutdown.child_token();
     let mut set = JoinSet::new();
+    let mut added_senders = Vec::new();
     for (id, (task, parts)) in tasks.into_iter().zip(assignment).enumerate() {
         if parts.is_empty() {
             continue;
         }
+        let (added_tx, added_rx) = mpsc::channel(ADDED_QUEUE);
+        added_senders.push(added_tx);
         let runtime =
             SinkTaskRuntime::new(name, id, task, client.clone(), Arc::clone(&offsets), parts)
                 .with_config(config.clone())
-                .with_stats(Arc::clone(&stats));
+                .with_stats(Arc::clone(&stats))
+                .with_added_partitions(added_rx);
         set.spawn(runtime.run(stop.clone()));
     }
-    join_all(name, set, stop).await
+    let watcher = tokio::spawn(watch_partitions(
+        Arc::from(name),
+        client.clone(),
+        topics,
+        known,
+        added_senders,
+        stop.clone(),
+    ));
+    let result = join_all(name, set, stop).await;
+    watcher.abort();
+    result
+}
+
+/// Batches of added partitions queued per task.
+const ADDED_QUEUE: usize = 4;
+
+/// Refreshes the metadata of a sink's topics every `metadata_max_age_ms` and deals partitions
+/// that appeared since start to the running tasks, round-robin.
+async fn watch_partitions(
+    name: Arc<str>,
+    client: KafkaClient,
+    topics: Vec<String>,
+    mut known: HashSet<TopicPartition>,
+    tasks: Vec<mpsc::Sender<Vec<TopicPartition>>>,
+    stop: CancellationToken,
+) {
+    if tasks.is_empty() {
+        return;
+    }
+    let interval = Duration::from_millis(client.config().metadata_max_age_ms.max(1));
+    let mut next_task = known.len();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let mut found = Vec::new();
+        for topic in &topics {
+            match client.refresh_topic(topic).await {
+                Ok(Some(meta)) => found.extend(
+                    (0..meta.partition_count())
+                        .map(|p| TopicPartition::new(topic.as_str(), p))
+                        .filter(|tp| !known.contains(tp)),
+                ),
+                Ok(None) => debug!(connector = %name, topic, "sink topic not found in metadata"),
+                Err(e) => {
+                    debug!(connector = %name, topic, error = %e.report(), "metadata refresh failed")
+                }
+            }
+        }
+        if found.is_empty() {
+            continue;
+        }
+        found.sort();
+        info!(connector = %name, added = ?found, "partitions were added to the sink's topics");
+        let mut batches = vec![Vec::new(); tasks.len()];
+        for tp in found {
+            known.insert(tp.clone());
+            batches[next_task % tasks.len()].push(tp);
+            next_task += 1;
+        }
+        for (tx, batch) in tasks.iter().zip(batches) {
+            if batch.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                // A task that ended drops its receiver; the connector is stopping then.
+                _ = tx.send(batch) => {}
+            }
+        }
+    }
 }
 
 /// Deals `partitions` (sorted) to `tasks` buckets round-robin.

@@ -2,6 +2,7 @@
 //! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
 //! the connector-level runners, the [`OrderedFinalizer`], and [`TaskStats`] for progress reports.
 
+mod commit_request;
 mod connector;
 mod finalizer;
 mod pipeline;
@@ -9,6 +10,7 @@ mod sink;
 mod source;
 mod stats;
 
+pub use commit_request::CommitRequester;
 pub use connector::{assign_round_robin, run_sink_connector, run_source_connector};
 pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;

@@ -3,8 +3,10 @@
 //! ```text
 //!  per partition: fetch from the committed offset (else earliest/latest) ─► bounded channel
 //!        ─► put(records) ── retriable error: same records again after backoff
-//!  every commit_interval_ms and at shutdown:
+//!  when the task requests it (acknowledgements arrived), at the latest every commit_interval_ms,
+//!  and at shutdown:
 //!        offsets after the last put ─► pre_commit ─► OffsetStore::save(what it returned)
+//!        (one save in flight at a time, in its own task beside put; requests coalesced)
 //! ```
 //!
 //! * Prefetch is bounded: each partition's fetcher waits once `prefetch_batches` fetched batches
@@ -13,11 +15,14 @@
 //!   moving backwards.
 //! * A stored offset that no longer exists (retention removed it) is reset to `start` (earliest or
 //!   latest) with a warning.
-//! * Shutdown: fetching stops (a `put` still waiting is dropped), `flush` gets up to
-//!   `shutdown_timeout_ms` to complete what is in flight, a final `pre_commit` and commit run, then
-//!   `close` and `stop`.
+//! * `start = "latest"` is resolved and saved before the first record reaches the task.
+//! * Partitions added while running (sent by the connector's metadata watcher) are opened and
+//!   read from their committed offset, else by `start`.
+//! * Shutdown: fetching stops (a `put` still waiting is dropped); the save in flight, `flush` and
+//!   a final `pre_commit` and commit share one `shutdown_timeout_ms` deadline; then `close` and
+//!   `stop`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +42,7 @@ use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::pipeline::Pipeline;
 use crate::runtime::stats::TaskStats;
+use crate::runtime::CommitRequester;
 use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
 use crate::{Error, ErrorKind, Result};
 
@@ -47,13 +53,21 @@ pub struct SinkRuntimeConfig {
     /// Where to start in a partition with no committed offset.
     #[serde(default)]
     pub start: StartFrom,
-    /// How often `pre_commit` is called and its offsets saved.
+    /// Longest time between commits (`pre_commit`, then saving its offsets). A task that requests
+    /// commits (the MQTT sink, when acknowledgements arrive) is committed sooner.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// Fetched batches queued per partition ahead of `put`.
     #[serde(default = "default_prefetch_batches")]
     pub prefetch_batches: usize,
-    /// How long the final flush and commit at shutdown may take.
+    /// Most records handed to one `put` (Kafka Connect's `max.poll.records`); a larger fetched
+    /// batch is put in pieces, and commits can start between two pieces. With commits that follow
+    /// acknowledgements, a crash repeats at most the task's in-flight window plus about this many
+    /// records plus one offset save's worth.
+    #[serde(default = "default_max_put_records")]
+    pub max_put_records: usize,
+    /// How long the drain at shutdown may take in all: the save in flight, the final flush and
+    /// the final commit.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
     /// Converters, transforms and the error policy (the connector's `errors`, `transforms`,
@@ -69,6 +83,9 @@ fn default_commit_interval_ms() -> u64 {
 fn default_prefetch_batches() -> usize {
     2
 }
+fn default_max_put_records() -> usize {
+    500
+}
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
 }
@@ -79,6 +96,7 @@ impl Default for SinkRuntimeConfig {
             start: StartFrom::Earliest,
             commit_interval_ms: default_commit_interval_ms(),
             prefetch_batches: default_prefetch_batches(),
+            max_put_records: default_max_put_records(),
             pipeline: Pipeline::default(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
         }
@@ -94,6 +112,9 @@ impl SinkRuntimeConfig {
         }
         if self.prefetch_batches == 0 {
             e.push("prefetch_batches", "must be at least 1");
+        }
+        if self.max_put_records == 0 {
+            e.push("max_put_records", "must be at least 1");
         }
         e
     }
@@ -126,6 +147,7 @@ pub struct SinkTaskRuntime {
     partitions: Vec<TopicPartition>,
     config: SinkRuntimeConfig,
     stats: Arc<TaskStats>,
+    added: Option<mpsc::Receiver<Vec<TopicPartition>>>,
 }
 
 impl std::fmt::Debug for SinkTaskRuntime {
@@ -146,7 +168,14 @@ enum FetchMsg {
 
 enum Event {
     Fetched(Option<FetchMsg>),
+    /// Time to commit: the interval elapsed or the task asked.
     Tick,
+    /// The in-flight offset save ended.
+    Saved(Result<InFlightSave>),
+    /// Partitions were added to a topic (`None`: no more will be).
+    Added(Option<Vec<TopicPartition>>),
+    /// Put the next piece of the fetched batch.
+    PutNext,
     Shutdown,
 }
 
@@ -188,7 +217,16 @@ impl SinkTaskRuntime {
             partitions,
             config: SinkRuntimeConfig::default(),
             stats: Arc::new(TaskStats::new()),
+            added: None,
         }
+    }
+
+    /// Partitions sent on `added` while the task runs are read too (from their committed offset,
+    /// else by the `start` rule), after `open` is called with them: how partitions added to a
+    /// topic are picked up.
+    pub fn with_added_partitions(mut self, added: mpsc::Receiver<Vec<TopicPartition>>) -> Self {
+        self.added = Some(added);
+        self
     }
 
     /// Replaces the settings.
@@ -218,18 +256,27 @@ impl SinkTaskRuntime {
     /// Cancel `shutdown` for a graceful stop. Dropping the future is a crash: nothing more is
     /// committed, and records after the last commit are delivered again on restart.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let Self { name, task_id, mut task, client, offsets, partitions, config, stats } = self;
+        let Self { name, task_id, mut task, client, offsets, partitions, config, stats, mut added } =
+            self;
         let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
         let stored = offsets.load(&name).await.map_err(tag)?;
         let mut progress = Progress { consumed: HashMap::new(), committed: HashMap::new() };
+        let mut resolved = OffsetMap::new();
         for tp in &partitions {
             let start = match stored.kafka_offset(tp) {
                 Some(o) => o,
-                None => initial_offset(&client, tp, config.start).await.map_err(tag)?,
+                None => {
+                    let o = initial_offset(&client, tp, config.start).await.map_err(tag)?;
+                    resolved.insert_kafka(tp, o);
+                    o
+                }
             };
             progress.committed.insert(tp.clone(), start);
             progress.consumed.insert(tp.clone(), start);
         }
+        persist_resolved_starts(&name, &*offsets, config.start, &client, &resolved)
+            .await
+            .map_err(tag)?;
         info!(connector = %name, task = task_id, partitions = ?progress.committed, "starting sink task");
         let handler = ErrorHandler::new(
             config.pipeline.errors.clone(),
@@ -241,6 +288,7 @@ impl SinkTaskRuntime {
         // Records the destination refuses after `put` go to the same error policy.
         let ctx = SinkTaskContext::new(Arc::clone(&name), task_id)
             .with_errant_record_reporter(Arc::new(handler.clone()));
+        let commit_requests = ctx.commit_requester();
         task.start(ctx).await.map_err(tag)?;
         let result = match task.open(&partitions).await {
             Ok(()) => {
@@ -253,6 +301,8 @@ impl SinkTaskRuntime {
                     &stats,
                     &handler,
                     &mut progress,
+                    &commit_requests,
+                    &mut added,
                     shutdown,
                 )
                 .await
@@ -260,7 +310,10 @@ impl SinkTaskRuntime {
             Err(e) => Err(e),
         }
         .map_err(tag);
-        if let Err(e) = task.close(&partitions).await {
+        // Every partition read, those added while running included.
+        let mut reading: Vec<TopicPartition> = progress.consumed.keys().cloned().collect();
+        reading.sort();
+        if let Err(e) = task.close(&reading).await {
             warn!(connector = %name, error = %e.report(), "sink task close failed");
         }
         if let Err(e) = task.stop().await {
@@ -301,6 +354,40 @@ async fn initial_offset(
     }
 }
 
+/// Saves the start offsets resolved for partitions without a committed offset, before any of
+/// their records reaches the task. `latest` is a moving target: unsaved, a crash before the first
+/// commit would resolve it again later and skip whatever was written in between. `earliest`
+/// resolves to the same records after a crash, so nothing needs saving.
+async fn persist_resolved_starts(
+    name: &str,
+    store: &dyn OffsetStore,
+    start: StartFrom,
+    client: &KafkaClient,
+    resolved: &OffsetMap,
+) -> Result<()> {
+    if start != StartFrom::Latest || resolved.is_empty() {
+        return Ok(());
+    }
+    let mut backoff = Backoff::new(client.config().retry_backoff);
+    loop {
+        match store.save(name, resolved).await {
+            Ok(()) => {
+                debug!(
+                    connector = name,
+                    partitions = resolved.len(),
+                    "saved the resolved start offsets"
+                );
+                return Ok(());
+            }
+            Err(e) if e.is_retriable() && backoff.attempts() < 10 => {
+                warn!(connector = name, error = %e.report(), "could not save the start offsets yet; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     name: &Arc<str>,
@@ -311,6 +398,8 @@ async fn drive(
     stats: &TaskStats,
     handler: &ErrorHandler,
     progress: &mut Progress,
+    commit_requests: &CommitRequester,
+    added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let capacity = config.prefetch_batches.max(1) * progress.consumed.len().max(1);
@@ -327,23 +416,51 @@ async fn drive(
             stop_fetchers.clone(),
         ));
     }
-    drop(tx);
+    // Kept while partitions can be added: their fetchers get a clone.
+    let tx = added.is_some().then_some(tx);
 
     let mut tick = tokio::time::interval(Duration::from_millis(config.commit_interval_ms.max(1)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.reset();
 
+    // One offset save in flight at a time, in its own task so that `put` goes on meanwhile.
+    // Commits start on the task's request (acknowledgements arrived) or at the latest every
+    // commit_interval_ms; requests made during a save are coalesced into one commit after it.
+    let mut saving: Option<InFlightSave> = None;
+    // The fetched batch being put, in pieces of at most max_put_records: between two `put`s the
+    // loop starts commits, so acknowledged records need not wait for a whole fetch to be put.
+    // Only one fetched batch is held here (nothing is received while pieces are left).
+    let mut queued: VecDeque<(TopicPartition, Vec<SinkRecord>)> = VecDeque::new();
     let outcome = loop {
         let event = tokio::select! {
             biased;
             () = shutdown.cancelled() => Event::Shutdown,
-            _ = tick.tick() => Event::Tick,
+            saved = wait_save(&mut saving), if saving.is_some() => Event::Saved(saved),
+            _ = tick.tick(), if saving.is_none() => Event::Tick,
+            () = commit_requests.requested(), if saving.is_none() => Event::Tick,
+            parts = recv_added(added) => Event::Added(parts),
+            () = std::future::ready(()), if !queued.is_empty() => Event::PutNext,
             msg = rx.recv() => Event::Fetched(msg),
         };
         match event {
             Event::Shutdown => break Ok(()),
-            Event::Tick => {
-                if let Err(e) = commit(name, task, store, stats, progress).await {
+            Event::Added(None) => *added = None,
+            Event::Added(Some(parts)) => {
+                let Some(tx) = &tx else { continue };
+                let fetch = (&mut fetchers, tx, &stop_fetchers);
+                if let Err(e) =
+                    add_partitions(name, task, client, store, config, progress, parts, fetch).await
+                {
+                    break Err(e);
+                }
+            }
+            Event::Tick => match start_commit(name, task, store, progress).await {
+                Ok(started) => saving = started,
+                Err(e) => break Err(e),
+            },
+            Event::Saved(saved) => {
+                saving = None;
+                if let Err(e) = saved.and_then(|s| s.apply(name, stats, progress)) {
                     break Err(e);
                 }
             }
@@ -354,6 +471,10 @@ async fn drive(
                     continue;
                 }
                 stats.add_in(records.len() as u64);
+                queue_for_put(&mut queued, tp, records, config.max_put_records);
+            }
+            Event::PutNext => {
+                let Some((tp, records)) = queued.pop_front() else { continue };
                 match deliver(
                     name,
                     task,
@@ -376,7 +497,7 @@ async fn drive(
     };
     stop_fetchers.cancel();
     fetchers.abort_all();
-    finish(name, task, store, stats, progress, config, outcome).await
+    finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
 }
 
 /// A fetched record that failed, for the error policy.
@@ -487,30 +608,31 @@ async fn deliver(
     Ok(true)
 }
 
-/// The final commit (bounded by the shutdown timeout), then `outcome`.
+/// Flush and the final commit (bounded by the drain's deadline), then `outcome`.
 async fn finish(
     name: &Arc<str>,
     task: &mut dyn SinkTask,
     store: &Arc<dyn OffsetStore>,
     stats: &TaskStats,
     progress: &mut Progress,
-    config: &SinkRuntimeConfig,
+    (deadline, timeout): (tokio::time::Instant, Duration),
     outcome: Result<()>,
 ) -> Result<()> {
-    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
     // Give a pipelining task the chance to complete what is in flight, then commit what it reports.
     let offered = progress.consumed.clone();
-    match tokio::time::timeout(timeout, task.flush(&offered)).await {
+    match tokio::time::timeout_at(deadline, task.flush(&offered)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "flush at shutdown failed"),
         Err(_) => {
             warn!(connector = %name, ?timeout, "flush at shutdown timed out; committing what was acknowledged")
         }
     }
-    match tokio::time::timeout(timeout, commit(name, task, store, stats, progress)).await {
+    match tokio::time::timeout_at(deadline, commit(name, task, store, stats, progress)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "final commit failed"),
-        Err(_) => warn!(connector = %name, "final commit timed out"),
+        Err(_) => {
+            warn!(connector = %name, ?timeout, "final commit timed out (shutdown_timeout_ms); what it would have saved is delivered again after the restart")
+        }
     }
     outcome
 }
@@ -523,12 +645,168 @@ async fn commit(
     stats: &TaskStats,
     progress: &mut Progress,
 ) -> Result<()> {
+    let Some((to_save, newly)) = offsets_to_commit(name, task, progress).await? else {
+        return Ok(());
+    };
+    match store.save(name, &to_save).await {
+        Ok(()) => InFlightSave { handle: None, to_save, newly }.apply(name, stats, progress),
+        Err(e) if e.is_retriable() => {
+            warn!(connector = %name, error = %e.report(), "could not save sink offsets; will retry");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Splits a fetched batch into pieces of at most `max` records for `put`.
+fn queue_for_put(
+    queued: &mut VecDeque<(TopicPartition, Vec<SinkRecord>)>,
+    tp: TopicPartition,
+    mut records: Vec<SinkRecord>,
+    max: usize,
+) {
+    let max = max.max(1);
+    while records.len() > max {
+        let rest = records.split_off(max);
+        queued.push_back((tp.clone(), records));
+        records = rest;
+    }
+    queued.push_back((tp, records));
+}
+
+/// The next batch of added partitions; never resolves when there is no channel.
+async fn recv_added(
+    added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
+) -> Option<Vec<TopicPartition>> {
+    match added {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts reading partitions added while the task runs: from their committed offset, else by
+/// the `start` rule (saved first when it is `latest`), after `open`.
+#[allow(clippy::too_many_arguments)]
+async fn add_partitions(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    client: &KafkaClient,
+    store: &Arc<dyn OffsetStore>,
+    config: &SinkRuntimeConfig,
+    progress: &mut Progress,
+    parts: Vec<TopicPartition>,
+    (fetchers, tx, stop): (&mut JoinSet<()>, &mpsc::Sender<FetchMsg>, &CancellationToken),
+) -> Result<()> {
+    let parts: Vec<TopicPartition> =
+        parts.into_iter().filter(|tp| !progress.consumed.contains_key(tp)).collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let stored = store.load(name).await?;
+    let mut resolved = OffsetMap::new();
+    let mut starts = Vec::with_capacity(parts.len());
+    for tp in &parts {
+        let start = match stored.kafka_offset(tp) {
+            Some(o) => o,
+            None => {
+                let o = initial_offset(client, tp, config.start).await?;
+                resolved.insert_kafka(tp, o);
+                o
+            }
+        };
+        starts.push(start);
+    }
+    persist_resolved_starts(name, &**store, config.start, client, &resolved).await?;
+    task.open(&parts).await?;
+    for (tp, start) in parts.into_iter().zip(starts) {
+        info!(connector = %name, %tp, offset = start, "reading a partition added to the topic");
+        progress.committed.insert(tp.clone(), start);
+        progress.consumed.insert(tp.clone(), start);
+        fetchers.spawn(fetch_loop(
+            client.clone(),
+            tp,
+            start,
+            config.start,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// Offsets being saved in the background, and what they commit once saved.
+struct InFlightSave {
+    handle: Option<tokio::task::JoinHandle<Result<()>>>,
+    to_save: OffsetMap,
+    newly: u64,
+}
+
+impl InFlightSave {
+    /// Records a completed save in `progress` and the counters.
+    fn apply(self, name: &str, stats: &TaskStats, progress: &mut Progress) -> Result<()> {
+        for (tp, _) in progress.consumed.clone() {
+            if let Some(o) = self.to_save.kafka_offset(&tp) {
+                progress.committed.insert(tp, o);
+            }
+        }
+        stats.add_committed(self.newly);
+        stats.set_in_flight(progress.uncommitted());
+        debug!(connector = name, partitions = self.to_save.len(), "sink offsets committed");
+        Ok(())
+    }
+}
+
+/// Waits for the in-flight save; a retriable failure is logged and committed nothing (the next
+/// commit saves newer offsets anyway).
+async fn wait_save(saving: &mut Option<InFlightSave>) -> Result<InFlightSave> {
+    let Some(s) = saving.as_mut() else { return std::future::pending().await };
+    let Some(handle) = s.handle.as_mut() else {
+        return Err(Error::fatal("offset save polled twice"));
+    };
+    let joined = handle.await;
+    s.handle = None;
+    let done =
+        InFlightSave { handle: None, to_save: std::mem::take(&mut s.to_save), newly: s.newly };
+    match joined {
+        Ok(Ok(())) => Ok(done),
+        Ok(Err(e)) if e.is_retriable() => {
+            warn!(error = %e.report(), "could not save sink offsets; will retry");
+            Ok(InFlightSave { handle: None, to_save: OffsetMap::new(), newly: 0 })
+        }
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::fatal("the offset save task panicked").with_source(e)),
+    }
+}
+
+/// Calls `pre_commit` and starts saving what it allows in a task of its own; `None` when there
+/// is nothing new to save.
+async fn start_commit(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    store: &Arc<dyn OffsetStore>,
+    progress: &Progress,
+) -> Result<Option<InFlightSave>> {
+    let Some((to_save, newly)) = offsets_to_commit(name, task, progress).await? else {
+        return Ok(None);
+    };
+    let (store, name, offsets) = (Arc::clone(store), Arc::clone(name), to_save.clone());
+    let handle = tokio::spawn(async move { store.save(&name, &offsets).await });
+    Ok(Some(InFlightSave { handle: Some(handle), to_save, newly }))
+}
+
+/// What `pre_commit` says is safe, clipped to what was offered, keeping only partitions that
+/// moved forward; with the number of records it newly commits.
+async fn offsets_to_commit(
+    name: &str,
+    task: &mut dyn SinkTask,
+    progress: &Progress,
+) -> Result<Option<(OffsetMap, u64)>> {
     let offered = progress.consumed.clone();
     let safe = match task.pre_commit(&offered).await {
         Ok(s) => s,
         Err(e) if e.is_retriable() => {
-            warn!(connector = %name, error = %e.report(), "pre_commit failed; nothing committed this time");
-            return Ok(());
+            warn!(connector = name, error = %e.report(), "pre_commit failed; nothing committed this time");
+            return Ok(None);
         }
         Err(e) => return Err(e),
     };
@@ -545,27 +823,35 @@ async fn commit(
             to_save.insert_kafka(&tp, offset);
         }
     }
-    if to_save.is_empty() {
-        return Ok(());
-    }
-    match store.save(name, &to_save).await {
-        Ok(()) => {
-            for (tp, _) in progress.consumed.clone() {
-                if let Some(o) = to_save.kafka_offset(&tp) {
-                    progress.committed.insert(tp, o);
-                }
+    Ok((!to_save.is_empty()).then_some((to_save, newly)))
+}
+
+/// Shutdown: the save still in flight completes first (bounded by the shutdown timeout), so the
+/// final commit starts from what it saved; then [`finish`].
+#[allow(clippy::too_many_arguments)]
+async fn finish_with_save(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    store: &Arc<dyn OffsetStore>,
+    stats: &TaskStats,
+    progress: &mut Progress,
+    config: &SinkRuntimeConfig,
+    mut saving: Option<InFlightSave>,
+    outcome: Result<()>,
+) -> Result<()> {
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    // One deadline for the whole drain: the save in flight, flush and the final commit.
+    let deadline = tokio::time::Instant::now() + timeout;
+    if saving.is_some() {
+        match tokio::time::timeout_at(deadline, wait_save(&mut saving)).await {
+            Ok(Ok(saved)) => {
+                let _ = saved.apply(name, stats, progress);
             }
-            stats.add_committed(newly);
-            stats.set_in_flight(progress.uncommitted());
-            debug!(connector = %name, partitions = to_save.len(), "sink offsets committed");
-            Ok(())
+            Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "offset save failed"),
+            Err(_) => warn!(connector = %name, ?timeout, "offset save in flight timed out"),
         }
-        Err(e) if e.is_retriable() => {
-            warn!(connector = %name, error = %e.report(), "could not save sink offsets; will retry");
-            Ok(())
-        }
-        Err(e) => Err(e),
     }
+    finish(name, task, store, stats, progress, (deadline, timeout), outcome).await
 }
 
 /// Broker wait of a fetch while the partition has records past the fetch position.

@@ -16,7 +16,8 @@
 //! * Offsets are saved only for the unbroken prefix of acknowledged records, never past a record
 //!   Kafka has not acknowledged. A record Kafka refused stops the task (error policies come on top).
 //! * Shutdown (the token is cancelled): polling stops, open batches are sent, acknowledgements are
-//!   awaited up to `shutdown_timeout_ms`, offsets are committed, the task is stopped.
+//!   awaited up to `shutdown_timeout_ms`, offsets are committed (again within
+//!   `shutdown_timeout_ms`), the task is stopped.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -56,7 +57,8 @@ pub struct SourceRuntimeConfig {
     /// How often offsets of acknowledged records are saved.
     #[serde(default = "default_offset_flush_interval_ms")]
     pub offset_flush_interval_ms: u64,
-    /// How long shutdown waits for in-flight records to be acknowledged.
+    /// How long shutdown waits for in-flight records to be acknowledged; the final offset save
+    /// then gets as long again.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
     /// Most distinct Kafka topics the connector (all its tasks together) writes to at once. A
@@ -200,8 +202,19 @@ struct Committer {
 impl Committer {
     /// Saves the offsets of the acknowledged prefix, then tells the task.
     async fn commit(&mut self, task: &mut dyn SourceTask) {
+        self.commit_unless(task, &CancellationToken::new()).await;
+    }
+
+    /// As [`commit`](Self::commit), but gives up on the save when `stop` is cancelled (the offsets
+    /// stay pending for the final commit), so a save stuck on an unreachable Kafka does not hold
+    /// up shutdown.
+    async fn commit_unless(&mut self, task: &mut dyn SourceTask, stop: &CancellationToken) {
         if !self.pending.is_empty() {
-            match self.store.save(&self.name, &self.pending).await {
+            let saved = tokio::select! {
+                r = self.store.save(&self.name, &self.pending) => r,
+                () = stop.cancelled() => return,
+            };
+            match saved {
                 Ok(()) => {
                     debug!(connector = %self.name, partitions = self.pending.len(), "source offsets committed");
                     self.pending = OffsetMap::new();
@@ -301,7 +314,11 @@ impl SourceTaskRuntime {
             drive(&name, &mut *task, client, &config, &stats, &handler, &mut committer, shutdown)
                 .await
                 .map_err(tag);
-        committer.commit(&mut *task).await;
+        // The final commit is a step of the drain: bounded by the shutdown timeout too.
+        let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+        if tokio::time::timeout(timeout, committer.commit(&mut *task)).await.is_err() {
+            warn!(connector = %name, task = task_id, ?timeout, "final offset commit timed out (shutdown_timeout_ms); records after the last commit are delivered again after the restart");
+        }
         if let Err(e) = task.stop().await {
             warn!(connector = %name, task = task_id, error = %e.report(), "source task stop failed");
         }
@@ -440,7 +457,7 @@ async fn drive(
                 drain_deadline =
                     Some(Instant::now() + Duration::from_millis(config.shutdown_timeout_ms));
             }
-            Event::Tick => committer.commit(task).await,
+            Event::Tick => committer.commit_unless(task, &shutdown).await,
             Event::DrainTimeout => {
                 warn!(
                     connector = %name,

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use connector_core::runner::{file_schema, markdown, run, ConnectFile};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Runs Kafka Connect-style connectors (MQTT <-> Kafka and your own) from a TOML file.
 #[derive(Parser)]
@@ -133,15 +133,29 @@ fn main() -> ExitCode {
     }
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// Exit code after a second SIGINT/SIGTERM cut the drain short.
+const INTERRUPTED: i32 = 130;
+
+/// Cancels `shutdown` on SIGINT or SIGTERM (the connectors drain, each step bounded by
+/// `shutdown_timeout_ms`); a second SIGINT or SIGTERM exits at once with code 130, committing
+/// nothing more (what was not committed is delivered again after the restart).
 async fn wait_for_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return,
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: draining"),
-        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = int.recv() => info!("SIGINT: draining (a second signal exits at once)"),
+        _ = term.recv() => info!("SIGTERM: draining (a second signal exits at once)"),
     }
     shutdown.cancel();
+    let second = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    warn!(signal = second, "second signal: exiting now without waiting for the drain; uncommitted records are delivered again after the restart");
+    eprintln!("connect: {second} during the drain; exiting without committing more");
+    std::process::exit(INTERRUPTED);
 }
