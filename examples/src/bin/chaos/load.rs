@@ -37,6 +37,7 @@ pub fn parse(payload: &[u8]) -> Option<u64> {
 /// Which of `0..capacity` arrived, how many arrived more than once, and when the last did.
 #[derive(Debug, Clone)]
 pub struct Tally {
+    capacity: u64,
     bits: Vec<u64>,
     /// Distinct sequence numbers seen.
     pub distinct: u64,
@@ -52,6 +53,7 @@ impl Tally {
     /// An empty tally for sequence numbers `0..capacity`.
     pub fn new(capacity: u64) -> Self {
         Self {
+            capacity,
             bits: vec![0; (capacity as usize).div_ceil(64)],
             distinct: 0,
             duplicates: 0,
@@ -62,7 +64,7 @@ impl Tally {
 
     /// Counts one arrival of `payload`; false when it is not a numbered message in range.
     pub fn add(&mut self, payload: &[u8]) -> bool {
-        let Some(seq) = parse(payload) else {
+        let Some(seq) = parse(payload).filter(|s| *s < self.capacity) else {
             return false;
         };
         let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
