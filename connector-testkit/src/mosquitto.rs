@@ -136,6 +136,13 @@ impl Mosquitto {
         self.child.terminate(Duration::from_secs(10));
     }
 
+    /// Kills the broker (SIGKILL, as a crash: no final save, so what arrived since the last
+    /// `autosave_interval` is not on disk) without restarting it. [`start_again`](Self::start_again)
+    /// brings it back on the same port and persistence file.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
     /// Starts a stopped broker again (same port, same data).
     ///
     /// # Errors
