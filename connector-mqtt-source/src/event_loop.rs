@@ -144,6 +144,8 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
     let mut backoff = Backoff::new(settings.backoff);
     // Whether the broker holds our subscription: a kept session keeps it, once acknowledged.
     let mut subscribed = false;
+    // Read and not yet handed to the task; handed over in batches of up to MAX_BATCH.
+    let mut pending: VecDeque<Received> = VecDeque::new();
     loop {
         let connected = tokio::select! {
             () = channels.stop.cancelled() => return,
@@ -162,8 +164,8 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
                 let statuses = session.settings().status_messages();
                 let mut link = session.link(settings.write_timeout);
                 let keep_alive = c.keep_alive;
-                drive_link(&mut link, &channels, &settings, &mut subscribed, keep_alive, statuses)
-                    .await
+                let state = (&mut subscribed, &mut pending);
+                drive_link(&mut link, &channels, &settings, state, keep_alive, statuses).await
             }
             Err(e) => Err(e),
         };
@@ -181,12 +183,33 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
         // Messages received so far belong to the lost connection: their acks must not reach
         // the next one (see `Acks`).
         channels.acks.connection_lost();
+        // What was read but not yet handed over still goes to Kafka: a broker that crashed may
+        // come back from a save that no longer holds it, so dropping it here could lose it. (A
+        // broker that kept it delivers it again: a duplicate, bounded by the buffer.)
+        if !hand_over(&mut pending, &channels).await {
+            return;
+        }
         let delay = backoff.next_delay();
         let stopped = channels.stop.cancelled();
         if !pause_before_reconnect(&mut session, &error, delay, stopped).await {
             return;
         }
     }
+}
+
+/// Hands everything in `pending` to the source task, in batches of up to MAX_BATCH. Returns
+/// `false` when the task went away or the connector is stopping (then nothing more is handed).
+async fn hand_over(pending: &mut VecDeque<Received>, channels: &LoopChannels) -> bool {
+    while !pending.is_empty() {
+        let permit = tokio::select! {
+            () = channels.stop.cancelled() => return false,
+            p = channels.tx.reserve() => p,
+        };
+        let Ok(permit) = permit else { return false };
+        let n = pending.len().min(MAX_BATCH);
+        permit.send(Incoming::Messages(pending.drain(..n).collect()));
+    }
+    true
 }
 
 /// Packet id of our SUBSCRIBE (the broker's messages use their own ids).
@@ -196,7 +219,7 @@ async fn drive_link(
     link: &mut Link<'_>,
     channels: &LoopChannels,
     settings: &LoopSettings,
-    subscribed: &mut bool,
+    (subscribed, pending): (&mut bool, &mut VecDeque<Received>),
     keep_alive: Duration,
     (online, offline): (Option<Message>, Option<Message>),
 ) -> Result<(), Error> {
@@ -212,8 +235,6 @@ async fn drive_link(
     let mut keepalive = tokio::time::interval(keep_alive.max(Duration::from_secs(1)));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
-    // Read and not yet handed to the task; handed over in batches of up to MAX_BATCH.
-    let mut pending: VecDeque<Received> = VecDeque::new();
     let buffer = settings.buffer.max(MAX_BATCH);
     let mut acks: Vec<(u16, QoS)> = Vec::new();
 
