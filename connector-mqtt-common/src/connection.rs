@@ -1,24 +1,15 @@
-//! Turning connector settings into rumqttc client options, and deciding what a connection error
-//! means (retry with backoff, or stop: a broker that refuses our credentials will not change its
-//! mind).
+//! [`ConnectionSettings`]: how a connector connects to its MQTT broker (URL, client id, session,
+//! credentials, TLS files, status topic and last will), shared by the source and the sink.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use connector_core::{Error, ErrorKind, Result, Secret};
-use rumqttc::{
-    ConnectReturnCode, ConnectionError, LastWill, MqttOptions, NetworkOptions, QoS,
-    TlsConfiguration, Transport,
-};
+use connector_core::{Error, Result, Secret};
+use rumqttc::QoS;
 
-use crate::tls::{client_config, TlsFiles};
+use crate::tls::TlsFiles;
 use crate::url::MqttUrl;
 use crate::wire::{Message, MqttVersion};
-
-/// The largest number of packet identifiers MQTT has; acknowledgements can never outnumber it,
-/// so a request channel this large never makes an acknowledgement wait.
-pub const MAX_PACKET_IDS: usize = 65_535;
 
 /// How to connect to an MQTT broker.
 #[derive(Debug, Clone)]
@@ -71,33 +62,6 @@ pub struct Will {
 }
 
 impl ConnectionSettings {
-    /// rumqttc options for these settings, with manual acknowledgements when `manual_acks`.
-    ///
-    /// # Errors
-    /// Fatal when the password's environment variable is not set, or TLS cannot be set up.
-    pub fn options(&self, manual_acks: bool) -> Result<MqttOptions> {
-        let mut o = MqttOptions::new(self.client_id.clone(), self.url.host.clone(), self.url.port);
-        o.set_keep_alive(Duration::from_secs(self.keep_alive.as_secs().max(1)));
-        if !self.client_id.is_empty() {
-            o.set_clean_session(self.clean_session);
-        }
-        o.set_max_packet_size(self.max_packet_size, self.max_packet_size);
-        o.set_manual_acks(manual_acks);
-        // Acknowledgements and publishes never wait for room in the request channel.
-        o.set_request_channel_capacity(MAX_PACKET_IDS + 64);
-        if let Some((user, pass)) = self.credentials()? {
-            o.set_credentials(user, pass);
-        }
-        if let Some(w) = self.will() {
-            o.set_last_will(LastWill::new(w.topic, w.payload, w.qos, w.retain));
-        }
-        if self.url.tls {
-            let config = client_config(self.tls.as_ref())?;
-            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
-        }
-        Ok(o)
-    }
-
     /// The status topic of this client, if it has one.
     pub fn status_topic(&self) -> Option<String> {
         self.status_topic.as_ref().map(|t| t.replace("{client_id}", &self.client_id))
@@ -142,69 +106,15 @@ impl ConnectionSettings {
             (None, None) => Ok(None),
         }
     }
-
-    /// Socket options: `TCP_NODELAY` (acknowledgements are small and latency matters) and the
-    /// connect timeout.
-    pub fn network_options(&self) -> NetworkOptions {
-        let mut n = NetworkOptions::new();
-        n.set_tcp_nodelay(true);
-        n.set_connection_timeout(self.connect_timeout.as_secs().max(1));
-        n
-    }
-}
-
-/// What a connection error means: a refused login or client id, or a certificate the other side
-/// does not accept, is fatal (retrying cannot help);
-/// anything else (broker down, network cut, timeout) is retriable.
-pub fn classify(err: &ConnectionError) -> ErrorKind {
-    match err {
-        ConnectionError::ConnectionRefused(
-            ConnectReturnCode::BadUserNamePassword
-            | ConnectReturnCode::NotAuthorized
-            | ConnectReturnCode::BadClientId
-            | ConnectReturnCode::RefusedProtocolVersion,
-        ) => ErrorKind::Fatal,
-        other if connector_core::tls::is_certificate_problem(other) => ErrorKind::Fatal,
-        _ => ErrorKind::Retriable,
-    }
 }
 
 /// What to check when certificates do not match.
 pub(crate) const TLS_HINT: &str = "check that tls.ca_file holds the CA that signed the broker's \
     certificate, and that tls.cert_file/tls.key_file hold a client certificate the broker trusts";
 
-/// An [`Error`] for a connection failure to `url`.
-pub fn connection_error(err: &ConnectionError, url: &MqttUrl) -> Error {
-    let message = match err {
-        ConnectionError::ConnectionRefused(code) => {
-            format!("MQTT broker {url} refused the connection: {code:?}")
-        }
-        other if connector_core::tls::is_certificate_problem(other) => {
-            format!("TLS with MQTT broker {url} failed: {other}; {TLS_HINT}")
-        }
-        other => format!("MQTT connection to {url} failed: {other}"),
-    };
-    match classify(err) {
-        ErrorKind::Fatal => Error::fatal(message),
-        _ => Error::retriable(message),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refused_logins_are_fatal_and_network_errors_retriable() {
-        let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
-        assert_eq!(classify(&refused), ErrorKind::Fatal);
-        let busy = ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable);
-        assert_eq!(classify(&busy), ErrorKind::Retriable);
-        let io = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert_eq!(classify(&io), ErrorKind::Retriable);
-        let url = MqttUrl::parse("mqtt://h:1").unwrap();
-        assert!(connection_error(&refused, &url).to_string().contains("mqtt://h:1"));
-    }
 
     #[test]
     fn a_missing_password_variable_is_a_clear_error() {
@@ -222,7 +132,7 @@ mod tests {
             status_topic: None,
             receive_maximum: None,
         };
-        let e = s.options(true).unwrap_err().to_string();
+        let e = s.credentials().unwrap_err().to_string();
         assert!(e.contains("CONNECTOR_TEST_NO_SUCH_PASSWORD"), "{e}");
     }
 }

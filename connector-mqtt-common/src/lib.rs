@@ -1,8 +1,8 @@
 //! MQTT pieces shared by the MQTT source and sink connectors: broker URLs ([`MqttUrl`]), MQTT's
-//! topic and filter rules, building rumqttc client options from connector settings
-//! ([`ConnectionSettings`], [`TlsFiles`]), what a connection error means ([`classify`]), and the
-//! connection itself in MQTT 3.1.1 or 5 ([`Session`]), driven with bulk reads and writes
-//! ([`Link`]) in the version-neutral packets of [`Inbound`] and [`Outbound`].
+//! topic and filter rules, connection settings ([`ConnectionSettings`], [`TlsFiles`]), and the
+//! connection itself in MQTT 3.1.1 or 5 ([`Session`]: our own socket and rumqttc's packet codec),
+//! driven with bulk reads and writes ([`Link`]) in the version-neutral packets of [`Inbound`] and
+//! [`Outbound`].
 
 mod connection;
 #[doc(hidden)]
@@ -17,10 +17,7 @@ mod topic;
 mod url;
 mod wire;
 
-pub use connection::{
-    classify, connection_error, ConnectionSettings, Will, MAX_PACKET_IDS, STATUS_OFFLINE,
-    STATUS_ONLINE,
-};
+pub use connection::{ConnectionSettings, Will, STATUS_OFFLINE, STATUS_ONLINE};
 pub use keys::{ConnectionKeys, DEFAULT_STATUS_TOPIC, MQTT_MAX_PACKET};
 pub use link::{pause_before_reconnect, Link};
 pub use session::{Connected, Session};

@@ -42,7 +42,7 @@ pub struct Connected {
 /// # async fn example(settings: connector_mqtt_common::ConnectionSettings) -> connector_core::Result<()> {
 /// use connector_mqtt_common::{Outbound, Session};
 ///
-/// let mut session = Session::new(settings, true)?;
+/// let mut session = Session::new(settings)?;
 /// let connected = session.connect().await?;
 /// let mut link = session.link(std::time::Duration::from_secs(10));
 /// link.write(Outbound::PingReq).await?;
@@ -69,13 +69,11 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A client for `settings` (not connected yet). It never acknowledges a received message on
-    /// its own: the connector writes every acknowledgement through the [`Link`] (`manual_acks`
-    /// is kept for callers written for rumqttc's event loop and changes nothing).
+    /// its own: the connector writes every acknowledgement through the [`Link`].
     ///
     /// # Errors
     /// Fatal when the password cannot be read or TLS cannot be set up (unreadable files).
-    pub fn new(settings: ConnectionSettings, manual_acks: bool) -> Result<Self> {
-        let _ = manual_acks;
+    pub fn new(settings: ConnectionSettings) -> Result<Self> {
         // Fails now, not at the first connect, on a missing password variable.
         settings.credentials()?;
         let tls = if settings.url.tls {

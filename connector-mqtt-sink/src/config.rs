@@ -76,7 +76,7 @@ pub struct MqttSinkConfig {
     pub tombstones: Tombstones,
     /// Start a clean session on every connect (default true). A publisher gains little from a
     /// kept session: after any reconnect without one, the sink sends every unacknowledged publish
-    /// again. `false` lets rumqttc finish interrupted publishes instead; it is refused with
+    /// again. `false` lets the broker's kept session finish interrupted publishes instead; it is refused with
     /// `qos = 2`, where a session left by an earlier run can make the broker discard a new publish
     /// that reuses a packet id still pending there.
     #[serde(default = "default_true")]

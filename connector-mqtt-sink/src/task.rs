@@ -180,7 +180,7 @@ impl MqttSinkTask {
 impl SinkTask for MqttSinkTask {
     async fn start(&mut self, ctx: SinkTaskContext) -> Result<()> {
         let c = &self.config;
-        let session = Session::new(c.connection.clone(), false)?;
+        let session = Session::new(c.connection.clone())?;
         let shared = Arc::new(Shared::default());
         let (status_tx, mut status) = watch::channel(Status::default());
         let settings = LoopSettings {

@@ -255,7 +255,7 @@ fn bool_name(b: bool) -> &'static [u8] {
 impl SourceTask for MqttSourceTask {
     async fn start(&mut self, ctx: SourceTaskContext) -> Result<()> {
         let c = &self.config;
-        let session = Session::new(c.connection.clone(), true)?;
+        let session = Session::new(c.connection.clone())?;
         // Batches of up to MAX_BATCH messages: room for `inflight` messages in all.
         let (tx, rx) = mpsc::channel(c.inflight.div_ceil(MAX_BATCH).max(1));
         let acks = Arc::new(Acks::default());
