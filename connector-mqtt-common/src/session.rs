@@ -237,6 +237,11 @@ impl Connection {
             return Ok(None);
         };
         let head = 2 + topic_len + if qos == rumqttc::QoS::AtMostOnce { 0 } else { 2 };
+        if head > remaining {
+            return Err(lost(
+                "malformed PUBLISH from the broker: its topic is longer than the packet",
+            ));
+        }
         if body.len() < head {
             return Ok(None);
         }
@@ -256,7 +261,8 @@ impl Connection {
             properties: None,
         };
         self.read.advance(header + head);
-        self.skipping = Some(Skipping { message, size, left: size - header - head });
+        // `head <= remaining` (checked above), so this cannot underflow.
+        self.skipping = Some(Skipping { message, size, left: remaining - head });
         self.parse()
     }
 
@@ -579,6 +585,20 @@ mod tests {
             assert_eq!((m.pkid, &m.payload[..]), (3, &b"three"[..]));
             assert!(c.read.capacity() < sent, "{version:?}: the big payload was never buffered");
             drop(writer.await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversize_publish_whose_topic_claims_more_than_the_packet_is_an_error_not_a_panic() {
+        for version in [MqttVersion::V311, MqttVersion::V5] {
+            let (ours, mut broker) = tokio::io::duplex(1 << 20);
+            let mut c = connection(version, ours, 1024);
+            // PUBLISH QoS 1, remaining length 2000 (over the 1024 limit), topic length 60000.
+            let mut bytes = vec![0x32, 0xd0, 0x0f, 0xea, 0x60];
+            bytes.resize(5 + 65_000, b'a');
+            broker.write_all(&bytes).await.unwrap();
+            let e = c.read().await.expect_err("a malformed PUBLISH must end the connection");
+            assert!(e.to_string().contains("malformed PUBLISH"), "{version:?}: {e}");
         }
     }
 }

@@ -391,13 +391,14 @@ impl Inbound {
                 Inbound::PubRec(a.pkid),
             ),
             P::PubRel(a) => Inbound::PubRel(a.pkid),
+            // PUBCOMP only follows a successful PUBREC: the broker already owns the message, so
+            // even "packet identifier not found" (0x92: it lost the flow's state, e.g. across a
+            // restart) completes the flow; it is not a refusal of the message.
             P::PubComp(a) => {
-                let code = match a.reason {
-                    p5::PubCompReason::Success => 0x00,
-                    p5::PubCompReason::PacketIdentifierNotFound => 0x92,
-                };
-                let reason = a.properties.and_then(|p| p.reason_string);
-                acked(a.pkid, AckPacket::PubComp, code, a.reason, reason, Inbound::PubComp(a.pkid))
+                if a.reason == p5::PubCompReason::PacketIdentifierNotFound {
+                    tracing::warn!(pkid = a.pkid, "PUBCOMP with reason 0x92 (packet identifier not found): the broker had taken the message with its PUBREC; completing the flow");
+                }
+                Inbound::PubComp(a.pkid)
             }
             P::SubAck(a) => {
                 let why = a

@@ -138,6 +138,9 @@ impl MqttSinkTask {
                     shared.changed.notify_waiters();
                 }
                 Err(e) => {
+                    // Fatal: this record was accepted by an earlier `put`, so it must never be
+                    // taken for a record of the batch being put now.
+                    let e = e.into_fatal();
                     self.report_failed = Some(e.clone());
                     return Err(e);
                 }

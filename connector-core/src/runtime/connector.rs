@@ -59,7 +59,8 @@ pub async fn run_source_connector(
 /// The connector's topics are created if missing (when `auto_create_topics` is on); their
 /// partitions are dealt to the tasks round-robin, and tasks left without partitions are not run.
 /// Partitions added to the topics later are found by a metadata refresh every
-/// `metadata_max_age_ms` and dealt to the running tasks, which read them from the `start` rule.
+/// `metadata_max_age_ms` and dealt to the running tasks, which read them from their earliest
+/// offset (a partition found while running is new, whatever `start` says).
 ///
 /// # Errors
 /// The first task error, or a topic that cannot be read.

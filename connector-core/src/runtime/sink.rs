@@ -17,7 +17,8 @@
 //!   latest) with a warning.
 //! * `start = "latest"` is resolved and saved before the first record reaches the task.
 //! * Partitions added while running (sent by the connector's metadata watcher) are opened and
-//!   read from their committed offset, else by `start`.
+//!   read from their committed offset, else from their earliest offset (they are new: records
+//!   written before the refresh found them must not be skipped, whatever `start` says).
 //! * Shutdown: fetching stops (a `put` still waiting is dropped); the save in flight, `flush` and
 //!   a final `pre_commit` and commit share one `shutdown_timeout_ms` deadline; then `close` and
 //!   `stop`.
@@ -448,16 +449,31 @@ async fn drive(
             Event::Added(Some(parts)) => {
                 let Some(tx) = &tx else { continue };
                 let fetch = (&mut fetchers, tx, &stop_fetchers);
-                if let Err(e) =
-                    add_partitions(name, task, client, store, config, progress, parts, fetch).await
-                {
+                // Raced against shutdown like `put`: loading offsets and resolving starts may
+                // wait on an unreachable Kafka. Cut short, the partitions are simply not read.
+                let adding =
+                    add_partitions(name, task, client, store, config, progress, parts, fetch);
+                let added = tokio::select! {
+                    r = adding => r,
+                    () = shutdown.cancelled() => break Ok(()),
+                };
+                if let Err(e) = added {
                     break Err(e);
                 }
             }
-            Event::Tick => match start_commit(name, task, store, progress).await {
-                Ok(started) => saving = started,
-                Err(e) => break Err(e),
-            },
+            Event::Tick => {
+                // pre_commit may write dead letters (refused records) to an unreachable Kafka:
+                // it must not hold up shutdown. Cut short, nothing is committed by this tick; a
+                // refused record not yet settled stays uncommitted.
+                let started = tokio::select! {
+                    r = start_commit(name, task, store, progress) => r,
+                    () = shutdown.cancelled() => break Ok(()),
+                };
+                match started {
+                    Ok(started) => saving = started,
+                    Err(e) => break Err(e),
+                }
+            }
             Event::Saved(saved) => {
                 saving = None;
                 if let Err(e) = saved.and_then(|s| s.apply(name, stats, progress)) {
@@ -582,11 +598,21 @@ async fn deliver(
                 }
             }
             Err(e) if e.kind() == ErrorKind::RecordRejected => {
-                // The task refused one record; those before it were accepted.
-                let position = e
-                    .context()
-                    .and_then(|c| c.offset)
-                    .and_then(|o| batch.iter().position(|r| r.offset == o));
+                // The task refused one record of this batch; those before it were accepted. The
+                // record is found by partition and offset (and topic when named): an error about
+                // another partition's record must never be taken for one of this batch.
+                let position = e.context().and_then(|c| {
+                    let o = c.offset?;
+                    if c.partition.is_some_and(|p| p != tp.partition) {
+                        return None;
+                    }
+                    batch.iter().position(|r| {
+                        r.offset == o
+                            && c.topic
+                                .as_deref()
+                                .is_none_or(|t| t == &*r.topic || t == &*r.original_topic)
+                    })
+                });
                 let Some(i) = position else {
                     stats.add_error();
                     return Err(e.with_topic(&*tp.topic).with_partition(tp.partition));
@@ -684,8 +710,11 @@ async fn recv_added(
     }
 }
 
-/// Starts reading partitions added while the task runs: from their committed offset, else by
-/// the `start` rule (saved first when it is `latest`), after `open`.
+/// Starts reading partitions added while the task runs: from their committed offset, else from
+/// their earliest offset, whatever `start` says. A partition found while running is new (or
+/// its topic is), and records were written to it before the metadata refresh found it, up to
+/// `metadata_max_age_ms` earlier: "latest" would skip them for good. (Flink's Kafka source does
+/// the same for partitions it discovers.)
 #[allow(clippy::too_many_arguments)]
 async fn add_partitions(
     name: &Arc<str>,
@@ -703,20 +732,14 @@ async fn add_partitions(
         return Ok(());
     }
     let stored = store.load(name).await?;
-    let mut resolved = OffsetMap::new();
     let mut starts = Vec::with_capacity(parts.len());
     for tp in &parts {
         let start = match stored.kafka_offset(tp) {
             Some(o) => o,
-            None => {
-                let o = initial_offset(client, tp, config.start).await?;
-                resolved.insert_kafka(tp, o);
-                o
-            }
+            None => initial_offset(client, tp, StartFrom::Earliest).await?,
         };
         starts.push(start);
     }
-    persist_resolved_starts(name, &**store, config.start, client, &resolved).await?;
     task.open(&parts).await?;
     for (tp, start) in parts.into_iter().zip(starts) {
         info!(connector = %name, %tp, offset = start, "reading a partition added to the topic");
