@@ -232,6 +232,21 @@ mqtt_version = "5"
         write("config", "two-connectors", config.as_bytes());
     }
 
+    /// Fuzz find (config target): an empty top-level key was reported with an empty key path.
+    #[test]
+    fn an_empty_top_level_key_is_reported_at_a_path() {
+        config("''= ''", &Registry::new());
+        let errors = ConnectFile::parse("''= ''", &Registry::new()).unwrap_err();
+        assert!(errors.to_string().starts_with("\"\": unknown key"), "{errors}");
+    }
+
+    /// Fuzz find (converters target): without serde_json's `float_roundtrip`, this number read
+    /// back after `json_reserialize` as a different one.
+    #[test]
+    fn a_reserialized_json_number_keeps_its_value() {
+        converters(b"4444445444444444443444");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 

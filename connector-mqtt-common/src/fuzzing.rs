@@ -2,8 +2,8 @@
 //! decoding the connectors run on bytes from the network, in each protocol version. Not a stable
 //! API.
 //!
-//! MQTT 5 connections are ours: bytes go through rumqttc's MQTT 5 codec ([`p5::Packet::read`])
-//! and then [`Inbound::from_v5`]. MQTT 3.1.1 connections read through rumqttc's event loop, whose
+//! MQTT 5 connections are ours: bytes go through rumqttc's MQTT 5 codec (`Packet::read`)
+//! and then `Inbound::from_v5`. MQTT 3.1.1 connections read through rumqttc's event loop, whose
 //! codec is `rumqttc::Packet::read`, and then `Inbound::from`. Both are run here on arbitrary
 //! bytes, packet after packet, as a connection's read buffer would be.
 

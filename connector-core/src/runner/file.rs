@@ -168,10 +168,9 @@ impl ConnectFile {
         };
         for key in root.keys() {
             if !TOP_LEVEL.contains(&key.as_str()) {
-                errors.push(
-                    key.clone(),
-                    "unknown key (expected kafka, offsets, progress, connector)",
-                );
+                // The empty key (`'' = 1`) is written `""` so that the error still has a path.
+                let path = if key.is_empty() { "\"\"".to_owned() } else { key.clone() };
+                errors.push(path, "unknown key (expected kafka, offsets, progress, connector)");
             }
         }
 
