@@ -209,15 +209,25 @@ async fn drive(
                             link.write(rel).await?;
                         }
                         Inbound::Refused(refusal) => refused(shared, settings, &refusal),
-                        // An answer: the connection works (for the reconnect backoff).
-                        Inbound::PingResp => shared.tracker.lock().answers += 1,
+                        // An answer: the connection works (for the reconnect backoff), and
+                        // a drop after it is not pinned on a probe.
+                        Inbound::PingResp => {
+                            let mut t = shared.tracker.lock();
+                            t.answers += 1;
+                            t.heard();
+                        }
                         Inbound::Disconnect(reason) => {
+                            // An explained drop: no strike for a probe in flight.
+                            shared.tracker.lock().heard();
                             return Err(Error::retriable(format!(
                                 "MQTT broker {} closed the connection: {reason}",
                                 settings.url
                             )));
                         }
-                        other => debug!(packet = ?other, "ignoring an unexpected packet"),
+                        other => {
+                            shared.tracker.lock().heard();
+                            debug!(packet = ?other, "ignoring an unexpected packet");
+                        }
                     }
                     next = link.read_buffered();
                 }
@@ -253,7 +263,8 @@ async fn drain(link: &mut Link<'_>, shared: &Shared, settings: &LoopSettings) {
                     shared.tracker.lock().received(pkid);
                 }
                 Inbound::Refused(refusal) => refused(shared, settings, &refusal),
-                _ => {}
+                // Read after the probe was written: the drop is not pinned on it.
+                _ => shared.tracker.lock().heard(),
             }
         }
     };

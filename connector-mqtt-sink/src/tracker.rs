@@ -13,7 +13,9 @@
 //! After a reconnect there are two cases:
 //! * The broker **kept the session**: the in-flight publishes are sent again under their packet
 //!   ids with the DUP flag, as MQTT requires (QoS 2 ones the broker already received get their
-//!   PUBREL again), then the backlog.
+//!   PUBREL again), then the backlog. After an unexplained drop only the oldest suspect (see
+//!   below) is sent again at first, alone; the others stay in flight under their ids and are
+//!   sent again once it is acknowledged.
 //! * The broker **kept no session**: every unacknowledged publish goes back to the front of the
 //!   backlog, in original order, and is sent again under a new packet id. When the connection
 //!   dropped with publishes in flight and no refusal to explain it, those publishes are
@@ -21,6 +23,11 @@
 //!   is attributed to exactly one publish. One that alone caused [`MAX_STRIKES`] drops (a
 //!   broker that closes the connection on it, as MQTT 3.1.1 brokers do for a packet over their
 //!   limit) is refused instead of being sent forever.
+//!
+//! A drop counts as a strike only if nothing at all was read from the broker after the suspect
+//! was written (no acknowledgement, no PINGRESP, no DISCONNECT): a broker that answered
+//! something first, or closed the connection with a DISCONNECT and its reason, was still
+//! talking to us after reading it, so the drop is not pinned on the publish.
 //!
 //! Either way nothing is lost, and a publish whose acknowledgement was lost may arrive twice.
 //! A record handed over twice (a `put` retried with the same records) is counted twice: its
@@ -107,6 +114,12 @@ pub(crate) struct Tracker {
     unacked: HashMap<TopicPartition, BTreeMap<i64, u32>>,
     /// The suspect in flight alone, if any (nothing else is sent meanwhile).
     probing: Option<u16>,
+    /// Some packet from the broker was read since the probe was written: a drop now is not
+    /// pinned on the probe (no strike).
+    heard: bool,
+    /// Kept session: in-flight publishes (by packet id, oldest first) to send again with DUP
+    /// once the probe is acknowledged. Still in `inflight` meanwhile.
+    held: Vec<u16>,
     /// A refusal arrived on the current connection: a drop right after it is explained.
     explained: bool,
     /// Largest PUBLISH packet that may be sent now (ours, or the broker's if smaller).
@@ -138,6 +151,8 @@ impl Tracker {
             refused: VecDeque::new(),
             unacked: HashMap::new(),
             probing: None,
+            heard: false,
+            held: Vec::new(),
             explained: false,
             max_packet,
             connected: false,
@@ -177,6 +192,14 @@ impl Tracker {
         if !self.connected {
             return;
         }
+        if self.probing.is_none() {
+            // Kept session: the probe was acknowledged; the held publishes go out again now.
+            for pkid in std::mem::take(&mut self.held) {
+                if let Some(f) = self.inflight.get(&pkid) {
+                    out.push(f.publication.packet(pkid, true));
+                }
+            }
+        }
         while self.inflight.len() < window.min(u16::MAX as usize) && self.probing.is_none() {
             let Some(front) = self.backlog.front() else { break };
             let probe = front.suspect && front.qos != QoS::AtMostOnce;
@@ -206,6 +229,7 @@ impl Tracker {
             let pkid = self.next_pkid();
             if probe {
                 self.probing = Some(pkid);
+                self.heard = false;
             }
             out.push(p.packet(pkid, false));
             self.inflight.insert(pkid, InFlight { publication: p, released: false });
@@ -222,6 +246,7 @@ impl Tracker {
 
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
     pub(crate) fn acknowledged(&mut self, pkid: u16) {
+        self.heard = true;
         if let Some(f) = self.inflight.remove(&pkid) {
             self.answers += 1;
             self.settle_probe(pkid);
@@ -233,6 +258,7 @@ impl Tracker {
     /// policy. Its offset is not done.
     pub(crate) fn refused(&mut self, refusal: &Refusal) {
         self.explained = true;
+        self.heard = true;
         let Some(f) = self.inflight.remove(&refusal.pkid) else { return };
         self.answers += 1;
         self.settle_probe(refusal.pkid);
@@ -248,6 +274,12 @@ impl Tracker {
             context.push(("mqtt.reason.string", r.clone()));
         }
         self.refuse(p, why, context);
+    }
+
+    /// A packet other than an acknowledgement came from the broker (PINGRESP, DISCONNECT, ...):
+    /// the connection was alive after the probe was written, so a drop now earns no strike.
+    pub(crate) fn heard(&mut self) {
+        self.heard = true;
     }
 
     fn settle_probe(&mut self, pkid: u16) {
@@ -283,6 +315,7 @@ impl Tracker {
     /// The broker received QoS 2 publish `pkid` (PUBREC); returns our PUBREL. (Sent for an
     /// unknown id too, so the broker can drop its state.)
     pub(crate) fn received(&mut self, pkid: u16) -> Outbound {
+        self.heard = true;
         if let Some(f) = self.inflight.get_mut(&pkid) {
             f.released = true;
         }
@@ -308,17 +341,33 @@ impl Tracker {
         self.connected = true;
         self.explained = false;
         self.probing = None;
+        self.held.clear();
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         flying.sort_by_key(|(_, f)| f.publication.seq);
         // QoS 0 publishes whose write did not complete go out again (in order).
         let mut unwritten = std::mem::take(&mut self.unwritten);
         if session_present {
+            // After an unexplained drop, the oldest suspect is sent again alone (the probe); the
+            // other publishes wait in `held` until it is acknowledged, so that a publish the
+            // broker drops the connection on earns its strikes here too instead of being sent
+            // again with the others forever. PUBRELs cannot cause a drop: they go out at once.
+            let probe = flying
+                .iter()
+                .find(|(_, f)| !f.released && f.publication.suspect)
+                .map(|(pkid, _)| *pkid);
             for (pkid, f) in flying {
-                out.push(match f.released {
-                    true => Outbound::PubRel(pkid),
-                    false => f.publication.packet(pkid, true),
-                });
+                if f.released {
+                    out.push(Outbound::PubRel(pkid));
+                } else if probe.is_none() || probe == Some(pkid) {
+                    out.push(f.publication.packet(pkid, true));
+                } else {
+                    self.held.push(pkid);
+                }
                 self.inflight.insert(pkid, f);
+            }
+            if probe.is_some() {
+                self.probing = probe;
+                self.heard = false;
             }
         } else {
             self.republished += flying.len() as u64;
@@ -331,13 +380,16 @@ impl Tracker {
     }
 
     /// The connection was lost. A suspect in flight alone gets a strike (and is refused at
-    /// [`MAX_STRIKES`]); without a refusal to explain the drop, everything in flight becomes a
-    /// suspect.
+    /// [`MAX_STRIKES`]) if nothing was read from the broker since it was written; without a
+    /// refusal to explain the drop, everything in flight becomes a suspect.
     pub(crate) fn disconnected(&mut self) {
         if !std::mem::replace(&mut self.connected, false) {
             return;
         }
-        if let Some(pkid) = self.probing.take() {
+        // A drop after the broker answered something (even a PINGRESP, or a DISCONNECT with its
+        // reason) is not pinned on the probe.
+        let pinned = !std::mem::replace(&mut self.heard, false);
+        if let Some(pkid) = self.probing.take().filter(|_| pinned) {
             if let Some(f) = self.inflight.get_mut(&pkid) {
                 f.publication.strikes += 1;
                 if f.publication.strikes >= MAX_STRIKES && !self.explained {
@@ -503,8 +555,11 @@ mod tests {
         assert_eq!(sent(&out), [(1, "m0".into(), true), (2, "rel".into(), false)]);
         out.clear();
         t.take_sendable(10, &mut out);
+        assert!(out.is_empty(), "the drop was unexplained: m0 is a probe, alone");
+        t.acknowledged(1);
+        t.take_sendable(10, &mut out);
         assert_eq!(sent(&out), [(3, "m2".into(), false)]);
-        for pkid in 1..=3 {
+        for pkid in 2..=3 {
             t.acknowledged(pkid);
         }
         assert_eq!(t.pending(), 0);
@@ -712,5 +767,85 @@ mod tests {
         }
         assert!(!t.has_refused());
         assert_eq!(safe(&t, 3), 3);
+    }
+    #[test]
+    fn on_a_kept_session_a_publish_that_keeps_dropping_the_connection_is_refused() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        for o in 0..4 {
+            add(&mut t, o);
+        }
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.acknowledged(1); // offset 0 done; 1 (the poison), 2 and 3 in flight at the drop
+        t.disconnected();
+        add(&mut t, 4);
+        for _ in 0..MAX_STRIKES {
+            out.clear();
+            t.connected(true, &mut out);
+            t.take_sendable(10, &mut out);
+            assert_eq!(sent(&out), [(2, "m1".into(), true)], "the oldest suspect, alone");
+            t.disconnected(); // it makes the broker drop the connection again
+        }
+        let r = t.take_refused().expect("refused after MAX_STRIKES drops alone");
+        assert_eq!(r.publication.offset, 1);
+        // The next suspect goes alone under its id; then the held one and the backlog.
+        out.clear();
+        t.connected(true, &mut out);
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(3, "m2".into(), true)]);
+        t.acknowledged(3);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(4, "m3".into(), true), (5, "m4".into(), false)]);
+        t.acknowledged(4);
+        t.acknowledged(5);
+        t.settled(&r.publication);
+        assert_eq!(safe(&t, 5), 5);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn a_kept_session_sends_pubrels_at_once_and_holds_publishes_behind_the_probe() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        t.add(publication(0, QoS::ExactlyOnce));
+        add(&mut t, 1);
+        add(&mut t, 2);
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.received(1);
+        t.disconnected();
+        out.clear();
+        t.connected(true, &mut out);
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(1, "rel".into(), false), (2, "m1".into(), true)]);
+        t.acknowledged(2);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(3, "m2".into(), true)]);
+        t.acknowledged(1);
+        t.acknowledged(3);
+        assert_eq!(safe(&t, 3), 3);
+    }
+
+    #[test]
+    fn a_drop_after_the_broker_answered_the_probe_with_anything_is_no_strike() {
+        let mut t = Tracker::new(1000);
+        t.connected(false, &mut Vec::new());
+        add(&mut t, 0);
+        let mut out = Vec::new();
+        t.take_sendable(10, &mut out);
+        t.disconnected(); // unexplained: m0 is a suspect
+        for _ in 0..2 * MAX_STRIKES {
+            t.connected(false, &mut Vec::new());
+            out.clear();
+            t.take_sendable(10, &mut out);
+            assert_eq!(sent(&out).len(), 1, "the probe");
+            t.heard(); // a PINGRESP (or a DISCONNECT) after it: the connection was alive
+            t.disconnected();
+        }
+        assert!(!t.has_refused(), "unrelated drops are no strikes");
+        assert_eq!(t.inflight.values().map(|f| f.publication.strikes).collect::<Vec<_>>(), [0]);
     }
 }
