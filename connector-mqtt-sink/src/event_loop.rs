@@ -217,8 +217,13 @@ async fn drive(
                             t.heard();
                         }
                         Inbound::Disconnect(reason) => {
-                            // An explained drop: no strike for a probe in flight.
-                            shared.tracker.lock().heard();
+                            // A reason about the connection (shutting down, session taken
+                            // over, ...) explains the drop: no strike for a probe in flight.
+                            // One that can be about a publish (packet too large, topic name
+                            // invalid, ...) may be the probe's fault: it counts as unexplained.
+                            if !may_blame_a_publish(&reason) {
+                                shared.tracker.lock().heard();
+                            }
                             return Err(Error::retriable(format!(
                                 "MQTT broker {} closed the connection: {reason}",
                                 settings.url
@@ -239,6 +244,23 @@ async fn drive(
             _ = keepalive.tick() => link.ping().await?,
         }
     }
+}
+
+/// Whether an MQTT 5 DISCONNECT reason (as [`Inbound::Disconnect`] words it) can be caused by
+/// one publish, so that a probe in flight may be to blame.
+fn may_blame_a_publish(reason: &str) -> bool {
+    const PUBLISH_REASONS: [&str; 9] = [
+        "UnspecifiedError",
+        "MalformedPacket",
+        "ProtocolError",
+        "ImplementationSpecificError",
+        "NotAuthorized",
+        "TopicNameInvalid",
+        "PacketTooLarge",
+        "QuotaExceeded",
+        "PayloadFormatInvalid",
+    ];
+    PUBLISH_REASONS.iter().any(|r| reason.starts_with(r))
 }
 
 /// The broker refused a publish: no PUBREL follows a refused PUBREC; the sink task hands the
@@ -263,6 +285,7 @@ async fn drain(link: &mut Link<'_>, shared: &Shared, settings: &LoopSettings) {
                     shared.tracker.lock().received(pkid);
                 }
                 Inbound::Refused(refusal) => refused(shared, settings, &refusal),
+                Inbound::Disconnect(reason) if may_blame_a_publish(&reason) => {}
                 // Read after the probe was written: the drop is not pinned on it.
                 _ => shared.tracker.lock().heard(),
             }
