@@ -183,7 +183,48 @@ fn lost(what: impl std::fmt::Display) -> Error {
     Error::retriable(format!("MQTT connection lost: {what}"))
 }
 
+/// A decoded packet as the connectors see it.
+fn inbound(p: Packet) -> Result<Inbound> {
+    Ok(match p {
+        Packet::V4(p) => Inbound::from(p),
+        Packet::V5(p) => Inbound::from_v5(p).map_err(lost)?,
+        Packet::Oversize { message, size } => Inbound::Oversize { message, size },
+    })
+}
+
 impl Connection {
+    /// A connection with no broker behind it, for the fuzz targets and property tests: it only
+    /// decodes what [`feed`](Self::feed) puts in its read buffer.
+    pub(crate) fn detached(version: MqttVersion, max_incoming: usize) -> Self {
+        Self {
+            version,
+            io: Box::new(tokio::io::duplex(1).0),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            max_incoming,
+            max_outgoing: None,
+            skipping: None,
+        }
+    }
+
+    /// Appends `bytes` to the read buffer, as a socket read would, and appends every packet now
+    /// complete to `out`: the same decoding `read` runs on a live connection.
+    ///
+    /// # Errors
+    /// What would end a live connection (a malformed packet).
+    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Inbound>) -> Result<()> {
+        self.read.extend_from_slice(bytes);
+        while let Some(p) = self.parse()? {
+            out.push(inbound(p)?);
+        }
+        Ok(())
+    }
+
+    /// Bytes held in the read buffer.
+    pub(crate) fn buffered(&self) -> usize {
+        self.read.len()
+    }
+
     fn parse(&mut self) -> Result<Option<Packet>> {
         if let Some(skip) = &mut self.skipping {
             let n = skip.left.min(self.read.len());
@@ -293,11 +334,7 @@ impl Connection {
 
     /// The next packet, as the connectors see it.
     pub(crate) async fn read(&mut self) -> Result<Inbound> {
-        Ok(match self.read_packet().await? {
-            Packet::V4(p) => Inbound::from(p),
-            Packet::V5(p) => Inbound::from_v5(p).map_err(lost)?,
-            Packet::Oversize { message, size } => Inbound::Oversize { message, size },
-        })
+        inbound(self.read_packet().await?)
     }
 
     fn write_v5(&mut self, p: p5::Packet) -> Result<()> {
