@@ -13,6 +13,7 @@ mod describe_configs;
 mod errors;
 mod fetch;
 mod partitioner;
+mod produce;
 mod producer;
 pub(crate) mod records;
 mod security;
