@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use std::io::Cursor;
 use std::sync::Arc;
 
+use crate::kafka::wire::primitives::Records;
+use crate::kafka::wire::traits::ReadType;
 use bytes::Bytes;
-use rskafka::protocol::primitives::Records;
-use rskafka::protocol::traits::ReadType;
 
 use crate::converter::Converter;
 use crate::kafka::{validate_topic_name, validate_topic_template};

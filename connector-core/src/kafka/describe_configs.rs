@@ -18,14 +18,14 @@
 
 use std::io::{Read, Write};
 
-use rskafka::protocol::api_key::ApiKey;
-use rskafka::protocol::api_version::{ApiVersion, ApiVersionRange};
-use rskafka::protocol::error::Error as ApiError;
-use rskafka::protocol::messages::{
+use crate::kafka::wire::api_key::ApiKey;
+use crate::kafka::wire::api_version::{ApiVersion, ApiVersionRange};
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messages::{
     ReadVersionedError, ReadVersionedType, RequestBody, WriteVersionedError, WriteVersionedType,
 };
-use rskafka::protocol::primitives::{Boolean, Int16, Int32, Int8, NullableString, String_};
-use rskafka::protocol::traits::{ReadError, ReadType, WriteType};
+use crate::kafka::wire::primitives::{Boolean, Int16, Int32, Int8, NullableString, String_};
+use crate::kafka::wire::traits::{ReadError, ReadType, WriteType};
 
 /// Resource type of a topic in DescribeConfigs.
 pub(crate) const RESOURCE_TOPIC: i8 = 2;
@@ -66,7 +66,7 @@ impl RequestBody for DescribeConfigsRequest {
 }
 
 fn array_len(len: usize) -> Result<Int32, WriteVersionedError> {
-    let n = i32::try_from(len).map_err(rskafka::protocol::traits::WriteError::from)?;
+    let n = i32::try_from(len).map_err(crate::kafka::wire::traits::WriteError::from)?;
     Ok(Int32(n))
 }
 

@@ -2,8 +2,8 @@
 //! fix (leader moved, broker down, timeout), what is wrong with the record itself (too large,
 //! corrupt, invalid timestamp), and what stops the task (authorization, unsupported version).
 
-use rskafka::messenger::RequestError;
-use rskafka::protocol::error::Error as ApiError;
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messenger::RequestError;
 
 use crate::Error;
 

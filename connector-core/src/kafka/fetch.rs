@@ -12,12 +12,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rskafka::protocol::error::Error as ApiError;
-use rskafka::protocol::messages::{
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messages::{
     FetchRequest, FetchRequestPartition, FetchRequestTopic, IsolationLevel, NORMAL_CONSUMER,
 };
-use rskafka::protocol::primitives::{Int32, Int64, String_};
-use rskafka::protocol::record::RecordBatch;
+use crate::kafka::wire::primitives::{Int32, Int64, String_};
+use crate::kafka::wire::record::RecordBatch;
 use tracing::debug;
 
 use crate::kafka::client::{KafkaClient, Lane, OffsetSpec};

@@ -18,6 +18,7 @@ mod producer;
 pub(crate) mod records;
 mod security;
 mod topic_name;
+pub(crate) mod wire;
 
 pub use client::{KafkaClient, OffsetSpec, PartitionMetadata, TopicMetadata};
 pub use config::{Compression, KafkaConfig, SaslMechanism, SecurityProtocol};

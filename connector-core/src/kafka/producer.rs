@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::kafka::wire::messages::ProduceResponse;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use rskafka::protocol::messages::ProduceResponse;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -7,17 +7,17 @@ use std::sync::Arc;
 
 use std::io::Write;
 
-use bytes::Bytes;
-use rskafka::protocol::api_key::ApiKey;
-use rskafka::protocol::api_version::{ApiVersion, ApiVersionRange};
-use rskafka::protocol::messages::{
+use crate::kafka::wire::api_key::ApiKey;
+use crate::kafka::wire::api_version::{ApiVersion, ApiVersionRange};
+use crate::kafka::wire::messages::{
     ProduceRequest, ProduceResponse, RequestBody, WriteVersionedError, WriteVersionedType,
 };
-use rskafka::protocol::record::{
+use crate::kafka::wire::record::{
     ControlBatchOrRecords, Record as WireRecord, RecordBatch, RecordBatchCompression,
     RecordBatchTimestampType, RecordHeader,
 };
-use rskafka::protocol::traits::WriteError;
+use crate::kafka::wire::traits::WriteError;
+use bytes::Bytes;
 
 use crate::kafka::config::Compression;
 use crate::record::{Header, Headers, SinkRecord, SourceRecord, Timestamp};
@@ -180,7 +180,7 @@ pub(crate) fn encode_batch(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     if compression != Compression::None {
-        use rskafka::protocol::traits::WriteType;
+        use crate::kafka::wire::traits::WriteType;
         return build_batch(records, compression)
             .write(out)
             .map_err(|e| Error::fatal(format!("cannot encode a record batch: {e}")));
@@ -379,7 +379,7 @@ pub(crate) fn decode_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rskafka::protocol::traits::{ReadType, WriteType};
+    use crate::kafka::wire::traits::{ReadType, WriteType};
 
     #[test]
     fn a_batch_round_trips_with_duplicate_headers_in_order() {
@@ -511,8 +511,8 @@ mod tests {
 
     #[test]
     fn the_encoded_request_matches_rskafkas_produce_request() {
-        use rskafka::protocol::messages::{ProduceRequestPartitionData, ProduceRequestTopicData};
-        use rskafka::protocol::primitives::{Int16, Int32, NullableString, Records, String_};
+        use crate::kafka::wire::messages::{ProduceRequestPartitionData, ProduceRequestTopicData};
+        use crate::kafka::wire::primitives::{Int16, Int32, NullableString, Records, String_};
         let records = numbered(3);
         let mut batch = Vec::new();
         encode_batch(&records, Compression::None, &mut batch).unwrap();

@@ -10,9 +10,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messenger::{RequestError, SaslError};
 use rskafka::client::{Credentials, SaslConfig};
-use rskafka::messenger::{RequestError, SaslError};
-use rskafka::protocol::error::Error as ApiError;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tracing::warn;

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rskafka::protocol::error::Error as ApiError;
-use rskafka::protocol::messages::{
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messages::{
     CreateTopicConfig, CreateTopicRequest, CreateTopicsRequest, DeleteTopicsRequest,
     ListOffsetsRequest, ListOffsetsRequestPartition, ListOffsetsRequestTopic, NORMAL_CONSUMER,
 };
-use rskafka::protocol::primitives::{Array, Int16, Int32, Int64, NullableString, String_};
+use crate::kafka::wire::primitives::{Array, Int16, Int32, Int64, NullableString, String_};
 use tracing::{debug, info, warn};
 
 use super::lanes::{Lane, Target};

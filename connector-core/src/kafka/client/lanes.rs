@@ -4,10 +4,10 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use rskafka::messenger::RequestError;
-use rskafka::protocol::messages::{
+use crate::kafka::wire::messages::{
     ReadVersionedType, RequestBody, WriteVersionedError, WriteVersionedType,
 };
+use crate::kafka::wire::messenger::RequestError;
 use tracing::debug;
 
 use super::{KafkaClient, State};

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rskafka::protocol::error::Error as ApiError;
-use rskafka::protocol::messages::{MetadataRequest, MetadataRequestTopic, MetadataResponse};
-use rskafka::protocol::primitives::{Boolean, String_};
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messages::{MetadataRequest, MetadataRequestTopic, MetadataResponse};
+use crate::kafka::wire::primitives::{Boolean, String_};
 
 use super::lanes::Target;
 use super::{CachedTopic, KafkaClient, State};

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rskafka::protocol::error::Error as ApiError;
-use rskafka::protocol::messages::ProduceResponse;
+use crate::kafka::wire::error::Error as ApiError;
+use crate::kafka::wire::messages::ProduceResponse;
 use tracing::{debug, warn};
 
 use super::{Actor, Batch, Delivery, Event};
