@@ -440,6 +440,11 @@ impl KafkaConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    /// `request_timeout_ms` as the `timeout_ms` field of a request (an i32; longer is capped).
+    pub(crate) fn request_timeout_field(&self) -> i32 {
+        i32::try_from(self.request_timeout_ms).unwrap_or(i32::MAX)
+    }
+
     pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }

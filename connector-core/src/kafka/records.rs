@@ -79,9 +79,7 @@ impl ProducerRecord {
 
     /// Key + value + header bytes.
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.encoded_len()
+        payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 }
 
@@ -122,10 +120,14 @@ pub(crate) struct PendingRecord {
 
 impl PendingRecord {
     pub(crate) fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.encoded_len()
+        payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
+}
+
+/// A record's size as the batching limits count it: key, value and header bytes (the batch
+/// framing around them is not counted).
+pub(crate) fn payload_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &Headers) -> usize {
+    key.map_or(0, Bytes::len) + value.map_or(0, Bytes::len) + headers.encoded_len()
 }
 
 /// Builds one v2 record batch from `records` (non-empty).

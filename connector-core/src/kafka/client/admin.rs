@@ -127,15 +127,11 @@ impl KafkaClient {
                     .collect(),
                 tagged_fields: None,
             }],
-            timeout_ms: Int32(
-                i32::try_from(self.inner.config.request_timeout_ms).unwrap_or(i32::MAX),
-            ),
+            timeout_ms: Int32(self.inner.config.request_timeout_field()),
             validate_only: None,
             tagged_fields: None,
         };
-        let controller = self.inner.state.lock().controller;
-        let target = controller.map_or(Target::Any, |c| Target::Node(c, Lane::Control));
-        let response = self.request(target, &request).await?;
+        let response = self.request(self.controller(), &request).await?;
         for t in response.topics {
             match t.error {
                 None => {
@@ -167,14 +163,10 @@ impl KafkaClient {
     pub async fn delete_topic(&self, topic: &str) -> Result<()> {
         let request = DeleteTopicsRequest {
             topic_names: Array(Some(vec![String_(topic.to_owned())])),
-            timeout_ms: Int32(
-                i32::try_from(self.inner.config.request_timeout_ms).unwrap_or(i32::MAX),
-            ),
+            timeout_ms: Int32(self.inner.config.request_timeout_field()),
             tagged_fields: None,
         };
-        let controller = self.inner.state.lock().controller;
-        let target = controller.map_or(Target::Any, |c| Target::Node(c, Lane::Control));
-        let response = self.request(target, &request).await?;
+        let response = self.request(self.controller(), &request).await?;
         for t in response.responses {
             match t.error {
                 None => info!(topic, "deleted Kafka topic"),
@@ -273,5 +265,12 @@ impl KafkaClient {
             .ok_or_else(|| {
                 Error::retriable(format!("list offsets of {topic}-{partition}: no offset"))
             })
+    }
+
+    /// Where topic creation and deletion go: the controller when metadata named one, else any
+    /// broker (which forwards or answers NotController).
+    fn controller(&self) -> Target {
+        let controller = self.inner.state.lock().controller;
+        controller.map_or(Target::Any, |c| Target::Node(c, Lane::Control))
     }
 }

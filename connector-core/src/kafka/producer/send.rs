@@ -100,11 +100,8 @@ impl<T: Send + 'static> Actor<T> {
                 None => topics.push((Arc::clone(&tp.topic), vec![(tp.partition, encoded)])),
             }
         }
-        let request = EncodedProduceRequest {
-            acks: -1,
-            timeout_ms: i32::try_from(config.request_timeout_ms).unwrap_or(i32::MAX),
-            topics,
-        };
+        let request =
+            EncodedProduceRequest { acks: -1, timeout_ms: config.request_timeout_field(), topics };
         let client = self.client.clone();
         self.tasks.push(Box::pin(async move {
             let result = client.request_node(node, Lane::Produce, request).await;
