@@ -20,7 +20,7 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::connection::ConnectionSettings;
-use crate::tls::TlsFiles;
+use crate::tls::MqttTlsConfig;
 use crate::topic::validate_topic;
 use crate::url::MqttUrl;
 use crate::wire::MqttVersion;
@@ -95,7 +95,7 @@ pub struct MqttConnectionConfig {
     /// TLS settings for an `mqtts://` URL: CA file, client certificate and key, server name.
     /// Without them the system's roots are trusted and no client certificate is sent.
     #[serde(default)]
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<MqttTlsConfig>,
     /// Status topic of the connector's MQTT client (`{client_id}` is replaced): `online` is
     /// published there (retained) on connect, `offline` on a clean stop, and the broker publishes
     /// `offline` (the last will) when the connector dies or loses its network. `""` turns it off.
@@ -206,7 +206,8 @@ impl MqttConnectionConfig {
         clean_session: bool,
     ) -> Result<ConnectionSettings> {
         Ok(ConnectionSettings {
-            url: MqttUrl::parse(&self.mqtt_url).map_err(|m| Error::config("mqtt_url", m))?,
+            url: MqttUrl::parse(&self.mqtt_url)
+                .map_err(|m| Error::config("mqtt_url", m.to_string()))?,
             client_id: self.client_id.as_deref().unwrap_or(default_client_id).to_owned(),
             keep_alive: Duration::from_secs(self.keep_alive_secs),
             clean_session,
@@ -330,7 +331,7 @@ struct Slot {
     max_packet_size: Option<usize>,
     reconnect_backoff: Option<BackoffConfig>,
     mqtt_version: Option<MqttVersion>,
-    tls: Option<Option<TlsFiles>>,
+    tls: Option<Option<MqttTlsConfig>>,
     status_topic: Option<String>,
 }
 
@@ -624,7 +625,7 @@ mod tests {
         c.client_id = Some(String::new());
         c.keep_alive_secs = 0;
         c.password = Some(Secret::new("p"));
-        c.tls = Some(TlsFiles::default());
+        c.tls = Some(MqttTlsConfig::default());
         c.status_topic = "a/+".into();
         let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
         assert_eq!(paths, ["client_id", "keep_alive_secs", "password", "tls", "status_topic"]);

@@ -161,7 +161,7 @@ pub(crate) fn check_template(source: &str) -> Result<Template, String> {
         ));
     }
     if let Some(fixed) = t.as_literal() {
-        validate_topic(fixed)?;
+        validate_topic(fixed).map_err(|e| e.to_string())?;
     }
     Ok(t)
 }

@@ -137,7 +137,7 @@ impl ConnectorConfig for MqttSourceConfig {
         }
         for (i, f) in self.topics.iter().enumerate() {
             if let Err(msg) = validate_filter(f) {
-                e.push(format!("topics[{i}]"), msg);
+                e.push(format!("topics[{i}]"), msg.to_string());
             } else if self.tasks > 1 && f.starts_with("$share/") {
                 e.push(format!("topics[{i}]"), "with tasks > 1 the connector adds $share/ itself");
             }
