@@ -7,7 +7,7 @@ use bytes::Bytes;
 use connector_core::{Error, Result, Secret};
 use rumqttc::QoS;
 
-use crate::tls::TlsFiles;
+use crate::tls::MqttTlsConfig;
 use crate::url::MqttUrl;
 use crate::wire::{Message, MqttVersion};
 
@@ -33,7 +33,7 @@ pub struct ConnectionSettings {
     /// Protocol version.
     pub version: MqttVersion,
     /// CA file, client certificate and server name for `mqtts://`.
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<MqttTlsConfig>,
     /// MQTT 5 Receive Maximum announced in CONNECT: most unacknowledged QoS 1/2 messages the
     /// broker may send us at once (`None`: 65,535). A source sets it to its in-flight window.
     pub receive_maximum: Option<u16>,

@@ -115,6 +115,20 @@ impl<'a> Link<'a> {
         self.ping_outstanding = true;
         Ok(())
     }
+
+    /// A clean stop: publishes `offline` (the retained status message, if the connector has a
+    /// status topic), then DISCONNECT, and flushes, so the broker drops the last will. Whatever
+    /// the caller queued before is written first.
+    ///
+    /// # Errors
+    /// Retriable when the connection broke.
+    pub async fn disconnect(&mut self, offline: Option<crate::wire::Message>) -> Result<()> {
+        if let Some(offline) = offline {
+            self.write(Outbound::Publish(offline)).await?;
+        }
+        self.write(Outbound::Disconnect).await?;
+        self.flush().await
+    }
 }
 
 /// What both MQTT connectors do after losing a connection they will retry: forget the connection

@@ -77,7 +77,7 @@ impl Session {
         // Fails now, not at the first connect, on a missing password variable.
         settings.credentials()?;
         let tls = if settings.url.tls {
-            Some(Arc::new(crate::tls::client_config(settings.tls.as_ref())?))
+            Some(Arc::new(settings.tls.clone().unwrap_or_default().rustls_config()?))
         } else {
             None
         };

@@ -1,5 +1,6 @@
-//! [`TlsFiles`]: the `tls` table of an MQTT connector (CA file, client certificate and key, server
-//! name), and the rustls client configuration built from it ([`client_config`]).
+//! [`MqttTlsConfig`]: the `tls` table of an MQTT connector (CA file, client certificate and key,
+//! server name), and the rustls client configuration built from it
+//! ([`MqttTlsConfig::rustls_config`]).
 //!
 //! Only file paths live in the config; the files are read when a connection is set up, so a key
 //! never appears in a config dump, a `Debug` print or a log line.
@@ -15,9 +16,9 @@ use serde::{Deserialize, Serialize};
 /// root certificates are trusted and no client certificate is sent.
 ///
 /// ```
-/// use connector_mqtt_common::TlsFiles;
+/// use connector_mqtt_common::MqttTlsConfig;
 ///
-/// let tls: TlsFiles = toml::from_str(r#"
+/// let tls: MqttTlsConfig = toml::from_str(r#"
 ///     ca_file = "/etc/iiot/ca.pem"
 ///     cert_file = "/etc/iiot/bridge.pem"
 ///     key_file = "/etc/iiot/bridge.key"
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TlsFiles {
+pub struct MqttTlsConfig {
     /// PEM file of the CA certificates to trust, instead of the operating system's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -45,7 +46,7 @@ pub struct TlsFiles {
     pub server_name: Option<String>,
 }
 
-impl TlsFiles {
+impl MqttTlsConfig {
     /// Every problem with these keys (pure: files are read only when connecting).
     pub fn validate(&self) -> ConfigErrors {
         let mut e = ConfigErrors::new();
@@ -61,30 +62,31 @@ impl TlsFiles {
         }
         e
     }
-}
 
-/// The rustls client configuration for `tls` (system roots when `tls` is `None` or has no
-/// `ca_file`), with the ring provider.
-///
-/// # Errors
-/// A config error naming the `tls.*` key and the file when a file cannot be read or holds no
-/// usable certificate or key.
-pub fn client_config(tls: Option<&TlsFiles>) -> Result<rustls::ClientConfig> {
-    let default = TlsFiles::default();
-    let tls = tls.unwrap_or(&default);
-    let file = connector_core::tls::PemFile::optional;
-    let verify_name = match &tls.server_name {
-        None => None,
-        Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
-            Error::config("tls.server_name", format!("{name:?} is not a DNS name or IP address"))
-        })?),
-    };
-    connector_core::tls::client_config(&connector_core::tls::TlsFiles {
-        ca: file(tls.ca_file.as_deref(), "tls.ca_file"),
-        client: file(tls.cert_file.as_deref(), "tls.cert_file")
-            .zip(file(tls.key_file.as_deref(), "tls.key_file")),
-        verify_name,
-    })
+    /// The rustls client configuration for these settings (system roots without a `ca_file`),
+    /// with the ring provider. Reads the files now.
+    ///
+    /// # Errors
+    /// A config error naming the `tls.*` key and the file when a file cannot be read or holds no
+    /// usable certificate or key.
+    pub fn rustls_config(&self) -> Result<rustls::ClientConfig> {
+        let file = connector_core::tls::PemFile::optional;
+        let verify_name = match &self.server_name {
+            None => None,
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+                Error::config(
+                    "tls.server_name",
+                    format!("{name:?} is not a DNS name or IP address"),
+                )
+            })?),
+        };
+        connector_core::tls::client_config(&connector_core::tls::TlsFiles {
+            ca: file(self.ca_file.as_deref(), "tls.ca_file"),
+            client: file(self.cert_file.as_deref(), "tls.cert_file")
+                .zip(file(self.key_file.as_deref(), "tls.key_file")),
+            verify_name,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -93,16 +95,18 @@ mod tests {
 
     #[test]
     fn a_certificate_needs_its_key_and_names_must_parse() {
-        let tls = TlsFiles { cert_file: Some("c.pem".into()), ..TlsFiles::default() };
+        let tls = MqttTlsConfig { cert_file: Some("c.pem".into()), ..MqttTlsConfig::default() };
         assert_eq!(tls.validate().iter().map(|e| e.path.clone()).collect::<Vec<_>>(), ["key_file"]);
-        let tls = TlsFiles { server_name: Some("not a name".into()), ..TlsFiles::default() };
+        let tls =
+            MqttTlsConfig { server_name: Some("not a name".into()), ..MqttTlsConfig::default() };
         assert_eq!(tls.validate().iter().count(), 1);
     }
 
     #[test]
     fn a_missing_ca_file_is_named() {
-        let tls = TlsFiles { ca_file: Some("/no/such/ca.pem".into()), ..TlsFiles::default() };
-        let e = client_config(Some(&tls)).unwrap_err();
+        let tls =
+            MqttTlsConfig { ca_file: Some("/no/such/ca.pem".into()), ..MqttTlsConfig::default() };
+        let e = tls.rustls_config().unwrap_err();
         assert!(format!("{e:#}").contains("/no/such/ca.pem"), "{e}");
     }
 }

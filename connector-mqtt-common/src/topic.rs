@@ -3,6 +3,45 @@
 /// Largest MQTT topic, in bytes (a UTF-8 string with a 16-bit length).
 pub const MAX_TOPIC_LEN: usize = 65_535;
 
+/// The MQTT rule a topic name or filter breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// `""`.
+    #[error("an MQTT topic cannot be empty")]
+    Empty,
+    /// Longer than [`MAX_TOPIC_LEN`] bytes.
+    #[error("MQTT topic is {len} bytes; at most {MAX_TOPIC_LEN} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Contains NUL.
+    #[error("{topic:?}: an MQTT topic cannot contain NUL")]
+    Nul {
+        /// The topic.
+        topic: String,
+    },
+    /// A filter's `#` is not a whole, last level.
+    #[error("{filter:?}: '#' must be a whole level and the last one")]
+    MisplacedHash {
+        /// The filter.
+        filter: String,
+    },
+    /// A filter's `+` does not fill its level.
+    #[error("{filter:?}: '+' must be a whole level")]
+    PartialPlus {
+        /// The filter.
+        filter: String,
+    },
+    /// A topic to publish to with `+` or `#`.
+    #[error("{topic:?}: a topic to publish to cannot contain '+' or '#'")]
+    Wildcard {
+        /// The topic.
+        topic: String,
+    },
+}
+
 /// Checks a topic *filter*: levels separated by `/`; `+` matches one level and must fill it;
 /// `#` matches the rest and must be the last level and fill it.
 ///
@@ -15,16 +54,16 @@ pub const MAX_TOPIC_LEN: usize = 65_535;
 /// ```
 ///
 /// # Errors
-/// A message naming the rule broken.
-pub fn validate_filter(filter: &str) -> Result<(), String> {
+/// The [`TopicError`] naming the rule broken.
+pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
     common(filter)?;
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(format!("{filter:?}: '#' must be a whole level and the last one"));
+            return Err(TopicError::MisplacedHash { filter: filter.to_owned() });
         }
         if level.contains('+') && *level != "+" {
-            return Err(format!("{filter:?}: '+' must be a whole level"));
+            return Err(TopicError::PartialPlus { filter: filter.to_owned() });
         }
     }
     Ok(())
@@ -40,27 +79,24 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
 /// ```
 ///
 /// # Errors
-/// A message naming the rule broken.
-pub fn validate_topic(topic: &str) -> Result<(), String> {
+/// The [`TopicError`] naming the rule broken.
+pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
     common(topic)?;
     if topic.contains(['+', '#']) {
-        return Err(format!("{topic:?}: a topic to publish to cannot contain '+' or '#'"));
+        return Err(TopicError::Wildcard { topic: topic.to_owned() });
     }
     Ok(())
 }
 
-fn common(s: &str) -> Result<(), String> {
+fn common(s: &str) -> Result<(), TopicError> {
     if s.is_empty() {
-        return Err("an MQTT topic cannot be empty".to_owned());
+        return Err(TopicError::Empty);
     }
     if s.len() > MAX_TOPIC_LEN {
-        return Err(format!(
-            "MQTT topic is {} bytes; at most {MAX_TOPIC_LEN} are allowed",
-            s.len()
-        ));
+        return Err(TopicError::TooLong { len: s.len() });
     }
     if s.contains('\0') {
-        return Err(format!("{s:?}: an MQTT topic cannot contain NUL"));
+        return Err(TopicError::Nul { topic: s.to_owned() });
     }
     Ok(())
 }
@@ -79,6 +115,10 @@ mod tests {
         }
         assert!(validate_topic("a/b").is_ok());
         assert!(validate_topic("a/#").is_err());
-        assert!(validate_topic("").is_err());
+        assert_eq!(validate_topic(""), Err(TopicError::Empty));
+        assert_eq!(
+            validate_filter("a/#/b").unwrap_err().to_string(),
+            r#""a/#/b": '#' must be a whole level and the last one"#
+        );
     }
 }

@@ -24,30 +24,67 @@ pub struct MqttUrl {
     pub port: u16,
 }
 
+/// Why a broker URL was refused. Each message quotes the URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// Neither `mqtt://` nor `mqtts://`.
+    #[error("expected mqtt://host[:port] or mqtts://host[:port], got {url:?}")]
+    Scheme {
+        /// The URL as given.
+        url: String,
+    },
+    /// A path, query or user info after the host.
+    #[error("{url:?}: only host and port belong in the URL (credentials go in username/password)")]
+    NotHostAndPort {
+        /// The URL as given.
+        url: String,
+    },
+    /// `[` without `]`.
+    #[error("{url:?}: unclosed '[' in IPv6 address")]
+    UnclosedBracket {
+        /// The URL as given.
+        url: String,
+    },
+    /// Nothing between `://` and the port.
+    #[error("{url:?}: missing host")]
+    MissingHost {
+        /// The URL as given.
+        url: String,
+    },
+    /// Not a number from 1 to 65535.
+    #[error("{url:?}: invalid port {port:?}")]
+    Port {
+        /// The URL as given.
+        url: String,
+        /// The port as given.
+        port: String,
+    },
+}
+
 impl MqttUrl {
     /// Parses a broker URL.
     ///
     /// # Errors
-    /// A message saying what is wrong (scheme, host, port, path).
-    pub fn parse(url: &str) -> Result<Self, String> {
+    /// A [`UrlError`] saying what is wrong (scheme, host, port, path).
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let owned = || url.to_owned();
         let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("mqtts://") {
             (true, r)
         } else {
-            return Err(format!("expected mqtt://host[:port] or mqtts://host[:port], got {url:?}"));
+            return Err(UrlError::Scheme { url: owned() });
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-            return Err(format!(
-                "{url:?}: only host and port belong in the URL (credentials go in username/password)"
-            ));
+            return Err(UrlError::NotHostAndPort { url: owned() });
         }
         let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
             // [IPv6]:port
             let (h, after) = bracketed
                 .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed '[' in IPv6 address"))?;
+                .ok_or_else(|| UrlError::UnclosedBracket { url: owned() })?;
             (h.to_owned(), after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -56,7 +93,7 @@ impl MqttUrl {
             }
         };
         if host.is_empty() {
-            return Err(format!("{url:?}: missing host"));
+            return Err(UrlError::MissingHost { url: owned() });
         }
         let port = match port {
             None => {
@@ -68,7 +105,7 @@ impl MqttUrl {
             }
             Some(p) => match p.parse::<u16>() {
                 Ok(p) if p > 0 => p,
-                _ => return Err(format!("{url:?}: invalid port {p:?}")),
+                _ => return Err(UrlError::Port { url: owned(), port: p.to_owned() }),
             },
         };
         Ok(Self { tls, host, port })
@@ -104,5 +141,13 @@ mod tests {
             assert!(MqttUrl::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(MqttUrl::parse("mqtt://h:5").unwrap().to_string(), "mqtt://h:5");
+        assert_eq!(
+            MqttUrl::parse("mqtt://h:x").unwrap_err().to_string(),
+            r#""mqtt://h:x": invalid port "x""#
+        );
+        assert_eq!(
+            MqttUrl::parse("http://x").unwrap_err(),
+            UrlError::Scheme { url: "http://x".into() }
+        );
     }
 }

@@ -209,35 +209,31 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The number of an MQTT 5 PUBACK/PUBREC reason (rumqttc keeps its own mapping private).
+/// The number of an MQTT 5 PUBACK or PUBREC reason (rumqttc keeps its own mapping private; the
+/// two enums have the same variants).
+macro_rules! publish_reason_code {
+    ($reason:expr, $enum:ident) => {{
+        use p5::$enum as R;
+        match $reason {
+            R::Success => 0x00,
+            R::NoMatchingSubscribers => 0x10,
+            R::UnspecifiedError => 0x80,
+            R::ImplementationSpecificError => 0x83,
+            R::NotAuthorized => 0x87,
+            R::TopicNameInvalid => 0x90,
+            R::PacketIdentifierInUse => 0x91,
+            R::QuotaExceeded => 0x97,
+            R::PayloadFormatInvalid => 0x99,
+        }
+    }};
+}
+
 fn ack_code(r: &p5::PubAckReason) -> u8 {
-    use p5::PubAckReason as R;
-    match r {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
+    publish_reason_code!(r, PubAckReason)
 }
 
 fn rec_code(r: &p5::PubRecReason) -> u8 {
-    use p5::PubRecReason as R;
-    match r {
-        R::Success => 0x00,
-        R::NoMatchingSubscribers => 0x10,
-        R::UnspecifiedError => 0x80,
-        R::ImplementationSpecificError => 0x83,
-        R::NotAuthorized => 0x87,
-        R::TopicNameInvalid => 0x90,
-        R::PacketIdentifierInUse => 0x91,
-        R::QuotaExceeded => 0x97,
-        R::PayloadFormatInvalid => 0x99,
-    }
+    publish_reason_code!(r, PubRecReason)
 }
 
 /// `ok` when `code` is a success (< 0x80), else the refusal.

@@ -1,11 +1,8 @@
 //! [`MqttSinkConfig`]: the keys of a `type = "mqtt-sink"` connector.
 
-use connector_core::backoff::BackoffConfig;
 use connector_core::template::{Part, Template};
-use connector_core::{ConfigErrors, ConnectorConfig, Secret, StartFrom};
-use connector_mqtt_common::{
-    validate_topic, ConnectionKeys, MqttVersion, TlsFiles, DEFAULT_STATUS_TOPIC,
-};
+use connector_core::{ConfigErrors, ConnectorConfig, StartFrom};
+use connector_mqtt_common::{mqtt_connector_config, validate_topic, MqttConnectionConfig};
 
 use crate::properties::UserProperties;
 use schemars::JsonSchema;
@@ -22,119 +19,74 @@ pub enum Tombstones {
     Publish,
 }
 
-/// Publishes Kafka records to MQTT, committing a Kafka offset only after the broker acknowledged
-/// every publish before it.
-///
-/// ```
-/// use connector_core::ConnectorConfig;
-/// use connector_mqtt_sink::MqttSinkConfig;
-///
-/// let config: MqttSinkConfig = serde_json::from_value(serde_json::json!({
-///     "mqtt_url": "mqtt://127.0.0.1:1883",
-///     "topics": ["commands"],
-///     "mqtt_topic": "cars/{key}/cmd",
-/// }))
-/// .unwrap();
-/// assert!(config.validate().is_empty());
-/// assert_eq!(config.qos, 1);
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSinkConfig {
-    /// Broker URL: `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (TLS, 8883).
-    pub mqtt_url: String,
-    /// MQTT client id. Defaults to the connector name. Keep it stable: with a persistent session
-    /// the broker keeps our unacknowledged publishes across a reconnect.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// Kafka topics to read.
-    pub topics: Vec<String>,
-    /// MQTT topic template: `{key}` (the record key), `{topic}` (Kafka topic), `{partition}`,
-    /// `{header.NAME}` (a record header). A fixed topic is allowed. A substituted value containing
-    /// `/`, `+`, `#` or NUL, or an empty one, sends the record to the error policy: it is never
-    /// published, so a key cannot steer a command to another device's topic.
-    pub mqtt_topic: String,
-    /// Publish QoS: 0, 1 (default) or 2. With 0 there is no acknowledgement: a record counts as
-    /// delivered once sent.
-    #[serde(default = "default_qos")]
-    pub qos: u8,
-    /// Publish with the retain flag (default false).
-    #[serde(default)]
-    pub retain: bool,
-    /// Take the retain flag from this record header instead (`true`/`1` or `false`/`0`); records
-    /// without the header use `retain`.
-    #[serde(default)]
-    pub retain_header: Option<String>,
-    /// Where to start in a partition with no committed offset: `earliest` (default) or `latest`.
-    #[serde(default)]
-    pub start: StartFrom,
-    /// Most publishes in flight (sent, not yet acknowledged).
-    #[serde(default = "default_inflight")]
-    pub inflight: usize,
-    /// What to do with tombstones (null values): `skip` (default) or `publish` an empty payload.
-    #[serde(default)]
-    pub tombstones: Tombstones,
-    /// Start a clean session on every connect (default true). A publisher gains little from a
-    /// kept session: after any reconnect without one, the sink sends every unacknowledged publish
-    /// again. `false` lets the broker's kept session finish interrupted publishes instead; it is refused with
-    /// `qos = 2`, where a session left by an earlier run can make the broker discard a new publish
-    /// that reuses a packet id still pending there.
-    #[serde(default = "default_true")]
-    pub clean_session: bool,
-    /// Seconds between keep-alive pings when nothing else is sent.
-    #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: u64,
-    /// Seconds to wait for the broker to accept a connection.
-    #[serde(default = "default_connect_timeout_secs")]
-    pub connect_timeout_secs: u64,
-    /// User name, if the broker requires one.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password; write `${ENV_VAR}` to read it from the environment or `${file:/path}` to read it
-    /// from a file.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// Largest MQTT packet sent, in bytes (default 1 MiB). A record whose PUBLISH would be
-    /// larger, or larger than the Maximum Packet Size an MQTT 5 broker announces, goes to the
-    /// error policy unsent.
-    #[serde(default = "default_max_packet_size")]
-    pub max_packet_size: usize,
-    /// Backoff between reconnect attempts.
-    #[serde(default = "default_reconnect_backoff")]
-    pub reconnect_backoff: BackoffConfig,
-    /// MQTT protocol version: "3.1.1" (default) or "5". With 5, record headers become user
-    /// properties (see `user_properties`), and the `mqtt.content_type`, `mqtt.response_topic`,
-    /// `mqtt.correlation_data` and `mqtt.payload_format_indicator` headers (as the MQTT source
-    /// writes them) become the matching MQTT 5 properties.
-    #[serde(default)]
-    pub mqtt_version: MqttVersion,
-    /// TLS settings for an `mqtts://` URL: CA file, client certificate and key, server name.
-    /// Without them the system's roots are trusted and no client certificate is sent.
-    #[serde(default)]
-    pub tls: Option<TlsFiles>,
-    /// Status topic of the connector's MQTT client (`{client_id}` is replaced): `online` is
-    /// published there (retained) on connect, `offline` on a clean stop, and the broker publishes
-    /// `offline` (the last will) when the connector dies or loses its network. `""` turns it off.
-    #[serde(default = "default_status_topic")]
-    pub status_topic: String,
-    /// MQTT 5: which record headers become user properties: "all" (default; every header except
-    /// the connector's own `mqtt.*` ones, in order, duplicates kept), "prefix" (only headers
-    /// starting with `user_property_prefix`, prefix removed) or "none".
-    #[serde(default)]
-    pub user_properties: UserProperties,
-    /// The prefix for `user_properties = "prefix"`.
-    #[serde(default)]
-    pub user_property_prefix: Option<String>,
-    /// Seconds a command stays valid, counted from its Kafka timestamp, for records without an
-    /// `mqtt.message_expiry_interval` header. An expired record is not published (it is counted
-    /// and its offset committed); a valid one is published, on MQTT 5, with the seconds left as
-    /// its message expiry interval, so the broker does not deliver it late either. Default: none.
-    #[serde(default)]
-    pub message_expiry_secs: Option<u32>,
-}
-
-fn default_status_topic() -> String {
-    DEFAULT_STATUS_TOPIC.to_owned()
+mqtt_connector_config! {
+    /// Publishes Kafka records to MQTT, committing a Kafka offset only after the broker acknowledged
+    /// every publish before it.
+    ///
+    /// ```
+    /// use connector_core::ConnectorConfig;
+    /// use connector_mqtt_sink::MqttSinkConfig;
+    ///
+    /// let config: MqttSinkConfig = serde_json::from_value(serde_json::json!({
+    ///     "mqtt_url": "mqtt://127.0.0.1:1883",
+    ///     "topics": ["commands"],
+    ///     "mqtt_topic": "cars/{key}/cmd",
+    /// }))
+    /// .unwrap();
+    /// assert!(config.validate().is_empty());
+    /// assert_eq!(config.qos, 1);
+    /// ```
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MqttSinkConfig {
+        /// Kafka topics to read.
+        pub topics: Vec<String>,
+        /// MQTT topic template: `{key}` (the record key), `{topic}` (Kafka topic), `{partition}`,
+        /// `{header.NAME}` (a record header). A fixed topic is allowed. A substituted value containing
+        /// `/`, `+`, `#` or NUL, or an empty one, sends the record to the error policy: it is never
+        /// published, so a key cannot steer a command to another device's topic.
+        pub mqtt_topic: String,
+        /// Publish QoS: 0, 1 (default) or 2. With 0 there is no acknowledgement: a record counts as
+        /// delivered once sent.
+        #[serde(default = "default_qos")]
+        pub qos: u8,
+        /// Publish with the retain flag (default false).
+        #[serde(default)]
+        pub retain: bool,
+        /// Take the retain flag from this record header instead (`true`/`1` or `false`/`0`); records
+        /// without the header use `retain`.
+        #[serde(default)]
+        pub retain_header: Option<String>,
+        /// Where to start in a partition with no committed offset: `earliest` (default) or `latest`.
+        #[serde(default)]
+        pub start: StartFrom,
+        /// Most publishes in flight (sent, not yet acknowledged).
+        #[serde(default = "default_inflight")]
+        pub inflight: usize,
+        /// What to do with tombstones (null values): `skip` (default) or `publish` an empty payload.
+        #[serde(default)]
+        pub tombstones: Tombstones,
+        /// Start a clean session on every connect (default true). A publisher gains little from a
+        /// kept session: after any reconnect without one, the sink sends every unacknowledged publish
+        /// again. `false` lets the broker's kept session finish interrupted publishes instead; it is refused with
+        /// `qos = 2`, where a session left by an earlier run can make the broker discard a new publish
+        /// that reuses a packet id still pending there.
+        #[serde(default = "default_true")]
+        pub clean_session: bool,
+        /// MQTT 5: which record headers become user properties: "all" (default; every header except
+        /// the connector's own `mqtt.*` ones, in order, duplicates kept), "prefix" (only headers
+        /// starting with `user_property_prefix`, prefix removed) or "none".
+        #[serde(default)]
+        pub user_properties: UserProperties,
+        /// The prefix for `user_properties = "prefix"`.
+        #[serde(default)]
+        pub user_property_prefix: Option<String>,
+        /// Seconds a command stays valid, counted from its Kafka timestamp, for records without an
+        /// `mqtt.message_expiry_interval` header. An expired record is not published (it is counted
+        /// and its offset committed); a valid one is published, on MQTT 5, with the seconds left as
+        /// its message expiry interval, so the broker does not deliver it late either. Default: none.
+        #[serde(default)]
+        pub message_expiry_secs: Option<u32>,
+    }
 }
 
 fn default_qos() -> u8 {
@@ -146,18 +98,6 @@ fn default_true() -> bool {
 fn default_inflight() -> usize {
     1000
 }
-fn default_keep_alive_secs() -> u64 {
-    30
-}
-fn default_connect_timeout_secs() -> u64 {
-    10
-}
-fn default_max_packet_size() -> usize {
-    1024 * 1024
-}
-fn default_reconnect_backoff() -> BackoffConfig {
-    BackoffConfig::default()
-}
 
 impl MqttSinkConfig {
     /// A config with defaults for everything but the essentials.
@@ -167,8 +107,7 @@ impl MqttSinkConfig {
         mqtt_topic: impl Into<String>,
     ) -> Self {
         Self {
-            mqtt_url: mqtt_url.into(),
-            client_id: None,
+            connection: MqttConnectionConfig::new(mqtt_url),
             topics,
             mqtt_topic: mqtt_topic.into(),
             qos: default_qos(),
@@ -178,36 +117,9 @@ impl MqttSinkConfig {
             inflight: default_inflight(),
             tombstones: Tombstones::Skip,
             clean_session: true,
-            keep_alive_secs: default_keep_alive_secs(),
-            connect_timeout_secs: default_connect_timeout_secs(),
-            username: None,
-            password: None,
-            max_packet_size: default_max_packet_size(),
-            reconnect_backoff: default_reconnect_backoff(),
-            mqtt_version: MqttVersion::default(),
-            tls: None,
-            status_topic: default_status_topic(),
             user_properties: UserProperties::default(),
             user_property_prefix: None,
             message_expiry_secs: None,
-        }
-    }
-
-    /// The connection keys, as the shared checks and settings see them.
-    pub(crate) fn connection_keys(&self) -> ConnectionKeys<'_> {
-        ConnectionKeys {
-            mqtt_url: &self.mqtt_url,
-            client_id: self.client_id.as_deref(),
-            clean_session: self.clean_session,
-            keep_alive_secs: self.keep_alive_secs,
-            connect_timeout_secs: self.connect_timeout_secs,
-            username: self.username.as_deref(),
-            password: self.password.as_ref(),
-            max_packet_size: self.max_packet_size,
-            reconnect_backoff: &self.reconnect_backoff,
-            mqtt_version: self.mqtt_version,
-            tls: self.tls.as_ref(),
-            status_topic: &self.status_topic,
         }
     }
 }
@@ -249,14 +161,14 @@ pub(crate) fn check_template(source: &str) -> Result<Template, String> {
         ));
     }
     if let Some(fixed) = t.as_literal() {
-        validate_topic(fixed)?;
+        validate_topic(fixed).map_err(|e| e.to_string())?;
     }
     Ok(t)
 }
 
 impl ConnectorConfig for MqttSinkConfig {
     fn validate(&self) -> ConfigErrors {
-        let mut e = self.connection_keys().validate();
+        let mut e = self.connection.validate();
         if self.topics.is_empty() {
             e.push("topics", "at least one Kafka topic is required");
         }

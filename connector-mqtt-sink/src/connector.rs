@@ -36,7 +36,7 @@ impl SinkConnector for MqttSinkConnector {
         let mqtt_topic =
             check_template(&config.mqtt_topic).map_err(|m| Error::config("mqtt_topic", m))?;
         let base = MqttSinkTaskConfig {
-            connection: config.connection_keys().settings(name)?,
+            connection: config.connection.settings(name, config.clean_session)?,
             mqtt_topic,
             qos: match config.qos {
                 0 => QoS::AtMostOnce,
@@ -47,9 +47,9 @@ impl SinkConnector for MqttSinkConnector {
             retain_header: config.retain_header.clone(),
             tombstones: config.tombstones,
             inflight: config.inflight,
-            reconnect_backoff: config.reconnect_backoff,
+            reconnect_backoff: config.connection.reconnect_backoff,
             properties: PropertyRules {
-                v5: config.mqtt_version == MqttVersion::V5,
+                v5: config.connection.mqtt_version == MqttVersion::V5,
                 user_properties: config.user_properties,
                 prefix: config.user_property_prefix.clone().unwrap_or_default(),
                 default_expiry_secs: config.message_expiry_secs,

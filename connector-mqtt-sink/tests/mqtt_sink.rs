@@ -297,7 +297,7 @@ async fn while_the_mqtt_broker_is_cut_offsets_do_not_pass_unacknowledged_publish
         vec!["cut".into()],
         "cars/{key}/cmd",
     );
-    config.reconnect_backoff.max_ms = 1_000;
+    config.connection.reconnect_backoff.max_ms = 1_000;
     let sink = start("cut", config, &client, &store, 100);
 
     let producing = {

@@ -118,7 +118,7 @@ async fn with_tolerance_none_an_mqtt5_refusal_fails_the_connector_naming_record_
     let store = Arc::new(MemoryOffsetStore::new());
     produce_commands(&client, "denied", 50, 21).await; // offsets 20 and 41 are denied
     let mut config = MqttSinkConfig::new(mqtt.url(), vec!["denied".into()], "cars/{key}/cmd");
-    config.mqtt_version = MqttVersion::V5;
+    config.connection.mqtt_version = MqttVersion::V5;
     let sink = start("denied", config, &client, &store, ErrorPolicyConfig::default());
     let err = tokio::time::timeout(Duration::from_secs(20), sink.handle)
         .await
@@ -148,7 +148,7 @@ async fn refused_ones_are_dead_lettered(name: &str, qos: u8) {
     let store = Arc::new(MemoryOffsetStore::new());
     produce_commands(&client, name, 500, 50).await;
     let mut config = MqttSinkConfig::new(mqtt.url(), vec![name.into()], "cars/{key}/cmd");
-    config.mqtt_version = MqttVersion::V5;
+    config.connection.mqtt_version = MqttVersion::V5;
     config.qos = qos;
     let began = Instant::now();
     let dlq = format!("{name}.dlq");
@@ -250,9 +250,9 @@ async fn an_oversize_command_is_dead_lettered(
         .collect();
     client.produce(records).await.unwrap();
     let mut config = MqttSinkConfig::new(mqtt.url(), vec![name.into()], "cars/{key}/cmd");
-    config.mqtt_version = version;
-    config.max_packet_size = ours;
-    config.reconnect_backoff.max_ms = 500;
+    config.connection.mqtt_version = version;
+    config.connection.max_packet_size = ours;
+    config.connection.reconnect_backoff.max_ms = 500;
     let dlq = format!("{name}.dlq");
     let sink = start(name, config, &client, &store, dead_letters(&dlq));
     let dead = consume_at_least(&client, &dlq, 1, Duration::from_secs(30)).await.unwrap();

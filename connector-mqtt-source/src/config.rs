@@ -1,118 +1,73 @@
 //! [`MqttSourceConfig`]: the keys of a `type = "mqtt-source"` connector.
 
-use connector_core::backoff::BackoffConfig;
 use connector_core::template::Template;
-use connector_core::{ConfigErrors, ConnectorConfig, Secret};
-use connector_mqtt_common::{
-    validate_filter, ConnectionKeys, MqttVersion, TlsFiles, DEFAULT_STATUS_TOPIC,
-};
+use connector_core::{ConfigErrors, ConnectorConfig};
+use connector_mqtt_common::{mqtt_connector_config, validate_filter, MqttConnectionConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Reads MQTT messages into Kafka, acknowledging each one to the broker only after Kafka has it.
-///
-/// ```
-/// use connector_core::ConnectorConfig;
-/// use connector_mqtt_source::MqttSourceConfig;
-///
-/// let config: MqttSourceConfig = serde_json::from_value(serde_json::json!({
-///     "mqtt_url": "mqtt://127.0.0.1:1883",
-///     "topics": ["plant/+/sensors/#"],
-///     "kafka_topic": "plant.{1}",
-/// }))
-/// .unwrap();
-/// assert!(config.validate().is_empty());
-/// assert_eq!(config.qos, 1);
-/// assert_eq!(config.key, "{topic}");
-/// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSourceConfig {
-    /// Broker URL: `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (TLS, 8883).
-    pub mqtt_url: String,
-    /// MQTT client id. Defaults to the connector name. With `tasks` > 1, task i uses
-    /// `<client_id>-<i>`. Keep it stable: the broker keeps the persistent session under it.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// Topic filters to subscribe to; `+` matches one level, `#` all remaining levels.
-    pub topics: Vec<String>,
-    /// Subscription QoS: 0 (at most once), 1 (at least once, default) or 2 (exactly once between
-    /// broker and connector; still at least once into Kafka).
-    #[serde(default = "default_qos")]
-    pub qos: u8,
-    /// Start a clean session on every connect. Default false: the broker keeps the session, so
-    /// messages published while the connector is down are delivered when it comes back.
-    #[serde(default)]
-    pub clean_session: bool,
-    /// Seconds between keep-alive pings when nothing else is sent.
-    #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: u64,
-    /// Seconds to wait for the broker to accept a connection.
-    #[serde(default = "default_connect_timeout_secs")]
-    pub connect_timeout_secs: u64,
-    /// User name, if the broker requires one.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password; write `${ENV_VAR}` to read it from the environment or `${file:/path}` to read it
-    /// from a file.
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// Kafka topic template. `{topic}` is the MQTT topic, `{N}` its level N (0-based); every `/`
-    /// in the result becomes `.`. `"plant.{1}"` sends `plant/line1/temp` to `plant.line1`. Its
-    /// fixed parts must be legal in a topic name (`[a-zA-Z0-9._-]`, `/`, at most 249 characters),
-    /// or `connect validate` refuses it; a rendered result that is not a legal Kafka topic name
-    /// goes to the error policy.
-    pub kafka_topic: String,
-    /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
-    /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
-    /// `""` writes records without a key.
-    #[serde(default = "default_key")]
-    pub key: String,
-    /// Largest MQTT packet read whole, in bytes (default 1 MiB). A larger message is read past
-    /// without its payload and goes to the error policy (dead letter without a value, with its
-    /// size in the `mqtt.packet_size` header); it never breaks the connection.
-    #[serde(default = "default_max_packet_size")]
-    pub max_packet_size: usize,
-    /// Most messages received and not yet acknowledged to the broker (waiting for Kafka); with
-    /// MQTT 5 also the Receive Maximum announced to the broker. The broker's own limit (Mosquitto
-    /// `max_inflight_messages`) should equal this: lower, the window is not used (throughput is
-    /// about window / Kafka round trip); higher (MQTT 3.1.1), a Kafka outage can fill the
-    /// source's read buffer, and reading pauses.
-    #[serde(default = "default_inflight")]
-    pub inflight: usize,
-    /// Backoff between reconnect attempts.
-    #[serde(default = "default_reconnect_backoff")]
-    pub reconnect_backoff: BackoffConfig,
-    /// Do not forward retained messages (the broker's last-known value sent on subscribe); they
-    /// are acknowledged and counted, not written.
-    #[serde(default)]
-    pub skip_retained: bool,
-    /// Number of tasks. With more than one, each task is its own MQTT client
-    /// (`<client_id>-<i>`) and subscribes with `$share/<connector name>/<filter>`, so the broker
-    /// spreads messages across them.
-    #[serde(default = "default_tasks")]
-    pub tasks: usize,
-    /// MQTT protocol version: "3.1.1" (default) or "5". With 5, user properties become Kafka
-    /// headers (same names, order and duplicates kept), and content type, response topic,
-    /// correlation data, payload format indicator and message expiry interval become the
-    /// `mqtt.content_type`, `mqtt.response_topic`, `mqtt.correlation_data`,
-    /// `mqtt.payload_format_indicator` and `mqtt.message_expiry_interval` headers.
-    #[serde(default)]
-    pub mqtt_version: MqttVersion,
-    /// TLS settings for an `mqtts://` URL: CA file, client certificate and key, server name.
-    /// Without them the system's roots are trusted and no client certificate is sent.
-    #[serde(default)]
-    pub tls: Option<TlsFiles>,
-    /// Status topic of the connector's MQTT client (`{client_id}` is replaced): `online` is
-    /// published there (retained) on connect, `offline` on a clean stop, and the broker publishes
-    /// `offline` (the last will) when the connector dies or loses its network. `""` turns it off.
-    #[serde(default = "default_status_topic")]
-    pub status_topic: String,
-    /// MQTT 5 messages whose message expiry interval passed before they were handed to Kafka:
-    /// "produce" (default) writes them anyway, "drop" acknowledges them without writing and
-    /// counts them.
-    #[serde(default)]
-    pub expired_messages: ExpiredMessages,
+mqtt_connector_config! {
+    /// Reads MQTT messages into Kafka, acknowledging each one to the broker only after Kafka has it.
+    ///
+    /// ```
+    /// use connector_core::ConnectorConfig;
+    /// use connector_mqtt_source::MqttSourceConfig;
+    ///
+    /// let config: MqttSourceConfig = serde_json::from_value(serde_json::json!({
+    ///     "mqtt_url": "mqtt://127.0.0.1:1883",
+    ///     "topics": ["plant/+/sensors/#"],
+    ///     "kafka_topic": "plant.{1}",
+    /// }))
+    /// .unwrap();
+    /// assert!(config.validate().is_empty());
+    /// assert_eq!(config.qos, 1);
+    /// assert_eq!(config.key, "{topic}");
+    /// ```
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MqttSourceConfig {
+        /// Topic filters to subscribe to; `+` matches one level, `#` all remaining levels.
+        pub topics: Vec<String>,
+        /// Subscription QoS: 0 (at most once), 1 (at least once, default) or 2 (exactly once between
+        /// broker and connector; still at least once into Kafka).
+        #[serde(default = "default_qos")]
+        pub qos: u8,
+        /// Start a clean session on every connect. Default false: the broker keeps the session, so
+        /// messages published while the connector is down are delivered when it comes back.
+        #[serde(default)]
+        pub clean_session: bool,
+        /// Kafka topic template. `{topic}` is the MQTT topic, `{N}` its level N (0-based); every `/`
+        /// in the result becomes `.`. `"plant.{1}"` sends `plant/line1/temp` to `plant.line1`. Its
+        /// fixed parts must be legal in a topic name (`[a-zA-Z0-9._-]`, `/`, at most 249 characters),
+        /// or `connect validate` refuses it; a rendered result that is not a legal Kafka topic name
+        /// goes to the error policy.
+        pub kafka_topic: String,
+        /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
+        /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
+        /// `""` writes records without a key.
+        #[serde(default = "default_key")]
+        pub key: String,
+        /// Most messages received and not yet acknowledged to the broker (waiting for Kafka); with
+        /// MQTT 5 also the Receive Maximum announced to the broker. The broker's own limit (Mosquitto
+        /// `max_inflight_messages`) should equal this: lower, the window is not used (throughput is
+        /// about window / Kafka round trip); higher (MQTT 3.1.1), a Kafka outage can fill the
+        /// source's read buffer, and reading pauses.
+        #[serde(default = "default_inflight")]
+        pub inflight: usize,
+        /// Do not forward retained messages (the broker's last-known value sent on subscribe); they
+        /// are acknowledged and counted, not written.
+        #[serde(default)]
+        pub skip_retained: bool,
+        /// Number of tasks. With more than one, each task is its own MQTT client
+        /// (`<client_id>-<i>`) and subscribes with `$share/<connector name>/<filter>`, so the broker
+        /// spreads messages across them.
+        #[serde(default = "default_tasks")]
+        pub tasks: usize,
+        /// MQTT 5 messages whose message expiry interval passed before they were handed to Kafka:
+        /// "produce" (default) writes them anyway, "drop" acknowledges them without writing and
+        /// counts them.
+        #[serde(default)]
+        pub expired_messages: ExpiredMessages,
+    }
 }
 
 /// What the MQTT source does with an MQTT 5 message whose expiry interval has passed.
@@ -126,30 +81,14 @@ pub enum ExpiredMessages {
     Drop,
 }
 
-fn default_status_topic() -> String {
-    DEFAULT_STATUS_TOPIC.to_owned()
-}
-
 fn default_qos() -> u8 {
     1
-}
-fn default_keep_alive_secs() -> u64 {
-    30
-}
-fn default_connect_timeout_secs() -> u64 {
-    10
 }
 fn default_key() -> String {
     "{topic}".to_owned()
 }
-fn default_max_packet_size() -> usize {
-    1024 * 1024
-}
 fn default_inflight() -> usize {
     1000
-}
-fn default_reconnect_backoff() -> BackoffConfig {
-    BackoffConfig::default()
 }
 fn default_tasks() -> usize {
     1
@@ -163,44 +102,16 @@ impl MqttSourceConfig {
         kafka_topic: impl Into<String>,
     ) -> Self {
         Self {
-            mqtt_url: mqtt_url.into(),
-            client_id: None,
+            connection: MqttConnectionConfig::new(mqtt_url),
             topics,
             qos: default_qos(),
             clean_session: false,
-            keep_alive_secs: default_keep_alive_secs(),
-            connect_timeout_secs: default_connect_timeout_secs(),
-            username: None,
-            password: None,
             kafka_topic: kafka_topic.into(),
             key: default_key(),
-            max_packet_size: default_max_packet_size(),
             inflight: default_inflight(),
-            reconnect_backoff: default_reconnect_backoff(),
             skip_retained: false,
             tasks: default_tasks(),
-            mqtt_version: MqttVersion::default(),
-            tls: None,
-            status_topic: default_status_topic(),
             expired_messages: ExpiredMessages::default(),
-        }
-    }
-
-    /// The connection keys, as the shared checks and settings see them.
-    pub(crate) fn connection_keys(&self) -> ConnectionKeys<'_> {
-        ConnectionKeys {
-            mqtt_url: &self.mqtt_url,
-            client_id: self.client_id.as_deref(),
-            clean_session: self.clean_session,
-            keep_alive_secs: self.keep_alive_secs,
-            connect_timeout_secs: self.connect_timeout_secs,
-            username: self.username.as_deref(),
-            password: self.password.as_ref(),
-            max_packet_size: self.max_packet_size,
-            reconnect_backoff: &self.reconnect_backoff,
-            mqtt_version: self.mqtt_version,
-            tls: self.tls.as_ref(),
-            status_topic: &self.status_topic,
         }
     }
 }
@@ -220,13 +131,13 @@ pub(crate) fn check_template(source: &str) -> Result<Template, String> {
 
 impl ConnectorConfig for MqttSourceConfig {
     fn validate(&self) -> ConfigErrors {
-        let mut e = self.connection_keys().validate();
+        let mut e = self.connection.validate();
         if self.topics.is_empty() {
             e.push("topics", "at least one topic filter is required");
         }
         for (i, f) in self.topics.iter().enumerate() {
             if let Err(msg) = validate_filter(f) {
-                e.push(format!("topics[{i}]"), msg);
+                e.push(format!("topics[{i}]"), msg.to_string());
             } else if self.tasks > 1 && f.starts_with("$share/") {
                 e.push(format!("topics[{i}]"), "with tasks > 1 the connector adds $share/ itself");
             }
@@ -259,6 +170,7 @@ impl ConnectorConfig for MqttSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use connector_core::Secret;
 
     fn paths(c: &MqttSourceConfig) -> Vec<String> {
         c.validate().iter().map(|e| e.path.clone()).collect()
@@ -270,7 +182,7 @@ mod tests {
         c.qos = 3;
         c.key = "{device}".into();
         c.inflight = 0;
-        c.password = Some(Secret::new("${X}"));
+        c.connection.password = Some(Secret::new("${X}"));
         assert_eq!(
             paths(&c),
             ["mqtt_url", "password", "topics[0]", "qos", "kafka_topic", "key", "inflight"]
@@ -302,8 +214,8 @@ mod tests {
     #[test]
     fn debug_output_never_shows_a_literal_password() {
         let mut c = MqttSourceConfig::new("mqtt://h", vec!["a".into()], "t");
-        c.username = Some("bridge".into());
-        c.password = Some(Secret::new("Sup3r-Secret"));
+        c.connection.username = Some("bridge".into());
+        c.connection.password = Some(Secret::new("Sup3r-Secret"));
         let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
         assert!(!shown.contains("Sup3r-Secret"), "{shown}");
         assert!(shown.contains("bridge"));

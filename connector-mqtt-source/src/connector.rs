@@ -45,7 +45,7 @@ impl SourceConnector for MqttSourceConnector {
         let kafka_topic =
             check_template(&config.kafka_topic).map_err(|m| Error::config("kafka_topic", m))?;
         let key = check_template(&config.key).map_err(|m| Error::config("key", m))?;
-        let mut connection = config.connection_keys().settings(name)?;
+        let mut connection = config.connection.settings(name, config.clean_session)?;
         // The broker sends no more unacknowledged messages than the source's window (MQTT 5).
         connection.receive_maximum = Some(u16::try_from(config.inflight).unwrap_or(u16::MAX));
         let base = MqttSourceTaskConfig {
@@ -56,7 +56,7 @@ impl SourceConnector for MqttSourceConnector {
             key,
             skip_retained: config.skip_retained,
             inflight: config.inflight,
-            reconnect_backoff: config.reconnect_backoff,
+            reconnect_backoff: config.connection.reconnect_backoff,
             expired_messages: config.expired_messages,
         };
         Ok(Self { name: name.to_owned(), config, base })
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn a_single_task_uses_the_client_id_and_filters_as_given() {
         let mut c = MqttSourceConfig::new("mqtt://h", vec!["a/#".into()], "t");
-        c.client_id = Some("edge-1".into());
+        c.connection.client_id = Some("edge-1".into());
         let tasks = MqttSourceConnector::create("fleet", c).unwrap().task_configs(4).unwrap();
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].connection.client_id, "edge-1");

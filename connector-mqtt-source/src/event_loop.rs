@@ -254,11 +254,7 @@ async fn drive_link(
                         link.write(packet).await?;
                     }
                 }
-                if let Some(offline) = offline {
-                    link.write(Outbound::Publish(offline)).await?;
-                }
-                link.write(Outbound::Disconnect).await?;
-                link.flush().await?;
+                link.disconnect(offline).await?;
                 debug!(client_id = %settings.client_id, "DISCONNECT sent");
                 return Ok(());
             }

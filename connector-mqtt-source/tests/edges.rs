@@ -154,7 +154,7 @@ async fn a_refused_subscription_fails_the_source_naming_the_filter(version: Mqtt
         vec!["devices/+/telemetry".into(), "secret/#".into()],
         "refused",
     );
-    config.mqtt_version = version;
+    config.connection.mqtt_version = version;
     let name = format!("refused-{}", version_name(version));
     let source = start(&name, config, &client, SourceRuntimeConfig::default());
     let err = tokio::time::timeout(Duration::from_secs(30), source.handle)
@@ -194,8 +194,8 @@ async fn an_oversize_message_is_dead_lettered_and_the_stream_goes_on(version: Mq
     let topic = name.clone();
     let dlq = format!("{name}.dlq");
     let mut config = MqttSourceConfig::new(mqtt.url(), vec!["big/#".into()], topic.clone());
-    config.mqtt_version = version;
-    config.max_packet_size = 4096;
+    config.connection.mqtt_version = version;
+    config.connection.max_packet_size = 4096;
     let runtime = SourceRuntimeConfig {
         pipeline: Pipeline {
             errors: ErrorPolicyConfig {
@@ -267,8 +267,8 @@ async fn a_kafka_cut_of_30_s_costs_no_mqtt_reconnect(version: MqttVersion) {
     let name = format!("keepalive-{}", version_name(version));
     let topic = name.clone();
     let mut config = MqttSourceConfig::new(mqtt.url(), vec!["devices/+/telemetry".into()], &topic);
-    config.mqtt_version = version;
-    config.keep_alive_secs = 5;
+    config.connection.mqtt_version = version;
+    config.connection.keep_alive_secs = 5;
     // Kafka holds few records in flight: the source itself must hold back the rest.
     let runtime = SourceRuntimeConfig { max_in_flight_records: 100, ..Default::default() };
     let source = start(&name, config, &client, runtime);

@@ -81,8 +81,8 @@ mqtt_topic = "fleet/{{key}}/cmd"     # the record key (a car id) picks the car
 }
 
 fn mqtt_options(url: &str, client_id: &str) -> Result<MqttOptions> {
-    let url =
-        connector_mqtt_common::MqttUrl::parse(url).map_err(|m| Error::config("--mqtt-url", m))?;
+    let url = connector_mqtt_common::MqttUrl::parse(url)
+        .map_err(|m| Error::config("--mqtt-url", m.to_string()))?;
     let mut o = MqttOptions::new(client_id, url.host, url.port);
     o.set_keep_alive(Duration::from_secs(10));
     o.set_inflight(100);
