@@ -12,7 +12,7 @@ use crate::kafka::KafkaClient;
 use crate::offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetStore};
 use crate::runner::file::{ConnectFile, OffsetStoreKind};
 use crate::runner::registry::BuiltConnector;
-use crate::runtime::{run_sink_connector, run_source_connector, StatsSnapshot, TaskStats};
+use crate::runtime::{SinkRuntime, SourceRuntime, StatsSnapshot, TaskStats};
 use crate::{Error, Result};
 
 /// The most tasks a connector may ask for; connectors decide within it.
@@ -70,30 +70,20 @@ pub async fn run(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
             let name = entry.name;
             let result = match entry.connector {
                 BuiltConnector::Source(c) => {
-                    run_source_connector(
-                        &name,
-                        c.as_ref(),
-                        MAX_TASKS,
-                        client,
-                        offsets,
-                        entry.source_runtime,
-                        stats,
-                        token,
-                    )
-                    .await
+                    SourceRuntime::builder(name.as_str(), c.as_ref(), client, offsets)
+                        .config(entry.source_runtime)
+                        .stats(stats)
+                        .max_tasks(MAX_TASKS)
+                        .run(token)
+                        .await
                 }
                 BuiltConnector::Sink(c) => {
-                    run_sink_connector(
-                        &name,
-                        c.as_ref(),
-                        MAX_TASKS,
-                        client,
-                        offsets,
-                        entry.sink_runtime,
-                        stats,
-                        token,
-                    )
-                    .await
+                    SinkRuntime::builder(name.as_str(), c.as_ref(), client, offsets)
+                        .config(entry.sink_runtime)
+                        .stats(stats)
+                        .max_tasks(MAX_TASKS)
+                        .run(token)
+                        .await
                 }
             };
             (name, result)

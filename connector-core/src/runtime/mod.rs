@@ -1,6 +1,6 @@
 //! The runtime that drives tasks: [`SourceTaskRuntime`] (poll → Kafka → ordered finalizer →
 //! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
-//! the connector-level runners, the [`OrderedFinalizer`], and [`TaskStats`] for progress reports.
+//! the connector-level runtimes ([`SourceRuntime`], [`SinkRuntime`]), the [`OrderedFinalizer`], and [`TaskStats`] for progress reports.
 
 mod commit_request;
 mod connector;
@@ -9,9 +9,13 @@ mod pipeline;
 mod sink;
 mod source;
 mod stats;
+mod task;
 
 pub use commit_request::CommitRequester;
-pub use connector::{assign_round_robin, run_sink_connector, run_source_connector};
+pub use connector::{
+    assign_round_robin, SinkRuntime, SinkRuntimeBuilder, SourceRuntime, SourceRuntimeBuilder,
+    DEFAULT_MAX_TASKS,
+};
 pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;
 pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,7 @@ use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::pipeline::Pipeline;
 use crate::runtime::stats::TaskStats;
+use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::runtime::CommitRequester;
 use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
 use crate::{Error, ErrorKind, Result};
@@ -140,22 +141,18 @@ impl SinkRuntimeConfig {
 /// # }
 /// ```
 pub struct SinkTaskRuntime {
-    name: Arc<str>,
-    task_id: usize,
+    base: TaskBase,
     task: Box<dyn SinkTask>,
-    client: KafkaClient,
-    offsets: Arc<dyn OffsetStore>,
     partitions: Vec<TopicPartition>,
     config: SinkRuntimeConfig,
-    stats: Arc<TaskStats>,
     added: Option<mpsc::Receiver<Vec<TopicPartition>>>,
 }
 
 impl std::fmt::Debug for SinkTaskRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SinkTaskRuntime")
-            .field("name", &self.name)
-            .field("task_id", &self.task_id)
+            .field("name", &self.base.name)
+            .field("task_id", &self.base.task_id)
             .field("partitions", &self.partitions)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -177,6 +174,8 @@ enum Event {
     Added(Option<Vec<TopicPartition>>),
     /// Put the next piece of the fetched batch.
     PutNext,
+    /// The task was paused or resumed.
+    PauseChanged,
     Shutdown,
 }
 
@@ -209,17 +208,8 @@ impl SinkTaskRuntime {
         offsets: Arc<dyn OffsetStore>,
         partitions: Vec<TopicPartition>,
     ) -> Self {
-        Self {
-            name: name.into(),
-            task_id,
-            task,
-            client,
-            offsets,
-            partitions,
-            config: SinkRuntimeConfig::default(),
-            stats: Arc::new(TaskStats::new()),
-            added: None,
-        }
+        let base = TaskBase::new(name, task_id, client, offsets);
+        Self { base, task, partitions, config: SinkRuntimeConfig::default(), added: None }
     }
 
     /// Partitions sent on `added` while the task runs are read too (from their committed offset,
@@ -238,13 +228,36 @@ impl SinkTaskRuntime {
 
     /// Uses `stats` for the counters.
     pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
-        self.stats = stats;
+        self.base.stats = stats;
+        self
+    }
+
+    /// Pauses the task while `paused` holds `true`: it stops taking fetched records and calling
+    /// `put` (the fetchers stop once their bounded queue is full), but goes on committing what
+    /// was delivered (`pre_commit`, offset saves). (How a [`Worker`](crate::runtime::Worker)
+    /// pauses a connector.)
+    ///
+    /// ```no_run
+    /// # fn example(runtime: connector_core::runtime::SinkTaskRuntime) {
+    /// let (pause, paused) = tokio::sync::watch::channel(false);
+    /// let runtime = runtime.with_pause(paused);
+    /// pause.send_replace(true); // no more `put` until `false`
+    /// # }
+    /// ```
+    pub fn with_pause(mut self, paused: watch::Receiver<bool>) -> Self {
+        self.base.pause = PauseSwitch::new(paused);
+        self
+    }
+
+    /// Calls `f` once the task's `start` and `open` succeeded.
+    pub(crate) fn on_started(mut self, f: OnStarted) -> Self {
+        self.base.on_started = Some(f);
         self
     }
 
     /// The task's live counters.
     pub fn stats(&self) -> Arc<TaskStats> {
-        Arc::clone(&self.stats)
+        Arc::clone(&self.base.stats)
     }
 
     /// Starts the task and runs it until `shutdown` is cancelled (then commits what `pre_commit`
@@ -257,8 +270,10 @@ impl SinkTaskRuntime {
     /// Cancel `shutdown` for a graceful stop. Dropping the future is a crash: nothing more is
     /// committed, and records after the last commit are delivered again on restart.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let Self { name, task_id, mut task, client, offsets, partitions, config, stats, mut added } =
-            self;
+        let Self { mut base, mut task, partitions, config, mut added } = self;
+        let (name, task_id) = (Arc::clone(&base.name), base.task_id);
+        let (client, offsets, stats) =
+            (base.client.clone(), Arc::clone(&base.offsets), Arc::clone(&base.stats));
         let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
         let stored = offsets.load(&name).await.map_err(tag)?;
         let mut progress = Progress { consumed: HashMap::new(), committed: HashMap::new() };
@@ -293,6 +308,7 @@ impl SinkTaskRuntime {
         task.start(ctx).await.map_err(tag)?;
         let result = match task.open(&partitions).await {
             Ok(()) => {
+                base.started();
                 drive(
                     &name,
                     &mut *task,
@@ -304,6 +320,7 @@ impl SinkTaskRuntime {
                     &mut progress,
                     &commit_requests,
                     &mut added,
+                    &mut base.pause,
                     shutdown,
                 )
                 .await
@@ -401,6 +418,7 @@ async fn drive(
     progress: &mut Progress,
     commit_requests: &CommitRequester,
     added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
+    pause: &mut PauseSwitch,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let capacity = config.prefetch_batches.max(1) * progress.consumed.len().max(1);
@@ -433,6 +451,7 @@ async fn drive(
     // Only one fetched batch is held here (nothing is received while pieces are left).
     let mut queued: VecDeque<(TopicPartition, Vec<SinkRecord>)> = VecDeque::new();
     let outcome = loop {
+        let paused = pause.is_paused();
         let event = tokio::select! {
             biased;
             () = shutdown.cancelled() => Event::Shutdown,
@@ -440,11 +459,15 @@ async fn drive(
             _ = tick.tick(), if saving.is_none() => Event::Tick,
             () = commit_requests.requested(), if saving.is_none() => Event::Tick,
             parts = recv_added(added) => Event::Added(parts),
-            () = std::future::ready(()), if !queued.is_empty() => Event::PutNext,
-            msg = rx.recv() => Event::Fetched(msg),
+            () = pause.changed() => Event::PauseChanged,
+            () = std::future::ready(()), if !paused && !queued.is_empty() => Event::PutNext,
+            msg = rx.recv(), if !paused => Event::Fetched(msg),
         };
         match event {
             Event::Shutdown => break Ok(()),
+            Event::PauseChanged => {
+                info!(connector = %name, paused = pause.is_paused(), "sink task pause switched");
+            }
             Event::Added(None) => *added = None,
             Event::Added(Some(parts)) => {
                 let Some(tx) = &tx else { continue };

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -40,6 +41,7 @@ use crate::record::{RecordMetadata, SourceRecord};
 use crate::runtime::finalizer::OrderedFinalizer;
 use crate::runtime::pipeline::Pipeline;
 use crate::runtime::stats::TaskStats;
+use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::source::{SourceTask, SourceTaskContext};
 use crate::{Error, ErrorKind, Result};
 
@@ -172,20 +174,16 @@ const IDLE_POLL_PAUSE: Duration = Duration::from_millis(10);
 /// # }
 /// ```
 pub struct SourceTaskRuntime {
-    name: Arc<str>,
-    task_id: usize,
+    base: TaskBase,
     task: Box<dyn SourceTask>,
-    client: KafkaClient,
-    offsets: Arc<dyn OffsetStore>,
     config: SourceRuntimeConfig,
-    stats: Arc<TaskStats>,
 }
 
 impl std::fmt::Debug for SourceTaskRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceTaskRuntime")
-            .field("name", &self.name)
-            .field("task_id", &self.task_id)
+            .field("name", &self.base.name)
+            .field("task_id", &self.base.task_id)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -240,6 +238,8 @@ enum Event {
     Tick,
     DrainTimeout,
     PollRetry,
+    /// The task was paused or resumed.
+    PauseChanged,
     Polled(Result<Vec<SourceRecord>>),
 }
 
@@ -252,15 +252,8 @@ impl SourceTaskRuntime {
         client: KafkaClient,
         offsets: Arc<dyn OffsetStore>,
     ) -> Self {
-        Self {
-            name: name.into(),
-            task_id,
-            task,
-            client,
-            offsets,
-            config: SourceRuntimeConfig::default(),
-            stats: Arc::new(TaskStats::new()),
-        }
+        let base = TaskBase::new(name, task_id, client, offsets);
+        Self { base, task, config: SourceRuntimeConfig::default() }
     }
 
     /// Replaces the limits.
@@ -271,13 +264,35 @@ impl SourceTaskRuntime {
 
     /// Uses `stats` for the counters (e.g. to share one reporter across tasks).
     pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
-        self.stats = stats;
+        self.base.stats = stats;
+        self
+    }
+
+    /// Pauses the task while `paused` holds `true`: it stops calling `poll`, but goes on
+    /// receiving Kafka's acknowledgements, calling `commit_record` and saving offsets. (How a
+    /// [`Worker`](crate::runtime::Worker) pauses a connector.)
+    ///
+    /// ```no_run
+    /// # fn example(runtime: connector_core::runtime::SourceTaskRuntime) {
+    /// let (pause, paused) = tokio::sync::watch::channel(false);
+    /// let runtime = runtime.with_pause(paused);
+    /// pause.send_replace(true); // no more polls until `false`
+    /// # }
+    /// ```
+    pub fn with_pause(mut self, paused: watch::Receiver<bool>) -> Self {
+        self.base.pause = PauseSwitch::new(paused);
+        self
+    }
+
+    /// Calls `f` once the task's `start` succeeded.
+    pub(crate) fn on_started(mut self, f: OnStarted) -> Self {
+        self.base.on_started = Some(f);
         self
     }
 
     /// The task's live counters.
     pub fn stats(&self) -> Arc<TaskStats> {
-        Arc::clone(&self.stats)
+        Arc::clone(&self.base.stats)
     }
 
     /// Starts the task and runs it until `shutdown` is cancelled (then drains and commits) or a
@@ -290,13 +305,17 @@ impl SourceTaskRuntime {
     /// Cancel `shutdown` for a graceful stop. Dropping the future instead is a crash: nothing more
     /// is committed, and uncommitted records are redelivered on restart.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let Self { name, task_id, mut task, client, offsets, config, stats } = self;
+        let Self { mut base, mut task, config } = self;
+        let (name, task_id) = (Arc::clone(&base.name), base.task_id);
+        let (client, offsets, stats) =
+            (base.client.clone(), Arc::clone(&base.offsets), Arc::clone(&base.stats));
         let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
         let initial = offsets.load(&name).await.map_err(tag)?;
         info!(connector = %name, task = task_id, offsets = initial.len(), "starting source task");
         task.start(SourceTaskContext::new(Arc::clone(&name), task_id, initial))
             .await
             .map_err(tag)?;
+        base.started();
         let mut committer = Committer {
             name: Arc::clone(&name),
             store: offsets,
@@ -310,10 +329,19 @@ impl SourceTaskRuntime {
             client.clone(),
             Arc::clone(&stats),
         );
-        let result =
-            drive(&name, &mut *task, client, &config, &stats, &handler, &mut committer, shutdown)
-                .await
-                .map_err(tag);
+        let result = drive(
+            &name,
+            &mut *task,
+            client,
+            &config,
+            &stats,
+            &handler,
+            &mut committer,
+            &mut base.pause,
+            shutdown,
+        )
+        .await
+        .map_err(tag);
         // The final commit is a step of the drain: bounded by the shutdown timeout too.
         let timeout = Duration::from_millis(config.shutdown_timeout_ms);
         if tokio::time::timeout(timeout, committer.commit(&mut *task)).await.is_err() {
@@ -368,6 +396,7 @@ async fn drive(
     stats: &TaskStats,
     handler: &ErrorHandler,
     committer: &mut Committer,
+    pause: &mut PauseSwitch,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let max_records = config.max_in_flight_records.max(1);
@@ -405,7 +434,9 @@ async fn drive(
             producer.send_all(batch).await?;
         }
         let window_full = unacked >= max_records || held_bytes >= max_bytes;
-        if (window_full || stopping) && unacked > 0 && !flush_sent {
+        let paused = pause.is_paused();
+        // Paused: nothing more is polled, so what is in flight goes out now rather than linger.
+        if (window_full || stopping || paused) && unacked > 0 && !flush_sent {
             producer.flush().await?;
             flush_sent = true;
         }
@@ -415,6 +446,7 @@ async fn drive(
         }
         let can_poll = !stopping
             && !halting
+            && !paused
             && pending.is_empty()
             && finalizer.len() < max_records
             && held_bytes < max_bytes
@@ -427,6 +459,7 @@ async fn drive(
             _ = tick.tick() => Event::Tick,
             () = sleep_until(drain_deadline), if drain_deadline.is_some() => Event::DrainTimeout,
             () = sleep_until(poll_retry_at), if poll_retry_at.is_some() => Event::PollRetry,
+            () = pause.changed() => Event::PauseChanged,
             polled = task.poll(), if can_poll => Event::Polled(polled),
         };
 
@@ -467,6 +500,9 @@ async fn drive(
                 return Ok(());
             }
             Event::PollRetry => poll_retry_at = None,
+            Event::PauseChanged => {
+                info!(connector = %name, paused = pause.is_paused(), "source task pause switched");
+            }
             Event::Polled(Ok(records)) => {
                 poll_backoff.reset();
                 failing_since = None;
