@@ -435,11 +435,6 @@ impl Assignment {
         Some((slot.partitions.clone(), rx))
     }
 
-    /// Whether task `id` has partitions.
-    pub(crate) fn is_assigned(&self, id: usize) -> bool {
-        self.0.lock().get(id).is_some_and(|s| !s.partitions.is_empty())
-    }
-
     /// Whether any task has partitions (else nothing is ever dealt).
     fn any_assigned(&self) -> bool {
         self.0.lock().iter().any(|s| !s.partitions.is_empty())

@@ -1,6 +1,8 @@
 //! The runtime that drives tasks: [`SourceTaskRuntime`] (poll → Kafka → ordered finalizer →
 //! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
-//! the connector-level runtimes ([`SourceRuntime`], [`SinkRuntime`]), the [`OrderedFinalizer`], and [`TaskStats`] for progress reports.
+//! the connector-level runtimes ([`SourceRuntime`], [`SinkRuntime`]), the [`Worker`] that
+//! manages connectors and their tasks at run time, the [`OrderedFinalizer`], and [`TaskStats`]
+//! for progress reports.
 
 mod commit_request;
 mod connector;
@@ -10,6 +12,7 @@ mod sink;
 mod source;
 mod stats;
 mod task;
+mod worker;
 
 pub use commit_request::CommitRequester;
 pub use connector::{
@@ -21,3 +24,7 @@ pub use pipeline::Pipeline;
 pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{StatsSnapshot, TaskStats};
+pub use worker::{
+    ConnectorSpec, ConnectorState, ConnectorStatus, TaskFailure, TaskState, TaskStatus, Worker,
+    WorkerError, MAX_CONNECTORS,
+};
