@@ -23,104 +23,37 @@
 //!   a final `pre_commit` and commit share one `shutdown_timeout_ms` deadline; then `close` and
 //!   `stop`.
 
+mod commit;
+mod config;
+mod deliver;
+mod fetch;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::backoff::Backoff;
-use crate::config::ConfigErrors;
-use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
-use crate::kafka::{FetchResult, KafkaClient, OffsetSpec};
+use crate::error_policy::ErrorHandler;
+use crate::kafka::KafkaClient;
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SinkRecord, TopicPartition};
-use crate::runtime::pipeline::Pipeline;
 use crate::runtime::stats::TaskStats;
 use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::runtime::CommitRequester;
 use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, Result};
 
-/// How the sink runtime reads, retries and commits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SinkRuntimeConfig {
-    /// Where to start in a partition with no committed offset.
-    #[serde(default)]
-    pub start: StartFrom,
-    /// Longest time between commits (`pre_commit`, then saving its offsets). A task that requests
-    /// commits (the MQTT sink, when acknowledgements arrive) is committed sooner.
-    #[serde(default = "default_commit_interval_ms")]
-    pub commit_interval_ms: u64,
-    /// Fetched batches queued per partition ahead of `put`.
-    #[serde(default = "default_prefetch_batches")]
-    pub prefetch_batches: usize,
-    /// Most records handed to one `put` (Kafka Connect's `max.poll.records`); a larger fetched
-    /// batch is put in pieces, and commits can start between two pieces. With commits that follow
-    /// acknowledgements, a crash repeats at most the task's in-flight window plus about this many
-    /// records plus one offset save's worth.
-    #[serde(default = "default_max_put_records")]
-    pub max_put_records: usize,
-    /// How long the drain at shutdown may take in all: the save in flight, the final flush and
-    /// the final commit.
-    #[serde(default = "default_shutdown_timeout_ms")]
-    pub shutdown_timeout_ms: u64,
-    /// Converters, transforms and the error policy (the connector's `errors`, `transforms`,
-    /// `key_converter`, `value_converter` keys).
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub pipeline: Pipeline,
-}
-
-fn default_commit_interval_ms() -> u64 {
-    5_000
-}
-fn default_prefetch_batches() -> usize {
-    2
-}
-fn default_max_put_records() -> usize {
-    500
-}
-fn default_shutdown_timeout_ms() -> u64 {
-    30_000
-}
-
-impl Default for SinkRuntimeConfig {
-    fn default() -> Self {
-        Self {
-            start: StartFrom::Earliest,
-            commit_interval_ms: default_commit_interval_ms(),
-            prefetch_batches: default_prefetch_batches(),
-            max_put_records: default_max_put_records(),
-            pipeline: Pipeline::default(),
-            shutdown_timeout_ms: default_shutdown_timeout_ms(),
-        }
-    }
-}
-
-impl SinkRuntimeConfig {
-    /// Checks the values; paths are relative to this table.
-    pub fn validate(&self) -> ConfigErrors {
-        let mut e = ConfigErrors::new();
-        if self.commit_interval_ms == 0 {
-            e.push("commit_interval_ms", "must be at least 1");
-        }
-        if self.prefetch_batches == 0 {
-            e.push("prefetch_batches", "must be at least 1");
-        }
-        if self.max_put_records == 0 {
-            e.push("max_put_records", "must be at least 1");
-        }
-        e
-    }
-}
+use commit::{
+    finish_with_save, persist_resolved_starts, start_commit, wait_save, InFlightSave, Progress,
+};
+pub use config::SinkRuntimeConfig;
+use deliver::{deliver, queue_for_put};
+use fetch::{fetch_loop, initial_offset, FetchMsg};
 
 /// Runs one sink task over a fixed set of partitions until shutdown or a fatal error.
 ///
@@ -159,11 +92,6 @@ impl std::fmt::Debug for SinkTaskRuntime {
     }
 }
 
-enum FetchMsg {
-    Records(TopicPartition, Vec<SinkRecord>),
-    Failed(Error),
-}
-
 enum Event {
     Fetched(Option<FetchMsg>),
     /// Time to commit: the interval elapsed or the task asked.
@@ -177,25 +105,6 @@ enum Event {
     /// The task was paused or resumed.
     PauseChanged,
     Shutdown,
-}
-
-/// Offsets handed to `put` and offsets committed, per partition.
-struct Progress {
-    consumed: HashMap<TopicPartition, i64>,
-    committed: HashMap<TopicPartition, i64>,
-}
-
-impl Progress {
-    /// Records handed to `put` and not yet covered by a committed offset.
-    fn uncommitted(&self) -> u64 {
-        self.consumed
-            .iter()
-            .map(|(tp, c)| {
-                let done = self.committed.get(tp).copied().unwrap_or(*c);
-                u64::try_from(c - done).unwrap_or(0)
-            })
-            .sum()
-    }
 }
 
 impl SinkTaskRuntime {
@@ -347,65 +256,6 @@ impl SinkTaskRuntime {
     }
 }
 
-/// Where to start a partition without a committed offset.
-async fn initial_offset(
-    client: &KafkaClient,
-    tp: &TopicPartition,
-    start: StartFrom,
-) -> Result<i64> {
-    let mut backoff = Backoff::new(client.config().retry_backoff);
-    loop {
-        let result = match start {
-            StartFrom::Earliest => {
-                client.list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest).await
-            }
-            StartFrom::Latest => client.end_offset(&tp.topic, tp.partition).await,
-        };
-        match result {
-            Ok(o) => return Ok(o),
-            Err(e) if e.is_retriable() && backoff.attempts() < 10 => {
-                debug!(%tp, error = %e.report(), "start offset not available yet");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Saves the start offsets resolved for partitions without a committed offset, before any of
-/// their records reaches the task. `latest` is a moving target: unsaved, a crash before the first
-/// commit would resolve it again later and skip whatever was written in between. `earliest`
-/// resolves to the same records after a crash, so nothing needs saving.
-async fn persist_resolved_starts(
-    name: &str,
-    store: &dyn OffsetStore,
-    start: StartFrom,
-    client: &KafkaClient,
-    resolved: &OffsetMap,
-) -> Result<()> {
-    if start != StartFrom::Latest || resolved.is_empty() {
-        return Ok(());
-    }
-    let mut backoff = Backoff::new(client.config().retry_backoff);
-    loop {
-        match store.save(name, resolved).await {
-            Ok(()) => {
-                debug!(
-                    connector = name,
-                    partitions = resolved.len(),
-                    "saved the resolved start offsets"
-                );
-                return Ok(());
-            }
-            Err(e) if e.is_retriable() && backoff.attempts() < 10 => {
-                warn!(connector = name, error = %e.report(), "could not save the start offsets yet; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     name: &Arc<str>,
@@ -539,190 +389,6 @@ async fn drive(
     finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
 }
 
-/// A fetched record that failed, for the error policy.
-fn failed<'a>(stage: Stage, error: &'a Error, r: &'a SinkRecord) -> FailedRecord<'a> {
-    FailedRecord {
-        stage,
-        error,
-        topic: &r.original_topic,
-        partition: Some(r.partition),
-        offset: Some(r.offset),
-        key: r.key.as_ref(),
-        value: r.value.as_ref(),
-        headers: &r.headers,
-    }
-}
-
-/// Puts one fetched batch: converters and transforms first, then `put`, retrying retriable failures
-/// (bounded by `errors.retry_timeout_ms`) and handing records `put` rejects to the error policy.
-/// Returns `false` when shutdown interrupted it.
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    name: &Arc<str>,
-    task: &mut dyn SinkTask,
-    pipeline: &Pipeline,
-    handler: &ErrorHandler,
-    stats: &TaskStats,
-    progress: &mut Progress,
-    tp: TopicPartition,
-    records: Vec<SinkRecord>,
-    shutdown: &CancellationToken,
-) -> Result<bool> {
-    let Some(last) = records.last().map(|r| r.offset) else { return Ok(true) };
-    let to_put = if pipeline.is_passthrough() {
-        records
-    } else {
-        let mut out = Vec::with_capacity(records.len());
-        for r in &records {
-            match pipeline.sink(r) {
-                Ok(Some(t)) => out.push(t),
-                Ok(None) => {}
-                Err((stage, why)) => {
-                    // Nothing of this batch is put yet, so a stop here commits nothing past it.
-                    let e = Error::rejected(why);
-                    handler.handle(failed(stage, &e, r)).await?;
-                }
-            }
-        }
-        out
-    };
-
-    let mut start = 0;
-    let mut backoff = Backoff::new(pipeline.task_backoff());
-    let mut failing_since: Option<std::time::Instant> = None;
-    while start < to_put.len() {
-        let batch = &to_put[start..];
-        // A put waiting on a slow destination must not hold up shutdown; what it did not finish
-        // is simply not reported by pre_commit (see SinkTask::put).
-        let put = tokio::select! {
-            r = task.put(batch) => r,
-            () = shutdown.cancelled() => return Ok(false),
-        };
-        match put {
-            Ok(()) => break,
-            Err(e) if e.is_retriable() => {
-                stats.add_retry();
-                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-                if pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
-                    stats.add_error();
-                    return Err(Error::fatal(format!(
-                        "put kept failing for {:?} (errors.retry_timeout_ms): {}",
-                        since.elapsed(),
-                        e.report()
-                    ))
-                    .with_topic(&*tp.topic)
-                    .with_partition(tp.partition));
-                }
-                let delay = backoff.next_delay();
-                warn!(connector = %name, %tp, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "put failed; redelivering the same records");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::RecordRejected => {
-                // The task refused one record of this batch; those before it were accepted. The
-                // record is found by partition and offset (and topic when named): an error about
-                // another partition's record must never be taken for one of this batch.
-                let position = e.context().and_then(|c| {
-                    let o = c.offset?;
-                    if c.partition.is_some_and(|p| p != tp.partition) {
-                        return None;
-                    }
-                    batch.iter().position(|r| {
-                        r.offset == o
-                            && c.topic
-                                .as_deref()
-                                .is_none_or(|t| t == &*r.topic || t == &*r.original_topic)
-                    })
-                });
-                let Some(i) = position else {
-                    stats.add_error();
-                    return Err(e.with_topic(&*tp.topic).with_partition(tp.partition));
-                };
-                if let Err(stop) = handler.handle(failed(Stage::TaskPut, &e, &batch[i])).await {
-                    progress.consumed.insert(tp.clone(), batch[i].offset);
-                    return Err(stop);
-                }
-                start += i + 1;
-            }
-            Err(e) => {
-                stats.add_error();
-                return Err(e.with_topic(&*tp.topic).with_partition(tp.partition));
-            }
-        }
-    }
-    stats.add_out(to_put.len() as u64);
-    progress.consumed.insert(tp, last + 1);
-    Ok(true)
-}
-
-/// Flush and the final commit (bounded by the drain's deadline), then `outcome`.
-async fn finish(
-    name: &Arc<str>,
-    task: &mut dyn SinkTask,
-    store: &Arc<dyn OffsetStore>,
-    stats: &TaskStats,
-    progress: &mut Progress,
-    (deadline, timeout): (tokio::time::Instant, Duration),
-    outcome: Result<()>,
-) -> Result<()> {
-    // Give a pipelining task the chance to complete what is in flight, then commit what it reports.
-    let offered = progress.consumed.clone();
-    match tokio::time::timeout_at(deadline, task.flush(&offered)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "flush at shutdown failed"),
-        Err(_) => {
-            warn!(connector = %name, ?timeout, "flush at shutdown timed out; committing what was acknowledged")
-        }
-    }
-    match tokio::time::timeout_at(deadline, commit(name, task, store, stats, progress)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "final commit failed"),
-        Err(_) => {
-            warn!(connector = %name, ?timeout, "final commit timed out (shutdown_timeout_ms); what it would have saved is delivered again after the restart")
-        }
-    }
-    outcome
-}
-
-/// Asks the task which consumed offsets are safe and saves exactly those.
-async fn commit(
-    name: &Arc<str>,
-    task: &mut dyn SinkTask,
-    store: &Arc<dyn OffsetStore>,
-    stats: &TaskStats,
-    progress: &mut Progress,
-) -> Result<()> {
-    let Some((to_save, newly)) = offsets_to_commit(name, task, progress).await? else {
-        return Ok(());
-    };
-    match store.save(name, &to_save).await {
-        Ok(()) => InFlightSave { handle: None, to_save, newly }.apply(name, stats, progress),
-        Err(e) if e.is_retriable() => {
-            warn!(connector = %name, error = %e.report(), "could not save sink offsets; will retry");
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Splits a fetched batch into pieces of at most `max` records for `put`.
-fn queue_for_put(
-    queued: &mut VecDeque<(TopicPartition, Vec<SinkRecord>)>,
-    tp: TopicPartition,
-    mut records: Vec<SinkRecord>,
-    max: usize,
-) {
-    let max = max.max(1);
-    while records.len() > max {
-        let rest = records.split_off(max);
-        queued.push_back((tp.clone(), records));
-        records = rest;
-    }
-    queued.push_back((tp, records));
-}
-
 /// The next batch of added partitions; never resolves when there is no channel.
 async fn recv_added(
     added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
@@ -778,191 +444,4 @@ async fn add_partitions(
         ));
     }
     Ok(())
-}
-
-/// Offsets being saved in the background, and what they commit once saved.
-struct InFlightSave {
-    handle: Option<tokio::task::JoinHandle<Result<()>>>,
-    to_save: OffsetMap,
-    newly: u64,
-}
-
-impl InFlightSave {
-    /// Records a completed save in `progress` and the counters.
-    fn apply(self, name: &str, stats: &TaskStats, progress: &mut Progress) -> Result<()> {
-        for (tp, _) in progress.consumed.clone() {
-            if let Some(o) = self.to_save.kafka_offset(&tp) {
-                progress.committed.insert(tp, o);
-            }
-        }
-        stats.add_committed(self.newly);
-        stats.set_in_flight(progress.uncommitted());
-        debug!(connector = name, partitions = self.to_save.len(), "sink offsets committed");
-        Ok(())
-    }
-}
-
-/// Waits for the in-flight save; a retriable failure is logged and committed nothing (the next
-/// commit saves newer offsets anyway).
-async fn wait_save(saving: &mut Option<InFlightSave>) -> Result<InFlightSave> {
-    let Some(s) = saving.as_mut() else { return std::future::pending().await };
-    let Some(handle) = s.handle.as_mut() else {
-        return Err(Error::fatal("offset save polled twice"));
-    };
-    let joined = handle.await;
-    s.handle = None;
-    let done =
-        InFlightSave { handle: None, to_save: std::mem::take(&mut s.to_save), newly: s.newly };
-    match joined {
-        Ok(Ok(())) => Ok(done),
-        Ok(Err(e)) if e.is_retriable() => {
-            warn!(error = %e.report(), "could not save sink offsets; will retry");
-            Ok(InFlightSave { handle: None, to_save: OffsetMap::new(), newly: 0 })
-        }
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(Error::fatal("the offset save task panicked").with_source(e)),
-    }
-}
-
-/// Calls `pre_commit` and starts saving what it allows in a task of its own; `None` when there
-/// is nothing new to save.
-async fn start_commit(
-    name: &Arc<str>,
-    task: &mut dyn SinkTask,
-    store: &Arc<dyn OffsetStore>,
-    progress: &Progress,
-) -> Result<Option<InFlightSave>> {
-    let Some((to_save, newly)) = offsets_to_commit(name, task, progress).await? else {
-        return Ok(None);
-    };
-    let (store, name, offsets) = (Arc::clone(store), Arc::clone(name), to_save.clone());
-    let handle = tokio::spawn(async move { store.save(&name, &offsets).await });
-    Ok(Some(InFlightSave { handle: Some(handle), to_save, newly }))
-}
-
-/// What `pre_commit` says is safe, clipped to what was offered, keeping only partitions that
-/// moved forward; with the number of records it newly commits.
-async fn offsets_to_commit(
-    name: &str,
-    task: &mut dyn SinkTask,
-    progress: &Progress,
-) -> Result<Option<(OffsetMap, u64)>> {
-    let offered = progress.consumed.clone();
-    let safe = match task.pre_commit(&offered).await {
-        Ok(s) => s,
-        Err(e) if e.is_retriable() => {
-            warn!(connector = name, error = %e.report(), "pre_commit failed; nothing committed this time");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let mut to_save = OffsetMap::new();
-    let mut newly = 0u64;
-    for (tp, offset) in safe {
-        let Some(&max) = offered.get(&tp) else {
-            continue;
-        };
-        let offset = offset.min(max);
-        let previous = progress.committed.get(&tp).copied();
-        if previous.is_none_or(|p| offset > p) {
-            newly += u64::try_from(offset - previous.unwrap_or(offset)).unwrap_or(0);
-            to_save.insert_kafka(&tp, offset);
-        }
-    }
-    Ok((!to_save.is_empty()).then_some((to_save, newly)))
-}
-
-/// Shutdown: the save still in flight completes first (bounded by the shutdown timeout), so the
-/// final commit starts from what it saved; then [`finish`].
-#[allow(clippy::too_many_arguments)]
-async fn finish_with_save(
-    name: &Arc<str>,
-    task: &mut dyn SinkTask,
-    store: &Arc<dyn OffsetStore>,
-    stats: &TaskStats,
-    progress: &mut Progress,
-    config: &SinkRuntimeConfig,
-    mut saving: Option<InFlightSave>,
-    outcome: Result<()>,
-) -> Result<()> {
-    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    // One deadline for the whole drain: the save in flight, flush and the final commit.
-    let deadline = tokio::time::Instant::now() + timeout;
-    if saving.is_some() {
-        match tokio::time::timeout_at(deadline, wait_save(&mut saving)).await {
-            Ok(Ok(saved)) => {
-                let _ = saved.apply(name, stats, progress);
-            }
-            Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "offset save failed"),
-            Err(_) => warn!(connector = %name, ?timeout, "offset save in flight timed out"),
-        }
-    }
-    finish(name, task, store, stats, progress, (deadline, timeout), outcome).await
-}
-
-/// Broker wait of a fetch while the partition has records past the fetch position.
-const CATCH_UP_FETCH_WAIT: Duration = Duration::from_millis(1);
-
-#[allow(clippy::too_many_arguments)]
-async fn fetch_loop(
-    client: KafkaClient,
-    tp: TopicPartition,
-    mut offset: i64,
-    start: StartFrom,
-    tx: mpsc::Sender<FetchMsg>,
-    stop: CancellationToken,
-) {
-    let long_poll = Duration::from_millis(client.config().fetch_max_wait_ms);
-    let mut backoff = Backoff::new(client.config().retry_backoff);
-    // Long-poll only when caught up. While behind the high watermark, records are waiting: ask the
-    // broker not to wait. Kafka answers at once either way, but some brokers (Tansu 0.6) hold
-    // every fetch for part of its max wait even with data ready, which would cap a catching-up
-    // partition at one fetch per half max wait.
-    let mut behind = true;
-    while !stop.is_cancelled() {
-        let max_wait = if behind { CATCH_UP_FETCH_WAIT } else { long_poll };
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            r = client.fetch(&tp.topic, tp.partition, offset, max_wait) => r,
-        };
-        match result {
-            Ok(FetchResult::Records(fetched)) => {
-                backoff.reset();
-                offset = fetched.next_offset.max(offset);
-                behind = fetched.high_watermark > offset;
-                if fetched.records.is_empty() {
-                    continue;
-                }
-                if tx.send(FetchMsg::Records(tp.clone(), fetched.records)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(FetchResult::OffsetOutOfRange) => {
-                let reset = match initial_offset(&client, &tp, start).await {
-                    Ok(o) => o,
-                    Err(e) => {
-                        let _ = tx.send(FetchMsg::Failed(e)).await;
-                        return;
-                    }
-                };
-                warn!(%tp, from = offset, to = reset, ?start, "offset out of range; resetting");
-                offset = reset;
-                behind = true;
-            }
-            Err(e) if e.is_retriable() => {
-                let delay = backoff.next_delay();
-                warn!(%tp, offset, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "fetch failed; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(e) => {
-                let _ = tx
-                    .send(FetchMsg::Failed(e.with_topic(&*tp.topic).with_partition(tp.partition)))
-                    .await;
-                return;
-            }
-        }
-    }
 }
