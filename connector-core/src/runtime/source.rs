@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -329,19 +329,34 @@ impl SourceTaskRuntime {
             client.clone(),
             Arc::clone(&stats),
         );
-        let result = drive(
-            &name,
-            &mut *task,
-            client,
-            &config,
-            &stats,
-            &handler,
-            &mut committer,
-            &mut base.pause,
-            shutdown,
-        )
-        .await
-        .map_err(tag);
+        let max_records = config.max_in_flight_records.max(1);
+        let (producer, acks) =
+            Producer::<u64>::with_topic_budget(client, max_records, config.topic_budget());
+        let driver = SourceDriver {
+            name: &name,
+            config: &config,
+            stats: &stats,
+            handler: &handler,
+            producer,
+            finalizer: OrderedFinalizer::new(),
+            pending: VecDeque::new(),
+            window: Window {
+                max_records,
+                max_bytes: config.max_in_flight_bytes.max(1),
+                unacked: 0,
+                held_bytes: 0,
+                flush_sent: false,
+            },
+            phase: Phase::Running,
+            poll_retry: None,
+            poll_backoff: Backoff::new(config.pipeline.task_backoff()),
+            failing_since: None,
+            tolerant: config.pipeline.errors.tolerance == crate::Tolerance::All,
+        };
+        let result = driver
+            .run(&mut *task, &mut committer, acks, &mut base.pause, shutdown)
+            .await
+            .map_err(tag);
         // The final commit is a step of the drain: bounded by the shutdown timeout too.
         let timeout = Duration::from_millis(config.shutdown_timeout_ms);
         if tokio::time::timeout(timeout, committer.commit(&mut *task)).await.is_err() {
@@ -386,186 +401,266 @@ fn prepare(
     Ok(Some(out))
 }
 
-/// The poll/produce/finalize loop. Returns on shutdown (after draining) or on a fatal error.
-#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
-async fn drive(
-    name: &Arc<str>,
-    task: &mut dyn SourceTask,
-    client: KafkaClient,
-    config: &SourceRuntimeConfig,
-    stats: &TaskStats,
-    handler: &ErrorHandler,
-    committer: &mut Committer,
-    pause: &mut PauseSwitch,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let max_records = config.max_in_flight_records.max(1);
-    let max_bytes = config.max_in_flight_bytes.max(1);
-    let pipeline = &config.pipeline;
-    let (producer, mut acks) =
-        Producer::<u64>::with_topic_budget(client, max_records, config.topic_budget());
-    let mut finalizer: OrderedFinalizer<SourceRecord, Outcome> = OrderedFinalizer::new();
-    let mut pending: VecDeque<(ProducerRecord, u64)> = VecDeque::new();
-    let mut unacked: usize = 0;
-    let mut held_bytes: usize = 0;
-    let mut flush_sent = false;
-    let mut stopping = false;
-    let mut drain_deadline: Option<Instant> = None;
-    let mut poll_retry_at: Option<Instant> = None;
-    let mut poll_backoff = Backoff::new(pipeline.task_backoff());
-    let mut failing_since: Option<Instant> = None;
-    // With tolerance "none", a record that failed before Kafka stops the task: from then on
-    // nothing more is polled; the task fails once the records before it are committed.
-    let mut halting = false;
-    let tolerant = pipeline.errors.tolerance == crate::Tolerance::All;
-    let mut tick =
-        tokio::time::interval(Duration::from_millis(config.offset_flush_interval_ms.max(1)));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick.reset();
+/// How many records and bytes are out, and whether the producer was told to send them now.
+struct Window {
+    max_records: usize,
+    max_bytes: usize,
+    /// Records handed to the producer and not yet answered.
+    unacked: usize,
+    /// Bytes of records polled and not yet final.
+    held_bytes: usize,
+    /// A flush was requested since the last acknowledgement.
+    flush_sent: bool,
+}
 
-    loop {
-        // Hand polled records to the producer while the window allows. This goes on while halting:
-        // what is still pending was polled before the failed record, and must reach Kafka for the
-        // task to commit up to it.
-        if !pending.is_empty() && unacked < max_records {
-            let n = (max_records - unacked).min(pending.len());
-            let batch: Vec<(ProducerRecord, u64)> = pending.drain(..n).collect();
-            unacked += batch.len();
-            producer.send_all(batch).await?;
-        }
-        let window_full = unacked >= max_records || held_bytes >= max_bytes;
-        let paused = pause.is_paused();
-        // Paused: nothing more is polled, so what is in flight goes out now rather than linger.
-        if (window_full || stopping || paused) && unacked > 0 && !flush_sent {
-            producer.flush().await?;
-            flush_sent = true;
-        }
-        stats.set_in_flight(finalizer.len() as u64);
-        if (stopping || halting) && finalizer.is_empty() {
-            return Ok(());
-        }
-        let can_poll = !stopping
-            && !halting
-            && !paused
-            && pending.is_empty()
-            && finalizer.len() < max_records
-            && held_bytes < max_bytes
-            && poll_retry_at.is_none();
+impl Window {
+    fn is_full(&self) -> bool {
+        self.unacked >= self.max_records || self.held_bytes >= self.max_bytes
+    }
+}
 
-        let event = tokio::select! {
-            biased;
-            batch = acks.recv() => Event::Acks(batch),
-            () = shutdown.cancelled(), if !stopping => Event::Shutdown,
-            _ = tick.tick() => Event::Tick,
-            () = sleep_until(drain_deadline), if drain_deadline.is_some() => Event::DrainTimeout,
-            () = sleep_until(poll_retry_at), if poll_retry_at.is_some() => Event::PollRetry,
-            () = pause.changed() => Event::PauseChanged,
-            polled = task.poll(), if can_poll => Event::Polled(polled),
-        };
+/// Where the task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Polling (unless paused or the window is full).
+    Running,
+    /// Shutdown: no more polls; what is in flight is awaited until `deadline`.
+    Draining { deadline: Instant },
+    /// A record failed with tolerance "none": no more polls; the task fails once the records
+    /// before it are final.
+    Halting,
+}
 
-        match event {
-            Event::Acks(None) => return Err(Error::fatal("Kafka producer stopped unexpectedly")),
-            Event::Acks(Some(batch)) => {
-                flush_sent = false;
-                for d in batch {
-                    unacked = unacked.saturating_sub(1);
-                    let outcome = match d.result {
-                        Ok(m) => {
-                            stats.add_out(1);
-                            Outcome::Delivered(m)
-                        }
-                        Err(e) => {
-                            if !tolerant || e.kind() != ErrorKind::RecordRejected {
-                                halting = true;
-                            }
-                            Outcome::Failed(Stage::KafkaProduce, e)
-                        }
-                    };
-                    finalizer.complete(d.tag, outcome);
-                }
-            }
-            Event::Shutdown => {
-                info!(connector = %name, in_flight = finalizer.len(), "draining source task");
-                stopping = true;
-                drain_deadline =
-                    Some(Instant::now() + Duration::from_millis(config.shutdown_timeout_ms));
-            }
-            Event::Tick => committer.commit_unless(task, &shutdown).await,
-            Event::DrainTimeout => {
-                warn!(
-                    connector = %name,
-                    in_flight = finalizer.len(),
-                    "shutdown timeout: records still unacknowledged by Kafka are not committed and will be redelivered"
-                );
+/// The poll/produce/finalize loop's state: returns on shutdown (after draining) or on a fatal
+/// error.
+struct SourceDriver<'a> {
+    name: &'a Arc<str>,
+    config: &'a SourceRuntimeConfig,
+    stats: &'a TaskStats,
+    handler: &'a ErrorHandler,
+    producer: Producer<u64>,
+    finalizer: OrderedFinalizer<SourceRecord, Outcome>,
+    /// Polled records waiting for room in the window.
+    pending: VecDeque<(ProducerRecord, u64)>,
+    window: Window,
+    phase: Phase,
+    /// No poll before this (after an empty poll or a retriable failure).
+    poll_retry: Option<Instant>,
+    poll_backoff: Backoff,
+    /// Since when `poll` has kept failing.
+    failing_since: Option<Instant>,
+    tolerant: bool,
+}
+
+impl<'a> SourceDriver<'a> {
+    /// Runs the loop.
+    async fn run(
+        mut self,
+        task: &mut dyn SourceTask,
+        committer: &mut Committer,
+        mut acks: mpsc::Receiver<Vec<Delivery<u64>>>,
+        pause: &mut PauseSwitch,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            self.config.offset_flush_interval_ms.max(1),
+        ));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.reset();
+        loop {
+            self.send_pending().await?;
+            let paused = pause.is_paused();
+            self.flush_if_needed(paused).await?;
+            self.stats.set_in_flight(self.finalizer.len() as u64);
+            if self.phase != Phase::Running && self.finalizer.is_empty() {
                 return Ok(());
             }
-            Event::PollRetry => poll_retry_at = None,
-            Event::PauseChanged => {
-                info!(connector = %name, paused = pause.is_paused(), "source task pause switched");
-            }
-            Event::Polled(Ok(records)) => {
-                poll_backoff.reset();
-                failing_since = None;
-                if records.is_empty() {
-                    poll_retry_at = Some(Instant::now() + IDLE_POLL_PAUSE);
-                    continue;
+            let can_poll = self.can_poll(paused);
+            let draining = matches!(self.phase, Phase::Draining { .. });
+            let deadline = match self.phase {
+                Phase::Draining { deadline } => Some(deadline),
+                _ => None,
+            };
+            let event = tokio::select! {
+                biased;
+                batch = acks.recv() => Event::Acks(batch),
+                () = shutdown.cancelled(), if !draining => Event::Shutdown,
+                _ = tick.tick() => Event::Tick,
+                () = sleep_until(deadline), if deadline.is_some() => Event::DrainTimeout,
+                () = sleep_until(self.poll_retry), if self.poll_retry.is_some() => Event::PollRetry,
+                () = pause.changed() => Event::PauseChanged,
+                polled = task.poll(), if can_poll => Event::Polled(polled),
+            };
+            match event {
+                Event::Acks(None) => {
+                    return Err(Error::fatal("Kafka producer stopped unexpectedly"))
                 }
-                stats.add_in(records.len() as u64);
-                for mut record in records {
-                    held_bytes += record.size();
-                    let prepared = prepare(pipeline, &mut record);
-                    let seq = finalizer.push(record);
-                    match prepared {
-                        Ok(Some(out)) => pending.push_back((out, seq)),
-                        Ok(None) => {
-                            finalizer.complete(seq, Outcome::Dropped);
-                        }
-                        Err((stage, why)) => {
-                            finalizer.complete(seq, Outcome::Failed(stage, Error::rejected(why)));
-                            if !tolerant {
-                                // The rest of this poll is dropped unacknowledged: the source
-                                // delivers it again after the restart.
-                                halting = true;
-                                break;
-                            }
-                        }
+                Event::Acks(Some(batch)) => self.on_acks(batch),
+                Event::Shutdown => {
+                    info!(connector = %self.name, in_flight = self.finalizer.len(), "draining source task");
+                    let timeout = Duration::from_millis(self.config.shutdown_timeout_ms);
+                    self.phase = Phase::Draining { deadline: Instant::now() + timeout };
+                }
+                Event::Tick => committer.commit_unless(task, &shutdown).await,
+                Event::DrainTimeout => {
+                    warn!(
+                        connector = %self.name,
+                        in_flight = self.finalizer.len(),
+                        "shutdown timeout: records still unacknowledged by Kafka are not committed and will be redelivered"
+                    );
+                    return Ok(());
+                }
+                Event::PollRetry => self.poll_retry = None,
+                Event::PauseChanged => {
+                    info!(connector = %self.name, paused = pause.is_paused(), "source task pause switched");
+                }
+                Event::Polled(Ok(records)) => {
+                    if !self.on_polled(records) {
+                        continue;
+                    }
+                }
+                Event::Polled(Err(e)) => self.on_poll_error(e)?,
+            }
+            self.finalize_ready(task, committer).await?;
+        }
+    }
+
+    /// Hands polled records to the producer while the window allows. This goes on while
+    /// halting: what is still pending was polled before the failed record, and must reach Kafka
+    /// for the task to commit up to it.
+    async fn send_pending(&mut self) -> Result<()> {
+        let w = &mut self.window;
+        if !self.pending.is_empty() && w.unacked < w.max_records {
+            let n = (w.max_records - w.unacked).min(self.pending.len());
+            let batch: Vec<(ProducerRecord, u64)> = self.pending.drain(..n).collect();
+            w.unacked += batch.len();
+            self.producer.send_all(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// With a full window, at shutdown or paused, nothing more comes soon: what is in flight goes
+    /// out now rather than linger.
+    async fn flush_if_needed(&mut self, paused: bool) -> Result<()> {
+        let draining = matches!(self.phase, Phase::Draining { .. });
+        let w = &mut self.window;
+        if (w.is_full() || draining || paused) && w.unacked > 0 && !w.flush_sent {
+            self.producer.flush().await?;
+            w.flush_sent = true;
+        }
+        Ok(())
+    }
+
+    fn can_poll(&self, paused: bool) -> bool {
+        self.phase == Phase::Running
+            && !paused
+            && self.pending.is_empty()
+            && self.finalizer.len() < self.window.max_records
+            && self.window.held_bytes < self.window.max_bytes
+            && self.poll_retry.is_none()
+    }
+
+    /// A record Kafka refused, or one that failed before Kafka with tolerance "none".
+    fn halt(&mut self) {
+        if self.phase == Phase::Running {
+            self.phase = Phase::Halting;
+        }
+    }
+
+    fn on_acks(&mut self, batch: Vec<Delivery<u64>>) {
+        self.window.flush_sent = false;
+        for d in batch {
+            self.window.unacked = self.window.unacked.saturating_sub(1);
+            let outcome = match d.result {
+                Ok(m) => {
+                    self.stats.add_out(1);
+                    Outcome::Delivered(m)
+                }
+                Err(e) => {
+                    if !self.tolerant || e.kind() != ErrorKind::RecordRejected {
+                        self.halt();
+                    }
+                    Outcome::Failed(Stage::KafkaProduce, e)
+                }
+            };
+            self.finalizer.complete(d.tag, outcome);
+        }
+    }
+
+    /// Queues polled records; `false` when the poll was empty (nothing to finalize).
+    fn on_polled(&mut self, records: Vec<SourceRecord>) -> bool {
+        self.poll_backoff.reset();
+        self.failing_since = None;
+        if records.is_empty() {
+            self.poll_retry = Some(Instant::now() + IDLE_POLL_PAUSE);
+            return false;
+        }
+        self.stats.add_in(records.len() as u64);
+        for mut record in records {
+            self.window.held_bytes += record.size();
+            let prepared = prepare(&self.config.pipeline, &mut record);
+            let seq = self.finalizer.push(record);
+            match prepared {
+                Ok(Some(out)) => self.pending.push_back((out, seq)),
+                Ok(None) => {
+                    self.finalizer.complete(seq, Outcome::Dropped);
+                }
+                Err((stage, why)) => {
+                    self.finalizer.complete(seq, Outcome::Failed(stage, Error::rejected(why)));
+                    if !self.tolerant {
+                        // The rest of this poll is dropped unacknowledged: the source delivers
+                        // it again after the restart.
+                        self.halt();
+                        break;
                     }
                 }
             }
-            Event::Polled(Err(e)) if e.is_retriable() => {
-                stats.add_retry();
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
-                    stats.add_error();
-                    return Err(Error::fatal(format!(
-                        "poll kept failing for {:?} (errors.retry_timeout_ms): {}",
-                        since.elapsed(),
-                        e.report()
-                    )));
-                }
-                let delay = poll_backoff.next_delay();
-                warn!(connector = %name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
-                poll_retry_at = Some(Instant::now() + delay);
-            }
-            Event::Polled(Err(e)) => {
-                stats.add_error();
-                return Err(e);
-            }
         }
-        // Commit the acknowledged prefix, in poll order.
+        true
+    }
+
+    /// A failed poll: retried after a backoff (bounded by `errors.retry_timeout_ms`) when
+    /// retriable, else the task's end.
+    fn on_poll_error(&mut self, e: Error) -> Result<()> {
+        if !e.is_retriable() {
+            self.stats.add_error();
+            return Err(e);
+        }
+        self.stats.add_retry();
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if self.config.pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
+            self.stats.add_error();
+            return Err(Error::fatal(format!(
+                "poll kept failing for {:?} (errors.retry_timeout_ms): {}",
+                since.elapsed(),
+                e.report()
+            )));
+        }
+        let delay = self.poll_backoff.next_delay();
+        warn!(connector = %self.name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
+        self.poll_retry = Some(Instant::now() + delay);
+        Ok(())
+    }
+
+    /// Commits the acknowledged prefix, in poll order.
+    async fn finalize_ready(
+        &mut self,
+        task: &mut dyn SourceTask,
+        committer: &mut Committer,
+    ) -> Result<()> {
         let mut ready = Vec::new();
-        while let Some((record, outcome)) = finalizer.pop_ready() {
-            held_bytes = held_bytes.saturating_sub(record.size());
-            match finalize(committer, stats, handler, record, outcome).await {
+        while let Some((record, outcome)) = self.finalizer.pop_ready() {
+            self.window.held_bytes = self.window.held_bytes.saturating_sub(record.size());
+            match finalize(committer, self.stats, self.handler, record, outcome).await {
                 Ok(done) => ready.push(done),
                 Err(e) => {
                     // The records before the failed one are final: commit them, then stop.
-                    commit_records(task, name, ready).await?;
+                    commit_records(task, self.name, ready).await?;
                     return Err(e);
                 }
             }
         }
-        commit_records(task, name, ready).await?;
+        commit_records(task, self.name, ready).await
     }
 }
 

@@ -129,7 +129,12 @@ pub(super) struct InFlightSave {
 
 impl InFlightSave {
     /// Records a completed save in `progress` and the counters.
-    pub(super) fn apply(self, name: &str, stats: &TaskStats, progress: &mut Progress) -> Result<()> {
+    pub(super) fn apply(
+        self,
+        name: &str,
+        stats: &TaskStats,
+        progress: &mut Progress,
+    ) -> Result<()> {
         for (tp, _) in progress.consumed.clone() {
             if let Some(o) = self.to_save.kafka_offset(&tp) {
                 progress.committed.insert(tp, o);
