@@ -4,6 +4,7 @@
 //! manages connectors and their tasks at run time, the [`OrderedFinalizer`], and [`TaskStats`]
 //! for progress reports.
 
+mod assignment;
 mod commit_request;
 mod connector;
 mod finalizer;
