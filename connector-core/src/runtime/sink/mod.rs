@@ -22,6 +22,8 @@
 //! * Shutdown: fetching stops (a `put` still waiting is dropped); the save in flight, `flush` and
 //!   a final `pre_commit` and commit share one `shutdown_timeout_ms` deadline; then `close` and
 //!   `stop`.
+//! * Paused (see [`SinkTaskRuntime::with_pause`]): no fetched record is taken and nothing more is
+//!   put; commits go on.
 
 mod commit;
 mod config;
@@ -29,6 +31,7 @@ mod deliver;
 mod fetch;
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,21 +221,23 @@ impl SinkTaskRuntime {
         let result = match task.open(&partitions).await {
             Ok(()) => {
                 base.started();
-                drive(
-                    &name,
-                    &mut *task,
-                    &client,
-                    &offsets,
-                    &config,
-                    &stats,
-                    &handler,
-                    &mut progress,
-                    &commit_requests,
-                    &mut added,
-                    &mut base.pause,
-                    shutdown,
-                )
-                .await
+                let driver = SinkDriver {
+                    name: &name,
+                    client: &client,
+                    store: &offsets,
+                    config: &config,
+                    stats: &stats,
+                    handler: &handler,
+                    progress: &mut progress,
+                    fetchers: JoinSet::new(),
+                    stop_fetchers: shutdown.child_token(),
+                    fetch_tx: None,
+                    saving: None,
+                    queued: VecDeque::new(),
+                };
+                driver
+                    .run(&mut *task, &commit_requests, &mut added, &mut base.pause, shutdown)
+                    .await
             }
             Err(e) => Err(e),
         }
@@ -256,137 +261,178 @@ impl SinkTaskRuntime {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    name: &Arc<str>,
-    task: &mut dyn SinkTask,
-    client: &KafkaClient,
-    store: &Arc<dyn OffsetStore>,
-    config: &SinkRuntimeConfig,
-    stats: &TaskStats,
-    handler: &ErrorHandler,
-    progress: &mut Progress,
-    commit_requests: &CommitRequester,
-    added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
-    pause: &mut PauseSwitch,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let capacity = config.prefetch_batches.max(1) * progress.consumed.len().max(1);
-    let (tx, mut rx) = mpsc::channel::<FetchMsg>(capacity);
-    let stop_fetchers = shutdown.child_token();
-    let mut fetchers = JoinSet::new();
-    for (tp, offset) in &progress.consumed {
-        fetchers.spawn(fetch_loop(
-            client.clone(),
-            tp.clone(),
-            *offset,
-            config.start,
-            tx.clone(),
-            stop_fetchers.clone(),
-        ));
-    }
-    // Kept while partitions can be added: their fetchers get a clone.
-    let tx = added.is_some().then_some(tx);
+/// The fetch/put/commit loop's state: the fetchers, the offset save in flight, and the fetched
+/// batch being put.
+struct SinkDriver<'a> {
+    name: &'a Arc<str>,
+    client: &'a KafkaClient,
+    store: &'a Arc<dyn OffsetStore>,
+    config: &'a SinkRuntimeConfig,
+    stats: &'a TaskStats,
+    handler: &'a ErrorHandler,
+    progress: &'a mut Progress,
+    fetchers: JoinSet<()>,
+    stop_fetchers: CancellationToken,
+    /// Kept while partitions can be added: their fetchers get a clone.
+    fetch_tx: Option<mpsc::Sender<FetchMsg>>,
+    /// One offset save in flight at a time, in its own task so that `put` goes on meanwhile.
+    /// Commits start on the task's request (acknowledgements arrived) or at the latest every
+    /// commit_interval_ms; requests made during a save are coalesced into one commit after it.
+    saving: Option<InFlightSave>,
+    /// The fetched batch being put, in pieces of at most max_put_records: between two `put`s
+    /// the loop starts commits, so acknowledged records need not wait for a whole fetch to be
+    /// put. Only one fetched batch is held here (nothing is received while pieces are left).
+    queued: VecDeque<(TopicPartition, Vec<SinkRecord>)>,
+}
 
-    let mut tick = tokio::time::interval(Duration::from_millis(config.commit_interval_ms.max(1)));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick.reset();
+/// What the loop does after an event.
+type Step = ControlFlow<Result<()>>;
 
-    // One offset save in flight at a time, in its own task so that `put` goes on meanwhile.
-    // Commits start on the task's request (acknowledgements arrived) or at the latest every
-    // commit_interval_ms; requests made during a save are coalesced into one commit after it.
-    let mut saving: Option<InFlightSave> = None;
-    // The fetched batch being put, in pieces of at most max_put_records: between two `put`s the
-    // loop starts commits, so acknowledged records need not wait for a whole fetch to be put.
-    // Only one fetched batch is held here (nothing is received while pieces are left).
-    let mut queued: VecDeque<(TopicPartition, Vec<SinkRecord>)> = VecDeque::new();
-    let outcome = loop {
-        let paused = pause.is_paused();
-        let event = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => Event::Shutdown,
-            saved = wait_save(&mut saving), if saving.is_some() => Event::Saved(saved),
-            _ = tick.tick(), if saving.is_none() => Event::Tick,
-            () = commit_requests.requested(), if saving.is_none() => Event::Tick,
-            parts = recv_added(added) => Event::Added(parts),
-            () = pause.changed() => Event::PauseChanged,
-            () = std::future::ready(()), if !paused && !queued.is_empty() => Event::PutNext,
-            msg = rx.recv(), if !paused => Event::Fetched(msg),
+impl<'a> SinkDriver<'a> {
+    /// Runs the loop until shutdown or a fatal error, then the bounded final commit.
+    async fn run(
+        mut self,
+        task: &mut dyn SinkTask,
+        commit_requests: &CommitRequester,
+        added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
+        pause: &mut PauseSwitch,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let config = self.config;
+        let capacity = config.prefetch_batches.max(1) * self.progress.consumed.len().max(1);
+        let (tx, mut rx) = mpsc::channel::<FetchMsg>(capacity);
+        for (tp, offset) in &self.progress.consumed {
+            self.fetchers.spawn(fetch_loop(
+                self.client.clone(),
+                tp.clone(),
+                *offset,
+                config.start,
+                tx.clone(),
+                self.stop_fetchers.clone(),
+            ));
+        }
+        self.fetch_tx = added.is_some().then_some(tx);
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(config.commit_interval_ms.max(1)));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.reset();
+
+        let outcome = loop {
+            let paused = pause.is_paused();
+            let idle = self.saving.is_none();
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Event::Shutdown,
+                saved = wait_save(&mut self.saving), if !idle => Event::Saved(saved),
+                _ = tick.tick(), if idle => Event::Tick,
+                () = commit_requests.requested(), if idle => Event::Tick,
+                parts = recv_added(added) => Event::Added(parts),
+                () = pause.changed() => Event::PauseChanged,
+                () = std::future::ready(()), if !paused && !self.queued.is_empty() => Event::PutNext,
+                msg = rx.recv(), if !paused => Event::Fetched(msg),
+            };
+            let step = match event {
+                Event::Shutdown => Step::Break(Ok(())),
+                Event::PauseChanged => {
+                    info!(connector = %self.name, paused = pause.is_paused(), "sink task pause switched");
+                    Step::Continue(())
+                }
+                Event::Added(None) => {
+                    *added = None;
+                    Step::Continue(())
+                }
+                Event::Added(Some(parts)) => self.on_added(task, parts, &shutdown).await,
+                Event::Tick => self.on_tick(task, &shutdown).await,
+                Event::Saved(saved) => {
+                    self.saving = None;
+                    match saved.and_then(|s| s.apply(self.name, self.stats, self.progress)) {
+                        Ok(()) => Step::Continue(()),
+                        Err(e) => Step::Break(Err(e)),
+                    }
+                }
+                Event::Fetched(msg) => self.on_fetched(msg),
+                Event::PutNext => self.put_next(task, &shutdown).await,
+            };
+            if let Step::Break(outcome) = step {
+                break outcome;
+            }
         };
-        match event {
-            Event::Shutdown => break Ok(()),
-            Event::PauseChanged => {
-                info!(connector = %name, paused = pause.is_paused(), "sink task pause switched");
+        self.stop_fetchers.cancel();
+        self.fetchers.abort_all();
+        let Self { name, store, stats, progress, saving, .. } = self;
+        finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
+    }
+
+    /// Partitions were added to the topics: open and read them.
+    async fn on_added(
+        &mut self,
+        task: &mut dyn SinkTask,
+        parts: Vec<TopicPartition>,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        let Some(tx) = &self.fetch_tx else { return Step::Continue(()) };
+        let fetch = (&mut self.fetchers, tx, &self.stop_fetchers);
+        // Raced against shutdown like `put`: loading offsets and resolving starts may wait on an
+        // unreachable Kafka. Cut short, the partitions are simply not read.
+        let (name, client, store, config) = (self.name, self.client, self.store, self.config);
+        let adding = add_partitions(name, task, client, store, config, self.progress, parts, fetch);
+        tokio::select! {
+            r = adding => match r {
+                Ok(()) => Step::Continue(()),
+                Err(e) => Step::Break(Err(e)),
+            },
+            () = shutdown.cancelled() => Step::Break(Ok(())),
+        }
+    }
+
+    /// Time to commit: `pre_commit`, then the save in its own task.
+    async fn on_tick(&mut self, task: &mut dyn SinkTask, shutdown: &CancellationToken) -> Step {
+        // pre_commit may write dead letters (refused records) to an unreachable Kafka: it must
+        // not hold up shutdown. Cut short, nothing is committed by this tick; a refused record
+        // not yet settled stays uncommitted.
+        let started = tokio::select! {
+            r = start_commit(self.name, task, self.store, self.progress) => r,
+            () = shutdown.cancelled() => return Step::Break(Ok(())),
+        };
+        match started {
+            Ok(started) => {
+                self.saving = started;
+                Step::Continue(())
             }
-            Event::Added(None) => *added = None,
-            Event::Added(Some(parts)) => {
-                let Some(tx) = &tx else { continue };
-                let fetch = (&mut fetchers, tx, &stop_fetchers);
-                // Raced against shutdown like `put`: loading offsets and resolving starts may
-                // wait on an unreachable Kafka. Cut short, the partitions are simply not read.
-                let adding =
-                    add_partitions(name, task, client, store, config, progress, parts, fetch);
-                let added = tokio::select! {
-                    r = adding => r,
-                    () = shutdown.cancelled() => break Ok(()),
-                };
-                if let Err(e) = added {
-                    break Err(e);
+            Err(e) => Step::Break(Err(e)),
+        }
+    }
+
+    fn on_fetched(&mut self, msg: Option<FetchMsg>) -> Step {
+        match msg {
+            None => Step::Break(Err(Error::fatal("all Kafka fetchers stopped"))),
+            Some(FetchMsg::Failed(e)) => Step::Break(Err(e)),
+            Some(FetchMsg::Records(tp, records)) => {
+                if !records.is_empty() {
+                    self.stats.add_in(records.len() as u64);
+                    queue_for_put(&mut self.queued, tp, records, self.config.max_put_records);
                 }
-            }
-            Event::Tick => {
-                // pre_commit may write dead letters (refused records) to an unreachable Kafka:
-                // it must not hold up shutdown. Cut short, nothing is committed by this tick; a
-                // refused record not yet settled stays uncommitted.
-                let started = tokio::select! {
-                    r = start_commit(name, task, store, progress) => r,
-                    () = shutdown.cancelled() => break Ok(()),
-                };
-                match started {
-                    Ok(started) => saving = started,
-                    Err(e) => break Err(e),
-                }
-            }
-            Event::Saved(saved) => {
-                saving = None;
-                if let Err(e) = saved.and_then(|s| s.apply(name, stats, progress)) {
-                    break Err(e);
-                }
-            }
-            Event::Fetched(None) => break Err(Error::fatal("all Kafka fetchers stopped")),
-            Event::Fetched(Some(FetchMsg::Failed(e))) => break Err(e),
-            Event::Fetched(Some(FetchMsg::Records(tp, records))) => {
-                if records.is_empty() {
-                    continue;
-                }
-                stats.add_in(records.len() as u64);
-                queue_for_put(&mut queued, tp, records, config.max_put_records);
-            }
-            Event::PutNext => {
-                let Some((tp, records)) = queued.pop_front() else { continue };
-                match deliver(
-                    name,
-                    task,
-                    &config.pipeline,
-                    handler,
-                    stats,
-                    progress,
-                    tp,
-                    records,
-                    &shutdown,
-                )
-                .await
-                {
-                    Ok(true) => stats.set_in_flight(progress.uncommitted()),
-                    Ok(false) => break Ok(()),
-                    Err(e) => break Err(e),
-                }
+                Step::Continue(())
             }
         }
-    };
-    stop_fetchers.cancel();
-    fetchers.abort_all();
-    finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
+    }
+
+    /// Puts the next piece of the fetched batch.
+    async fn put_next(&mut self, task: &mut dyn SinkTask, shutdown: &CancellationToken) -> Step {
+        let Some((tp, records)) = self.queued.pop_front() else { return Step::Continue(()) };
+        let (name, pipeline, handler, stats) =
+            (self.name, &self.config.pipeline, self.handler, self.stats);
+        match deliver(name, task, pipeline, handler, stats, self.progress, tp, records, shutdown)
+            .await
+        {
+            Ok(true) => {
+                stats.set_in_flight(self.progress.uncommitted());
+                Step::Continue(())
+            }
+            Ok(false) => Step::Break(Ok(())),
+            Err(e) => Step::Break(Err(e)),
+        }
+    }
 }
 
 /// The next batch of added partitions; never resolves when there is no channel.

@@ -18,6 +18,8 @@
 //! * Shutdown (the token is cancelled): polling stops, open batches are sent, acknowledgements are
 //!   awaited up to `shutdown_timeout_ms`, offsets are committed (again within
 //!   `shutdown_timeout_ms`), the task is stopped.
+//! * Paused (see [`SourceTaskRuntime::with_pause`]): no more polls; what was polled still goes to
+//!   Kafka, acknowledgements are still handled and offsets still saved.
 
 mod config;
 mod driver;
