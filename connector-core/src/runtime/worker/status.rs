@@ -129,7 +129,7 @@ pub struct ConnectorStatus {
     pub tasks: Vec<TaskStatus>,
 }
 
-/// A task that failed, from [`Worker::wait_failed`].
+/// A task that failed, from [`Worker::wait_failed`](super::Worker::wait_failed).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TaskFailure {
@@ -141,7 +141,7 @@ pub struct TaskFailure {
     pub error: Arc<Error>,
 }
 
-/// Why a [`Worker`] call was refused.
+/// Why a [`Worker`](super::Worker) call was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkerError {
@@ -162,7 +162,7 @@ pub enum WorkerError {
     /// The worker runs [`MAX_CONNECTORS`] already.
     #[error("the worker runs {0} connectors, its most")]
     TooManyConnectors(usize),
-    /// [`Worker::shutdown`] was called.
+    /// [`Worker::shutdown`](super::Worker::shutdown) was called.
     #[error("the worker is shut down")]
     ShutDown,
     /// The connector could not create its tasks or reach its topics.
