@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use connector_core::kafka::{KafkaClient, ProducerRecord};
-use connector_core::runtime::{
-    run_sink_connector, CommitRequester, SinkRuntimeConfig, SinkTaskRuntime, TaskStats,
-};
+use connector_core::runtime::{CommitRequester, SinkRuntime, SinkRuntimeConfig, SinkTaskRuntime};
 use connector_core::{
     DynSinkConnector, MemoryOffsetStore, OffsetStore, Result, SinkRecord, SinkTask,
     SinkTaskContext, StartFrom, TopicPartition,
@@ -143,16 +141,14 @@ async fn partitions_that_appear_while_the_sink_runs_are_read() {
     let run = {
         let (client, shutdown) = (client.clone(), shutdown.clone());
         tokio::spawn(async move {
-            run_sink_connector(
+            SinkRuntime::builder(
                 "grow-sink",
                 &connector,
-                4,
                 client,
                 Arc::new(MemoryOffsetStore::new()),
-                SinkRuntimeConfig::default(),
-                Arc::new(TaskStats::new()),
-                shutdown,
             )
+            .max_tasks(4)
+            .run(shutdown)
             .await
         })
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connector_core::kafka::{KafkaClient, ProducerRecord};
-use connector_core::runtime::{run_sink_connector, SinkRuntimeConfig, TaskStats};
+use connector_core::runtime::{SinkRuntime, SinkRuntimeConfig};
 use connector_core::{
     MemoryOffsetStore, OffsetStore, Result, SinkConnector, StartFrom, TopicPartition,
 };
@@ -80,17 +80,11 @@ fn start_with_store(
     let runtime = SinkRuntimeConfig { commit_interval_ms, ..SinkRuntimeConfig::default() };
     let (name, client, t) = (name.to_owned(), client.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
-        run_sink_connector(
-            &name,
-            &connector,
-            1,
-            client,
-            store,
-            runtime,
-            Arc::new(TaskStats::new()),
-            t,
-        )
-        .await
+        SinkRuntime::builder(name.as_str(), &connector, client, store)
+            .config(runtime)
+            .max_tasks(1)
+            .run(t)
+            .await
     });
     Running { handle, shutdown }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connector_core::kafka::{KafkaClient, ProducerRecord};
-use connector_core::runtime::{run_sink_connector, SinkRuntimeConfig, TaskStats};
+use connector_core::runtime::{SinkRuntime, SinkRuntimeConfig, TaskStats};
 use connector_core::{
     ErrorPolicyConfig, MemoryOffsetStore, OffsetStore, Result, SinkConnector, SinkRecord,
     Tolerance, TopicPartition,
@@ -47,7 +47,12 @@ fn start(
     let (name, client, t) = (name.to_owned(), client.clone(), shutdown.clone());
     let handle = tokio::spawn(async move {
         let stats = Arc::new(TaskStats::new());
-        run_sink_connector(&name, &connector, 1, client, store, runtime, stats, t).await
+        SinkRuntime::builder(name.as_str(), &connector, client, store)
+            .config(runtime)
+            .stats(stats)
+            .max_tasks(1)
+            .run(t)
+            .await
     });
     Running { handle, shutdown }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connector_core::kafka::KafkaClient;
-use connector_core::runtime::{run_source_connector, Pipeline, SourceRuntimeConfig, TaskStats};
+use connector_core::runtime::{Pipeline, SourceRuntime, SourceRuntimeConfig, TaskStats};
 use connector_core::{
     ErrorPolicyConfig, MemoryOffsetStore, OffsetStore, Result, SinkRecord, SourceConnector,
     Tolerance,
@@ -55,7 +55,12 @@ fn start(
     let (name, client, s, t) =
         (name.to_owned(), client.clone(), Arc::clone(&stats), shutdown.clone());
     let handle = tokio::spawn(async move {
-        run_source_connector(&name, &connector, 1, client, store, runtime, s, t).await
+        SourceRuntime::builder(name.as_str(), &connector, client, store)
+            .config(runtime)
+            .stats(s)
+            .max_tasks(1)
+            .run(t)
+            .await
     });
     Running { handle, stats, shutdown }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connector_core::kafka::KafkaClient;
-use connector_core::runtime::{run_source_connector, SourceRuntimeConfig, TaskStats};
+use connector_core::runtime::{SourceRuntime, TaskStats};
 use connector_core::{MemoryOffsetStore, OffsetStore, Result, SinkRecord, SourceConnector};
 use connector_mqtt_source::{MqttSourceConfig, MqttSourceConnector};
 use connector_testkit::{
@@ -44,17 +44,11 @@ fn start(name: &str, config: MqttSourceConfig, client: &KafkaClient) -> Running 
     let (name, client, s, t) =
         (name.to_owned(), client.clone(), Arc::clone(&stats), shutdown.clone());
     let handle = tokio::spawn(async move {
-        run_source_connector(
-            &name,
-            &connector,
-            tasks,
-            client,
-            store,
-            SourceRuntimeConfig::default(),
-            s,
-            t,
-        )
-        .await
+        SourceRuntime::builder(name.as_str(), &connector, client, store)
+            .stats(s)
+            .max_tasks(tasks)
+            .run(t)
+            .await
     });
     Running { handle, stats, shutdown }
 }

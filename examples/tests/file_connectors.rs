@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connector_core::kafka::ProducerRecord;
-use connector_core::runtime::{
-    run_sink_connector, run_source_connector, SinkRuntimeConfig, SourceRuntimeConfig, TaskStats,
-};
+use connector_core::runtime::{SinkRuntime, SinkRuntimeConfig, SourceRuntime};
 use connector_core::{FileOffsetStore, SinkConnector, SourceConnector, StartFrom};
 use connector_examples::{
     FileSinkConfig, FileSinkConnector, FileSourceConfig, FileSourceConnector, LineFormat,
@@ -190,21 +188,11 @@ async fn records_arrive_with_keys_headers_and_timestamps_intact() {
     let (c1, c2, s1, s2) = (client.clone(), client.clone(), Arc::clone(&store), Arc::clone(&store));
     let (t1, t2) = (shutdown.clone(), shutdown.clone());
     let source_task = tokio::spawn(async move {
-        run_source_connector(
-            "src",
-            &source,
-            1,
-            c1,
-            s1,
-            SourceRuntimeConfig::default(),
-            Arc::new(TaskStats::new()),
-            t1,
-        )
-        .await
+        SourceRuntime::builder("src", &source, c1, s1).max_tasks(1).run(t1).await
     });
     let sink_task = tokio::spawn(async move {
         let cfg = SinkRuntimeConfig { commit_interval_ms: 100, ..SinkRuntimeConfig::default() };
-        run_sink_connector("snk", &sink, 1, c2, s2, cfg, Arc::new(TaskStats::new()), t2).await
+        SinkRuntime::builder("snk", &sink, c2, s2).config(cfg).max_tasks(1).run(t2).await
     });
     wait_until("500 lines in the sink file", Duration::from_secs(60), || {
         read_lines(&output).len() >= 500

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use connector_core::runtime::{run_source_connector, SourceRuntimeConfig, TaskStats};
+use connector_core::runtime::{SourceRuntime, SourceRuntimeConfig};
 use connector_core::{MemoryOffsetStore, OffsetStore, SourceConnector};
 use connector_examples::{HeartbeatConfig, HeartbeatConnector};
 use connector_testkit::{kafka, Tansu};
@@ -30,17 +30,11 @@ async fn heartbeats_are_numbered_and_the_count_resumes_after_a_restart() {
         let handle = tokio::spawn(async move {
             let runtime =
                 SourceRuntimeConfig { offset_flush_interval_ms: 50, ..Default::default() };
-            run_source_connector(
-                "pump-1-heartbeat",
-                &connector,
-                1,
-                client,
-                offsets,
-                runtime,
-                Arc::new(TaskStats::new()),
-                stop,
-            )
-            .await
+            SourceRuntime::builder("pump-1-heartbeat", &connector, client, offsets)
+                .config(runtime)
+                .max_tasks(1)
+                .run(stop)
+                .await
         });
         kafka::consume_at_least(
             &tansu.client().await.unwrap(),

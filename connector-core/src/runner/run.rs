@@ -1,22 +1,17 @@
-//! Running a configuration: every connector concurrently, a periodic progress line per connector,
-//! and one failure stopping the rest gracefully.
+//! Running a configuration: every connector on one [`Worker`], a periodic progress line per
+//! connector, and the first failing task stopping everything gracefully.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::kafka::KafkaClient;
 use crate::offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetStore};
 use crate::runner::file::{ConnectFile, OffsetStoreKind};
-use crate::runner::registry::BuiltConnector;
-use crate::runtime::{run_sink_connector, run_source_connector, StatsSnapshot, TaskStats};
+use crate::runtime::{ConnectorSpec, StatsSnapshot, TaskStats, Worker, WorkerError};
 use crate::{Error, Result};
-
-/// The most tasks a connector may ask for; connectors decide within it.
-const MAX_TASKS: usize = 256;
 
 /// One connector's counters, for progress lines.
 struct Tracked {
@@ -53,71 +48,49 @@ pub async fn run(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
         }
         OffsetStoreKind::Memory => Arc::new(MemoryOffsetStore::new()),
     };
-    let stop = shutdown.child_token();
-    let mut set = JoinSet::new();
+    let worker = Worker::new(client, offsets);
     let mut tracked = Vec::new();
-    for entry in file.connectors {
-        let stats = Arc::new(TaskStats::new());
-        tracked.push(Tracked {
-            name: entry.name.clone(),
-            type_name: entry.type_name.clone(),
-            stats: Arc::clone(&stats),
-            last: StatsSnapshot::default(),
-        });
-        let (client, offsets, token) = (client.clone(), Arc::clone(&offsets), stop.clone());
-        info!(connector = %entry.name, r#type = %entry.type_name, "starting connector");
-        set.spawn(async move {
-            let name = entry.name;
-            let result = match entry.connector {
-                BuiltConnector::Source(c) => {
-                    run_source_connector(
-                        &name,
-                        c.as_ref(),
-                        MAX_TASKS,
-                        client,
-                        offsets,
-                        entry.source_runtime,
-                        stats,
-                        token,
-                    )
-                    .await
-                }
-                BuiltConnector::Sink(c) => {
-                    run_sink_connector(
-                        &name,
-                        c.as_ref(),
-                        MAX_TASKS,
-                        client,
-                        offsets,
-                        entry.sink_runtime,
-                        stats,
-                        token,
-                    )
-                    .await
-                }
-            };
-            (name, result)
-        });
-    }
-    let interval = Duration::from_secs(file.progress.interval_secs);
-    let reporter = (!interval.is_zero())
-        .then(|| tokio::spawn(report_progress(tracked, interval, stop.clone())));
-
     let mut first_error: Option<Error> = None;
-    while let Some(joined) = set.join_next().await {
-        let (name, result) = match joined {
-            Ok(done) => done,
-            Err(e) => ("?".to_owned(), Err(Error::fatal("a connector panicked").with_source(e))),
+    for entry in file.connectors {
+        info!(connector = %entry.name, r#type = %entry.type_name, "starting connector");
+        let spec = ConnectorSpec::new(entry.connector, entry.source_runtime, entry.sink_runtime);
+        // Starting a sink may wait on its topics' metadata: shutdown cuts it short.
+        let started = tokio::select! {
+            r = worker.start(&entry.name, spec) => r,
+            () = shutdown.cancelled() => break,
         };
-        match result {
-            Ok(()) => info!(connector = %name, "connector stopped"),
+        match started {
+            Ok(()) => tracked.push(Tracked {
+                stats: worker.stats(&entry.name).unwrap_or_default(),
+                name: entry.name,
+                type_name: entry.type_name,
+                last: StatsSnapshot::default(),
+            }),
             Err(e) => {
-                error!(connector = %name, error = %e.report(), "connector failed; stopping the others");
-                stop.cancel();
-                first_error.get_or_insert(e);
+                error!(connector = %entry.name, error = %e, "connector failed; stopping the others");
+                first_error = Some(match e {
+                    WorkerError::Start(e) => e,
+                    other => Error::fatal(other.to_string()),
+                });
+                break;
             }
         }
     }
+    let stop = CancellationToken::new();
+    let interval = Duration::from_secs(file.progress.interval_secs);
+    let reporter = (!interval.is_zero() && first_error.is_none())
+        .then(|| tokio::spawn(report_progress(tracked, interval, stop.clone())));
+    if first_error.is_none() {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            failure = worker.wait_failed() => {
+                error!(connector = %failure.connector, task = failure.task, error = %failure.error.report(), "connector failed; stopping the others");
+                first_error = Some((*failure.error).clone());
+            }
+        }
+    }
+    stop.cancel();
+    worker.shutdown().await;
     if let Some(r) = reporter {
         r.abort();
     }

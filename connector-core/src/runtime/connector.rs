@@ -1,15 +1,14 @@
-//! Running every task of a connector: [`run_source_connector`] and [`run_sink_connector`] create
-//! the tasks, give sink tasks their partitions (round-robin), run them concurrently, and stop them
-//! all when one fails.
+//! Running every task of one connector: [`SourceRuntime`] and [`SinkRuntime`] create the tasks,
+//! give sink tasks their partitions (round-robin), run them concurrently, and stop them all when
+//! one fails. (A [`Worker`](crate::runtime::Worker) runs connectors whose tasks are managed one
+//! by one instead.)
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::kafka::KafkaClient;
 use crate::offset::OffsetStore;
@@ -21,183 +20,369 @@ use crate::sink::DynSinkConnector;
 use crate::source::DynSourceConnector;
 use crate::{Error, Result};
 
-/// Runs up to `max_tasks` tasks of a source connector until `shutdown` or the first fatal error
-/// (which stops the other tasks gracefully). All tasks count into `stats`.
+pub use super::assignment::assign_round_robin;
+pub(crate) use super::assignment::{sink_partitions, watch_partitions, Assignment};
+
+/// The most tasks a connector may ask for unless told otherwise; connectors decide within it.
+pub const DEFAULT_MAX_TASKS: usize = 256;
+
+/// All the tasks of one source connector, run until shutdown or the first fatal error (which
+/// stops the other tasks gracefully). Built with [`SourceRuntime::builder`]: the name, the
+/// connector, the Kafka client and the offset store are required; the settings
+/// ([`SourceRuntimeConfig::default`]), the counters (fresh ones) and the task limit
+/// ([`DEFAULT_MAX_TASKS`]) have defaults.
 ///
-/// # Errors
-/// The first task error.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_source_connector(
-    name: &str,
-    connector: &dyn DynSourceConnector,
-    max_tasks: usize,
+/// ```no_run
+/// use std::sync::Arc;
+/// use connector_core::kafka::{KafkaClient, KafkaConfig};
+/// use connector_core::runtime::{SourceRuntime, SourceRuntimeConfig, TaskStats};
+/// use connector_core::{DynSourceConnector, MemoryOffsetStore};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(connector: &dyn DynSourceConnector) -> connector_core::Result<()> {
+/// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+/// let stats = Arc::new(TaskStats::new());
+/// SourceRuntime::builder("heartbeat", connector, client, Arc::new(MemoryOffsetStore::new()))
+///     .config(SourceRuntimeConfig::default())
+///     .stats(Arc::clone(&stats))
+///     .max_tasks(4)
+///     .run(CancellationToken::new())
+///     .await
+/// # }
+/// ```
+pub struct SourceRuntime<'a> {
+    name: Arc<str>,
+    connector: &'a dyn DynSourceConnector,
     client: KafkaClient,
     offsets: Arc<dyn OffsetStore>,
     config: SourceRuntimeConfig,
     stats: Arc<TaskStats>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(name))?;
-    let mut config = config;
+    max_tasks: usize,
+}
+
+/// Builds a [`SourceRuntime`]; from [`SourceRuntime::builder`].
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use connector_core::runtime::SourceRuntime;
+/// # use connector_core::{DynSourceConnector, MemoryOffsetStore};
+/// # fn example(connector: &dyn DynSourceConnector, client: connector_core::kafka::KafkaClient) {
+/// let runtime = SourceRuntime::builder("s", connector, client, Arc::new(MemoryOffsetStore::new()))
+///     .max_tasks(1)
+///     .build();
+/// let stats = runtime.stats();
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `run` or `build`"]
+pub struct SourceRuntimeBuilder<'a>(SourceRuntime<'a>);
+
+impl<'a> SourceRuntime<'a> {
+    /// Starts building the runtime of connector `name` (its tasks are tagged with it and its
+    /// offsets stored under it).
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use connector_core::runtime::SourceRuntime;
+    /// # use connector_core::{DynSourceConnector, MemoryOffsetStore};
+    /// # async fn example(c: &dyn DynSourceConnector, client: connector_core::kafka::KafkaClient) {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// let result = SourceRuntime::builder("s", c, client, Arc::new(MemoryOffsetStore::new()))
+    ///     .run(shutdown)
+    ///     .await;
+    /// # }
+    /// ```
+    pub fn builder(
+        name: impl Into<Arc<str>>,
+        connector: &'a dyn DynSourceConnector,
+        client: KafkaClient,
+        offsets: Arc<dyn OffsetStore>,
+    ) -> SourceRuntimeBuilder<'a> {
+        SourceRuntimeBuilder(Self {
+            name: name.into(),
+            connector,
+            client,
+            offsets,
+            config: SourceRuntimeConfig::default(),
+            stats: Arc::new(TaskStats::new()),
+            max_tasks: DEFAULT_MAX_TASKS,
+        })
+    }
+
+    /// The counters all the connector's tasks count into.
+    ///
+    /// ```no_run
+    /// # fn example(runtime: &connector_core::runtime::SourceRuntime<'_>) {
+    /// println!("committed {}", runtime.stats().snapshot().committed);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Arc<TaskStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs up to `max_tasks` tasks until `shutdown` is cancelled (each drains and commits) or the
+    /// first fatal error (the other tasks are stopped gracefully).
+    ///
+    /// ```no_run
+    /// # async fn example(runtime: connector_core::runtime::SourceRuntime<'_>) {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// if let Err(e) = runtime.run(shutdown).await {
+    ///     eprintln!("{}", e.report());
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The first task error, or the connector failing to create its tasks.
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop; dropping the future is a crash (see
+    /// [`SourceTaskRuntime::run`]).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { name, connector, client, offsets, config, stats, max_tasks } = self;
+        let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(&*name))?;
+        let config = source_task_config(connector, config);
+        let stop = shutdown.child_token();
+        let mut set = JoinSet::new();
+        for (id, task) in tasks.into_iter().enumerate() {
+            let runtime = SourceTaskRuntime::new(
+                Arc::clone(&name),
+                id,
+                task,
+                client.clone(),
+                Arc::clone(&offsets),
+            )
+            .with_config(config.clone())
+            .with_stats(Arc::clone(&stats));
+            set.spawn(runtime.run(stop.clone()));
+        }
+        join_all(&name, set, stop).await
+    }
+}
+
+impl<'a> SourceRuntimeBuilder<'a> {
+    /// Replaces the settings (default: [`SourceRuntimeConfig::default`]).
+    pub fn config(mut self, config: SourceRuntimeConfig) -> Self {
+        self.0.config = config;
+        self
+    }
+
+    /// Counts into `stats` (default: fresh counters, see [`SourceRuntime::stats`]).
+    pub fn stats(mut self, stats: Arc<TaskStats>) -> Self {
+        self.0.stats = stats;
+        self
+    }
+
+    /// The most tasks the connector may create (default: [`DEFAULT_MAX_TASKS`]; at least 1).
+    pub fn max_tasks(mut self, max_tasks: usize) -> Self {
+        self.0.max_tasks = max_tasks.max(1);
+        self
+    }
+
+    /// The runtime, to read its [`stats`](SourceRuntime::stats) before running it.
+    pub fn build(self) -> SourceRuntime<'a> {
+        self.0
+    }
+
+    /// Builds and runs: see [`SourceRuntime::run`].
+    ///
+    /// # Errors
+    /// See [`SourceRuntime::run`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        self.0.run(shutdown).await
+    }
+}
+
+/// The settings every task of a source connector runs with: the window clipped to the
+/// connector's, and one topic budget for all its tasks.
+pub(crate) fn source_task_config(
+    connector: &dyn DynSourceConnector,
+    mut config: SourceRuntimeConfig,
+) -> SourceRuntimeConfig {
     if let Some(window) = connector.max_in_flight_records() {
         config.max_in_flight_records = config.max_in_flight_records.min(window.max(1));
     }
-    // One count of distinct Kafka topics for all the connector's tasks.
     config.topic_budget = Some(config.topic_budget());
-    let stop = shutdown.child_token();
-    let mut set = JoinSet::new();
-    for (id, task) in tasks.into_iter().enumerate() {
-        let runtime = SourceTaskRuntime::new(name, id, task, client.clone(), Arc::clone(&offsets))
-            .with_config(config.clone())
-            .with_stats(Arc::clone(&stats));
-        set.spawn(runtime.run(stop.clone()));
-    }
-    join_all(name, set, stop).await
+    config
 }
 
-/// Runs up to `max_tasks` tasks of a sink connector until `shutdown` or the first fatal error.
-/// The connector's topics are created if missing (when `auto_create_topics` is on); their
-/// partitions are dealt to the tasks round-robin, and tasks left without partitions are not run.
-/// Partitions added to the topics later are found by a metadata refresh every
-/// `metadata_max_age_ms` and dealt to the running tasks, which read them from their earliest
-/// offset (a partition found while running is new, whatever `start` says).
+/// All the tasks of one sink connector, run until shutdown or the first fatal error. The
+/// connector's topics are created if missing (when `auto_create_topics` is on); their partitions
+/// are dealt to the tasks round-robin, and tasks left without partitions are not run. Partitions
+/// added to the topics later are found by a metadata refresh every `metadata_max_age_ms` and
+/// dealt to the running tasks, which read them from their earliest offset (a partition found
+/// while running is new, whatever `start` says). Built with [`SinkRuntime::builder`], with the
+/// same required parts and defaults as [`SourceRuntime`].
 ///
-/// # Errors
-/// The first task error, or a topic that cannot be read.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_sink_connector(
-    name: &str,
-    connector: &dyn DynSinkConnector,
-    max_tasks: usize,
+/// ```no_run
+/// use std::sync::Arc;
+/// use connector_core::kafka::{KafkaClient, KafkaConfig};
+/// use connector_core::runtime::{SinkRuntime, SinkRuntimeConfig};
+/// use connector_core::{DynSinkConnector, MemoryOffsetStore};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(connector: &dyn DynSinkConnector) -> connector_core::Result<()> {
+/// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+/// SinkRuntime::builder("commands", connector, client, Arc::new(MemoryOffsetStore::new()))
+///     .config(SinkRuntimeConfig::default())
+///     .run(CancellationToken::new())
+///     .await
+/// # }
+/// ```
+pub struct SinkRuntime<'a> {
+    name: Arc<str>,
+    connector: &'a dyn DynSinkConnector,
     client: KafkaClient,
     offsets: Arc<dyn OffsetStore>,
     config: SinkRuntimeConfig,
     stats: Arc<TaskStats>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let topics = connector.topics();
-    let mut partitions = Vec::new();
-    for topic in &topics {
-        let meta = client.ensure_topic(topic).await.map_err(|e| e.with_connector(name))?;
-        partitions
-            .extend((0..meta.partition_count()).map(|p| TopicPartition::new(topic.as_str(), p)));
-    }
-    let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(name))?;
-    let known: HashSet<TopicPartition> = partitions.iter().cloned().collect();
-    let assignment = assign_round_robin(partitions, tasks.len());
-    let config = SinkRuntimeConfig { start: connector.start_from(), ..config };
-    let stop = shutdown.child_token();
-    let mut set = JoinSet::new();
-    let mut added_senders = Vec::new();
-    for (id, (task, parts)) in tasks.into_iter().zip(assignment).enumerate() {
-        if parts.is_empty() {
-            continue;
-        }
-        let (added_tx, added_rx) = mpsc::channel(ADDED_QUEUE);
-        added_senders.push(added_tx);
-        let runtime =
-            SinkTaskRuntime::new(name, id, task, client.clone(), Arc::clone(&offsets), parts)
-                .with_config(config.clone())
-                .with_stats(Arc::clone(&stats))
-                .with_added_partitions(added_rx);
-        set.spawn(runtime.run(stop.clone()));
-    }
-    let watcher = tokio::spawn(watch_partitions(
-        Arc::from(name),
-        client.clone(),
-        topics,
-        known,
-        added_senders,
-        stop.clone(),
-    ));
-    let result = join_all(name, set, stop).await;
-    watcher.abort();
-    result
+    max_tasks: usize,
 }
 
-/// Batches of added partitions queued per task.
-const ADDED_QUEUE: usize = 4;
+/// Builds a [`SinkRuntime`]; from [`SinkRuntime::builder`].
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use connector_core::runtime::SinkRuntime;
+/// # use connector_core::{DynSinkConnector, MemoryOffsetStore};
+/// # fn example(connector: &dyn DynSinkConnector, client: connector_core::kafka::KafkaClient) {
+/// let runtime = SinkRuntime::builder("k", connector, client, Arc::new(MemoryOffsetStore::new()))
+///     .max_tasks(2)
+///     .build();
+/// let stats = runtime.stats();
+/// # }
+/// ```
+#[must_use = "a builder does nothing until `run` or `build`"]
+pub struct SinkRuntimeBuilder<'a>(SinkRuntime<'a>);
 
-/// Refreshes the metadata of a sink's topics every `metadata_max_age_ms` and deals partitions
-/// that appeared since start to the running tasks, round-robin.
-async fn watch_partitions(
-    name: Arc<str>,
-    client: KafkaClient,
-    topics: Vec<String>,
-    mut known: HashSet<TopicPartition>,
-    tasks: Vec<mpsc::Sender<Vec<TopicPartition>>>,
-    stop: CancellationToken,
-) {
-    if tasks.is_empty() {
-        return;
+impl<'a> SinkRuntime<'a> {
+    /// Starts building the runtime of connector `name`.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// # use connector_core::runtime::SinkRuntime;
+    /// # use connector_core::{DynSinkConnector, MemoryOffsetStore};
+    /// # async fn example(c: &dyn DynSinkConnector, client: connector_core::kafka::KafkaClient) {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// let result = SinkRuntime::builder("k", c, client, Arc::new(MemoryOffsetStore::new()))
+    ///     .run(shutdown)
+    ///     .await;
+    /// # }
+    /// ```
+    pub fn builder(
+        name: impl Into<Arc<str>>,
+        connector: &'a dyn DynSinkConnector,
+        client: KafkaClient,
+        offsets: Arc<dyn OffsetStore>,
+    ) -> SinkRuntimeBuilder<'a> {
+        SinkRuntimeBuilder(Self {
+            name: name.into(),
+            connector,
+            client,
+            offsets,
+            config: SinkRuntimeConfig::default(),
+            stats: Arc::new(TaskStats::new()),
+            max_tasks: DEFAULT_MAX_TASKS,
+        })
     }
-    let interval = Duration::from_millis(client.config().metadata_max_age_ms.max(1));
-    let mut next_task = known.len();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+
+    /// The counters all the connector's tasks count into.
+    ///
+    /// ```no_run
+    /// # fn example(runtime: &connector_core::runtime::SinkRuntime<'_>) {
+    /// println!("committed {}", runtime.stats().snapshot().committed);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> Arc<TaskStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs the tasks until `shutdown` is cancelled or the first fatal error.
+    ///
+    /// ```no_run
+    /// # async fn example(runtime: connector_core::runtime::SinkRuntime<'_>) {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// if let Err(e) = runtime.run(shutdown).await {
+    ///     eprintln!("{}", e.report());
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The first task error, or a topic that cannot be read.
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop; dropping the future is a crash (see
+    /// [`SinkTaskRuntime::run`]).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { name, connector, client, offsets, config, stats, max_tasks } = self;
+        let partitions = sink_partitions(&name, connector, &client).await?;
+        let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(&*name))?;
+        let known: HashSet<TopicPartition> = partitions.iter().cloned().collect();
+        let assignment = Assignment::new(assign_round_robin(partitions, tasks.len()));
+        let config = SinkRuntimeConfig { start: connector.start_from(), ..config };
+        let stop = shutdown.child_token();
+        let mut set = JoinSet::new();
+        for (id, task) in tasks.into_iter().enumerate() {
+            let Some((parts, added)) = assignment.open(id) else { continue };
+            let runtime = SinkTaskRuntime::new(
+                Arc::clone(&name),
+                id,
+                task,
+                client.clone(),
+                Arc::clone(&offsets),
+                parts,
+            )
+            .with_config(config.clone())
+            .with_stats(Arc::clone(&stats))
+            .with_added_partitions(added);
+            set.spawn(runtime.run(stop.clone()));
         }
-        let mut found = Vec::new();
-        for topic in &topics {
-            match client.refresh_topic(topic).await {
-                Ok(Some(meta)) => found.extend(
-                    (0..meta.partition_count())
-                        .map(|p| TopicPartition::new(topic.as_str(), p))
-                        .filter(|tp| !known.contains(tp)),
-                ),
-                Ok(None) => debug!(connector = %name, topic, "sink topic not found in metadata"),
-                Err(e) => {
-                    debug!(connector = %name, topic, error = %e.report(), "metadata refresh failed")
-                }
-            }
-        }
-        if found.is_empty() {
-            continue;
-        }
-        found.sort();
-        info!(connector = %name, added = ?found, "partitions were added to the sink's topics");
-        let mut batches = vec![Vec::new(); tasks.len()];
-        for tp in found {
-            known.insert(tp.clone());
-            batches[next_task % tasks.len()].push(tp);
-            next_task += 1;
-        }
-        for (tx, batch) in tasks.iter().zip(batches) {
-            if batch.is_empty() {
-                continue;
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                // A task that ended drops its receiver; the connector is stopping then.
-                _ = tx.send(batch) => {}
-            }
-        }
+        let watcher = tokio::spawn(watch_partitions(
+            Arc::clone(&name),
+            client.clone(),
+            connector.topics(),
+            known,
+            assignment,
+            stop.clone(),
+        ));
+        let result = join_all(&name, set, stop).await;
+        watcher.abort();
+        result
     }
 }
 
-/// Deals `partitions` (sorted) to `tasks` buckets round-robin.
-///
-/// ```
-/// use connector_core::runtime::assign_round_robin;
-/// use connector_core::TopicPartition;
-///
-/// let parts: Vec<_> = (0..5).map(|p| TopicPartition::new("t", p)).collect();
-/// let buckets = assign_round_robin(parts, 2);
-/// assert_eq!(buckets[0].iter().map(|tp| tp.partition).collect::<Vec<_>>(), [0, 2, 4]);
-/// assert_eq!(buckets[1].iter().map(|tp| tp.partition).collect::<Vec<_>>(), [1, 3]);
-/// ```
-pub fn assign_round_robin(
-    mut partitions: Vec<TopicPartition>,
-    tasks: usize,
-) -> Vec<Vec<TopicPartition>> {
-    partitions.sort();
-    let mut buckets = vec![Vec::new(); tasks.max(1)];
-    let n = buckets.len();
-    for (i, tp) in partitions.into_iter().enumerate() {
-        buckets[i % n].push(tp);
+impl<'a> SinkRuntimeBuilder<'a> {
+    /// Replaces the settings (default: [`SinkRuntimeConfig::default`]; `start` is always the
+    /// connector's [`start_from`](DynSinkConnector::start_from)).
+    pub fn config(mut self, config: SinkRuntimeConfig) -> Self {
+        self.0.config = config;
+        self
     }
-    buckets
+
+    /// Counts into `stats` (default: fresh counters, see [`SinkRuntime::stats`]).
+    pub fn stats(mut self, stats: Arc<TaskStats>) -> Self {
+        self.0.stats = stats;
+        self
+    }
+
+    /// The most tasks the connector may create (default: [`DEFAULT_MAX_TASKS`]; at least 1).
+    pub fn max_tasks(mut self, max_tasks: usize) -> Self {
+        self.0.max_tasks = max_tasks.max(1);
+        self
+    }
+
+    /// The runtime, to read its [`stats`](SinkRuntime::stats) before running it.
+    pub fn build(self) -> SinkRuntime<'a> {
+        self.0
+    }
+
+    /// Builds and runs: see [`SinkRuntime::run`].
+    ///
+    /// # Errors
+    /// See [`SinkRuntime::run`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        self.0.run(shutdown).await
+    }
 }
 
 async fn join_all(name: &str, mut set: JoinSet<Result<()>>, stop: CancellationToken) -> Result<()> {

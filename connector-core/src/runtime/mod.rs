@@ -1,7 +1,10 @@
 //! The runtime that drives tasks: [`SourceTaskRuntime`] (poll → Kafka → ordered finalizer →
 //! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
-//! the connector-level runners, the [`OrderedFinalizer`], and [`TaskStats`] for progress reports.
+//! the connector-level runtimes ([`SourceRuntime`], [`SinkRuntime`]), the [`Worker`] that
+//! manages connectors and their tasks at run time, the [`OrderedFinalizer`], and [`TaskStats`]
+//! for progress reports.
 
+mod assignment;
 mod commit_request;
 mod connector;
 mod finalizer;
@@ -9,11 +12,20 @@ mod pipeline;
 mod sink;
 mod source;
 mod stats;
+mod task;
+mod worker;
 
 pub use commit_request::CommitRequester;
-pub use connector::{assign_round_robin, run_sink_connector, run_source_connector};
+pub use connector::{
+    assign_round_robin, SinkRuntime, SinkRuntimeBuilder, SourceRuntime, SourceRuntimeBuilder,
+    DEFAULT_MAX_TASKS,
+};
 pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;
 pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{StatsSnapshot, TaskStats};
+pub use worker::{
+    ConnectorSpec, ConnectorState, ConnectorStatus, TaskFailure, TaskState, TaskStatus, Worker,
+    WorkerError, MAX_CONNECTORS,
+};

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use connector_core::kafka::{KafkaClient, KafkaConfig};
 use connector_core::runtime::{
-    run_sink_connector, run_source_connector, SinkRuntimeConfig, SourceRuntimeConfig, TaskStats,
+    SinkRuntime, SinkRuntimeConfig, SourceRuntime, SourceRuntimeConfig, TaskStats,
 };
 use connector_core::{ConnectorConfig, FileOffsetStore, SinkConnector, SourceConnector, StartFrom};
 use connector_examples::{
@@ -99,7 +99,11 @@ async fn run(args: Vec<String>) -> Result<(), String> {
             reject_leftovers(&opts)?;
             config.validate().into_result().map_err(|e| e.to_string())?;
             let connector = FileSourceConnector::create(&name, config).map_err(|e| e.report())?;
-            run_source_connector(&name, &connector, 1, client, offsets, runtime, stats, shutdown)
+            SourceRuntime::builder(name.as_str(), &connector, client, offsets)
+                .config(runtime)
+                .stats(stats)
+                .max_tasks(1)
+                .run(shutdown)
                 .await
         }
         "sink" => {
@@ -118,7 +122,11 @@ async fn run(args: Vec<String>) -> Result<(), String> {
             let config = FileSinkConfig { path: file, topics: vec![topic], format, start };
             config.validate().into_result().map_err(|e| e.to_string())?;
             let connector = FileSinkConnector::create(&name, config).map_err(|e| e.report())?;
-            run_sink_connector(&name, &connector, 1, client, offsets, runtime, stats, shutdown)
+            SinkRuntime::builder(name.as_str(), &connector, client, offsets)
+                .config(runtime)
+                .stats(stats)
+                .max_tasks(1)
+                .run(shutdown)
                 .await
         }
         other => return Err(format!("unknown mode {other:?}")),

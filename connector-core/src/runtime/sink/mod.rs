@@ -1,0 +1,493 @@
+//! The sink runtime: reads Kafka partitions into one [`SinkTask`] with at-least-once delivery.
+//!
+//! ```text
+//!  per partition: fetch from the committed offset (else earliest/latest) ─► bounded channel
+//!        ─► put(records) ── retriable error: same records again after backoff
+//!  when the task requests it (acknowledgements arrived), at the latest every commit_interval_ms,
+//!  and at shutdown:
+//!        offsets after the last put ─► pre_commit ─► OffsetStore::save(what it returned)
+//!        (one save in flight at a time, in its own task beside put; requests coalesced)
+//! ```
+//!
+//! * Prefetch is bounded: each partition's fetcher waits once `prefetch_batches` fetched batches
+//!   are queued, so memory is at most partitions × (prefetch + 1) × `fetch_max_bytes`.
+//! * The runtime commits exactly what `pre_commit` returned, clipped to what it offered and never
+//!   moving backwards.
+//! * A stored offset that no longer exists (retention removed it) is reset to `start` (earliest or
+//!   latest) with a warning.
+//! * `start = "latest"` is resolved and saved before the first record reaches the task.
+//! * Partitions added while running (sent by the connector's metadata watcher) are opened and
+//!   read from their committed offset, else from their earliest offset (they are new: records
+//!   written before the refresh found them must not be skipped, whatever `start` says).
+//! * Shutdown: fetching stops (a `put` still waiting is dropped); the save in flight, `flush` and
+//!   a final `pre_commit` and commit share one `shutdown_timeout_ms` deadline; then `close` and
+//!   `stop`.
+//! * Paused (see [`SinkTaskRuntime::with_pause`]): no fetched record is taken and nothing more is
+//!   put; commits go on.
+
+mod commit;
+mod config;
+mod deliver;
+mod fetch;
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error_policy::ErrorHandler;
+use crate::kafka::KafkaClient;
+use crate::offset::{OffsetMap, OffsetStore};
+use crate::record::{SinkRecord, TopicPartition};
+use crate::runtime::stats::TaskStats;
+use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
+use crate::runtime::CommitRequester;
+use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
+use crate::{Error, Result};
+
+use commit::{
+    finish_with_save, persist_resolved_starts, start_commit, wait_save, InFlightSave, Progress,
+};
+pub use config::SinkRuntimeConfig;
+use deliver::{deliver, queue_for_put};
+use fetch::{fetch_loop, initial_offset, FetchMsg};
+
+/// Runs one sink task over a fixed set of partitions until shutdown or a fatal error.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use connector_core::kafka::{KafkaClient, KafkaConfig};
+/// use connector_core::runtime::SinkTaskRuntime;
+/// use connector_core::{FileOffsetStore, SinkTask, TopicPartition};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn example(task: Box<dyn SinkTask>) -> connector_core::Result<()> {
+/// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+/// let offsets = Arc::new(FileOffsetStore::open("offsets.json").await?);
+/// let partitions = vec![TopicPartition::new("commands", 0)];
+/// SinkTaskRuntime::new("my-sink", 0, task, client, offsets, partitions)
+///     .run(CancellationToken::new())
+///     .await
+/// # }
+/// ```
+pub struct SinkTaskRuntime {
+    base: TaskBase,
+    task: Box<dyn SinkTask>,
+    partitions: Vec<TopicPartition>,
+    config: SinkRuntimeConfig,
+    added: Option<mpsc::Receiver<Vec<TopicPartition>>>,
+}
+
+impl std::fmt::Debug for SinkTaskRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkTaskRuntime")
+            .field("name", &self.base.name)
+            .field("task_id", &self.base.task_id)
+            .field("partitions", &self.partitions)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Event {
+    Fetched(Option<FetchMsg>),
+    /// Time to commit: the interval elapsed or the task asked.
+    Tick,
+    /// The in-flight offset save ended.
+    Saved(Result<InFlightSave>),
+    /// Partitions were added to a topic (`None`: no more will be).
+    Added(Option<Vec<TopicPartition>>),
+    /// Put the next piece of the fetched batch.
+    PutNext,
+    /// The task was paused or resumed.
+    PauseChanged,
+    Shutdown,
+}
+
+impl SinkTaskRuntime {
+    /// A runtime for task `task_id` of connector `name`, reading `partitions`.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        task_id: usize,
+        task: Box<dyn SinkTask>,
+        client: KafkaClient,
+        offsets: Arc<dyn OffsetStore>,
+        partitions: Vec<TopicPartition>,
+    ) -> Self {
+        let base = TaskBase::new(name, task_id, client, offsets);
+        Self { base, task, partitions, config: SinkRuntimeConfig::default(), added: None }
+    }
+
+    /// Partitions sent on `added` while the task runs are read too (from their committed offset,
+    /// else by the `start` rule), after `open` is called with them: how partitions added to a
+    /// topic are picked up.
+    pub fn with_added_partitions(mut self, added: mpsc::Receiver<Vec<TopicPartition>>) -> Self {
+        self.added = Some(added);
+        self
+    }
+
+    /// Replaces the settings.
+    pub fn with_config(mut self, config: SinkRuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses `stats` for the counters.
+    pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
+        self.base.stats = stats;
+        self
+    }
+
+    /// Pauses the task while `paused` holds `true`: it stops taking fetched records and calling
+    /// `put` (the fetchers stop once their bounded queue is full), but goes on committing what
+    /// was delivered (`pre_commit`, offset saves). (How a [`Worker`](crate::runtime::Worker)
+    /// pauses a connector.)
+    ///
+    /// ```no_run
+    /// # fn example(runtime: connector_core::runtime::SinkTaskRuntime) {
+    /// let (pause, paused) = tokio::sync::watch::channel(false);
+    /// let runtime = runtime.with_pause(paused);
+    /// pause.send_replace(true); // no more `put` until `false`
+    /// # }
+    /// ```
+    pub fn with_pause(mut self, paused: watch::Receiver<bool>) -> Self {
+        self.base.pause = PauseSwitch::new(paused);
+        self
+    }
+
+    /// Calls `f` once the task's `start` and `open` succeeded.
+    pub(crate) fn on_started(mut self, f: OnStarted) -> Self {
+        self.base.on_started = Some(f);
+        self
+    }
+
+    /// The task's live counters.
+    pub fn stats(&self) -> Arc<TaskStats> {
+        Arc::clone(&self.base.stats)
+    }
+
+    /// Starts the task and runs it until `shutdown` is cancelled (then commits what `pre_commit`
+    /// allows) or a fatal error happens.
+    ///
+    /// # Errors
+    /// The fatal error that stopped the task, with connector and task in its context.
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop. Dropping the future is a crash: nothing more is
+    /// committed, and records after the last commit are delivered again on restart.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { mut base, mut task, partitions, config, mut added } = self;
+        let (name, task_id) = (Arc::clone(&base.name), base.task_id);
+        let (client, offsets, stats) =
+            (base.client.clone(), Arc::clone(&base.offsets), Arc::clone(&base.stats));
+        let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
+        let stored = offsets.load(&name).await.map_err(tag)?;
+        let mut progress = Progress { consumed: HashMap::new(), committed: HashMap::new() };
+        let mut resolved = OffsetMap::new();
+        for tp in &partitions {
+            let start = match stored.kafka_offset(tp) {
+                Some(o) => o,
+                None => {
+                    let o = initial_offset(&client, tp, config.start).await.map_err(tag)?;
+                    resolved.insert_kafka(tp, o);
+                    o
+                }
+            };
+            progress.committed.insert(tp.clone(), start);
+            progress.consumed.insert(tp.clone(), start);
+        }
+        persist_resolved_starts(&name, &*offsets, config.start, &client, &resolved)
+            .await
+            .map_err(tag)?;
+        info!(connector = %name, task = task_id, partitions = ?progress.committed, "starting sink task");
+        let handler = ErrorHandler::new(
+            config.pipeline.errors.clone(),
+            Arc::clone(&name),
+            task_id,
+            client.clone(),
+            Arc::clone(&stats),
+        );
+        // Records the destination refuses after `put` go to the same error policy.
+        let ctx = SinkTaskContext::new(Arc::clone(&name), task_id)
+            .with_errant_record_reporter(Arc::new(handler.clone()));
+        let commit_requests = ctx.commit_requester();
+        task.start(ctx).await.map_err(tag)?;
+        let result = match task.open(&partitions).await {
+            Ok(()) => {
+                base.started();
+                let driver = SinkDriver {
+                    name: &name,
+                    client: &client,
+                    store: &offsets,
+                    config: &config,
+                    stats: &stats,
+                    handler: &handler,
+                    progress: &mut progress,
+                    fetchers: JoinSet::new(),
+                    stop_fetchers: shutdown.child_token(),
+                    fetch_tx: None,
+                    saving: None,
+                    queued: VecDeque::new(),
+                };
+                driver
+                    .run(&mut *task, &commit_requests, &mut added, &mut base.pause, shutdown)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(tag);
+        // Every partition read, those added while running included.
+        let mut reading: Vec<TopicPartition> = progress.consumed.keys().cloned().collect();
+        reading.sort();
+        if let Err(e) = task.close(&reading).await {
+            warn!(connector = %name, error = %e.report(), "sink task close failed");
+        }
+        if let Err(e) = task.stop().await {
+            warn!(connector = %name, error = %e.report(), "sink task stop failed");
+        }
+        match &result {
+            Ok(()) => info!(connector = %name, task = task_id, "sink task stopped"),
+            Err(e) => {
+                warn!(connector = %name, task = task_id, error = %e.report(), "sink task failed")
+            }
+        }
+        result
+    }
+}
+
+/// The fetch/put/commit loop's state: the fetchers, the offset save in flight, and the fetched
+/// batch being put.
+struct SinkDriver<'a> {
+    name: &'a Arc<str>,
+    client: &'a KafkaClient,
+    store: &'a Arc<dyn OffsetStore>,
+    config: &'a SinkRuntimeConfig,
+    stats: &'a TaskStats,
+    handler: &'a ErrorHandler,
+    progress: &'a mut Progress,
+    fetchers: JoinSet<()>,
+    stop_fetchers: CancellationToken,
+    /// Kept while partitions can be added: their fetchers get a clone.
+    fetch_tx: Option<mpsc::Sender<FetchMsg>>,
+    /// One offset save in flight at a time, in its own task so that `put` goes on meanwhile.
+    /// Commits start on the task's request (acknowledgements arrived) or at the latest every
+    /// commit_interval_ms; requests made during a save are coalesced into one commit after it.
+    saving: Option<InFlightSave>,
+    /// The fetched batch being put, in pieces of at most max_put_records: between two `put`s
+    /// the loop starts commits, so acknowledged records need not wait for a whole fetch to be
+    /// put. Only one fetched batch is held here (nothing is received while pieces are left).
+    queued: VecDeque<(TopicPartition, Vec<SinkRecord>)>,
+}
+
+/// What the loop does after an event.
+type Step = ControlFlow<Result<()>>;
+
+impl<'a> SinkDriver<'a> {
+    /// Runs the loop until shutdown or a fatal error, then the bounded final commit.
+    async fn run(
+        mut self,
+        task: &mut dyn SinkTask,
+        commit_requests: &CommitRequester,
+        added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
+        pause: &mut PauseSwitch,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let config = self.config;
+        let capacity = config.prefetch_batches.max(1) * self.progress.consumed.len().max(1);
+        let (tx, mut rx) = mpsc::channel::<FetchMsg>(capacity);
+        for (tp, offset) in &self.progress.consumed {
+            self.fetchers.spawn(fetch_loop(
+                self.client.clone(),
+                tp.clone(),
+                *offset,
+                config.start,
+                tx.clone(),
+                self.stop_fetchers.clone(),
+            ));
+        }
+        self.fetch_tx = added.is_some().then_some(tx);
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(config.commit_interval_ms.max(1)));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.reset();
+
+        let outcome = loop {
+            let paused = pause.is_paused();
+            let idle = self.saving.is_none();
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Event::Shutdown,
+                saved = wait_save(&mut self.saving), if !idle => Event::Saved(saved),
+                _ = tick.tick(), if idle => Event::Tick,
+                () = commit_requests.requested(), if idle => Event::Tick,
+                parts = recv_added(added) => Event::Added(parts),
+                () = pause.changed() => Event::PauseChanged,
+                () = std::future::ready(()), if !paused && !self.queued.is_empty() => Event::PutNext,
+                msg = rx.recv(), if !paused => Event::Fetched(msg),
+            };
+            let step = match event {
+                Event::Shutdown => Step::Break(Ok(())),
+                Event::PauseChanged => {
+                    info!(connector = %self.name, paused = pause.is_paused(), "sink task pause switched");
+                    Step::Continue(())
+                }
+                Event::Added(None) => {
+                    *added = None;
+                    Step::Continue(())
+                }
+                Event::Added(Some(parts)) => self.on_added(task, parts, &shutdown).await,
+                Event::Tick => self.on_tick(task, &shutdown).await,
+                Event::Saved(saved) => {
+                    self.saving = None;
+                    match saved.and_then(|s| s.apply(self.name, self.stats, self.progress)) {
+                        Ok(()) => Step::Continue(()),
+                        Err(e) => Step::Break(Err(e)),
+                    }
+                }
+                Event::Fetched(msg) => self.on_fetched(msg),
+                Event::PutNext => self.put_next(task, &shutdown).await,
+            };
+            if let Step::Break(outcome) = step {
+                break outcome;
+            }
+        };
+        self.stop_fetchers.cancel();
+        self.fetchers.abort_all();
+        let Self { name, store, stats, progress, saving, .. } = self;
+        finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
+    }
+
+    /// Partitions were added to the topics: open and read them.
+    async fn on_added(
+        &mut self,
+        task: &mut dyn SinkTask,
+        parts: Vec<TopicPartition>,
+        shutdown: &CancellationToken,
+    ) -> Step {
+        let Some(tx) = &self.fetch_tx else { return Step::Continue(()) };
+        let fetch = (&mut self.fetchers, tx, &self.stop_fetchers);
+        // Raced against shutdown like `put`: loading offsets and resolving starts may wait on an
+        // unreachable Kafka. Cut short, the partitions are simply not read.
+        let (name, client, store, config) = (self.name, self.client, self.store, self.config);
+        let adding = add_partitions(name, task, client, store, config, self.progress, parts, fetch);
+        tokio::select! {
+            r = adding => match r {
+                Ok(()) => Step::Continue(()),
+                Err(e) => Step::Break(Err(e)),
+            },
+            () = shutdown.cancelled() => Step::Break(Ok(())),
+        }
+    }
+
+    /// Time to commit: `pre_commit`, then the save in its own task.
+    async fn on_tick(&mut self, task: &mut dyn SinkTask, shutdown: &CancellationToken) -> Step {
+        // pre_commit may write dead letters (refused records) to an unreachable Kafka: it must
+        // not hold up shutdown. Cut short, nothing is committed by this tick; a refused record
+        // not yet settled stays uncommitted.
+        let started = tokio::select! {
+            r = start_commit(self.name, task, self.store, self.progress) => r,
+            () = shutdown.cancelled() => return Step::Break(Ok(())),
+        };
+        match started {
+            Ok(started) => {
+                self.saving = started;
+                Step::Continue(())
+            }
+            Err(e) => Step::Break(Err(e)),
+        }
+    }
+
+    fn on_fetched(&mut self, msg: Option<FetchMsg>) -> Step {
+        match msg {
+            None => Step::Break(Err(Error::fatal("all Kafka fetchers stopped"))),
+            Some(FetchMsg::Failed(e)) => Step::Break(Err(e)),
+            Some(FetchMsg::Records(tp, records)) => {
+                if !records.is_empty() {
+                    self.stats.add_in(records.len() as u64);
+                    queue_for_put(&mut self.queued, tp, records, self.config.max_put_records);
+                }
+                Step::Continue(())
+            }
+        }
+    }
+
+    /// Puts the next piece of the fetched batch.
+    async fn put_next(&mut self, task: &mut dyn SinkTask, shutdown: &CancellationToken) -> Step {
+        let Some((tp, records)) = self.queued.pop_front() else { return Step::Continue(()) };
+        let (name, pipeline, handler, stats) =
+            (self.name, &self.config.pipeline, self.handler, self.stats);
+        match deliver(name, task, pipeline, handler, stats, self.progress, tp, records, shutdown)
+            .await
+        {
+            Ok(true) => {
+                stats.set_in_flight(self.progress.uncommitted());
+                Step::Continue(())
+            }
+            Ok(false) => Step::Break(Ok(())),
+            Err(e) => Step::Break(Err(e)),
+        }
+    }
+}
+
+/// The next batch of added partitions; never resolves when there is no channel.
+async fn recv_added(
+    added: &mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
+) -> Option<Vec<TopicPartition>> {
+    match added {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts reading partitions added while the task runs: from their committed offset, else from
+/// their earliest offset, whatever `start` says. A partition found while running is new (or
+/// its topic is), and records were written to it before the metadata refresh found it, up to
+/// `metadata_max_age_ms` earlier: "latest" would skip them for good. (Flink's Kafka source does
+/// the same for partitions it discovers.)
+#[allow(clippy::too_many_arguments)]
+async fn add_partitions(
+    name: &Arc<str>,
+    task: &mut dyn SinkTask,
+    client: &KafkaClient,
+    store: &Arc<dyn OffsetStore>,
+    config: &SinkRuntimeConfig,
+    progress: &mut Progress,
+    parts: Vec<TopicPartition>,
+    (fetchers, tx, stop): (&mut JoinSet<()>, &mpsc::Sender<FetchMsg>, &CancellationToken),
+) -> Result<()> {
+    let parts: Vec<TopicPartition> =
+        parts.into_iter().filter(|tp| !progress.consumed.contains_key(tp)).collect();
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let stored = store.load(name).await?;
+    let mut starts = Vec::with_capacity(parts.len());
+    for tp in &parts {
+        let start = match stored.kafka_offset(tp) {
+            Some(o) => o,
+            None => initial_offset(client, tp, StartFrom::Earliest).await?,
+        };
+        starts.push(start);
+    }
+    task.open(&parts).await?;
+    for (tp, start) in parts.into_iter().zip(starts) {
+        info!(connector = %name, %tp, offset = start, "reading a partition added to the topic");
+        progress.committed.insert(tp.clone(), start);
+        progress.consumed.insert(tp.clone(), start);
+        fetchers.spawn(fetch_loop(
+            client.clone(),
+            tp,
+            start,
+            config.start,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    Ok(())
+}
