@@ -200,7 +200,8 @@ async fn quickstart(args: Args) -> Result<bool> {
 
     let text = config(&mqtt_url, &bootstrap);
     println!("\nrunning these connectors:\n\n{text}");
-    let file = ConnectFile::parse(&text, &connector_examples::registry()).map_err(Error::from)?;
+    let file =
+        ConnectFile::parse(&text, &connector_runner::builtin_registry()).map_err(Error::from)?;
     let shutdown = CancellationToken::new();
     let runner = tokio::spawn(run(file, shutdown.clone()));
 

@@ -51,7 +51,7 @@ impl ConnectorConfig for HeartbeatConfig {
 ///
 /// ```
 /// use connector_core::{DynSourceConnector, SourceConnector};
-/// use connector_examples::{HeartbeatConfig, HeartbeatConnector};
+/// use connector_runner::{HeartbeatConfig, HeartbeatConnector};
 ///
 /// let config = HeartbeatConfig { topic: "heartbeats".into(), device: "pump-1".into(), interval_ms: 100 };
 /// let connector = HeartbeatConnector::create("pump-1-heartbeat", config).unwrap();
