@@ -1,5 +1,7 @@
 //! Example applications built on the connector crates: the quickstart and the in-process brokers
-//! it runs on ([`embedded`]).
+//! it runs on ([`embedded`]), and an application that embeds connectors on its own Tokio runtime
+//! without the runner (`src/bin/embedded-app.rs`: the MQTT source and sink, a connector and a
+//! transform of its own).
 //!
 //! This is the only crate that links the embedded brokers (rumqttd, Tansu); the runner itself is
 //! in `connector-runner`.
