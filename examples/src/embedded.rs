@@ -34,13 +34,42 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
     Err(Error::fatal(format!("the embedded {what} did not start listening on {addr}")))
 }
 
-/// A tracing layer that drops the one ERROR the embedded MQTT broker logs on a clean finish.
+/// Waits until the MQTT broker completes a CONNECT on `addr`, then disconnects cleanly. A bare
+/// TCP probe (connect, close) would make rumqttd log an ERROR about a connect packet that never
+/// came.
+fn wait_mqtt_ready(addr: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    // CONNECT, MQTT 3.1.1, clean session, keep-alive 10 s, client id "ready-probe".
+    const CONNECT: &[u8] = b"\x10\x17\x00\x04MQTT\x04\x02\x00\x0a\x00\x0bready-probe";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut connack = [0u8; 4];
+            if stream.write_all(CONNECT).is_ok() && stream.read_exact(&mut connack).is_ok() {
+                // DISCONNECT, then wait for the broker to close: closing first makes it log an
+                // ERROR too.
+                let _ = stream.write_all(b"\xe0\x00");
+                let _ = stream.read(&mut [0u8; 1]);
+                if connack[0] == 0x20 && connack[3] == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::fatal(format!("the embedded MQTT broker did not accept a connection on {addr}")))
+}
+
+/// A tracing layer that drops the ERRORs the embedded MQTT broker logs when a client disconnects
+/// cleanly.
 ///
 /// rumqttd 0.20 handles a client's DISCONNECT packet and then the closed socket behind it as two
 /// disconnections, and logs the second as `ERROR no-connection id N is already gone` (its own
-/// comment in `router/routing.rs` says so). Nothing is wrong, but to a newcomer an ERROR line at
-/// the end of a successful quickstart reads as a failure. Only that message from rumqttd is
-/// dropped; every other event passes.
+/// comment in `router/routing.rs` says so); and it logs the router closing the link of a client
+/// that sent DISCONNECT as `ERROR router-drop error=Recv(Disconnected)`. Nothing is wrong, but to
+/// a newcomer an ERROR line at the end of a successful quickstart reads as a failure. Only those
+/// two messages from rumqttd are dropped; every other event passes.
 ///
 /// ```
 /// use tracing_subscriber::layer::SubscriberExt;
@@ -60,19 +89,28 @@ impl<S: Subscriber> Layer<S> for QuietMqttBrokerShutdown {
         if *meta.level() != Level::ERROR || !meta.target().starts_with("rumqttd") {
             return true;
         }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        !(message.0.starts_with("no-connection id ") && message.0.ends_with(" is already gone"))
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let (message, error) = (fields.message.as_str(), fields.error.as_str());
+        let already_gone = message.starts_with("no-connection id ") && message.ends_with(" gone");
+        let router_drop = message == "router-drop" && error == "Recv(Disconnected)";
+        !(already_gone || router_drop)
     }
 }
 
-/// The `message` field of an event, formatted.
-struct Message(String);
+/// The `message` and `error` fields of an event, formatted.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    error: String,
+}
 
-impl Visit for Message {
+impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = format!("{value:?}"),
+            _ => {}
         }
     }
 }
@@ -127,7 +165,7 @@ impl EmbeddedMqtt {
                 }
             })
             .map_err(|e| Error::fatal("cannot start the embedded MQTT broker").with_source(e))?;
-        wait_listening(addr, "MQTT broker")?;
+        wait_mqtt_ready(addr)?;
         debug!(%addr, "embedded MQTT broker ready");
         Ok(Self { addr })
     }
