@@ -13,7 +13,9 @@ use connector_core::{Error, Result};
 use tansu_broker::broker::Broker;
 use tansu_broker::coordinator::group::administrator::Controller;
 use tansu_storage::StorageContainer;
-use tracing::debug;
+use tracing::field::{Field, Visit};
+use tracing::{debug, Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
 
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0")
@@ -30,6 +32,87 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(Error::fatal(format!("the embedded {what} did not start listening on {addr}")))
+}
+
+/// Waits until the MQTT broker completes a CONNECT on `addr`, then disconnects cleanly. A bare
+/// TCP probe (connect, close) would make rumqttd log an ERROR about a connect packet that never
+/// came.
+fn wait_mqtt_ready(addr: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    // CONNECT, MQTT 3.1.1, clean session, keep-alive 10 s, client id "ready-probe".
+    const CONNECT: &[u8] = b"\x10\x17\x00\x04MQTT\x04\x02\x00\x0a\x00\x0bready-probe";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut connack = [0u8; 4];
+            if stream.write_all(CONNECT).is_ok() && stream.read_exact(&mut connack).is_ok() {
+                // DISCONNECT, then wait for the broker to close: closing first makes it log an
+                // ERROR too.
+                let _ = stream.write_all(b"\xe0\x00");
+                let _ = stream.read(&mut [0u8; 1]);
+                if connack[0] == 0x20 && connack[3] == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(Error::fatal(format!("the embedded MQTT broker did not accept a connection on {addr}")))
+}
+
+/// A tracing layer that drops the ERRORs the embedded MQTT broker logs when a client disconnects
+/// cleanly.
+///
+/// rumqttd 0.20 handles a client's DISCONNECT packet and then the closed socket behind it as two
+/// disconnections, and logs the second as `ERROR no-connection id N is already gone` (its own
+/// comment in `router/routing.rs` says so); and it logs the router closing the link of a client
+/// that sent DISCONNECT as `ERROR router-drop error=Recv(Disconnected)`. Nothing is wrong, but to
+/// a newcomer an ERROR line at the end of a successful quickstart reads as a failure. Only those
+/// two messages from rumqttd are dropped; every other event passes.
+///
+/// ```
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::util::SubscriberInitExt;
+///
+/// tracing_subscriber::registry()
+///     .with(tracing_subscriber::fmt::layer())
+///     .with(connector_examples::embedded::QuietMqttBrokerShutdown)
+///     .init();
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuietMqttBrokerShutdown;
+
+impl<S: Subscriber> Layer<S> for QuietMqttBrokerShutdown {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != Level::ERROR || !meta.target().starts_with("rumqttd") {
+            return true;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let (message, error) = (fields.message.as_str(), fields.error.as_str());
+        let already_gone = message.starts_with("no-connection id ") && message.ends_with(" gone");
+        let router_drop = message == "router-drop" && error == "Recv(Disconnected)";
+        !(already_gone || router_drop)
+    }
+}
+
+/// The `message` and `error` fields of an event, formatted.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    error: String,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = format!("{value:?}"),
+            _ => {}
+        }
+    }
 }
 
 /// An MQTT broker (rumqttd) running on threads of this process.
@@ -82,7 +165,7 @@ impl EmbeddedMqtt {
                 }
             })
             .map_err(|e| Error::fatal("cannot start the embedded MQTT broker").with_source(e))?;
-        wait_listening(addr, "MQTT broker")?;
+        wait_mqtt_ready(addr)?;
         debug!(%addr, "embedded MQTT broker ready");
         Ok(Self { addr })
     }

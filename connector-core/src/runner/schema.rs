@@ -232,7 +232,7 @@ pub fn markdown(registry: &Registry) -> String {
     out.push_str("# Configuration reference\n\n");
     out.push_str(
         "Generated from the JSON Schema that `connect schema` prints; do not edit by hand. \
-         Regenerate with:\n\n```sh\ncargo run -p connector-examples --bin connect -- schema --markdown > docs/configuration.md\n```\n\n\
+         Regenerate with:\n\n```sh\ncargo run -p connector-runner --bin connect -- schema --markdown > docs/configuration.md\n```\n\n\
          A `connect` configuration is a TOML file with a `[kafka]` table, an optional `[offsets]` \
          and `[progress]` table, and one `[[connector]]` table per connector. Unknown keys are \
          errors. Values written `${VAR}` in secret fields (passwords) are read from the environment.\n",

@@ -22,10 +22,12 @@ use clap::Parser;
 use connector_core::kafka::{FetchResult, KafkaClient, KafkaConfig, OffsetSpec, ProducerRecord};
 use connector_core::runner::{run, ConnectFile};
 use connector_core::{Error, Result};
-use connector_examples::embedded::{EmbeddedKafka, EmbeddedMqtt};
+use connector_examples::embedded::{EmbeddedKafka, EmbeddedMqtt, QuietMqttBrokerShutdown};
 use parking_lot::Mutex;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// A fleet of cars, MQTT <-> Kafka both ways, every message accounted for.
 #[derive(Parser)]
@@ -200,7 +202,8 @@ async fn quickstart(args: Args) -> Result<bool> {
 
     let text = config(&mqtt_url, &bootstrap);
     println!("\nrunning these connectors:\n\n{text}");
-    let file = ConnectFile::parse(&text, &connector_examples::registry()).map_err(Error::from)?;
+    let file =
+        ConnectFile::parse(&text, &connector_runner::builtin_registry()).map_err(Error::from)?;
     let shutdown = CancellationToken::new();
     let runner = tokio::spawn(run(file, shutdown.clone()));
 
@@ -326,10 +329,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,connect::progress=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(filter)
+        .with(QuietMqttBrokerShutdown)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -3,13 +3,31 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::process::Command;
+
+/// The `connect` binary the driver measures: connector-runner's, from the same target directory
+/// as this crate's `bench` (where the driver itself looks by default). `cargo test --workspace`
+/// builds it with everything else; `cargo test -p connector-bench` alone needs
+/// `cargo build -p connector-runner --bin connect` first (a binary of another package is not
+/// built for this one's tests).
+fn connect_binary() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let connect = bench.with_file_name(format!("connect{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        connect.is_file(),
+        "no {}: run `cargo build -p connector-runner --bin connect` first",
+        connect.display()
+    );
+    connect
+}
 
 #[test]
 fn the_benchmark_driver_accounts_for_every_message() {
     let bridge = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mqtt-kafka-bridge.py");
+    let connect = connect_binary();
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--smoke", "--connect", env!("CARGO_BIN_EXE_connect"), "--python-bridge", bridge])
+        .args(["--smoke", "--connect", connect.to_str().unwrap(), "--python-bridge", bridge])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -22,8 +22,8 @@ struct Running {
 }
 
 fn start(toml: &str) -> Running {
-    let file =
-        ConnectFile::parse(toml, &connector_examples::registry()).unwrap_or_else(|e| panic!("{e}"));
+    let file = ConnectFile::parse(toml, &connector_runner::builtin_registry())
+        .unwrap_or_else(|e| panic!("{e}"));
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(file, shutdown.clone()));
     Running { handle, shutdown }
@@ -360,7 +360,8 @@ type = "rename_everything"
 type = "filter"
 predicate = { type = "topic_name_matches", patern = "x" }
 "#;
-    let errors = ConnectFile::parse(text, &connector_examples::registry()).unwrap_err().to_string();
+    let errors =
+        ConnectFile::parse(text, &connector_runner::builtin_registry()).unwrap_err().to_string();
     for expected in [
         "connector[0].errors.tolerance: unknown variant",
         "connector[0].value_converter: unknown variant xml",

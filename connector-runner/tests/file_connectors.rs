@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use connector_core::kafka::ProducerRecord;
 use connector_core::runtime::{SinkRuntime, SinkRuntimeConfig, SourceRuntime};
 use connector_core::{FileOffsetStore, SinkConnector, SourceConnector, StartFrom};
-use connector_examples::{
+use connector_runner::{
     FileSinkConfig, FileSinkConnector, FileSourceConfig, FileSourceConnector, LineFormat,
     RecordLine,
 };

@@ -1,7 +1,6 @@
-//! [`HeartbeatConnector`]: the smallest useful source connector, the running example of
-//! `docs/writing-a-connector.md`. Every `interval_ms` it writes a heartbeat record for a device,
-//! numbered from 0; the number is its source offset, so after a restart the count goes on where
-//! Kafka last acknowledged it.
+//! The connector of docs/writing-a-connector.md, complete: every `interval_ms` it writes a
+//! numbered heartbeat for a device; the number is its source offset, so after a restart the
+//! count goes on where Kafka last acknowledged it.
 
 use std::time::Duration;
 
@@ -13,8 +12,9 @@ use connector_core::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::time::{Interval, MissedTickBehavior};
 
-/// Writes a numbered heartbeat for a device every `interval_ms` (`type = "heartbeat"`).
+/// Writes a numbered heartbeat for a device every `interval_ms` (`type = "my-heartbeat"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatConfig {
@@ -48,36 +48,9 @@ impl ConnectorConfig for HeartbeatConfig {
 }
 
 /// The connector: one task per device.
-///
-/// ```
-/// use connector_core::{DynSourceConnector, SourceConnector};
-/// use connector_examples::{HeartbeatConfig, HeartbeatConnector};
-///
-/// let config = HeartbeatConfig { topic: "heartbeats".into(), device: "pump-1".into(), interval_ms: 100 };
-/// let connector = HeartbeatConnector::create("pump-1-heartbeat", config).unwrap();
-/// assert_eq!(connector.create_tasks(1).unwrap().len(), 1);
-/// ```
 #[derive(Debug)]
 pub struct HeartbeatConnector {
     config: HeartbeatConfig,
-}
-
-impl SourceConnector for HeartbeatConnector {
-    type Config = HeartbeatConfig;
-    type TaskConfig = HeartbeatConfig;
-    type Task = HeartbeatTask;
-
-    fn create(_name: &str, config: HeartbeatConfig) -> Result<Self> {
-        Ok(Self { config })
-    }
-
-    fn task_configs(&self, _max_tasks: usize) -> Result<Vec<HeartbeatConfig>> {
-        Ok(vec![self.config.clone()])
-    }
-
-    fn create_task(&self, config: HeartbeatConfig) -> Result<HeartbeatTask> {
-        Ok(HeartbeatTask { config, next: 0 })
-    }
 }
 
 /// Emits the heartbeats.
@@ -85,9 +58,27 @@ impl SourceConnector for HeartbeatConnector {
 pub struct HeartbeatTask {
     config: HeartbeatConfig,
     next: u64,
+    tick: Option<Interval>,
+}
+
+impl SourceConnector for HeartbeatConnector {
+    type Config = HeartbeatConfig;
+    type TaskConfig = HeartbeatConfig; // what one task needs
+    type Task = HeartbeatTask;
+
+    fn create(_name: &str, config: HeartbeatConfig) -> Result<Self> {
+        Ok(Self { config })
+    }
+    fn task_configs(&self, _max_tasks: usize) -> Result<Vec<HeartbeatConfig>> {
+        Ok(vec![self.config.clone()]) // one device, one task
+    }
+    fn create_task(&self, config: HeartbeatConfig) -> Result<HeartbeatTask> {
+        Ok(HeartbeatTask { config, next: 0, tick: None })
+    }
 }
 
 impl HeartbeatTask {
+    /// The source partition: one per device.
     fn partition(&self) -> SourcePartition {
         let mut p = SourcePartition::new();
         p.insert("device".into(), Value::from(self.config.device.clone()));
@@ -99,25 +90,28 @@ impl HeartbeatTask {
 impl SourceTask for HeartbeatTask {
     async fn start(&mut self, ctx: SourceTaskContext) -> Result<()> {
         // Resume after the last heartbeat Kafka acknowledged (and whose offset was committed).
-        self.next = ctx
-            .offset(&self.partition())
-            .and_then(|o| o.get("next"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        let offset = ctx.offset(&self.partition()).and_then(|o| o.get("next"));
+        self.next = offset.and_then(Value::as_u64).unwrap_or(0);
         Ok(())
     }
 
     async fn poll(&mut self) -> Result<Vec<SourceRecord>> {
-        // Cancel-safe: if the runtime drops this future while sleeping, nothing was taken yet.
-        tokio::time::sleep(Duration::from_millis(self.config.interval_ms)).await;
+        // The interval lives in the task: a poll dropped while waiting loses no tick, and a slow
+        // Kafka does not shift the beat. Cancel-safe: nothing is taken before the `.await`.
+        let period = Duration::from_millis(self.config.interval_ms);
+        let tick = self.tick.get_or_insert_with(|| {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        });
+        tick.tick().await;
         let seq = self.next;
         self.next += 1;
         let mut offset = SourceOffset::new();
         offset.insert("next".into(), Value::from(seq + 1));
-        let record = SourceRecord::new(self.config.topic.clone(), format!("{{\"seq\":{seq}}}"))
+        Ok(vec![SourceRecord::new(self.config.topic.clone(), format!("{{\"seq\":{seq}}}"))
             .with_key(self.config.device.clone())
             .with_header("device", self.config.device.clone())
-            .with_source(self.partition(), offset);
-        Ok(vec![record])
+            .with_source(self.partition(), offset)])
     }
 }

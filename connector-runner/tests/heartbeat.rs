@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use connector_core::runtime::{SourceRuntime, SourceRuntimeConfig};
 use connector_core::{MemoryOffsetStore, OffsetStore, SourceConnector};
-use connector_examples::{HeartbeatConfig, HeartbeatConnector};
+use connector_runner::{HeartbeatConfig, HeartbeatConnector};
 use connector_testkit::{kafka, Tansu};
 use tokio_util::sync::CancellationToken;
 

@@ -60,7 +60,7 @@ impl ConnectorConfig for FileSinkConfig {
 ///
 /// ```
 /// use connector_core::{DynSinkConnector, SinkConnector};
-/// use connector_examples::{FileSinkConfig, FileSinkConnector};
+/// use connector_runner::{FileSinkConfig, FileSinkConnector};
 ///
 /// let config: FileSinkConfig =
 ///     serde_json::from_str(r#"{"path": "out.txt", "topics": ["commands"]}"#).unwrap();

@@ -75,7 +75,7 @@ impl ConnectorConfig for FileSourceConfig {
 ///
 /// ```
 /// use connector_core::{ConnectorConfig, DynSourceConnector, SourceConnector};
-/// use connector_examples::{FileSourceConfig, FileSourceConnector};
+/// use connector_runner::{FileSourceConfig, FileSourceConnector};
 ///
 /// let config: FileSourceConfig =
 ///     serde_json::from_str(r#"{"path": "/var/log/app.log", "topic": "app-log"}"#).unwrap();

@@ -69,7 +69,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(path: &Path) -> Result<ConnectFile, ExitCode> {
-    ConnectFile::load(path, &connector_examples::registry()).map_err(|errors| {
+    ConnectFile::load(path, &connector_runner::builtin_registry()).map_err(|errors| {
         for e in errors {
             eprintln!("{e}");
         }
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Schema { markdown: md } => {
-            let registry = connector_examples::registry();
+            let registry = connector_runner::builtin_registry();
             if md {
                 print!("{}", markdown(&registry));
             } else {

@@ -1,5 +1,5 @@
-//! The connector types the example binaries know: the MQTT source and sink, and the custom file
-//! and heartbeat connectors, registered by name. An application adds its own with
+//! The connector types the `connect` runner knows: the MQTT source and sink, and the file and
+//! heartbeat connectors, registered by name. An application adds its own with
 //! [`Registry::register_source`] / [`Registry::register_sink`].
 
 use connector_core::runner::Registry;
@@ -8,14 +8,15 @@ use connector_mqtt_source::MqttSourceConnector;
 
 use crate::{FileSinkConnector, FileSourceConnector, HeartbeatConnector};
 
-/// `mqtt-source`, `mqtt-sink`, `file-source`, `file-sink` and `heartbeat`.
+/// The built-in connector types: `mqtt-source`, `mqtt-sink`, `file-source`, `file-sink` and
+/// `heartbeat`. Register your own types on the returned registry to run them next to these.
 ///
 /// ```
-/// let registry = connector_examples::registry();
+/// let registry = connector_runner::builtin_registry();
 /// let names: Vec<_> = registry.type_names().collect();
 /// assert_eq!(names, ["file-sink", "file-source", "heartbeat", "mqtt-sink", "mqtt-source"]);
 /// ```
-pub fn registry() -> Registry {
+pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
     r.register_source::<MqttSourceConnector>("mqtt-source")
         .register_sink::<MqttSinkConnector>("mqtt-sink")

@@ -20,7 +20,7 @@ use connector_core::runtime::{
     SinkRuntime, SinkRuntimeConfig, SourceRuntime, SourceRuntimeConfig, TaskStats,
 };
 use connector_core::{ConnectorConfig, FileOffsetStore, SinkConnector, SourceConnector, StartFrom};
-use connector_examples::{
+use connector_runner::{
     FileSinkConfig, FileSinkConnector, FileSourceConfig, FileSourceConnector, LineFormat,
 };
 use tokio_util::sync::CancellationToken;
