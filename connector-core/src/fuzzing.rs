@@ -43,9 +43,9 @@ pub fn template(source: &str, values: &[&str]) {
         .render(|_| {
             let v = values.get(i % values.len().max(1)).copied().unwrap_or("x");
             i += 1;
-            Ok(Cow::Owned(v.to_owned()))
+            Ok::<_, std::convert::Infallible>(Cow::Owned(v.to_owned()))
         })
-        .unwrap_or_else(|e| panic!("render failed without an error from value(): {e}"));
+        .unwrap_or_else(|never| match never {});
     let mut expected = String::new();
     let mut j = 0;
     for p in t.parts() {
@@ -63,7 +63,9 @@ pub fn template(source: &str, values: &[&str]) {
     for slash_as_dot in [false, true] {
         if validate_topic_template(&t, slash_as_dot).is_err() {
             // Legal text for every placeholder: the result must still be illegal.
-            let legal = t.render(|_| Ok(Cow::Borrowed("a"))).unwrap_or_default();
+            let legal = t
+                .render(|_| Ok::<_, std::convert::Infallible>(Cow::Borrowed("a")))
+                .unwrap_or_default();
             let name = if slash_as_dot { legal.replace('/', ".") } else { legal };
             assert!(
                 validate_topic_name(&name).is_err(),
@@ -77,10 +79,7 @@ pub fn template(source: &str, values: &[&str]) {
 /// exactly what `serde_json` reads, and JSON written back compactly reads as the same document.
 pub fn converters(data: &[u8]) {
     let bytes = Bytes::copy_from_slice(data);
-    assert_eq!(
-        Converter::Bytes.convert(Some(bytes.clone()), true).as_ref(),
-        Ok(&Some(bytes.clone()))
-    );
+    assert_eq!(Converter::Bytes.convert(Some(bytes.clone()), true).ok(), Some(Some(bytes.clone())));
     assert_eq!(
         Converter::String.convert(Some(bytes.clone()), false).is_ok(),
         std::str::from_utf8(data).is_ok()

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::{ConfigErrors, ConnectorConfig};
+use crate::config::{ConfigError, ConfigErrors, ConnectorConfig};
 use crate::sink::{DynSinkConnector, SinkConnector};
 use crate::source::{DynSourceConnector, SourceConnector};
 use crate::transform::{
@@ -153,7 +153,7 @@ impl Registry {
             if c.fields.len() == c.headers.len() {
                 Ok(Box::new(c) as Box<dyn Transform>)
             } else {
-                Err("headers: give one header per field".to_owned())
+                Err(ConfigError::new("headers", "give one header per field").into())
             }
         })
         .register_transform("value_to_key", |c: ValueToKey| Ok(Box::new(c) as Box<dyn Transform>))
@@ -162,14 +162,14 @@ impl Registry {
             |c: ExtractField| Ok(Box::new(c) as Box<dyn Transform>),
         )
         .register_transform("regex_router", |c: RegexRouterConfig| {
-            RegexRouter::new(c).map(|t| Box::new(t) as Box<dyn Transform>)
+            Ok(Box::new(RegexRouter::new(c)?) as Box<dyn Transform>)
         })
         .register_transform("timestamp_router", |c: TimestampRouter| {
             Ok(Box::new(c) as Box<dyn Transform>)
         })
         .register_transform("filter", |c: Filter| Ok(Box::new(c) as Box<dyn Transform>));
         r.register_predicate("topic_name_matches", |c: TopicNameMatchesConfig| {
-            TopicNameMatches::new(c).map(|p| Box::new(p) as Box<dyn Predicate>)
+            Ok(Box::new(TopicNameMatches::new(c)?) as Box<dyn Predicate>)
         })
         .register_predicate("has_header_key", |c: HasHeaderKey| {
             Ok(Box::new(c) as Box<dyn Predicate>)
@@ -182,30 +182,32 @@ impl Registry {
 
     /// Registers a transform type for `[[connector.transforms]]` tables with `type = type_name`:
     /// the rest of the table deserializes into `C` (unknown keys are errors) and `build` makes the
-    /// transform.
+    /// transform, or says which keys are wrong (paths relative to the transform's table; a
+    /// [`ConfigError`] converts with `?` or `.into()`).
     pub fn register_transform<C, F>(&mut self, type_name: &str, build: F) -> &mut Self
     where
         C: DeserializeOwned + JsonSchema + 'static,
-        F: Fn(C) -> Result<Box<dyn Transform>, String> + Send + Sync + 'static,
+        F: Fn(C) -> Result<Box<dyn Transform>, ConfigErrors> + Send + Sync + 'static,
     {
         let f = move |table: toml::Table| -> Result<Box<dyn Transform>, ConfigErrors> {
             let c: C = deserialize_table(table)?;
-            build(c).map_err(message_error)
+            build(c)
         };
         let schema = Arc::new(|| crate::runner::schema::schema_of::<C>());
         self.transforms.insert(type_name.to_owned(), Described { build: Arc::new(f), schema });
         self
     }
 
-    /// Registers a predicate type for `predicate = { type = type_name, ... }`.
+    /// Registers a predicate type for `predicate = { type = type_name, ... }`, like
+    /// [`register_transform`](Self::register_transform).
     pub fn register_predicate<C, F>(&mut self, type_name: &str, build: F) -> &mut Self
     where
         C: DeserializeOwned + JsonSchema + 'static,
-        F: Fn(C) -> Result<Box<dyn Predicate>, String> + Send + Sync + 'static,
+        F: Fn(C) -> Result<Box<dyn Predicate>, ConfigErrors> + Send + Sync + 'static,
     {
         let f = move |table: toml::Table| -> Result<Box<dyn Predicate>, ConfigErrors> {
             let c: C = deserialize_table(table)?;
-            build(c).map_err(message_error)
+            build(c)
         };
         let schema = Arc::new(|| crate::runner::schema::schema_of::<C>());
         self.predicates.insert(type_name.to_owned(), Described { build: Arc::new(f), schema });
@@ -378,16 +380,6 @@ fn unknown<'a>(what: &str, type_name: &str, known: impl Iterator<Item = &'a str>
     let known: Vec<&str> = known.collect();
     let mut e = ConfigErrors::new();
     e.push("type", format!("unknown {what} type {type_name:?}; known types: {}", known.join(", ")));
-    e
-}
-
-fn message_error(message: String) -> ConfigErrors {
-    // "field: problem" messages from builders name their key; keep it as the path.
-    let mut e = ConfigErrors::new();
-    match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => e.push(path, rest),
-        _ => e.push("", message),
-    }
     e
 }
 

@@ -71,9 +71,7 @@ impl Pipeline {
     }
 
     fn transform(&self, r: TransformRecord) -> Result<Option<TransformRecord>, (Stage, String)> {
-        self.transforms
-            .apply(r)
-            .map_err(|(step, m)| (Stage::Transformation, format!("transform {step}: {m}")))
+        self.transforms.apply(r).map_err(|e| (Stage::Transformation, e.to_string()))
     }
 
     /// What a source record becomes in Kafka: `Ok(None)` when a transform dropped it.
