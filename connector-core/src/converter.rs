@@ -24,6 +24,16 @@ pub enum ConvertError {
     Write(#[source] serde_json::Error),
 }
 
+/// What the `json` converter writes for a document that parses (the `json_reserialize` key).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JsonOutput {
+    /// The bytes as received (default).
+    #[default]
+    AsReceived,
+    /// The document written back compactly (insignificant whitespace removed).
+    Compact,
+}
+
 /// How keys or values are checked (and optionally normalized).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -38,19 +48,21 @@ pub enum Converter {
 }
 
 impl Converter {
-    /// Checks (and for JSON with `reserialize`, rewrites) `data`. A null key or value (a tombstone)
-    /// always passes.
+    /// Checks (and for JSON with [`JsonOutput::Compact`], rewrites) `data`. A null key or value
+    /// (a tombstone) always passes. `json` only reads `output`.
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use connector_core::Converter;
+    /// use connector_core::{Converter, JsonOutput};
     ///
-    /// let ok = Converter::Json.convert(Some(Bytes::from(r#"{ "t": 21.5 }"#)), true).unwrap();
+    /// let json = Some(Bytes::from(r#"{ "t": 21.5 }"#));
+    /// let ok = Converter::Json.convert(json.clone(), JsonOutput::Compact).unwrap();
     /// assert_eq!(ok.as_deref(), Some(&br#"{"t":21.5}"#[..]));
-    /// assert!(Converter::Json.convert(Some(Bytes::from("{oops")), false).is_err());
-    /// let e = Converter::String.convert(Some(Bytes::from_static(b"ok\xff")), false).unwrap_err();
-    /// assert_eq!(e.to_string(), "not valid UTF-8 (at byte 2)");
-    /// assert_eq!(Converter::Json.convert(None, false).unwrap(), None);
+    /// assert_eq!(Converter::Json.convert(json.clone(), JsonOutput::AsReceived).unwrap(), json);
+    /// assert!(Converter::Json.convert(Some(Bytes::from("{oops")), JsonOutput::AsReceived).is_err());
+    /// let e = Converter::String.convert(Some(Bytes::from_static(b"ok\xff")), JsonOutput::AsReceived);
+    /// assert_eq!(e.unwrap_err().to_string(), "not valid UTF-8 (at byte 2)");
+    /// assert_eq!(Converter::Json.convert(None, JsonOutput::AsReceived).unwrap(), None);
     /// ```
     ///
     /// # Errors
@@ -58,7 +70,7 @@ impl Converter {
     pub fn convert(
         self,
         data: Option<Bytes>,
-        reserialize: bool,
+        output: JsonOutput,
     ) -> Result<Option<Bytes>, ConvertError> {
         let Some(data) = data else { return Ok(None) };
         match self {
@@ -68,7 +80,7 @@ impl Converter {
                 Err(e) => Err(ConvertError::NotUtf8 { valid_up_to: e.valid_up_to() }),
             },
             Converter::Json => match serde_json::from_slice::<serde_json::Value>(&data) {
-                Ok(v) if reserialize => serde_json::to_vec(&v)
+                Ok(v) if output == JsonOutput::Compact => serde_json::to_vec(&v)
                     .map(|b| Some(Bytes::from(b)))
                     .map_err(ConvertError::Write),
                 Ok(_) => Ok(Some(data)),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rskafka::protocol::primitives::Records;
 use rskafka::protocol::traits::ReadType;
 
-use crate::converter::Converter;
+use crate::converter::{Converter, JsonOutput};
 use crate::kafka::{validate_topic_name, validate_topic_template};
 use crate::runner::{ConnectFile, Registry};
 use crate::template::{Part, Template};
@@ -79,14 +79,20 @@ pub fn template(source: &str, values: &[&str]) {
 /// exactly what `serde_json` reads, and JSON written back compactly reads as the same document.
 pub fn converters(data: &[u8]) {
     let bytes = Bytes::copy_from_slice(data);
-    assert_eq!(Converter::Bytes.convert(Some(bytes.clone()), true).ok(), Some(Some(bytes.clone())));
     assert_eq!(
-        Converter::String.convert(Some(bytes.clone()), false).is_ok(),
+        Converter::Bytes.convert(Some(bytes.clone()), JsonOutput::Compact).ok(),
+        Some(Some(bytes.clone()))
+    );
+    assert_eq!(
+        Converter::String.convert(Some(bytes.clone()), JsonOutput::AsReceived).is_ok(),
         std::str::from_utf8(data).is_ok()
     );
     let parsed = serde_json::from_slice::<serde_json::Value>(data);
-    assert_eq!(Converter::Json.convert(Some(bytes.clone()), false).is_ok(), parsed.is_ok());
-    match Converter::Json.convert(Some(bytes), true) {
+    assert_eq!(
+        Converter::Json.convert(Some(bytes.clone()), JsonOutput::AsReceived).is_ok(),
+        parsed.is_ok()
+    );
+    match Converter::Json.convert(Some(bytes), JsonOutput::Compact) {
         Ok(Some(out)) => {
             let before = parsed.unwrap_or_else(|e| panic!("converted, yet not JSON: {e}"));
             let after: serde_json::Value = serde_json::from_slice(&out)

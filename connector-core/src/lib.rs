@@ -20,15 +20,17 @@ pub mod tls;
 pub mod transform;
 
 pub use config::{join_path, ConfigError, ConfigErrors, ConnectorConfig};
-pub use converter::Converter;
+pub use converter::{ConvertError, Converter, JsonOutput};
 pub use error::{Error, ErrorContext, ErrorKind, Result, SharedError};
-pub use error_policy::{ErrorHandler, ErrorPolicyConfig, FailedRecord, Stage, Tolerance};
+pub use error_policy::{
+    ErrorHandler, ErrorPolicyConfig, FailedRecord, RetryTimeout, Stage, Tolerance,
+};
 pub use offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore};
 pub use record::{
     Header, Headers, RecordMetadata, SinkRecord, SourceOffset, SourcePartition, SourceRecord,
     Timestamp, TopicPartition,
 };
-pub use secret::Secret;
+pub use secret::{Secret, SecretError};
 pub use sink::{
     DynSinkConnector, ErrantRecordReporter, SinkConnector, SinkTask, SinkTaskContext, StartFrom,
 };
