@@ -107,7 +107,7 @@ impl ConfigErrors {
 }
 
 /// Joins a key path prefix and a relative path: `connector[0]` + `qos` = `connector[0].qos`.
-pub fn join_path(prefix: &str, path: &str) -> String {
+pub(crate) fn join_path(prefix: &str, path: &str) -> String {
     match (prefix.is_empty(), path.is_empty()) {
         (true, _) => path.to_owned(),
         (false, true) => prefix.to_owned(),

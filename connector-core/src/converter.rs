@@ -53,7 +53,7 @@ impl Converter {
     ///
     /// ```
     /// use bytes::Bytes;
-    /// use connector_core::{Converter, JsonOutput};
+    /// use connector_core::converter::{Converter, JsonOutput};
     ///
     /// let json = Some(Bytes::from(r#"{ "t": 21.5 }"#));
     /// let ok = Converter::Json.convert(json.clone(), JsonOutput::Compact).unwrap();

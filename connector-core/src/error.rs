@@ -9,9 +9,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-/// A shareable, type-erased cause of an [`Error`].
-pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
-
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -119,7 +116,7 @@ pub enum Error {
         /// Where it failed.
         context: Box<ErrorContext>,
         /// The underlying cause, if any.
-        source: Option<SharedError>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The record is bad; no retry will help. Handled by the error policy.
     RecordRejected {
@@ -128,7 +125,7 @@ pub enum Error {
         /// Where the record came from or was going.
         context: Box<ErrorContext>,
         /// The underlying cause, if any.
-        source: Option<SharedError>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The task cannot continue.
     Fatal {
@@ -137,7 +134,7 @@ pub enum Error {
         /// Where it failed.
         context: Box<ErrorContext>,
         /// The underlying cause, if any.
-        source: Option<SharedError>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// A configuration value is invalid. `path` names the key, e.g. `connector[0].qos`.
     Config {

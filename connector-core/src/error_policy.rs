@@ -185,7 +185,7 @@ impl ErrorPolicyConfig {
 /// Where in the pipeline a record failed (Kafka Connect's stage names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Stage {
+pub(crate) enum Stage {
     /// The source task marked the record as bad.
     TaskPoll,
     /// A transform failed.
@@ -215,7 +215,7 @@ impl fmt::Display for Stage {
 
 /// A record that failed, with where it was.
 #[derive(Debug)]
-pub struct FailedRecord<'a> {
+pub(crate) struct FailedRecord<'a> {
     /// Where it failed.
     pub stage: Stage,
     /// Why.
@@ -236,7 +236,7 @@ pub struct FailedRecord<'a> {
 
 /// Applies an [`ErrorPolicyConfig`] for one task.
 #[derive(Debug, Clone)]
-pub struct ErrorHandler {
+pub(crate) struct ErrorHandler {
     config: ErrorPolicyConfig,
     connector: Arc<str>,
     task: usize,
@@ -263,7 +263,7 @@ fn preview(b: Option<&Bytes>) -> String {
 
 impl ErrorHandler {
     /// A handler for task `task` of `connector`, writing dead letters through `client`.
-    pub fn new(
+    pub(crate) fn new(
         config: ErrorPolicyConfig,
         connector: Arc<str>,
         task: usize,
@@ -279,7 +279,7 @@ impl ErrorHandler {
     /// # Errors
     /// The record's error, when the policy does not tolerate it (the task must stop), or the
     /// dead-letter write's error.
-    pub async fn handle(&self, f: FailedRecord<'_>) -> Result<()> {
+    pub(crate) async fn handle(&self, f: FailedRecord<'_>) -> Result<()> {
         self.stats.add_error();
         let error = f
             .error

@@ -2,7 +2,7 @@
 
 pub mod backoff;
 mod config;
-mod converter;
+pub mod converter;
 mod error;
 mod error_policy;
 #[doc(hidden)]
@@ -19,12 +19,10 @@ pub mod template;
 pub mod tls;
 pub mod transform;
 
-pub use config::{join_path, ConfigError, ConfigErrors, ConnectorConfig};
-pub use converter::{ConvertError, Converter, JsonOutput};
-pub use error::{Error, ErrorContext, ErrorKind, Result, SharedError};
-pub use error_policy::{
-    ErrorHandler, ErrorPolicyConfig, FailedRecord, RetryTimeout, Stage, Tolerance,
-};
+pub use config::{ConfigError, ConfigErrors, ConnectorConfig};
+pub use converter::Converter;
+pub use error::{Error, ErrorContext, ErrorKind, Result};
+pub use error_policy::{ErrorPolicyConfig, RetryTimeout, Tolerance};
 pub use offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore};
 pub use record::{
     Header, Headers, RecordMetadata, SinkRecord, SourceOffset, SourcePartition, SourceRecord,
