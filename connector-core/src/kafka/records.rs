@@ -79,9 +79,7 @@ impl ProducerRecord {
 
     /// Key + value + header bytes.
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.encoded_len()
+        crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 }
 
@@ -122,9 +120,7 @@ pub(crate) struct PendingRecord {
 
 impl PendingRecord {
     pub(crate) fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.encoded_len()
+        crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 }
 

@@ -88,13 +88,13 @@ fn kafka_partition(tp: &TopicPartition) -> SourcePartition {
     let mut m = Map::new();
     m.insert(SINK_TOPIC.to_owned(), Value::from(&*tp.topic));
     m.insert(SINK_PARTITION.to_owned(), Value::from(tp.partition));
-    m
+    m.into()
 }
 
 fn kafka_offset(next: i64) -> SourceOffset {
     let mut m = Map::new();
     m.insert(SINK_OFFSET.to_owned(), Value::from(next));
-    m
+    m.into()
 }
 
 /// JSON with object keys sorted at every level, independent of how the map was built.
@@ -131,7 +131,7 @@ pub(crate) fn canonical_key(partition: &SourcePartition) -> String {
         }
     }
     let mut out = String::new();
-    write(&Value::Object(partition.clone()), &mut out);
+    write(&Value::Object(partition.clone().into_map()), &mut out);
     out
 }
 
@@ -145,6 +145,7 @@ mod tests {
         let a = json!({"b": {"y": 1, "x": [1, {"q": 2, "p": 3}]}, "a": "s"});
         let b = json!({"a": "s", "b": {"x": [1, {"p": 3, "q": 2}], "y": 1}});
         let (Value::Object(a), Value::Object(b)) = (a, b) else { panic!() };
+        let (a, b) = (SourcePartition::from(a), SourcePartition::from(b));
         assert_eq!(canonical_key(&a), canonical_key(&b));
         assert_eq!(canonical_key(&a), r#"{"a":"s","b":{"x":[1,{"p":3,"q":2}],"y":1}}"#);
     }
