@@ -10,15 +10,14 @@ use crate::record::{SourceOffset, SourcePartition, TopicPartition};
 /// sorted), so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same partition.
 ///
 /// ```
-/// use connector_core::OffsetMap;
-/// use serde_json::json;
+/// use connector_core::{OffsetMap, SourceOffset, SourcePartition};
 ///
-/// let p = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
 /// let mut m = OffsetMap::new();
-/// m.insert(p(json!({"file": "a", "host": "x"})), p(json!({"position": 10})));
-/// m.insert(p(json!({"host": "x", "file": "a"})), p(json!({"position": 20})));
+/// m.insert(SourcePartition::from([("file", "a"), ("host", "x")]), SourceOffset::from([("position", 10)]));
+/// m.insert(SourcePartition::from([("host", "x"), ("file", "a")]), SourceOffset::from([("position", 20)]));
 /// assert_eq!(m.len(), 1);
-/// assert_eq!(m.get(&p(json!({"file": "a", "host": "x"}))), Some(&p(json!({"position": 20}))));
+/// let a = SourcePartition::from([("file", "a"), ("host", "x")]);
+/// assert_eq!(m.get(&a).and_then(|o| o.get_u64("position")), Some(20));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OffsetMap {
