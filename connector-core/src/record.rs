@@ -151,6 +151,48 @@ pub struct SourceOffset(Map<String, Value>);
 
 json_object_newtype!(SourceOffset, "source offset");
 
+/// The builder methods the record types share: `with_key` and `with_header` for every record
+/// type, and with `optional`, `with_timestamp` and `with_partition` for those whose timestamp and
+/// partition are optional ([`SourceRecord`], `ProducerRecord`).
+macro_rules! record_builders {
+    ($t:ty) => {
+        impl $t {
+            /// Sets the key.
+            pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+                self.key = Some(key.into());
+                self
+            }
+
+            /// Appends a header.
+            pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+                self.headers.push(key, value);
+                self
+            }
+        }
+    };
+    ($t:ty, optional) => {
+        $crate::record::record_builders!($t);
+
+        impl $t {
+            /// Sets the timestamp.
+            pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
+                self.timestamp = Some(ts);
+                self
+            }
+
+            /// Sets an explicit partition (`None` lets the partitioner choose).
+            pub fn with_partition(mut self, partition: i32) -> Self {
+                self.partition = Some(partition);
+                self
+            }
+        }
+    };
+}
+pub(crate) use record_builders;
+
+record_builders!(SourceRecord, optional);
+record_builders!(SinkRecord);
+
 /// Key + value + header bytes: how records are counted against byte limits.
 pub(crate) fn record_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &Headers) -> usize {
     key.map_or(0, Bytes::len) + value.map_or(0, Bytes::len) + headers.encoded_len()
@@ -405,30 +447,6 @@ impl SourceRecord {
         }
     }
 
-    /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Appends a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push(key, value);
-        self
-    }
-
-    /// Sets the timestamp.
-    pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
-        self.timestamp = Some(ts);
-        self
-    }
-
-    /// Sets an explicit partition.
-    pub fn with_partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
     /// Sets the source partition and offset (anything that converts: the types themselves, a
     /// `serde_json::Map`, or `[(key, value); N]` pairs).
     pub fn with_source(
@@ -507,18 +525,6 @@ impl SinkRecord {
             headers: Headers::new(),
             timestamp: Timestamp::now(),
         }
-    }
-
-    /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Appends a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push(key, value);
-        self
     }
 
     /// Replaces the headers.

@@ -53,35 +53,13 @@ impl ProducerRecord {
         }
     }
 
-    /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Appends a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push(key, value);
-        self
-    }
-
-    /// Sets the partition.
-    pub fn with_partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// Sets the timestamp.
-    pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
-        self.timestamp = Some(ts);
-        self
-    }
-
     /// Key + value + header bytes.
     pub fn size(&self) -> usize {
         crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 }
+
+crate::record::record_builders!(ProducerRecord, optional);
 
 impl From<&SourceRecord> for ProducerRecord {
     fn from(r: &SourceRecord) -> Self {
