@@ -16,6 +16,27 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// A problem at `path`.
+    ///
+    /// ```
+    /// use connector_core::ConfigError;
+    ///
+    /// assert_eq!(ConfigError::new("qos", "expected 0, 1 or 2").to_string(), "qos: expected 0, 1 or 2");
+    /// ```
+    pub fn new(path: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self { path: path.into(), message: message.to_string() }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        Self(vec![e])
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
@@ -45,14 +66,14 @@ impl ConfigErrors {
         Self(Vec::new())
     }
 
-    /// Records a problem at `path`.
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), message: message.into() });
+    /// Records a problem at `path`: a message, or any error (its `Display` text is kept).
+    pub fn push(&mut self, path: impl Into<String>, message: impl fmt::Display) {
+        self.0.push(ConfigError::new(path, message));
     }
 
-    /// Adds all of `other`'s problems.
-    pub fn extend(&mut self, other: ConfigErrors) {
-        self.0.extend(other.0);
+    /// Adds all of `other`'s problems (another [`ConfigErrors`], or single [`ConfigError`]s).
+    pub fn extend(&mut self, other: impl IntoIterator<Item = ConfigError>) {
+        self.0.extend(other);
     }
 
     /// Prefixes every path with `prefix` (joined by `.`, or directly for `[i]` paths).
@@ -86,7 +107,7 @@ impl ConfigErrors {
 }
 
 /// Joins a key path prefix and a relative path: `connector[0]` + `qos` = `connector[0].qos`.
-pub fn join_path(prefix: &str, path: &str) -> String {
+pub(crate) fn join_path(prefix: &str, path: &str) -> String {
     match (prefix.is_empty(), path.is_empty()) {
         (true, _) => path.to_owned(),
         (false, true) => prefix.to_owned(),

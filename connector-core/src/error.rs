@@ -9,9 +9,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-/// A shareable, type-erased cause of an [`Error`].
-pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
-
 /// `Result` with this crate's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -109,50 +106,72 @@ impl fmt::Display for ErrorContext {
 ///     "broker 1 did not answer within 30s [connector=telemetry topic=plant.line1 partition=3]"
 /// );
 /// ```
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// Transient failure; retrying after a backoff may succeed.
-    #[error("{message}{context}")]
     Retriable {
         /// What failed.
         message: Cow<'static, str>,
         /// Where it failed.
         context: Box<ErrorContext>,
         /// The underlying cause, if any.
-        #[source]
-        source: Option<SharedError>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The record is bad; no retry will help. Handled by the error policy.
-    #[error("record rejected: {message}{context}")]
     RecordRejected {
         /// Why the record was rejected.
         message: Cow<'static, str>,
         /// Where the record came from or was going.
         context: Box<ErrorContext>,
         /// The underlying cause, if any.
-        #[source]
-        source: Option<SharedError>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The task cannot continue.
-    #[error("{message}{context}")]
     Fatal {
         /// What failed.
         message: Cow<'static, str>,
         /// Where it failed.
         context: Box<ErrorContext>,
         /// The underlying cause, if any.
-        #[source]
-        source: Option<SharedError>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// A configuration value is invalid. `path` names the key, e.g. `connector[0].qos`.
-    #[error("{path}: {message}")]
     Config {
         /// Key path of the offending value.
         path: String,
         /// What is wrong with it.
         message: String,
     },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Retriable { message, context, .. } | Error::Fatal { message, context, .. } => {
+                write!(f, "{message}{context}")
+            }
+            Error::RecordRejected { message, context, .. } => {
+                write!(f, "record rejected: {message}{context}")
+            }
+            Error::Config { path, message } => write!(f, "{path}: {message}"),
+        }
+    }
+}
+
+// Written out rather than derived: the cause is the shared error itself, not the `Arc` around
+// it, so that `source()` can be downcast to the original type (an `std::io::Error`, say).
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Retriable { source, .. }
+            | Error::RecordRejected { source, .. }
+            | Error::Fatal { source, .. } => {
+                source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+            }
+            Error::Config { .. } => None,
+        }
+    }
 }
 
 impl Error {
@@ -281,16 +300,73 @@ impl Error {
         self
     }
 
-    /// The message followed by every cause in the chain, joined by `: `.
+    /// The message followed by every cause in the chain, joined by `: ` (a cause whose text the
+    /// message already ends with is not repeated).
     pub fn report(&self) -> String {
         let mut out = self.to_string();
+        let mut tail = self.message().to_owned();
         let mut cur = std::error::Error::source(self);
         while let Some(e) = cur {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
+            let text = e.to_string();
+            if !tail.ends_with(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            tail = text;
             cur = e.source();
         }
         out
+    }
+}
+
+/// An I/O error, the first error a connector author usually meets (`?` on a file or socket call).
+///
+/// Its message is the I/O error's text and its source the I/O error itself. Its kind follows
+/// what a retry can do: *retriable* for the failures of a connection or a peer that may come
+/// back (refused, reset, aborted, not connected, broken pipe, timed out, interrupted, would
+/// block, unexpected end of file, host or network unreachable, address in use or not
+/// available); *fatal* for everything else (not found, permission denied, invalid input or
+/// data, out of memory, ...), which no retry fixes. Wrap it yourself (`Error::retriable(..)
+/// .with_source(e)`) where your connector knows better, e.g. a file that appears later.
+///
+/// ```
+/// use connector_core::{Error, ErrorKind};
+/// use std::io;
+///
+/// let refused: Error = io::Error::new(io::ErrorKind::ConnectionRefused, "refused").into();
+/// assert_eq!(refused.kind(), ErrorKind::Retriable);
+/// assert_eq!(refused.to_string(), "refused");
+/// let missing: Error = io::Error::new(io::ErrorKind::NotFound, "no such file").into();
+/// assert_eq!(missing.kind(), ErrorKind::Fatal);
+///
+/// fn read(path: &str) -> connector_core::Result<String> {
+///     Ok(std::fs::read_to_string(path)?)
+/// }
+/// assert!(read("/no/such/file").is_err());
+/// ```
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let retriable = matches!(
+            e.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::TimedOut
+                | K::Interrupted
+                | K::WouldBlock
+                | K::UnexpectedEof
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::NetworkDown
+                | K::AddrInUse
+                | K::AddrNotAvailable
+        );
+        let message = e.to_string();
+        let error = if retriable { Error::retriable(message) } else { Error::fatal(message) };
+        error.with_source(e)
     }
 }
 
@@ -312,6 +388,21 @@ mod tests {
         assert_eq!(e.report(), "connect to 127.0.0.1:9092: refused");
         assert!(e.is_retriable());
         assert_eq!(e.clone().into_fatal().kind(), ErrorKind::Fatal);
+    }
+
+    #[test]
+    fn io_errors_are_retriable_when_a_peer_may_come_back_and_keep_their_source() {
+        use std::io::{Error as Io, ErrorKind as K};
+        for kind in [K::ConnectionReset, K::TimedOut, K::BrokenPipe, K::UnexpectedEof] {
+            assert!(Error::from(Io::new(kind, "x")).is_retriable(), "{kind:?}");
+        }
+        for kind in [K::NotFound, K::PermissionDenied, K::InvalidData, K::Other] {
+            assert_eq!(Error::from(Io::new(kind, "x")).kind(), ErrorKind::Fatal, "{kind:?}");
+        }
+        let e = Error::from(Io::new(K::ConnectionRefused, "refused"));
+        assert_eq!(e.report(), "refused", "the cause is not repeated");
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Io>());
+        assert_eq!(source.map(Io::kind), Some(K::ConnectionRefused));
     }
 
     #[test]

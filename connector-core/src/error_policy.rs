@@ -30,6 +30,75 @@ pub enum Tolerance {
     All,
 }
 
+/// How long a retriable failure of the task is retried before the connector stops
+/// (`retry_timeout_ms`: `-1` is [`Forever`](RetryTimeout::Forever), `0` or more milliseconds
+/// [`After`](RetryTimeout::After)).
+///
+/// ```
+/// use std::time::Duration;
+/// use connector_core::{ErrorPolicyConfig, RetryTimeout};
+///
+/// let c: ErrorPolicyConfig = toml::from_str("retry_timeout_ms = 1500").unwrap();
+/// assert_eq!(c.retry_timeout_ms, RetryTimeout::After(Duration::from_millis(1500)));
+/// let c: ErrorPolicyConfig = toml::from_str("retry_timeout_ms = -1").unwrap();
+/// assert_eq!(c.retry_timeout_ms, RetryTimeout::Forever);
+/// assert!(toml::from_str::<ErrorPolicyConfig>("retry_timeout_ms = -2").is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub enum RetryTimeout {
+    /// Retry as long as it takes (default: a broker outage should be waited out, not turned into
+    /// lost data). Written `-1`.
+    #[default]
+    Forever,
+    /// Stop once the failures have lasted this long; zero means no retry.
+    After(std::time::Duration),
+}
+
+impl RetryTimeout {
+    /// The time limit, `None` for no limit.
+    pub fn limit(self) -> Option<std::time::Duration> {
+        match self {
+            RetryTimeout::Forever => None,
+            RetryTimeout::After(d) => Some(d),
+        }
+    }
+}
+
+impl TryFrom<i64> for RetryTimeout {
+    type Error = String;
+    fn try_from(ms: i64) -> std::result::Result<Self, String> {
+        match ms {
+            -1 => Ok(RetryTimeout::Forever),
+            0.. => Ok(RetryTimeout::After(std::time::Duration::from_millis(ms.unsigned_abs()))),
+            _ => Err("expected -1 (forever), 0 (no retry) or a number of milliseconds".to_owned()),
+        }
+    }
+}
+
+impl From<RetryTimeout> for i64 {
+    fn from(t: RetryTimeout) -> Self {
+        match t {
+            RetryTimeout::Forever => -1,
+            RetryTimeout::After(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl JsonSchema for RetryTimeout {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RetryTimeout".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "integer", "format": "int64", "minimum": -1 })
+    }
+}
+
 /// The `[connector.errors]` table.
 ///
 /// ```
@@ -52,8 +121,8 @@ pub struct ErrorPolicyConfig {
     /// How long a retriable failure of the task (`poll`, `put`) is retried before the connector
     /// stops: milliseconds, `0` = no retry, `-1` = retry as long as it takes (default: a broker
     /// outage should be waited out, not turned into lost data).
-    #[serde(default = "default_retry_timeout_ms")]
-    pub retry_timeout_ms: i64,
+    #[serde(default)]
+    pub retry_timeout_ms: RetryTimeout,
     /// Largest delay between those retries, in milliseconds (jittered exponential backoff).
     #[serde(default = "default_retry_max_delay_ms")]
     pub retry_max_delay_ms: u64,
@@ -69,9 +138,6 @@ pub struct ErrorPolicyConfig {
     pub log_include_messages: bool,
 }
 
-fn default_retry_timeout_ms() -> i64 {
-    -1
-}
 fn default_retry_max_delay_ms() -> u64 {
     60_000
 }
@@ -80,7 +146,7 @@ impl Default for ErrorPolicyConfig {
     fn default() -> Self {
         Self {
             tolerance: Tolerance::None,
-            retry_timeout_ms: default_retry_timeout_ms(),
+            retry_timeout_ms: RetryTimeout::Forever,
             retry_max_delay_ms: default_retry_max_delay_ms(),
             dead_letter_topic: None,
             log: false,
@@ -93,12 +159,6 @@ impl ErrorPolicyConfig {
     /// Checks the values; paths are relative to the `errors` table.
     pub fn validate(&self) -> ConfigErrors {
         let mut e = ConfigErrors::new();
-        if self.retry_timeout_ms < -1 {
-            e.push(
-                "retry_timeout_ms",
-                "expected -1 (forever), 0 (no retry) or a number of milliseconds",
-            );
-        }
         if self.retry_max_delay_ms == 0 {
             e.push("retry_max_delay_ms", "must be at least 1");
         }
@@ -118,14 +178,14 @@ impl ErrorPolicyConfig {
 
     /// The retry time limit, `None` for no limit.
     pub(crate) fn retry_limit(&self) -> Option<std::time::Duration> {
-        u64::try_from(self.retry_timeout_ms).ok().map(std::time::Duration::from_millis)
+        self.retry_timeout_ms.limit()
     }
 }
 
 /// Where in the pipeline a record failed (Kafka Connect's stage names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Stage {
+pub(crate) enum Stage {
     /// The source task marked the record as bad.
     TaskPoll,
     /// A transform failed.
@@ -155,7 +215,7 @@ impl fmt::Display for Stage {
 
 /// A record that failed, with where it was.
 #[derive(Debug)]
-pub struct FailedRecord<'a> {
+pub(crate) struct FailedRecord<'a> {
     /// Where it failed.
     pub stage: Stage,
     /// Why.
@@ -176,7 +236,7 @@ pub struct FailedRecord<'a> {
 
 /// Applies an [`ErrorPolicyConfig`] for one task.
 #[derive(Debug, Clone)]
-pub struct ErrorHandler {
+pub(crate) struct ErrorHandler {
     config: ErrorPolicyConfig,
     connector: Arc<str>,
     task: usize,
@@ -203,7 +263,7 @@ fn preview(b: Option<&Bytes>) -> String {
 
 impl ErrorHandler {
     /// A handler for task `task` of `connector`, writing dead letters through `client`.
-    pub fn new(
+    pub(crate) fn new(
         config: ErrorPolicyConfig,
         connector: Arc<str>,
         task: usize,
@@ -219,7 +279,7 @@ impl ErrorHandler {
     /// # Errors
     /// The record's error, when the policy does not tolerate it (the task must stop), or the
     /// dead-letter write's error.
-    pub async fn handle(&self, f: FailedRecord<'_>) -> Result<()> {
+    pub(crate) async fn handle(&self, f: FailedRecord<'_>) -> Result<()> {
         self.stats.add_error();
         let error = f
             .error
@@ -290,16 +350,34 @@ mod tests {
 
     #[test]
     fn a_dead_letter_topic_needs_tolerance_all_and_a_legal_name() {
+        let c =
+            ErrorPolicyConfig { dead_letter_topic: Some("bad topic".into()), ..Default::default() };
+        let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths, ["dead_letter_topic", "dead_letter_topic"]);
+    }
+
+    #[test]
+    fn the_retry_timeout_reads_and_writes_minus_one_as_forever() {
+        use std::time::Duration;
+        assert_eq!(ErrorPolicyConfig::default().retry_limit(), None);
         let c = ErrorPolicyConfig {
-            dead_letter_topic: Some("bad topic".into()),
-            retry_timeout_ms: -2,
+            retry_timeout_ms: RetryTimeout::After(Duration::from_millis(1500)),
             ..Default::default()
         };
-        let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
-        assert_eq!(paths, ["retry_timeout_ms", "dead_letter_topic", "dead_letter_topic"]);
-        assert_eq!(ErrorPolicyConfig::default().retry_limit(), None);
-        let c = ErrorPolicyConfig { retry_timeout_ms: 1500, ..Default::default() };
-        assert_eq!(c.retry_limit(), Some(std::time::Duration::from_millis(1500)));
+        assert_eq!(c.retry_limit(), Some(Duration::from_millis(1500)));
+        for (ms, t) in [
+            (-1, RetryTimeout::Forever),
+            (0, RetryTimeout::After(Duration::ZERO)),
+            (60_000, RetryTimeout::After(Duration::from_secs(60))),
+        ] {
+            assert_eq!(RetryTimeout::try_from(ms), Ok(t));
+            assert_eq!(i64::from(t), ms);
+        }
+        let e = toml::from_str::<ErrorPolicyConfig>("retry_timeout_ms = -2").unwrap_err();
+        assert!(e.message().contains("expected -1 (forever), 0 (no retry)"), "{e}");
+        let schema = schemars::schema_for!(ErrorPolicyConfig).to_value();
+        let p = &schema["properties"]["retry_timeout_ms"];
+        assert_eq!((p["type"].as_str(), p["default"].as_i64()), (Some("integer"), Some(-1)), "{p}");
     }
 
     #[test]

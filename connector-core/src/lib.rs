@@ -2,7 +2,7 @@
 
 pub mod backoff;
 mod config;
-mod converter;
+pub mod converter;
 mod error;
 mod error_policy;
 #[doc(hidden)]
@@ -19,16 +19,16 @@ pub mod template;
 pub mod tls;
 pub mod transform;
 
-pub use config::{join_path, ConfigError, ConfigErrors, ConnectorConfig};
+pub use config::{ConfigError, ConfigErrors, ConnectorConfig};
 pub use converter::Converter;
-pub use error::{Error, ErrorContext, ErrorKind, Result, SharedError};
-pub use error_policy::{ErrorHandler, ErrorPolicyConfig, FailedRecord, Stage, Tolerance};
+pub use error::{Error, ErrorContext, ErrorKind, Result};
+pub use error_policy::{ErrorPolicyConfig, RetryTimeout, Tolerance};
 pub use offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore};
 pub use record::{
     Header, Headers, RecordMetadata, SinkRecord, SourceOffset, SourcePartition, SourceRecord,
     Timestamp, TopicPartition,
 };
-pub use secret::Secret;
+pub use secret::{Secret, SecretError};
 pub use sink::{
     DynSinkConnector, ErrantRecordReporter, SinkConnector, SinkTask, SinkTaskContext, StartFrom,
 };

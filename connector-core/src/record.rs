@@ -6,18 +6,197 @@
 //! returns them but never looks inside.
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The JSON-object newtypes [`SourcePartition`] and [`SourceOffset`]: built from pairs or from any
+/// `Serialize` struct, read back with typed getters or into a struct, and a `serde_json::Map`
+/// underneath (`Deref`), so map methods work as they are.
+macro_rules! json_object_newtype {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            /// Empty.
+            pub fn new() -> Self {
+                Self(Map::new())
+            }
+
+            #[doc = concat!("The ", $what, " from a struct or map that serializes to a JSON object.")]
+            ///
+            /// # Errors
+            /// Fatal when `value` does not serialize to a JSON object.
+            pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> crate::Result<Self> {
+                match serde_json::to_value(value) {
+                    Ok(Value::Object(map)) => Ok(Self(map)),
+                    Ok(other) => Err(crate::Error::fatal(format!(
+                        concat!("a ", $what, " must be a JSON object, not {}"),
+                        other
+                    ))),
+                    Err(e) => Err(crate::Error::fatal(concat!("cannot serialize a ", $what))
+                        .with_source(e)),
+                }
+            }
+
+            #[doc = concat!("The ", $what, " read into `T` (the reverse of [`from_serialize`](Self::from_serialize)).")]
+            ///
+            /// # Errors
+            /// Fatal when it does not deserialize into `T`.
+            pub fn deserialize_into<T: DeserializeOwned>(&self) -> crate::Result<T> {
+                T::deserialize(&Value::Object(self.0.clone())).map_err(|e| {
+                    crate::Error::fatal(concat!("cannot read a stored ", $what)).with_source(e)
+                })
+            }
+
+            /// The value of `key` as an unsigned integer.
+            pub fn get_u64(&self, key: &str) -> Option<u64> {
+                self.0.get(key).and_then(Value::as_u64)
+            }
+
+            /// The value of `key` as a signed integer.
+            pub fn get_i64(&self, key: &str) -> Option<i64> {
+                self.0.get(key).and_then(Value::as_i64)
+            }
+
+            /// The value of `key` as text.
+            pub fn get_str(&self, key: &str) -> Option<&str> {
+                self.0.get(key).and_then(Value::as_str)
+            }
+
+            /// The underlying map.
+            pub fn into_map(self) -> Map<String, Value> {
+                self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = Map<String, Value>;
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.0
+            }
+        }
+
+        impl From<Map<String, Value>> for $name {
+            fn from(map: Map<String, Value>) -> Self {
+                Self(map)
+            }
+        }
+
+        impl From<$name> for Map<String, Value> {
+            fn from(v: $name) -> Self {
+                v.0
+            }
+        }
+
+        impl<K: Into<String>, V: Into<Value>, const N: usize> From<[(K, V); N]> for $name {
+            fn from(pairs: [(K, V); N]) -> Self {
+                pairs.into_iter().collect()
+            }
+        }
+
+        impl<K: Into<String>, V: Into<Value>> FromIterator<(K, V)> for $name {
+            fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+                Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+            }
+        }
+    };
+}
 
 /// Identifies where a source record came from (e.g. `{"file": "/var/log/a.log"}`). Opaque to the
 /// framework; an empty map means "no partition".
-pub type SourcePartition = serde_json::Map<String, serde_json::Value>;
+///
+/// ```
+/// use connector_core::SourcePartition;
+///
+/// #[derive(serde::Serialize)]
+/// struct File<'a> { file: &'a str }
+///
+/// let p = SourcePartition::from_serialize(&File { file: "/var/log/a.log" }).unwrap();
+/// assert_eq!(p, SourcePartition::from([("file", "/var/log/a.log")]));
+/// assert_eq!(p.get_str("file"), Some("/var/log/a.log"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SourcePartition(Map<String, Value>);
+
+json_object_newtype!(SourcePartition, "source partition");
 
 /// A position within a [`SourcePartition`] (e.g. `{"position": 4096}`). Opaque to the framework.
-pub type SourceOffset = serde_json::Map<String, serde_json::Value>;
+///
+/// ```
+/// use connector_core::SourceOffset;
+///
+/// let offset = SourceOffset::from([("pos", 42)]);
+/// assert_eq!(offset.get_u64("pos"), Some(42));
+///
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Position { pos: u64, line: u32 }
+/// let offset = SourceOffset::from_serialize(&Position { pos: 42, line: 3 }).unwrap();
+/// assert_eq!(offset.deserialize_into::<Position>().unwrap(), Position { pos: 42, line: 3 });
+/// assert!(SourceOffset::from_serialize(&42).is_err(), "not an object");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SourceOffset(Map<String, Value>);
+
+json_object_newtype!(SourceOffset, "source offset");
+
+/// The builder methods the record types share: `with_key` and `with_header` for every record
+/// type, and with `optional`, `with_timestamp` and `with_partition` for those whose timestamp and
+/// partition are optional ([`SourceRecord`], `ProducerRecord`).
+macro_rules! record_builders {
+    ($t:ty) => {
+        impl $t {
+            /// Sets the key.
+            pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+                self.key = Some(key.into());
+                self
+            }
+
+            /// Appends a header.
+            pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+                self.headers.push(key, value);
+                self
+            }
+        }
+    };
+    ($t:ty, optional) => {
+        $crate::record::record_builders!($t);
+
+        impl $t {
+            /// Sets the timestamp.
+            pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
+                self.timestamp = Some(ts);
+                self
+            }
+
+            /// Sets an explicit partition (`None` lets the partitioner choose).
+            pub fn with_partition(mut self, partition: i32) -> Self {
+                self.partition = Some(partition);
+                self
+            }
+        }
+    };
+}
+pub(crate) use record_builders;
+
+record_builders!(SourceRecord, optional);
+record_builders!(SinkRecord);
+
+/// Key + value + header bytes: how records are counted against byte limits.
+pub(crate) fn record_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &Headers) -> usize {
+    key.map_or(0, Bytes::len) + value.map_or(0, Bytes::len) + headers.encoded_len()
+}
 
 /// Milliseconds since the Unix epoch, Kafka's timestamp unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -217,17 +396,14 @@ impl fmt::Display for TopicPartition {
 ///
 /// ```
 /// use connector_core::{SourceRecord, Timestamp};
-/// use serde_json::json;
 ///
 /// let record = SourceRecord::new("plant.line1", "21.5")
 ///     .with_key("plant/line1/temp")
 ///     .with_header("unit", "C")
 ///     .with_timestamp(Timestamp::from_millis(1_700_000_000_000))
-///     .with_source(
-///         json!({"file": "/var/log/a"}).as_object().cloned().unwrap_or_default(),
-///         json!({"position": 42}).as_object().cloned().unwrap_or_default(),
-///     );
+///     .with_source([("file", "/var/log/a")], [("position", 42)]);
 /// assert_eq!(record.topic, "plant.line1");
+/// assert_eq!(record.source_offset.and_then(|o| o.get_u64("position")), Some(42));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceRecord {
@@ -271,34 +447,15 @@ impl SourceRecord {
         }
     }
 
-    /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Appends a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push(key, value);
-        self
-    }
-
-    /// Sets the timestamp.
-    pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
-        self.timestamp = Some(ts);
-        self
-    }
-
-    /// Sets an explicit partition.
-    pub fn with_partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// Sets the source partition and offset.
-    pub fn with_source(mut self, partition: SourcePartition, offset: SourceOffset) -> Self {
-        self.source_partition = partition;
-        self.source_offset = Some(offset);
+    /// Sets the source partition and offset (anything that converts: the types themselves, a
+    /// `serde_json::Map`, or `[(key, value); N]` pairs).
+    pub fn with_source(
+        mut self,
+        partition: impl Into<SourcePartition>,
+        offset: impl Into<SourceOffset>,
+    ) -> Self {
+        self.source_partition = partition.into();
+        self.source_offset = Some(offset.into());
         self
     }
 
@@ -311,9 +468,7 @@ impl SourceRecord {
 
     /// Approximate size in bytes (key + value + headers), used for in-flight byte limits.
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.encoded_len()
+        record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 }
 
@@ -339,6 +494,51 @@ pub struct SinkRecord {
 }
 
 impl SinkRecord {
+    /// A record read from `topic` (also its original topic), `partition` and `offset`, with
+    /// `value`, no key or headers, and the current time as its timestamp; for tests of sink tasks.
+    ///
+    /// ```
+    /// use connector_core::{SinkRecord, Timestamp};
+    ///
+    /// let r = SinkRecord::new("commands", 0, 41, "open")
+    ///     .with_key("valve-7")
+    ///     .with_header("unit", "%")
+    ///     .with_timestamp(Timestamp::from_millis(1_700_000_000_000));
+    /// assert_eq!((&*r.topic, r.partition, r.offset), ("commands", 0, 41));
+    /// assert_eq!(r.key.as_deref(), Some(&b"valve-7"[..]));
+    /// assert_eq!(r.size(), 4 + 7 + 5);
+    /// ```
+    pub fn new(
+        topic: impl Into<Arc<str>>,
+        partition: i32,
+        offset: i64,
+        value: impl Into<Bytes>,
+    ) -> Self {
+        let topic = topic.into();
+        Self {
+            original_topic: Arc::clone(&topic),
+            topic,
+            partition,
+            offset,
+            key: None,
+            value: Some(value.into()),
+            headers: Headers::new(),
+            timestamp: Timestamp::now(),
+        }
+    }
+
+    /// Replaces the headers.
+    pub fn with_headers(mut self, headers: impl Into<Headers>) -> Self {
+        self.headers = headers.into();
+        self
+    }
+
+    /// Sets the timestamp.
+    pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
+        self.timestamp = ts;
+        self
+    }
+
     /// The topic and partition it was read from (where its offset is committed).
     pub fn topic_partition(&self) -> TopicPartition {
         TopicPartition { topic: Arc::clone(&self.original_topic), partition: self.partition }
@@ -346,9 +546,7 @@ impl SinkRecord {
 
     /// Approximate size in bytes (key + value + headers).
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Bytes::len)
-            + self.value.as_ref().map_or(0, Bytes::len)
-            + self.headers.encoded_len()
+        record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
     }
 }
 

@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{Error, Result};
 
+/// What is wrong with the form of a [`Secret`] reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// `${file:}` without a path.
+    #[error("expected ${{file:/path/to/secret}}")]
+    EmptyFile,
+    /// `${...}` that is not a variable name.
+    #[error("expected ${{VARIABLE_NAME}} (letters, digits, underscores)")]
+    BadVariable,
+}
+
 /// A secret string. `"${MQTT_PASSWORD}"` reads the variable when resolved, `"${file:/run/secrets/mqtt}"`
 /// reads the file; anything else is the secret itself.
 ///
@@ -53,11 +65,11 @@ impl Secret {
     /// Checks the form without reading anything (pure).
     ///
     /// # Errors
-    /// A message for a malformed `${...}` reference.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A malformed `${...}` reference.
+    pub fn validate(&self) -> Result<(), SecretError> {
         if let Some(path) = self.file() {
             if path.is_empty() {
-                return Err("expected ${file:/path/to/secret}".to_owned());
+                return Err(SecretError::EmptyFile);
             }
             return Ok(());
         }
@@ -66,11 +78,7 @@ impl Secret {
                 Some(v)
                     if !v.is_empty()
                         && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {}
-                _ => {
-                    return Err(
-                        "expected ${VARIABLE_NAME} (letters, digits, underscores)".to_owned()
-                    )
-                }
+                _ => return Err(SecretError::BadVariable),
             }
         }
         Ok(())
@@ -133,7 +141,11 @@ mod tests {
     #[test]
     fn references_resolve_from_the_environment_and_malformed_ones_are_refused() {
         assert!(Secret::new("${}").validate().is_err());
-        assert!(Secret::new("${A-B}").validate().is_err());
+        assert_eq!(Secret::new("${A-B}").validate(), Err(SecretError::BadVariable));
+        assert_eq!(
+            SecretError::BadVariable.to_string(),
+            "expected ${VARIABLE_NAME} (letters, digits, underscores)"
+        );
         assert!(Secret::new("${PATH}").validate().is_ok());
         assert!(Secret::new("${PATH}").resolve().is_ok());
         let missing = Secret::new("${CONNECTOR_TEST_SURELY_UNSET_VAR}").resolve().unwrap_err();
@@ -153,6 +165,7 @@ mod tests {
         assert!(!format!("{s:?}").contains("s3cret"));
         let missing = Secret::new("${file:/no/such/secret}").resolve().unwrap_err();
         assert!(missing.to_string().contains("/no/such/secret"), "{missing}");
-        assert!(Secret::new("${file:}").validate().is_err());
+        assert_eq!(Secret::new("${file:}").validate(), Err(SecretError::EmptyFile));
+        assert_eq!(SecretError::EmptyFile.to_string(), "expected ${file:/path/to/secret}");
     }
 }

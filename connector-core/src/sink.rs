@@ -40,7 +40,7 @@ pub enum StartFrom {
 /// Where a sink task sends a record that failed after `put` had accepted it (Kafka Connect's
 /// `ErrantRecordReporter`): a pipelining task learns only later that the destination refused a
 /// record (an MQTT 5 PUBACK with a failure reason code, say). The runtime's implementation is its
-/// error policy ([`ErrorHandler`]), the same one that handles records `put` rejects.
+/// error policy, the same one that handles records `put` rejects.
 ///
 /// Called from the task's own methods (`put`, `pre_commit`, `flush`), never concurrently.
 #[async_trait]
@@ -180,6 +180,10 @@ impl SinkTaskContext {
 pub trait SinkTask: Send + 'static {
     /// Called once before anything else.
     ///
+    /// Must be bounded: connect with a timeout and return (or fail retriably) rather than wait
+    /// for a peer indefinitely, since the runtime cannot deliver, commit or shut the task down
+    /// cleanly while `start` is running.
+    ///
     /// # Errors
     /// An error stops the task.
     async fn start(&mut self, ctx: SinkTaskContext) -> Result<()>;
@@ -222,6 +226,12 @@ pub trait SinkTask: Send + 'static {
     ///
     /// # Errors
     /// Retriable: nothing is committed this time. Fatal: the task stops.
+    ///
+    /// # Cancellation
+    /// At shutdown it runs under the runtime's shutdown timeout and may be dropped at any
+    /// `.await`. Nothing is committed then, so the records since the last commit are read again
+    /// after the restart: return only offsets that are already durable, and never rely on code
+    /// after an `.await` having run.
     async fn pre_commit(
         &mut self,
         offsets: &HashMap<TopicPartition, i64>,
@@ -236,6 +246,12 @@ pub trait SinkTask: Send + 'static {
     ///
     /// # Errors
     /// As for `pre_commit`.
+    ///
+    /// # Cancellation
+    /// At shutdown it runs under the runtime's shutdown timeout and may be dropped at any
+    /// `.await` when the destination is slow; the offsets of what it had not made durable are
+    /// then not committed (the records are read again after the restart). Keep no state that
+    /// would be inconsistent if the future stopped half way.
     async fn flush(&mut self, offsets: &HashMap<TopicPartition, i64>) -> Result<()> {
         let _ = offsets;
         Ok(())
@@ -262,6 +278,64 @@ pub trait SinkTask: Send + 'static {
 
 /// A sink connector: built from its config, it names the Kafka topics to read and creates tasks.
 /// The runtime assigns the topics' partitions to the tasks round-robin.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use connector_core::{
+///     ConfigErrors, ConnectorConfig, Result, SinkConnector, SinkRecord, SinkTask, SinkTaskContext,
+/// };
+/// use schemars::JsonSchema;
+/// use serde::Deserialize;
+///
+/// /// Logs every record of some topics.
+/// #[derive(Debug, Deserialize, JsonSchema)]
+/// #[serde(deny_unknown_fields)]
+/// struct LogConfig {
+///     /// Kafka topics to read.
+///     topics: Vec<String>,
+/// }
+///
+/// impl ConnectorConfig for LogConfig {
+///     fn validate(&self) -> ConfigErrors {
+///         let mut e = ConfigErrors::new();
+///         if self.topics.is_empty() {
+///             e.push("topics", "at least one topic is required");
+///         }
+///         e
+///     }
+/// }
+///
+/// struct Log { topics: Vec<String> }
+/// struct LogTask;
+///
+/// #[async_trait]
+/// impl SinkTask for LogTask {
+///     async fn start(&mut self, _ctx: SinkTaskContext) -> Result<()> { Ok(()) }
+///     async fn put(&mut self, records: &[SinkRecord]) -> Result<()> {
+///         for r in records {
+///             tracing::info!(topic = %r.topic, offset = r.offset, "record");
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// impl SinkConnector for Log {
+///     type Config = LogConfig;
+///     type TaskConfig = ();
+///     type Task = LogTask;
+///     fn create(_name: &str, config: LogConfig) -> Result<Self> {
+///         Ok(Log { topics: config.topics })
+///     }
+///     fn topics(&self) -> Vec<String> { self.topics.clone() }
+///     fn task_configs(&self, _max_tasks: usize) -> Result<Vec<()>> { Ok(vec![()]) }
+///     fn create_task(&self, _: ()) -> Result<LogTask> { Ok(LogTask) }
+/// }
+///
+/// let config = LogConfig { topics: vec!["commands".into()] };
+/// assert!(config.validate().is_empty());
+/// let connector = Log::create("log", config).unwrap();
+/// assert_eq!(SinkConnector::topics(&connector), ["commands"]);
+/// ```
 pub trait SinkConnector: Send + Sync + Sized + 'static {
     /// The connector's configuration.
     type Config: ConnectorConfig;

@@ -58,19 +58,29 @@ impl SourceTaskContext {
 /// Pulls records from an external system. Driven by one runtime task; methods are never called
 /// concurrently.
 ///
-/// A minimal task:
+/// A minimal task that emits a record every 100 ms. It keeps a [`tokio::time::Interval`] in the
+/// task rather than sleeping in `poll`: the runtime drops a waiting `poll` whenever Kafka
+/// acknowledgements arrive, and a `sleep` would start over on every call (with a steady stream of
+/// acks, it might never finish), while the interval's next tick stays where it was.
 /// ```
+/// use std::time::Duration;
 /// use async_trait::async_trait;
 /// use connector_core::{Result, SourceRecord, SourceTask, SourceTaskContext};
 ///
-/// struct Counter { next: u64 }
+/// struct Counter { next: u64, every: tokio::time::Interval }
+///
+/// impl Counter {
+///     fn new() -> Self {
+///         Counter { next: 0, every: tokio::time::interval(Duration::from_millis(100)) }
+///     }
+/// }
 ///
 /// #[async_trait]
 /// impl SourceTask for Counter {
 ///     async fn start(&mut self, _ctx: SourceTaskContext) -> Result<()> { Ok(()) }
 ///     async fn poll(&mut self) -> Result<Vec<SourceRecord>> {
-///         // Sleeping is cancel-safe: nothing is lost if the runtime drops this future.
-///         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+///         // Cancel-safe, and the deadline survives a dropped poll.
+///         self.every.tick().await;
 ///         self.next += 1;
 ///         Ok(vec![SourceRecord::new("counter", self.next.to_string())])
 ///     }
@@ -80,6 +90,10 @@ impl SourceTaskContext {
 pub trait SourceTask: Send + 'static {
     /// Called once before the first `poll`. `ctx` holds the offsets committed by earlier runs:
     /// resume after them.
+    ///
+    /// Must be bounded: connect with a timeout and return (or fail retriably) rather than wait
+    /// for a peer indefinitely; the runtime cannot poll, commit or shut the task down cleanly
+    /// while `start` is running.
     ///
     /// # Errors
     /// An error stops the task before it polls; retriable errors are logged as such.

@@ -4,6 +4,24 @@
 
 use std::borrow::Cow;
 
+/// Why a template does not parse. Positions are byte offsets into the template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// A `{` inside a placeholder.
+    #[error("nested '{{' in placeholder at position {0}")]
+    Nested(usize),
+    /// A `{` that is never closed.
+    #[error("unclosed '{{' at position {0}")]
+    Unclosed(usize),
+    /// `{}` with no name inside.
+    #[error("empty placeholder '{{}}' at position {0}")]
+    Empty(usize),
+    /// A `}` that closes nothing.
+    #[error("unmatched '}}' at position {0} (write '}}}}' for a brace)")]
+    Unmatched(usize),
+}
+
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
@@ -40,8 +58,8 @@ impl Template {
     /// Parses `source`.
     ///
     /// # Errors
-    /// A message for an unclosed `{`, a lone `}`, or an empty `{}`.
-    pub fn parse(source: &str) -> Result<Self, String> {
+    /// An unclosed `{`, a lone `}`, a nested `{` or an empty `{}`, with its position.
+    pub fn parse(source: &str) -> Result<Self, TemplateError> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut chars = source.char_indices().peekable();
@@ -64,27 +82,23 @@ impl Template {
                             break;
                         }
                         if c == '{' {
-                            return Err(format!("nested '{{' in placeholder at position {i}"));
+                            return Err(TemplateError::Nested(i));
                         }
                         name.push(c);
                     }
                     if !closed {
-                        return Err(format!("unclosed '{{' at position {i}"));
+                        return Err(TemplateError::Unclosed(i));
                     }
                     let name = name.trim().to_owned();
                     if name.is_empty() {
-                        return Err(format!("empty placeholder '{{}}' at position {i}"));
+                        return Err(TemplateError::Empty(i));
                     }
                     if !literal.is_empty() {
                         parts.push(Part::Literal(std::mem::take(&mut literal)));
                     }
                     parts.push(Part::Placeholder(name));
                 }
-                '}' => {
-                    return Err(format!(
-                        "unmatched '}}' at position {i} (write '}}}}' for a brace)"
-                    ))
-                }
+                '}' => return Err(TemplateError::Unmatched(i)),
                 other => literal.push(other),
             }
         }
@@ -126,13 +140,14 @@ impl Template {
         }
     }
 
-    /// Renders the template, asking `value` for each placeholder.
+    /// Renders the template, asking `value` for each placeholder. The error type is the
+    /// caller's: whatever `value` can fail with.
     ///
     /// # Errors
     /// The first error `value` returns.
-    pub fn render<'a, F>(&self, mut value: F) -> Result<String, String>
+    pub fn render<'a, F, E>(&self, mut value: F) -> Result<String, E>
     where
-        F: FnMut(&str) -> Result<Cow<'a, str>, String>,
+        F: FnMut(&str) -> Result<Cow<'a, str>, E>,
     {
         let mut out = String::new();
         for p in &self.parts {
@@ -153,7 +168,12 @@ mod tests {
     fn escapes_and_errors() {
         let t = Template::parse("a{{b}}c{x}").unwrap();
         assert_eq!(t.parts(), [Part::Literal("a{b}c".into()), Part::Placeholder("x".into())]);
-        assert!(Template::parse("{}").is_err());
+        assert_eq!(Template::parse("{}"), Err(TemplateError::Empty(0)));
+        assert_eq!(
+            Template::parse("ab}").unwrap_err().to_string(),
+            "unmatched '}' at position 2 (write '}}' for a brace)"
+        );
+        assert_eq!(Template::parse("x{").unwrap_err().to_string(), "unclosed '{' at position 1");
         assert!(Template::parse("a}b").is_err());
         assert!(Template::parse("{a{b}}").is_err());
         assert_eq!(Template::parse("").unwrap().as_literal(), Some(""));

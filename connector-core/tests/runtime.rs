@@ -21,7 +21,7 @@ use connector_core::{
 };
 use connector_testkit::{init_tracing, kafka, wait_until, Tansu, TansuStorage};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// What the test source has been told, shared with the test.
@@ -43,11 +43,11 @@ struct Counter {
 }
 
 fn partition() -> SourcePartition {
-    json!({"source": "counter"}).as_object().cloned().unwrap_or_default()
+    SourcePartition::from([("source", "counter")])
 }
 
 fn offset(n: u64) -> SourceOffset {
-    json!({"next": n}).as_object().cloned().unwrap_or_default()
+    SourceOffset::from([("next", n)])
 }
 
 #[async_trait]

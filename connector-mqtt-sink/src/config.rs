@@ -126,7 +126,7 @@ impl MqttSinkConfig {
 
 /// Parses an `mqtt_topic` template: known placeholders only, and fixed parts without wildcards.
 pub(crate) fn check_template(source: &str) -> Result<Template, String> {
-    let t = Template::parse(source)?;
+    let t = Template::parse(source).map_err(|e| e.to_string())?;
     for part in t.parts() {
         match part {
             Part::Placeholder(p) => {

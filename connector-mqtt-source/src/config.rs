@@ -118,7 +118,7 @@ impl MqttSourceConfig {
 
 /// Checks a topic or key template: placeholders must be `topic` or a level number.
 pub(crate) fn check_template(source: &str) -> Result<Template, String> {
-    let t = Template::parse(source)?;
+    let t = Template::parse(source).map_err(|e| e.to_string())?;
     for p in t.placeholders() {
         if p != "topic" && p.parse::<usize>().is_err() {
             return Err(format!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use connector_core::{
-    ConfigErrors, ConnectorConfig, Result, SourceConnector, SourceOffset, SourcePartition,
-    SourceRecord, SourceTask, SourceTaskContext,
+    ConfigErrors, ConnectorConfig, Result, SourceConnector, SourcePartition, SourceRecord,
+    SourceTask, SourceTaskContext,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -76,7 +76,7 @@ impl SourceConnector for HeartbeatConnector {
     }
 
     fn create_task(&self, config: HeartbeatConfig) -> Result<HeartbeatTask> {
-        Ok(HeartbeatTask { config, next: 0 })
+        Ok(HeartbeatTask { config, next: 0, every: None })
     }
 }
 
@@ -85,6 +85,8 @@ impl SourceConnector for HeartbeatConnector {
 pub struct HeartbeatTask {
     config: HeartbeatConfig,
     next: u64,
+    /// The heartbeat clock, kept across polls (made in `start`, inside the runtime).
+    every: Option<tokio::time::Interval>,
 }
 
 impl HeartbeatTask {
@@ -99,25 +101,24 @@ impl HeartbeatTask {
 impl SourceTask for HeartbeatTask {
     async fn start(&mut self, ctx: SourceTaskContext) -> Result<()> {
         // Resume after the last heartbeat Kafka acknowledged (and whose offset was committed).
-        self.next = ctx
-            .offset(&self.partition())
-            .and_then(|o| o.get("next"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        self.next = ctx.offset(&self.partition()).and_then(|o| o.get_u64("next")).unwrap_or(0);
+        // An Interval kept in the task, not a sleep in poll: the runtime drops a waiting poll when
+        // acknowledgements arrive, and a sleep would start over; the next tick stays put.
+        self.every = Some(tokio::time::interval(Duration::from_millis(self.config.interval_ms)));
         Ok(())
     }
 
     async fn poll(&mut self) -> Result<Vec<SourceRecord>> {
-        // Cancel-safe: if the runtime drops this future while sleeping, nothing was taken yet.
-        tokio::time::sleep(Duration::from_millis(self.config.interval_ms)).await;
+        // Cancel-safe: if the runtime drops this future while waiting, nothing was taken yet.
+        if let Some(every) = &mut self.every {
+            every.tick().await;
+        }
         let seq = self.next;
         self.next += 1;
-        let mut offset = SourceOffset::new();
-        offset.insert("next".into(), Value::from(seq + 1));
         let record = SourceRecord::new(self.config.topic.clone(), format!("{{\"seq\":{seq}}}"))
             .with_key(self.config.device.clone())
             .with_header("device", self.config.device.clone())
-            .with_source(self.partition(), offset);
+            .with_source(self.partition(), [("next", seq + 1)]);
         Ok(vec![record])
     }
 }

@@ -26,4 +26,6 @@ pub use fetch::{FetchResult, Fetched};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerState, TopicBudget, DEFAULT_TOPIC_IDLE};
 pub use records::ProducerRecord;
-pub use topic_name::{validate_topic_name, validate_topic_template, MAX_TOPIC_NAME_LEN};
+pub use topic_name::{
+    validate_topic_name, validate_topic_template, TopicNameError, MAX_TOPIC_NAME_LEN,
+};

@@ -53,35 +53,17 @@ impl ProducerRecord {
         }
     }
 
-    /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Appends a header.
-    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        self.headers.push(key, value);
-        self
-    }
-
-    /// Sets the partition.
-    pub fn with_partition(mut self, partition: i32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// Sets the timestamp.
-    pub fn with_timestamp(mut self, ts: Timestamp) -> Self {
-        self.timestamp = Some(ts);
-        self
-    }
-
     /// Key + value + header bytes.
     pub fn size(&self) -> usize {
+<<<<<<< ours
         payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
+=======
+        crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
+>>>>>>> theirs
     }
 }
+
+crate::record::record_builders!(ProducerRecord, optional);
 
 impl From<&SourceRecord> for ProducerRecord {
     fn from(r: &SourceRecord) -> Self {
@@ -120,15 +102,14 @@ pub(crate) struct PendingRecord {
 
 impl PendingRecord {
     pub(crate) fn size(&self) -> usize {
+<<<<<<< ours
         payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
+=======
+        crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
+>>>>>>> theirs
     }
 }
 
-/// A record's size as the batching limits count it: key, value and header bytes (the batch
-/// framing around them is not counted).
-pub(crate) fn payload_size(key: Option<&Bytes>, value: Option<&Bytes>, headers: &Headers) -> usize {
-    key.map_or(0, Bytes::len) + value.map_or(0, Bytes::len) + headers.encoded_len()
-}
 
 /// Builds one v2 record batch from `records` (non-empty).
 pub(crate) fn build_batch(records: &[PendingRecord], compression: Compression) -> RecordBatch {

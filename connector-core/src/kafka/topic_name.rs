@@ -6,6 +6,47 @@ use crate::template::{Part, Template};
 /// Longest legal Kafka topic name.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
+/// Which of Kafka's topic name rules a name (or a topic template) breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicNameError {
+    /// The empty name.
+    #[error("a Kafka topic name cannot be empty")]
+    Empty,
+    /// `.` or `..`.
+    #[error("{0:?} is not a legal Kafka topic name")]
+    Reserved(String),
+    /// Longer than [`MAX_TOPIC_NAME_LEN`]; the length in bytes.
+    #[error("Kafka topic name is {0} characters long; at most {MAX_TOPIC_NAME_LEN} are allowed")]
+    TooLong(usize),
+    /// A character outside `[a-zA-Z0-9._-]`.
+    #[error("Kafka topic name {name:?} contains {found:?}; only ASCII letters, digits, '.', '_' and '-' are allowed")]
+    IllegalChar {
+        /// The name.
+        name: String,
+        /// The first illegal character.
+        found: char,
+    },
+    /// A topic template whose fixed text has a character outside `[a-zA-Z0-9._-]`.
+    #[error("{template:?} contains {found:?} outside its placeholders, so no Kafka topic name can come of it; only ASCII letters, digits, '.', '_' and '-' are allowed{}", if *slash_as_dot { " ('/' becomes '.')" } else { "" })]
+    TemplateIllegalChar {
+        /// The template as written.
+        template: String,
+        /// The first illegal character (after mapping `/` to `.`, with `slash_as_dot`).
+        found: char,
+        /// Whether `/` counted as `.`.
+        slash_as_dot: bool,
+    },
+    /// A topic template whose fixed text alone is longer than [`MAX_TOPIC_NAME_LEN`].
+    #[error("{template:?} has {len} characters outside its placeholders; a Kafka topic name has at most {MAX_TOPIC_NAME_LEN}")]
+    TemplateTooLong {
+        /// The template as written.
+        template: String,
+        /// Characters outside its placeholders.
+        len: usize,
+    },
+}
+
 /// Checks `name` against Kafka's topic name rules; the error says which rule it breaks.
 ///
 /// ```
@@ -17,26 +58,21 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// ```
 ///
 /// # Errors
-/// A message naming the rule that `name` breaks.
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
+/// The rule that `name` breaks.
+pub fn validate_topic_name(name: &str) -> Result<(), TopicNameError> {
     if name.is_empty() {
-        return Err("a Kafka topic name cannot be empty".to_owned());
+        return Err(TopicNameError::Empty);
     }
     if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a legal Kafka topic name"));
+        return Err(TopicNameError::Reserved(name.to_owned()));
     }
     if name.len() > MAX_TOPIC_NAME_LEN {
-        return Err(format!(
-            "Kafka topic name is {} characters long; at most {MAX_TOPIC_NAME_LEN} are allowed",
-            name.len()
-        ));
+        return Err(TopicNameError::TooLong(name.len()));
     }
     if let Some(c) =
         name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "Kafka topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
-        ));
+        return Err(TopicNameError::IllegalChar { name: name.to_owned(), found: c });
     }
     Ok(())
 }
@@ -58,8 +94,12 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 /// ```
 ///
 /// # Errors
-/// A message naming the first illegal character, or the length of the literals.
-pub fn validate_topic_template(template: &Template, slash_as_dot: bool) -> Result<(), String> {
+/// The first illegal character, or the length of the literals; for a template without
+/// placeholders, what [`validate_topic_name`] finds.
+pub fn validate_topic_template(
+    template: &Template,
+    slash_as_dot: bool,
+) -> Result<(), TopicNameError> {
     let map = |c: char| if slash_as_dot && c == '/' { '.' } else { c };
     if let Some(fixed) = template.as_literal() {
         let name: String = fixed.chars().map(map).collect();
@@ -74,18 +114,18 @@ pub fn validate_topic_template(template: &Template, slash_as_dot: bool) -> Resul
             .map(map)
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
-            return Err(format!(
-                "{:?} contains {c:?} outside its placeholders, so no Kafka topic name can come of it; only ASCII letters, digits, '.', '_' and '-' are allowed{}",
-                template.as_str(),
-                if slash_as_dot { " ('/' becomes '.')" } else { "" }
-            ));
+            return Err(TopicNameError::TemplateIllegalChar {
+                template: template.as_str().to_owned(),
+                found: c,
+                slash_as_dot,
+            });
         }
     }
     if literal_len > MAX_TOPIC_NAME_LEN {
-        return Err(format!(
-            "{:?} has {literal_len} characters outside its placeholders; a Kafka topic name has at most {MAX_TOPIC_NAME_LEN}",
-            template.as_str()
-        ));
+        return Err(TopicNameError::TemplateTooLong {
+            template: template.as_str().to_owned(),
+            len: literal_len,
+        });
     }
     Ok(())
 }
@@ -102,19 +142,27 @@ mod tests {
         assert!(check("{topic}").is_ok());
         assert!(check("fixed/topic").is_ok());
         for bad in ["plant {1}", "plant.{1}:raw", "caf\u{e9}.{1}", "a b", "{1}+", "."] {
-            let e = check(bad).unwrap_err();
+            let e = check(bad).unwrap_err().to_string();
             assert!(!e.is_empty(), "{bad}");
         }
-        let e = check("plant {1}").unwrap_err();
+        let e = check("plant {1}").unwrap_err().to_string();
         assert!(e.contains("' '") && e.contains("\"plant {1}\""), "{e}");
         let long = format!("{}{{1}}", "x".repeat(249));
         assert!(
             check(&long).is_ok(),
             "249 literal characters can still be legal if {{1}} is empty"
         );
-        let e = check(&format!("{}{{1}}", "x".repeat(250))).unwrap_err();
+        let e = check(&format!("{}{{1}}", "x".repeat(250))).unwrap_err().to_string();
         assert!(e.contains("250 characters"), "{e}");
         let e = check(&format!("{}.{{1}}.{}", "x".repeat(125), "y".repeat(124))).unwrap_err();
+        assert_eq!(
+            e,
+            TopicNameError::TemplateTooLong {
+                template: format!("{}.{{1}}.{}", "x".repeat(125), "y".repeat(124)),
+                len: 251
+            }
+        );
+        let e = e.to_string();
         assert!(e.contains("251"), "{e}");
         assert!(validate_topic_template(&Template::parse("a/{1}").unwrap(), false).is_err());
     }
@@ -123,7 +171,11 @@ mod tests {
     fn legal_and_illegal_names() {
         assert!(validate_topic_name("a").is_ok());
         assert!(validate_topic_name(&"x".repeat(249)).is_ok());
-        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+        assert_eq!(validate_topic_name(&"x".repeat(250)), Err(TopicNameError::TooLong(250)));
+        assert_eq!(
+            validate_topic_name("a b").unwrap_err().to_string(),
+            "Kafka topic name \"a b\" contains ' '; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        );
         assert!(validate_topic_name(".").is_err());
         assert!(validate_topic_name("...").is_ok());
         assert!(validate_topic_name("a b").is_err());

@@ -186,8 +186,8 @@ mod tests {
     use crate::record::TopicPartition;
     use serde_json::json;
 
-    fn part(v: serde_json::Value) -> SourcePartition {
-        v.as_object().cloned().unwrap_or_default()
+    fn part<T: From<serde_json::Map<String, serde_json::Value>>>(v: serde_json::Value) -> T {
+        v.as_object().cloned().unwrap_or_default().into()
     }
 
     #[tokio::test]

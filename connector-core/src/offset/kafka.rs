@@ -160,7 +160,7 @@ impl KafkaOffsetStore {
             // A tombstone: Kafka Connect's way of forgetting a partition. We never write them, but
             // honour them so a reset done with other tools is respected.
             if let Some(m) = out.get_mut(ns) {
-                m.remove(partition);
+                m.remove(&crate::record::SourcePartition::from(partition.clone()));
             }
             return Ok(());
         };
@@ -169,7 +169,7 @@ impl KafkaOffsetStore {
         let Value::Object(offset) = offset else {
             return Err(corrupt("value is not a JSON object"));
         };
-        out.entry(ns.clone()).or_default().insert(partition.clone(), offset);
+        out.entry(ns.clone()).or_default().insert(partition.clone().into(), offset.into());
         Ok(())
     }
 }
@@ -197,11 +197,11 @@ impl OffsetStore for KafkaOffsetStore {
             .map(|(p, o)| {
                 let key = Value::Array(vec![
                     Value::String(namespace.to_owned()),
-                    Value::Object(p.clone()),
+                    Value::Object(p.clone().into_map()),
                 ]);
                 ProducerRecord::new(
                     self.topic.as_str(),
-                    Bytes::from(Value::Object(o.clone()).to_string()),
+                    Bytes::from(Value::Object(o.clone().into_map()).to_string()),
                 )
                 .with_key(Bytes::from(key.to_string()))
                 .with_partition(0)

@@ -10,15 +10,14 @@ use crate::record::{SourceOffset, SourcePartition, TopicPartition};
 /// sorted), so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same partition.
 ///
 /// ```
-/// use connector_core::OffsetMap;
-/// use serde_json::json;
+/// use connector_core::{OffsetMap, SourceOffset, SourcePartition};
 ///
-/// let p = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
 /// let mut m = OffsetMap::new();
-/// m.insert(p(json!({"file": "a", "host": "x"})), p(json!({"position": 10})));
-/// m.insert(p(json!({"host": "x", "file": "a"})), p(json!({"position": 20})));
+/// m.insert(SourcePartition::from([("file", "a"), ("host", "x")]), SourceOffset::from([("position", 10)]));
+/// m.insert(SourcePartition::from([("host", "x"), ("file", "a")]), SourceOffset::from([("position", 20)]));
 /// assert_eq!(m.len(), 1);
-/// assert_eq!(m.get(&p(json!({"file": "a", "host": "x"}))), Some(&p(json!({"position": 20}))));
+/// let a = SourcePartition::from([("file", "a"), ("host", "x")]);
+/// assert_eq!(m.get(&a).and_then(|o| o.get_u64("position")), Some(20));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OffsetMap {
@@ -88,13 +87,13 @@ fn kafka_partition(tp: &TopicPartition) -> SourcePartition {
     let mut m = Map::new();
     m.insert(SINK_TOPIC.to_owned(), Value::from(&*tp.topic));
     m.insert(SINK_PARTITION.to_owned(), Value::from(tp.partition));
-    m
+    m.into()
 }
 
 fn kafka_offset(next: i64) -> SourceOffset {
     let mut m = Map::new();
     m.insert(SINK_OFFSET.to_owned(), Value::from(next));
-    m
+    m.into()
 }
 
 /// JSON with object keys sorted at every level, independent of how the map was built.
@@ -131,7 +130,7 @@ pub(crate) fn canonical_key(partition: &SourcePartition) -> String {
         }
     }
     let mut out = String::new();
-    write(&Value::Object(partition.clone()), &mut out);
+    write(&Value::Object(partition.clone().into_map()), &mut out);
     out
 }
 
@@ -145,6 +144,7 @@ mod tests {
         let a = json!({"b": {"y": 1, "x": [1, {"q": 2, "p": 3}]}, "a": "s"});
         let b = json!({"a": "s", "b": {"x": [1, {"p": 3, "q": 2}], "y": 1}});
         let (Value::Object(a), Value::Object(b)) = (a, b) else { panic!() };
+        let (a, b) = (SourcePartition::from(a), SourcePartition::from(b));
         assert_eq!(canonical_key(&a), canonical_key(&b));
         assert_eq!(canonical_key(&a), r#"{"a":"s","b":{"x":[1,{"p":3,"q":2}],"y":1}}"#);
     }

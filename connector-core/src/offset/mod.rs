@@ -54,5 +54,11 @@ pub trait OffsetStore: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// When the offsets could not be made durable; what was stored before is kept.
+    ///
+    /// # Cancellation
+    /// The runtime saves at shutdown under its shutdown timeout, so the future may be dropped at
+    /// any `.await`. An implementation must then leave either the old or the new offsets stored,
+    /// never a mix or a torn write (write a temporary file and rename it, say; one Kafka produce):
+    /// the next `load` must still read.
     async fn save(&self, namespace: &str, offsets: &OffsetMap) -> Result<()>;
 }

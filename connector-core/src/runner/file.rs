@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::config::ConfigErrors;
 use crate::error_policy::ErrorPolicyConfig;
 use crate::kafka::KafkaConfig;
-use crate::runner::registry::{deserialize_table, BuiltConnector, ConnectorKind, Registry};
+use crate::runner::registry::{deserialize_lenient, BuiltConnector, ConnectorKind, Registry};
 use crate::runtime::{Pipeline, SinkRuntimeConfig, SourceRuntimeConfig};
 use crate::transform::TransformChain;
 
@@ -155,7 +156,7 @@ impl ConnectFile {
     /// Every problem, each with its key path.
     pub fn parse(text: &str, registry: &Registry) -> Result<Self, ConfigErrors> {
         let mut errors = ConfigErrors::new();
-        let mut root: toml::Table = match toml::from_str(text) {
+        let root: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
             Err(e) => {
                 errors.push(
@@ -163,6 +164,14 @@ impl ConnectFile {
                     format!("not valid TOML: {}", e.message().trim()).replace('\n', " ")
                         + &e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default(),
                 );
+                return Err(errors);
+            }
+        };
+        // From here on the configuration is format-neutral: a JSON object (what the registry takes).
+        let mut root = match serde_json::to_value(root) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) | Err(_) => {
+                errors.push("", "the file does not convert to a JSON object");
                 return Err(errors);
             }
         };
@@ -175,7 +184,7 @@ impl ConnectFile {
         }
 
         let kafka = match root.remove("kafka") {
-            Some(toml::Value::Table(t)) => {
+            Some(Value::Object(t)) => {
                 section::<KafkaConfig>(t, "kafka", &mut errors, |k| k.validate())
             }
             Some(_) => {
@@ -188,7 +197,7 @@ impl ConnectFile {
             }
         };
         let offsets = match root.remove("offsets") {
-            Some(toml::Value::Table(t)) => {
+            Some(Value::Object(t)) => {
                 section::<OffsetsConfig>(t, "offsets", &mut errors, validate_offsets)
             }
             Some(_) => {
@@ -198,7 +207,7 @@ impl ConnectFile {
             None => Some(OffsetsConfig::default()),
         };
         let progress = match root.remove("progress") {
-            Some(toml::Value::Table(t)) => {
+            Some(Value::Object(t)) => {
                 section::<ProgressConfig>(t, "progress", &mut errors, |_| ConfigErrors::new())
             }
             Some(_) => {
@@ -210,11 +219,11 @@ impl ConnectFile {
 
         let mut connectors = Vec::new();
         match root.remove("connector") {
-            Some(toml::Value::Array(items)) if !items.is_empty() => {
+            Some(Value::Array(items)) if !items.is_empty() => {
                 let mut names: HashMap<String, usize> = HashMap::new();
                 for (i, item) in items.into_iter().enumerate() {
                     let prefix = format!("connector[{i}]");
-                    let toml::Value::Table(table) = item else {
+                    let Value::Object(table) = item else {
                         errors.push(prefix, "expected a table ([[connector]])");
                         continue;
                     };
@@ -223,7 +232,7 @@ impl ConnectFile {
                     }
                 }
             }
-            Some(toml::Value::Array(_)) | None => {
+            Some(Value::Array(_)) | None => {
                 errors.push("connector", "at least one [[connector]] is required")
             }
             Some(_) => errors.push("connector", "expected [[connector]] tables"),
@@ -251,33 +260,29 @@ fn validate_offsets(o: &OffsetsConfig) -> ConfigErrors {
     e
 }
 
-/// Deserializes and validates one table, recording errors under `prefix`.
+/// Deserializes and validates one table, recording errors under `prefix`: its unknown keys and
+/// what `validate` finds, all at once.
 fn section<T: serde::de::DeserializeOwned>(
-    table: toml::Table,
+    table: Map<String, Value>,
     prefix: &str,
     errors: &mut ConfigErrors,
     validate: impl Fn(&T) -> ConfigErrors,
 ) -> Option<T> {
-    match deserialize_table::<T>(table) {
-        Ok(v) => {
-            let problems = validate(&v);
-            if problems.is_empty() {
-                Some(v)
-            } else {
-                errors.extend(problems.prefixed(prefix));
-                None
-            }
-        }
-        Err(e) => {
-            errors.extend(e.prefixed(prefix));
-            None
-        }
+    let (value, mut problems) = deserialize_lenient::<T>(Value::Object(table));
+    if let Some(v) = &value {
+        problems.extend(validate(v));
+    }
+    if problems.is_empty() {
+        value
+    } else {
+        errors.extend(problems.prefixed(prefix));
+        None
     }
 }
 
 /// A single TOML value as `T`, recording an error at `path`.
 fn value_as<T: serde::de::DeserializeOwned>(
-    v: toml::Value,
+    v: Value,
     path: &str,
     errors: &mut ConfigErrors,
 ) -> Option<T> {
@@ -292,7 +297,7 @@ fn value_as<T: serde::de::DeserializeOwned>(
 
 /// The connector's converters, transforms and error policy.
 fn pipeline(
-    table: &mut toml::Table,
+    table: &mut Map<String, Value>,
     prefix: &str,
     registry: &Registry,
     errors: &mut ConfigErrors,
@@ -300,7 +305,7 @@ fn pipeline(
     let before = errors.iter().count();
     let mut p = Pipeline::default();
     match table.remove("errors") {
-        Some(toml::Value::Table(t)) => {
+        Some(Value::Object(t)) => {
             if let Some(c) = section::<ErrorPolicyConfig>(
                 t,
                 &format!("{prefix}.errors"),
@@ -326,15 +331,15 @@ fn pipeline(
             value_as(v, &format!("{prefix}.json_reserialize"), errors).unwrap_or_default();
     }
     match table.remove("transforms") {
-        Some(toml::Value::Array(items)) => {
+        Some(Value::Array(items)) => {
             let mut chain = TransformChain::new();
             for (j, item) in items.into_iter().enumerate() {
                 let path = format!("{prefix}.transforms[{j}]");
-                let toml::Value::Table(mut t) = item else {
+                let Value::Object(mut t) = item else {
                     errors.push(path, "expected a table ([[connector.transforms]])");
                     continue;
                 };
-                let Some(toml::Value::String(kind)) = t.remove("type") else {
+                let Some(Value::String(kind)) = t.remove("type") else {
                     let known: Vec<&str> = registry.transform_types().collect();
                     errors.push(
                         format!("{path}.type"),
@@ -355,9 +360,9 @@ fn pipeline(
                     None => false,
                 };
                 let predicate = match t.remove("predicate") {
-                    Some(toml::Value::Table(mut pt)) => match pt.remove("type") {
-                        Some(toml::Value::String(ptype)) => {
-                            match registry.build_predicate(&ptype, pt) {
+                    Some(Value::Object(mut pt)) => match pt.remove("type") {
+                        Some(Value::String(ptype)) => {
+                            match registry.build_predicate(&ptype, Value::Object(pt)) {
                                 Ok(p) => Some(p),
                                 Err(e) => {
                                     errors.extend(e.prefixed(&format!("{path}.predicate")));
@@ -388,7 +393,7 @@ fn pipeline(
                         None
                     }
                 };
-                match registry.build_transform(&kind, t) {
+                match registry.build_transform(&kind, Value::Object(t)) {
                     Ok(transform) => chain.push(name, transform, predicate, negate),
                     Err(e) => errors.extend(e.prefixed(&path)),
                 }
@@ -405,14 +410,14 @@ fn pipeline(
 
 fn connector(
     i: usize,
-    mut table: toml::Table,
+    mut table: Map<String, Value>,
     registry: &Registry,
     names: &mut HashMap<String, usize>,
     errors: &mut ConfigErrors,
 ) -> Option<ConnectorEntry> {
     let prefix = format!("connector[{i}]");
     let name = match table.remove("name") {
-        Some(toml::Value::String(n)) if !n.trim().is_empty() => Some(n),
+        Some(Value::String(n)) if !n.trim().is_empty() => Some(n),
         Some(_) => {
             errors.push(format!("{prefix}.name"), "expected a non-empty string");
             None
@@ -433,7 +438,7 @@ fn connector(
         }
     }
     let type_name = match table.remove("type") {
-        Some(toml::Value::String(t)) => Some(t),
+        Some(Value::String(t)) => Some(t),
         Some(_) => {
             errors.push(format!("{prefix}.type"), "expected a string");
             None
@@ -450,34 +455,191 @@ fn connector(
     let kind = type_name.as_deref().and_then(|t| registry.kind(t));
     let runtime = table.remove("runtime");
     let (mut source_runtime, mut sink_runtime) =
-        (SourceRuntimeConfig::default(), SinkRuntimeConfig::default());
+        (Some(SourceRuntimeConfig::default()), Some(SinkRuntimeConfig::default()));
     if let Some(runtime) = runtime {
         let path = format!("{prefix}.runtime");
         match (runtime, kind) {
-            (toml::Value::Table(t), Some(ConnectorKind::Source)) => {
-                source_runtime = section(t, &path, errors, SourceRuntimeConfig::validate)?;
+            (Value::Object(t), Some(ConnectorKind::Source)) => {
+                source_runtime = section(t, &path, errors, SourceRuntimeConfig::validate);
             }
-            (toml::Value::Table(t), Some(ConnectorKind::Sink)) => {
-                sink_runtime = section(t, &path, errors, SinkRuntimeConfig::validate)?;
+            (Value::Object(t), Some(ConnectorKind::Sink)) => {
+                sink_runtime = section(t, &path, errors, SinkRuntimeConfig::validate);
             }
-            (toml::Value::Table(_), None) => {}
+            (Value::Object(_), None) => {}
             _ => errors.push(path, "expected a table"),
         }
     }
     let pipeline = pipeline(&mut table, &prefix, registry, errors);
     debug_assert!(COMMON.iter().all(|k| !table.contains_key(*k)));
-    let (Some(name), Some(type_name), Some(pipeline)) = (name, type_name, pipeline) else {
-        return None;
-    };
-    source_runtime.pipeline = pipeline.clone();
-    sink_runtime.pipeline = pipeline;
-    match registry.build(&type_name, &name, table) {
-        Ok(connector) => {
-            Some(ConnectorEntry { name, type_name, connector, source_runtime, sink_runtime })
-        }
+    // The connector's own keys are checked even when the common ones are wrong, so that every
+    // problem is reported at once (a missing name does not hide them either).
+    let type_name = type_name?;
+    let built =
+        registry.build(&type_name, name.as_deref().unwrap_or(&type_name), Value::Object(table));
+    let connector = match built {
+        Ok(connector) => Some(connector),
         Err(e) => {
             errors.extend(e.prefixed(&prefix));
             None
         }
+    };
+    let (
+        Some(name),
+        Some(connector),
+        Some(pipeline),
+        Some(mut source_runtime),
+        Some(mut sink_runtime),
+    ) = (name, connector, pipeline, source_runtime, sink_runtime)
+    else {
+        return None;
+    };
+    source_runtime.pipeline = pipeline.clone();
+    sink_runtime.pipeline = pipeline;
+    Some(ConnectorEntry { name, type_name, connector, source_runtime, sink_runtime })
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::config::ConnectorConfig;
+    use crate::record::SourceRecord;
+    use crate::source::{SourceConnector, SourceTask, SourceTaskContext};
+
+    /// Test config.
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct TickerConfig {
+        /// Topic.
+        topic: String,
+        /// Records per poll.
+        #[serde(default = "one")]
+        batch: usize,
+    }
+    fn one() -> usize {
+        1
+    }
+
+    impl ConnectorConfig for TickerConfig {
+        fn validate(&self) -> ConfigErrors {
+            let mut e = ConfigErrors::new();
+            if let Err(why) = crate::kafka::validate_topic_name(&self.topic) {
+                e.push("topic", why);
+            }
+            if !(1..=1000).contains(&self.batch) {
+                e.push("batch", "expected 1..=1000");
+            }
+            e
+        }
+    }
+
+    struct Ticker;
+    struct TickerTask;
+
+    #[async_trait]
+    impl SourceTask for TickerTask {
+        async fn start(&mut self, _: SourceTaskContext) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn poll(&mut self) -> crate::Result<Vec<SourceRecord>> {
+            Ok(vec![])
+        }
+    }
+
+    impl SourceConnector for Ticker {
+        type Config = TickerConfig;
+        type TaskConfig = ();
+        type Task = TickerTask;
+        fn create(_: &str, _: TickerConfig) -> crate::Result<Self> {
+            Ok(Ticker)
+        }
+        fn task_configs(&self, _: usize) -> crate::Result<Vec<()>> {
+            Ok(vec![()])
+        }
+        fn create_task(&self, _: ()) -> crate::Result<TickerTask> {
+            Ok(TickerTask)
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.register_source::<Ticker>("ticker");
+        r
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        let e = ConnectFile::parse(text, &registry()).unwrap_err();
+        e.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn an_unknown_key_does_not_hide_the_invalid_values() {
+        let got = problems(
+            r#"
+            [kafka]
+            bootstrap_servers = ["localhost:9092"]
+
+            [[connector]]
+            name = "ticks"
+            type = "ticker"
+            topic = "bad topic"
+            batch = 0
+            colour = "red"
+            "#,
+        );
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].starts_with("connector[0].colour: unknown key"), "{got:#?}");
+        assert_eq!(
+            got[1],
+            "connector[0].topic: Kafka topic name \"bad topic\" contains ' '; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        );
+        assert_eq!(got[2], "connector[0].batch: expected 1..=1000");
+    }
+
+    #[test]
+    fn every_section_reports_its_unknown_keys_and_invalid_values_together() {
+        let got = problems(
+            r#"
+            colour = "red"
+            [kafka]
+            bootstrap_servers = []
+            linger = 5
+            lingering = 6
+
+            [[connector]]
+            type = "ticker"
+            topic = "ok"
+            batch = 0
+            shape = "round"
+            [connector.errors]
+            dead_letter_topic = "dlq"
+            retries = 3
+            "#,
+        );
+        for expected in [
+            "colour: unknown key",
+            "kafka.linger: unknown key",
+            "kafka.lingering: unknown key",
+            "kafka.bootstrap_servers: at least one",
+            "connector[0].name: is required",
+            "connector[0].errors.retries: unknown key",
+            "connector[0].errors.dead_letter_topic: needs tolerance",
+            "connector[0].shape: unknown key",
+            "connector[0].batch: expected 1..=1000",
+        ] {
+            assert!(got.iter().any(|p| p.starts_with(expected)), "{expected:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), 9, "{got:#?}");
+    }
+
+    #[test]
+    fn a_valid_file_builds() {
+        let text = "[kafka]\nbootstrap_servers = [\"localhost:9092\"]\n[[connector]]\nname = \"t\"\ntype = \"ticker\"\ntopic = \"ok\"\n";
+        let file = ConnectFile::parse(text, &registry()).unwrap();
+        assert_eq!(file.connectors.len(), 1);
+        assert_eq!(file.connectors[0].name, "t");
     }
 }

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::{ConfigErrors, ConnectorConfig};
+use crate::config::{ConfigError, ConfigErrors, ConnectorConfig};
 use crate::sink::{DynSinkConnector, SinkConnector};
 use crate::source::{DynSourceConnector, SourceConnector};
 use crate::transform::{
@@ -54,10 +54,10 @@ impl fmt::Debug for BuiltConnector {
     }
 }
 
-type BuildFn = dyn Fn(&str, toml::Table) -> Result<BuiltConnector, ConfigErrors> + Send + Sync;
+type BuildFn = dyn Fn(&str, Value) -> Result<BuiltConnector, ConfigErrors> + Send + Sync;
 type SchemaFn = dyn Fn() -> Value + Send + Sync;
-type TransformFn = dyn Fn(toml::Table) -> Result<Box<dyn Transform>, ConfigErrors> + Send + Sync;
-type PredicateFn = dyn Fn(toml::Table) -> Result<Box<dyn Predicate>, ConfigErrors> + Send + Sync;
+type TransformFn = dyn Fn(Value) -> Result<Box<dyn Transform>, ConfigErrors> + Send + Sync;
+type PredicateFn = dyn Fn(Value) -> Result<Box<dyn Predicate>, ConfigErrors> + Send + Sync;
 
 struct Described<F: ?Sized> {
     build: Arc<F>,
@@ -108,11 +108,14 @@ struct Entry {
 /// let mut registry = Registry::new();
 /// registry.register_source::<Hello>("hello");
 /// assert_eq!(registry.kind("hello"), Some(ConnectorKind::Source));
-/// let table: toml::Table = toml::from_str(r#"topic = "greetings""#).unwrap();
-/// assert!(registry.build("hello", "greeter", table).is_ok());
+/// let config = serde_json::json!({ "topic": "greetings" });
+/// assert!(registry.build("hello", "greeter", config).is_ok());
+/// // Any serde format converts: here a TOML table.
 /// let bad: toml::Table = toml::from_str(r#"topik = "greetings""#).unwrap();
-/// let errors = registry.build("hello", "greeter", bad).unwrap_err();
-/// assert!(errors.to_string().starts_with("topik: unknown key"));
+/// let bad = serde_json::to_value(bad).unwrap();
+/// let errors = registry.build("hello", "greeter", bad).unwrap_err().to_string();
+/// assert!(errors.starts_with("topik: unknown key"), "{errors}");
+/// assert!(errors.contains("topic: is required"), "every problem at once: {errors}");
 /// ```
 #[derive(Clone)]
 pub struct Registry {
@@ -153,7 +156,7 @@ impl Registry {
             if c.fields.len() == c.headers.len() {
                 Ok(Box::new(c) as Box<dyn Transform>)
             } else {
-                Err("headers: give one header per field".to_owned())
+                Err(ConfigError::new("headers", "give one header per field").into())
             }
         })
         .register_transform("value_to_key", |c: ValueToKey| Ok(Box::new(c) as Box<dyn Transform>))
@@ -162,14 +165,14 @@ impl Registry {
             |c: ExtractField| Ok(Box::new(c) as Box<dyn Transform>),
         )
         .register_transform("regex_router", |c: RegexRouterConfig| {
-            RegexRouter::new(c).map(|t| Box::new(t) as Box<dyn Transform>)
+            Ok(Box::new(RegexRouter::new(c)?) as Box<dyn Transform>)
         })
         .register_transform("timestamp_router", |c: TimestampRouter| {
             Ok(Box::new(c) as Box<dyn Transform>)
         })
         .register_transform("filter", |c: Filter| Ok(Box::new(c) as Box<dyn Transform>));
         r.register_predicate("topic_name_matches", |c: TopicNameMatchesConfig| {
-            TopicNameMatches::new(c).map(|p| Box::new(p) as Box<dyn Predicate>)
+            Ok(Box::new(TopicNameMatches::new(c)?) as Box<dyn Predicate>)
         })
         .register_predicate("has_header_key", |c: HasHeaderKey| {
             Ok(Box::new(c) as Box<dyn Predicate>)
@@ -182,30 +185,32 @@ impl Registry {
 
     /// Registers a transform type for `[[connector.transforms]]` tables with `type = type_name`:
     /// the rest of the table deserializes into `C` (unknown keys are errors) and `build` makes the
-    /// transform.
+    /// transform, or says which keys are wrong (paths relative to the transform's table; a
+    /// [`ConfigError`] converts with `?` or `.into()`).
     pub fn register_transform<C, F>(&mut self, type_name: &str, build: F) -> &mut Self
     where
         C: DeserializeOwned + JsonSchema + 'static,
-        F: Fn(C) -> Result<Box<dyn Transform>, String> + Send + Sync + 'static,
+        F: Fn(C) -> Result<Box<dyn Transform>, ConfigErrors> + Send + Sync + 'static,
     {
-        let f = move |table: toml::Table| -> Result<Box<dyn Transform>, ConfigErrors> {
-            let c: C = deserialize_table(table)?;
-            build(c).map_err(message_error)
+        let f = move |table: Value| -> Result<Box<dyn Transform>, ConfigErrors> {
+            let c: C = deserialize_value(table)?;
+            build(c)
         };
         let schema = Arc::new(|| crate::runner::schema::schema_of::<C>());
         self.transforms.insert(type_name.to_owned(), Described { build: Arc::new(f), schema });
         self
     }
 
-    /// Registers a predicate type for `predicate = { type = type_name, ... }`.
+    /// Registers a predicate type for `predicate = { type = type_name, ... }`, like
+    /// [`register_transform`](Self::register_transform).
     pub fn register_predicate<C, F>(&mut self, type_name: &str, build: F) -> &mut Self
     where
         C: DeserializeOwned + JsonSchema + 'static,
-        F: Fn(C) -> Result<Box<dyn Predicate>, String> + Send + Sync + 'static,
+        F: Fn(C) -> Result<Box<dyn Predicate>, ConfigErrors> + Send + Sync + 'static,
     {
-        let f = move |table: toml::Table| -> Result<Box<dyn Predicate>, ConfigErrors> {
-            let c: C = deserialize_table(table)?;
-            build(c).map_err(message_error)
+        let f = move |table: Value| -> Result<Box<dyn Predicate>, ConfigErrors> {
+            let c: C = deserialize_value(table)?;
+            build(c)
         };
         let schema = Arc::new(|| crate::runner::schema::schema_of::<C>());
         self.predicates.insert(type_name.to_owned(), Described { build: Arc::new(f), schema });
@@ -232,14 +237,15 @@ impl Registry {
         self.predicates.get(type_name).map(|d| (d.schema)())
     }
 
-    /// Builds a transform of `type_name` from its keys.
+    /// Builds a transform of `type_name` from its keys (a JSON object; any serde format converts
+    /// to one with `serde_json::to_value`).
     ///
     /// # Errors
     /// Every problem, with key paths relative to the table (`type` for an unknown type).
     pub fn build_transform(
         &self,
         type_name: &str,
-        table: toml::Table,
+        table: Value,
     ) -> Result<Box<dyn Transform>, ConfigErrors> {
         match self.transforms.get(type_name) {
             Some(d) => (d.build)(table),
@@ -254,7 +260,7 @@ impl Registry {
     pub fn build_predicate(
         &self,
         type_name: &str,
-        table: toml::Table,
+        table: Value,
     ) -> Result<Box<dyn Predicate>, ConfigErrors> {
         match self.predicates.get(type_name) {
             Some(d) => (d.build)(table),
@@ -264,7 +270,7 @@ impl Registry {
 
     /// Registers a source connector type under `type_name`.
     pub fn register_source<C: SourceConnector>(&mut self, type_name: &str) -> &mut Self {
-        let build = move |name: &str, table: toml::Table| -> Result<BuiltConnector, ConfigErrors> {
+        let build = move |name: &str, table: Value| -> Result<BuiltConnector, ConfigErrors> {
             let config: C::Config = parse_config(table)?;
             let connector = C::create(name, config).map_err(single_error)?;
             Ok(BuiltConnector::Source(Box::new(connector)))
@@ -275,7 +281,7 @@ impl Registry {
 
     /// Registers a sink connector type under `type_name`.
     pub fn register_sink<C: SinkConnector>(&mut self, type_name: &str) -> &mut Self {
-        let build = move |name: &str, table: toml::Table| -> Result<BuiltConnector, ConfigErrors> {
+        let build = move |name: &str, table: Value| -> Result<BuiltConnector, ConfigErrors> {
             let config: C::Config = parse_config(table)?;
             let connector = C::create(name, config).map_err(single_error)?;
             Ok(BuiltConnector::Sink(Box::new(connector)))
@@ -304,15 +310,17 @@ impl Registry {
         self.entries.get(type_name).map(|e| (e.schema)())
     }
 
-    /// Deserializes `table` (unknown keys are errors), validates it and builds connector `name`.
+    /// Deserializes `config` (the connector type's own keys, as a JSON object: any serde format
+    /// converts to one with `serde_json::to_value`), validates it and builds connector `name`.
+    /// Unknown keys are errors, reported together with what `validate()` finds.
     ///
     /// # Errors
-    /// Every problem found, each with its key path relative to `table`.
+    /// Every problem found, each with its key path relative to `config`.
     pub fn build(
         &self,
         type_name: &str,
         name: &str,
-        table: toml::Table,
+        config: Value,
     ) -> Result<BuiltConnector, ConfigErrors> {
         let Some(entry) = self.entries.get(type_name) else {
             let mut e = ConfigErrors::new();
@@ -323,33 +331,95 @@ impl Registry {
             );
             return Err(e);
         };
-        (entry.build)(name, table)
+        (entry.build)(name, config)
     }
 }
 
-/// Deserializes and validates a connector config, reporting key paths.
-pub(crate) fn parse_config<T: ConnectorConfig>(table: toml::Table) -> Result<T, ConfigErrors> {
-    let config: T = deserialize_table(table)?;
-    config.validate().into_result()?;
-    Ok(config)
+/// Deserializes and validates a connector config, reporting key paths: unknown keys and what
+/// `validate()` finds, all at once.
+pub(crate) fn parse_config<T: ConnectorConfig>(value: Value) -> Result<T, ConfigErrors> {
+    let (config, mut errors) = deserialize_lenient::<T>(value);
+    if let Some(config) = &config {
+        errors.extend(config.validate());
+    }
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(errors),
+    }
 }
 
-/// Deserializes a TOML table into `T`, turning a serde error into a key-path error.
-pub(crate) fn deserialize_table<T: DeserializeOwned>(
-    table: toml::Table,
-) -> Result<T, ConfigErrors> {
-    let value = toml::Value::Table(table);
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+/// Deserializes `value` into `T`, turning serde errors into key-path errors; unknown keys and
+/// the first other problem are all reported.
+pub(crate) fn deserialize_value<T: DeserializeOwned>(value: Value) -> Result<T, ConfigErrors> {
+    match deserialize_lenient(value) {
+        (Some(v), errors) if errors.is_empty() => Ok(v),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// How many unknown keys one table may have before the rest go unreported.
+const MAX_UNKNOWN_KEYS: usize = 32;
+
+/// Deserializes `value` into `T`, reporting every unknown key rather than only the first: serde
+/// stops at the first error, so each unknown key is recorded, removed, and deserialization tried
+/// again (up to [`MAX_UNKNOWN_KEYS`] times). The value is `Some` when only unknown keys were wrong,
+/// so that the caller can still validate it and report those problems too. Any other error is
+/// recorded and ends the attempt.
+pub(crate) fn deserialize_lenient<T: DeserializeOwned>(
+    mut value: Value,
+) -> (Option<T>, ConfigErrors) {
+    let mut errors = ConfigErrors::new();
+    for _ in 0..=MAX_UNKNOWN_KEYS {
+        let e = match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(v) => return (Some(v), errors),
+            Err(e) => e,
+        };
+        let segments: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
         let mut path = e.path().to_string();
         if path == "." {
             path.clear();
         }
         let message = e.into_inner().to_string();
+        let unknown = unknown_field(&message).map(str::to_owned);
         let (path, message) = tidy(path, message);
-        let mut errors = ConfigErrors::new();
         errors.push(path, message);
-        errors
-    })
+        match unknown {
+            Some(key) if remove_key(&mut value, &segments, &key) => continue,
+            _ => return (None, errors),
+        }
+    }
+    (None, errors)
+}
+
+/// The key of serde's "unknown field `x`, expected ..." message.
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `").and_then(|r| r.split('`').next())
+}
+
+/// Removes `key` from the object at `segments` (the path serde reported, which may or may not
+/// end with the key itself). False when there is no such key.
+fn remove_key(value: &mut Value, segments: &[serde_path_to_error::Segment], key: &str) -> bool {
+    use serde_path_to_error::Segment;
+    let parent = match segments.split_last() {
+        Some((Segment::Map { key: last }, rest)) if last == key => rest,
+        _ => segments,
+    };
+    let mut cur = value;
+    for s in parent {
+        let next = match (s, cur) {
+            (Segment::Map { key }, Value::Object(m)) => m.get_mut(key),
+            (Segment::Seq { index }, Value::Array(a)) => a.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return false,
+        }
+    }
+    match cur {
+        Value::Object(m) => m.remove(key).is_some(),
+        _ => false,
+    }
 }
 
 /// Makes serde's wording fit a config file: "unknown field `x`" is an unknown *key*, reported at
@@ -378,16 +448,6 @@ fn unknown<'a>(what: &str, type_name: &str, known: impl Iterator<Item = &'a str>
     let known: Vec<&str> = known.collect();
     let mut e = ConfigErrors::new();
     e.push("type", format!("unknown {what} type {type_name:?}; known types: {}", known.join(", ")));
-    e
-}
-
-fn message_error(message: String) -> ConfigErrors {
-    // "field: problem" messages from builders name their key; keep it as the path.
-    let mut e = ConfigErrors::new();
-    match message.split_once(": ") {
-        Some((path, rest)) if !path.contains(' ') => e.push(path, rest),
-        _ => e.push("", message),
-    }
     e
 }
 

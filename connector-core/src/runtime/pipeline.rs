@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::BackoffConfig;
-use crate::converter::Converter;
+use crate::converter::{Converter, JsonOutput};
 use crate::error_policy::{ErrorPolicyConfig, Stage};
 use crate::kafka::ProducerRecord;
 use crate::record::{SinkRecord, SourceRecord};
@@ -59,21 +59,20 @@ impl Pipeline {
     }
 
     fn convert(&self, r: TransformRecord) -> Result<TransformRecord, (Stage, String)> {
+        let json = if self.json_reserialize { JsonOutput::Compact } else { JsonOutput::AsReceived };
         let key = self
             .key_converter
-            .convert(r.key, self.json_reserialize)
+            .convert(r.key, json)
             .map_err(|m| (Stage::KeyConverter, format!("key: {m}")))?;
         let value = self
             .value_converter
-            .convert(r.value, self.json_reserialize)
+            .convert(r.value, json)
             .map_err(|m| (Stage::ValueConverter, format!("value: {m}")))?;
         Ok(TransformRecord { key, value, ..r })
     }
 
     fn transform(&self, r: TransformRecord) -> Result<Option<TransformRecord>, (Stage, String)> {
-        self.transforms
-            .apply(r)
-            .map_err(|(step, m)| (Stage::Transformation, format!("transform {step}: {m}")))
+        self.transforms.apply(r).map_err(|e| (Stage::Transformation, e.to_string()))
     }
 
     /// What a source record becomes in Kafka: `Ok(None)` when a transform dropped it.

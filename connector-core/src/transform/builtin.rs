@@ -7,8 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::ConfigError;
 use crate::record::Timestamp;
-use crate::transform::{Transform, TransformRecord};
+use crate::transform::{Transform, TransformError, TransformRecord};
 
 /// Which part of a record a transform reads from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -21,16 +22,16 @@ pub enum Part {
     Value,
 }
 
-fn json_object(data: Option<&Bytes>, part: Part) -> Result<Map<String, Value>, String> {
+fn json_object(data: Option<&Bytes>, part: Part) -> Result<Map<String, Value>, TransformError> {
     let name = match part {
         Part::Key => "key",
         Part::Value => "value",
     };
-    let data = data.ok_or_else(|| format!("the record has no {name}"))?;
+    let data = data.ok_or_else(|| TransformError::new(format!("the record has no {name}")))?;
     match serde_json::from_slice::<Value>(data) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("the {name} is JSON but not an object")),
-        Err(e) => Err(format!("the {name} is not JSON: {e}")),
+        Ok(_) => Err(format!("the {name} is JSON but not an object").into()),
+        Err(e) => Err(format!("the {name} is not JSON: {e}").into()),
     }
 }
 
@@ -59,7 +60,7 @@ impl InsertHeader {
 }
 
 impl Transform for InsertHeader {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         r.headers.push(self.header.clone(), Bytes::from(self.value.clone()));
         Ok(Some(r))
     }
@@ -74,7 +75,7 @@ pub struct DropHeaders {
 }
 
 impl Transform for DropHeaders {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         r.headers.retain(|h| !self.headers.contains(&h.key));
         Ok(Some(r))
     }
@@ -116,9 +117,9 @@ fn field_text(v: &Value) -> String {
 }
 
 impl Transform for HeaderFrom {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         if self.fields.len() != self.headers.len() {
-            return Err("header_from needs as many headers as fields".to_owned());
+            return Err("header_from needs as many headers as fields".into());
         }
         let mut obj = json_object(part_of(&r, self.from), self.from)?;
         for (field, header) in self.fields.iter().zip(&self.headers) {
@@ -126,12 +127,15 @@ impl Transform for HeaderFrom {
                 HeaderFromOperation::Copy => obj.get(field).cloned(),
                 HeaderFromOperation::Move => obj.remove(field),
             };
-            let value = value.ok_or_else(|| format!("field {field:?} is not present"))?;
+            let value = value
+                .ok_or_else(|| TransformError::new(format!("field {field:?} is not present")))?;
             r.headers.push(header.clone(), Bytes::from(field_text(&value)));
         }
         if self.operation == HeaderFromOperation::Move {
-            let bytes =
-                Bytes::from(serde_json::to_vec(&Value::Object(obj)).map_err(|e| e.to_string())?);
+            let bytes = Bytes::from(
+                serde_json::to_vec(&Value::Object(obj))
+                    .map_err(|e| TransformError::new(e.to_string()))?,
+            );
             match self.from {
                 Part::Key => r.key = Some(bytes),
                 Part::Value => r.value = Some(bytes),
@@ -150,15 +154,19 @@ pub struct ValueToKey {
 }
 
 impl Transform for ValueToKey {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         let obj = json_object(r.value.as_ref(), Part::Value)?;
         let mut key = Map::new();
         for f in &self.fields {
-            let v = obj.get(f).ok_or_else(|| format!("field {f:?} is not present in the value"))?;
+            let v = obj.get(f).ok_or_else(|| {
+                TransformError::new(format!("field {f:?} is not present in the value"))
+            })?;
             key.insert(f.clone(), v.clone());
         }
-        r.key =
-            Some(Bytes::from(serde_json::to_vec(&Value::Object(key)).map_err(|e| e.to_string())?));
+        r.key = Some(Bytes::from(
+            serde_json::to_vec(&Value::Object(key))
+                .map_err(|e| TransformError::new(e.to_string()))?,
+        ));
         Ok(Some(r))
     }
 }
@@ -176,11 +184,13 @@ pub struct ExtractField {
 }
 
 impl Transform for ExtractField {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         let obj = json_object(part_of(&r, self.from), self.from)?;
-        let v =
-            obj.get(&self.field).ok_or_else(|| format!("field {:?} is not present", self.field))?;
-        let bytes = Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?);
+        let v = obj
+            .get(&self.field)
+            .ok_or_else(|| TransformError::new(format!("field {:?} is not present", self.field)))?;
+        let bytes =
+            Bytes::from(serde_json::to_vec(v).map_err(|e| TransformError::new(e.to_string()))?);
         match self.from {
             Part::Key => r.key = Some(bytes),
             Part::Value => r.value = Some(bytes),
@@ -211,16 +221,16 @@ impl RegexRouter {
     /// A router from its configuration.
     ///
     /// # Errors
-    /// When the regular expression does not compile.
-    pub fn new(config: RegexRouterConfig) -> Result<Self, String> {
-        let regex =
-            Regex::new(&format!("^(?:{})$", config.regex)).map_err(|e| format!("regex: {e}"))?;
+    /// At key `regex`, when the regular expression does not compile.
+    pub fn new(config: RegexRouterConfig) -> Result<Self, ConfigError> {
+        let regex = Regex::new(&format!("^(?:{})$", config.regex))
+            .map_err(|e| ConfigError::new("regex", e.to_string()))?;
         Ok(Self { regex, replacement: config.replacement })
     }
 }
 
 impl Transform for RegexRouter {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         if self.regex.is_match(&r.topic) {
             r.topic = self.regex.replace(&r.topic, self.replacement.as_str()).into_owned();
         }
@@ -249,9 +259,9 @@ fn default_timestamp_format() -> String {
 }
 
 impl TimestampRouter {
-    fn format(&self, ts: Timestamp) -> Result<String, String> {
+    fn format(&self, ts: Timestamp) -> Result<String, TransformError> {
         let t = chrono::DateTime::from_timestamp_millis(ts.as_millis())
-            .ok_or_else(|| format!("timestamp {ts} is out of range"))?;
+            .ok_or_else(|| TransformError::new(format!("timestamp {ts} is out of range")))?;
         let mut out = String::new();
         let mut rest = self.timestamp_format.as_str();
         while !rest.is_empty() {
@@ -280,7 +290,7 @@ impl TimestampRouter {
 }
 
 impl Transform for TimestampRouter {
-    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         let stamp = self.format(r.timestamp.unwrap_or_else(Timestamp::now))?;
         r.topic = self.topic_format.replace("${topic}", &r.topic).replace("${timestamp}", &stamp);
         Ok(Some(r))
@@ -293,7 +303,7 @@ impl Transform for TimestampRouter {
 pub struct Filter {}
 
 impl Transform for Filter {
-    fn apply(&self, _: TransformRecord) -> Result<Option<TransformRecord>, String> {
+    fn apply(&self, _: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         Ok(None)
     }
 }
@@ -349,8 +359,12 @@ mod tests {
         let copy = HeaderFrom { operation: HeaderFromOperation::Copy, ..t.clone() };
         let r = out(&copy, rec(r#"{"unit":"C","n":3}"#));
         assert_eq!(r.value.as_deref(), Some(&br#"{"unit":"C","n":3}"#[..]));
-        assert!(t.apply(rec(r#"{"unit":"C"}"#)).unwrap_err().contains("\"n\" is not present"));
-        assert!(t.apply(rec("not json")).unwrap_err().contains("not JSON"));
+        assert!(t
+            .apply(rec(r#"{"unit":"C"}"#))
+            .unwrap_err()
+            .message()
+            .contains("\"n\" is not present"));
+        assert!(t.apply(rec("not json")).unwrap_err().message().contains("not JSON"));
     }
 
     #[test]
@@ -375,7 +389,10 @@ mod tests {
             rec(r#"{"t":21.5,"u":"C"}"#),
         );
         assert_eq!(r.value.as_deref(), Some(&br#""C""#[..]));
-        let e = ExtractField { field: "x".into(), from: Part::Value }.apply(rec("{}")).unwrap_err();
+        let e = ExtractField { field: "x".into(), from: Part::Value }
+            .apply(rec("{}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not present"), "{e}");
     }
 

@@ -40,19 +40,71 @@ pub struct TransformRecord {
     pub timestamp: Option<Timestamp>,
 }
 
+/// Why a transform could not rewrite a record. The record then goes to the error policy.
+///
+/// Made from a message: `TransformError::new(..)`, or `?` on a `String` or `&str` error.
+///
+/// ```
+/// use connector_core::transform::TransformError;
+///
+/// let e = TransformError::new(format!("field {:?} is not present", "t"));
+/// assert_eq!(e.to_string(), "field \"t\" is not present");
+/// assert_eq!(TransformError::from("the record has no value").message(), "the record has no value");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransformError {
+    message: String,
+}
+
+impl TransformError {
+    /// An error saying `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into() }
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for TransformError {
+    fn from(message: String) -> Self {
+        Self { message }
+    }
+}
+
+impl From<&str> for TransformError {
+    fn from(message: &str) -> Self {
+        Self { message: message.to_owned() }
+    }
+}
+
+/// The step of a [`TransformChain`] that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("transform {step}: {error}")]
+pub struct TransformChainError {
+    /// The failed step's name.
+    pub step: String,
+    /// Its error.
+    #[source]
+    pub error: TransformError,
+}
+
 /// A per-record rewrite.
 ///
 /// ```
-/// use connector_core::transform::{Transform, TransformRecord};
+/// use connector_core::transform::{Transform, TransformError, TransformRecord};
 ///
 /// /// Upper-cases text values.
 /// #[derive(Debug)]
 /// struct Shout;
 ///
 /// impl Transform for Shout {
-///     fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, String> {
+///     fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
 ///         if let Some(v) = &r.value {
-///             let text = std::str::from_utf8(v).map_err(|_| "value is not text".to_owned())?;
+///             let text = std::str::from_utf8(v).map_err(|_| "value is not text")?;
 ///             r.value = Some(text.to_uppercase().into());
 ///         }
 ///         Ok(Some(r))
@@ -64,7 +116,7 @@ pub trait Transform: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     /// Why the record cannot be transformed; it then goes to the error policy.
-    fn apply(&self, record: TransformRecord) -> Result<Option<TransformRecord>, String>;
+    fn apply(&self, record: TransformRecord) -> Result<Option<TransformRecord>, TransformError>;
 }
 
 /// A condition on a record, guarding a transform.
@@ -139,11 +191,11 @@ impl TransformChain {
     /// Applies every step in order.
     ///
     /// # Errors
-    /// `(step name, message)` of the first step that failed.
+    /// The first step that failed, with its error.
     pub fn apply(
         &self,
         mut record: TransformRecord,
-    ) -> Result<Option<TransformRecord>, (String, String)> {
+    ) -> Result<Option<TransformRecord>, TransformChainError> {
         for step in self.steps.iter() {
             if let Some((predicate, negate)) = &step.guard {
                 if predicate.test(&record) == *negate {
@@ -153,7 +205,7 @@ impl TransformChain {
             match step.transform.apply(record) {
                 Ok(Some(r)) => record = r,
                 Ok(None) => return Ok(None),
-                Err(e) => return Err((step.name.clone(), e)),
+                Err(error) => return Err(TransformChainError { step: step.name.clone(), error }),
             }
         }
         Ok(Some(record))

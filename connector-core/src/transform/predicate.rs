@@ -4,6 +4,7 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ConfigError;
 use crate::transform::{Predicate, TransformRecord};
 
 /// True when the whole topic matches a regular expression (`type = "topic_name_matches"`).
@@ -24,11 +25,11 @@ impl TopicNameMatches {
     /// A predicate from its configuration.
     ///
     /// # Errors
-    /// When the regular expression does not compile.
-    pub fn new(config: TopicNameMatchesConfig) -> Result<Self, String> {
+    /// At key `pattern`, when the regular expression does not compile.
+    pub fn new(config: TopicNameMatchesConfig) -> Result<Self, ConfigError> {
         Regex::new(&format!("^(?:{})$", config.pattern))
             .map(|regex| Self { regex })
-            .map_err(|e| format!("pattern: {e}"))
+            .map_err(|e| ConfigError::new("pattern", e.to_string()))
     }
 }
 
