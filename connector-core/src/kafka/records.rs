@@ -55,11 +55,7 @@ impl ProducerRecord {
 
     /// Key + value + header bytes.
     pub fn size(&self) -> usize {
-<<<<<<< ours
-        payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
-=======
         crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
->>>>>>> theirs
     }
 }
 
@@ -102,11 +98,7 @@ pub(crate) struct PendingRecord {
 
 impl PendingRecord {
     pub(crate) fn size(&self) -> usize {
-<<<<<<< ours
-        payload_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
-=======
         crate::record::record_size(self.key.as_ref(), self.value.as_ref(), &self.headers)
->>>>>>> theirs
     }
 }
 
