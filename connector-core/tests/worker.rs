@@ -22,14 +22,14 @@ use connector_core::{
 };
 use connector_testkit::{init_tracing, kafka, Tansu};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn partition() -> SourcePartition {
-    json!({"source": "ticker"}).as_object().cloned().unwrap_or_default()
+    SourcePartition::from([("source", "ticker")])
 }
 
 fn offset(n: u64) -> SourceOffset {
-    json!({"next": n}).as_object().cloned().unwrap_or_default()
+    SourceOffset::from([("next", n)])
 }
 
 /// A source connector of one task numbering its records from where its offsets say; fails once

@@ -102,7 +102,6 @@ impl PendingRecord {
     }
 }
 
-
 /// Builds one v2 record batch from `records` (non-empty).
 pub(crate) fn build_batch(records: &[PendingRecord], compression: Compression) -> RecordBatch {
     let first_ts = records.first().map_or(0, |r| r.timestamp);

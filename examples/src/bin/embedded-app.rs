@@ -7,23 +7,19 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use connector_core::kafka::{KafkaClient, KafkaConfig};
-use connector_core::runtime::{self, SinkRuntimeConfig, SourceRuntimeConfig, TaskStats};
-use connector_core::transform::{Transform, TransformRecord};
+use connector_core::runtime::{SinkRuntime, SourceRuntime, SourceRuntimeConfig};
+use connector_core::transform::{Transform, TransformError, TransformRecord};
 use connector_core::{ConnectorConfig, FileOffsetStore, OffsetStore, Result, SinkConnector};
 use connector_core::{SourceConnector, SourceOffset, SourcePartition, SourceRecord, SourceTask};
 use connector_mqtt_sink::{MqttSinkConfig, MqttSinkConnector};
 use connector_mqtt_source::{MqttSourceConfig, MqttSourceConnector};
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// Our transform: drops empty payloads and stamps the rest with the application's name.
 #[derive(Debug)]
 struct Stamp;
 impl Transform for Stamp {
-    fn apply(
-        &self,
-        mut r: TransformRecord,
-    ) -> std::result::Result<Option<TransformRecord>, String> {
+    fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
         r.headers.push("app", "embedded-app");
         Ok(r.value.as_ref().is_some_and(|v| !v.is_empty()).then_some(r))
     }
@@ -54,13 +50,12 @@ impl SourceConnector for Counter {
 #[async_trait]
 impl SourceTask for CounterTask {
     async fn start(&mut self, ctx: connector_core::SourceTaskContext) -> Result<()> {
-        let offset = ctx.offset(&SourcePartition::new()).and_then(|o| o.get("next"));
-        self.1 = offset.and_then(Value::as_u64).unwrap_or(0);
+        self.1 = ctx.offset(&SourcePartition::new()).and_then(|o| o.get_u64("next")).unwrap_or(0);
         Ok(())
     }
     async fn poll(&mut self) -> Result<Vec<SourceRecord>> {
         self.0.tick().await; // cancel-safe: a dropped tick takes nothing
-        let (n, offset) = (self.1, SourceOffset::from_iter([("next".into(), json!(self.1 + 1))]));
+        let (n, offset) = (self.1, SourceOffset::from([("next", self.1 + 1)]));
         self.1 += 1;
         let record = SourceRecord::new("app.commands", format!("set speed {n}")).with_key("pump-1");
         Ok(vec![record.with_source(SourcePartition::new(), offset)])
@@ -90,38 +85,13 @@ async fn main() -> Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move { tokio::signal::ctrl_c().await.map(|()| stop.cancel()) });
-    let stats = || Arc::new(TaskStats::new());
     tokio::try_join!(
-        runtime::run_source_connector(
-            "telemetry",
-            &source,
-            1,
-            kafka.clone(),
-            Arc::clone(&offsets),
-            stamped,
-            stats(),
-            shutdown.clone()
-        ),
-        runtime::run_source_connector(
-            "counter",
-            &counter,
-            1,
-            kafka.clone(),
-            Arc::clone(&offsets),
-            SourceRuntimeConfig::default(),
-            stats(),
-            shutdown.clone()
-        ),
-        runtime::run_sink_connector(
-            "commands",
-            &sink,
-            1,
-            kafka.clone(),
-            Arc::clone(&offsets),
-            SinkRuntimeConfig::default(),
-            stats(),
-            shutdown.clone()
-        ),
+        SourceRuntime::builder("telemetry", &source, kafka.clone(), Arc::clone(&offsets))
+            .config(stamped)
+            .run(shutdown.clone()),
+        SourceRuntime::builder("counter", &counter, kafka.clone(), Arc::clone(&offsets))
+            .run(shutdown.clone()),
+        SinkRuntime::builder("commands", &sink, kafka, offsets).run(shutdown),
     )?;
     Ok(())
 }
