@@ -3,8 +3,6 @@
 //! [`Registry::register_source`] / [`Registry::register_sink`].
 
 use connector_core::runner::Registry;
-use connector_mqtt_sink::MqttSinkConnector;
-use connector_mqtt_source::MqttSourceConnector;
 
 use crate::{FileSinkConnector, FileSourceConnector, HeartbeatConnector};
 
@@ -18,9 +16,9 @@ use crate::{FileSinkConnector, FileSourceConnector, HeartbeatConnector};
 /// ```
 pub fn builtin_registry() -> Registry {
     let mut r = Registry::new();
-    r.register_source::<MqttSourceConnector>("mqtt-source")
-        .register_sink::<MqttSinkConnector>("mqtt-sink")
-        .register_source::<FileSourceConnector>("file-source")
+    connector_mqtt_source::register(&mut r);
+    connector_mqtt_sink::register(&mut r);
+    r.register_source::<FileSourceConnector>("file-source")
         .register_sink::<FileSinkConnector>("file-sink")
         .register_source::<HeartbeatConnector>("heartbeat");
     r

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_core::runner::ConnectFile;
-use connector_core::runtime::{run_source_connector, SourceRuntimeConfig, TaskStats};
+use connector_core::runtime::{SourceRuntime, SourceRuntimeConfig};
 use connector_core::{ConnectorConfig, MemoryOffsetStore, OffsetStore, SourceConnector};
 use connector_testkit::{kafka, Tansu};
 use downstream::heartbeat::{HeartbeatConfig, HeartbeatConnector};
@@ -117,18 +117,11 @@ async fn heartbeats_are_numbered_and_the_count_resumes_after_a_restart() {
         let handle = tokio::spawn(async move {
             let runtime =
                 SourceRuntimeConfig { offset_flush_interval_ms: 50, ..Default::default() };
-            let stats = Arc::new(TaskStats::new());
-            run_source_connector(
-                "pump-1-heartbeat",
-                &connector,
-                1,
-                client,
-                offsets,
-                runtime,
-                stats,
-                stop,
-            )
-            .await
+            SourceRuntime::builder("pump-1-heartbeat", &connector, client, offsets)
+                .config(runtime)
+                .max_tasks(1)
+                .run(stop)
+                .await
         });
         let wanted = 10 * (run + 1);
         let reader = tansu.client().await.unwrap();
