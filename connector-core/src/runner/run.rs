@@ -90,7 +90,13 @@ pub async fn run(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
         }
     }
     stop.cancel();
-    worker.shutdown().await;
+    // A task that fails while draining (Kafka gone, a commit refused) still fails the run.
+    if let Some(late) = worker.shutdown().await {
+        if first_error.is_none() {
+            error!(connector = %late.connector, task = late.task, error = %late.error.report(), "connector failed while draining");
+            first_error = Some((*late.error).clone());
+        }
+    }
     if let Some(r) = reporter {
         r.abort();
     }

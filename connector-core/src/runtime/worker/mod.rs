@@ -190,6 +190,15 @@ impl Worker {
     /// # Errors
     /// [`WorkerError::UnknownConnector`].
     pub async fn stop(&self, name: &str) -> Result<(), WorkerError> {
+        // In a task of its own: a caller that gives up (a timeout around this call) must not
+        // leave a half-stopped connector or a task whose handle was taken but never joined.
+        let (worker, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move { worker.stop_now(&name).await }).await.unwrap_or_else(|e| {
+            Err(WorkerError::Start(Error::fatal("a worker operation panicked").with_source(e)))
+        })
+    }
+
+    async fn stop_now(&self, name: &str) -> Result<(), WorkerError> {
         let _ops = self.inner.ops.lock().await;
         let connector = self.take(name)?;
         drain(name, connector).await;
@@ -221,6 +230,15 @@ impl Worker {
     /// [`WorkerError::UnknownConnector`], or the connector failing to start again
     /// ([`WorkerError::Start`]; it is then no longer run).
     pub async fn restart(&self, name: &str) -> Result<(), WorkerError> {
+        // In a task of its own: a caller that gives up (a timeout around this call) must not
+        // leave a half-stopped connector or a task whose handle was taken but never joined.
+        let (worker, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move { worker.restart_now(&name).await }).await.unwrap_or_else(|e| {
+            Err(WorkerError::Start(Error::fatal("a worker operation panicked").with_source(e)))
+        })
+    }
+
+    async fn restart_now(&self, name: &str) -> Result<(), WorkerError> {
         let _ops = self.inner.ops.lock().await;
         let connector = self.take(name)?;
         let (spec, stats, paused) =
@@ -239,6 +257,17 @@ impl Worker {
     /// [`WorkerError::UnknownConnector`], [`WorkerError::UnknownTask`], or the connector failing
     /// to create the task ([`WorkerError::Start`]; the task is then reported failed).
     pub async fn restart_task(&self, name: &str, task: usize) -> Result<(), WorkerError> {
+        // In a task of its own: a caller that gives up (a timeout around this call) must not
+        // leave a half-stopped connector or a task whose handle was taken but never joined.
+        let (worker, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move { worker.restart_task_now(&name, task).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(WorkerError::Start(Error::fatal("a worker operation panicked").with_source(e)))
+            })
+    }
+
+    async fn restart_task_now(&self, name: &str, task: usize) -> Result<(), WorkerError> {
         let _ops = self.inner.ops.lock().await;
         let unknown = || WorkerError::UnknownTask { connector: name.to_owned(), task };
         let (old, kind, stats, stop, paused, bound) = {
@@ -315,15 +344,24 @@ impl Worker {
     }
 
     /// Stops every connector (their tasks drain concurrently, each bounded as in
-    /// [`stop`](Self::stop)); later [`start`](Self::start)s are refused.
-    pub async fn shutdown(&self) {
-        let mut ops = self.inner.ops.lock().await;
-        *ops = true;
-        let all: Vec<(String, Connector)> = self.inner.connectors.lock().drain().collect();
-        futures::future::join_all(all.into_iter().map(|(name, c)| async move {
-            drain(&name, c).await;
-        }))
-        .await;
+    /// [`stop`](Self::stop)); later [`start`](Self::start)s are refused. Returns the earliest
+    /// task failure among them (one before or during the drain), if any.
+    ///
+    /// # Cancellation
+    /// The drain runs in a task of its own: dropping this future does not cut it short.
+    pub async fn shutdown(&self) -> Option<TaskFailure> {
+        let worker = self.clone();
+        let drained = tokio::spawn(async move {
+            let mut ops = worker.inner.ops.lock().await;
+            *ops = true;
+            let all: Vec<(String, Connector)> = worker.inner.connectors.lock().drain().collect();
+            futures::future::join_all(
+                all.into_iter().map(|(name, c)| async move { drain(&name, c).await }),
+            )
+            .await
+        });
+        let failures = drained.await.ok()?;
+        failures.into_iter().flatten().min_by_key(|(seq, _)| *seq).map(|(_, f)| f)
     }
 
     fn first_failure(&self) -> Option<TaskFailure> {
@@ -517,19 +555,33 @@ fn create_one(kind: &Kind, max_tasks: usize, id: usize) -> crate::Result<Option<
     })
 }
 
-/// Stops every task of `connector` and waits for each to drain (bounded).
-async fn drain(name: &str, connector: Connector) {
+/// Stops every task of `connector` and waits for each to drain (bounded); returns the earliest
+/// failure among its tasks (one that ended the task before or during the drain), if any.
+async fn drain(name: &str, connector: Connector) -> Option<(u64, TaskFailure)> {
     let bound = connector.spec.drain_bound();
     connector.stop.cancel();
     if let Some(w) = connector.watcher {
         w.abort();
     }
+    let cells: Vec<(usize, Arc<Mutex<TaskCell>>)> =
+        connector.tasks.iter().map(|t| (t.id, Arc::clone(&t.cell))).collect();
     futures::future::join_all(connector.tasks.into_iter().filter_map(|t| {
         let join = t.join?;
         Some(join_bounded(name, t.id, join, bound))
     }))
     .await;
     info!(connector = name, "connector stopped");
+    let mut first: Option<(u64, TaskFailure)> = None;
+    for (id, cell) in cells {
+        if let Some(Err((seq, e))) = &cell.lock().outcome {
+            if first.as_ref().is_none_or(|(s, _)| seq < s) {
+                let failure =
+                    TaskFailure { connector: name.to_owned(), task: id, error: Arc::clone(e) };
+                first = Some((*seq, failure));
+            }
+        }
+    }
+    first
 }
 
 async fn join_bounded(name: &str, task: usize, mut join: JoinHandle<()>, bound: Duration) {
@@ -541,5 +593,7 @@ async fn join_bounded(name: &str, task: usize, mut join: JoinHandle<()>, bound: 
             "task did not stop within its drain bound; aborting it"
         );
         join.abort();
+        // Wait for the abort to land, so a replacement never overlaps the old task.
+        let _ = join.await;
     }
 }
