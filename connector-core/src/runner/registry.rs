@@ -433,7 +433,10 @@ fn tidy(path: String, message: String) -> (String, String) {
             .split_once(", expected ")
             .map(|(_, e)| e.replace('`', "").trim().to_owned())
             .unwrap_or_default();
-        let path = if path.ends_with(&key) { path } else { crate::config::join_path(&path, &key) };
+        // serde reports an unknown key at its table, or (through our macro) at the key itself;
+        // compare whole segments, so `tls = { ls = 1 }` is `tls.ls`, not `tls`.
+        let at_key = path == key || path.ends_with(&format!(".{key}"));
+        let path = if at_key { path } else { crate::config::join_path(&path, &key) };
         let hint =
             if expected.is_empty() { String::new() } else { format!(" (expected {expected})") };
         return (path, format!("unknown key{hint}"));
@@ -458,4 +461,19 @@ fn single_error(e: crate::Error) -> ConfigErrors {
         other => errors.push("", other.to_string()),
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tidy;
+
+    #[test]
+    fn an_unknown_key_is_reported_at_its_own_path_even_when_its_table_ends_with_the_same_letters() {
+        let unknown = |key: &str| format!("unknown field `{key}`, expected `ca_file`");
+        assert_eq!(tidy("tls".into(), unknown("ls")).0, "tls.ls");
+        assert_eq!(tidy("status_topic".into(), unknown("topic")).0, "status_topic.topic");
+        assert_eq!(tidy("tls.ls".into(), unknown("ls")).0, "tls.ls");
+        assert_eq!(tidy("ls".into(), unknown("ls")).0, "ls");
+        assert_eq!(tidy(String::new(), unknown("qso")).0, "qso");
+    }
 }
