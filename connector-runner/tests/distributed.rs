@@ -111,6 +111,12 @@ runtime = {{ max_put_records = {WINDOW}, commit_interval_ms = {COMMIT_INTERVAL_M
     )
 }
 
+/// `workers` run `per_worker` tasks of each MQTT connector, and each of the sink's group members
+/// (one per sink task) reads one partition.
+fn settled(s: &Status, workers: usize, per_worker: usize) -> bool {
+    s.balanced(workers, &CONNECTORS, per_worker) && s.partitions_per_member() == [1; TASKS]
+}
+
 /// Brokers, topics and the config of the MQTT tests.
 struct Setup {
     mqtt: Mosquitto,
@@ -150,7 +156,7 @@ impl Setup {
             &format!("{} workers with {per_worker} tasks of each connector", workers.len()),
             Duration::from_secs(60),
             workers,
-            |s| s.balanced(workers.len(), &CONNECTORS, per_worker),
+            |s| settled(s, workers.len(), per_worker),
         )
         .await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -257,7 +263,7 @@ async fn three_workers_share_the_tasks_and_a_sigkilled_workers_tasks_move_losing
     };
     let refs: Vec<&Worker> = survivors.iter().map(|i| &workers[*i]).collect();
     let after = wait_status(&s.config, "2 workers 3/3", Duration::from_secs(30), &refs, |st| {
-        st.balanced(2, &CONNECTORS, 3)
+        settled(st, 2, 3)
     })
     .await;
     println!(
@@ -335,7 +341,7 @@ async fn a_joining_worker_takes_its_share_and_a_sigtermed_one_hands_over_without
     };
     let refs: Vec<&Worker> = workers.iter().collect();
     let after = wait_status(&s.config, "2 workers 3/3", Duration::from_secs(30), &refs, |st| {
-        st.balanced(2, &CONNECTORS, 3)
+        settled(st, 2, 3)
     })
     .await;
     println!(
@@ -425,7 +431,8 @@ async fn a_worker_with_a_different_config_is_refused_with_a_clear_message() {
     println!("w2 exited {code:?} after {:?}: {last}", started.elapsed());
     assert_eq!(code, Some(1), "{stderr}");
     assert!(last.starts_with("connect: "), "one line saying why: {last}");
-    assert!(last.contains("pumps") && last.contains("config"), "{last}");
+    assert!(last.contains("w2 refused by worker group pumps"), "{last}");
+    assert!(last.contains("every worker of a group must run the same config file"), "{last}");
     assert!(w1.exited().is_none(), "the first worker goes on; log:\n{}", w1.log());
     let s = cluster::status(&first).unwrap();
     assert_eq!(s.workers.keys().collect::<Vec<_>>(), ["w1"], "{s:?}");

@@ -76,6 +76,8 @@ pub struct Status {
     pub generation: i64,
     /// Worker id -> the tasks (`connector-task`) it runs.
     pub workers: BTreeMap<String, BTreeSet<String>>,
+    /// Sink consumer group member client id -> its partitions (`topic-partition`).
+    pub sink_members: BTreeMap<String, Vec<String>>,
 }
 
 impl Status {
@@ -83,6 +85,11 @@ impl Status {
     pub fn spread(&self, connector: &str) -> Vec<usize> {
         let prefix = format!("{connector}-");
         self.workers.values().map(|t| t.iter().filter(|t| t.starts_with(&prefix)).count()).collect()
+    }
+
+    /// Sink partitions per sink group member.
+    pub fn partitions_per_member(&self) -> Vec<usize> {
+        self.sink_members.values().map(Vec::len).collect()
     }
 
     /// Every worker runs `per_worker` tasks of each of `connectors`.
@@ -101,15 +108,28 @@ pub fn status(config: &str) -> Option<Status> {
     parse_status(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// `{"generation": N, "workers": [{"worker_id": "..", "tasks": ["telemetry-0", ..]}, ..]}`.
+/// `{"generation": N, "workers": [{"worker_id": "..", "tasks": ["telemetry-0", ..]}, ..],
+/// "sinks": [{"connector": "..", "group": "connect-..", "members": [{"client_id": "..",
+/// "partitions": ["commands-0", ..]}]}]}`.
 pub fn parse_status(text: &str) -> Option<Status> {
     let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
-    let mut s = Status { generation: v["generation"].as_i64()?, workers: BTreeMap::new() };
+    let mut s = Status { generation: v["generation"].as_i64()?, ..Status::default() };
     for w in v["workers"].as_array()? {
         let id = w["worker_id"].as_str()?.to_owned();
         let tasks =
             w["tasks"].as_array()?.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect();
         s.workers.insert(id, tasks);
+    }
+    for sink in v["sinks"].as_array().into_iter().flatten() {
+        for m in sink["members"].as_array().into_iter().flatten() {
+            let partitions = m["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect();
+            s.sink_members.insert(m["client_id"].as_str()?.to_owned(), partitions);
+        }
     }
     Some(s)
 }
