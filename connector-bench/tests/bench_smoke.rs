@@ -33,12 +33,20 @@ fn the_benchmark_driver_accounts_for_every_message() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench --smoke failed\n{stdout}\n{stderr}");
-    for row in ["bare pub->sub QoS1 100 B", "source QoS1 100 B", "sink QoS1 100 B", "python bridge"]
-    {
+    for row in [
+        "bare pub->sub QoS1 100 B",
+        "source QoS1 100 B",
+        "sink QoS1 100 B",
+        "python bridge",
+        "distributed 1 worker(s)",
+        "distributed 3 worker(s)",
+        "failover",
+    ] {
         assert!(stdout.contains(row), "no {row:?} row in\n{stdout}");
     }
     for line in ["Latency, MQTT publish -> Kafka fetch", "Latency, Kafka alone"] {
         assert!(stdout.contains(line), "no {line:?} line in\n{stdout}");
     }
     assert!(stdout.contains("Memory run"), "{stdout}");
+    assert!(stdout.contains("| workers | msg/s | × 1 worker |"), "distributed table: {stdout}");
 }

@@ -6,7 +6,10 @@
 //!    Kafka; the same for the Python reference bridge (`scripts/mqtt-kafka-bridge.py`);
 //! 3. Kafka -> MQTT through our `mqtt-sink` at QoS 1, counted by an independent subscriber;
 //! 4. end-to-end latency MQTT publish -> Kafka fetch at a fixed rate;
-//! 5. RSS of our source over a long run at a fixed rate.
+//! 5. RSS of our source over a long run at a fixed rate;
+//! 6. distributed mode: aggregate MQTT -> Kafka throughput of 1, 2 and 3 `connect` workers of one
+//!    group (ratio to 1 worker, CPU per message summed over the workers), and the time from the
+//!    SIGKILL of one of three workers to its moved tasks' first delivered message.
 //!
 //! Each round (`--runs`) starts fresh brokers and measures the ceiling and the bridges in turn,
 //! so every ratio compares figures from the same round; the summary gives medians over rounds.
@@ -15,6 +18,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod distributed;
 mod load;
 mod procstat;
 mod scenarios;
@@ -74,8 +78,12 @@ struct Cli {
     /// MQTT protocol version of our source and sink: "3.1.1" or "5".
     #[arg(long, default_value = "3.1.1")]
     mqtt_version: String,
-    /// Measurements to run, comma-separated: bare, source, sink, python, latency, soak.
-    #[arg(long, default_value = "bare,source,sink,python,latency,soak", value_delimiter = ',')]
+    /// Measurements to run, comma-separated: bare, source, sink, python, latency, distributed, soak.
+    #[arg(
+        long,
+        default_value = "bare,source,sink,python,latency,distributed,soak",
+        value_delimiter = ','
+    )]
     only: Vec<String>,
     /// QoS levels of the throughput rows to run (sink and Python rows are QoS 1).
     #[arg(long, default_value = "0,1", value_delimiter = ',')]
@@ -83,6 +91,15 @@ struct Cli {
     /// Payload sizes of the throughput rows to run: 100 and/or 1024.
     #[arg(long, default_value = "100,1024", value_delimiter = ',')]
     sizes: Vec<usize>,
+    /// Worker process counts of the distributed rows (QoS 1, 100 B, `--messages` each).
+    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Messages per second during the failover measurement (three workers, one SIGKILLed).
+    #[arg(long, default_value_t = 3_000)]
+    failover_rate: u64,
+    /// Seconds of the failover measurement; the SIGKILL comes after a third of them.
+    #[arg(long, default_value_t = 15)]
+    failover_secs: u64,
     /// Tiny counts, one round, a 5-second memory run; fails if any message is missing.
     #[arg(long)]
     smoke: bool,
@@ -160,6 +177,9 @@ struct Driver {
     /// Per round: MQTT publish -> Kafka fetch through our source with Mosquitto as shipped and
     /// with `set_tcp_nodelay true`, and Kafka alone.
     latencies: Vec<[Latency; 3]>,
+    /// Distributed rows per worker count: per round, the throughput and its ratio to 1 worker.
+    dist: BTreeMap<usize, Vec<(Throughput, Option<f64>)>>,
+    failovers: Vec<distributed::Failover>,
     soak: Option<Soak>,
     problems: Vec<String>,
 }
@@ -244,6 +264,55 @@ impl Driver {
             self.latency_line("  Kafka alone", &k);
             self.latencies.push([l, n, k]);
         }
+        if self.wants("distributed") {
+            self.distributed(&b).await?;
+        }
+        Ok(())
+    }
+
+    /// The distributed rows of one round: throughput per worker count, then the failover.
+    async fn distributed(&mut self, b: &Brokers) -> Result<(), String> {
+        let mut workers = self.cli.workers.clone();
+        workers.sort_unstable();
+        workers.dedup();
+        let mut one = None;
+        for k in workers {
+            let t = distributed::throughput(b, &self.settings, k, 100, self.cli.messages).await?;
+            if k == 1 {
+                one = Some(t.rate);
+            }
+            let ratio = one.filter(|r| *r > 0.0).map(|r| t.rate / r);
+            let label = format!("distributed {k} worker(s) QoS1 100 B");
+            let mut line = describe(&t, None);
+            if let Some(r) = ratio {
+                let _ = write!(line, ", {r:.2}× 1 worker");
+            }
+            println!("  {label:<28} {line}");
+            if t.delivered < t.sent {
+                self.problems
+                    .push(format!("{label}: {} of {} messages delivered", t.delivered, t.sent));
+            }
+            self.dist.entry(k).or_default().push((t, ratio));
+        }
+        let (rate, secs) = (self.cli.failover_rate, self.cli.failover_secs);
+        let f = distributed::failover(b, &self.settings, rate, secs).await?;
+        println!(
+            "  {:<28} {} msg/s, 1 of 3 workers SIGKILLed: first message of its moved tasks in Kafka after {}; {}/{} delivered ({} dup)",
+            "failover",
+            rate,
+            f.first_moved.map_or_else(|| "—".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+            f.delivered,
+            f.sent,
+            f.duplicates
+        );
+        if f.delivered < f.sent {
+            self.problems
+                .push(format!("failover: {} of {} messages delivered", f.delivered, f.sent));
+        }
+        if f.first_moved.is_none() {
+            self.problems.push("failover: no message of the moved tasks arrived".to_owned());
+        }
+        self.failovers.push(f);
         Ok(())
     }
 
@@ -331,6 +400,66 @@ impl Driver {
                 );
             }
         }
+        if !self.dist.is_empty() {
+            let _ = writeln!(
+                r,
+                "\nDistributed mode: one group, an MQTT source with {} tasks, QoS 1 100 B, session timeout {} ms (medians of {} rounds)\n",
+                distributed::TASKS,
+                distributed::SESSION_MS,
+                self.cli.runs
+            );
+            let _ = writeln!(r, "| workers | msg/s | × 1 worker | CPU-µs/msg (all workers) | workers' cores | Mosquitto cores | Tansu cores | delivered (dup) |");
+            let _ = writeln!(r, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for (k, runs) in &self.dist {
+                let col = |f: &Pick| median(runs.iter().filter_map(f).collect());
+                let delivered: Vec<String> = runs
+                    .iter()
+                    .map(|(t, _)| format!("{}/{} ({})", t.delivered, t.sent, t.duplicates))
+                    .collect();
+                let _ = writeln!(
+                    r,
+                    "| {k} | {} | {} | {} | {} | {} | {} | {} |",
+                    col(&|(t, _)| Some(t.rate)).map_or_else(|| "—".into(), with_commas),
+                    fmt_opt(col(&|(_, ratio)| *ratio), 2),
+                    fmt_opt(col(&|(t, _)| t.cpu_us_per_msg), 2),
+                    fmt_opt(col(&|(t, _)| Some(t.bridge_cores)), 2),
+                    fmt_opt(col(&|(t, _)| Some(t.mosquitto_cores)), 2),
+                    fmt_opt(col(&|(t, _)| Some(t.tansu_cores)), 2),
+                    delivered.join(", "),
+                );
+            }
+        }
+        if !self.failovers.is_empty() {
+            let firsts: Vec<f64> = self
+                .failovers
+                .iter()
+                .filter_map(|f| f.first_moved.map(|d| d.as_secs_f64()))
+                .collect();
+            let each: Vec<String> = self
+                .failovers
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} ({}/{}, {} dup)",
+                        f.first_moved.map_or_else(
+                            || "—".to_owned(),
+                            |d| format!("{:.2} s", d.as_secs_f64())
+                        ),
+                        f.delivered,
+                        f.sent,
+                        f.duplicates
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                r,
+                "\nFailover at {} msg/s, 1 of 3 workers SIGKILLed, session timeout {} ms: SIGKILL -> first message of the moved tasks in Kafka {} s (median); per round: {}",
+                self.cli.failover_rate,
+                distributed::SESSION_MS,
+                fmt_opt(median(firsts), 2),
+                each.join(", ")
+            );
+        }
         if let Some(s) = &self.soak {
             let _ = writeln!(
                 r,
@@ -363,6 +492,8 @@ fn main() -> ExitCode {
         cli.latency_secs = cli.latency_secs.min(3);
         cli.soak_rate = cli.soak_rate.min(500);
         cli.soak_secs = cli.soak_secs.min(5);
+        cli.failover_rate = cli.failover_rate.min(500);
+        cli.failover_secs = cli.failover_secs.min(9);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
@@ -396,6 +527,8 @@ fn main() -> ExitCode {
         settings,
         rows: BTreeMap::new(),
         latencies: Vec::new(),
+        dist: BTreeMap::new(),
+        failovers: Vec::new(),
         soak: None,
         problems: Vec::new(),
     };

@@ -23,11 +23,11 @@ use crate::procstat::{self, Sample};
 pub type Result<T> = std::result::Result<T, String>;
 
 /// Devices (MQTT topics) the load is spread over.
-const DEVICES: usize = 100;
+pub const DEVICES: usize = 100;
 /// QoS 1 publishes the load publisher keeps in flight.
-const PUBLISH_INFLIGHT: u16 = 1000;
+pub const PUBLISH_INFLIGHT: u16 = 1000;
 /// Longest a throughput measurement may take.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Which bridge process a source measurement runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub struct Brokers {
     pub mqtt: Mosquitto,
     pub tansu: Tansu,
     pub client: KafkaClient,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     next_id: AtomicU64,
 }
 
@@ -105,11 +105,13 @@ impl Brokers {
         Ok(())
     }
 
-    fn id(&self, kind: &str) -> String {
+    /// A fresh id starting with `kind` (names of topics, clients and files).
+    pub fn id(&self, kind: &str) -> String {
         format!("{kind}{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn brokers_sample(&self) -> (Option<Sample>, Option<Sample>) {
+    /// CPU samples of Mosquitto and Tansu.
+    pub fn brokers_sample(&self) -> (Option<Sample>, Option<Sample>) {
         (self.mqtt.pid().and_then(procstat::sample), self.tansu.pid().and_then(procstat::sample))
     }
 }
@@ -139,7 +141,8 @@ pub struct Throughput {
 }
 
 impl Throughput {
-    fn finish(
+    /// Fills in the rates from the wall time and the CPU samples taken around the measurement.
+    pub fn finish(
         &mut self,
         wall: Duration,
         brokers_before: (Option<Sample>, Option<Sample>),
@@ -163,29 +166,33 @@ impl Throughput {
 }
 
 /// A process under test, killed when dropped.
-struct UnderTest {
+pub struct UnderTest {
     child: Child,
-    log: PathBuf,
+    /// Its stderr.
+    pub log: PathBuf,
 }
 
 impl UnderTest {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
+    /// Starts `cmd` with its stderr in `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Result<Self> {
         let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         cmd.stdout(Stdio::null()).stderr(file).stdin(Stdio::null());
         let child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
         Ok(Self { child, log })
     }
 
-    fn pid(&self) -> u32 {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn sample(&self) -> Option<Sample> {
+    /// Its CPU time and memory now.
+    pub fn sample(&self) -> Option<Sample> {
         procstat::sample(self.pid())
     }
 
     /// Fails with the log's tail if the process has exited.
-    fn check_running(&mut self) -> Result<()> {
+    pub fn check_running(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(format!(
@@ -204,7 +211,8 @@ impl Drop for UnderTest {
     }
 }
 
-fn tail(path: &Path) -> String {
+/// The last 20 lines of a log file.
+pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
