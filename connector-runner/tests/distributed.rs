@@ -159,17 +159,24 @@ impl Setup {
             |s| settled(s, workers.len(), per_worker),
         )
         .await;
+        // Each worker's own log says it started every task the status gives it.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let started: BTreeSet<String> =
-                workers.iter().flat_map(|w| w.started_since(0)).collect();
-            let all: BTreeSet<String> = status.workers.values().flatten().cloned().collect();
-            if all.is_subset(&started) {
+            let missing: Vec<(String, Vec<String>)> = workers
+                .iter()
+                .map(|w| {
+                    let started = w.started_since(0);
+                    let assigned = status.workers.get(&w.id).cloned().unwrap_or_default();
+                    (w.id.clone(), assigned.difference(&started).cloned().collect())
+                })
+                .filter(|(_, m)| !m.is_empty())
+                .collect();
+            if missing.is_empty() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "assigned {all:?}, started only {started:?}; logs:\n{}",
+                "assigned but never started: {missing:?}; logs:\n{}",
                 workers.iter().map(|w| cluster::tail(&w.log(), 30)).collect::<Vec<_>>().join("\n")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -434,7 +441,9 @@ async fn a_worker_with_a_different_config_is_refused_with_a_clear_message() {
     assert!(last.contains("w2 refused by worker group pumps"), "{last}");
     assert!(last.contains("every worker of a group must run the same config file"), "{last}");
     assert!(w1.exited().is_none(), "the first worker goes on; log:\n{}", w1.log());
-    let s = cluster::status(&first).unwrap();
-    assert_eq!(s.workers.keys().collect::<Vec<_>>(), ["w1"], "{s:?}");
+    wait_status(&first, "w1 alone, running pulse-0", Duration::from_secs(30), &[&w1], |s| {
+        s.workers.keys().eq(["w1"]) && s.workers["w1"].contains("pulse-0")
+    })
+    .await;
     assert_eq!(w1.runner.terminate(), Some(0), "{}", w1.log());
 }

@@ -257,12 +257,13 @@ pub async fn telemetry_seen(client: &KafkaClient, topic: &str) -> BTreeMap<Vec<u
     tally(records.iter().filter_map(|r| r.value.as_deref()), "t-")
 }
 
-/// `python3 scripts/group-offsets.py BOOTSTRAP GROUP`: the group's committed offsets as an
+/// `python3 scripts/group-offsets.py BOOTSTRAP GROUP --lines`: the group's committed offsets as an
 /// independent librdkafka client (confluent-kafka) reads them, `(topic, partition) -> offset`.
 pub fn librdkafka_committed(bootstrap: &str, group: &str) -> BTreeMap<(String, i32), i64> {
     let script: PathBuf =
         [env!("CARGO_MANIFEST_DIR"), "..", "scripts", "group-offsets.py"].iter().collect();
-    let out = Command::new("python3").arg(&script).args([bootstrap, group]).output().unwrap();
+    let out =
+        Command::new("python3").arg(&script).args([bootstrap, group, "--lines"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
