@@ -111,12 +111,6 @@ runtime = {{ max_put_records = {WINDOW}, commit_interval_ms = {COMMIT_INTERVAL_M
     )
 }
 
-/// `workers` run `per_worker` tasks of each MQTT connector, and each of the sink's group members
-/// (one per sink task) reads one partition.
-fn settled(s: &Status, workers: usize, per_worker: usize) -> bool {
-    s.balanced(workers, &CONNECTORS, per_worker) && s.partitions_per_member() == [1; TASKS]
-}
-
 /// Brokers, topics and the config of the MQTT tests.
 struct Setup {
     mqtt: Mosquitto,
@@ -156,27 +150,41 @@ impl Setup {
             &format!("{} workers with {per_worker} tasks of each connector", workers.len()),
             Duration::from_secs(60),
             workers,
-            |s| settled(s, workers.len(), per_worker),
+            |s| s.balanced(workers.len(), &CONNECTORS, per_worker),
         )
         .await;
-        // Each worker's own log says it started every task the status gives it.
+        // Each worker's own log says it started every task the status gives it, and the sink
+        // tasks' consumer group gave each of them one partition.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let logs: Vec<String> = workers.iter().map(|w| w.log()).collect();
+            let sinks = cluster::sink_partitions(logs.iter().map(String::as_str));
+            let sinks: Vec<(String, Vec<i32>)> = status
+                .workers
+                .values()
+                .flatten()
+                .filter(|t| t.starts_with("commands-"))
+                .map(|t| (t.clone(), sinks.get(t).cloned().unwrap_or_default()))
+                .collect();
+            let mut partitions: Vec<i32> = sinks.iter().flat_map(|(_, p)| p.clone()).collect();
+            partitions.sort_unstable();
+            let spread = sinks.iter().all(|(_, p)| p.len() == 1)
+                && partitions == (0..TASKS as i32).collect::<Vec<_>>();
             let missing: Vec<(String, Vec<String>)> = workers
                 .iter()
                 .map(|w| {
                     let started = w.started_since(0);
                     let assigned = status.workers.get(&w.id).cloned().unwrap_or_default();
-                    (w.id.clone(), assigned.difference(&started).cloned().collect())
+                    (w.id.clone(), assigned.difference(&started).cloned().collect::<Vec<_>>())
                 })
                 .filter(|(_, m)| !m.is_empty())
                 .collect();
-            if missing.is_empty() {
+            if missing.is_empty() && spread {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "assigned but never started: {missing:?}; logs:\n{}",
+                "assigned but never started: {missing:?}; sink partitions {sinks:?}; logs:\n{}",
                 workers.iter().map(|w| cluster::tail(&w.log(), 30)).collect::<Vec<_>>().join("\n")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -269,10 +277,7 @@ async fn three_workers_share_the_tasks_and_a_sigkilled_workers_tasks_move_losing
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let refs: Vec<&Worker> = survivors.iter().map(|i| &workers[*i]).collect();
-    let after = wait_status(&s.config, "2 workers 3/3", Duration::from_secs(30), &refs, |st| {
-        settled(st, 2, 3)
-    })
-    .await;
+    let after = s.wait_balanced(&refs, 3).await;
     println!(
         "SIGKILL of {} ({moved:?}): its tasks started on the other two after {restarted:?} \
          (session timeout {SESSION_MS} ms), generation {} -> {}: {:?}",
@@ -347,10 +352,7 @@ async fn a_joining_worker_takes_its_share_and_a_sigtermed_one_hands_over_without
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let refs: Vec<&Worker> = workers.iter().collect();
-    let after = wait_status(&s.config, "2 workers 3/3", Duration::from_secs(30), &refs, |st| {
-        settled(st, 2, 3)
-    })
-    .await;
+    let after = s.wait_balanced(&refs, 3).await;
     println!(
         "SIGTERM of {} ({handed:?}): drained and exited after {drained:?}, its tasks ran on the \
          others after {took:?}, generation {}",
