@@ -8,7 +8,7 @@
 
 mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -100,6 +100,8 @@ struct Connector {
     /// Parent of the tasks' tokens and the partition watcher's.
     stop: CancellationToken,
     tasks: Vec<TaskHandle>,
+    /// The tasks meant to run here (`None`: all of them).
+    here: Option<BTreeSet<usize>>,
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -165,6 +167,38 @@ impl Worker {
     /// A name that runs already, too many connectors, a worker shut down, or the connector
     /// failing to create its tasks or reach its topics ([`WorkerError::Start`]).
     pub async fn start(&self, name: &str, spec: ConnectorSpec) -> Result<(), WorkerError> {
+        self.start_subset(name, spec, None).await
+    }
+
+    /// Starts connector `name` running only its tasks `tasks` here (a worker of a group runs its
+    /// share; the others show [`TaskState::Unassigned`]). Ids the connector does not have are
+    /// ignored. [`start`](Self::start) is this with every task.
+    ///
+    /// ```no_run
+    /// # async fn example(worker: connector_core::runtime::Worker, spec: connector_core::runtime::ConnectorSpec) -> Result<(), connector_core::runtime::WorkerError> {
+    /// worker.start_tasks("telemetry", spec, &[0, 2]).await?;
+    /// worker.set_tasks("telemetry", &[1]).await?; // 0 and 2 drain and stop, 1 starts
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_tasks(
+        &self,
+        name: &str,
+        spec: ConnectorSpec,
+        tasks: &[usize],
+    ) -> Result<(), WorkerError> {
+        self.start_subset(name, spec, Some(tasks)).await
+    }
+
+    async fn start_subset(
+        &self,
+        name: &str,
+        spec: ConnectorSpec,
+        tasks: Option<&[usize]>,
+    ) -> Result<(), WorkerError> {
         let ops = self.inner.ops.lock().await;
         if *ops {
             return Err(WorkerError::ShutDown);
@@ -178,9 +212,121 @@ impl Worker {
                 return Err(WorkerError::TooManyConnectors(MAX_CONNECTORS));
             }
         }
-        let connector = self.launch(name, spec, Arc::new(TaskStats::new()), false).await?;
+        let connector = self.launch(name, spec, Arc::new(TaskStats::new()), false, tasks).await?;
         self.inner.connectors.lock().insert(name.to_owned(), connector);
         Ok(())
+    }
+
+    /// How many tasks connector `spec` has (its `task_configs(max_tasks)`), without running
+    /// any: what a group leader deals out.
+    ///
+    /// # Errors
+    /// The connector failing to create its tasks ([`WorkerError::Start`]).
+    pub fn task_count(&self, spec: &ConnectorSpec) -> Result<usize, WorkerError> {
+        let n = match spec {
+            ConnectorSpec::Source { connector, .. } => {
+                connector.create_tasks(self.inner.max_tasks)?.len()
+            }
+            ConnectorSpec::Sink { connector, .. } => {
+                connector.create_tasks(self.inner.max_tasks)?.len()
+            }
+        };
+        Ok(n)
+    }
+
+    /// Makes `tasks` the tasks of connector `name` that run here: those running and not listed
+    /// drain (acknowledgements in, offsets committed, then `stop`; bounded as in
+    /// [`stop`](Self::stop)) and become [`TaskState::Unassigned`], then the listed ones not
+    /// running are created and started (from the committed offsets). A listed task that failed
+    /// stays [`TaskState::Failed`]. Ids the connector does not have are ignored.
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConnector`], or the connector failing to create a task
+    /// ([`WorkerError::Start`]; that task is then reported failed, the others are started).
+    ///
+    /// # Cancellation
+    /// Runs in a task of its own: dropping the future does not cut a drain short.
+    pub async fn set_tasks(&self, name: &str, tasks: &[usize]) -> Result<(), WorkerError> {
+        let (worker, name, tasks) = (self.clone(), name.to_owned(), tasks.to_vec());
+        tokio::spawn(async move { worker.set_tasks_now(&name, &tasks).await }).await.unwrap_or_else(
+            |e| Err(WorkerError::Start(Error::fatal("a worker operation panicked").with_source(e))),
+        )
+    }
+
+    async fn set_tasks_now(&self, name: &str, tasks: &[usize]) -> Result<(), WorkerError> {
+        let _ops = self.inner.ops.lock().await;
+        let wanted: BTreeSet<usize> = tasks.iter().copied().collect();
+        // Those to stop: handed over (joins taken under the lock, awaited outside it).
+        let (mut stopping, to_start, kind, stats, stop, paused, bound) = {
+            let mut map = self.inner.connectors.lock();
+            let c = map.get_mut(name).ok_or_else(|| WorkerError::UnknownConnector(name.into()))?;
+            let mut stopping = Vec::new();
+            let mut to_start = Vec::new();
+            for t in &mut c.tasks {
+                let here = c.here.as_ref().is_none_or(|h| h.contains(&t.id));
+                match (wanted.contains(&t.id), here) {
+                    (false, true) => {
+                        t.cancel.cancel();
+                        stopping.push((t.id, t.join.take()));
+                    }
+                    (true, false) => to_start.push(t.id),
+                    _ => {}
+                }
+            }
+            c.here = Some(wanted.iter().copied().filter(|id| *id < c.tasks.len()).collect());
+            let bound = c.spec.drain_bound();
+            (
+                stopping,
+                to_start,
+                c.kind.clone(),
+                Arc::clone(&c.stats),
+                c.stop.clone(),
+                c.paused,
+                bound,
+            )
+        };
+        futures::future::join_all(stopping.iter_mut().filter_map(|(id, join)| {
+            let join = join.take()?;
+            Some(join_bounded(name, *id, join, bound))
+        }))
+        .await;
+        for (id, _) in &stopping {
+            self.replace(name, idle_handle(*id));
+        }
+        let mut first_error = None;
+        if !to_start.is_empty() {
+            let mut created = match &kind {
+                Kind::Source(c, _) => c
+                    .create_tasks(self.inner.max_tasks)
+                    .map(|v| v.into_iter().map(Created::Source).map(Some).collect::<Vec<_>>()),
+                Kind::Sink(c, _, _) => c
+                    .create_tasks(self.inner.max_tasks)
+                    .map(|v| v.into_iter().map(Created::Sink).map(Some).collect::<Vec<_>>()),
+            };
+            for id in &to_start {
+                let task = match &mut created {
+                    Ok(all) => all.get_mut(*id).and_then(Option::take).ok_or_else(|| {
+                        Error::fatal(format!(
+                            "connector {name} created fewer than {} tasks",
+                            id + 1
+                        ))
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                let handle = match task {
+                    Ok(t) => self.spawn(name, &kind, &stats, &stop, paused, *id, t),
+                    Err(e) => {
+                        let e = e.with_connector(name).with_task(*id);
+                        first_error.get_or_insert_with(|| e.clone());
+                        self.failed_handle(*id, e)
+                    }
+                };
+                self.replace(name, handle);
+            }
+        }
+        let stopped: Vec<usize> = stopping.iter().map(|(id, _)| *id).collect();
+        info!(connector = name, ?stopped, started = ?to_start, "tasks reassigned");
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Stops connector `name`: each task drains (polling or fetching stops, what is in flight is
@@ -243,8 +389,10 @@ impl Worker {
         let connector = self.take(name)?;
         let (spec, stats, paused) =
             (connector.spec.clone(), Arc::clone(&connector.stats), connector.paused);
+        // Only the tasks that ran here run again (a worker of a group runs its share).
+        let here: Option<Vec<usize>> = connector.here.as_ref().map(|h| h.iter().copied().collect());
         drain(name, connector).await;
-        let connector = self.launch(name, spec, stats, paused).await?;
+        let connector = self.launch(name, spec, stats, paused, here.as_deref()).await?;
         self.inner.connectors.lock().insert(name.to_owned(), connector);
         Ok(())
     }
@@ -418,6 +566,7 @@ impl Worker {
         spec: ConnectorSpec,
         stats: Arc<TaskStats>,
         paused: bool,
+        only: Option<&[usize]>,
     ) -> Result<Connector, WorkerError> {
         let inner = &self.inner;
         let stop = CancellationToken::new();
@@ -451,10 +600,16 @@ impl Worker {
         let tasks = created
             .into_iter()
             .enumerate()
-            .map(|(id, t)| self.spawn(name, &kind, &stats, &stop, paused, id, t))
+            .map(|(id, t)| match only {
+                Some(ids) if !ids.contains(&id) => idle_handle(id),
+                _ => self.spawn(name, &kind, &stats, &stop, paused, id, t),
+            })
             .collect::<Vec<_>>();
-        info!(connector = name, tasks = tasks.len(), "connector started");
-        Ok(Connector { spec, kind, stats, paused, stop, tasks, watcher })
+        let here: Option<BTreeSet<usize>> =
+            only.map(|ids| ids.iter().copied().filter(|id| *id < tasks.len()).collect());
+        let running_here = here.as_ref().map_or(tasks.len(), BTreeSet::len);
+        info!(connector = name, tasks = tasks.len(), here = running_here, "connector started");
+        Ok(Connector { spec, kind, stats, paused, stop, tasks, here, watcher })
     }
 
     /// Runs one task under a child token of `stop`, recording how it ends.
@@ -531,6 +686,19 @@ impl Worker {
         };
         self.inner.ended.notify_waiters();
         handle
+    }
+}
+
+/// A task that does not run here (not assigned to this worker, or stopped by
+/// [`Worker::set_tasks`]): [`TaskState::Unassigned`].
+fn idle_handle(id: usize) -> TaskHandle {
+    let (pause, _) = watch::channel(false);
+    TaskHandle {
+        id,
+        cancel: CancellationToken::new(),
+        pause,
+        join: None,
+        cell: Arc::new(Mutex::new(TaskCell::default())),
     }
 }
 
