@@ -247,7 +247,10 @@ mod tests {
         assert!(out["b"].revoked.contains(&TaskId::new("s", 0)));
     }
 
-    fn scenario() -> impl Strategy<Value = (Vec<usize>, usize, Vec<Vec<(usize, usize)>>)> {
+    /// Connector sizes, the number of workers, and each worker's claimed (connector, task)s.
+    type Scenario = (Vec<usize>, usize, Vec<Vec<(usize, usize)>>);
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
         (prop::collection::vec(0usize..9, 1..4), 1usize..5).prop_flat_map(|(sizes, w)| {
             let claims =
                 prop::collection::vec(prop::collection::vec((0usize..4, 0usize..10), 0..12), w..=w);

@@ -5,13 +5,21 @@
 //! on a [`Worker`](crate::runtime::Worker) ([`Herder`]).
 
 mod assign;
+mod herder;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use std::time::Duration;
+
 use crate::config::ConfigErrors;
+use crate::kafka::group::GroupTimeouts;
 
 pub use assign::{assign, MemberAssignment, MemberTasks, TaskId};
+pub use herder::{
+    Herder, HerderConfig, HerderError, StatusRecord, WorkerAssignment, WorkerMetadata,
+    PROTOCOL_NAME, PROTOCOL_TYPE, STATUS_TOPIC,
+};
 
 /// The `[cluster]` table: distributed mode. Without `group_id` (here or `connect run --group`)
 /// the process runs every task itself.
@@ -87,6 +95,15 @@ impl ClusterConfig {
             e.push("rebalance_timeout_ms", "must be at least session_timeout_ms");
         }
         e
+    }
+
+    /// The group membership's timeouts.
+    pub fn timeouts(&self) -> GroupTimeouts {
+        GroupTimeouts {
+            session: Duration::from_millis(self.session_timeout_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_interval_ms),
+            rebalance: Duration::from_millis(self.rebalance_timeout_ms),
+        }
     }
 
     /// `worker_id`, or `<hostname>-<pid>` (the host name from `HOSTNAME` or /etc/hostname).
