@@ -22,7 +22,7 @@ pub use connector::{
 };
 pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;
-pub use sink::{SinkEpoch, SinkRuntimeConfig, SinkTaskRuntime};
+pub use sink::{SinkEpoch, SinkGroupSettings, SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{StatsSnapshot, TaskStats};
 pub use worker::{

@@ -24,11 +24,15 @@
 //!   `stop`.
 //! * Paused (see [`SinkTaskRuntime::with_pause`]): no fetched record is taken and nothing more is
 //!   put; commits go on.
+//! * Epochs ([`SinkTaskRuntime::run_epochs`], how consumer group members run): one task
+//!   instance, `start`ed once, `open`s each assignment's partitions, drains and commits them as
+//!   at shutdown when the assignment ends, `close`s them, and is `stop`ped once at the end.
 
 mod commit;
 mod config;
 mod deliver;
 mod fetch;
+mod group;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
@@ -57,6 +61,8 @@ use commit::{
 pub use config::SinkRuntimeConfig;
 use deliver::{deliver, queue_for_put};
 use fetch::{fetch_loop, initial_offset, FetchMsg};
+pub(crate) use group::run_in_group;
+pub use group::SinkGroupSettings;
 
 /// Runs one sink task over a fixed set of partitions until shutdown or a fatal error.
 ///
@@ -196,6 +202,7 @@ impl SinkTaskRuntime {
             pause,
             commit_requests: &commit_requests,
             on_open: on_started.take(),
+            put_grace: None,
         };
         let result = env.epoch(&mut *task, &partitions, progress, epoch, shutdown).await;
         env.stop(&mut *task, result).await
@@ -204,8 +211,10 @@ impl SinkTaskRuntime {
     /// Runs the task through a sequence of assignments ("epochs", one per consumer-group
     /// generation): `start` once; then for every [`SinkEpoch`] received, its partitions are
     /// `open`ed and read from `offsets` of that epoch (else by the `start` rule) until its `end`
-    /// token is cancelled, drained as at shutdown (fetching stops, `flush`, `pre_commit`, the final
-    /// commit, within `shutdown_timeout_ms`) and `close`d, and `closed` is told; the SAME task
+    /// token is cancelled, drained (fetching stops; a `put` in progress may finish within half
+    /// `shutdown_timeout_ms`, so that what it handed on is committed rather than repeated by the
+    /// partition's next owner; then `flush`, `pre_commit` and the final commit within
+    /// `shutdown_timeout_ms`) and `close`d, and `closed` is told; the SAME task
     /// instance then opens the next epoch's partitions (Kafka Connect's `open`/`close`
     /// contract). `stop` is called once, when `shutdown` is cancelled or `epochs` is closed.
     ///
@@ -268,13 +277,19 @@ impl SinkTaskRuntime {
                     stop.cancelled().await;
                     return Ok(());
                 }
-                let progress = env.prepare(&partitions, &offsets).await.map_err(|e| env.tag(e))?;
+                // Loading offsets may wait on an unreachable Kafka: an epoch ended meanwhile
+                // simply opens nothing.
+                let progress = tokio::select! {
+                    p = env.prepare(&partitions, &offsets) => p.map_err(|e| env.tag(e))?,
+                    () = stop.cancelled() => return Ok(()),
+                };
                 let run = EpochRun {
                     store: &offsets,
                     added: &mut None,
                     pause: &mut base.pause,
                     commit_requests: &commit_requests,
                     on_open: None,
+                    put_grace: Some(Duration::from_millis(env.config.shutdown_timeout_ms / 2)),
                 };
                 env.epoch(&mut *task, &partitions, progress, run, stop.clone()).await
             };
@@ -335,6 +350,10 @@ struct EpochRun<'a> {
     commit_requests: &'a CommitRequester,
     /// Called once `open` succeeded.
     on_open: Option<OnStarted>,
+    /// `Some`: when the epoch ends, a `put` in progress may finish within this grace (what it
+    /// handed on is then committed, not repeated by the partition's next owner); `None`: it is
+    /// dropped at once.
+    put_grace: Option<Duration>,
 }
 
 impl Env {
@@ -407,7 +426,23 @@ impl Env {
         run: EpochRun<'_>,
         stop: CancellationToken,
     ) -> Result<()> {
-        let EpochRun { store, added, pause, commit_requests, on_open } = run;
+        let EpochRun { store, added, pause, commit_requests, on_open, put_grace } = run;
+        let put_stop = match put_grace {
+            None => stop.clone(),
+            Some(grace) => {
+                let (put_stop, stop) = (CancellationToken::new(), stop.clone());
+                let timer = put_stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = timer.cancelled() => {}
+                        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+                            timer.cancel();
+                        }
+                    }
+                });
+                put_stop
+            }
+        };
         let result = match task.open(partitions).await {
             Ok(()) => {
                 if let Some(f) = on_open {
@@ -423,6 +458,7 @@ impl Env {
                     progress: &mut progress,
                     fetchers: JoinSet::new(),
                     stop_fetchers: stop.child_token(),
+                    put_stop: put_stop.clone(),
                     fetch_tx: None,
                     saving: None,
                     queued: VecDeque::new(),
@@ -432,6 +468,7 @@ impl Env {
             Err(e) => Err(e),
         }
         .map_err(|e| self.tag(e));
+        put_stop.cancel();
         let mut reading: Vec<TopicPartition> = progress.consumed.keys().cloned().collect();
         reading.sort();
         if let Err(e) = task.close(&reading).await {
@@ -468,6 +505,8 @@ struct SinkDriver<'a> {
     progress: &'a mut Progress,
     fetchers: JoinSet<()>,
     stop_fetchers: CancellationToken,
+    /// Cancels a `put` in progress (the loop's stop, or a grace after it).
+    put_stop: CancellationToken,
     /// Kept while partitions can be added: their fetchers get a clone.
     fetch_tx: Option<mpsc::Sender<FetchMsg>>,
     /// One offset save in flight at a time, in its own task so that `put` goes on meanwhile.
@@ -546,7 +585,10 @@ impl<'a> SinkDriver<'a> {
                     }
                 }
                 Event::Fetched(msg) => self.on_fetched(msg),
-                Event::PutNext => self.put_next(task, &shutdown).await,
+                Event::PutNext => {
+                    let put_stop = self.put_stop.clone();
+                    self.put_next(task, &put_stop).await
+                }
             };
             if let Step::Break(outcome) = step {
                 break outcome;
