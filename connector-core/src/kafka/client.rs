@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,10 @@ struct Inner {
     connect_locks: Mutex<HashMap<(i32, Lane), ConnectLock>>,
     /// Metadata v4+ can say "do not auto-create"; older brokers cannot, and we stop asking.
     metadata_can_refuse_auto_create: AtomicBool,
+    /// The next [`Lane::Group`] number.
+    next_group_lane: AtomicU64,
+    /// The client id each open [`Lane::Group`] puts in its request headers.
+    group_lanes: Mutex<HashMap<u64, Arc<str>>>,
 }
 
 #[derive(Default)]
@@ -110,6 +114,8 @@ impl KafkaClient {
                 state: Mutex::new(State::default()),
                 connect_locks: Mutex::new(HashMap::new()),
                 metadata_can_refuse_auto_create: AtomicBool::new(true),
+                next_group_lane: AtomicU64::new(0),
+                group_lanes: Mutex::new(HashMap::new()),
             }),
         };
         let deadline = Instant::now() + client.inner.config.request_timeout();

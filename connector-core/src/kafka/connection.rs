@@ -167,6 +167,17 @@ pub(crate) async fn connect(
     config: &KafkaConfig,
     security: &Security,
 ) -> Result<Arc<Connection>> {
+    connect_as(addr, config, security, &config.client_id).await
+}
+
+/// [`connect`] with `client_id` in the request headers instead of the configured one (a group
+/// member's own connection: the coordinator lists members by client id).
+pub(crate) async fn connect_as(
+    addr: &str,
+    config: &KafkaConfig,
+    security: &Security,
+    client_id: &str,
+) -> Result<Arc<Connection>> {
     let timeout = config.connect_timeout();
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
@@ -201,8 +212,7 @@ pub(crate) async fn connect(
         }
     };
     let stream = BufReader::with_capacity(READ_BUFFER, CoalescingWriter::new(transport));
-    let mut messenger =
-        Messenger::new(stream, config.max_message_size, Arc::from(config.client_id.as_str()));
+    let mut messenger = Messenger::new(stream, config.max_message_size, Arc::from(client_id));
     match tokio::time::timeout(timeout, messenger.sync_versions()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

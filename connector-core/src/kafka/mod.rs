@@ -1,6 +1,6 @@
 //! Kafka I/O over rskafka's wire protocol: the [`KafkaClient`] broker pool and metadata cache, the
-//! batching [`Producer`], fetching, topic creation, the Java-compatible partitioner, and the
-//! `[kafka]` configuration.
+//! batching [`Producer`], fetching, topic creation, the Java-compatible partitioner, the group
+//! protocol client ([`group`]), and the `[kafka]` configuration.
 //!
 //! We use rskafka's request/response codecs and its pipelined request multiplexer, over a TCP
 //! transport of our own (with `TCP_NODELAY`, one write per request), and do batching,
@@ -12,6 +12,7 @@ mod connection;
 mod describe_configs;
 mod errors;
 mod fetch;
+pub mod group;
 mod partitioner;
 mod produce;
 mod producer;

@@ -58,7 +58,7 @@ pub(crate) mod messages {
 /// Protocol primitives.
 pub(crate) mod primitives {
     pub(crate) use rskafka::protocol::primitives::{
-        Array, Boolean, Int16, Int32, Int64, Int8, NullableString, Records, String_,
+        Array, Boolean, Bytes, Int16, Int32, Int64, Int8, NullableString, Records, String_,
     };
 }
 

@@ -20,8 +20,9 @@ const CLEANUP_POLICY: &str = "cleanup.policy";
 /// The only acceptable value of [`CLEANUP_POLICY`] (as Kafka Connect's `offset.storage.topic`).
 const COMPACT: &str = "compact";
 
-/// Offsets in a Kafka topic (default name `connect-offsets`), read once at first use up to the
-/// high watermark (keeping the last value of each key) and appended to on every save. Each save is
+/// Offsets in a Kafka topic (default name `connect-offsets`), read at first use up to the
+/// high watermark (keeping the last value of each key), read on from there at every later load
+/// (so offsets another process saved are seen) and appended to on every save. Each save is
 /// written as one batch to one partition. The topic is created with `cleanup.policy=compact`, so
 /// the broker keeps the latest offset of every key however long ago it was written; an existing
 /// topic that is not compacted is refused at start (where the broker describes topic configs).
@@ -41,7 +42,8 @@ const COMPACT: &str = "compact";
 pub struct KafkaOffsetStore {
     client: KafkaClient,
     topic: String,
-    cache: Mutex<Option<HashMap<String, OffsetMap>>>,
+    /// Every connector's offsets as read, and the topic offset the read reached.
+    cache: Mutex<Option<(HashMap<String, OffsetMap>, i64)>>,
 }
 
 impl KafkaOffsetStore {
@@ -94,45 +96,58 @@ impl KafkaOffsetStore {
         .with_topic(&*self.topic))
     }
 
-    async fn read_all(&self) -> Result<HashMap<String, OffsetMap>> {
+    /// Reads the topic from the start into a fresh cache.
+    async fn read_all(&self) -> Result<(HashMap<String, OffsetMap>, i64)> {
         self.ensure_topic().await?;
+        let start = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
+        let mut cache = (HashMap::new(), start);
+        self.catch_up(&mut cache).await?;
+        Ok(cache)
+    }
+
+    /// Reads what was appended since the cache was last brought up to date (by other processes
+    /// too: in distributed mode a task that moved here resumes from the offsets its previous
+    /// worker saved last).
+    async fn catch_up(&self, cache: &mut (HashMap<String, OffsetMap>, i64)) -> Result<()> {
+        let (out, offset) = (&mut cache.0, &mut cache.1);
         let end = self.client.end_offset(&self.topic, 0).await?;
-        let mut offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
-        // The high watermark is taken once: saves made while we read (there are none before the
-        // first load returns) are not chased, so the read ends. Only the last value of each key is
-        // kept, so memory follows the number of keys, not the topic's history.
-        let mut out: HashMap<String, OffsetMap> = HashMap::new();
+        if *offset > end {
+            // The topic was recreated: read it again from its start.
+            out.clear();
+            *offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
+        }
+        // The high watermark is taken once: saves made while we read are not chased, so the
+        // read ends. Only the last value of each key is kept, so memory follows the number of
+        // keys, not the topic's history.
         let stall_limit = self.client.config().request_timeout();
         let mut last_progress = std::time::Instant::now();
-        while offset < end {
+        while *offset < end {
             if last_progress.elapsed() > stall_limit {
                 return Err(Error::retriable(format!(
                     "offsets topic {} stopped returning records at offset {offset} of {end}",
                     self.topic
                 )));
             }
-            let fetched = match self
-                .client
-                .fetch(&self.topic, 0, offset, Duration::from_millis(100))
-                .await?
-            {
-                FetchResult::Records(f) => f,
-                FetchResult::OffsetOutOfRange => {
-                    return Err(Error::retriable(format!(
-                        "offsets topic {} changed while being read",
-                        self.topic
-                    )))
-                }
-            };
+            let fetched =
+                match self.client.fetch(&self.topic, 0, *offset, Duration::from_millis(100)).await?
+                {
+                    FetchResult::Records(f) => f,
+                    FetchResult::OffsetOutOfRange => {
+                        return Err(Error::retriable(format!(
+                            "offsets topic {} changed while being read",
+                            self.topic
+                        )))
+                    }
+                };
             for r in &fetched.records {
-                self.apply(&mut out, r.key.as_deref(), r.value.as_deref(), r.offset)?;
+                self.apply(out, r.key.as_deref(), r.value.as_deref(), r.offset)?;
             }
-            if fetched.next_offset > offset {
+            if fetched.next_offset > *offset {
                 last_progress = std::time::Instant::now();
             }
-            offset = fetched.next_offset.max(offset);
+            *offset = fetched.next_offset.max(*offset);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn apply(
@@ -178,10 +193,12 @@ impl KafkaOffsetStore {
 impl OffsetStore for KafkaOffsetStore {
     async fn load(&self, namespace: &str) -> Result<OffsetMap> {
         let mut cache = self.cache.lock().await;
-        if cache.is_none() {
-            *cache = Some(self.read_all().await?);
+        match cache.as_mut() {
+            // Not a stale copy: another worker may have saved since (its task moved here).
+            Some(c) => self.catch_up(c).await?,
+            None => *cache = Some(self.read_all().await?),
         }
-        Ok(cache.as_ref().and_then(|c| c.get(namespace)).cloned().unwrap_or_default())
+        Ok(cache.as_ref().and_then(|c| c.0.get(namespace)).cloned().unwrap_or_default())
     }
 
     async fn save(&self, namespace: &str, offsets: &OffsetMap) -> Result<()> {
@@ -209,7 +226,7 @@ impl OffsetStore for KafkaOffsetStore {
             .collect();
         self.client.produce(records).await?;
         if let Some(c) = cache.as_mut() {
-            c.entry(namespace.to_owned()).or_default().merge(offsets);
+            c.0.entry(namespace.to_owned()).or_default().merge(offsets);
         }
         Ok(())
     }

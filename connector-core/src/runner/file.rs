@@ -1,5 +1,5 @@
-//! The `connect` configuration file: `[kafka]`, `[offsets]`, `[progress]` and `[[connector]]`
-//! tables, read with every problem reported at its key path (`connector[0].qos: expected 0, 1 or
+//! The `connect` configuration file: `[kafka]`, `[offsets]`, `[progress]`, `[cluster]` and
+//! `[[connector]]` tables, read with every problem reported at its key path (`connector[0].qos: expected 0, 1 or
 //! 2`), all at once.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use crate::config::ConfigErrors;
 use crate::error_policy::ErrorPolicyConfig;
 use crate::kafka::KafkaConfig;
 use crate::runner::registry::{deserialize_lenient, BuiltConnector, ConnectorKind, Registry};
+use crate::runtime::cluster::ClusterConfig;
 use crate::runtime::{Pipeline, SinkRuntimeConfig, SourceRuntimeConfig};
 use crate::transform::TransformChain;
 
@@ -104,11 +105,17 @@ pub struct ConnectFile {
     pub offsets: OffsetsConfig,
     /// `[progress]`.
     pub progress: ProgressConfig,
+    /// `[cluster]` (its `group_id` possibly set by `connect run --group`).
+    pub cluster: ClusterConfig,
+    /// The hash every worker of a group must share: of the parsed file (`${VAR}`s expanded) in a
+    /// canonical form (keys sorted), without the per-worker keys (`[cluster].worker_id`). 16 hex
+    /// digits (FNV-1a, 64 bits: it tells configurations apart, it is not a signature).
+    pub config_hash: String,
     /// The `[[connector]]`s, in file order.
     pub connectors: Vec<ConnectorEntry>,
 }
 
-const TOP_LEVEL: [&str; 4] = ["kafka", "offsets", "progress", "connector"];
+const TOP_LEVEL: [&str; 5] = ["kafka", "offsets", "progress", "cluster", "connector"];
 /// Keys of a `[[connector]]` table the runner handles; the rest belongs to the connector type.
 const COMMON: [&str; 8] = [
     "name",
@@ -127,12 +134,26 @@ impl ConnectFile {
     /// # Errors
     /// Every problem, each with its key path; an unreadable file is one error naming it.
     pub fn load(path: &Path, registry: &Registry) -> Result<Self, ConfigErrors> {
+        Self::load_with_group(path, registry, None)
+    }
+
+    /// [`load`](Self::load), with the worker group set to `group` (`connect run --group`)
+    /// whatever `[cluster].group_id` says; checked with the rest (a group needs
+    /// `offsets.store = "kafka"`).
+    ///
+    /// # Errors
+    /// Every problem, each with its key path; an unreadable file is one error naming it.
+    pub fn load_with_group(
+        path: &Path,
+        registry: &Registry,
+        group: Option<&str>,
+    ) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let mut errors = ConfigErrors::new();
             errors.push("", format!("cannot read {}: {e}", path.display()));
             errors
         })?;
-        Self::parse(&text, registry)
+        Self::parse_with_group(&text, registry, group)
     }
 
     /// Parses and validates configuration text.
@@ -155,6 +176,28 @@ impl ConnectFile {
     /// # Errors
     /// Every problem, each with its key path.
     pub fn parse(text: &str, registry: &Registry) -> Result<Self, ConfigErrors> {
+        Self::parse_with_group(text, registry, None)
+    }
+
+    /// [`parse`](Self::parse), with the worker group set to `group` (see
+    /// [`load_with_group`](Self::load_with_group)).
+    ///
+    /// ```
+    /// use connector_core::runner::{ConnectFile, Registry};
+    /// let text = "[kafka]\nbootstrap_servers = [\"k:9092\"]\n";
+    /// let errors = ConnectFile::parse_with_group(text, &Registry::new(), Some("workers"))
+    ///     .unwrap_err()
+    ///     .to_string();
+    /// assert!(errors.contains("offsets.store: distributed mode needs store = \"kafka\""), "{errors}");
+    /// ```
+    ///
+    /// # Errors
+    /// Every problem, each with its key path.
+    pub fn parse_with_group(
+        text: &str,
+        registry: &Registry,
+        group: Option<&str>,
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = ConfigErrors::new();
         let root: toml::Table = match toml::from_str(text) {
             Ok(t) => t,
@@ -179,9 +222,16 @@ impl ConnectFile {
             if !TOP_LEVEL.contains(&key.as_str()) {
                 // The empty key (`'' = 1`) is written `""` so that the error still has a path.
                 let path = if key.is_empty() { "\"\"".to_owned() } else { key.clone() };
-                errors.push(path, "unknown key (expected kafka, offsets, progress, connector)");
+                errors.push(
+                    path,
+                    "unknown key (expected kafka, offsets, progress, cluster, connector)",
+                );
             }
         }
+        let config_hash = config_hash(&root);
+        // Known even when [cluster] has other problems, so that this one is reported with them.
+        let grouped = group.is_some()
+            || root.get("cluster").and_then(|c| c.get("group_id")).is_some_and(Value::is_string);
 
         let kafka = match root.remove("kafka") {
             Some(Value::Object(t)) => {
@@ -217,6 +267,31 @@ impl ConnectFile {
             None => Some(ProgressConfig::default()),
         };
 
+        let cluster = match root.remove("cluster") {
+            Some(Value::Object(t)) => {
+                section::<ClusterConfig>(t, "cluster", &mut errors, ClusterConfig::validate)
+            }
+            Some(_) => {
+                errors.push("cluster", "expected a table");
+                None
+            }
+            None => Some(ClusterConfig::default()),
+        };
+        let cluster = cluster.map(|mut c| {
+            if let Some(g) = group {
+                c.group_id = Some(g.to_owned());
+            }
+            c
+        });
+        if let Some(o) = &offsets {
+            if grouped && o.store != OffsetStoreKind::Kafka {
+                errors.push(
+                    "offsets.store",
+                    "distributed mode needs store = \"kafka\" (every worker of the group reads and writes source offsets there; a [cluster] group_id or --group is set)",
+                );
+            }
+        }
+
         let mut connectors = Vec::new();
         match root.remove("connector") {
             Some(Value::Array(items)) if !items.is_empty() => {
@@ -238,13 +313,82 @@ impl ConnectFile {
             Some(_) => errors.push("connector", "expected [[connector]] tables"),
         }
 
-        match (kafka, offsets, progress) {
-            (Some(kafka), Some(offsets), Some(progress)) if errors.is_empty() => {
-                Ok(Self { kafka, offsets, progress, connectors })
+        match (kafka, offsets, progress, cluster) {
+            (Some(kafka), Some(offsets), Some(progress), Some(cluster)) if errors.is_empty() => {
+                Ok(Self { kafka, offsets, progress, cluster, config_hash, connectors })
             }
             _ => Err(errors),
         }
     }
+}
+
+/// The configuration's hash: the parsed file without `[cluster].worker_id`, `${VAR}`s expanded,
+/// written with sorted keys, hashed with 64-bit FNV-1a.
+fn config_hash(root: &Map<String, Value>) -> String {
+    let mut root = root.clone();
+    if let Some(Value::Object(c)) = root.get_mut("cluster") {
+        c.remove("worker_id");
+    }
+    let mut text = String::new();
+    canonical(&Value::Object(root), &mut text);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// `v` as JSON with every object's keys sorted and `${VAR}`s in strings expanded.
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(v) = m.get(k) {
+                    canonical(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v, out);
+            }
+            out.push(']');
+        }
+        Value::String(s) => out.push_str(&Value::String(expand_env(s)).to_string()),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// `s` with each `${VAR}` whose variable is set replaced by its value.
+fn expand_env(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start + 2..].find('}') else { break };
+        let name = &rest[start + 2..start + 2 + len];
+        out.push_str(&rest[..start]);
+        match std::env::var(name) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => out.push_str(&rest[start..start + 3 + len]),
+        }
+        rest = &rest[start + 3 + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn validate_offsets(o: &OffsetsConfig) -> ConfigErrors {
@@ -633,6 +777,34 @@ mod tests {
             assert!(got.iter().any(|p| p.starts_with(expected)), "{expected:?} in {got:#?}");
         }
         assert_eq!(got.len(), 9, "{got:#?}");
+    }
+
+    #[test]
+    fn the_config_hash_ignores_the_worker_id_key_order_and_formatting_but_not_values() {
+        let base = "[kafka]\nbootstrap_servers = [\"localhost:9092\"]\n[offsets]\nstore = \"kafka\"\n[cluster]\ngroup_id = \"g\"\nworker_id = \"a\"\n[[connector]]\nname = \"t\"\ntype = \"ticker\"\ntopic = \"ok\"\n";
+        let other_worker = "[cluster]\nworker_id = \"b\"\ngroup_id = \"g\"\n[offsets]\nstore = \"kafka\"\n[kafka]\nbootstrap_servers = [ \"localhost:9092\" ]\n[[connector]]\ntopic = \"ok\"\nname = \"t\"\ntype = \"ticker\"\n";
+        let other_topic = base.replace("topic = \"ok\"", "topic = \"ko\"");
+        let hash = |t: &str| ConnectFile::parse(t, &registry()).unwrap().config_hash;
+        assert_eq!(hash(base), hash(other_worker));
+        assert_ne!(hash(base), hash(&other_topic));
+        assert_eq!(hash(base).len(), 16);
+    }
+
+    #[test]
+    fn a_group_with_a_file_store_is_reported_with_the_other_errors() {
+        let got = problems(
+            "[kafka]\nbootstrap_servers = [\"localhost:9092\"]\n[cluster]\ngroup_id = \"g\"\nheartbeat_interval_ms = 20000\n[[connector]]\nname = \"t\"\ntype = \"ticker\"\ntopic = \"bad topic\"\n",
+        );
+        for expected in [
+            "cluster.heartbeat_interval_ms: must be above 0 and below session_timeout_ms",
+            "offsets.store: distributed mode needs store = \"kafka\"",
+            "connector[0].topic:",
+        ] {
+            assert!(got.iter().any(|p| p.starts_with(expected)), "{expected:?} in {got:#?}");
+        }
+        let text = "[kafka]\nbootstrap_servers = [\"localhost:9092\"]\n[[connector]]\nname = \"t\"\ntype = \"ticker\"\ntopic = \"ok\"\n";
+        let e = ConnectFile::parse_with_group(text, &registry(), Some("g")).unwrap_err();
+        assert!(e.to_string().contains("offsets.store: distributed mode"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The runner behind the `connect` binary: connector types registered by name ([`Registry`]),
 //! the configuration file ([`ConnectFile`]: `[kafka]`, `[offsets]`, `[progress]`,
-//! `[[connector]]`) read with every problem reported at its key path, its JSON Schema and the
-//! Markdown reference generated from it, and [`run`], which runs every connector until shutdown.
+//! `[cluster]`, `[[connector]]`) read with every problem reported at its key path, its JSON
+//! Schema and the Markdown reference generated from it, [`run`], which runs every connector
+//! until shutdown (or this worker's share of a worker group's tasks), and [`cluster_status`].
 //!
 //! An application builds its own runner by registering its connector types next to the
 //! built-in ones and calling [`ConnectFile::load`] and [`run`].
@@ -10,8 +11,10 @@ mod file;
 mod registry;
 mod run;
 mod schema;
+mod status;
 
 pub use file::{ConnectFile, ConnectorEntry, OffsetStoreKind, OffsetsConfig, ProgressConfig};
 pub use registry::{BuiltConnector, ConnectorKind, Registry};
 pub use run::run;
 pub use schema::{file_schema, markdown};
+pub use status::{cluster_status, ClusterStatus, SinkGroupStatus, SinkMemberStatus, WorkerStatus};

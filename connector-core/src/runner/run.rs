@@ -1,5 +1,6 @@
 //! Running a configuration: every connector on one [`Worker`], a periodic progress line per
-//! connector, and the first failing task stopping everything gracefully.
+//! connector, and the first failing task stopping everything gracefully; or, with a worker
+//! group (`[cluster] group_id`), this process's share of the tasks through a [`Herder`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use tracing::{error, info};
 use crate::kafka::KafkaClient;
 use crate::offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetStore};
 use crate::runner::file::{ConnectFile, OffsetStoreKind};
+use crate::runtime::cluster::{Herder, HerderConfig};
 use crate::runtime::{ConnectorSpec, StatsSnapshot, TaskStats, Worker, WorkerError};
 use crate::{Error, Result};
 
@@ -40,6 +42,9 @@ struct Tracked {
 /// Kafka unreachable at start (after the bounded retry of [`KafkaClient::connect`]), an offsets
 /// store that cannot be opened, or the first connector's fatal error.
 pub async fn run(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
+    if file.cluster.group_id.is_some() {
+        return run_distributed(file, shutdown).await;
+    }
     let client = KafkaClient::connect(file.kafka.clone()).await?;
     let offsets: Arc<dyn OffsetStore> = match file.offsets.store {
         OffsetStoreKind::File => Arc::new(FileOffsetStore::open(&file.offsets.path).await?),
@@ -101,6 +106,68 @@ pub async fn run(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
         r.abort();
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Distributed mode: this process is one worker of the group and runs the tasks the group's
+/// leader gives it. A failing task stays failed on this worker (Kafka Connect's semantics) and
+/// the worker goes on; a worker refused by the group (another configuration) stops with the
+/// refusal as its error.
+async fn run_distributed(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
+    let Some(group_id) = file.cluster.group_id.clone() else {
+        return Err(Error::fatal("distributed mode without a group id"));
+    };
+    let client = KafkaClient::connect(file.kafka.clone()).await?;
+    // Validated with the file: a group always keeps source offsets in Kafka.
+    let offsets: Arc<dyn OffsetStore> =
+        Arc::new(KafkaOffsetStore::new(client.clone(), file.offsets.topic.clone()));
+    let worker_id = file.cluster.worker_id();
+    // SINK-GROUPS (helper C): sink tasks of a worker group are members of consumer group
+    // `connect-<connector>`; this is the one call site of `Worker::with_sink_groups`.
+    let worker = Worker::new(client.clone(), offsets);
+    let config = HerderConfig {
+        group_id,
+        worker_id,
+        config_hash: file.config_hash.clone(),
+        timeouts: file.cluster.timeouts(),
+    };
+    let mut connectors = Vec::new();
+    let mut tracked = Vec::new();
+    for entry in file.connectors {
+        tracked.push((entry.name.clone(), entry.type_name.clone()));
+        let spec = ConnectorSpec::new(entry.connector, entry.source_runtime, entry.sink_runtime);
+        connectors.push((entry.name, spec));
+    }
+    let stop = CancellationToken::new();
+    let interval = Duration::from_secs(file.progress.interval_secs);
+    let reporter = (!interval.is_zero()).then(|| {
+        let (worker, stop) = (worker.clone(), stop.clone());
+        tokio::spawn(async move {
+            // The connectors start inside the herder; their counters exist once they run.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while worker.connectors().len() < tracked.len() && Instant::now() < deadline {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            let tracked = tracked
+                .into_iter()
+                .map(|(name, type_name)| Tracked {
+                    stats: worker.stats(&name).unwrap_or_default(),
+                    name,
+                    type_name,
+                    last: StatsSnapshot::default(),
+                })
+                .collect();
+            report_progress(tracked, interval, stop).await;
+        })
+    });
+    let result = Herder::new(worker, client, config).run(connectors, shutdown).await;
+    stop.cancel();
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    result.map_err(Error::from)
 }
 
 async fn report_progress(mut tracked: Vec<Tracked>, interval: Duration, stop: CancellationToken) {

@@ -1,10 +1,11 @@
 //! The runtime that drives tasks: [`SourceTaskRuntime`] (poll → Kafka → ordered finalizer →
 //! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
 //! the connector-level runtimes ([`SourceRuntime`], [`SinkRuntime`]), the [`Worker`] that
-//! manages connectors and their tasks at run time, the [`OrderedFinalizer`], and [`TaskStats`]
+//! manages connectors and their tasks at run time, the worker group ([`cluster`]), the [`OrderedFinalizer`], and [`TaskStats`]
 //! for progress reports.
 
 mod assignment;
+pub mod cluster;
 mod commit_request;
 mod connector;
 mod finalizer;
@@ -22,7 +23,7 @@ pub use connector::{
 };
 pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;
-pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};
+pub use sink::{SinkEpoch, SinkGroupSettings, SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{StatsSnapshot, TaskStats};
 pub use worker::{

@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! connect run --config FILE       run every connector until SIGINT/SIGTERM, then drain; exit 0
+//!   [--group ID] [--worker-id ID]   as one worker of a worker group (distributed mode)
+//! connect status --config FILE    the worker group's generation and which worker runs which task
+//!   [--group ID] [--json]
 //! connect validate --config FILE  exit 0 if valid, else print each problem with its key path
 //! connect schema [--markdown]     print the JSON Schema of the configuration file
 //! ```
@@ -12,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use connector_core::runner::{file_schema, markdown, run, ConnectFile};
+use connector_core::runner::{cluster_status, file_schema, markdown, run, ConnectFile};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -34,6 +37,25 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Run as a worker of this worker group (sets `[cluster] group_id`).
+        #[arg(long)]
+        group: Option<String>,
+        /// This worker's id in the group (sets `[cluster] worker_id`; default `<hostname>-<pid>`).
+        #[arg(long)]
+        worker_id: Option<String>,
+    },
+    /// Show the worker group: its generation, which worker runs which task, and which sink
+    /// task reads which partitions.
+    Status {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The worker group (default: the file's `[cluster] group_id`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the file; print each problem with its key path.
     Validate {
@@ -68,8 +90,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &Path) -> Result<ConnectFile, ExitCode> {
-    ConnectFile::load(path, &connector_runner::builtin_registry()).map_err(|errors| {
+fn load(path: &Path, group: Option<&str>) -> Result<ConnectFile, ExitCode> {
+    let registry = connector_runner::builtin_registry();
+    ConnectFile::load_with_group(path, &registry, group).map_err(|errors| {
         for e in errors {
             eprintln!("{e}");
         }
@@ -95,26 +118,50 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Validate { config } => match load(&config) {
+        Command::Validate { config } => match load(&config, None) {
             Ok(file) => {
                 println!("{}: valid, {} connector(s)", config.display(), file.connectors.len());
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         },
-        Command::Run { config, log_format } => {
-            let file = match load(&config) {
+        Command::Status { config, group, json } => {
+            let file = match load(&config, group.as_deref()) {
                 Ok(f) => f,
                 Err(code) => return code,
             };
-            init_logging(log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("connect: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
+            match runtime.block_on(cluster_status(&file)) {
+                Ok(status) if json => match serde_json::to_string(&status) {
+                    Ok(s) => {
+                        println!("{s}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("connect: cannot print the status: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(status) => {
+                    print!("{status}");
+                    ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("connect: {}", e.report().replace('\n', " "));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config, log_format, group, worker_id } => {
+            let mut file = match load(&config, group.as_deref()) {
+                Ok(f) => f,
+                Err(code) => return code,
             };
+            if let Some(id) = worker_id.filter(|w| !w.trim().is_empty()) {
+                file.cluster.worker_id = Some(id);
+            }
+            init_logging(log_format);
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
             let result = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -129,6 +176,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("connect: cannot start the async runtime: {e}");
+            None
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and reusing connections, the request timeout, and dropping a connection that failed.
 
 use std::io::Cursor;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::kafka::wire::messages::{
@@ -11,7 +12,7 @@ use crate::kafka::wire::messenger::RequestError;
 use tracing::debug;
 
 use super::{KafkaClient, State};
-use crate::kafka::connection::{connect, Connection};
+use crate::kafka::connection::{connect, connect_as, Connection};
 use crate::kafka::errors::request_error;
 use crate::{Error, Result};
 
@@ -19,8 +20,9 @@ use crate::{Error, Result};
 ///
 /// A broker answers the requests of one connection in order, so a fetch that waits up to
 /// `fetch_max_wait_ms` for data would hold up every produce request queued behind it on the same
-/// connection. Produce requests, control requests (metadata, offsets, topic creation) and the
-/// fetches of each partition therefore use separate connections.
+/// connection. Produce requests, control requests (metadata, offsets, topic creation), the
+/// fetches of each partition and the JoinGroup/SyncGroup requests of each group member (which
+/// the coordinator may hold for up to the rebalance timeout) therefore use separate connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Lane {
     /// Metadata, list offsets, create topics.
@@ -29,6 +31,9 @@ pub(crate) enum Lane {
     Produce,
     /// Fetches of one partition (keyed by a hash of topic and partition).
     Fetch(u64),
+    /// JoinGroup, SyncGroup, Heartbeat and LeaveGroup of one group member (keyed by a number
+    /// unique to the member); closed with [`KafkaClient::close_lane`] when the member goes.
+    Group(u64),
 }
 
 /// Where a request goes: a known broker id on a lane, or whatever connection metadata uses.
@@ -53,7 +58,63 @@ impl KafkaClient {
         self.request(Target::Node(node, lane), request).await
     }
 
+    /// Sends `request` to broker `node` on `lane`, waiting up to `timeout` for the answer instead
+    /// of the request timeout (for requests the broker may hold, such as JoinGroup).
+    pub(crate) async fn request_node_within<R>(
+        &self,
+        node: i32,
+        lane: Lane,
+        request: R,
+        timeout: std::time::Duration,
+    ) -> Result<R::ResponseBody>
+    where
+        R: RequestBody + Send + WriteVersionedType<Vec<u8>>,
+        R::ResponseBody: ReadVersionedType<Cursor<Vec<u8>>>,
+    {
+        self.request_within(Target::Node(node, lane), request, timeout).await
+    }
+
+    /// Sends `request` to whatever connection metadata uses (any broker can answer it).
+    pub(crate) async fn request_any<R>(&self, request: R) -> Result<R::ResponseBody>
+    where
+        R: RequestBody + Send + WriteVersionedType<Vec<u8>>,
+        R::ResponseBody: ReadVersionedType<Cursor<Vec<u8>>>,
+    {
+        self.request(Target::Any, request).await
+    }
+
+    /// A new [`Lane::Group`] whose connections carry `client_id` in their request headers (the
+    /// coordinator shows it in DescribeGroups). Close it with [`close_lane`](Self::close_lane).
+    pub(crate) fn open_group_lane(&self, client_id: &str) -> Lane {
+        let n = self.inner.next_group_lane.fetch_add(1, Ordering::Relaxed);
+        self.inner.group_lanes.lock().insert(n, Arc::from(client_id));
+        Lane::Group(n)
+    }
+
+    /// Closes the connections of `lane` to every broker (a group member that went away).
+    pub(crate) fn close_lane(&self, lane: Lane) {
+        self.inner.state.lock().conns.retain(|(_, l), _| *l != lane);
+        self.inner.connect_locks.lock().retain(|(_, l), _| *l != lane);
+        if let Lane::Group(n) = lane {
+            self.inner.group_lanes.lock().remove(&n);
+        }
+    }
+
     pub(super) async fn request<R>(&self, target: Target, request: R) -> Result<R::ResponseBody>
+    where
+        R: RequestBody + Send + WriteVersionedType<Vec<u8>>,
+        R::ResponseBody: ReadVersionedType<Cursor<Vec<u8>>>,
+    {
+        let timeout = self.inner.config.request_timeout();
+        self.request_within(target, request, timeout).await
+    }
+
+    async fn request_within<R>(
+        &self,
+        target: Target,
+        request: R,
+        timeout: std::time::Duration,
+    ) -> Result<R::ResponseBody>
     where
         R: RequestBody + Send + WriteVersionedType<Vec<u8>>,
         R::ResponseBody: ReadVersionedType<Cursor<Vec<u8>>>,
@@ -65,7 +126,6 @@ impl KafkaClient {
             }
             Target::Any => self.any_connection().await?,
         };
-        let timeout = self.inner.config.request_timeout();
         let outcome = tokio::time::timeout(timeout, conn.request(request)).await;
         let err = match outcome {
             Ok(Ok(response)) => return Ok(response),
@@ -111,7 +171,14 @@ impl KafkaClient {
             return Ok((addr, conn));
         }
         debug!(node, addr, ?lane, "connecting to Kafka broker");
-        let conn = connect(&addr, &self.inner.config, &self.inner.security).await?;
+        let client_id = match lane {
+            Lane::Group(n) => self.inner.group_lanes.lock().get(&n).cloned(),
+            _ => None,
+        };
+        let conn = match client_id {
+            Some(id) => connect_as(&addr, &self.inner.config, &self.inner.security, &id).await?,
+            None => connect(&addr, &self.inner.config, &self.inner.security).await?,
+        };
         self.inner.state.lock().conns.insert((node, lane), Arc::clone(&conn));
         Ok((addr, conn))
     }

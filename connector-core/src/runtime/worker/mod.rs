@@ -8,7 +8,7 @@
 
 mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -29,7 +29,7 @@ use crate::runtime::connector::{
     assign_round_robin, sink_partitions, source_task_config, watch_partitions, Assignment,
     DEFAULT_MAX_TASKS,
 };
-use crate::runtime::sink::{SinkRuntimeConfig, SinkTaskRuntime};
+use crate::runtime::sink::{run_in_group, SinkGroupSettings, SinkRuntimeConfig, SinkTaskRuntime};
 use crate::runtime::source::{SourceRuntimeConfig, SourceTaskRuntime};
 use crate::runtime::stats::TaskStats;
 use crate::sink::{DynSinkConnector, SinkTask};
@@ -88,6 +88,8 @@ struct Inner {
     ended: Arc<Notify>,
     /// Orders failures.
     failures: Arc<AtomicU64>,
+    /// Set by [`Worker::with_sink_groups`]: sink tasks are consumer group members.
+    sink_groups: Mutex<Option<SinkGroupSettings>>,
 }
 
 /// A running connector.
@@ -100,6 +102,8 @@ struct Connector {
     /// Parent of the tasks' tokens and the partition watcher's.
     stop: CancellationToken,
     tasks: Vec<TaskHandle>,
+    /// The tasks meant to run here (`None`: all of them).
+    here: Option<BTreeSet<usize>>,
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -153,8 +157,33 @@ impl Worker {
                 ops: tokio::sync::Mutex::new(false),
                 ended: Arc::new(Notify::new()),
                 failures: Arc::new(AtomicU64::new(0)),
+                sink_groups: Mutex::new(None),
             }),
         }
+    }
+
+    /// Makes every sink task of this worker (started from now on) a member of the Kafka consumer
+    /// group `connect-<connector>`, the standard way (protocol `consumer`/`range`, member client
+    /// id `<worker id>/<connector>-<task>`): the group, not this worker, spreads the partitions
+    /// over the tasks of every worker running the connector; offsets are loaded from and
+    /// committed to the group (`OffsetCommit` with the generation), not to this worker's offset
+    /// store; on a rebalance a task drains and commits, `close`s its partitions and `open`s its
+    /// new ones. Without it, a sink's partitions are dealt round-robin to its tasks.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// use connector_core::kafka::group::GroupTimeouts;
+    /// use connector_core::runtime::{SinkGroupSettings, Worker};
+    ///
+    /// # fn example(client: connector_core::kafka::KafkaClient) {
+    /// let settings = SinkGroupSettings { timeouts: GroupTimeouts::default(), worker_id: "w1".into() };
+    /// let worker = Worker::new(client, Arc::new(connector_core::MemoryOffsetStore::new()))
+    ///     .with_sink_groups(settings);
+    /// # }
+    /// ```
+    pub fn with_sink_groups(self, settings: SinkGroupSettings) -> Self {
+        *self.inner.sink_groups.lock() = Some(settings);
+        self
     }
 
     /// Starts connector `name`: creates its tasks and runs them (a sink's topics are created if
@@ -165,6 +194,38 @@ impl Worker {
     /// A name that runs already, too many connectors, a worker shut down, or the connector
     /// failing to create its tasks or reach its topics ([`WorkerError::Start`]).
     pub async fn start(&self, name: &str, spec: ConnectorSpec) -> Result<(), WorkerError> {
+        self.start_subset(name, spec, None).await
+    }
+
+    /// Starts connector `name` running only its tasks `tasks` here (a worker of a group runs its
+    /// share; the others show [`TaskState::Unassigned`]). Ids the connector does not have are
+    /// ignored. [`start`](Self::start) is this with every task.
+    ///
+    /// ```no_run
+    /// # async fn example(worker: connector_core::runtime::Worker, spec: connector_core::runtime::ConnectorSpec) -> Result<(), connector_core::runtime::WorkerError> {
+    /// worker.start_tasks("telemetry", spec, &[0, 2]).await?;
+    /// worker.set_tasks("telemetry", &[1]).await?; // 0 and 2 drain and stop, 1 starts
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_tasks(
+        &self,
+        name: &str,
+        spec: ConnectorSpec,
+        tasks: &[usize],
+    ) -> Result<(), WorkerError> {
+        self.start_subset(name, spec, Some(tasks)).await
+    }
+
+    async fn start_subset(
+        &self,
+        name: &str,
+        spec: ConnectorSpec,
+        tasks: Option<&[usize]>,
+    ) -> Result<(), WorkerError> {
         let ops = self.inner.ops.lock().await;
         if *ops {
             return Err(WorkerError::ShutDown);
@@ -178,9 +239,121 @@ impl Worker {
                 return Err(WorkerError::TooManyConnectors(MAX_CONNECTORS));
             }
         }
-        let connector = self.launch(name, spec, Arc::new(TaskStats::new()), false).await?;
+        let connector = self.launch(name, spec, Arc::new(TaskStats::new()), false, tasks).await?;
         self.inner.connectors.lock().insert(name.to_owned(), connector);
         Ok(())
+    }
+
+    /// How many tasks connector `spec` has (its `task_configs(max_tasks)`), without running
+    /// any: what a group leader deals out.
+    ///
+    /// # Errors
+    /// The connector failing to create its tasks ([`WorkerError::Start`]).
+    pub fn task_count(&self, spec: &ConnectorSpec) -> Result<usize, WorkerError> {
+        let n = match spec {
+            ConnectorSpec::Source { connector, .. } => {
+                connector.create_tasks(self.inner.max_tasks)?.len()
+            }
+            ConnectorSpec::Sink { connector, .. } => {
+                connector.create_tasks(self.inner.max_tasks)?.len()
+            }
+        };
+        Ok(n)
+    }
+
+    /// Makes `tasks` the tasks of connector `name` that run here: those running and not listed
+    /// drain (acknowledgements in, offsets committed, then `stop`; bounded as in
+    /// [`stop`](Self::stop)) and become [`TaskState::Unassigned`], then the listed ones not
+    /// running are created and started (from the committed offsets). A listed task that failed
+    /// stays [`TaskState::Failed`]. Ids the connector does not have are ignored.
+    ///
+    /// # Errors
+    /// [`WorkerError::UnknownConnector`], or the connector failing to create a task
+    /// ([`WorkerError::Start`]; that task is then reported failed, the others are started).
+    ///
+    /// # Cancellation
+    /// Runs in a task of its own: dropping the future does not cut a drain short.
+    pub async fn set_tasks(&self, name: &str, tasks: &[usize]) -> Result<(), WorkerError> {
+        let (worker, name, tasks) = (self.clone(), name.to_owned(), tasks.to_vec());
+        tokio::spawn(async move { worker.set_tasks_now(&name, &tasks).await }).await.unwrap_or_else(
+            |e| Err(WorkerError::Start(Error::fatal("a worker operation panicked").with_source(e))),
+        )
+    }
+
+    async fn set_tasks_now(&self, name: &str, tasks: &[usize]) -> Result<(), WorkerError> {
+        let _ops = self.inner.ops.lock().await;
+        let wanted: BTreeSet<usize> = tasks.iter().copied().collect();
+        // Those to stop: handed over (joins taken under the lock, awaited outside it).
+        let (mut stopping, to_start, kind, stats, stop, paused, bound) = {
+            let mut map = self.inner.connectors.lock();
+            let c = map.get_mut(name).ok_or_else(|| WorkerError::UnknownConnector(name.into()))?;
+            let mut stopping = Vec::new();
+            let mut to_start = Vec::new();
+            for t in &mut c.tasks {
+                let here = c.here.as_ref().is_none_or(|h| h.contains(&t.id));
+                match (wanted.contains(&t.id), here) {
+                    (false, true) => {
+                        t.cancel.cancel();
+                        stopping.push((t.id, t.join.take()));
+                    }
+                    (true, false) => to_start.push(t.id),
+                    _ => {}
+                }
+            }
+            c.here = Some(wanted.iter().copied().filter(|id| *id < c.tasks.len()).collect());
+            let bound = c.spec.drain_bound();
+            (
+                stopping,
+                to_start,
+                c.kind.clone(),
+                Arc::clone(&c.stats),
+                c.stop.clone(),
+                c.paused,
+                bound,
+            )
+        };
+        futures::future::join_all(stopping.iter_mut().filter_map(|(id, join)| {
+            let join = join.take()?;
+            Some(join_bounded(name, *id, join, bound))
+        }))
+        .await;
+        for (id, _) in &stopping {
+            self.replace(name, idle_handle(*id));
+        }
+        let mut first_error = None;
+        if !to_start.is_empty() {
+            let mut created = match &kind {
+                Kind::Source(c, _) => c
+                    .create_tasks(self.inner.max_tasks)
+                    .map(|v| v.into_iter().map(Created::Source).map(Some).collect::<Vec<_>>()),
+                Kind::Sink(c, _, _) => c
+                    .create_tasks(self.inner.max_tasks)
+                    .map(|v| v.into_iter().map(Created::Sink).map(Some).collect::<Vec<_>>()),
+            };
+            for id in &to_start {
+                let task = match &mut created {
+                    Ok(all) => all.get_mut(*id).and_then(Option::take).ok_or_else(|| {
+                        Error::fatal(format!(
+                            "connector {name} created fewer than {} tasks",
+                            id + 1
+                        ))
+                    }),
+                    Err(e) => Err(e.clone()),
+                };
+                let handle = match task {
+                    Ok(t) => self.spawn(name, &kind, &stats, &stop, paused, *id, t),
+                    Err(e) => {
+                        let e = e.with_connector(name).with_task(*id);
+                        first_error.get_or_insert_with(|| e.clone());
+                        self.failed_handle(*id, e)
+                    }
+                };
+                self.replace(name, handle);
+            }
+        }
+        let stopped: Vec<usize> = stopping.iter().map(|(id, _)| *id).collect();
+        info!(connector = name, ?stopped, started = ?to_start, "tasks reassigned");
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     /// Stops connector `name`: each task drains (polling or fetching stops, what is in flight is
@@ -243,8 +416,10 @@ impl Worker {
         let connector = self.take(name)?;
         let (spec, stats, paused) =
             (connector.spec.clone(), Arc::clone(&connector.stats), connector.paused);
+        // Only the tasks that ran here run again (a worker of a group runs its share).
+        let here: Option<Vec<usize>> = connector.here.as_ref().map(|h| h.iter().copied().collect());
         drain(name, connector).await;
-        let connector = self.launch(name, spec, stats, paused).await?;
+        let connector = self.launch(name, spec, stats, paused, here.as_deref()).await?;
         self.inner.connectors.lock().insert(name.to_owned(), connector);
         Ok(())
     }
@@ -418,6 +593,7 @@ impl Worker {
         spec: ConnectorSpec,
         stats: Arc<TaskStats>,
         paused: bool,
+        only: Option<&[usize]>,
     ) -> Result<Connector, WorkerError> {
         let inner = &self.inner;
         let stop = CancellationToken::new();
@@ -434,7 +610,11 @@ impl Worker {
                 let tasks =
                     connector.create_tasks(inner.max_tasks).map_err(|e| e.with_connector(name))?;
                 let known = partitions.iter().cloned().collect();
-                let assignment = Assignment::new(assign_round_robin(partitions, tasks.len()));
+                // In a consumer group the group assigns; nothing is dealt (nor watched) here.
+                let grouped = inner.sink_groups.lock().is_some();
+                let buckets =
+                    if grouped { Vec::new() } else { assign_round_robin(partitions, tasks.len()) };
+                let assignment = Assignment::new(buckets);
                 let config = SinkRuntimeConfig { start: connector.start_from(), ..config.clone() };
                 let watcher = tokio::spawn(watch_partitions(
                     Arc::from(name),
@@ -451,10 +631,16 @@ impl Worker {
         let tasks = created
             .into_iter()
             .enumerate()
-            .map(|(id, t)| self.spawn(name, &kind, &stats, &stop, paused, id, t))
+            .map(|(id, t)| match only {
+                Some(ids) if !ids.contains(&id) => idle_handle(id),
+                _ => self.spawn(name, &kind, &stats, &stop, paused, id, t),
+            })
             .collect::<Vec<_>>();
-        info!(connector = name, tasks = tasks.len(), "connector started");
-        Ok(Connector { spec, kind, stats, paused, stop, tasks, watcher })
+        let here: Option<BTreeSet<usize>> =
+            only.map(|ids| ids.iter().copied().filter(|id| *id < tasks.len()).collect());
+        let running_here = here.as_ref().map_or(tasks.len(), BTreeSet::len);
+        info!(connector = name, tasks = tasks.len(), here = running_here, "connector started");
+        Ok(Connector { spec, kind, stats, paused, stop, tasks, here, watcher })
     }
 
     /// Runs one task under a child token of `stop`, recording how it ends.
@@ -477,8 +663,9 @@ impl Worker {
             Box::new(move || cell.lock().started = true)
         };
         let (client, offsets) = (self.inner.client.clone(), Arc::clone(&self.inner.offsets));
-        let run: Pin<Box<dyn Future<Output = crate::Result<()>> + Send>> = match (task, kind) {
-            (Created::Source(task), Kind::Source(_, config)) => Box::pin(
+        let g = self.inner.sink_groups.lock().clone();
+        let run: Pin<Box<dyn Future<Output = crate::Result<()>> + Send>> = match (task, kind, g) {
+            (Created::Source(task), Kind::Source(_, config), _) => Box::pin(
                 SourceTaskRuntime::new(name, id, task, client, offsets)
                     .with_config(config.clone())
                     .with_stats(Arc::clone(stats))
@@ -486,7 +673,16 @@ impl Worker {
                     .on_started(on_started)
                     .run(cancel.clone()),
             ),
-            (Created::Sink(task), Kind::Sink(_, config, assignment)) => {
+            (Created::Sink(task), Kind::Sink(connector, config, _), Some(settings)) => {
+                // A member of the consumer group connect-<name>; the group assigns.
+                let runtime = SinkTaskRuntime::new(name, id, task, client, offsets, Vec::new())
+                    .with_config(config.clone())
+                    .with_stats(Arc::clone(stats))
+                    .with_pause(pause_rx)
+                    .on_started(on_started);
+                Box::pin(run_in_group(runtime, connector.topics(), settings, cancel.clone()))
+            }
+            (Created::Sink(task), Kind::Sink(_, config, assignment), None) => {
                 let Some((parts, added)) = assignment.open(id) else {
                     // No partitions: the task does not run (Unassigned).
                     return TaskHandle { id, cancel, pause, join: None, cell };
@@ -531,6 +727,19 @@ impl Worker {
         };
         self.inner.ended.notify_waiters();
         handle
+    }
+}
+
+/// A task that does not run here (not assigned to this worker, or stopped by
+/// [`Worker::set_tasks`]): [`TaskState::Unassigned`].
+fn idle_handle(id: usize) -> TaskHandle {
+    let (pause, _) = watch::channel(false);
+    TaskHandle {
+        id,
+        cancel: CancellationToken::new(),
+        pause,
+        join: None,
+        cell: Arc::new(Mutex::new(TaskCell::default())),
     }
 }
 

@@ -1,0 +1,293 @@
+//! The worker group in one process, on a real broker (Tansu): a [`Worker`] running a subset of a
+//! connector's tasks and moving them with `set_tasks`; the Kafka offset store seeing what another
+//! process saved; two [`Herder`]s (each with a CancellationToken standing in for its process)
+//! splitting a 4-task source 2/2, the survivor taking all 4 when one shuts down; and a herder
+//! with another configuration refused with a clear message.
+
+// Test code: an unwrap that fails is a failing test, with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use connector_core::kafka::group::GroupTimeouts;
+use connector_core::kafka::KafkaClient;
+use connector_core::runtime::cluster::{Herder, HerderConfig, HerderError};
+use connector_core::runtime::{ConnectorSpec, SourceRuntimeConfig, TaskState, Worker};
+use connector_core::{
+    DynSourceConnector, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore, Result,
+    SourceOffset, SourcePartition, SourceRecord, SourceTask, SourceTaskContext,
+};
+use connector_testkit::{init_tracing, kafka, Tansu};
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const TASKS: usize = 4;
+
+fn partition(task: usize) -> SourcePartition {
+    SourcePartition::from([("task", task as u64)])
+}
+
+/// A source of [`TASKS`] tasks; each numbers its records from its offset and counts how many
+/// copies of it run at once (more than one is a failure of the group).
+#[derive(Clone)]
+struct Beats {
+    topic: String,
+    running: Arc<Mutex<[usize; TASKS]>>,
+    overlaps: Arc<Mutex<usize>>,
+}
+
+impl Beats {
+    fn new(topic: &str) -> Self {
+        Self { topic: topic.into(), running: Arc::default(), overlaps: Arc::default() }
+    }
+}
+
+struct BeatTask {
+    beats: Beats,
+    id: usize,
+    next: u64,
+    counted: bool,
+}
+
+impl DynSourceConnector for Beats {
+    fn max_in_flight_records(&self) -> Option<usize> {
+        None
+    }
+    fn create_tasks(&self, _max_tasks: usize) -> Result<Vec<Box<dyn SourceTask>>> {
+        Ok((0..TASKS)
+            .map(|id| {
+                Box::new(BeatTask { beats: self.clone(), id, next: 0, counted: false })
+                    as Box<dyn SourceTask>
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl SourceTask for BeatTask {
+    async fn start(&mut self, ctx: SourceTaskContext) -> Result<()> {
+        self.next = ctx
+            .offset(&partition(self.id))
+            .and_then(|o| o.get("next"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let mut running = self.beats.running.lock();
+        running[self.id] += 1;
+        if running[self.id] > 1 {
+            *self.beats.overlaps.lock() += 1;
+        }
+        self.counted = true;
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> Result<Vec<SourceRecord>> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = self.next;
+        self.next += 1;
+        Ok(vec![SourceRecord::new(self.beats.topic.clone(), format!("{}:{n}", self.id))
+            .with_source(partition(self.id), SourceOffset::from([("next", n + 1)]))])
+    }
+}
+
+impl Drop for BeatTask {
+    fn drop(&mut self) {
+        if self.counted {
+            self.beats.running.lock()[self.id] -= 1;
+        }
+    }
+}
+
+fn spec(beats: &Beats) -> ConnectorSpec {
+    let config = SourceRuntimeConfig {
+        offset_flush_interval_ms: 50,
+        shutdown_timeout_ms: 1_000,
+        ..Default::default()
+    };
+    ConnectorSpec::Source { connector: Arc::new(beats.clone()), config }
+}
+
+fn running(worker: &Worker, name: &str) -> BTreeSet<usize> {
+    worker.status(name).map_or_else(
+        |_| BTreeSet::new(),
+        |s| {
+            s.tasks.iter().filter(|t| matches!(t.state, TaskState::Running)).map(|t| t.id).collect()
+        },
+    )
+}
+
+fn unassigned(worker: &Worker, name: &str) -> BTreeSet<usize> {
+    let s = worker.status(name).unwrap();
+    s.tasks.iter().filter(|t| matches!(t.state, TaskState::Unassigned)).map(|t| t.id).collect()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn next_of(map: &OffsetMap, task: usize) -> u64 {
+    map.get(&partition(task)).and_then(|o| o.get("next")).and_then(Value::as_u64).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_only_its_tasks_and_set_tasks_drains_the_dropped_and_starts_the_new() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("beats-w", 1, 1).await.unwrap();
+    let store = Arc::new(MemoryOffsetStore::new());
+    let worker = Worker::new(client.clone(), Arc::clone(&store) as Arc<dyn OffsetStore>);
+    let beats = Beats::new("beats-w");
+    assert_eq!(worker.task_count(&spec(&beats)).unwrap(), TASKS);
+    worker.start_tasks("beats", spec(&beats), &[0, 1]).await.unwrap();
+    let t = Duration::from_secs(10);
+    wait_until("tasks 0 and 1 running", t, || running(&worker, "beats") == [0, 1].into()).await;
+    assert_eq!(unassigned(&worker, "beats"), [2, 3].into());
+
+    wait_until("task 0 writing", t, || {
+        futures::executor::block_on(store.load("beats")).is_ok_and(|m| next_of(&m, 0) > 2)
+    })
+    .await;
+    worker.set_tasks("beats", &[1, 2]).await.unwrap();
+    // Task 0 drained: everything it wrote is committed before set_tasks returns.
+    let committed = next_of(&store.load("beats").await.unwrap(), 0);
+    let written = kafka::consume_all(&client, "beats-w")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.value.as_deref().is_some_and(|v| v.starts_with(b"0:")))
+        .count();
+    assert_eq!(committed, written as u64, "task 0's offsets committed on the drain");
+    wait_until("tasks 1 and 2 running", t, || running(&worker, "beats") == [1, 2].into()).await;
+    assert_eq!(unassigned(&worker, "beats"), [0, 3].into());
+    assert_eq!(beats.running.lock()[0], 0, "task 0 stopped");
+
+    // Back to 0: it resumes from what it committed.
+    worker.set_tasks("beats", &[0]).await.unwrap();
+    wait_until("task 0 running again", t, || running(&worker, "beats") == [0].into()).await;
+    worker.shutdown().await;
+    assert_eq!(*beats.overlaps.lock(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_offset_store_sees_what_another_process_saved_after_its_first_load() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let first = KafkaOffsetStore::new(client.clone(), "offsets-shared");
+    let second = KafkaOffsetStore::new(tansu.client().await.unwrap(), "offsets-shared");
+    let save = |n: u64| {
+        let mut m = OffsetMap::default();
+        m.insert(partition(0), SourceOffset::from([("next", n)]));
+        m
+    };
+    first.save("c", &save(5)).await.unwrap();
+    assert_eq!(next_of(&first.load("c").await.unwrap(), 0), 5);
+    // The task moves to the second process, which goes on and saves.
+    assert_eq!(next_of(&second.load("c").await.unwrap(), 0), 5);
+    second.save("c", &save(9)).await.unwrap();
+    // And back: the first process must not resume from its cached 5.
+    assert_eq!(next_of(&first.load("c").await.unwrap(), 0), 9);
+}
+
+fn timeouts() -> GroupTimeouts {
+    GroupTimeouts {
+        session: Duration::from_secs(3),
+        heartbeat: Duration::from_millis(500),
+        rebalance: Duration::from_secs(10),
+    }
+}
+
+/// One herder "process": its worker (to look at), its shutdown token and its run.
+struct Process {
+    worker: Worker,
+    shutdown: CancellationToken,
+    run: tokio::task::JoinHandle<std::result::Result<(), HerderError>>,
+}
+
+async fn process(tansu: &Tansu, id: &str, hash: &str, beats: &Beats) -> Process {
+    let client: KafkaClient = tansu.client().await.unwrap();
+    let offsets = Arc::new(KafkaOffsetStore::new(client.clone(), "connect-offsets"));
+    let worker = Worker::new(client.clone(), offsets);
+    let config = HerderConfig {
+        group_id: "workers".into(),
+        worker_id: id.into(),
+        config_hash: hash.into(),
+        timeouts: timeouts(),
+    };
+    let shutdown = CancellationToken::new();
+    let herder = Herder::new(worker.clone(), client, config);
+    let run = tokio::spawn(herder.run(vec![("beats".into(), spec(beats))], shutdown.clone()));
+    Process { worker, shutdown, run }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_split_four_tasks_two_two_and_the_one_left_runs_all_four() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    tansu.client().await.unwrap().create_topic("beats", 1, 1).await.unwrap();
+    let beats = Beats::new("beats");
+    let a = process(&tansu, "worker-a", "same", &beats).await;
+    let started = Instant::now();
+    wait_until("worker-a running all 4", Duration::from_secs(20), || {
+        running(&a.worker, "beats").len() == TASKS
+    })
+    .await;
+    let b = process(&tansu, "worker-b", "same", &beats).await;
+    wait_until("a 2/2 split", Duration::from_secs(30), || {
+        let (ra, rb) = (running(&a.worker, "beats"), running(&b.worker, "beats"));
+        ra.len() == 2 && rb.len() == 2 && ra.is_disjoint(&rb)
+    })
+    .await;
+    let split = started.elapsed();
+    b.shutdown.cancel();
+    let stopped = Instant::now();
+    b.run.await.unwrap().unwrap();
+    wait_until("worker-a running all 4 again", Duration::from_secs(20), || {
+        running(&a.worker, "beats").len() == TASKS
+    })
+    .await;
+    eprintln!(
+        "split 2/2 after {split:?}; all 4 back on worker-a {:?} after worker-b's shutdown",
+        stopped.elapsed()
+    );
+    a.shutdown.cancel();
+    a.run.await.unwrap().unwrap();
+    assert_eq!(*beats.overlaps.lock(), 0, "a task ran on both workers at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_another_config_is_refused_with_both_hashes_and_stops() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    tansu.client().await.unwrap().create_topic("beats-h", 1, 1).await.unwrap();
+    let beats = Beats::new("beats-h");
+    let a = process(&tansu, "worker-a", "aaaa1111", &beats).await;
+    wait_until("worker-a running all 4", Duration::from_secs(20), || {
+        running(&a.worker, "beats").len() == TASKS
+    })
+    .await;
+    let other = Beats::new("beats-h");
+    let b = process(&tansu, "worker-b", "bbbb2222", &other).await;
+    let refused = tokio::time::timeout(Duration::from_secs(30), b.run).await.unwrap().unwrap();
+    let Err(HerderError::Refused(message)) = refused else {
+        panic!("worker-b was not refused: {refused:?}");
+    };
+    for part in ["worker-b", "bbbb2222", "aaaa1111", "same config file"] {
+        assert!(message.contains(part), "{part:?} in {message}");
+    }
+    assert_eq!(*other.running.lock(), [0; TASKS], "the refused worker runs nothing");
+    wait_until("worker-a still running all 4", Duration::from_secs(20), || {
+        running(&a.worker, "beats").len() == TASKS
+    })
+    .await;
+    a.shutdown.cancel();
+    a.run.await.unwrap().unwrap();
+}
