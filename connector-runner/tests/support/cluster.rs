@@ -70,30 +70,37 @@ pub fn started_tasks(log: &str) -> BTreeSet<String> {
     out
 }
 
-/// Per sink task (`connector-task`), the partitions of its latest "sink task assigned" line
-/// (highest generation) in any of `logs` (JSON): the consumer group's assignment as the tasks
-/// saw it (Tansu's DescribeGroups has no assignments, so `connect status` can't show them).
+/// Per sink task (`connector-task`), the partitions of its latest "sink partitions assigned"
+/// (or "... revoked": none) line, by generation, in any of `logs` (JSON): the consumer group's
+/// assignment as the tasks saw it (Tansu's DescribeGroups has no assignments, so `connect status`
+/// can't show them).
 pub fn sink_partitions<'a>(logs: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, Vec<i32>> {
     let mut latest: BTreeMap<String, (i64, Vec<i32>)> = BTreeMap::new();
     for log in logs {
         for line in log.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
             let f = &v["fields"];
-            if f["message"].as_str() != Some("sink task assigned") {
-                continue;
-            }
+            let assigned = match f["message"].as_str() {
+                Some("sink partitions assigned") => true,
+                Some(m) if m.starts_with("sink partitions revoked") => false,
+                _ => continue,
+            };
             let (Some(c), Some(t), Some(g)) =
                 (f["connector"].as_str(), f["task"].as_u64(), f["generation"].as_i64())
             else {
                 continue;
             };
-            // `partitions = ?Vec<TopicPartition>`: `[TopicPartition { topic: "x", partition: 0 }]`.
-            let text = f["partitions"].as_str().unwrap_or_default();
-            let partitions = text
-                .split("partition: ")
-                .skip(1)
-                .filter_map(|rest| rest.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok())
-                .collect();
+            // `partitions = "commands-0,commands-3"`.
+            let partitions = if assigned {
+                f["partitions"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|tp| tp.rsplit_once('-')?.1.trim().parse().ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let key = format!("{c}-{t}");
             if latest.get(&key).is_none_or(|(seen, _)| g >= *seen) {
                 latest.insert(key, (g, partitions));
