@@ -129,7 +129,12 @@ async fn setup(group: &str) -> Setup {
     let client = tansu.client().await.unwrap();
     client.create_topic("commands", TASKS as i32, 1).await.unwrap();
     client.create_topic("plant", TASKS as i32, 1).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("DIST_KEEP").is_some() {
+        // Keep the config and the workers' logs for a look afterwards.
+        dir.disable_cleanup(true);
+        println!("config and worker logs in {}", dir.path().display());
+    }
     let config =
         write(dir.path(), "connect.toml", &cluster_config(&tansu, group, &mqtt_connectors(&mqtt)));
     let car =
