@@ -225,6 +225,8 @@ pub struct Failover {
     pub sent: u64,
     pub delivered: u64,
     pub duplicates: u64,
+    /// The first few sequence numbers that never arrived.
+    pub missing: Vec<u64>,
 }
 
 /// Three workers, `rate` QoS 1 messages per second for `secs` seconds; one worker is SIGKILLed
@@ -297,7 +299,8 @@ pub async fn failover(b: &Brokers, s: &Settings, rate: u64, secs: u64) -> Result
             .map(|(at, _)| Duration::from_nanos(at - k))
             .min()
     });
-    Ok(Failover { first_moved, sent: n, delivered, duplicates })
+    let missing = (0..n).filter(|seq| arrived[*seq as usize].is_none()).take(10).collect();
+    Ok(Failover { first_moved, sent: n, delivered, duplicates, missing })
 }
 
 #[cfg(test)]

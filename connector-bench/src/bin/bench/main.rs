@@ -306,8 +306,10 @@ impl Driver {
             f.duplicates
         );
         if f.delivered < f.sent {
-            self.problems
-                .push(format!("failover: {} of {} messages delivered", f.delivered, f.sent));
+            self.problems.push(format!(
+                "failover: {} of {} messages delivered; missing (first 10) {:?}",
+                f.delivered, f.sent, f.missing
+            ));
         }
         if f.first_moved.is_none() {
             self.problems.push("failover: no message of the moved tasks arrived".to_owned());
