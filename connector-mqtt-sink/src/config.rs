@@ -86,6 +86,10 @@ mqtt_connector_config! {
         /// its message expiry interval, so the broker does not deliver it late either. Default: none.
         #[serde(default)]
         pub message_expiry_secs: Option<u32>,
+        /// Number of tasks (the topics' partitions are spread over them). With more than one,
+        /// each task is its own MQTT client (`<client_id>-<i>`).
+        #[serde(default = "default_tasks")]
+        pub tasks: usize,
     }
 }
 
@@ -97,6 +101,9 @@ fn default_true() -> bool {
 }
 fn default_inflight() -> usize {
     1000
+}
+fn default_tasks() -> usize {
+    1
 }
 
 impl MqttSinkConfig {
@@ -120,6 +127,7 @@ impl MqttSinkConfig {
             user_properties: UserProperties::default(),
             user_property_prefix: None,
             message_expiry_secs: None,
+            tasks: default_tasks(),
         }
     }
 }
@@ -195,6 +203,9 @@ impl ConnectorConfig for MqttSinkConfig {
         }
         if self.qos > 2 {
             e.push("qos", "expected 0, 1 or 2");
+        }
+        if !(1..=256).contains(&self.tasks) {
+            e.push("tasks", "expected 1 to 256");
         }
         if self.qos == 2 && !self.clean_session {
             e.push(

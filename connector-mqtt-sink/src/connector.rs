@@ -1,4 +1,5 @@
-//! [`MqttSinkConnector`]: one MQTT client (task) publishing the records of its Kafka topics.
+//! [`MqttSinkConnector`]: MQTT clients (one per task, `tasks`) publishing the records of its
+//! Kafka topics.
 
 use connector_core::{ConnectorConfig, Error, Result, SinkConnector, StartFrom};
 use connector_mqtt_common::MqttVersion;
@@ -66,12 +67,42 @@ impl SinkConnector for MqttSinkConnector {
         self.config.start
     }
 
-    fn task_configs(&self, _max_tasks: usize) -> Result<Vec<MqttSinkTaskConfig>> {
-        // One MQTT client: a second one with the same client id would take the first one's place.
-        Ok(vec![self.base.clone()])
+    fn task_configs(&self, max_tasks: usize) -> Result<Vec<MqttSinkTaskConfig>> {
+        // Each task its own MQTT client: two with one client id would take each other's place.
+        let n = self.config.tasks.min(max_tasks.max(1)).max(1);
+        if n == 1 {
+            return Ok(vec![self.base.clone()]);
+        }
+        Ok((0..n)
+            .map(|i| {
+                let mut c = self.base.clone();
+                c.connection.client_id = format!("{}-{i}", self.base.connection.client_id);
+                c
+            })
+            .collect())
     }
 
     fn create_task(&self, config: MqttSinkTaskConfig) -> Result<MqttSinkTask> {
         Ok(MqttSinkTask::new(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_tasks_get_their_own_client_ids() {
+        let mut c = MqttSinkConfig::new("mqtt://127.0.0.1:1883", vec!["cmd".into()], "c/{key}");
+        c.connection.client_id = Some("sink".into());
+        let one = MqttSinkConnector::create("s", c.clone()).unwrap().task_configs(8).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].connection.client_id, "sink");
+        c.tasks = 3;
+        let conn = MqttSinkConnector::create("s", c).unwrap();
+        let ids: Vec<_> =
+            conn.task_configs(8).unwrap().iter().map(|t| t.connection.client_id.clone()).collect();
+        assert_eq!(ids, ["sink-0", "sink-1", "sink-2"]);
+        assert_eq!(conn.task_configs(2).unwrap().len(), 2, "max_tasks caps");
     }
 }

@@ -23,7 +23,7 @@ pub use connector::{
 };
 pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;
-pub use sink::{SinkRuntimeConfig, SinkTaskRuntime};
+pub use sink::{SinkEpoch, SinkGroupSettings, SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{StatsSnapshot, TaskStats};
 pub use worker::{

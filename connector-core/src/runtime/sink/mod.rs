@@ -24,18 +24,22 @@
 //!   `stop`.
 //! * Paused (see [`SinkTaskRuntime::with_pause`]): no fetched record is taken and nothing more is
 //!   put; commits go on.
+//! * Epochs ([`SinkTaskRuntime::run_epochs`], how consumer group members run): one task
+//!   instance, `start`ed once, `open`s each assignment's partitions, drains and commits them as
+//!   at shutdown when the assignment ends, `close`s them, and is `stop`ped once at the end.
 
 mod commit;
 mod config;
 mod deliver;
 mod fetch;
+mod group;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +61,8 @@ use commit::{
 pub use config::SinkRuntimeConfig;
 use deliver::{deliver, queue_for_put};
 use fetch::{fetch_loop, initial_offset, FetchMsg};
+pub(crate) use group::run_in_group;
+pub use group::SinkGroupSettings;
 
 /// Runs one sink task over a fixed set of partitions until shutdown or a fatal error.
 ///
@@ -183,18 +189,221 @@ impl SinkTaskRuntime {
     /// committed, and records after the last commit are delivered again on restart.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Self { mut base, mut task, partitions, config, mut added } = self;
-        let (name, task_id) = (Arc::clone(&base.name), base.task_id);
-        let (client, offsets, stats) =
-            (base.client.clone(), Arc::clone(&base.offsets), Arc::clone(&base.stats));
-        let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
-        let stored = offsets.load(&name).await.map_err(tag)?;
+        let env = Env::new(&base, config);
+        let tag = |e: Error| env.tag(e);
+        let offsets = Arc::clone(&base.offsets);
+        let progress = env.prepare(&partitions, &offsets).await.map_err(tag)?;
+        let (ctx, commit_requests) = env.context();
+        task.start(ctx).await.map_err(tag)?;
+        let TaskBase { pause, on_started, .. } = &mut base;
+        let epoch = EpochRun {
+            store: &offsets,
+            added: &mut added,
+            pause,
+            commit_requests: &commit_requests,
+            on_open: on_started.take(),
+            put_grace: None,
+        };
+        let result = env.epoch(&mut *task, &partitions, progress, epoch, shutdown).await;
+        env.stop(&mut *task, result).await
+    }
+
+    /// Runs the task through a sequence of assignments ("epochs", one per consumer-group
+    /// generation): `start` once; then for every [`SinkEpoch`] received, its partitions are
+    /// `open`ed and read from `offsets` of that epoch (else by the `start` rule) until its `end`
+    /// token is cancelled, drained (fetching stops; a `put` in progress may finish within half
+    /// `shutdown_timeout_ms`, so that what it handed on is committed rather than repeated by the
+    /// partition's next owner; then `flush`, `pre_commit` and the final commit within
+    /// `shutdown_timeout_ms`) and `close`d, and `closed` is told; the SAME task
+    /// instance then opens the next epoch's partitions (Kafka Connect's `open`/`close`
+    /// contract). `stop` is called once, when `shutdown` is cancelled or `epochs` is closed.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use connector_core::runtime::{SinkEpoch, SinkTaskRuntime};
+    /// use connector_core::{MemoryOffsetStore, TopicPartition};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # async fn example(runtime: SinkTaskRuntime) -> connector_core::Result<()> {
+    /// let (epochs, rx) = tokio::sync::mpsc::channel(1);
+    /// let shutdown = CancellationToken::new();
+    /// let running = tokio::spawn(runtime.run_epochs(rx, shutdown.clone()));
+    /// let (epoch, closed) = SinkEpoch::new(
+    ///     vec![TopicPartition::new("commands", 0)],
+    ///     Arc::new(MemoryOffsetStore::new()),
+    /// );
+    /// let end = epoch.end.clone();
+    /// epochs.send(epoch).await.ok();
+    /// end.cancel(); // revoke: drain, commit, close
+    /// let _ = closed.await;
+    /// shutdown.cancel(); // then stop
+    /// # let _ = running.await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// The fatal error that stopped the task (its last epoch is drained and closed first).
+    pub async fn run_epochs(
+        self,
+        mut epochs: mpsc::Receiver<SinkEpoch>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let Self { mut base, mut task, config, .. } = self;
+        let env = Env::new(&base, config);
+        let (ctx, commit_requests) = env.context();
+        task.start(ctx).await.map_err(|e| env.tag(e))?;
+        base.started();
+        let result = loop {
+            let epoch = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ok(()),
+                e = epochs.recv() => match e {
+                    Some(e) => e,
+                    None => break Ok(()),
+                },
+            };
+            let SinkEpoch { partitions, offsets, end, closed } = epoch;
+            // The epoch ends on its own token or on shutdown.
+            let stop = shutdown.child_token();
+            let forward = async {
+                end.cancelled().await;
+                stop.cancel();
+                std::future::pending::<()>().await
+            };
+            let run = async {
+                if partitions.is_empty() {
+                    // Nothing to read in this generation: wait for the next one.
+                    stop.cancelled().await;
+                    return Ok(());
+                }
+                // Loading offsets may wait on an unreachable Kafka: an epoch ended meanwhile
+                // simply opens nothing.
+                let progress = tokio::select! {
+                    p = env.prepare(&partitions, &offsets) => p.map_err(|e| env.tag(e))?,
+                    () = stop.cancelled() => return Ok(()),
+                };
+                let run = EpochRun {
+                    store: &offsets,
+                    added: &mut None,
+                    pause: &mut base.pause,
+                    commit_requests: &commit_requests,
+                    on_open: None,
+                    put_grace: Some(Duration::from_millis(env.config.shutdown_timeout_ms / 2)),
+                };
+                env.epoch(&mut *task, &partitions, progress, run, stop.clone()).await
+            };
+            let outcome = tokio::select! {
+                r = run => r,
+                () = forward => Ok(()),
+            };
+            let failed = outcome.as_ref().err().cloned();
+            let _ = closed.send(outcome);
+            if let Some(e) = failed {
+                break Err(e);
+            }
+        };
+        env.stop(&mut *task, result).await
+    }
+}
+
+/// One assignment of partitions to a task run by [`SinkTaskRuntime::run_epochs`].
+#[derive(Debug)]
+pub struct SinkEpoch {
+    /// The partitions the task reads in this epoch (and no other).
+    pub partitions: Vec<TopicPartition>,
+    /// Where this epoch's offsets are loaded from and committed to (for a consumer group, a
+    /// `GroupOffsetStore` over this generation).
+    pub offsets: Arc<dyn OffsetStore>,
+    /// Cancel to end the epoch (revocation): the task drains, commits and closes its partitions.
+    pub end: CancellationToken,
+    /// Told once the epoch's partitions are closed: `Err` when the task failed (it then stops).
+    pub closed: oneshot::Sender<Result<()>>,
+}
+
+impl SinkEpoch {
+    /// An epoch over `partitions` with a fresh `end` token, and the receiver `closed` reports on.
+    pub fn new(
+        partitions: Vec<TopicPartition>,
+        offsets: Arc<dyn OffsetStore>,
+    ) -> (Self, oneshot::Receiver<Result<()>>) {
+        let (closed, rx) = oneshot::channel();
+        (Self { partitions, offsets, end: CancellationToken::new(), closed }, rx)
+    }
+}
+
+/// What every epoch of one task shares: identity, client, counters, settings, error policy.
+struct Env {
+    name: Arc<str>,
+    task_id: usize,
+    client: KafkaClient,
+    stats: Arc<TaskStats>,
+    config: SinkRuntimeConfig,
+    handler: ErrorHandler,
+}
+
+/// What one epoch reads with besides its partitions.
+struct EpochRun<'a> {
+    store: &'a Arc<dyn OffsetStore>,
+    added: &'a mut Option<mpsc::Receiver<Vec<TopicPartition>>>,
+    pause: &'a mut PauseSwitch,
+    commit_requests: &'a CommitRequester,
+    /// Called once `open` succeeded.
+    on_open: Option<OnStarted>,
+    /// `Some`: when the epoch ends, a `put` in progress may finish within this grace (what it
+    /// handed on is then committed, not repeated by the partition's next owner); `None`: it is
+    /// dropped at once.
+    put_grace: Option<Duration>,
+}
+
+impl Env {
+    fn new(base: &TaskBase, config: SinkRuntimeConfig) -> Self {
+        let handler = ErrorHandler::new(
+            config.pipeline.errors.clone(),
+            Arc::clone(&base.name),
+            base.task_id,
+            base.client.clone(),
+            Arc::clone(&base.stats),
+        );
+        Self {
+            name: Arc::clone(&base.name),
+            task_id: base.task_id,
+            client: base.client.clone(),
+            stats: Arc::clone(&base.stats),
+            config,
+            handler,
+        }
+    }
+
+    fn tag(&self, e: Error) -> Error {
+        e.with_connector(&*self.name).with_task(self.task_id)
+    }
+
+    /// The context `start` gets, and the commit requests it makes.
+    fn context(&self) -> (SinkTaskContext, CommitRequester) {
+        // Records the destination refuses after `put` go to the same error policy.
+        let ctx = SinkTaskContext::new(Arc::clone(&self.name), self.task_id)
+            .with_errant_record_reporter(Arc::new(self.handler.clone()));
+        let requests = ctx.commit_requester();
+        (ctx, requests)
+    }
+
+    /// Where each partition starts: its committed offset in `offsets`, else the `start` rule
+    /// (a resolved `latest` saved before any record is read).
+    async fn prepare(
+        &self,
+        partitions: &[TopicPartition],
+        offsets: &Arc<dyn OffsetStore>,
+    ) -> Result<Progress> {
+        let (name, client, config) = (&self.name, &self.client, &self.config);
+        let stored = offsets.load(name).await?;
         let mut progress = Progress { consumed: HashMap::new(), committed: HashMap::new() };
         let mut resolved = OffsetMap::new();
-        for tp in &partitions {
+        for tp in partitions {
             let start = match stored.kafka_offset(tp) {
                 Some(o) => o,
                 None => {
-                    let o = initial_offset(&client, tp, config.start).await.map_err(tag)?;
+                    let o = initial_offset(client, tp, config.start).await?;
                     resolved.insert_kafka(tp, o);
                     o
                 }
@@ -202,52 +411,75 @@ impl SinkTaskRuntime {
             progress.committed.insert(tp.clone(), start);
             progress.consumed.insert(tp.clone(), start);
         }
-        persist_resolved_starts(&name, &*offsets, config.start, &client, &resolved)
-            .await
-            .map_err(tag)?;
-        info!(connector = %name, task = task_id, partitions = ?progress.committed, "starting sink task");
-        let handler = ErrorHandler::new(
-            config.pipeline.errors.clone(),
-            Arc::clone(&name),
-            task_id,
-            client.clone(),
-            Arc::clone(&stats),
-        );
-        // Records the destination refuses after `put` go to the same error policy.
-        let ctx = SinkTaskContext::new(Arc::clone(&name), task_id)
-            .with_errant_record_reporter(Arc::new(handler.clone()));
-        let commit_requests = ctx.commit_requester();
-        task.start(ctx).await.map_err(tag)?;
-        let result = match task.open(&partitions).await {
+        persist_resolved_starts(name, &**offsets, config.start, client, &resolved).await?;
+        info!(connector = %name, task = self.task_id, partitions = ?progress.committed, "starting sink task");
+        Ok(progress)
+    }
+
+    /// `open`, the fetch/put/commit loop until `stop`, the drain, then `close` of every
+    /// partition read (those added while running included). Errors are tagged.
+    async fn epoch(
+        &self,
+        task: &mut dyn SinkTask,
+        partitions: &[TopicPartition],
+        mut progress: Progress,
+        run: EpochRun<'_>,
+        stop: CancellationToken,
+    ) -> Result<()> {
+        let EpochRun { store, added, pause, commit_requests, on_open, put_grace } = run;
+        let put_stop = match put_grace {
+            None => stop.clone(),
+            Some(grace) => {
+                let (put_stop, stop) = (CancellationToken::new(), stop.clone());
+                let timer = put_stop.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = timer.cancelled() => {}
+                        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+                            timer.cancel();
+                        }
+                    }
+                });
+                put_stop
+            }
+        };
+        let result = match task.open(partitions).await {
             Ok(()) => {
-                base.started();
+                if let Some(f) = on_open {
+                    f();
+                }
                 let driver = SinkDriver {
-                    name: &name,
-                    client: &client,
-                    store: &offsets,
-                    config: &config,
-                    stats: &stats,
-                    handler: &handler,
+                    name: &self.name,
+                    client: &self.client,
+                    store,
+                    config: &self.config,
+                    stats: &self.stats,
+                    handler: &self.handler,
                     progress: &mut progress,
                     fetchers: JoinSet::new(),
-                    stop_fetchers: shutdown.child_token(),
+                    stop_fetchers: stop.child_token(),
+                    put_stop: put_stop.clone(),
                     fetch_tx: None,
                     saving: None,
                     queued: VecDeque::new(),
                 };
-                driver
-                    .run(&mut *task, &commit_requests, &mut added, &mut base.pause, shutdown)
-                    .await
+                driver.run(task, commit_requests, added, pause, stop).await
             }
             Err(e) => Err(e),
         }
-        .map_err(tag);
-        // Every partition read, those added while running included.
+        .map_err(|e| self.tag(e));
+        put_stop.cancel();
         let mut reading: Vec<TopicPartition> = progress.consumed.keys().cloned().collect();
         reading.sort();
         if let Err(e) = task.close(&reading).await {
-            warn!(connector = %name, error = %e.report(), "sink task close failed");
+            warn!(connector = %self.name, error = %e.report(), "sink task close failed");
         }
+        result
+    }
+
+    /// `stop`, and the log line of how the task ended.
+    async fn stop(&self, task: &mut dyn SinkTask, result: Result<()>) -> Result<()> {
+        let (name, task_id) = (&self.name, self.task_id);
         if let Err(e) = task.stop().await {
             warn!(connector = %name, error = %e.report(), "sink task stop failed");
         }
@@ -273,6 +505,8 @@ struct SinkDriver<'a> {
     progress: &'a mut Progress,
     fetchers: JoinSet<()>,
     stop_fetchers: CancellationToken,
+    /// Cancels a `put` in progress (the loop's stop, or a grace after it).
+    put_stop: CancellationToken,
     /// Kept while partitions can be added: their fetchers get a clone.
     fetch_tx: Option<mpsc::Sender<FetchMsg>>,
     /// One offset save in flight at a time, in its own task so that `put` goes on meanwhile.
@@ -351,7 +585,10 @@ impl<'a> SinkDriver<'a> {
                     }
                 }
                 Event::Fetched(msg) => self.on_fetched(msg),
-                Event::PutNext => self.put_next(task, &shutdown).await,
+                Event::PutNext => {
+                    let put_stop = self.put_stop.clone();
+                    self.put_next(task, &put_stop).await
+                }
             };
             if let Step::Break(outcome) = step {
                 break outcome;

@@ -29,7 +29,7 @@ use crate::runtime::connector::{
     assign_round_robin, sink_partitions, source_task_config, watch_partitions, Assignment,
     DEFAULT_MAX_TASKS,
 };
-use crate::runtime::sink::{SinkRuntimeConfig, SinkTaskRuntime};
+use crate::runtime::sink::{run_in_group, SinkGroupSettings, SinkRuntimeConfig, SinkTaskRuntime};
 use crate::runtime::source::{SourceRuntimeConfig, SourceTaskRuntime};
 use crate::runtime::stats::TaskStats;
 use crate::sink::{DynSinkConnector, SinkTask};
@@ -88,6 +88,8 @@ struct Inner {
     ended: Arc<Notify>,
     /// Orders failures.
     failures: Arc<AtomicU64>,
+    /// Set by [`Worker::with_sink_groups`]: sink tasks are consumer group members.
+    sink_groups: Mutex<Option<SinkGroupSettings>>,
 }
 
 /// A running connector.
@@ -155,8 +157,33 @@ impl Worker {
                 ops: tokio::sync::Mutex::new(false),
                 ended: Arc::new(Notify::new()),
                 failures: Arc::new(AtomicU64::new(0)),
+                sink_groups: Mutex::new(None),
             }),
         }
+    }
+
+    /// Makes every sink task of this worker (started from now on) a member of the Kafka consumer
+    /// group `connect-<connector>`, the standard way (protocol `consumer`/`range`, member client
+    /// id `<worker id>/<connector>-<task>`): the group, not this worker, spreads the partitions
+    /// over the tasks of every worker running the connector; offsets are loaded from and
+    /// committed to the group (`OffsetCommit` with the generation), not to this worker's offset
+    /// store; on a rebalance a task drains and commits, `close`s its partitions and `open`s its
+    /// new ones. Without it, a sink's partitions are dealt round-robin to its tasks.
+    ///
+    /// ```no_run
+    /// # use std::sync::Arc;
+    /// use connector_core::kafka::group::GroupTimeouts;
+    /// use connector_core::runtime::{SinkGroupSettings, Worker};
+    ///
+    /// # fn example(client: connector_core::kafka::KafkaClient) {
+    /// let settings = SinkGroupSettings { timeouts: GroupTimeouts::default(), worker_id: "w1".into() };
+    /// let worker = Worker::new(client, Arc::new(connector_core::MemoryOffsetStore::new()))
+    ///     .with_sink_groups(settings);
+    /// # }
+    /// ```
+    pub fn with_sink_groups(self, settings: SinkGroupSettings) -> Self {
+        *self.inner.sink_groups.lock() = Some(settings);
+        self
     }
 
     /// Starts connector `name`: creates its tasks and runs them (a sink's topics are created if
@@ -583,7 +610,11 @@ impl Worker {
                 let tasks =
                     connector.create_tasks(inner.max_tasks).map_err(|e| e.with_connector(name))?;
                 let known = partitions.iter().cloned().collect();
-                let assignment = Assignment::new(assign_round_robin(partitions, tasks.len()));
+                // In a consumer group the group assigns; nothing is dealt (nor watched) here.
+                let grouped = inner.sink_groups.lock().is_some();
+                let buckets =
+                    if grouped { Vec::new() } else { assign_round_robin(partitions, tasks.len()) };
+                let assignment = Assignment::new(buckets);
                 let config = SinkRuntimeConfig { start: connector.start_from(), ..config.clone() };
                 let watcher = tokio::spawn(watch_partitions(
                     Arc::from(name),
@@ -632,8 +663,9 @@ impl Worker {
             Box::new(move || cell.lock().started = true)
         };
         let (client, offsets) = (self.inner.client.clone(), Arc::clone(&self.inner.offsets));
-        let run: Pin<Box<dyn Future<Output = crate::Result<()>> + Send>> = match (task, kind) {
-            (Created::Source(task), Kind::Source(_, config)) => Box::pin(
+        let g = self.inner.sink_groups.lock().clone();
+        let run: Pin<Box<dyn Future<Output = crate::Result<()>> + Send>> = match (task, kind, g) {
+            (Created::Source(task), Kind::Source(_, config), _) => Box::pin(
                 SourceTaskRuntime::new(name, id, task, client, offsets)
                     .with_config(config.clone())
                     .with_stats(Arc::clone(stats))
@@ -641,7 +673,16 @@ impl Worker {
                     .on_started(on_started)
                     .run(cancel.clone()),
             ),
-            (Created::Sink(task), Kind::Sink(_, config, assignment)) => {
+            (Created::Sink(task), Kind::Sink(connector, config, _), Some(settings)) => {
+                // A member of the consumer group connect-<name>; the group assigns.
+                let runtime = SinkTaskRuntime::new(name, id, task, client, offsets, Vec::new())
+                    .with_config(config.clone())
+                    .with_stats(Arc::clone(stats))
+                    .with_pause(pause_rx)
+                    .on_started(on_started);
+                Box::pin(run_in_group(runtime, connector.topics(), settings, cancel.clone()))
+            }
+            (Created::Sink(task), Kind::Sink(_, config, assignment), None) => {
                 let Some((parts, added)) = assignment.open(id) else {
                     // No partitions: the task does not run (Unassigned).
                     return TaskHandle { id, cancel, pause, join: None, cell };
