@@ -640,6 +640,17 @@ impl GroupMember {
             });
             return Err(self.classify(e));
         }
+        // Tansu 0.6 counts only heartbeats as contact: one at once, rather than a heartbeat
+        // interval later, keeps a follower that just sat through its 3 s JoinGroup pause from
+        // expiring. What it says is left to the owner's next heartbeat.
+        let first = HeartbeatRequest {
+            group_id: self.group_id.clone(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+        };
+        if let Err(e) = self.coordinator.send(self.lane, first, None, "Heartbeat").await {
+            debug!(group = %self.group_id, error = %e, "first heartbeat of the generation failed");
+        }
         Ok(Generation {
             id: joined.generation_id,
             member_id: joined.member_id,
