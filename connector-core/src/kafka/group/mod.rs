@@ -487,6 +487,11 @@ impl GroupMember {
     /// (they block on the broker), never on the produce/fetch lanes. `protocols` are
     /// (name, metadata) in order of preference.
     ///
+    /// For Tansu 0.6 (see `docs/kafka-io.md`) it also heartbeats between join rounds and right
+    /// after joining, and when a rebalance the coordinator asked for comes back with the same
+    /// generation (an expired member was dropped but no generation started), it leaves and joins
+    /// afresh, under a new member id, to force one. None of this changes anything with Kafka.
+    ///
     /// # Errors
     /// [`GroupError::JoinTimeout`] when it kept being sent back for twice the rebalance timeout
     /// plus 10 s; [`GroupError::Broker`] for an error a retry cannot fix (InconsistentGroupProtocol,
