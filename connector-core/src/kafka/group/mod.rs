@@ -487,6 +487,11 @@ impl GroupMember {
     /// (they block on the broker), never on the produce/fetch lanes. `protocols` are
     /// (name, metadata) in order of preference.
     ///
+    /// For Tansu 0.6 (see `docs/kafka-io.md`) it also heartbeats between join rounds and right
+    /// after joining, and when a rebalance the coordinator asked for comes back with the same
+    /// generation (an expired member was dropped but no generation started), it leaves and joins
+    /// afresh, under a new member id, to force one. None of this changes anything with Kafka.
+    ///
     /// # Errors
     /// [`GroupError::JoinTimeout`] when it kept being sent back for twice the rebalance timeout
     /// plus 10 s; [`GroupError::Broker`] for an error a retry cannot fix (InconsistentGroupProtocol,
@@ -639,6 +644,17 @@ impl GroupMember {
                 GroupError::broker(&self.group_id, "SyncGroup", synced.error_code)
             });
             return Err(self.classify(e));
+        }
+        // Tansu 0.6 counts only heartbeats as contact: one at once, rather than a heartbeat
+        // interval later, keeps a follower that just sat through its 3 s JoinGroup pause from
+        // expiring. What it says is left to the owner's next heartbeat.
+        let first = HeartbeatRequest {
+            group_id: self.group_id.clone(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+        };
+        if let Err(e) = self.coordinator.send(self.lane, first, None, "Heartbeat").await {
+            debug!(group = %self.group_id, error = %e, "first heartbeat of the generation failed");
         }
         Ok(Generation {
             id: joined.generation_id,
