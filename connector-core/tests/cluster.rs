@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use connector_core::kafka::group::GroupTimeouts;
 use connector_core::kafka::KafkaClient;
+use connector_core::runner::describe_cluster;
 use connector_core::runtime::cluster::{Herder, HerderConfig, HerderError};
 use connector_core::runtime::{ConnectorSpec, SourceRuntimeConfig, TaskState, Worker};
 use connector_core::{
@@ -247,6 +248,22 @@ async fn two_workers_split_four_tasks_two_two_and_the_one_left_runs_all_four() {
     })
     .await;
     let split = started.elapsed();
+    // `connect status`'s view: the newest generation and every worker's tasks.
+    let status_client = tansu.client().await.unwrap();
+    let mut status = None;
+    wait_until("the status showing the 2/2 split", Duration::from_secs(10), || {
+        let s = futures::executor::block_on(describe_cluster(&status_client, "workers", &[]));
+        let ok = s.as_ref().is_ok_and(|s| {
+            s.generation.is_some() && s.workers.iter().filter(|w| w.tasks.len() == 2).count() == 2
+        });
+        status = s.ok();
+        ok
+    })
+    .await;
+    let status = status.unwrap();
+    let ids: Vec<&str> = status.workers.iter().map(|w| w.worker_id.as_str()).collect();
+    assert_eq!(ids, ["worker-a", "worker-b"], "{status}");
+    assert!(status.to_string().starts_with("group workers generation "), "{status}");
     b.shutdown.cancel();
     let stopped = Instant::now();
     b.run.await.unwrap().unwrap();

@@ -231,10 +231,11 @@ impl SinkTask for ObservedTask {
     }
 }
 
-/// Session 3 s, heartbeat 1 s: rebalances in a test's time.
+/// Session 5 s (the least Tansu 0.6 holds a group with: its follower JoinGroup pauses 3 s),
+/// heartbeat 1 s: rebalances in a test's time.
 fn settings(worker: &str) -> SinkGroupSettings {
     let timeouts = GroupTimeouts {
-        session: Duration::from_secs(3),
+        session: Duration::from_secs(5),
         heartbeat: Duration::from_secs(1),
         rebalance: Duration::from_secs(10),
     };
@@ -343,7 +344,7 @@ c.close()
 "#;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/group-offsets.py");
     let out = if std::path::Path::new(script).exists() {
-        std::process::Command::new("python3").args([script, bootstrap, group]).output()
+        std::process::Command::new("python3").args([script, bootstrap, group, "--lines"]).output()
     } else {
         std::process::Command::new("python3")
             .args(["-c", INLINE, bootstrap, group, topic, &n.to_string()])
@@ -418,6 +419,8 @@ async fn a_clean_worker_stop_moves_its_partitions_losing_and_repeating_nothing()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
+    // Mosquitto acknowledges a publish before it forwards it: the last ones may still be coming.
+    sub.wait_for(total, Duration::from_secs(10)).await.unwrap();
     let got: Vec<String> =
         sub.messages().iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
     let distinct: HashSet<&String> = got.iter().collect();
@@ -460,4 +463,75 @@ async fn the_committed_offsets_are_read_back_by_librdkafka_at_the_high_watermark
     assert_eq!(ours, hw);
     assert_eq!(librdkafka, hw);
     assert_eq!(sub.count(), 3_000);
+}
+
+/// A connector with one [`Recorder`] task on topic `grow`.
+struct OneRecorder(Recorder);
+
+impl DynSinkConnector for OneRecorder {
+    fn topics(&self) -> Vec<String> {
+        vec!["grow".into()]
+    }
+    fn start_from(&self) -> StartFrom {
+        StartFrom::Earliest
+    }
+    fn create_tasks(&self, _max_tasks: usize) -> Result<Vec<Box<dyn SinkTask>>> {
+        Ok(vec![Box::new(self.0.clone())])
+    }
+}
+
+/// Partitions added to a sink's topic are assigned: the group leader finds them in a metadata
+/// refresh (`metadata_max_age_ms`) and rejoins. Tansu 0.6 has no CreatePartitions, so the topic
+/// grows by being deleted and created again with three partitions (as in `sink_runtime.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_the_topic_are_assigned_after_the_leaders_metadata_check() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let mut kafka = tansu.kafka_config();
+    kafka.metadata_max_age_ms = 500;
+    let client = KafkaClient::connect(kafka).await.unwrap();
+    client.create_topic("grow", 1, 1).await.unwrap();
+    produce(&client, "grow", 0, 10).await;
+    let task = Recorder::default();
+    let worker = Worker::new(client.clone(), Arc::new(MemoryOffsetStore::new()))
+        .with_sink_groups(settings("w1"));
+    let connector = Arc::new(OneRecorder(task.clone()));
+    let config = SinkRuntimeConfig { commit_interval_ms: 200, ..SinkRuntimeConfig::default() };
+    worker.start("grow", ConnectorSpec::Sink { connector, config }).await.unwrap();
+    wait_for("the first 10 records", Duration::from_secs(15), || task.seen.lock().len() >= 10)
+        .await;
+
+    client.delete_topic("grow").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.create_topic("grow", 3, 1).await {
+            Ok(())
+                if client
+                    .refresh_topic("grow")
+                    .await
+                    .unwrap()
+                    .is_some_and(|m| m.partition_count() == 3) =>
+            {
+                break
+            }
+            _ => assert!(Instant::now() < deadline, "could not re-create the topic"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(&client, "grow", 1, 5).await;
+    produce(&client, "grow", 2, 5).await;
+    let added = Instant::now();
+    wait_for("records of the added partitions", Duration::from_secs(20), || {
+        let seen = task.seen.lock();
+        let n = |p| seen.iter().filter(|(q, _)| *q == p).map(|(_, o)| *o).collect::<BTreeSet<_>>();
+        n(1).len() == 5 && n(2).len() == 5
+    })
+    .await;
+    println!(
+        "added partitions assigned and read {:?} after their records were written",
+        added.elapsed()
+    );
+    let calls = task.calls.lock().clone();
+    assert!(calls.contains(&"open 0,1,2".to_owned()), "{calls:?}");
+    assert!(worker.shutdown().await.is_none());
 }

@@ -17,4 +17,7 @@ pub use file::{ConnectFile, ConnectorEntry, OffsetStoreKind, OffsetsConfig, Prog
 pub use registry::{BuiltConnector, ConnectorKind, Registry};
 pub use run::run;
 pub use schema::{file_schema, markdown};
-pub use status::{cluster_status, ClusterStatus, SinkGroupStatus, SinkMemberStatus, WorkerStatus};
+pub use status::{
+    cluster_status, describe_cluster, ClusterStatus, SinkGroupStatus, SinkMemberStatus,
+    WorkerStatus,
+};

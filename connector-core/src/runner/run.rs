@@ -123,12 +123,11 @@ async fn run_distributed(file: ConnectFile, shutdown: CancellationToken) -> Resu
     let offsets: Arc<dyn OffsetStore> =
         Arc::new(KafkaOffsetStore::new(client.clone(), file.offsets.topic.clone()));
     let worker_id = file.cluster.worker_id();
-    // SINK-GROUPS (helper C): sink tasks of a worker group are members of consumer group
-    // `connect-<connector>`; this is the one call site of `Worker::with_sink_groups`.
-    let worker = Worker::new(client.clone(), offsets).with_sink_groups(SinkGroupSettings {
-        timeouts: file.cluster.timeouts(),
-        worker_id: worker_id.clone(),
-    });
+    // Sink tasks of a worker group are members of consumer group `connect-<connector>`, their
+    // offsets committed to it (the default when a group is configured).
+    let sink_groups =
+        SinkGroupSettings { timeouts: file.cluster.timeouts(), worker_id: worker_id.clone() };
+    let worker = Worker::new(client.clone(), offsets).with_sink_groups(sink_groups);
     let config = HerderConfig {
         group_id,
         worker_id,

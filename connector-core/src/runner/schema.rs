@@ -13,6 +13,7 @@ use crate::error_policy::ErrorPolicyConfig;
 use crate::kafka::KafkaConfig;
 use crate::runner::file::{OffsetsConfig, ProgressConfig};
 use crate::runner::registry::{ConnectorKind, Registry};
+use crate::runtime::cluster::ClusterConfig;
 use crate::runtime::{SinkRuntimeConfig, SourceRuntimeConfig};
 
 /// The schema of `T`, every subschema inlined (no `$ref`s), for deserialization.
@@ -92,6 +93,7 @@ pub fn file_schema(registry: &Registry) -> Value {
             "kafka": untitled(schema_of::<KafkaConfig>()),
             "offsets": untitled(schema_of::<OffsetsConfig>()),
             "progress": untitled(schema_of::<ProgressConfig>()),
+            "cluster": untitled(schema_of::<ClusterConfig>()),
             "connector": {
                 "description": "The connectors to run, one `[[connector]]` table each.",
                 "type": "array",
@@ -233,15 +235,17 @@ pub fn markdown(registry: &Registry) -> String {
     out.push_str(
         "Generated from the JSON Schema that `connect schema` prints; do not edit by hand. \
          Regenerate with:\n\n```sh\ncargo run -p connector-runner --bin connect -- schema --markdown > docs/configuration.md\n```\n\n\
-         A `connect` configuration is a TOML file with a `[kafka]` table, an optional `[offsets]` \
-         and `[progress]` table, and one `[[connector]]` table per connector. Unknown keys are \
-         errors. Values written `${VAR}` in secret fields (passwords) are read from the environment.\n",
+         A `connect` configuration is a TOML file with a `[kafka]` table, an optional `[offsets]`, \
+         `[progress]` and `[cluster]` table, and one `[[connector]]` table per connector. Unknown keys are \
+         errors. With a `[cluster]` `group_id` (or `connect run --group`) the process is one worker \
+         of a worker group (see distributed.md), and `offsets.store` must be `\"kafka\"`. Values written `${VAR}` in secret fields (passwords) are read from the environment.\n",
     );
     let props = &schema["properties"];
     let mut predicates: Vec<Value> = Vec::new();
     section(&mut out, "[kafka]", &props["kafka"], 2);
     section(&mut out, "[offsets]", &props["offsets"], 2);
     section(&mut out, "[progress]", &props["progress"], 2);
+    section(&mut out, "[cluster]", &props["cluster"], 2);
     if let Some(variants) = props["connector"]["items"]["oneOf"].as_array() {
         for v in variants {
             let title = v["title"].as_str().unwrap_or("connector");

@@ -78,13 +78,36 @@ pub async fn cluster_status(file: &ConnectFile) -> Result<ClusterStatus> {
             "no worker group: set [cluster] group_id in the file or pass --group",
         ));
     };
-    let client = KafkaClient::connect(file.kafka.clone()).await.map_err(|e| {
-        Error::fatal(format!(
-            "cannot reach Kafka at {}: {}",
-            file.kafka.bootstrap_servers.join(","),
-            e.report()
-        ))
-    })?;
+    // Its error names the brokers ("cannot reach Kafka at ...").
+    let client = KafkaClient::connect(file.kafka.clone()).await?;
+    let sinks: Vec<String> = file
+        .connectors
+        .iter()
+        .filter(|e| matches!(e.connector, BuiltConnector::Sink(_)))
+        .map(|e| e.name.clone())
+        .collect();
+    describe_cluster(&client, &group, &sinks).await
+}
+
+/// Describes worker group `group` and the consumer groups of the sink connectors `sinks`
+/// (what [`cluster_status`] prints, from a client of your own).
+///
+/// ```no_run
+/// # async fn example(client: connector_core::kafka::KafkaClient) -> connector_core::Result<()> {
+/// let status = connector_core::runner::describe_cluster(&client, "workers", &["commands".into()]).await?;
+/// println!("generation {:?}", status.generation);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// Kafka unreachable, or DescribeGroups failing.
+pub async fn describe_cluster(
+    client: &KafkaClient,
+    group: &str,
+    sink_connectors: &[String],
+) -> Result<ClusterStatus> {
+    let (client, group) = (client.clone(), group.to_owned());
     let described = describe_group(&client, &group).await?;
     // The newest assignment: from DescribeGroups where the broker shows assignments, else
     // from what the workers wrote to the status topic.
@@ -116,11 +139,8 @@ pub async fn cluster_status(file: &ConnectFile) -> Result<ClusterStatus> {
     }
     workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
     let mut sinks = Vec::new();
-    for entry in &file.connectors {
-        if !matches!(entry.connector, BuiltConnector::Sink(_)) {
-            continue;
-        }
-        let sink_group = format!("connect-{}", entry.name);
+    for name in sink_connectors {
+        let sink_group = format!("connect-{name}");
         let d = describe_group(&client, &sink_group).await?;
         let mut members: Vec<SinkMemberStatus> = d
             .members
@@ -135,7 +155,7 @@ pub async fn cluster_status(file: &ConnectFile) -> Result<ClusterStatus> {
             })
             .collect();
         members.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        sinks.push(SinkGroupStatus { connector: entry.name.clone(), group: sink_group, members });
+        sinks.push(SinkGroupStatus { connector: name.clone(), group: sink_group, members });
     }
     Ok(ClusterStatus {
         group,

@@ -161,6 +161,16 @@ impl KafkaClient {
         self.inner.state.lock().topics.remove(topic);
     }
 
+    /// Every topic of the cluster and its partition ids (one Metadata request for all topics).
+    pub(crate) async fn all_topic_partitions(&self) -> Result<Vec<(String, Vec<i32>)>> {
+        let response = self.fetch_metadata(None).await?;
+        Ok(response
+            .topics
+            .into_iter()
+            .map(|t| (t.name.0, t.partitions.iter().map(|p| p.partition_index.0).collect()))
+            .collect())
+    }
+
     /// Fetches metadata (`None` = all topics, `Some(&[])` = brokers only) and updates the broker map.
     pub(super) async fn fetch_metadata(&self, topics: Option<&[&str]>) -> Result<MetadataResponse> {
         let names = topics.map(|ts| {

@@ -41,6 +41,7 @@
 //!   response: throttle_time_ms int32 (v3+), [name string, [partition_index int32,
 //!              committed_offset int64, committed_leader_epoch int32 (v5+),
 //!              metadata nullable string, error_code int16]], error_code int16 (v2+)
+//!             (Tansu 0.6 answers a null topics request without the topics array at all)
 //! DescribeGroups v0-4 (key 15)
 //!   request:  [group string], include_authorized_operations bool (v3+)
 //!   response: throttle_time_ms int32 (v1+), [error_code int16, group_id string,
@@ -492,6 +493,9 @@ pub(crate) struct OffsetFetchResponse {
     pub(crate) topics: Vec<(String, Vec<OffsetFetchPartition>)>,
     /// Top-level error (v2+; 0 below).
     pub(crate) error_code: i16,
+    /// The broker left the topics array out (Tansu 0.6 answering "all topics"): ask for the
+    /// topics by name instead.
+    pub(crate) topics_omitted: bool,
 }
 
 impl RequestBody for OffsetFetchRequest {
@@ -533,6 +537,16 @@ impl<R: Read> ReadVersionedType<R> for OffsetFetchResponse {
         if v >= 3 {
             let _throttle_time_ms = Int32::read(r)?;
         }
+        // The body is already in memory (bounded by the maximum message size).
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).map_err(ReadError::IO)?;
+        let top_level_error = if v >= 2 { 2 } else { 0 };
+        if rest.len() == top_level_error {
+            // Tansu 0.6 leaves the topics array out altogether when asked for all topics.
+            let error_code = if v >= 2 { i16::from_be_bytes([rest[0], rest[1]]) } else { 0 };
+            return Ok(Self { topics: Vec::new(), error_code, topics_omitted: true });
+        }
+        let r = &mut std::io::Cursor::new(rest);
         let n = read_len(r)?;
         let mut topics = Vec::with_capacity(n);
         for _ in 0..n {
@@ -552,7 +566,7 @@ impl<R: Read> ReadVersionedType<R> for OffsetFetchResponse {
             topics.push((name, partitions));
         }
         let error_code = if v >= 2 { Int16::read(r)?.0 } else { 0 };
-        Ok(Self { topics, error_code })
+        Ok(Self { topics, error_code, topics_omitted: false })
     }
 }
 
@@ -851,6 +865,11 @@ mod tests {
             5,
         );
         assert_eq!(r.topics[0].1[0].committed_offset, -1);
+        // Tansu 0.6's answer to "all topics": the array left out.
+        let r: OffsetFetchResponse = read(B::default().i32(0).i16(0).0, 5);
+        assert!(r.topics_omitted && r.topics.is_empty());
+        let r: OffsetFetchResponse = read(B::default().i32(0).i32(0).i16(0).0, 5);
+        assert!(!r.topics_omitted);
     }
 
     #[test]

@@ -429,6 +429,8 @@ pub struct GroupMember {
     lane: Lane,
     member_id: String,
     generation: Option<Generation>,
+    /// The generation a heartbeat last answered RebalanceInProgress for.
+    rebalance_of: Option<i32>,
 }
 
 impl Drop for GroupMember {
@@ -470,6 +472,7 @@ impl GroupMember {
             lane,
             member_id: String::new(),
             generation: None,
+            rebalance_of: None,
         }
     }
 
@@ -484,6 +487,11 @@ impl GroupMember {
     /// (they block on the broker), never on the produce/fetch lanes. `protocols` are
     /// (name, metadata) in order of preference.
     ///
+    /// For Tansu 0.6 (see `docs/kafka-io.md`) it also heartbeats between join rounds and right
+    /// after joining, and when a rebalance the coordinator asked for comes back with the same
+    /// generation (an expired member was dropped but no generation started), it leaves and joins
+    /// afresh, under a new member id, to force one. None of this changes anything with Kafka.
+    ///
     /// # Errors
     /// [`GroupError::JoinTimeout`] when it kept being sent back for twice the rebalance timeout
     /// plus 10 s; [`GroupError::Broker`] for an error a retry cannot fix (InconsistentGroupProtocol,
@@ -494,11 +502,25 @@ impl GroupMember {
         assign: &mut (dyn FnMut(&JoinedGroup) -> Vec<(String, Bytes)> + Send),
     ) -> Result<Generation, GroupError> {
         self.generation = None;
+        let mut rebalance_of = self.rebalance_of.take();
         let started = Instant::now();
         let limit = self.timeouts.rebalance * 2 + Duration::from_secs(10);
         let mut backoff = Backoff::new(self.coordinator.client.config().retry_backoff);
         loop {
             let retry = match self.join_once(protocols, assign).await {
+                Ok(generation) if rebalance_of == Some(generation.id) => {
+                    // Kafka answers a rebalance with a new generation. Tansu 0.6, when a
+                    // heartbeat finds a member expired, answers RebalanceInProgress but keeps the
+                    // generation and its old assignments; leaving and joining afresh makes it
+                    // start a new generation (without the expired member).
+                    warn!(group = %self.group_id, generation = generation.id, "the coordinator asked for a rebalance but kept the generation; leaving and joining again to force a new one");
+                    rebalance_of = None;
+                    self.generation = Some(generation);
+                    if let Err(e) = self.leave().await {
+                        debug!(group = %self.group_id, error = %e, "LeaveGroup before joining again failed");
+                    }
+                    continue;
+                }
                 Ok(generation) => {
                     info!(group = %self.group_id, member = %generation.member_id, generation = generation.id, leader = generation.is_leader(), "joined group");
                     self.generation = Some(generation.clone());
@@ -603,12 +625,36 @@ impl GroupMember {
             .send(self.lane, request, timeout, "SyncGroup")
             .await
             .map_err(|e| self.classify(e))?;
+        if synced.error_code == REBALANCE_IN_PROGRESS {
+            // Tansu 0.6 counts only heartbeats as contact and makes every follower's JoinGroup
+            // wait 3 s: one heartbeat before joining again keeps a member that goes round the
+            // join loop from being expired meanwhile. Kafka answers it harmlessly.
+            let keep_alive = HeartbeatRequest {
+                group_id: self.group_id.clone(),
+                generation_id: joined.generation_id,
+                member_id: joined.member_id.clone(),
+            };
+            if let Err(e) = self.coordinator.send(self.lane, keep_alive, None, "Heartbeat").await {
+                debug!(group = %self.group_id, error = %e, "heartbeat between joins failed");
+            }
+        }
         if synced.error_code != 0 {
             let e = self.coordinator.check(synced.error_code, "SyncGroup").err();
             let e = e.unwrap_or_else(|| {
                 GroupError::broker(&self.group_id, "SyncGroup", synced.error_code)
             });
             return Err(self.classify(e));
+        }
+        // Tansu 0.6 counts only heartbeats as contact: one at once, rather than a heartbeat
+        // interval later, keeps a follower that just sat through its 3 s JoinGroup pause from
+        // expiring. What it says is left to the owner's next heartbeat.
+        let first = HeartbeatRequest {
+            group_id: self.group_id.clone(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+        };
+        if let Err(e) = self.coordinator.send(self.lane, first, None, "Heartbeat").await {
+            debug!(group = %self.group_id, error = %e, "first heartbeat of the generation failed");
         }
         Ok(Generation {
             id: joined.generation_id,
@@ -649,7 +695,10 @@ impl GroupMember {
         let response = self.coordinator.send(self.lane, request, None, "Heartbeat").await?;
         match response.error_code {
             0 => Ok(HeartbeatOutcome::Stable),
-            REBALANCE_IN_PROGRESS => Ok(HeartbeatOutcome::RebalanceNeeded),
+            REBALANCE_IN_PROGRESS => {
+                self.rebalance_of = Some(generation.id);
+                Ok(HeartbeatOutcome::RebalanceNeeded)
+            }
             UNKNOWN_MEMBER_ID | ILLEGAL_GENERATION | FENCED_INSTANCE_ID => {
                 warn!(group = %self.group_id, code = response.error_code, error = %error_name(response.error_code), "the coordinator dropped this member; it must join again");
                 if response.error_code != ILLEGAL_GENERATION {
@@ -758,25 +807,11 @@ impl GroupCommitter {
                 topics: topics.clone(),
             };
             let response = c.send(Lane::Control, request, None, "OffsetCommit").await?;
-            for (topic, partitions) in response.topics {
-                for (partition, code) in partitions {
-                    if code != 0 {
-                        if let Err(GroupError::Broker { group, request, code, error }) =
-                            c.check(code, "OffsetCommit")
-                        {
-                            return Err(GroupError::Partition {
-                                group,
-                                request,
-                                topic,
-                                partition,
-                                code,
-                                error,
-                            });
-                        }
-                    }
+            commit_errors(&c.group, response).inspect_err(|e| {
+                if e.coordinator_moved() {
+                    c.forget();
                 }
-            }
-            Ok(())
+            })
         })
         .await?;
         debug!(group = %c.group, generation = self.generation_id, partitions = offsets.len(), "committed offsets");
@@ -794,6 +829,23 @@ impl GroupCommitter {
     }
 }
 
+/// The first partition the coordinator refused in an OffsetCommit answer.
+fn commit_errors(group: &str, response: codec::OffsetCommitResponse) -> Result<(), GroupError> {
+    for (topic, partitions) in response.topics {
+        if let Some((partition, code)) = partitions.into_iter().find(|(_, code)| *code != 0) {
+            return Err(GroupError::Partition {
+                group: group.to_owned(),
+                request: "OffsetCommit",
+                topic,
+                partition,
+                code,
+                error: error_name(code),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// OffsetFetch of every committed offset of `group` (all topics): the next offset to read per
 /// topic-partition. Partitions without a committed offset are left out.
 ///
@@ -807,8 +859,24 @@ pub async fn committed_offsets(
     let c = Coordinator::new(client.clone(), group);
     c.retrying(|| async {
         let request = OffsetFetchRequest { group_id: group.to_owned(), topics: None };
-        let response = c.send(Lane::Control, request, None, "OffsetFetch").await?;
+        let mut response = c.send(Lane::Control, request, None, "OffsetFetch").await?;
         c.check(response.error_code, "OffsetFetch")?;
+        if response.topics_omitted {
+            // Tansu 0.6 does not answer "all topics" below OffsetFetch v8: ask for every topic
+            // of the cluster by name.
+            let topics = client
+                .all_topic_partitions()
+                .await
+                .map_err(|e| GroupError::transport(group, "OffsetFetch", e))?;
+            debug!(
+                group,
+                topics = topics.len(),
+                "the coordinator lists no topics for \"all\"; asking by name"
+            );
+            let request = OffsetFetchRequest { group_id: group.to_owned(), topics: Some(topics) };
+            response = c.send(Lane::Control, request, None, "OffsetFetch").await?;
+            c.check(response.error_code, "OffsetFetch")?;
+        }
         let mut out = HashMap::new();
         for (topic, partitions) in response.topics {
             let topic: Arc<str> = Arc::from(topic);
@@ -910,4 +978,32 @@ pub async fn describe_group(
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_partition_is_an_error_that_says_rejoin() {
+        let response = codec::OffsetCommitResponse {
+            topics: vec![("t".into(), vec![(0, 0), (1, ILLEGAL_GENERATION)])],
+        };
+        let e = commit_errors("g", response).unwrap_err();
+        assert!(matches!(e, GroupError::Partition { partition: 1, .. }), "{e}");
+        assert!(e.needs_rejoin() && e.is_retriable(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "group g: OffsetCommit of t-1 answered IllegalGeneration (Kafka error code 22)"
+        );
+        let ok = codec::OffsetCommitResponse { topics: vec![("t".into(), vec![(0, 0)])] };
+        assert!(commit_errors("g", ok).is_ok());
+
+        let fatal = GroupError::broker("g", "JoinGroup", 30); // GroupAuthorizationFailed
+        assert!(!fatal.is_retriable());
+        assert_eq!(crate::Error::from(fatal).kind(), crate::ErrorKind::Fatal);
+        let moved = GroupError::broker("g", "Heartbeat", NOT_COORDINATOR);
+        assert!(moved.coordinator_moved() && moved.is_retriable() && !moved.needs_rejoin());
+        assert_eq!(crate::Error::from(moved).kind(), crate::ErrorKind::Retriable);
+    }
 }

@@ -280,6 +280,7 @@ impl Herder {
             // Apply (revoked tasks drain first), heartbeating meanwhile so a long drain does not
             // cost the membership.
             let mut rebalance = !revoked.is_empty();
+            let mut lost = false;
             {
                 let apply = self.apply(&state.owned, &tasks);
                 tokio::pin!(apply);
@@ -289,6 +290,7 @@ impl Herder {
                         () = tokio::time::sleep(c.timeouts.heartbeat) => {
                             match member.heartbeat().await {
                                 Ok(HeartbeatOutcome::Stable) => state.last_ok = Instant::now(),
+                                Ok(HeartbeatOutcome::Lost) => lost = true,
                                 Ok(_) => rebalance = true,
                                 Err(e) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
                             }
@@ -297,6 +299,11 @@ impl Herder {
                 }
             }
             state.owned = tasks;
+            if lost {
+                warn!(worker = %c.worker_id, "membership lost: stopping every task (another worker may own them now), then rejoining");
+                self.stop_all(state).await;
+                continue 'join;
+            }
             if rebalance {
                 // Revoked tasks are stopped: rejoin at once so the next owner gets them.
                 continue 'join;

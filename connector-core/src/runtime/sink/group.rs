@@ -99,8 +99,12 @@ struct Membership {
 /// Why an epoch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
-    /// Rejoin: the group rebalances, or (leader) the topics' partitions changed.
+    /// Rejoin: the group rebalances.
     Rejoin,
+    /// (Leader) the topics' partitions changed: leave and join afresh, which makes every
+    /// coordinator start a new generation (Tansu 0.6 answers a leader's plain rejoin with the
+    /// same generation and assignment).
+    Repartition,
     /// The membership is gone (session expired): rejoin fresh.
     Lost,
     /// The task stopped (shutdown, or it failed): leave.
@@ -198,8 +202,14 @@ impl Membership {
                 why = ?ended,
                 "sink partitions revoked (drained, committed, closed)"
             );
-            if ended == Ended::Stopped {
-                break Ok(());
+            match ended {
+                Ended::Stopped => break Ok(()),
+                Ended::Repartition => {
+                    if let Err(e) = member.leave().await {
+                        debug!(connector = %self.name, task = self.task_id, error = %Error::from(e).report(), "LeaveGroup failed");
+                    }
+                }
+                Ended::Rejoin | Ended::Lost => {}
             }
         };
         // Best effort: a member that does not leave is dropped after the session timeout.
@@ -275,7 +285,7 @@ impl Membership {
                     match topic_partitions(&self.client, &self.topics).await {
                         Ok(now) if now != *known => {
                             info!(connector = %self.name, task = self.task_id, before = known.len(), now = now.len(), "the sink topics' partitions changed: rejoining to reassign them");
-                            ended = Some(Ended::Rejoin);
+                            ended = Some(Ended::Repartition);
                             end.cancel();
                         }
                         Ok(_) => {}

@@ -427,8 +427,10 @@ impl Env {
         stop: CancellationToken,
     ) -> Result<()> {
         let EpochRun { store, added, pause, commit_requests, on_open, put_grace } = run;
-        let put_stop = match put_grace {
-            None => stop.clone(),
+        // With a grace: a token of its own, cancelled `grace` after `stop`; the guard ends the
+        // timer however the epoch ends (dropped included).
+        let (put_stop, _end_timer) = match put_grace {
+            None => (stop.clone(), None),
             Some(grace) => {
                 let (put_stop, stop) = (CancellationToken::new(), stop.clone());
                 let timer = put_stop.clone();
@@ -440,7 +442,8 @@ impl Env {
                         }
                     }
                 });
-                put_stop
+                let guard = put_stop.clone().drop_guard();
+                (put_stop, Some(guard))
             }
         };
         let result = match task.open(partitions).await {
@@ -468,7 +471,6 @@ impl Env {
             Err(e) => Err(e),
         }
         .map_err(|e| self.tag(e));
-        put_stop.cancel();
         let mut reading: Vec<TopicPartition> = progress.consumed.keys().cloned().collect();
         reading.sort();
         if let Err(e) = task.close(&reading).await {
