@@ -251,10 +251,22 @@ impl Membership {
                 _ = beat.tick(), if ended != Some(Ended::Lost) => {
                     // Heartbeats go on during the drain: the group must not drop this member
                     // before its final commit.
-                    let outcome = match member.heartbeat().await {
+                    // Bounded by what is left of the session: an unreachable coordinator must
+                    // not hide for long that the membership is gone.
+                    let budget = self
+                        .timeouts
+                        .session
+                        .saturating_sub(last_ok.elapsed())
+                        .max(self.timeouts.heartbeat);
+                    let beat = match tokio::time::timeout(budget, member.heartbeat()).await {
+                        Ok(r) => r.map_err(Error::from),
+                        Err(_) => Err(Error::retriable(format!(
+                            "Heartbeat got no answer within {budget:?}"
+                        ))),
+                    };
+                    let outcome = match beat {
                         Ok(o) => o,
                         Err(e) => {
-                            let e = Error::from(e);
                             if last_ok.elapsed() < self.timeouts.session {
                                 debug!(connector = %self.name, task = self.task_id, error = %e.report(), "heartbeat failed");
                                 continue;
