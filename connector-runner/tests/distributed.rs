@@ -272,9 +272,13 @@ async fn three_workers_share_the_tasks_and_a_sigkilled_workers_tasks_move_losing
     let survivors: Vec<usize> = (0..workers.len()).filter(|i| *i != victim).collect();
 
     let deadline = killed + Duration::from_secs(60);
+    let mut first = None;
     let restarted = loop {
         let started: BTreeSet<String> =
             survivors.iter().flat_map(|i| workers[*i].started_since(marks[*i])).collect();
+        if first.is_none() && moved.iter().any(|t| started.contains(t)) {
+            first = Some(killed.elapsed());
+        }
         if moved.is_subset(&started) {
             break killed.elapsed();
         }
@@ -287,8 +291,9 @@ async fn three_workers_share_the_tasks_and_a_sigkilled_workers_tasks_move_losing
     let refs: Vec<&Worker> = survivors.iter().map(|i| &workers[*i]).collect();
     let after = s.wait_balanced(&refs, 3).await;
     println!(
-        "SIGKILL of {} ({moved:?}): its tasks started on the other two after {restarted:?} \
-         (session timeout {SESSION_MS} ms), generation {} -> {}: {:?}",
+        "SIGKILL of {} ({moved:?}): the first of its tasks started on another worker after \
+         {first:?}, all after {restarted:?} (session timeout {SESSION_MS} ms), generation {} -> {}: \
+         {:?}",
         workers[victim].id, before.generation, after.generation, after.workers
     );
 
