@@ -569,9 +569,19 @@ fn lead(
         maps.iter().filter(|m| Some(m.generation) == newest).copied().collect();
     let owned_by = |m: &WorkerMetadata| -> Vec<TaskId> {
         let mut owned: BTreeSet<TaskId> = m.owned.iter().cloned().collect();
-        if newest.is_some_and(|g| m.generation < g) {
+        if let Some(g) = newest.filter(|g| m.generation < *g) {
             for map in &baseline {
                 owned.extend(map.held(&m.worker_id));
+            }
+            if owned.len() > m.owned.len() {
+                info!(
+                    worker = %m.worker_id,
+                    reported = m.generation,
+                    baseline = g,
+                    owned = %list(&m.owned),
+                    held = %list(&owned.iter().cloned().collect::<Vec<_>>()),
+                    "a member's join metadata predates the newest map: what it holds there stays its own"
+                );
             }
         }
         owned.into_iter().collect()
