@@ -22,7 +22,7 @@ use connector_core::{
     SinkTaskContext, StartFrom, TopicPartition,
 };
 use connector_mqtt_sink::{MqttSinkConfig, MqttSinkConnector};
-use connector_testkit::{init_tracing, Mosquitto, MqttSubscriber, Tansu};
+use connector_testkit::{init_tracing, Mosquitto, MqttSubscriber, Tansu, TansuStorage};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -533,5 +533,63 @@ async fn partitions_added_to_the_topic_are_assigned_after_the_leaders_metadata_c
     );
     let calls = task.calls.lock().clone();
     assert!(calls.contains(&"open 0,1,2".to_owned()), "{calls:?}");
+    assert!(worker.shutdown().await.is_none());
+}
+
+/// A member cut off from Kafka for longer than the session loses its membership: it drains (its
+/// last commit cannot get through), closes its partitions, and joins again once Kafka is back.
+/// Nothing is lost; what is repeated is at most what was not committed when the cut began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_kafka_loses_its_membership_and_then_nothing_is_lost() {
+    init_tracing();
+    let (tansu, proxy) = Tansu::start_behind_proxy(TansuStorage::Memory).await.unwrap();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let producer = tansu.client().await.unwrap();
+    producer.create_topic("commands", 2, 1).await.unwrap();
+    let total = 10_000;
+    produce_commands(&producer, 0, total, 2).await;
+    let sub = MqttSubscriber::connect(&mqtt.url(), "observer", "cmd/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let held = Held::default();
+    let ConnectorSpec::Sink { connector, config } = mqtt_sink(&mqtt, "sink", 2, &held) else {
+        panic!("a sink spec")
+    };
+    let config = SinkRuntimeConfig { shutdown_timeout_ms: 3_000, ..config };
+    let worker = Worker::new(tansu.client().await.unwrap(), Arc::new(MemoryOffsetStore::new()))
+        .with_sink_groups(settings("w1"));
+    worker.start("cmds", ConnectorSpec::Sink { connector, config }).await.unwrap();
+    sub.wait_for(1_000, Duration::from_secs(30)).await.unwrap();
+
+    let committed: i64 = group_offsets(&producer, "connect-cmds", "commands").await.values().sum();
+    proxy.cut();
+    let cut = Instant::now();
+    let delivered = sub.count();
+    wait_for("every task to close its partitions", Duration::from_secs(30), || {
+        held.now.lock().values().all(BTreeSet::is_empty)
+    })
+    .await;
+    println!("membership lost and partitions closed {:?} after the cut ({delivered} delivered, {committed} committed at the cut)", cut.elapsed());
+    proxy.heal();
+    wait_members(&producer, "connect-cmds", &held, 2, 1).await;
+    let hw = high_watermarks(&producer, "commands", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group_offsets(&producer, "connect-cmds", "commands").await != hw {
+        assert!(Instant::now() < deadline, "the committed offsets never reached {hw:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sub.wait_for(total, Duration::from_secs(10)).await.unwrap();
+    let got: Vec<String> =
+        sub.messages().iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+    let distinct: HashSet<&String> = got.iter().collect();
+    let repeated = got.len() - distinct.len();
+    println!(
+        "{total} commands: {} received, {} lost, {repeated} repeated (bound {})",
+        got.len(),
+        total - distinct.len(),
+        total as i64 - committed
+    );
+    assert_eq!(distinct.len(), total, "commands lost");
+    assert!(repeated as i64 <= total as i64 - committed, "more repeated than was uncommitted");
     assert!(worker.shutdown().await.is_none());
 }

@@ -239,7 +239,14 @@ pub(super) async fn finish_with_save(
                 let _ = saved.apply(name, stats, progress);
             }
             Ok(Err(e)) => warn!(connector = %name, error = %e.report(), "offset save failed"),
-            Err(_) => warn!(connector = %name, ?timeout, "offset save in flight timed out"),
+            Err(_) => {
+                warn!(connector = %name, ?timeout, "offset save in flight timed out");
+                // Never let it land later: by then a newer owner of the partitions (or this
+                // task's next epoch) may have committed further, and it would move them back.
+                if let Some(handle) = saving.as_mut().and_then(|s| s.handle.take()) {
+                    handle.abort();
+                }
+            }
         }
     }
     finish(name, task, store, stats, progress, (deadline, timeout), outcome).await
