@@ -198,9 +198,11 @@ async fn the_kafka_offset_store_sees_what_another_process_saved_after_its_first_
     assert_eq!(next_of(&first.load("c").await.unwrap(), 0), 9);
 }
 
+/// Session 5 s: on Tansu 0.6 a follower's JoinGroup waits 3 s in the broker, and with a 3 s
+/// session the group churns.
 fn timeouts() -> GroupTimeouts {
     GroupTimeouts {
-        session: Duration::from_secs(3),
+        session: Duration::from_secs(5),
         heartbeat: Duration::from_millis(500),
         rebalance: Duration::from_secs(10),
     }
@@ -278,6 +280,52 @@ async fn two_workers_split_four_tasks_two_two_and_the_one_left_runs_all_four() {
     a.shutdown.cancel();
     a.run.await.unwrap().unwrap();
     assert_eq!(*beats.overlaps.lock(), 0, "a task ran on both workers at once");
+}
+
+/// Two workers joining at once while a third runs everything (Tansu forms generations without
+/// waiting for every member, so members' join metadata lags their assignments): no task ever
+/// runs on two workers, and the group settles 2/1/1, then 2/2 once one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_joining_and_leaving_never_run_a_task_twice() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    tansu.client().await.unwrap().create_topic("beats", 1, 1).await.unwrap();
+    let beats = Beats::new("beats");
+    let a = process(&tansu, "worker-a", "same", &beats).await;
+    wait_until("worker-a running all 4", Duration::from_secs(20), || {
+        running(&a.worker, "beats").len() == TASKS
+    })
+    .await;
+    let started = Instant::now();
+    let (b, c) = tokio::join!(
+        process(&tansu, "worker-b", "same", &beats),
+        process(&tansu, "worker-c", "same", &beats)
+    );
+    let spread = |ps: &[&Process]| -> Vec<usize> {
+        let sets: Vec<BTreeSet<usize>> = ps.iter().map(|p| running(&p.worker, "beats")).collect();
+        let union: BTreeSet<usize> = sets.iter().flatten().copied().collect();
+        let mut sizes: Vec<usize> = sets.iter().map(BTreeSet::len).collect();
+        sizes.sort_unstable();
+        if union.len() == TASKS {
+            sizes
+        } else {
+            Vec::new()
+        }
+    };
+    wait_until("a 2/1/1 split", Duration::from_secs(45), || spread(&[&a, &b, &c]) == [1, 1, 2])
+        .await;
+    let split = started.elapsed();
+    a.shutdown.cancel();
+    let stopped = Instant::now();
+    a.run.await.unwrap().unwrap();
+    wait_until("a 2/2 split of b and c", Duration::from_secs(30), || spread(&[&b, &c]) == [2, 2])
+        .await;
+    eprintln!("2/1/1 after {split:?}; 2/2 {:?} after worker-a's shutdown", stopped.elapsed());
+    b.shutdown.cancel();
+    c.shutdown.cancel();
+    b.run.await.unwrap().unwrap();
+    c.run.await.unwrap().unwrap();
+    assert_eq!(*beats.overlaps.lock(), 0, "a task ran on two workers at once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,45 @@ pub struct WorkerMetadata {
     pub config_hash: String,
     /// The tasks it runs now.
     pub owned: Vec<TaskId>,
+    /// The generation of the last assignment this worker applied (stopped what it revoked,
+    /// started what it gave): `owned` is exact as of then. -1 before any.
+    #[serde(default = "no_generation")]
+    pub generation: i32,
+    /// The newest whole map this worker knows of (received, or computed as leader).
+    #[serde(default)]
+    pub last: Option<GenerationMap>,
+}
+
+fn no_generation() -> i32 {
+    -1
+}
+
+/// One generation's whole map: what every worker was told (JSON, in [`WorkerMetadata`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationMap {
+    /// The group generation.
+    pub generation: i32,
+    /// Every worker's tasks, by worker id.
+    pub all: BTreeMap<String, Vec<TaskId>>,
+    /// Every worker's revoked tasks, by worker id.
+    pub revoked_all: BTreeMap<String, Vec<TaskId>>,
+}
+
+impl GenerationMap {
+    /// What `worker` may still run under this map: its tasks and those it must stop.
+    ///
+    /// ```
+    /// use connector_core::runtime::cluster::{GenerationMap, TaskId};
+    /// let mut map = GenerationMap { generation: 3, ..Default::default() };
+    /// map.all.insert("w1".into(), vec![TaskId::new("c", 0)]);
+    /// map.revoked_all.insert("w1".into(), vec![TaskId::new("c", 1)]);
+    /// assert_eq!(map.held("w1").len(), 2);
+    /// assert!(map.held("w2").is_empty());
+    /// ```
+    pub fn held(&self, worker: &str) -> BTreeSet<TaskId> {
+        let a = self.all.get(worker).into_iter().flatten();
+        a.chain(self.revoked_all.get(worker).into_iter().flatten()).cloned().collect()
+    }
 }
 
 /// What the leader tells each worker (JSON). The generation and the whole map are in every
@@ -68,6 +107,21 @@ pub struct WorkerAssignment {
     pub revoked: Vec<TaskId>,
     /// Every worker's tasks in this generation, by worker id.
     pub all: BTreeMap<String, Vec<TaskId>>,
+    /// Every worker's revoked tasks in this generation, by worker id (a worker still holds
+    /// them until it reports a generation at least this one without them).
+    #[serde(default)]
+    pub revoked_all: BTreeMap<String, Vec<TaskId>>,
+}
+
+impl WorkerAssignment {
+    /// The whole map of this generation.
+    pub fn map(&self) -> GenerationMap {
+        GenerationMap {
+            generation: self.generation,
+            all: self.all.clone(),
+            revoked_all: self.revoked_all.clone(),
+        }
+    }
 }
 
 impl WorkerAssignment {
@@ -149,6 +203,10 @@ struct State {
     last_ok: Instant,
     /// Failures already logged.
     failed: BTreeSet<TaskId>,
+    /// The generation of the last assignment applied here (`owned` is exact as of then).
+    applied: i32,
+    /// The newest whole map known here (received, or computed as leader).
+    last: Option<GenerationMap>,
 }
 
 impl Herder {
@@ -195,8 +253,13 @@ impl Herder {
             c.worker_id.clone(),
             c.timeouts,
         );
-        let mut state =
-            State { owned: BTreeSet::new(), last_ok: Instant::now(), failed: BTreeSet::new() };
+        let mut state = State {
+            owned: BTreeSet::new(),
+            last_ok: Instant::now(),
+            failed: BTreeSet::new(),
+            applied: no_generation(),
+            last: None,
+        };
         let result = self.rounds(&mut member, &mut state, &all_tasks, &shutdown).await;
         // Stop every task (drain, commit) before leaving: the next owner starts from what we
         // committed.
@@ -226,11 +289,15 @@ impl Herder {
                 worker_id: c.worker_id.clone(),
                 config_hash: c.config_hash.clone(),
                 owned: state.owned.iter().cloned().collect(),
+                generation: state.applied,
+                last: state.last.clone(),
             };
             let metadata = Bytes::from(serde_json::to_vec(&metadata).unwrap_or_default());
             let protocols = [(PROTOCOL_NAME.to_owned(), metadata)];
             let (group_id, worker_id) = (c.group_id.clone(), c.worker_id.clone());
-            let mut leader = |joined: &JoinedGroup| lead(joined, &group_id, &worker_id, all_tasks);
+            let known = &mut state.last;
+            let mut leader =
+                |joined: &JoinedGroup| lead(joined, &group_id, &worker_id, all_tasks, known);
             let joined = tokio::select! {
                 r = member.join(&protocols, &mut leader) => r,
                 () = shutdown.cancelled() => return Ok(()),
@@ -259,6 +326,9 @@ impl Herder {
             if let Some(message) = assignment.error {
                 error!(worker = %c.worker_id, group = %c.group_id, generation = generation.id, "{message}");
                 return Err(HerderError::Refused(message));
+            }
+            if state.last.as_ref().is_none_or(|l| l.generation <= assignment.generation) {
+                state.last = Some(assignment.map());
             }
             let tasks: BTreeSet<TaskId> = assignment.tasks.iter().cloned().collect();
             let revoked: BTreeSet<TaskId> = assignment.revoked.iter().cloned().collect();
@@ -298,7 +368,10 @@ impl Herder {
                     }
                 }
             }
+            // Only now (everything revoked drained, everything given started) the next join
+            // reports this generation with exactly these tasks.
             state.owned = tasks;
+            state.applied = assignment.generation;
             if lost {
                 warn!(worker = %c.worker_id, "membership lost: stopping every task (another worker may own them now), then rejoining");
                 self.stop_all(state).await;
@@ -455,12 +528,21 @@ fn list(tasks: &[TaskId]) -> String {
 }
 
 /// The leader's part: reads every member's metadata, refuses those whose configuration differs
-/// from the group's, and deals the tasks to the others.
+/// from the group's, and deals the tasks to the others. `last` is the newest map this leader
+/// knows of; the map it computes becomes it.
+///
+/// A member's join metadata may predate the last assignment it got (Tansu's JoinGroup does not
+/// wait for every member to rejoin), so what it may run is taken from the newest map anyone
+/// knows of (the baseline): a member whose metadata reports a generation older than the
+/// baseline's may still run (or start) everything the baseline gave or revoked it, and those
+/// tasks count as its own (kept or revoked again, never given to another). A member that
+/// applied the baseline or a newer one reports exactly what it runs.
 fn lead(
     joined: &JoinedGroup,
     group_id: &str,
     leader_worker: &str,
     all_tasks: &[TaskId],
+    last: &mut Option<GenerationMap>,
 ) -> Vec<(String, Bytes)> {
     let members: Vec<(String, Option<WorkerMetadata>)> = joined
         .members
@@ -478,20 +560,46 @@ fn lead(
         members.iter().filter_map(|(_, m)| m.as_ref()),
         leader_hash.as_deref().unwrap_or_default(),
     );
+    // The baseline: the newest map known to the leader or any member (several of the same
+    // generation, which should not happen, are all taken).
+    let maps: Vec<&GenerationMap> =
+        last.iter().chain(members.iter().filter_map(|(_, m)| m.as_ref()?.last.as_ref())).collect();
+    let newest = maps.iter().map(|m| m.generation).max();
+    let baseline: Vec<&GenerationMap> =
+        maps.iter().filter(|m| Some(m.generation) == newest).copied().collect();
+    let owned_by = |m: &WorkerMetadata| -> Vec<TaskId> {
+        let mut owned: BTreeSet<TaskId> = m.owned.iter().cloned().collect();
+        if let Some(g) = newest.filter(|g| m.generation < *g) {
+            for map in &baseline {
+                owned.extend(map.held(&m.worker_id));
+            }
+            if owned.len() > m.owned.len() {
+                info!(
+                    worker = %m.worker_id,
+                    reported = m.generation,
+                    baseline = g,
+                    owned = %list(&m.owned),
+                    held = %list(&owned.iter().cloned().collect::<Vec<_>>()),
+                    "a member's join metadata predates the newest map: what it holds there stays its own"
+                );
+            }
+        }
+        owned.into_iter().collect()
+    };
     let worker_of = |id: &str, meta: &Option<WorkerMetadata>| {
         meta.as_ref().map_or_else(|| id.to_owned(), |m| m.worker_id.clone())
     };
     let mut accepted = Vec::new();
     let mut refused: BTreeMap<String, String> = BTreeMap::new();
-    // Tasks a refused member still claims go to nobody this round (it stops them and leaves).
-    let mut held_by_refused: BTreeSet<TaskId> = BTreeSet::new();
+    // Tasks a refused member may still run go to nobody this round (it stops them and leaves).
+    let mut held_by_refused: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
     for (id, meta) in &members {
         match meta {
             Some(m) if m.version == VERSION && m.config_hash == group_hash => {
-                accepted.push(MemberTasks { id: id.clone(), owned: m.owned.clone() });
+                accepted.push(MemberTasks { id: id.clone(), owned: owned_by(m) });
             }
             Some(m) => {
-                held_by_refused.extend(m.owned.iter().cloned());
+                held_by_refused.insert(id.clone(), owned_by(m));
                 refused.insert(
                     id.clone(),
                     format!(
@@ -508,19 +616,44 @@ fn lead(
             }
         }
     }
-    let dealt: Vec<TaskId> =
-        all_tasks.iter().filter(|t| !held_by_refused.contains(*t)).cloned().collect();
+    let not_dealt: BTreeSet<&TaskId> = held_by_refused.values().flatten().collect();
+    let dealt: Vec<TaskId> = all_tasks.iter().filter(|t| !not_dealt.contains(t)).cloned().collect();
     let out = assign(&accepted, &dealt);
-    let all: BTreeMap<String, Vec<TaskId>> = members
-        .iter()
-        .filter_map(|(id, meta)| Some((worker_of(id, meta), out.get(id)?.tasks.clone())))
-        .collect();
+    // Two members of one worker id (a restarted worker while its old member is still in the
+    // group) share one entry: the union.
+    let mut all: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
+    let mut revoked_all: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
+    for (id, meta) in &members {
+        let worker = worker_of(id, meta);
+        match out.get(id) {
+            Some(a) => {
+                all.entry(worker.clone()).or_default().extend(a.tasks.iter().cloned());
+                revoked_all.entry(worker).or_default().extend(a.revoked.iter().cloned());
+            }
+            None => {
+                let held = held_by_refused.get(id).into_iter().flatten().cloned();
+                revoked_all.entry(worker).or_default().extend(held);
+            }
+        }
+    }
+    for v in all.values_mut().chain(revoked_all.values_mut()) {
+        v.sort();
+        v.dedup();
+    }
+    revoked_all.retain(|_, v| !v.is_empty());
+    *last = Some(GenerationMap {
+        generation: joined.generation_id,
+        all: all.clone(),
+        revoked_all: revoked_all.clone(),
+    });
     let leader = leader_worker.to_owned();
     members
         .iter()
         .map(|(id, _)| {
-            let (tasks, revoked) =
-                out.get(id).map(|a| (a.tasks.clone(), a.revoked.clone())).unwrap_or_default();
+            let (tasks, revoked) = match out.get(id) {
+                Some(a) => (a.tasks.clone(), a.revoked.clone()),
+                None => (Vec::new(), held_by_refused.get(id).cloned().unwrap_or_default()),
+            };
             let a = WorkerAssignment {
                 version: VERSION,
                 generation: joined.generation_id,
@@ -529,6 +662,7 @@ fn lead(
                 tasks,
                 revoked,
                 all: all.clone(),
+                revoked_all: revoked_all.clone(),
             };
             (id.clone(), Bytes::from(serde_json::to_vec(&a).unwrap_or_default()))
         })
@@ -555,6 +689,7 @@ fn group_hash<'a>(members: impl Iterator<Item = &'a WorkerMetadata>, leader: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn meta(worker: &str, hash: &str, owned: Vec<TaskId>) -> WorkerMetadata {
         WorkerMetadata {
@@ -562,6 +697,8 @@ mod tests {
             worker_id: worker.into(),
             config_hash: hash.into(),
             owned,
+            generation: -1,
+            last: None,
         }
     }
 
@@ -597,7 +734,8 @@ mod tests {
         let tasks: Vec<TaskId> = (0..4).map(|t| TaskId::new("c", t)).collect();
         let (a, b, c) =
             (meta("wa", "h1", vec![]), meta("wb", "h1", vec![]), meta("wc", "h9", vec![]));
-        let out = lead(&joined(&[("ma", &a), ("mb", &b), ("mc", &c)]), "g", "wa", &tasks);
+        let out =
+            lead(&joined(&[("ma", &a), ("mb", &b), ("mc", &c)]), "g", "wa", &tasks, &mut None);
         let got: BTreeMap<String, WorkerAssignment> =
             out.into_iter().map(|(id, b)| (id, WorkerAssignment::decode(&b).unwrap())).collect();
         assert_eq!(got["ma"].tasks.len(), 2);
@@ -608,5 +746,295 @@ mod tests {
         assert_eq!(got["ma"].generation, 7);
         assert_eq!(got["mb"].leader, "wa");
         assert_eq!(got["mb"].all["wa"].len(), 2);
+    }
+
+    fn t(c: &str, ids: &[usize]) -> Vec<TaskId> {
+        ids.iter().map(|i| TaskId::new(c, *i)).collect()
+    }
+
+    /// A member `w` (member id `m-w`) that applied `generation` and runs `owned`.
+    fn at(
+        w: &str,
+        generation: i32,
+        owned: Vec<TaskId>,
+        last: Option<&GenerationMap>,
+    ) -> WorkerMetadata {
+        WorkerMetadata { generation, last: last.cloned(), ..meta(w, "h", owned) }
+    }
+
+    /// Generation `generation` led by `members[0]` (knowing `known`): each worker id's assignment.
+    fn round(
+        generation: i32,
+        members: &[&WorkerMetadata],
+        tasks: &[TaskId],
+        known: &mut Option<GenerationMap>,
+    ) -> BTreeMap<String, WorkerAssignment> {
+        let ids: Vec<String> = members.iter().map(|m| format!("m-{}", m.worker_id)).collect();
+        let mut j =
+            joined(&members.iter().zip(&ids).map(|(m, id)| (id.as_str(), *m)).collect::<Vec<_>>());
+        j.generation_id = generation;
+        let leader = members[0].worker_id.clone();
+        lead(&j, "g", &leader, tasks, known)
+            .into_iter()
+            .map(|(id, b)| {
+                (id.trim_start_matches("m-").to_owned(), WorkerAssignment::decode(&b).unwrap())
+            })
+            .collect()
+    }
+
+    fn map(
+        generation: i32,
+        all: &[(&str, Vec<TaskId>)],
+        revoked: &[(&str, Vec<TaskId>)],
+    ) -> GenerationMap {
+        let m = |v: &[(&str, Vec<TaskId>)]| {
+            v.iter().map(|(w, t)| ((*w).to_owned(), t.clone())).collect()
+        };
+        GenerationMap { generation, all: m(all), revoked_all: m(revoked) }
+    }
+
+    /// Helper D's run on Tansu: w2 was given telemetry-3,4,5 in generation 3, but its join
+    /// metadata still says generation 2 and owned [] (Tansu formed generations 4 and 5 without
+    /// it rejoining). Neither generation may give those tasks to w3.
+    #[test]
+    fn a_member_whose_metadata_predates_the_last_map_keeps_what_that_map_gave_it() {
+        let tasks = t("telemetry", &[0, 1, 2, 3, 4, 5]);
+        let gen3 =
+            map(3, &[("w1", t("telemetry", &[0, 1, 2])), ("w2", t("telemetry", &[3, 4, 5]))], &[]);
+        let mut known = Some(gen3.clone());
+        let w1 = at("w1", 3, t("telemetry", &[0, 1, 2]), Some(&gen3));
+        let w2 = at("w2", 2, vec![], None);
+        let w3 = at("w3", -1, vec![], None);
+        let w2_held = t("telemetry", &[3, 4, 5]);
+        for generation in [4, 5] {
+            let out = round(generation, &[&w1, &w2, &w3], &tasks, &mut known);
+            for x in &w2_held {
+                assert!(
+                    !out["w1"].tasks.contains(x) && !out["w3"].tasks.contains(x),
+                    "gen {generation}: {x} given away: {out:?}"
+                );
+                assert!(
+                    out["w2"].tasks.contains(x) ^ out["w2"].revoked.contains(x),
+                    "gen {generation}: {x}"
+                );
+            }
+            assert_eq!(out["w1"].all, out["w3"].all);
+            assert_eq!(
+                known.as_ref().unwrap().generation,
+                generation,
+                "the leader remembers what it computed"
+            );
+        }
+        // Once w2 reports generation 5 applied, what it was revoked goes to w3.
+        let gen5 = known.clone().unwrap();
+        let w2_kept = gen5.all["w2"].clone();
+        let w1 = at("w1", 5, gen5.all["w1"].clone(), Some(&gen5));
+        let w2 = at("w2", 5, w2_kept.clone(), Some(&gen5));
+        let w3 = at("w3", 5, vec![], Some(&gen5));
+        let out = round(6, &[&w1, &w2, &w3], &tasks, &mut known);
+        assert_eq!(out["w2"].tasks, w2_kept);
+        assert_eq!(out["w3"].tasks.len(), 2, "{out:?}");
+        for x in &out["w3"].tasks {
+            assert!(gen5.revoked_all["w2"].contains(x) || gen5.revoked_all["w1"].contains(x));
+        }
+    }
+
+    #[test]
+    fn a_revoked_task_goes_to_nobody_until_its_owner_reports_a_newer_generation_without_it() {
+        let tasks = t("s", &[0, 1, 2, 3]);
+        let gen1 = map(1, &[("a", tasks.clone())], &[]);
+        let mut known = Some(gen1.clone());
+        let a = at("a", 1, tasks.clone(), Some(&gen1));
+        let b = at("b", -1, vec![], None);
+        let out = round(2, &[&a, &b], &tasks, &mut known);
+        assert_eq!(out["a"].tasks, t("s", &[0, 1]));
+        assert_eq!(out["a"].revoked, t("s", &[2, 3]));
+        assert_eq!(out["a"].revoked_all["a"], t("s", &[2, 3]));
+        assert!(out["b"].tasks.is_empty());
+        // a's metadata is still the old one (generation 1): 2 and 3 stay a's (revoked again).
+        let out = round(3, &[&b, &a], &tasks, &mut known);
+        assert!(out["b"].tasks.is_empty(), "{out:?}");
+        assert_eq!(out["a"].revoked, t("s", &[2, 3]));
+        // a applied generation 2 but reports only that: generation 3 revoked 2,3 too, so they
+        // still wait.
+        let gen3 = known.clone().unwrap();
+        let a2 = at("a", 2, t("s", &[0, 1]), None);
+        let out = round(4, &[&b, &a2], &tasks, &mut known);
+        assert!(out["b"].tasks.is_empty(), "{out:?}");
+        let _ = gen3;
+        // a applied generation 4 without them: b gets them.
+        let a4 = at("a", 4, t("s", &[0, 1]), None);
+        let out = round(5, &[&a4, &b], &tasks, &mut known);
+        assert_eq!(out["b"].tasks, t("s", &[2, 3]));
+        assert_eq!(out["a"].tasks, t("s", &[0, 1]));
+        assert!(out["a"].revoked.is_empty());
+    }
+
+    #[test]
+    fn the_tasks_of_a_worker_that_left_go_to_the_others_at_once() {
+        let tasks = t("s", &[0, 1, 2, 3]);
+        let gen5 = map(5, &[("a", t("s", &[0, 1])), ("b", t("s", &[2, 3]))], &[]);
+        // Whether a's metadata is current or stale, b's tasks are free.
+        for generation in [5, 4] {
+            let mut known = Some(gen5.clone());
+            let a = at("a", generation, t("s", &[0, 1]), None);
+            let out = round(6, &[&a], &tasks, &mut known);
+            assert_eq!(out["a"].tasks, tasks);
+            assert!(out["a"].revoked.is_empty());
+        }
+        // A member that knows a newer map than the leader makes it the baseline.
+        let mut known = None;
+        let a = at("a", 5, t("s", &[0, 1]), Some(&gen5));
+        let c = at("c", 4, vec![], None);
+        let out = round(6, &[&c, &a], &tasks, &mut known);
+        assert_eq!(out["a"].tasks, t("s", &[0, 1]));
+        assert_eq!(out["c"].tasks, t("s", &[2, 3]));
+    }
+
+    /// One worker of the simulated group.
+    #[derive(Debug, Default)]
+    struct Sim {
+        in_group: bool,
+        /// What it runs (the last assignment it applied).
+        running: BTreeSet<TaskId>,
+        applied: i32,
+        known: Option<GenerationMap>,
+        /// Received, not applied yet.
+        pending: Option<WorkerAssignment>,
+        /// The metadata of its last JoinGroup (what the broker hands the leader).
+        sent: Option<WorkerMetadata>,
+    }
+
+    impl Sim {
+        fn apply(&mut self) {
+            if let Some(a) = self.pending.take() {
+                self.running = a.tasks.into_iter().collect();
+                self.applied = a.generation;
+            }
+        }
+        fn join(&mut self, id: &str) {
+            if !self.in_group {
+                *self = Sim { in_group: true, applied: -1, ..Sim::default() };
+            }
+            // The herder applies an assignment before it reports anything.
+            self.apply();
+            self.sent = Some(at(
+                id,
+                self.applied,
+                self.running.iter().cloned().collect(),
+                self.known.as_ref(),
+            ));
+        }
+    }
+
+    /// A step: (kind, worker, leader pick, delivery bits).
+    type Step = (u8, usize, usize, u8);
+
+    /// Runs `steps` on `n` workers; checks after every step that no task runs twice, and at
+    /// the end that the group settles with every task running once.
+    fn simulate(n: usize, tasks: &[TaskId], steps: &[Step]) -> Result<(), TestCaseError> {
+        let ids: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+        let mut sims: Vec<Sim> = (0..n).map(|_| Sim { applied: -1, ..Sim::default() }).collect();
+        let mut generation = 0;
+        let mut generate = |sims: &mut Vec<Sim>, pick: usize, deliver: u8| {
+            let members: Vec<usize> =
+                (0..n).filter(|i| sims[*i].in_group && sims[*i].sent.is_some()).collect();
+            // The leader is a member whose JoinGroup just returned (so nothing pending) and
+            // that knows the newest map (Tansu keeps its leader while it stays a member, and
+            // the leader remembers every map it computed).
+            let newest = sims
+                .iter()
+                .filter(|s| s.in_group)
+                .filter_map(|s| s.known.as_ref().map(|m| m.generation))
+                .max();
+            let leaders: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|i| sims[*i].pending.is_none())
+                .filter(|i| sims[*i].known.as_ref().map(|m| m.generation) == newest)
+                .collect();
+            if leaders.is_empty() {
+                return;
+            }
+            let leader = leaders[pick % leaders.len()];
+            generation += 1;
+            let mut order = vec![leader];
+            order.extend(members.iter().copied().filter(|i| *i != leader));
+            let metas: Vec<WorkerMetadata> =
+                order.iter().map(|i| sims[*i].sent.clone().unwrap()).collect();
+            let refs: Vec<&WorkerMetadata> = metas.iter().collect();
+            let mut known = sims[leader].known.take();
+            let out = round(generation, &refs, tasks, &mut known);
+            sims[leader].known = known;
+            for (k, i) in order.iter().enumerate() {
+                let s = &mut sims[*i];
+                if (*i == leader || deliver & (1 << (k % 8)) != 0) && s.pending.is_none() {
+                    let a = out[&ids[*i]].clone();
+                    if s.known.as_ref().is_none_or(|l| l.generation <= a.generation) {
+                        s.known = Some(a.map());
+                    }
+                    s.pending = Some(a);
+                }
+            }
+        };
+        let check = |sims: &Vec<Sim>, what: &str| -> Result<(), TestCaseError> {
+            let mut runs: BTreeMap<&TaskId, usize> = BTreeMap::new();
+            for (i, s) in sims.iter().enumerate() {
+                for x in &s.running {
+                    if let Some(j) = runs.insert(x, i) {
+                        return Err(TestCaseError::fail(format!(
+                            "{what}: {x} runs on w{j} and w{i}: {sims:#?}"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        };
+        for (k, (kind, w, pick, deliver)) in steps.iter().enumerate() {
+            let w = *w % n;
+            match kind % 8 {
+                0..=2 => sims[w].join(&ids[w]),
+                3 | 4 => sims[w].apply(),
+                5 => {
+                    // Leaves: stops everything first.
+                    sims[w] = Sim { applied: -1, ..Sim::default() };
+                }
+                _ => generate(&mut sims, *pick, *deliver),
+            }
+            check(&sims, &format!("step {k}"))?;
+        }
+        // Settle: every member applies, rejoins, and hears every generation.
+        if sims.iter().all(|s| !s.in_group) {
+            sims[0].join(&ids[0]);
+        }
+        for r in 0..4 {
+            for (i, s) in sims.iter_mut().enumerate() {
+                if s.in_group {
+                    s.join(&ids[i]);
+                }
+            }
+            generate(&mut sims, r, 0xff);
+            for s in sims.iter_mut() {
+                s.apply();
+            }
+            check(&sims, &format!("settle round {r}"))?;
+        }
+        let running: usize = sims.iter().map(|s| s.running.len()).sum();
+        prop_assert_eq!(running, tasks.len(), "not settled: {:#?}", sims);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn members_lagging_the_last_map_never_make_a_task_run_on_two_workers(
+            n in 1usize..5,
+            sizes in prop::collection::vec(1usize..7, 1..3),
+            steps in prop::collection::vec((0u8..8, 0usize..5, 0usize..5, 0u8..=255), 0..40),
+        ) {
+            let tasks: Vec<TaskId> = sizes.iter().enumerate()
+                .flat_map(|(c, k)| (0..*k).map(move |i| TaskId::new(format!("c{c}"), i)))
+                .collect();
+            simulate(n, &tasks, &steps)?;
+        }
     }
 }

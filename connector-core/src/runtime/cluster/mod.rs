@@ -17,8 +17,8 @@ use crate::kafka::group::GroupTimeouts;
 
 pub use assign::{assign, MemberAssignment, MemberTasks, TaskId};
 pub use herder::{
-    Herder, HerderConfig, HerderError, StatusRecord, WorkerAssignment, WorkerMetadata,
-    PROTOCOL_NAME, PROTOCOL_TYPE, STATUS_TOPIC,
+    GenerationMap, Herder, HerderConfig, HerderError, StatusRecord, WorkerAssignment,
+    WorkerMetadata, PROTOCOL_NAME, PROTOCOL_TYPE, STATUS_TOPIC,
 };
 
 /// The `[cluster]` table: distributed mode. Without `group_id` (here or `connect run --group`)

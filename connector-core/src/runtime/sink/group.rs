@@ -4,7 +4,7 @@
 //! what the tasks put there.
 //!
 //! ```text
-//!  join (leader: range-assigns the topics' partitions over the members sorted by id)
+//!  join (leader: spreads the topics' partitions evenly, members keeping what they held)
 //!    ─► epoch: open(partitions), read from the group's committed offsets (else `start`),
 //!       commits = OffsetCommit with this generation  ·  beside it: Heartbeat every heartbeat
 //!       interval, and (leader) a metadata check every metadata_max_age_ms
@@ -17,7 +17,7 @@
 //! by the group, so the next owner of those partitions reads again from the last accepted commit
 //! (duplicates, never loss).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,6 +124,8 @@ impl Membership {
         let protocols =
             [("range".to_owned(), consumer_protocol::encode_subscription(&self.topics))];
         let mut backoff = Backoff::new(self.client.config().retry_backoff);
+        // The last assignment this member made as the leader (what sticks).
+        let mut previous: HashMap<String, Vec<TopicPartition>> = HashMap::new();
         let outcome = loop {
             // Every member knows the partitions: whoever the coordinator makes leader assigns.
             let known = match topic_partitions(&self.client, &self.topics).await {
@@ -137,7 +139,7 @@ impl Membership {
                 }
                 Err(e) => break Err(e),
             };
-            let mut assign = |joined: &JoinedGroup| assign_range(joined, &known);
+            let mut assign = |joined: &JoinedGroup| assign_sticky(joined, &known, &mut previous);
             let joined = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 () = epochs.closed() => break Ok(()),
@@ -345,10 +347,17 @@ async fn topic_partitions(client: &KafkaClient, topics: &[String]) -> Result<Vec
     Ok(partitions)
 }
 
-/// Kafka's range assignor: per topic, the members subscribed to it (sorted by member id) get
-/// contiguous ranges of its partitions, the first `partitions % members` one more. Every member
-/// gets an assignment (maybe empty).
-fn assign_range(joined: &JoinedGroup, known: &[TopicPartition]) -> Vec<(String, Bytes)> {
+/// The leader's assignor: per topic, the members subscribed to it (sorted by member id) share its
+/// partitions evenly (`partitions / members` each, the first `partitions % members` one more).
+/// Sticky: a member keeps what it held in `previous` (the last assignment this leader made) up to
+/// its share, so a rebalance moves only what it must; what is left is dealt in contiguous ranges,
+/// in member order (with no history this is Kafka's range assignor). Every member gets an
+/// assignment (maybe empty); `previous` becomes this one.
+fn assign_sticky(
+    joined: &JoinedGroup,
+    known: &[TopicPartition],
+    previous: &mut HashMap<String, Vec<TopicPartition>>,
+) -> Vec<(String, Bytes)> {
     let mut members: Vec<(&str, Vec<String>)> = joined
         .members
         .iter()
@@ -373,15 +382,55 @@ fn assign_range(joined: &JoinedGroup, known: &[TopicPartition]) -> Vec<(String, 
         if subscribed.is_empty() {
             continue;
         }
-        let (each, extra) = (parts.len() / subscribed.len(), parts.len() % subscribed.len());
-        let mut next = parts.into_iter();
+        let (each, mut extra) = (parts.len() / subscribed.len(), parts.len() % subscribed.len());
+        let mut taken: HashSet<&TopicPartition> = HashSet::new();
+        let mut mine: Vec<Vec<TopicPartition>> = vec![Vec::new(); subscribed.len()];
+        let mut quota = vec![each; subscribed.len()];
+        // What each member keeps of what it held.
         for (i, id) in subscribed.iter().enumerate() {
-            let n = each + usize::from(i < extra);
-            if let Some(list) = out.get_mut(id) {
-                list.extend(next.by_ref().take(n).cloned());
+            let held: Vec<&TopicPartition> = previous
+                .get(*id)
+                .into_iter()
+                .flatten()
+                .filter_map(|tp| parts.iter().copied().find(|p| *p == tp))
+                .filter(|tp| !taken.contains(tp))
+                .collect();
+            if held.len() > each && extra > 0 {
+                quota[i] += 1;
+                extra -= 1;
+            }
+            for tp in held.into_iter().take(quota[i]) {
+                taken.insert(tp);
+                mine[i].push(tp.clone());
+            }
+        }
+        // The remaining larger shares go to the first members in order.
+        for q in quota.iter_mut() {
+            if extra == 0 {
+                break;
+            }
+            if *q == each {
+                *q += 1;
+                extra -= 1;
+            }
+        }
+        let mut rest = parts.iter().filter(|tp| !taken.contains(*tp));
+        for (i, list) in mine.iter_mut().enumerate() {
+            while list.len() < quota[i] {
+                match rest.next() {
+                    Some(tp) => list.push((*tp).clone()),
+                    None => break,
+                }
+            }
+            list.sort();
+        }
+        for (id, list) in subscribed.iter().zip(mine) {
+            if let Some(o) = out.get_mut(id) {
+                o.extend(list);
             }
         }
     }
+    *previous = out.iter().map(|(id, parts)| ((*id).to_owned(), parts.clone())).collect();
     out.into_iter()
         .map(|(id, parts)| (id.to_owned(), consumer_protocol::encode_assignment(&parts)))
         .collect()
@@ -457,15 +506,35 @@ mod tests {
     }
 
     #[test]
-    fn range_assigns_contiguous_balanced_ranges_over_members_sorted_by_id() {
+    fn without_history_it_assigns_contiguous_balanced_ranges_over_members_sorted_by_id() {
         let known: Vec<_> = (0..7).map(|p| TopicPartition::new("t", p)).collect();
-        let out = assign_range(&joined(&["c", "a", "b"], &["t"]), &known);
+        let out = assign_sticky(&joined(&["c", "a", "b"], &["t"]), &known, &mut HashMap::new());
         assert_eq!(
             decoded(&out),
             [("a".into(), vec![0, 1, 2]), ("b".into(), vec![3, 4]), ("c".into(), vec![5, 6])]
         );
         let known: Vec<_> = (0..2).map(|p| TopicPartition::new("t", p)).collect();
-        let out = assign_range(&joined(&["a", "b", "c"], &["t"]), &known);
+        let out = assign_sticky(&joined(&["a", "b", "c"], &["t"]), &known, &mut HashMap::new());
         assert_eq!(decoded(&out)[2], ("c".into(), vec![]), "a member without partitions");
+    }
+
+    #[test]
+    fn members_keep_what_they_held_and_only_a_leavers_partitions_move() {
+        let known: Vec<_> = (0..6).map(|p| TopicPartition::new("t", p)).collect();
+        let mut previous = HashMap::new();
+        let first = assign_sticky(&joined(&["a", "b", "c"], &["t"]), &known, &mut previous);
+        assert_eq!(
+            decoded(&first),
+            [("a".into(), vec![0, 1]), ("b".into(), vec![2, 3]), ("c".into(), vec![4, 5])]
+        );
+        // "a" leaves: b and c keep theirs and share a's.
+        let second = assign_sticky(&joined(&["b", "c"], &["t"]), &known, &mut previous);
+        assert_eq!(decoded(&second), [("b".into(), vec![0, 2, 3]), ("c".into(), vec![1, 4, 5])]);
+        // "d" joins: it gets one from each, the others keep the rest.
+        let third = assign_sticky(&joined(&["b", "c", "d"], &["t"]), &known, &mut previous);
+        assert_eq!(
+            decoded(&third),
+            [("b".into(), vec![0, 2]), ("c".into(), vec![1, 4]), ("d".into(), vec![3, 5])]
+        );
     }
 }
