@@ -21,8 +21,8 @@ use crate::scenarios::{
 /// Tasks of the source (divisible by 1, 2 and 3 workers) and partitions of its Kafka topic.
 pub const TASKS: usize = 6;
 /// Group timeouts of the workers (`[cluster]`): a SIGKILLed worker is noticed within SESSION_MS
-/// (Kafka's default; Tansu 0.6 holds a rejoin for 3 s, so much shorter sessions expire then).
-pub const SESSION_MS: u64 = 10_000;
+/// (as the tests: Tansu 0.6 holds a rejoin for 3 s, so shorter sessions expire then).
+pub const SESSION_MS: u64 = 5_000;
 const HEARTBEAT_MS: u64 = 1_000;
 const REBALANCE_MS: u64 = 10_000;
 /// A message that took longer than this from publish to Kafka waited at the broker for a task.
