@@ -529,6 +529,8 @@ impl GroupMember {
                 Err(Retry::Fail(e)) => return Err(e),
                 Err(Retry::Now(e)) => {
                     backoff.reset();
+                    // A floor, so a broker answering "again" at once cannot make this spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     e
                 }
                 Err(Retry::Later(e)) => {

@@ -296,7 +296,16 @@ impl Membership {
                 }
                 _ = metadata.tick(), if leader.is_some() && ended.is_none() => {
                     let Some(known) = leader else { continue };
-                    match topic_partitions(&self.client, &self.topics).await {
+                    // Bounded by a heartbeat interval: a slow metadata answer must not cost
+                    // the leader its membership (the next tick tries again).
+                    let check = tokio::time::timeout(
+                        self.timeouts.heartbeat,
+                        topic_partitions(&self.client, &self.topics),
+                    );
+                    let checked = check.await.unwrap_or_else(|_| {
+                        Err(Error::retriable("the metadata check took longer than a heartbeat interval"))
+                    });
+                    match checked {
                         Ok(now) if now != *known => {
                             info!(connector = %self.name, task = self.task_id, before = known.len(), now = now.len(), "the sink topics' partitions changed: rejoining to reassign them");
                             ended = Some(Ended::Repartition);
@@ -437,7 +446,7 @@ fn assign_sticky(
 }
 
 /// One epoch's offsets: the group's ([`GroupOffsetStore`] over this generation). A load that
-/// fails retriably is retried (bounded); a commit the group refuses (a generation that ended)
+/// fails retriably is retried until the epoch ends; a commit the group refuses (a generation that ended)
 /// is reported retriable: nothing is committed, the records are read again by the partition's
 /// next owner, and the heartbeat ends the epoch.
 #[derive(Debug)]
@@ -453,8 +462,15 @@ impl OffsetStore for EpochStore {
         loop {
             match self.group.load(namespace).await {
                 Ok(m) => return Ok(m),
-                Err(e) if e.is_retriable() && backoff.attempts() < 10 => {
-                    debug!(connector = namespace, error = %e.report(), "group offsets not available yet");
+                // Retried for as long as the epoch lives: the runtime drops this load when the
+                // epoch ends (a rebalance, a lost membership, shutdown), so a Kafka outage at a
+                // rebalance delays the task instead of failing it.
+                Err(e) if e.is_retriable() => {
+                    if backoff.attempts() == 10 {
+                        warn!(connector = namespace, error = %e.report(), "the consumer group's offsets are still unavailable; retrying until the epoch ends");
+                    } else {
+                        debug!(connector = namespace, error = %e.report(), "group offsets not available yet");
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => return Err(e),
