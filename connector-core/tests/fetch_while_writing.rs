@@ -15,9 +15,9 @@ use connector_testkit::{init_tracing, kafka, Tansu};
 
 const TOPIC: &str = "tailed";
 const PRODUCERS: usize = 3;
-const PER_PRODUCER: usize = 20_000;
+const PER_PRODUCER: usize = 12_000;
 /// Records per produce request: small batches, many of them.
-const BATCH: usize = 4;
+const BATCH: usize = 3;
 /// Independent tailing readers: each fetch is a chance to meet a batch not stored yet.
 const READERS: usize = 4;
 
