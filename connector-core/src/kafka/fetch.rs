@@ -8,6 +8,14 @@
 //! mid-batch) would lose records. [`KafkaClient::fetch`] therefore checks that the first batch
 //! covers the requested offset and, when it does not, steps back to find the batch that does, and
 //! decodes records in strictly increasing offset order.
+//!
+//! Tansu 0.6 also moves a partition's high watermark when a produce *reserves* its offsets, before
+//! the batch is stored: while producers write concurrently, a fetch can return a later producer's
+//! batch while an earlier one is still missing (a gap below the high watermark that fills a moment
+//! later). A fetch therefore sorts the batches by offset and returns only the contiguous run from
+//! the requested offset; its `next_offset` is where that run ends, so the next fetch starts at the
+//! gap. A fetch that starts at a gap waits (up to [`MAX_GAP_WAIT`]) for the missing batch, unless
+//! the topic is compacted, where gaps are records compaction removed and are skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +26,7 @@ use crate::kafka::wire::messages::{
 };
 use crate::kafka::wire::primitives::{Int32, Int64, String_};
 use crate::kafka::wire::record::RecordBatch;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::kafka::client::{KafkaClient, Lane, OffsetSpec};
 use crate::kafka::errors::{api_error, invalidates_metadata};
@@ -56,6 +64,74 @@ fn batch_end(b: &RecordBatch) -> i64 {
     b.base_offset + i64::from(b.last_offset_delta) + 1
 }
 
+/// Whether one of `batches` holds `offset`.
+fn covers(batches: &[RecordBatch], offset: i64) -> bool {
+    batches.iter().any(|b| b.base_offset <= offset && batch_end(b) > offset)
+}
+
+/// Puts batches in offset order (a broker may hand them out of order; the sort is stable, so of
+/// repeated batches the first stays first).
+fn sort_batches(batches: &mut [RecordBatch]) {
+    batches.sort_by_key(|b| b.base_offset);
+}
+
+/// Sorted batches split at the first gap after `from`.
+struct Run {
+    /// The batches that hold offsets from `from` on without a gap.
+    kept: Vec<RecordBatch>,
+    /// The batches after the first gap.
+    rest: Vec<RecordBatch>,
+}
+
+/// Splits sorted `batches` into the contiguous run from `from` (batches ending at or before
+/// `from`, such as repeats, are dropped) and what follows the first gap, and returns the offset
+/// where the run ends (`from` when no batch holds `from`).
+fn contiguous_run(batches: Vec<RecordBatch>, from: i64) -> (Run, i64) {
+    let mut end = from;
+    let mut kept = Vec::new();
+    let mut rest = Vec::new();
+    for b in batches {
+        if !rest.is_empty() {
+            rest.push(b);
+        } else if batch_end(&b) <= end {
+            // A repeat, or a batch wholly before the requested offset.
+        } else if b.base_offset <= end {
+            end = batch_end(&b);
+            kept.push(b);
+        } else {
+            rest.push(b);
+        }
+    }
+    (Run { kept, rest }, end)
+}
+
+impl Run {
+    /// The batches to decode for a fetch at `offset` and the offset to fetch next: the run up to
+    /// `end` (where it stops), or, when the gaps are records compaction removed, every batch and
+    /// the end of the last one.
+    fn into_batches(
+        self,
+        end: i64,
+        offset: i64,
+        gaps_are_removed: bool,
+    ) -> (Vec<RecordBatch>, i64) {
+        if gaps_are_removed {
+            let next = self.rest.iter().map(batch_end).fold(end, i64::max).max(offset);
+            let mut all = self.kept;
+            all.extend(self.rest);
+            (all, next)
+        } else {
+            (self.kept, end.max(offset))
+        }
+    }
+}
+
+/// Longest a fetch waits for a gap below the high watermark to fill.
+const MAX_GAP_WAIT: Duration = Duration::from_secs(5);
+
+/// Pause between the fetches that wait for a gap to fill.
+const GAP_POLL: Duration = Duration::from_millis(5);
+
 /// The connection lane of `topic`/`partition`'s fetches: its own, so a long poll on one partition
 /// holds up nothing else.
 fn fetch_lane(topic: &str, partition: i32) -> Lane {
@@ -85,22 +161,107 @@ impl KafkaClient {
         let Some(mut raw) = self.raw_fetch(topic, partition, offset, max_wait).await? else {
             return Ok(FetchResult::OffsetOutOfRange);
         };
-        let skipped =
-            raw.batches.first().map_or(offset < raw.high_watermark, |b| b.base_offset > offset);
-        if skipped {
-            if let Some(found) = self.locate(topic, partition, offset).await? {
+        sort_batches(&mut raw.batches);
+        let mut compacted = None;
+        let mut start = offset;
+        let covered = covers(&raw.batches, offset);
+        if !covered && (offset < raw.high_watermark || !raw.batches.is_empty()) {
+            if let Some(mut found) = self.locate(topic, partition, offset).await? {
+                sort_batches(&mut found.batches);
                 raw = found;
+            } else {
+                // No batch holds `offset`: in a compacted topic compaction removed it; otherwise a
+                // produce reserved it and has not stored its batch yet, or (after a wait) the
+                // broker lost it.
+                let removed = self.is_compacted(topic, &mut compacted).await?;
+                if !removed {
+                    if let Some(mut found) = self.wait_for_gap(topic, partition, offset).await? {
+                        sort_batches(&mut found.batches);
+                        raw = found;
+                    }
+                }
+                if !covers(&raw.batches, offset) {
+                    if let Some(first) = raw.batches.iter().find(|b| batch_end(b) > offset) {
+                        if !removed {
+                            warn!(
+                                topic,
+                                partition,
+                                offset,
+                                next = first.base_offset,
+                                waited = ?MAX_GAP_WAIT.min(self.config().request_timeout()),
+                                "records missing below the high watermark did not appear; skipping them"
+                            );
+                        }
+                        start = first.base_offset.max(offset);
+                    }
+                }
             }
         }
-        let last_end = raw.batches.iter().map(batch_end).max().unwrap_or(offset);
+        let (run, end) = contiguous_run(raw.batches, start);
+        // Gaps in a compacted topic are removed records, not records still being written.
+        let gaps_are_removed = !run.rest.is_empty()
+            && end < raw.high_watermark
+            && self.is_compacted(topic, &mut compacted).await?;
+        if let (false, Some(next)) = (gaps_are_removed, run.rest.first()) {
+            debug!(
+                topic,
+                partition,
+                offset,
+                gap = end,
+                next = next.base_offset,
+                "batches missing below the high watermark: returning the records before the gap"
+            );
+        }
+        let (batches, next_offset) = run.into_batches(end, offset, gaps_are_removed);
         let topic_name: Arc<str> = Arc::from(topic);
-        let records = decode_batches(&topic_name, partition, raw.batches, offset)?;
-        let next_offset = records.last().map_or(offset, |r| r.offset + 1).max(last_end).max(offset);
+        let records = decode_batches(&topic_name, partition, batches, offset)?;
         Ok(FetchResult::Records(Fetched {
             records,
             next_offset,
             high_watermark: raw.high_watermark,
         }))
+    }
+
+    /// Whether `topic` is compacted (`cleanup.policy` names `compact`), asked at most once per
+    /// fetch. A broker that does not describe topic configs counts as not compacted.
+    async fn is_compacted(&self, topic: &str, known: &mut Option<bool>) -> Result<bool> {
+        if let Some(k) = *known {
+            return Ok(k);
+        }
+        let compacted = self.topic_configs(topic).await?.is_some_and(|c| {
+            c.get("cleanup.policy")
+                .cloned()
+                .flatten()
+                .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact"))
+        });
+        *known = Some(compacted);
+        Ok(compacted)
+    }
+
+    /// Fetches at `offset` again until a batch holding it appears, for at most [`MAX_GAP_WAIT`]
+    /// (capped by the request timeout): the batch of a produce that reserved its offsets but is
+    /// not stored yet. `None` when it did not appear (or the offset went out of range).
+    async fn wait_for_gap(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Option<RawFetch>> {
+        let started = std::time::Instant::now();
+        let limit = MAX_GAP_WAIT.min(self.config().request_timeout());
+        while started.elapsed() < limit {
+            tokio::time::sleep(GAP_POLL).await;
+            let Some(raw) =
+                self.raw_fetch(topic, partition, offset, Duration::from_millis(1)).await?
+            else {
+                return Ok(None);
+            };
+            if covers(&raw.batches, offset) {
+                debug!(topic, partition, offset, waited = ?started.elapsed(), "a gap below the high watermark filled");
+                return Ok(Some(raw));
+            }
+        }
+        Ok(None)
     }
 
     /// Finds the batches from the one holding `offset` when a fetch at `offset` skipped it: fetch
@@ -216,5 +377,118 @@ impl KafkaClient {
                 "{topic}-{partition}: earliest offset {earliest} moved while reading the end offset"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::config::Compression;
+    use crate::kafka::records::{build_batch, PendingRecord};
+    use crate::kafka::wire::record::ControlBatchOrRecords;
+    use crate::record::Headers;
+    use bytes::Bytes;
+    use rskafka::protocol::record::ControlBatchRecord;
+
+    /// A batch of `n` records at `base` (values are the offsets, as text).
+    fn batch(base: i64, n: i64) -> RecordBatch {
+        let records: Vec<PendingRecord> = (base..base + n)
+            .map(|o| PendingRecord {
+                key: None,
+                value: Some(Bytes::from(o.to_string())),
+                headers: Headers::new(),
+                timestamp: 1,
+            })
+            .collect();
+        let mut b = build_batch(&records, Compression::None);
+        b.base_offset = base;
+        b
+    }
+
+    /// A commit marker at `offset`.
+    fn marker(offset: i64) -> RecordBatch {
+        let mut b = batch(offset, 1);
+        b.records = ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Commit);
+        b.is_transactional = true;
+        b
+    }
+
+    /// What a fetch at `offset` makes of `batches`: record offsets and the next offset.
+    fn assemble(mut batches: Vec<RecordBatch>, offset: i64, removed: bool) -> (Vec<i64>, i64) {
+        sort_batches(&mut batches);
+        let (run, end) = contiguous_run(batches, offset);
+        let (batches, next) = run.into_batches(end, offset, removed);
+        let topic: Arc<str> = Arc::from("t");
+        let records = decode_batches(&topic, 0, batches, offset).unwrap();
+        for r in &records {
+            assert_eq!(r.value.as_deref(), Some(r.offset.to_string().as_bytes()));
+        }
+        (records.iter().map(|r| r.offset).collect(), next)
+    }
+
+    #[test]
+    fn out_of_order_batches_are_returned_in_offset_order() {
+        let (offsets, next) = assemble(vec![batch(16, 2), batch(10, 3), batch(13, 3)], 10, false);
+        assert_eq!(offsets, (10..18).collect::<Vec<_>>());
+        assert_eq!(next, 18);
+    }
+
+    #[test]
+    fn a_gap_ends_the_fetch_at_its_start_so_the_next_fetch_starts_there() {
+        // 13..16 reserved but not stored yet; 16..18 already there.
+        let (offsets, next) = assemble(vec![batch(10, 3), batch(16, 2)], 10, false);
+        assert_eq!(offsets, [10, 11, 12]);
+        assert_eq!(next, 13, "never past a record it did not return");
+        // Also when the later batch comes first.
+        let (offsets, next) = assemble(vec![batch(16, 2), batch(10, 3)], 10, false);
+        assert_eq!(offsets, [10, 11, 12]);
+        assert_eq!(next, 13);
+    }
+
+    #[test]
+    fn a_fetch_starting_at_a_gap_returns_nothing_and_stays_there() {
+        let (offsets, next) = assemble(vec![batch(16, 2)], 13, false);
+        assert!(offsets.is_empty());
+        assert_eq!(next, 13);
+    }
+
+    #[test]
+    fn gaps_of_a_compacted_topic_are_stepped_over() {
+        let (offsets, next) = assemble(vec![batch(16, 2), batch(10, 3), batch(25, 1)], 10, true);
+        assert_eq!(offsets, [10, 11, 12, 16, 17, 25]);
+        assert_eq!(next, 26);
+    }
+
+    #[test]
+    fn repeated_and_overlapping_batches_yield_each_record_once() {
+        let (offsets, next) =
+            assemble(vec![batch(13, 3), batch(10, 3), batch(10, 3), batch(12, 3)], 10, false);
+        assert_eq!(offsets, (10..16).collect::<Vec<_>>());
+        assert_eq!(next, 16);
+    }
+
+    #[test]
+    fn a_fetch_inside_a_batch_starts_at_the_requested_offset() {
+        let (offsets, next) = assemble(vec![batch(8, 4), batch(12, 1)], 10, false);
+        assert_eq!(offsets, [10, 11, 12]);
+        assert_eq!(next, 13);
+    }
+
+    #[test]
+    fn transaction_markers_take_their_offset_in_the_run() {
+        let (offsets, next) = assemble(vec![batch(10, 2), marker(12), batch(13, 2)], 10, false);
+        assert_eq!(offsets, [10, 11, 13, 14]);
+        assert_eq!(next, 15);
+        // A marker last: the next fetch starts after it.
+        let (offsets, next) = assemble(vec![marker(12), batch(10, 2)], 10, false);
+        assert_eq!(offsets, [10, 11]);
+        assert_eq!(next, 13);
+    }
+
+    #[test]
+    fn batches_wholly_before_the_requested_offset_are_left_out() {
+        let (offsets, next) = assemble(vec![batch(5, 3), batch(8, 2), batch(10, 2)], 10, false);
+        assert_eq!(offsets, [10, 11]);
+        assert_eq!(next, 12);
     }
 }

@@ -301,6 +301,10 @@ impl RequestBody for EncodedProduceRequest {
 /// batches, so the first may start before it), in strictly increasing offset order: a record at or
 /// below one already taken is dropped (some brokers repeat batches within one response). Control
 /// batches (transaction markers) are skipped.
+///
+/// The batches must be in offset order and without gaps the caller does not mean to step over:
+/// records of a batch handed in after a later one would be dropped as "already taken". The fetch
+/// sorts them and cuts them at the first gap before decoding (`contiguous_run` in `fetch.rs`).
 pub(crate) fn decode_batches(
     topic: &Arc<str>,
     partition: i32,
