@@ -386,9 +386,9 @@ mod tests {
     use crate::kafka::config::Compression;
     use crate::kafka::records::{build_batch, PendingRecord};
     use crate::kafka::wire::record::ControlBatchOrRecords;
+    use crate::kafka::wire::record::ControlBatchRecord;
     use crate::record::Headers;
     use bytes::Bytes;
-    use rskafka::protocol::record::ControlBatchRecord;
 
     /// A batch of `n` records at `base` (values are the offsets, as text).
     fn batch(base: i64, n: i64) -> RecordBatch {
