@@ -451,8 +451,8 @@ enum Retry {
 
 impl GroupMember {
     /// A member of `group_id` for `protocol_type` (e.g. `"connect"` or `"consumer"`), not yet
-    /// joined. `client_id` shows in DescribeGroups (e.g. "<worker>" or
-    /// "<worker>/<connector>-<task>"): the member's connection sends it in its request headers.
+    /// joined. `client_id` shows in DescribeGroups (e.g. `"<worker>"` or
+    /// `"<worker>/<connector>-<task>"`): the member's connection sends it in its request headers.
     pub fn new(
         client: KafkaClient,
         group_id: impl Into<String>,
