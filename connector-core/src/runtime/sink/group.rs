@@ -529,10 +529,16 @@ fn take_str(r: &mut &[u8]) -> Option<String> {
 /// Revoke first, whatever the coordinator does: a partition that a map newer than a current
 /// member's `drained` report gave that member may still be read by it (Tansu 0.6 forms a new
 /// generation without waiting for every member to rejoin, and lists a member with the metadata
-/// of its last JoinGroup), so it goes to that member again and to nobody else; if two current
-/// members may still hold it, to nobody. A member absent from the join (it left, or expired)
-/// releases its partitions at once. When that held a partition back or left a member below its
-/// share, `held_back` is set: the leader rebalances again later.
+/// of its last JoinGroup), so it goes to that member again (within its share) or to nobody in
+/// this generation; if two current members may still hold it, to nobody. The member then gets
+/// this generation's assignment only after draining its last one (it rejoins only then), so a
+/// partition revoked this way is free in the next generation. A member absent from the join (it
+/// left, or expired) releases its partitions at once. When a partition was held back or a member
+/// left below its share, `held_back` is set: the leader rebalances again after a session timeout.
+///
+/// On Tansu 0.6 the leader always sees its followers' reports from before their current epoch
+/// (it computes the assignment as soon as it rejoins), so moving a partition between two
+/// members that stay takes two generations: revoke, then assign.
 #[derive(Debug, Default)]
 struct Assignor {
     maps: BTreeMap<i32, GroupMap>,
@@ -632,7 +638,9 @@ impl Assignor {
                     quota[i] += 1;
                     extra -= 1;
                 }
-                for tp in must {
+                // What it may still hold first (beyond its share: revoked, and to nobody
+                // else in this generation), then the rest of what it held.
+                for tp in must.into_iter().take(quota[i]) {
                     mine[i].push(tp.clone());
                 }
                 for tp in held {
@@ -642,7 +650,6 @@ impl Assignor {
                     taken.insert(tp);
                     mine[i].push(tp.clone());
                 }
-                quota[i] = quota[i].max(mine[i].len());
             }
             // The remaining larger shares go to the first members in order.
             for q in quota.iter_mut() {
@@ -900,7 +907,7 @@ mod tests {
     }
 
     #[test]
-    fn holders_keep_more_than_their_share_until_they_drained_then_the_group_balances() {
+    fn holders_are_revoked_beyond_their_share_and_the_next_generation_hands_that_out() {
         let known = partitions(6);
         let mut a = Assignor::default();
         a.learn(map(2, &[("a", &[0, 1, 2]), ("b", &[3, 4, 5])]), true);
@@ -911,11 +918,21 @@ mod tests {
         );
         assert_eq!(
             decoded(&out),
-            [("a".into(), vec![0, 1, 2]), ("b".into(), vec![3, 4, 5]), ("c".into(), vec![])]
+            [("a".into(), vec![0, 1]), ("b".into(), vec![3, 4]), ("c".into(), vec![])],
+            "revoked beyond their share, and given to nobody else yet"
         );
         assert!(a.held_back, "c is below its share: the leader rebalances again");
-        let out = a.assign(&joined(4, &["a", "b", "c"]), &known);
-        assert_eq!(decoded(&out).iter().map(|(_, ps)| ps.len()).collect::<Vec<_>>(), [2, 2, 2]);
+        // Still stale (Tansu: the leader computes before its followers rejoin): their reports
+        // predate generation 3, whose map no longer lists 2 and 5 for them; 2 and 5 may still
+        // be held per map 2 though, so they stay back until a and b report generation 2 drained.
+        let out = a.assign(
+            &joined_with(4, &[("a", stale(2)), ("b", stale(2)), ("c", stale(3))], &["t"]),
+            &known,
+        );
+        assert_eq!(
+            decoded(&out),
+            [("a".into(), vec![0, 1]), ("b".into(), vec![3, 4]), ("c".into(), vec![2, 5])]
+        );
         assert!(!a.held_back);
     }
 
