@@ -127,19 +127,12 @@ impl Membership {
         let mut backoff = Backoff::new(self.client.config().retry_backoff);
         // The group's assignments this member knows (what sticks, and who may still hold what).
         let mut assignor = Assignor::default();
-        // The generation of the last epoch this member drained and closed.
-        let mut drained = -1;
+        // The subscription never changes: a member rejoining with other metadata makes the
+        // coordinator start yet another generation (on Tansu 0.6 that never settles).
+        let protocols =
+            [("range".to_owned(), consumer_protocol::encode_subscription(&self.topics))];
+        let rebalance = self.timeouts.rebalance;
         let outcome = loop {
-            // What the leader reads besides the topics: this member holds nothing while it
-            // joins (its epoch is drained and closed before), and which maps it knows.
-            let report = MemberReport { drained, map: assignor.newest().cloned() };
-            let protocols = [(
-                "range".to_owned(),
-                consumer_protocol::encode_subscription_with_user_data(
-                    &self.topics,
-                    Some(&report.encode()),
-                ),
-            )];
             // Every member knows the partitions: whoever the coordinator makes leader assigns.
             let known = match topic_partitions(&self.client, &self.topics).await {
                 Ok(k) => k,
@@ -152,7 +145,7 @@ impl Membership {
                 }
                 Err(e) => break Err(e),
             };
-            let mut assign = |joined: &JoinedGroup| assignor.assign(joined, &known);
+            let mut assign = |joined: &JoinedGroup| assignor.assign(joined, &known, rebalance);
             let joined = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 () = epochs.closed() => break Ok(()),
@@ -176,7 +169,7 @@ impl Membership {
             // Every member learns the whole map (what a later leader must respect).
             if let Ok(Some(ud)) = consumer_protocol::assignment_user_data(&generation.assignment) {
                 if let Some(map) = GroupMap::decode(&ud) {
-                    assignor.learn(map, true);
+                    assignor.learn(map);
                 }
             }
             let mut partitions = match consumer_protocol::decode_assignment(&generation.assignment)
@@ -214,13 +207,11 @@ impl Membership {
             let leader = generation.is_leader().then_some(&known);
             // A leader that held partitions back (their last owner had not drained yet) makes
             // the group rebalance again once that owner had time to drain and rejoin.
-            let again =
-                (generation.is_leader() && assignor.held_back).then_some(self.timeouts.session);
+            let again = (generation.is_leader() && assignor.held_back).then_some(rebalance);
             if again.is_some() {
-                info!(connector = %self.name, task = self.task_id, %group, generation = generation.id, "partitions held back for their last owner's drain: rebalancing again after a session timeout unless the group does first");
+                info!(connector = %self.name, task = self.task_id, %group, generation = generation.id, "partitions held back for their last owner's drain: rebalancing again after a rebalance timeout unless the group does first");
             }
             let ended = self.heartbeat(&mut member, &end, closed, leader, again).await;
-            drained = generation.id;
             info!(
                 connector = %self.name,
                 task = self.task_id,
@@ -402,18 +393,6 @@ struct GroupMap {
     members: BTreeMap<String, Vec<TopicPartition>>,
 }
 
-/// What a member reports in its subscription's user data when it joins: the generation of the
-/// last epoch it drained and closed (it holds nothing while it joins), and the newest map it knows.
-///
-/// On Tansu 0.6 a member's metadata is that of its LAST JoinGroup: a member in the middle of an
-/// epoch (or of its drain) is listed with the report it made before that epoch, so `drained` is
-/// older than the generation that gave it its partitions: the leader reads that as "still held".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct MemberReport {
-    drained: i32,
-    map: Option<GroupMap>,
-}
-
 /// Version of our user data layout.
 const USER_DATA_VERSION: i16 = 1;
 
@@ -463,33 +442,6 @@ impl GroupMap {
     }
 }
 
-impl MemberReport {
-    fn encode(&self) -> Bytes {
-        let mut b = BytesMut::new();
-        b.put_i16(USER_DATA_VERSION);
-        b.put_i32(self.drained);
-        match &self.map {
-            Some(m) => {
-                b.put_i8(1);
-                m.put(&mut b);
-            }
-            None => b.put_i8(0),
-        }
-        b.freeze()
-    }
-
-    /// `None` for anything else than our layout.
-    fn decode(mut b: &[u8]) -> Option<Self> {
-        (take_i16(&mut b)? == USER_DATA_VERSION).then_some(())?;
-        let drained = take_i32(&mut b)?;
-        let map = match take(&mut b, 1)?[0] {
-            0 => None,
-            _ => Some(GroupMap::take(&mut b)?),
-        };
-        Some(Self { drained, map })
-    }
-}
-
 fn put_str(b: &mut BytesMut, s: &str) {
     let n = s.len().min(i16::MAX as usize);
     b.put_i16(n as i16);
@@ -526,68 +478,64 @@ fn take_str(r: &mut &[u8]) -> Option<String> {
 /// it must; what is left is dealt in contiguous ranges, in member order (with no history this is
 /// Kafka's range assignor).
 ///
-/// Revoke first, whatever the coordinator does: a partition that a map newer than a current
-/// member's `drained` report gave that member may still be read by it (Tansu 0.6 forms a new
-/// generation without waiting for every member to rejoin, and lists a member with the metadata
-/// of its last JoinGroup), so it goes to that member again (within its share) or to nobody in
-/// this generation; if two current members may still hold it, to nobody. The member then gets
-/// this generation's assignment only after draining its last one (it rejoins only then), so a
-/// partition revoked this way is free in the next generation. A member absent from the join (it
-/// left, or expired) releases its partitions at once. When a partition was held back or a member
-/// left below its share, `held_back` is set: the leader rebalances again after a session timeout.
-///
-/// On Tansu 0.6 the leader always sees its followers' reports from before their current epoch
-/// (it computes the assignment as soon as it rejoins), so moving a partition between two
-/// members that stay takes two generations: revoke, then assign.
+/// Revoke first, whatever the coordinator does. Tansu 0.6 answers the leader's JoinGroup at
+/// once, before the followers rejoin: the leader computes a generation while every follower
+/// still runs (or drains) its last epoch. So a partition that the newest map, or any map of the
+/// last rebalance timeout (the time a member has to drain and rejoin), gave to another current
+/// member may still be read by it: it goes to that member again (within its share) or to nobody
+/// in this generation; if two current members may hold it, to nobody. A member gets a
+/// generation's assignment only after draining its last epoch (it rejoins only then), so what
+/// was revoked is free once that map aged out. A member absent from the join (it left, or
+/// expired) releases its partitions at once. When a partition was held back or a member left
+/// below its share, `held_back` is set: the leader rebalances again after a rebalance timeout.
+/// Moving a partition between two members that stay thus takes two generations.
 #[derive(Debug, Default)]
 struct Assignor {
-    maps: BTreeMap<i32, GroupMap>,
+    maps: BTreeMap<i32, (GroupMap, Instant)>,
     held_back: bool,
 }
 
 impl Assignor {
-    /// Remembers `map` (`own`: handed to this member by the coordinator, it replaces what a
-    /// reused generation id had).
-    fn learn(&mut self, map: GroupMap, own: bool) {
-        if own {
-            self.maps.insert(map.generation, map);
-        } else {
-            self.maps.entry(map.generation).or_insert(map);
-        }
+    /// Remembers `map` (it replaces what a reused generation id had).
+    fn learn(&mut self, map: GroupMap) {
+        self.maps.insert(map.generation, (map, Instant::now()));
         while self.maps.len() > MAPS_KEPT {
             self.maps.pop_first();
         }
     }
 
     fn newest(&self) -> Option<&GroupMap> {
-        self.maps.values().next_back()
+        self.maps.values().next_back().map(|(m, _)| m)
     }
 
-    /// One assignment per member of `joined` over the `known` partitions.
-    fn assign(&mut self, joined: &JoinedGroup, known: &[TopicPartition]) -> Vec<(String, Bytes)> {
-        let mut members: Vec<(&str, Vec<String>, i32)> = Vec::new();
-        for m in &joined.members {
-            let topics = consumer_protocol::decode_subscription(&m.metadata).unwrap_or_default();
-            let report = consumer_protocol::subscription_user_data(&m.metadata)
-                .ok()
-                .flatten()
-                .and_then(|ud| MemberReport::decode(&ud));
-            let drained = match report {
-                Some(r) => {
-                    if let Some(map) = r.map {
-                        self.learn(map, false);
-                    }
-                    r.drained
-                }
-                None => -1,
-            };
-            members.push((m.member_id.as_str(), topics, drained));
-        }
+    /// One assignment per member of `joined` over the `known` partitions; `window`: how long a
+    /// member may take to drain and rejoin (the rebalance timeout).
+    fn assign(
+        &mut self,
+        joined: &JoinedGroup,
+        known: &[TopicPartition],
+        window: Duration,
+    ) -> Vec<(String, Bytes)> {
+        let mut members: Vec<(&str, Vec<String>)> = joined
+            .members
+            .iter()
+            .map(|m| {
+                let topics =
+                    consumer_protocol::decode_subscription(&m.metadata).unwrap_or_default();
+                (m.member_id.as_str(), topics)
+            })
+            .collect();
         members.sort_by(|a, b| a.0.cmp(b.0));
-        // Who may still hold what: None = more than one current member.
+        // Who may still hold what (None: more than one current member). Not the leader itself:
+        // it drained before it joined.
+        let newest = self.maps.keys().next_back().copied();
         let mut pinned: HashMap<&TopicPartition, Option<&str>> = HashMap::new();
-        for (id, _, drained) in &members {
-            for map in self.maps.values().filter(|m| m.generation > *drained) {
+        for (id, _) in members.iter().filter(|(id, _)| *id != joined.member_id) {
+            let recent = self
+                .maps
+                .iter()
+                .filter(|(g, (_, at))| Some(**g) == newest || at.elapsed() < window);
+            for (_, (map, _)) in recent {
                 for tp in map.members.get(*id).into_iter().flatten() {
                     let e = pinned.entry(tp).or_insert(Some(*id));
                     if *e != Some(*id) {
@@ -602,13 +550,13 @@ impl Assignor {
             by_topic.entry(&tp.topic).or_default().push(tp);
         }
         let mut out: BTreeMap<&str, Vec<TopicPartition>> =
-            members.iter().map(|(id, _, _)| (*id, Vec::new())).collect();
+            members.iter().map(|(id, _)| (*id, Vec::new())).collect();
         let mut held_back = false;
         for (topic, parts) in by_topic {
             let subscribed: Vec<&str> = members
                 .iter()
-                .filter(|(_, topics, _)| topics.iter().any(|t| t == topic))
-                .map(|(id, _, _)| *id)
+                .filter(|(_, topics)| topics.iter().any(|t| t == topic))
+                .map(|(id, _)| *id)
                 .collect();
             if subscribed.is_empty() {
                 continue;
@@ -697,7 +645,7 @@ impl Assignor {
             .collect();
         // Conservative: a map some members may have received counts even if this leader's
         // sync fails.
-        self.learn(map, true);
+        self.learn(map);
         assignments
     }
 }
@@ -752,45 +700,23 @@ mod tests {
     use super::*;
     use crate::kafka::group::JoinedMember;
 
-    /// A join of generation `generation`: members (id, report) subscribed to `topics`.
-    fn joined_with(
-        generation: i32,
-        members: &[(&str, Option<MemberReport>)],
-        topics: &[&str],
-    ) -> JoinedGroup {
-        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// A join of `generation` led by `ids[0]`, every member subscribed to "t".
+    fn joined(generation: i32, ids: &[&str]) -> JoinedGroup {
         JoinedGroup {
             generation_id: generation,
             protocol: "range".into(),
-            leader_id: members[0].0.into(),
-            member_id: members[0].0.into(),
-            members: members
+            leader_id: ids[0].into(),
+            member_id: ids[0].into(),
+            members: ids
                 .iter()
-                .map(|(id, report)| JoinedMember {
+                .map(|id| JoinedMember {
                     member_id: (*id).into(),
-                    metadata: match report {
-                        Some(r) => consumer_protocol::encode_subscription_with_user_data(
-                            &topics,
-                            Some(&r.encode()),
-                        ),
-                        None => consumer_protocol::encode_subscription(&topics),
-                    },
+                    metadata: consumer_protocol::encode_subscription(&["t".into()]),
                 })
                 .collect(),
         }
-    }
-
-    /// Every member reports it drained `generation - 1` (it rejoined after its drain).
-    fn joined(generation: i32, ids: &[&str]) -> JoinedGroup {
-        let members: Vec<(&str, Option<MemberReport>)> = ids
-            .iter()
-            .map(|id| (*id, Some(MemberReport { drained: generation - 1, map: None })))
-            .collect();
-        joined_with(generation, &members, &["t"])
-    }
-
-    fn stale(drained: i32) -> Option<MemberReport> {
-        Some(MemberReport { drained, map: None })
     }
 
     fn decoded(out: &[(String, Bytes)]) -> Vec<(String, Vec<i32>)> {
@@ -820,139 +746,82 @@ mod tests {
 
     #[test]
     fn without_history_it_assigns_contiguous_balanced_ranges_over_members_sorted_by_id() {
-        let out = Assignor::default().assign(&joined(1, &["c", "a", "b"]), &partitions(7));
+        let out = Assignor::default().assign(&joined(1, &["c", "a", "b"]), &partitions(7), WINDOW);
         assert_eq!(
             decoded(&out),
             [("a".into(), vec![0, 1, 2]), ("b".into(), vec![3, 4]), ("c".into(), vec![5, 6])]
         );
-        let out = Assignor::default().assign(&joined(1, &["a", "b", "c"]), &partitions(2));
+        let out = Assignor::default().assign(&joined(1, &["a", "b", "c"]), &partitions(2), WINDOW);
         assert_eq!(decoded(&out)[2], ("c".into(), vec![]), "a member without partitions");
     }
 
     #[test]
-    fn members_keep_what_they_held_and_only_a_leavers_partitions_move() {
+    fn a_leavers_partitions_move_at_once_and_a_followers_move_only_after_revocation() {
         let known = partitions(6);
         let mut a = Assignor::default();
-        let first = a.assign(&joined(1, &["a", "b", "c"]), &known);
+        let first = a.assign(&joined(1, &["a", "b", "c"]), &known, WINDOW);
         assert_eq!(
             decoded(&first),
             [("a".into(), vec![0, 1]), ("b".into(), vec![2, 3]), ("c".into(), vec![4, 5])]
         );
-        // "a" leaves: b and c keep theirs and share a's.
-        let second = a.assign(&joined(2, &["b", "c"]), &known);
+        // "a" leaves: b (leader) and c keep theirs and share a's at once.
+        let second = a.assign(&joined(2, &["b", "c"]), &known, WINDOW);
         assert_eq!(decoded(&second), [("b".into(), vec![0, 2, 3]), ("c".into(), vec![1, 4, 5])]);
         assert!(!a.held_back);
-        // "d" joins: it gets one from each, the others keep the rest.
-        let third = a.assign(&joined(3, &["b", "c", "d"]), &known);
+        // "d" joins while c may still read 1, 4, 5: c keeps its share, 5 goes to nobody yet.
+        let third = a.assign(&joined(3, &["b", "c", "d"]), &known, WINDOW);
         assert_eq!(
             decoded(&third),
+            [("b".into(), vec![0, 2]), ("c".into(), vec![1, 4]), ("d".into(), vec![3])]
+        );
+        assert!(a.held_back, "the leader rebalances again");
+        // A rebalance timeout later c has drained generation 2: 5 is free.
+        let fourth = a.assign(&joined(4, &["b", "c", "d"]), &known, Duration::ZERO);
+        assert_eq!(
+            decoded(&fourth),
             [("b".into(), vec![0, 2]), ("c".into(), vec![1, 4]), ("d".into(), vec![3, 5])]
         );
         assert!(!a.held_back);
     }
 
     /// The case seen on Tansu 0.6 (D's run, 15:38:43): after a worker's clean stop the survivors
-    /// form a new generation while a member that held a partition in the last one is still
-    /// draining it (listed with the metadata of its previous JoinGroup).
+    /// formed a new generation while a member that held a partition in the last one was still
+    /// draining it, and the leader gave that partition to itself (read twice for 0.5 s).
     #[test]
-    fn a_partition_whose_holder_has_not_reported_its_drain_goes_to_nobody_else() {
-        let known = partitions(4);
+    fn a_partition_a_follower_may_still_read_goes_to_nobody_else() {
         let mut a = Assignor::default();
-        a.learn(map(19, &[("w1a", &[0]), ("w1b", &[1]), ("t0", &[2]), ("t1", &[3])]), true);
-        // w1a, w1b left; t1 rejoined (drained 19); t0 is still in generation 19 (its metadata
-        // says it drained 16); "new" never held anything.
-        let out = a.assign(
-            &joined_with(21, &[("t1", stale(19)), ("t0", stale(16)), ("new", stale(-1))], &["t"]),
-            &known,
+        a.learn(map(19, &[("w1a", &[0]), ("w1b", &[1]), ("t0", &[2]), ("t1", &[3])]));
+        // w1a and w1b left; t1 leads; t0 still drains generation 19; "new" never held anything.
+        let out = a.assign(&joined(21, &["t1", "t0", "new"]), &partitions(4), WINDOW);
+        assert_eq!(
+            decoded(&out),
+            [("new".into(), vec![0, 1]), ("t0".into(), vec![2]), ("t1".into(), vec![3])],
+            "the leavers' partitions are released at once, t0's stays t0's"
         );
-        let out = decoded(&out);
-        assert_eq!(out.iter().filter(|(_, ps)| ps.contains(&2)).count(), 1);
-        assert_eq!(out[1], ("t0".into(), vec![2]), "{out:?}");
-        assert_eq!(out[2], ("t1".into(), vec![3]), "t1 keeps what it had: {out:?}");
-        let all: usize = out.iter().map(|(_, ps)| ps.len()).sum();
-        assert_eq!(all, 4, "the leavers' partitions are released at once: {out:?}");
-        // Once t0 reports its drain, its partition may move.
-        let out = a.assign(
-            &joined_with(22, &[("t1", stale(21)), ("t0", stale(21)), ("new", stale(21))], &["t"]),
-            &known,
-        );
-        assert!(!a.held_back);
-        assert_eq!(decoded(&out).iter().map(|(_, ps)| ps.len()).collect::<Vec<_>>(), [2, 1, 1]);
     }
 
     #[test]
-    fn a_leader_without_history_learns_the_newest_map_from_a_members_report() {
+    fn a_partition_two_followers_may_hold_goes_to_nobody_and_the_leader_rebalances_later() {
         let mut a = Assignor::default();
-        let report =
-            Some(MemberReport { drained: 7, map: Some(map(7, &[("x", &[0]), ("y", &[1])])) });
-        // y is still in generation 7; the new leader "l" never saw that map.
-        let out = a.assign(
-            &joined_with(8, &[("l", stale(-1)), ("x", report), ("y", stale(6))], &["t"]),
-            &partitions(2),
+        a.learn(map(3, &[("x", &[0]), ("y", &[1])]));
+        a.learn(map(4, &[("x", &[1]), ("y", &[0])]));
+        let out = a.assign(&joined(5, &["l", "x", "y"]), &partitions(2), WINDOW);
+        assert_eq!(
+            decoded(&out),
+            [("l".into(), vec![]), ("x".into(), vec![]), ("y".into(), vec![])]
         );
-        let out = decoded(&out);
-        assert_eq!(out[2], ("y".into(), vec![1]), "{out:?}");
-        assert!(!out[0].1.contains(&1) && !out[1].1.contains(&1));
-    }
-
-    #[test]
-    fn a_partition_two_current_members_may_hold_goes_to_nobody_and_the_leader_rebalances_later() {
-        let mut a = Assignor::default();
-        a.learn(map(3, &[("x", &[0]), ("y", &[1])]), true);
-        a.learn(map(4, &[("x", &[1]), ("y", &[0])]), true);
-        let out =
-            a.assign(&joined_with(5, &[("x", stale(2)), ("y", stale(2))], &["t"]), &partitions(2));
-        assert_eq!(decoded(&out), [("x".into(), vec![]), ("y".into(), vec![])]);
         assert!(a.held_back);
     }
 
     #[test]
-    fn holders_are_revoked_beyond_their_share_and_the_next_generation_hands_that_out() {
-        let known = partitions(6);
-        let mut a = Assignor::default();
-        a.learn(map(2, &[("a", &[0, 1, 2]), ("b", &[3, 4, 5])]), true);
-        // c joins while a and b still run generation 2.
-        let out = a.assign(
-            &joined_with(3, &[("a", stale(1)), ("b", stale(1)), ("c", stale(-1))], &["t"]),
-            &known,
-        );
-        assert_eq!(
-            decoded(&out),
-            [("a".into(), vec![0, 1]), ("b".into(), vec![3, 4]), ("c".into(), vec![])],
-            "revoked beyond their share, and given to nobody else yet"
-        );
-        assert!(a.held_back, "c is below its share: the leader rebalances again");
-        // Still stale (Tansu: the leader computes before its followers rejoin): their reports
-        // predate generation 3, whose map no longer lists 2 and 5 for them; 2 and 5 may still
-        // be held per map 2 though, so they stay back until a and b report generation 2 drained.
-        let out = a.assign(
-            &joined_with(4, &[("a", stale(2)), ("b", stale(2)), ("c", stale(3))], &["t"]),
-            &known,
-        );
-        assert_eq!(
-            decoded(&out),
-            [("a".into(), vec![0, 1]), ("b".into(), vec![3, 4]), ("c".into(), vec![2, 5])]
-        );
-        assert!(!a.held_back);
-    }
-
-    #[test]
-    fn reports_and_maps_ride_in_standard_consumer_protocol_user_data() {
-        let report =
-            MemberReport { drained: 9, map: Some(map(9, &[("m-1", &[0, 3]), ("m-2", &[])])) };
-        let sub = consumer_protocol::encode_subscription_with_user_data(
-            &["t".into()],
-            Some(&report.encode()),
-        );
-        assert_eq!(consumer_protocol::decode_subscription(&sub).unwrap(), vec!["t"]);
-        let ud = consumer_protocol::subscription_user_data(&sub).unwrap().unwrap();
-        assert_eq!(MemberReport::decode(&ud), Some(report.clone()));
-        let out = Assignor::default()
-            .assign(&joined_with(10, &[("m-1", Some(report))], &["t"]), &partitions(2));
-        assert_eq!(decoded(&out), [("m-1".into(), vec![0, 1])]);
-        let ud = consumer_protocol::assignment_user_data(&out[0].1).unwrap().unwrap();
-        assert_eq!(GroupMap::decode(&ud), Some(map(10, &[("m-1", &[0, 1])])));
-        assert_eq!(MemberReport::decode(b"garbage"), None);
+    fn the_whole_map_rides_in_standard_consumer_protocol_user_data() {
+        let out = Assignor::default().assign(&joined(10, &["m-1", "m-2"]), &partitions(3), WINDOW);
+        assert_eq!(decoded(&out), [("m-1".into(), vec![0, 1]), ("m-2".into(), vec![2])]);
+        for (_, b) in &out {
+            let ud = consumer_protocol::assignment_user_data(b).unwrap().unwrap();
+            assert_eq!(GroupMap::decode(&ud), Some(map(10, &[("m-1", &[0, 1]), ("m-2", &[2])])));
+        }
+        assert_eq!(GroupMap::decode(b"garbage"), None);
         assert_eq!(GroupMap::decode(&[]), None);
     }
 }
