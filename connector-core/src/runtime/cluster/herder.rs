@@ -3,6 +3,7 @@
 //! rebalance (stopping what was revoked before anyone else starts it).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -262,8 +263,29 @@ impl Herder {
         };
         let result = self.rounds(&mut member, &mut state, &all_tasks, &shutdown).await;
         // Stop every task (drain, commit) before leaving: the next owner starts from what we
-        // committed.
-        self.worker.shutdown().await;
+        // committed. Heartbeating meanwhile, so a long drain does not get this worker dropped
+        // (and its tasks started elsewhere) while they still run here.
+        {
+            let session = c.timeouts.session;
+            let drain = self.worker.shutdown();
+            tokio::pin!(drain);
+            // Not once the group dropped us (or we never joined).
+            let mut beating = true;
+            loop {
+                tokio::select! {
+                    _ = &mut drain => break,
+                    () = tokio::time::sleep(c.timeouts.heartbeat), if beating && state.last_ok.elapsed() < session => {
+                        match heartbeat(&mut member, state.last_ok, session).await {
+                            Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                            Some(Ok(HeartbeatOutcome::Lost)) | Some(Err(GroupError::NotJoined { .. })) => beating = false,
+                            Some(Ok(outcome)) => warn!(worker = %c.worker_id, ?outcome, "heartbeat while draining: the group moves on; draining on"),
+                            Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat while draining failed"),
+                            None => warn!(worker = %c.worker_id, "heartbeat while draining timed out"),
+                        }
+                    }
+                }
+            }
+        }
         if let Err(e) = member.leave().await {
             warn!(worker = %c.worker_id, group = %c.group_id, error = %e, "LeaveGroup failed; the group notices after the session timeout");
         }
@@ -298,10 +320,44 @@ impl Herder {
             let known = &mut state.last;
             let mut leader =
                 |joined: &JoinedGroup| lead(joined, &group_id, &worker_id, all_tasks, known);
-            let joined = tokio::select! {
-                r = member.join(&protocols, &mut leader) => r,
-                () = shutdown.cancelled() => return Ok(()),
+            // The join may take longer than what is left of the session (up to twice the
+            // rebalance timeout): when the session runs out, the group has given our tasks
+            // away, so they drain here while the join goes on.
+            let deadline = tokio::time::Instant::from_std(state.last_ok + session);
+            let (joined, stopped) = {
+                let owned = &state.owned;
+                let draining = std::sync::atomic::AtomicBool::new(false);
+                let expire = async {
+                    tokio::time::sleep_until(deadline).await;
+                    if owned.is_empty() {
+                        return false;
+                    }
+                    draining.store(true, Relaxed);
+                    warn!(worker = %c.worker_id, ?session, "no heartbeat for the session timeout while joining: stopping every task (another worker may own them now)");
+                    self.set(owned, &BTreeSet::new()).await;
+                    true
+                };
+                tokio::pin!(expire);
+                let join = member.join(&protocols, &mut leader);
+                tokio::pin!(join);
+                let mut stopped = None;
+                let joined = loop {
+                    tokio::select! {
+                        r = &mut join => break Some(r),
+                        s = &mut expire, if stopped.is_none() => stopped = Some(s),
+                        () = shutdown.cancelled(), if stopped.is_some() || !draining.load(Relaxed) => break None,
+                    }
+                };
+                if stopped.is_none() && draining.load(Relaxed) {
+                    // A drain under way finishes before anything else.
+                    stopped = Some((&mut expire).await);
+                }
+                (joined, stopped)
             };
+            if stopped == Some(true) {
+                state.owned.clear();
+            }
+            let Some(joined) = joined else { return Ok(()) };
             let generation = match joined {
                 Ok(g) => g,
                 Err(e) => {
@@ -315,11 +371,21 @@ impl Herder {
                 }
             };
             state.last_ok = Instant::now();
-            let assignment = match WorkerAssignment::decode(&generation.assignment) {
+            let assignment = match read_assignment(&generation.assignment, generation.id) {
                 Ok(a) => a,
-                Err(e) => {
+                Err(Unusable::Unreadable(e)) => {
                     warn!(worker = %c.worker_id, generation = generation.id, error = %e, "unreadable assignment; stopping every task and rejoining");
                     self.stop_all(state).await;
+                    if backoff(shutdown).await {
+                        return Ok(());
+                    }
+                    continue 'join;
+                }
+                Err(Unusable::OtherGeneration(g)) => {
+                    warn!(worker = %c.worker_id, generation = generation.id, assignment_generation = g, "the assignment is for another generation; rejoining");
+                    if backoff(shutdown).await {
+                        return Ok(());
+                    }
                     continue 'join;
                 }
             };
@@ -327,9 +393,9 @@ impl Herder {
                 error!(worker = %c.worker_id, group = %c.group_id, generation = generation.id, "{message}");
                 return Err(HerderError::Refused(message));
             }
-            if state.last.as_ref().is_none_or(|l| l.generation <= assignment.generation) {
-                state.last = Some(assignment.map());
-            }
+            // The map just received is the newest (a broker restarted without its group
+            // state starts the generations again from the beginning).
+            state.last = Some(assignment.map());
             let tasks: BTreeSet<TaskId> = assignment.tasks.iter().cloned().collect();
             let revoked: BTreeSet<TaskId> = assignment.revoked.iter().cloned().collect();
             info!(
@@ -347,30 +413,41 @@ impl Herder {
             for t in tasks.difference(&state.owned) {
                 info!(worker = %c.worker_id, generation = assignment.generation, connector = %t.connector, task = t.task, "task assigned");
             }
-            // Apply (revoked tasks drain first), heartbeating meanwhile so a long drain does not
-            // cost the membership.
+            // Apply (revoked tasks drain first, then the given ones start), heartbeating
+            // meanwhile so a long drain does not cost the membership. Once the membership is
+            // lost, nothing new starts.
             let mut rebalance = !revoked.is_empty();
             let mut lost = false;
-            {
-                let apply = self.apply(&state.owned, &tasks);
-                tokio::pin!(apply);
-                loop {
-                    tokio::select! {
-                        () = &mut apply => break,
-                        () = tokio::time::sleep(c.timeouts.heartbeat) => {
-                            match member.heartbeat().await {
-                                Ok(HeartbeatOutcome::Stable) => state.last_ok = Instant::now(),
-                                Ok(HeartbeatOutcome::Lost) => lost = true,
-                                Ok(_) => rebalance = true,
-                                Err(e) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
+            let keep: BTreeSet<TaskId> = state.owned.intersection(&tasks).cloned().collect();
+            for (from, to) in [(state.owned.clone(), keep.clone()), (keep, tasks)] {
+                if lost {
+                    break;
+                }
+                {
+                    let step = self.set(&from, &to);
+                    tokio::pin!(step);
+                    loop {
+                        tokio::select! {
+                            () = &mut step => break,
+                            () = tokio::time::sleep(c.timeouts.heartbeat) => {
+                                match heartbeat(member, state.last_ok, session).await {
+                                    Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                                    Some(Ok(HeartbeatOutcome::Lost)) => lost = true,
+                                    Some(Ok(_)) => rebalance = true,
+                                    Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
+                                    None => warn!(worker = %c.worker_id, "heartbeat timed out"),
+                                }
+                                if state.last_ok.elapsed() >= session {
+                                    lost = true;
+                                }
                             }
                         }
                     }
                 }
+                // Only now (everything revoked drained, everything given started) the next
+                // join reports this generation with exactly these tasks.
+                state.owned = to;
             }
-            // Only now (everything revoked drained, everything given started) the next join
-            // reports this generation with exactly these tasks.
-            state.owned = tasks;
             state.applied = assignment.generation;
             if lost {
                 warn!(worker = %c.worker_id, "membership lost: stopping every task (another worker may own them now), then rejoining");
@@ -387,22 +464,28 @@ impl Herder {
                     () = shutdown.cancelled() => return Ok(()),
                 }
                 self.log_failures(state);
-                match member.heartbeat().await {
-                    Ok(HeartbeatOutcome::Stable) => state.last_ok = Instant::now(),
-                    Ok(HeartbeatOutcome::RebalanceNeeded) => {
+                match heartbeat(member, state.last_ok, session).await {
+                    Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                    Some(Ok(HeartbeatOutcome::RebalanceNeeded)) => {
                         info!(worker = %c.worker_id, "rebalance: rejoining, tasks keep running");
                         continue 'join;
                     }
-                    Ok(HeartbeatOutcome::Lost) => {
+                    Some(Ok(HeartbeatOutcome::Lost)) => {
                         warn!(worker = %c.worker_id, "membership lost: stopping every task (another worker may own them now), then rejoining");
                         self.stop_all(state).await;
                         continue 'join;
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         warn!(worker = %c.worker_id, error = %e, "heartbeat failed");
                         if self.stop_if_expired(state, session).await {
                             continue 'join;
                         }
+                    }
+                    None => {
+                        // Bounded by the session: it is over.
+                        warn!(worker = %c.worker_id, ?session, "heartbeat timed out at the end of the session: stopping every task (another worker may own them now)");
+                        self.stop_all(state).await;
+                        continue 'join;
                     }
                 }
             }
@@ -464,13 +547,14 @@ impl Herder {
     }
 
     async fn stop_all(&self, state: &mut State) {
-        self.apply(&state.owned, &BTreeSet::new()).await;
+        self.set(&state.owned, &BTreeSet::new()).await;
         state.owned.clear();
     }
 
-    /// Makes `tasks` what runs here: first the tasks no longer listed drain and stop, then the
-    /// new ones start. A connector that fails to create a task reports it failed.
-    async fn apply(&self, owned: &BTreeSet<TaskId>, tasks: &BTreeSet<TaskId>) {
+    /// Makes `to` what runs here (where it runs `from`): each connector whose tasks differ
+    /// gets `to`'s (stopping a task drains it). A connector that fails to create a task
+    /// reports it failed.
+    async fn set(&self, from: &BTreeSet<TaskId>, to: &BTreeSet<TaskId>) {
         let by_connector = |set: &BTreeSet<TaskId>| {
             let mut m: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for t in set {
@@ -478,25 +562,15 @@ impl Herder {
             }
             m
         };
-        let keep: BTreeSet<TaskId> = owned.intersection(tasks).cloned().collect();
-        let (now, kept, next) = (by_connector(owned), by_connector(&keep), by_connector(tasks));
+        let (now, next) = (by_connector(from), by_connector(to));
         let names: BTreeSet<&String> = now.keys().chain(next.keys()).collect();
-        let stops = names.iter().filter(|n| now.get(**n) != kept.get(**n)).map(|n| {
-            let ids = kept.get(*n).cloned().unwrap_or_default();
-            async move { (n, self.worker.set_tasks(n, &ids).await) }
-        });
-        for (name, r) in futures::future::join_all(stops).await {
-            if let Err(e) = r {
-                error!(worker = %self.config.worker_id, connector = %name, error = %e, "stopping revoked tasks failed");
-            }
-        }
-        let starts = names.iter().filter(|n| kept.get(**n) != next.get(**n)).map(|n| {
+        let changes = names.iter().filter(|n| now.get(**n) != next.get(**n)).map(|n| {
             let ids = next.get(*n).cloned().unwrap_or_default();
             async move { (n, self.worker.set_tasks(n, &ids).await) }
         });
-        for (name, r) in futures::future::join_all(starts).await {
+        for (name, r) in futures::future::join_all(changes).await {
             if let Err(e) = r {
-                error!(worker = %self.config.worker_id, connector = %name, error = %e, "starting assigned tasks failed; they stay failed here");
+                error!(worker = %self.config.worker_id, connector = %name, error = %e, "changing the tasks failed; they stay failed here");
             }
         }
     }
@@ -520,6 +594,43 @@ impl Herder {
             }
         }
     }
+}
+
+/// One heartbeat, bounded by what is left of the session (the group drops a member that does
+/// not heartbeat for that long): `None` when it did not answer in time.
+async fn heartbeat(
+    member: &mut GroupMember,
+    last_ok: Instant,
+    session: Duration,
+) -> Option<Result<HeartbeatOutcome, GroupError>> {
+    let left = (last_ok + session).saturating_duration_since(Instant::now());
+    tokio::time::timeout(left, member.heartbeat()).await.ok()
+}
+
+/// Waits a moment before rejoining; `true` when `shutdown` came first.
+async fn backoff(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(1)) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+/// Why an assignment cannot be applied.
+#[derive(Debug)]
+enum Unusable {
+    /// Not an assignment of this protocol.
+    Unreadable(serde_json::Error),
+    /// For this other generation, not the one SyncGroup answered.
+    OtherGeneration(i32),
+}
+
+/// The assignment SyncGroup gave for `generation`.
+fn read_assignment(bytes: &[u8], generation: i32) -> Result<WorkerAssignment, Unusable> {
+    let a = WorkerAssignment::decode(bytes).map_err(Unusable::Unreadable)?;
+    if a.generation != generation {
+        return Err(Unusable::OtherGeneration(a.generation));
+    }
+    Ok(a)
 }
 
 /// `c-0,c-1`.
@@ -561,9 +672,13 @@ fn lead(
         leader_hash.as_deref().unwrap_or_default(),
     );
     // The baseline: the newest map known to the leader or any member (several of the same
-    // generation, which should not happen, are all taken).
-    let maps: Vec<&GenerationMap> =
-        last.iter().chain(members.iter().filter_map(|(_, m)| m.as_ref()?.last.as_ref())).collect();
+    // generation, which should not happen, are all taken). Maps of generations after this one
+    // come from before the broker lost the group's state: they are ignored.
+    let maps: Vec<&GenerationMap> = last
+        .iter()
+        .chain(members.iter().filter_map(|(_, m)| m.as_ref()?.last.as_ref()))
+        .filter(|m| m.generation <= joined.generation_id)
+        .collect();
     let newest = maps.iter().map(|m| m.generation).max();
     let baseline: Vec<&GenerationMap> =
         maps.iter().filter(|m| Some(m.generation) == newest).copied().collect();
@@ -746,6 +861,46 @@ mod tests {
         assert_eq!(got["ma"].generation, 7);
         assert_eq!(got["mb"].leader, "wa");
         assert_eq!(got["mb"].all["wa"].len(), 2);
+    }
+
+    /// A broker restarted without the group's state starts the generations again: a map of a
+    /// later generation than the one being formed is from before and must not pin its tasks.
+    #[test]
+    fn maps_of_later_generations_than_this_one_are_ignored() {
+        let tasks: Vec<TaskId> = (0..4).map(|t| TaskId::new("c", t)).collect();
+        let stale = GenerationMap {
+            generation: 40,
+            all: [("wb".to_owned(), tasks.clone())].into_iter().collect(),
+            revoked_all: BTreeMap::new(),
+        };
+        let a = WorkerMetadata { last: Some(stale.clone()), ..meta("wa", "h", vec![]) };
+        let b = meta("wb", "h", vec![]);
+        let mut known = Some(stale);
+        let out = lead(&joined(&[("ma", &a), ("mb", &b)]), "g", "wa", &tasks, &mut known);
+        let got: BTreeMap<String, WorkerAssignment> =
+            out.into_iter().map(|(id, b)| (id, WorkerAssignment::decode(&b).unwrap())).collect();
+        assert_eq!(got["ma"].tasks.len(), 2, "{got:?}");
+        assert_eq!(got["mb"].tasks.len(), 2, "{got:?}");
+        assert!(got["mb"].revoked.is_empty(), "{got:?}");
+        assert_eq!(known.map(|m| m.generation), Some(7));
+    }
+
+    #[test]
+    fn an_assignment_for_another_generation_or_unreadable_is_not_applied() {
+        let a = WorkerAssignment {
+            version: VERSION,
+            generation: 5,
+            leader: "wa".into(),
+            error: None,
+            tasks: vec![],
+            revoked: vec![],
+            all: BTreeMap::new(),
+            revoked_all: BTreeMap::new(),
+        };
+        let bytes = serde_json::to_vec(&a).unwrap();
+        assert_eq!(read_assignment(&bytes, 5).unwrap(), a);
+        assert!(matches!(read_assignment(&bytes, 6), Err(Unusable::OtherGeneration(5))));
+        assert!(matches!(read_assignment(b"{", 5), Err(Unusable::Unreadable(_))));
     }
 
     fn t(c: &str, ids: &[usize]) -> Vec<TaskId> {
