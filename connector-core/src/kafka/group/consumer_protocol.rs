@@ -40,19 +40,61 @@ fn put_string(b: &mut BytesMut, s: &str) {
 
 /// A Subscription v0 of `topics`, without user data.
 pub fn encode_subscription(topics: &[String]) -> Bytes {
+    encode_subscription_with_user_data(topics, None)
+}
+
+/// A Subscription v0 of `topics` carrying `user_data` (`None`: null), the bytes a group's leader
+/// reads besides the topics; standard tools still read the topics.
+///
+/// ```
+/// use connector_core::kafka::group::consumer_protocol as cp;
+///
+/// let b = cp::encode_subscription_with_user_data(&["t".into()], Some(b"hi"));
+/// assert_eq!(cp::decode_subscription(&b).unwrap(), vec!["t"]);
+/// assert_eq!(cp::subscription_user_data(&b).unwrap().as_deref(), Some(&b"hi"[..]));
+/// ```
+pub fn encode_subscription_with_user_data(topics: &[String], user_data: Option<&[u8]>) -> Bytes {
     let mut b = BytesMut::new();
     b.put_i16(0);
     b.put_i32(i32::try_from(topics.len()).unwrap_or(i32::MAX));
     for t in topics {
         put_string(&mut b, t);
     }
-    b.put_i32(-1);
+    put_bytes(&mut b, user_data);
     b.freeze()
+}
+
+fn put_bytes(b: &mut BytesMut, data: Option<&[u8]>) {
+    match data {
+        Some(d) => {
+            b.put_i32(i32::try_from(d.len()).unwrap_or(i32::MAX));
+            b.put_slice(d);
+        }
+        None => b.put_i32(-1),
+    }
 }
 
 /// An Assignment v0 of `partitions` (grouped by topic in order of first appearance), without
 /// user data.
 pub fn encode_assignment(partitions: &[TopicPartition]) -> Bytes {
+    encode_assignment_with_user_data(partitions, None)
+}
+
+/// An Assignment v0 of `partitions` carrying `user_data` (`None`: null); standard tools still
+/// read the partitions.
+///
+/// ```
+/// use connector_core::kafka::group::consumer_protocol as cp;
+/// use connector_core::TopicPartition;
+///
+/// let b = cp::encode_assignment_with_user_data(&[TopicPartition::new("t", 1)], Some(b"x"));
+/// assert_eq!(cp::decode_assignment(&b).unwrap(), vec![TopicPartition::new("t", 1)]);
+/// assert_eq!(cp::assignment_user_data(&b).unwrap().as_deref(), Some(&b"x"[..]));
+/// ```
+pub fn encode_assignment_with_user_data(
+    partitions: &[TopicPartition],
+    user_data: Option<&[u8]>,
+) -> Bytes {
     let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
     for tp in partitions {
         match topics.iter_mut().find(|(t, _)| *t == &*tp.topic) {
@@ -70,7 +112,7 @@ pub fn encode_assignment(partitions: &[TopicPartition]) -> Bytes {
             b.put_i32(p);
         }
     }
-    b.put_i32(-1);
+    put_bytes(&mut b, user_data);
     b.freeze()
 }
 
@@ -110,6 +152,41 @@ pub fn decode_assignment(b: &[u8]) -> Result<Vec<TopicPartition>, GroupError> {
         }
     }
     Ok(out)
+}
+
+/// The user data of a Subscription (any version; `None` when null).
+///
+/// # Errors
+/// [`GroupError::Malformed`] when the bytes are not a Subscription.
+pub fn subscription_user_data(b: &[u8]) -> Result<Option<Vec<u8>>, GroupError> {
+    let mut r = Reader { b, what: "consumer protocol subscription" };
+    r.version()?;
+    let n = r.len()?;
+    for _ in 0..n {
+        r.string()?;
+    }
+    r.bytes()
+}
+
+/// The user data of an Assignment (any version; `None` when null or the blob is empty).
+///
+/// # Errors
+/// [`GroupError::Malformed`] when the bytes are not an Assignment.
+pub fn assignment_user_data(b: &[u8]) -> Result<Option<Vec<u8>>, GroupError> {
+    if b.is_empty() {
+        return Ok(None);
+    }
+    let mut r = Reader { b, what: "consumer protocol assignment" };
+    r.version()?;
+    let n = r.len()?;
+    for _ in 0..n {
+        r.string()?;
+        let m = r.len()?;
+        for _ in 0..m {
+            r.i32()?;
+        }
+    }
+    r.bytes()
 }
 
 struct Reader<'a> {
@@ -160,6 +237,19 @@ impl Reader<'_> {
             Ok(n) if n <= MAX_ARRAY => Ok(n),
             _ => Err(self.malformed(format!("array of {n} elements"))),
         }
+    }
+
+    /// Nullable bytes (absent at the end of the blob: null).
+    fn bytes(&mut self) -> Result<Option<Vec<u8>>, GroupError> {
+        if self.b.is_empty() {
+            return Ok(None);
+        }
+        let n = self.i32()?;
+        if n == -1 {
+            return Ok(None);
+        }
+        let n = usize::try_from(n).map_err(|_| self.malformed(format!("bytes of length {n}")))?;
+        Ok(Some(self.take(n)?.to_vec()))
     }
 
     fn string(&mut self) -> Result<String, GroupError> {

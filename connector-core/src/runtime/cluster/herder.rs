@@ -3,7 +3,6 @@
 //! rebalance (stopping what was revoked before anyone else starts it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -320,44 +319,14 @@ impl Herder {
             let known = &mut state.last;
             let mut leader =
                 |joined: &JoinedGroup| lead(joined, &group_id, &worker_id, all_tasks, known);
-            // The join may take longer than what is left of the session (up to twice the
-            // rebalance timeout): when the session runs out, the group has given our tasks
-            // away, so they drain here while the join goes on.
-            let deadline = tokio::time::Instant::from_std(state.last_ok + session);
-            let (joined, stopped) = {
-                let owned = &state.owned;
-                let draining = std::sync::atomic::AtomicBool::new(false);
-                let expire = async {
-                    tokio::time::sleep_until(deadline).await;
-                    if owned.is_empty() {
-                        return false;
-                    }
-                    draining.store(true, Relaxed);
-                    warn!(worker = %c.worker_id, ?session, "no heartbeat for the session timeout while joining: stopping every task (another worker may own them now)");
-                    self.set(owned, &BTreeSet::new()).await;
-                    true
-                };
-                tokio::pin!(expire);
-                let join = member.join(&protocols, &mut leader);
-                tokio::pin!(join);
-                let mut stopped = None;
-                let joined = loop {
-                    tokio::select! {
-                        r = &mut join => break Some(r),
-                        s = &mut expire, if stopped.is_none() => stopped = Some(s),
-                        () = shutdown.cancelled(), if stopped.is_some() || !draining.load(Relaxed) => break None,
-                    }
-                };
-                if stopped.is_none() && draining.load(Relaxed) {
-                    // A drain under way finishes before anything else.
-                    stopped = Some((&mut expire).await);
-                }
-                (joined, stopped)
+            // No session watchdog around the join: the group member heartbeats between its
+            // join rounds itself, and on Tansu a follower's JoinGroup alone takes 3 s (a
+            // watchdog counting from our last heartbeat stopped every task at each rebalance).
+            // A join that fails after the session stops the tasks (stop_if_expired below).
+            let joined = tokio::select! {
+                r = member.join(&protocols, &mut leader) => r,
+                () = shutdown.cancelled() => return Ok(()),
             };
-            if stopped == Some(true) {
-                state.owned.clear();
-            }
-            let Some(joined) = joined else { return Ok(()) };
             let generation = match joined {
                 Ok(g) => g,
                 Err(e) => {
