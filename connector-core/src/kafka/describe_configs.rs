@@ -18,6 +18,7 @@
 
 use std::io::{Read, Write};
 
+use crate::kafka::group::codec::read_len;
 use crate::kafka::wire::api_key::ApiKey;
 use crate::kafka::wire::api_version::{ApiVersion, ApiVersionRange};
 use crate::kafka::wire::error::Error as ApiError;
@@ -25,14 +26,10 @@ use crate::kafka::wire::messages::{
     ReadVersionedError, ReadVersionedType, RequestBody, WriteVersionedError, WriteVersionedType,
 };
 use crate::kafka::wire::primitives::{Boolean, Int16, Int32, Int8, NullableString, String_};
-use crate::kafka::wire::traits::{ReadError, ReadType, WriteType};
+use crate::kafka::wire::traits::{ReadType, WriteType};
 
 /// Resource type of a topic in DescribeConfigs.
 pub(crate) const RESOURCE_TOPIC: i8 = 2;
-
-/// Largest array length we accept in a response before allocating (a corrupt length must not
-/// make us reserve gigabytes).
-const MAX_ARRAY: usize = 100_000;
 
 /// DescribeConfigs for some topics.
 #[derive(Debug)]
@@ -99,18 +96,6 @@ impl<W: Write> WriteVersionedType<W> for DescribeConfigsRequest {
         }
         Ok(())
     }
-}
-
-fn read_len<R: Read>(reader: &mut R) -> Result<usize, ReadVersionedError> {
-    let len = Int32::read(reader)?.0;
-    if len == -1 {
-        return Ok(0);
-    }
-    let len = usize::try_from(len).map_err(ReadError::Overflow)?;
-    if len > MAX_ARRAY {
-        return Err(ReadError::Malformed(format!("array of {len} elements").into()).into());
-    }
-    Ok(len)
 }
 
 impl<R: Read> ReadVersionedType<R> for DescribeConfigsResponse {

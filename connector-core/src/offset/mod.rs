@@ -18,6 +18,7 @@ use async_trait::async_trait;
 
 pub use file::FileOffsetStore;
 pub use kafka::KafkaOffsetStore;
+pub(crate) use map::write_canonical;
 pub use map::OffsetMap;
 pub use memory::MemoryOffsetStore;
 

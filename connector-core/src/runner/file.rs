@@ -330,7 +330,7 @@ fn config_hash(root: &Map<String, Value>) -> String {
         c.remove("worker_id");
     }
     let mut text = String::new();
-    canonical(&Value::Object(root), &mut text);
+    crate::offset::write_canonical(&expanded(Value::Object(root)), &mut text);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);
@@ -339,37 +339,13 @@ fn config_hash(root: &Map<String, Value>) -> String {
     format!("{h:016x}")
 }
 
-/// `v` as JSON with every object's keys sorted and `${VAR}`s in strings expanded.
-fn canonical(v: &Value, out: &mut String) {
+/// `v` with `${VAR}`s in every string expanded.
+fn expanded(v: Value) -> Value {
     match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                if let Some(v) = m.get(k) {
-                    canonical(v, out);
-                }
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(v, out);
-            }
-            out.push(']');
-        }
-        Value::String(s) => out.push_str(&Value::String(expand_env(s)).to_string()),
-        other => out.push_str(&other.to_string()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, expanded(v))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(expanded).collect()),
+        Value::String(s) => Value::String(expand_env(&s)),
+        other => other,
     }
 }
 

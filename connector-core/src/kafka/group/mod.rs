@@ -37,7 +37,7 @@
 //! # }
 //! ```
 
-mod codec;
+pub(crate) mod codec;
 pub mod consumer_protocol;
 mod store;
 
