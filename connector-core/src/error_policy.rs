@@ -16,7 +16,7 @@ use tracing::warn;
 use crate::config::ConfigErrors;
 use crate::kafka::{KafkaClient, ProducerRecord};
 use crate::record::Headers;
-use crate::runtime::TaskStats;
+use crate::runtime::TaskCounters;
 use crate::{Error, Result};
 
 /// Whether record errors stop the task.
@@ -241,7 +241,16 @@ pub(crate) struct ErrorHandler {
     connector: Arc<str>,
     task: usize,
     client: KafkaClient,
-    stats: Arc<TaskStats>,
+    stats: Arc<TaskCounters>,
+}
+
+/// What the error policy did with a record it tolerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// Written to the dead-letter topic.
+    DeadLettered,
+    /// Logged and skipped (no dead-letter topic).
+    Skipped,
 }
 
 /// How much of a value a log line shows.
@@ -268,7 +277,7 @@ impl ErrorHandler {
         connector: Arc<str>,
         task: usize,
         client: KafkaClient,
-        stats: Arc<TaskStats>,
+        stats: Arc<TaskCounters>,
     ) -> Self {
         Self { config, connector, task, client, stats }
     }
@@ -279,8 +288,8 @@ impl ErrorHandler {
     /// # Errors
     /// The record's error, when the policy does not tolerate it (the task must stop), or the
     /// dead-letter write's error.
-    pub(crate) async fn handle(&self, f: FailedRecord<'_>) -> Result<()> {
-        self.stats.add_error();
+    pub(crate) async fn handle(&self, f: FailedRecord<'_>) -> Result<Handled> {
+        self.stats.add_record_error();
         let error = f
             .error
             .clone()
@@ -334,13 +343,18 @@ impl ErrorHandler {
                 headers,
                 timestamp: None,
             };
+            self.stats.add_dlq_request();
             self.client.produce(vec![record]).await.map_err(|e| {
+                self.stats.add_dlq_failure();
                 Error::fatal(format!("cannot write to dead-letter topic {topic}: {}", e.report()))
                     .with_connector(&*self.connector)
             })?;
             self.stats.add_dead_letter();
+            self.stats.add_record_skipped();
+            return Ok(Handled::DeadLettered);
         }
-        Ok(())
+        self.stats.add_record_skipped();
+        Ok(Handled::Skipped)
     }
 }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use crate::config::ConnectorConfig;
 use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
 use crate::record::{SinkRecord, TopicPartition};
-use crate::runtime::CommitRequester;
+use crate::runtime::{CommitRequester, TaskCounterHandle};
 use crate::{Error, Result};
 
 /// Where a sink starts reading a partition that has no committed offset.
@@ -89,6 +89,8 @@ impl ErrantRecordReporter for ErrorHandler {
             headers: &headers,
         })
         .await
+        // `put` accepted the record: it counts as written, whatever the policy did now.
+        .map(|_| ())
     }
 }
 
@@ -99,13 +101,32 @@ pub struct SinkTaskContext {
     task_id: usize,
     errant: Option<Arc<dyn ErrantRecordReporter>>,
     commit: CommitRequester,
+    counters: TaskCounterHandle,
 }
 
 impl SinkTaskContext {
     /// A context for task `task_id` of `connector`, without an errant-record reporter (a record
     /// reported through [`report`](Self::report) then fails the task, as with `tolerance = "none"`).
     pub fn new(connector: impl Into<Arc<str>>, task_id: usize) -> Self {
-        Self { connector: connector.into(), task_id, errant: None, commit: CommitRequester::new() }
+        Self {
+            connector: connector.into(),
+            task_id,
+            errant: None,
+            commit: CommitRequester::new(),
+            counters: TaskCounterHandle::default(),
+        }
+    }
+
+    /// Counts into `counters` (the runtime passes the connector's).
+    pub(crate) fn with_counters(mut self, counters: TaskCounterHandle) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// Where the task reports counters of its own (exported with the runtime's metrics,
+    /// labelled by connector and task); see [`ConnectorCounters`](crate::runtime::ConnectorCounters).
+    pub fn counters(&self) -> &TaskCounterHandle {
+        &self.counters
     }
 
     /// Routes [`report`](Self::report) to `reporter` (the runtime passes its error policy).

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use crate::config::ConnectorConfig;
 use crate::offset::OffsetMap;
 use crate::record::{RecordMetadata, SourceOffset, SourcePartition, SourceRecord};
+use crate::runtime::TaskCounterHandle;
 use crate::Result;
 
 /// What a source task is given at start.
@@ -25,13 +26,31 @@ pub struct SourceTaskContext {
     connector: Arc<str>,
     task_id: usize,
     offsets: OffsetMap,
+    counters: TaskCounterHandle,
 }
 
 impl SourceTaskContext {
     /// A context for task `task_id` of `connector`, resuming from `offsets`. Public so tasks can be
     /// tested without a runtime.
     pub fn new(connector: impl Into<Arc<str>>, task_id: usize, offsets: OffsetMap) -> Self {
-        Self { connector: connector.into(), task_id, offsets }
+        Self {
+            connector: connector.into(),
+            task_id,
+            offsets,
+            counters: TaskCounterHandle::default(),
+        }
+    }
+
+    /// Counts into `counters` (the runtime passes the connector's).
+    pub(crate) fn with_counters(mut self, counters: TaskCounterHandle) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// Where the task reports counters of its own (exported with the runtime's metrics,
+    /// labelled by connector and task); see [`ConnectorCounters`](crate::runtime::ConnectorCounters).
+    pub fn counters(&self) -> &TaskCounterHandle {
+        &self.counters
     }
 
     /// The connector's name.

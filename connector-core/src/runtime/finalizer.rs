@@ -59,6 +59,12 @@ impl<T, O> OrderedFinalizer<T, O> {
         }
     }
 
+    /// Item `seq`, while it is held.
+    pub fn get(&self, seq: u64) -> Option<&T> {
+        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get(index).map(|(item, _)| item)
+    }
+
     /// The oldest item, if it has an outcome.
     pub fn pop_ready(&mut self) -> Option<(T, O)> {
         if !matches!(self.slots.front(), Some((_, Some(_)))) {

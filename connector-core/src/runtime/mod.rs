@@ -2,7 +2,7 @@
 //! `commit_record` → offsets), [`SinkTaskRuntime`] (fetch → `put` → `pre_commit` → offsets),
 //! the connector-level runtimes ([`SourceRuntime`], [`SinkRuntime`]), the [`Worker`] that
 //! manages connectors and their tasks at run time, the worker group ([`cluster`]), the [`OrderedFinalizer`], and [`TaskStats`]
-//! for progress reports.
+//! (per-task counters, read by progress lines and `/metrics`).
 
 mod assignment;
 pub mod cluster;
@@ -25,7 +25,11 @@ pub use finalizer::OrderedFinalizer;
 pub use pipeline::Pipeline;
 pub use sink::{SinkEpoch, SinkGroupSettings, SinkRuntimeConfig, SinkTaskRuntime};
 pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
-pub use stats::{StatsSnapshot, TaskStats};
+pub use stats::{
+    ConnectorCounters, Counter, CustomSample, LatencyHistogram, PartitionLag, StatsSnapshot,
+    TaskCounterHandle, TaskCounters, TaskKind, TaskStats, LATENCY_BUCKETS_MS, MAX_COUNTED_TASKS,
+    MAX_CUSTOM_COUNTERS, MAX_LAG_PARTITIONS,
+};
 pub use worker::{
     ConnectorSpec, ConnectorState, ConnectorStatus, TaskFailure, TaskState, TaskStatus, Worker,
     WorkerError, MAX_CONNECTORS,

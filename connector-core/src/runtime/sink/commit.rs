@@ -2,7 +2,7 @@
 //! ([`Progress`]), `pre_commit` clipped to what was offered, one offset save in flight beside
 //! `put`, and the bounded final flush and commit at shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use crate::backoff::Backoff;
 use crate::kafka::KafkaClient;
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::TopicPartition;
-use crate::runtime::stats::TaskStats;
+use crate::runtime::stats::{PartitionLag, TaskCounters};
 use crate::sink::{SinkTask, StartFrom};
 use crate::{Error, Result};
 
@@ -21,9 +21,53 @@ use crate::{Error, Result};
 pub(super) struct Progress {
     pub(super) consumed: HashMap<TopicPartition, i64>,
     pub(super) committed: HashMap<TopicPartition, i64>,
+    /// Each read partition's lag cell (at most MAX_LAG_PARTITIONS of them) with its fetched,
+    /// uncommitted batches.
+    pub(super) lag: HashMap<TopicPartition, Lag>,
+}
+
+/// Most fetched batches remembered per partition for the time lag; past it, newer batches are
+/// not remembered (the oldest, which the lag is about, always is).
+const LAG_BATCHES: usize = 64;
+
+/// What a partition's time lag is computed from: its lag cell, and (last offset, timestamp of
+/// the first record) of each fetched batch not yet committed, oldest first.
+pub(super) struct Lag {
+    pub(super) cell: Arc<PartitionLag>,
+    batches: VecDeque<(i64, i64)>,
+}
+
+impl Lag {
+    pub(super) fn new(cell: Arc<PartitionLag>) -> Self {
+        Self { cell, batches: VecDeque::new() }
+    }
+
+    /// A fetched batch: its last offset and its first record's timestamp.
+    pub(super) fn fetched(&mut self, last_offset: i64, first_ts_ms: i64) {
+        if self.batches.is_empty() {
+            self.cell.set_oldest_uncommitted(Some(first_ts_ms));
+        }
+        if self.batches.len() < LAG_BATCHES {
+            self.batches.push_back((last_offset, first_ts_ms));
+        }
+    }
+
+    /// Offsets before `offset` are committed.
+    pub(super) fn committed(&mut self, offset: i64) {
+        self.cell.set_committed(offset);
+        while self.batches.front().is_some_and(|(last, _)| *last < offset) {
+            self.batches.pop_front();
+        }
+        self.cell.set_oldest_uncommitted(self.batches.front().map(|(_, ts)| *ts));
+    }
 }
 
 impl Progress {
+    /// Empty.
+    pub(super) fn new() -> Self {
+        Self { consumed: HashMap::new(), committed: HashMap::new(), lag: HashMap::new() }
+    }
+
     /// Records handed to `put` and not yet covered by a committed offset.
     pub(super) fn uncommitted(&self) -> u64 {
         self.consumed
@@ -75,7 +119,7 @@ pub(super) async fn finish(
     name: &Arc<str>,
     task: &mut dyn SinkTask,
     store: &Arc<dyn OffsetStore>,
-    stats: &TaskStats,
+    stats: &TaskCounters,
     progress: &mut Progress,
     (deadline, timeout): (tokio::time::Instant, Duration),
     outcome: Result<()>,
@@ -104,19 +148,24 @@ pub(super) async fn commit(
     name: &Arc<str>,
     task: &mut dyn SinkTask,
     store: &Arc<dyn OffsetStore>,
-    stats: &TaskStats,
+    stats: &TaskCounters,
     progress: &mut Progress,
 ) -> Result<()> {
     let Some((to_save, newly)) = offsets_to_commit(name, task, progress).await? else {
         return Ok(());
     };
     match store.save(name, &to_save).await {
-        Ok(()) => InFlightSave { handle: None, to_save, newly }.apply(name, stats, progress),
+        Ok(()) => InFlightSave { handle: None, to_save, newly, failed: false }
+            .apply(name, stats, progress),
         Err(e) if e.is_retriable() => {
+            stats.add_offset_commit_failures(1);
             warn!(connector = %name, error = %e.report(), "could not save sink offsets; will retry");
             Ok(())
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            stats.add_offset_commit_failures(1);
+            Err(e)
+        }
     }
 }
 
@@ -125,6 +174,8 @@ pub(super) struct InFlightSave {
     pub(super) handle: Option<tokio::task::JoinHandle<Result<()>>>,
     pub(super) to_save: OffsetMap,
     pub(super) newly: u64,
+    /// The save failed (retriable): nothing is committed.
+    pub(super) failed: bool,
 }
 
 impl InFlightSave {
@@ -132,14 +183,22 @@ impl InFlightSave {
     pub(super) fn apply(
         self,
         name: &str,
-        stats: &TaskStats,
+        stats: &TaskCounters,
         progress: &mut Progress,
     ) -> Result<()> {
+        if self.failed {
+            stats.add_offset_commit_failures(1);
+            return Ok(());
+        }
         for (tp, _) in progress.consumed.clone() {
             if let Some(o) = self.to_save.kafka_offset(&tp) {
+                if let Some(lag) = progress.lag.get_mut(&tp) {
+                    lag.committed(o);
+                }
                 progress.committed.insert(tp, o);
             }
         }
+        stats.add_offset_commits(1);
         stats.add_committed(self.newly);
         stats.set_in_flight(progress.uncommitted());
         debug!(connector = name, partitions = self.to_save.len(), "sink offsets committed");
@@ -156,13 +215,17 @@ pub(super) async fn wait_save(saving: &mut Option<InFlightSave>) -> Result<InFli
     };
     let joined = handle.await;
     s.handle = None;
-    let done =
-        InFlightSave { handle: None, to_save: std::mem::take(&mut s.to_save), newly: s.newly };
+    let done = InFlightSave {
+        handle: None,
+        to_save: std::mem::take(&mut s.to_save),
+        newly: s.newly,
+        failed: false,
+    };
     match joined {
         Ok(Ok(())) => Ok(done),
         Ok(Err(e)) if e.is_retriable() => {
             warn!(error = %e.report(), "could not save sink offsets; will retry");
-            Ok(InFlightSave { handle: None, to_save: OffsetMap::new(), newly: 0 })
+            Ok(InFlightSave { handle: None, to_save: OffsetMap::new(), newly: 0, failed: true })
         }
         Ok(Err(e)) => Err(e),
         Err(e) => Err(Error::fatal("the offset save task panicked").with_source(e)),
@@ -182,7 +245,7 @@ pub(super) async fn start_commit(
     };
     let (store, name, offsets) = (Arc::clone(store), Arc::clone(name), to_save.clone());
     let handle = tokio::spawn(async move { store.save(&name, &offsets).await });
-    Ok(Some(InFlightSave { handle: Some(handle), to_save, newly }))
+    Ok(Some(InFlightSave { handle: Some(handle), to_save, newly, failed: false }))
 }
 
 /// What `pre_commit` says is safe, clipped to what was offered, keeping only partitions that
@@ -224,7 +287,7 @@ pub(super) async fn finish_with_save(
     name: &Arc<str>,
     task: &mut dyn SinkTask,
     store: &Arc<dyn OffsetStore>,
-    stats: &TaskStats,
+    stats: &TaskCounters,
     progress: &mut Progress,
     config: &SinkRuntimeConfig,
     mut saving: Option<InFlightSave>,

@@ -9,10 +9,10 @@ use tracing::warn;
 
 use super::commit::Progress;
 use crate::backoff::Backoff;
-use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
+use crate::error_policy::{ErrorHandler, FailedRecord, Handled, Stage};
 use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::pipeline::Pipeline;
-use crate::runtime::stats::TaskStats;
+use crate::runtime::stats::TaskCounters;
 use crate::sink::SinkTask;
 use crate::{Error, ErrorKind, Result};
 
@@ -30,6 +30,39 @@ pub(super) fn failed<'a>(stage: Stage, error: &'a Error, r: &'a SinkRecord) -> F
     }
 }
 
+/// Counts what became of the records of one fetched batch (the conservation terms); whatever
+/// has no outcome when `deliver` returns early is abandoned (read again after a restart).
+struct Settled<'a> {
+    stats: &'a TaskCounters,
+    total: u64,
+    settled: u64,
+}
+
+impl Settled<'_> {
+    fn handled(&mut self, h: Handled) {
+        match h {
+            Handled::DeadLettered => self.stats.add_dead_lettered(1),
+            Handled::Skipped => self.stats.add_skipped(1),
+        }
+        self.settled += 1;
+    }
+    fn dropped(&mut self) {
+        self.stats.add_dropped(1);
+        self.settled += 1;
+    }
+    fn written(&mut self, n: usize) {
+        self.stats.add_written(n as u64);
+        self.stats.add_out(n as u64);
+        self.settled += n as u64;
+    }
+}
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.stats.add_abandoned(self.total.saturating_sub(self.settled));
+    }
+}
+
 /// Puts one fetched batch: converters and transforms first, then `put`, retrying retriable failures
 /// (bounded by `errors.retry_timeout_ms`) and handing records `put` rejects to the error policy.
 /// Returns `false` when shutdown interrupted it.
@@ -39,13 +72,15 @@ pub(super) async fn deliver(
     task: &mut dyn SinkTask,
     pipeline: &Pipeline,
     handler: &ErrorHandler,
-    stats: &TaskStats,
+    stats: &TaskCounters,
     progress: &mut Progress,
     tp: TopicPartition,
     records: Vec<SinkRecord>,
     shutdown: &CancellationToken,
 ) -> Result<bool> {
     let Some(last) = records.last().map(|r| r.offset) else { return Ok(true) };
+    // Dropped (a cancelled delivery too), it counts what got no outcome as abandoned.
+    let mut settled = Settled { stats, total: records.len() as u64, settled: 0 };
     let to_put = if pipeline.is_passthrough() {
         records
     } else {
@@ -53,11 +88,11 @@ pub(super) async fn deliver(
         for r in &records {
             match pipeline.sink(r) {
                 Ok(Some(t)) => out.push(t),
-                Ok(None) => {}
+                Ok(None) => settled.dropped(),
                 Err((stage, why)) => {
                     // Nothing of this batch is put yet, so a stop here commits nothing past it.
                     let e = Error::rejected(why);
-                    handler.handle(failed(stage, &e, r)).await?;
+                    settled.handled(handler.handle(failed(stage, &e, r)).await?);
                 }
             }
         }
@@ -76,7 +111,10 @@ pub(super) async fn deliver(
             () = shutdown.cancelled() => return Ok(false),
         };
         match put {
-            Ok(()) => break,
+            Ok(()) => {
+                settled.written(batch.len());
+                break;
+            }
             Err(e) if e.is_retriable() => {
                 stats.add_retry();
                 let since = *failing_since.get_or_insert_with(std::time::Instant::now);
@@ -117,9 +155,13 @@ pub(super) async fn deliver(
                     stats.add_error();
                     return Err(e.with_topic(&*tp.topic).with_partition(tp.partition));
                 };
-                if let Err(stop) = handler.handle(failed(Stage::TaskPut, &e, &batch[i])).await {
-                    progress.consumed.insert(tp.clone(), batch[i].offset);
-                    return Err(stop);
+                settled.written(i);
+                match handler.handle(failed(Stage::TaskPut, &e, &batch[i])).await {
+                    Ok(h) => settled.handled(h),
+                    Err(stop) => {
+                        progress.consumed.insert(tp.clone(), batch[i].offset);
+                        return Err(stop);
+                    }
                 }
                 start += i + 1;
             }
@@ -129,7 +171,6 @@ pub(super) async fn deliver(
             }
         }
     }
-    stats.add_out(to_put.len() as u64);
     progress.consumed.insert(tp, last + 1);
     Ok(true)
 }

@@ -2,6 +2,7 @@
 //! range, retry on retriable errors) feeding the sink runtime's bounded channel, and where a
 //! partition without a committed offset starts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -11,6 +12,7 @@ use tracing::{debug, warn};
 use crate::backoff::Backoff;
 use crate::kafka::{FetchResult, KafkaClient, OffsetSpec};
 use crate::record::{SinkRecord, TopicPartition};
+use crate::runtime::stats::PartitionLag;
 use crate::sink::StartFrom;
 use crate::{Error, Result};
 
@@ -55,6 +57,7 @@ pub(super) async fn fetch_loop(
     start: StartFrom,
     tx: mpsc::Sender<FetchMsg>,
     stop: CancellationToken,
+    lag: Option<Arc<PartitionLag>>,
 ) {
     let long_poll = Duration::from_millis(client.config().fetch_max_wait_ms);
     let mut backoff = Backoff::new(client.config().retry_backoff);
@@ -74,6 +77,9 @@ pub(super) async fn fetch_loop(
                 backoff.reset();
                 offset = fetched.next_offset.max(offset);
                 behind = fetched.high_watermark > offset;
+                if let Some(lag) = &lag {
+                    lag.set_high_watermark(fetched.high_watermark);
+                }
                 if fetched.records.is_empty() {
                     continue;
                 }

@@ -34,7 +34,7 @@ mod deliver;
 mod fetch;
 mod group;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,14 +49,14 @@ use crate::error_policy::ErrorHandler;
 use crate::kafka::KafkaClient;
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SinkRecord, TopicPartition};
-use crate::runtime::stats::TaskStats;
+use crate::runtime::stats::{TaskCounterHandle, TaskCounters, TaskKind, TaskStats};
 use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::runtime::CommitRequester;
 use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
 use crate::{Error, Result};
 
 use commit::{
-    finish_with_save, persist_resolved_starts, start_commit, wait_save, InFlightSave, Progress,
+    finish_with_save, persist_resolved_starts, start_commit, wait_save, InFlightSave, Lag, Progress,
 };
 pub use config::SinkRuntimeConfig;
 use deliver::{deliver, queue_for_put};
@@ -144,7 +144,7 @@ impl SinkTaskRuntime {
         self
     }
 
-    /// Uses `stats` for the counters.
+    /// Counts into `stats` (the connector's: this task counts into `stats.task(task_id)`).
     pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
         self.base.stats = stats;
         self
@@ -337,7 +337,8 @@ struct Env {
     name: Arc<str>,
     task_id: usize,
     client: KafkaClient,
-    stats: Arc<TaskStats>,
+    stats: Arc<TaskCounters>,
+    counters: TaskCounterHandle,
     config: SinkRuntimeConfig,
     handler: ErrorHandler,
 }
@@ -358,18 +359,21 @@ struct EpochRun<'a> {
 
 impl Env {
     fn new(base: &TaskBase, config: SinkRuntimeConfig) -> Self {
+        let stats = base.stats.task(base.task_id);
+        stats.set_kind(TaskKind::Sink);
         let handler = ErrorHandler::new(
             config.pipeline.errors.clone(),
             Arc::clone(&base.name),
             base.task_id,
             base.client.clone(),
-            Arc::clone(&base.stats),
+            Arc::clone(&stats),
         );
         Self {
             name: Arc::clone(&base.name),
             task_id: base.task_id,
             client: base.client.clone(),
-            stats: Arc::clone(&base.stats),
+            stats,
+            counters: TaskCounterHandle::new(base.task_id, base.stats.custom().clone()),
             config,
             handler,
         }
@@ -383,7 +387,8 @@ impl Env {
     fn context(&self) -> (SinkTaskContext, CommitRequester) {
         // Records the destination refuses after `put` go to the same error policy.
         let ctx = SinkTaskContext::new(Arc::clone(&self.name), self.task_id)
-            .with_errant_record_reporter(Arc::new(self.handler.clone()));
+            .with_errant_record_reporter(Arc::new(self.handler.clone()))
+            .with_counters(self.counters.clone());
         let requests = ctx.commit_requester();
         (ctx, requests)
     }
@@ -397,7 +402,7 @@ impl Env {
     ) -> Result<Progress> {
         let (name, client, config) = (&self.name, &self.client, &self.config);
         let stored = offsets.load(name).await?;
-        let mut progress = Progress { consumed: HashMap::new(), committed: HashMap::new() };
+        let mut progress = Progress::new();
         let mut resolved = OffsetMap::new();
         for tp in partitions {
             let start = match stored.kafka_offset(tp) {
@@ -473,6 +478,7 @@ impl Env {
         .map_err(|e| self.tag(e));
         let mut reading: Vec<TopicPartition> = progress.consumed.keys().cloned().collect();
         reading.sort();
+        self.stats.close_partitions(&reading);
         if let Err(e) = task.close(&reading).await {
             warn!(connector = %self.name, error = %e.report(), "sink task close failed");
         }
@@ -502,7 +508,7 @@ struct SinkDriver<'a> {
     client: &'a KafkaClient,
     store: &'a Arc<dyn OffsetStore>,
     config: &'a SinkRuntimeConfig,
-    stats: &'a TaskStats,
+    stats: &'a TaskCounters,
     handler: &'a ErrorHandler,
     progress: &'a mut Progress,
     fetchers: JoinSet<()>,
@@ -537,14 +543,21 @@ impl<'a> SinkDriver<'a> {
         let config = self.config;
         let capacity = config.prefetch_batches.max(1) * self.progress.consumed.len().max(1);
         let (tx, mut rx) = mpsc::channel::<FetchMsg>(capacity);
-        for (tp, offset) in &self.progress.consumed {
+        let reading: Vec<(TopicPartition, i64)> =
+            self.progress.consumed.iter().map(|(tp, o)| (tp.clone(), *o)).collect();
+        for (tp, offset) in reading {
+            let lag = self.stats.open_partition(&tp, offset);
+            if let Some(cell) = &lag {
+                self.progress.lag.insert(tp.clone(), Lag::new(Arc::clone(cell)));
+            }
             self.fetchers.spawn(fetch_loop(
                 self.client.clone(),
-                tp.clone(),
-                *offset,
+                tp,
+                offset,
                 config.start,
                 tx.clone(),
                 self.stop_fetchers.clone(),
+                lag,
             ));
         }
         self.fetch_tx = added.is_some().then_some(tx);
@@ -598,6 +611,9 @@ impl<'a> SinkDriver<'a> {
         };
         self.stop_fetchers.cancel();
         self.fetchers.abort_all();
+        // Read and never handed on: read again after the restart.
+        self.stats.add_abandoned(self.queued_records());
+        self.stats.set_unsettled(0);
         let Self { name, store, stats, progress, saving, .. } = self;
         finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
     }
@@ -614,7 +630,17 @@ impl<'a> SinkDriver<'a> {
         // Raced against shutdown like `put`: loading offsets and resolving starts may wait on an
         // unreachable Kafka. Cut short, the partitions are simply not read.
         let (name, client, store, config) = (self.name, self.client, self.store, self.config);
-        let adding = add_partitions(name, task, client, store, config, self.progress, parts, fetch);
+        let adding = add_partitions(
+            name,
+            task,
+            client,
+            store,
+            config,
+            self.progress,
+            self.stats,
+            parts,
+            fetch,
+        );
         tokio::select! {
             r = adding => match r {
                 Ok(()) => Step::Continue(()),
@@ -647,13 +673,22 @@ impl<'a> SinkDriver<'a> {
             None => Step::Break(Err(Error::fatal("all Kafka fetchers stopped"))),
             Some(FetchMsg::Failed(e)) => Step::Break(Err(e)),
             Some(FetchMsg::Records(tp, records)) => {
-                if !records.is_empty() {
+                if let (Some(first), Some(last)) = (records.first(), records.last()) {
+                    if let Some(lag) = self.progress.lag.get_mut(&tp) {
+                        lag.fetched(last.offset, first.timestamp.as_millis());
+                    }
                     self.stats.add_in(records.len() as u64);
                     queue_for_put(&mut self.queued, tp, records, self.config.max_put_records);
+                    self.stats.set_unsettled(self.queued_records());
                 }
                 Step::Continue(())
             }
         }
+    }
+
+    /// Records fetched and queued for `put`.
+    fn queued_records(&self) -> u64 {
+        self.queued.iter().map(|(_, r)| r.len() as u64).sum()
     }
 
     /// Puts the next piece of the fetched batch.
@@ -661,9 +696,12 @@ impl<'a> SinkDriver<'a> {
         let Some((tp, records)) = self.queued.pop_front() else { return Step::Continue(()) };
         let (name, pipeline, handler, stats) =
             (self.name, &self.config.pipeline, self.handler, self.stats);
-        match deliver(name, task, pipeline, handler, stats, self.progress, tp, records, shutdown)
-            .await
-        {
+        let delivered =
+            deliver(name, task, pipeline, handler, stats, self.progress, tp, records, shutdown)
+                .await;
+        // Whatever `deliver` settled or abandoned is out of the queue now.
+        stats.set_unsettled(self.queued_records());
+        match delivered {
             Ok(true) => {
                 stats.set_in_flight(self.progress.uncommitted());
                 Step::Continue(())
@@ -697,6 +735,7 @@ async fn add_partitions(
     store: &Arc<dyn OffsetStore>,
     config: &SinkRuntimeConfig,
     progress: &mut Progress,
+    stats: &TaskCounters,
     parts: Vec<TopicPartition>,
     (fetchers, tx, stop): (&mut JoinSet<()>, &mpsc::Sender<FetchMsg>, &CancellationToken),
 ) -> Result<()> {
@@ -719,6 +758,10 @@ async fn add_partitions(
         info!(connector = %name, %tp, offset = start, "reading a partition added to the topic");
         progress.committed.insert(tp.clone(), start);
         progress.consumed.insert(tp.clone(), start);
+        let lag = stats.open_partition(&tp, start);
+        if let Some(cell) = &lag {
+            progress.lag.insert(tp.clone(), Lag::new(Arc::clone(cell)));
+        }
         fetchers.spawn(fetch_loop(
             client.clone(),
             tp,
@@ -726,6 +769,7 @@ async fn add_partitions(
             config.start,
             tx.clone(),
             stop.clone(),
+            lag,
         ));
     }
     Ok(())

@@ -11,18 +11,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
+use crate::error_policy::{ErrorHandler, FailedRecord, Handled, Stage};
 use crate::kafka::{validate_topic_name, Delivery, Producer, ProducerRecord};
 use crate::record::{RecordMetadata, SourceRecord};
 use crate::runtime::finalizer::OrderedFinalizer;
 use crate::runtime::pipeline::Pipeline;
-use crate::runtime::stats::TaskStats;
+use crate::runtime::stats::{LatencyBatch, TaskCounters};
 use crate::runtime::task::PauseSwitch;
 use crate::source::SourceTask;
 use crate::{Error, ErrorKind, Result};
 
 use super::config::SourceRuntimeConfig;
 use super::Committer;
+
+/// A polled record in the window, with when it was polled (for the latency histogram).
+pub(super) struct Polled {
+    pub(super) record: SourceRecord,
+    pub(super) at: Instant,
+}
 
 /// Pause before polling again after `poll` returned nothing.
 const IDLE_POLL_PAUSE: Duration = Duration::from_millis(10);
@@ -98,10 +104,10 @@ pub(super) enum Phase {
 pub(super) struct SourceDriver<'a> {
     pub(super) name: &'a Arc<str>,
     pub(super) config: &'a SourceRuntimeConfig,
-    pub(super) stats: &'a TaskStats,
+    pub(super) stats: &'a TaskCounters,
     pub(super) handler: &'a ErrorHandler,
     pub(super) producer: Producer<u64>,
-    pub(super) finalizer: OrderedFinalizer<SourceRecord, Outcome>,
+    pub(super) finalizer: OrderedFinalizer<Polled, Outcome>,
     /// Polled records waiting for room in the window.
     pub(super) pending: VecDeque<(ProducerRecord, u64)>,
     pub(super) window: Window,
@@ -115,9 +121,24 @@ pub(super) struct SourceDriver<'a> {
 }
 
 impl<'a> SourceDriver<'a> {
-    /// Runs the loop.
+    /// Runs the loop. Records still in the window when it ends (a failure, a drain that timed
+    /// out) are counted abandoned: they are not acknowledged upstream and come again.
     pub(super) async fn run(
         mut self,
+        task: &mut dyn SourceTask,
+        committer: &mut Committer,
+        acks: mpsc::Receiver<Vec<Delivery<u64>>>,
+        pause: &mut PauseSwitch,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let result = self.run_loop(task, committer, acks, pause, shutdown).await;
+        self.stats.add_abandoned(self.finalizer.len() as u64);
+        self.stats.set_window(0, 0, 0);
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
         task: &mut dyn SourceTask,
         committer: &mut Committer,
         mut acks: mpsc::Receiver<Vec<Delivery<u64>>>,
@@ -133,7 +154,11 @@ impl<'a> SourceDriver<'a> {
             self.send_pending().await?;
             let paused = pause.is_paused();
             self.flush_if_needed(paused).await?;
-            self.stats.set_in_flight(self.finalizer.len() as u64);
+            self.stats.set_window(
+                self.finalizer.len() as u64,
+                self.window.unacked as u64,
+                self.window.held_bytes as u64,
+            );
             if self.phase != Phase::Running && self.finalizer.is_empty() {
                 return Ok(());
             }
@@ -231,11 +256,17 @@ impl<'a> SourceDriver<'a> {
 
     fn on_acks(&mut self, batch: Vec<Delivery<u64>>) {
         self.window.flush_sent = false;
+        let now = Instant::now();
+        let mut latency = LatencyBatch::default();
+        let mut delivered = 0;
         for d in batch {
             self.window.unacked = self.window.unacked.saturating_sub(1);
             let outcome = match d.result {
                 Ok(m) => {
-                    self.stats.add_out(1);
+                    delivered += 1;
+                    if let Some(p) = self.finalizer.get(d.tag) {
+                        latency.observe(now.saturating_duration_since(p.at));
+                    }
                     Outcome::Delivered(m)
                 }
                 Err(e) => {
@@ -247,6 +278,8 @@ impl<'a> SourceDriver<'a> {
             };
             self.finalizer.complete(d.tag, outcome);
         }
+        self.stats.add_out(delivered);
+        self.stats.latency().add(&latency);
     }
 
     /// Queues polled records; `false` when the poll was empty (nothing to finalize).
@@ -258,10 +291,11 @@ impl<'a> SourceDriver<'a> {
             return false;
         }
         self.stats.add_in(records.len() as u64);
-        for mut record in records {
+        let (total, at) = (records.len(), Instant::now());
+        for (i, mut record) in records.into_iter().enumerate() {
             self.window.held_bytes += record.size();
             let prepared = prepare(&self.config.pipeline, &mut record);
-            let seq = self.finalizer.push(record);
+            let seq = self.finalizer.push(Polled { record, at });
             match prepared {
                 Ok(Some(out)) => self.pending.push_back((out, seq)),
                 Ok(None) => {
@@ -273,6 +307,7 @@ impl<'a> SourceDriver<'a> {
                         // The rest of this poll is dropped unacknowledged: the source delivers
                         // it again after the restart.
                         self.halt();
+                        self.stats.add_abandoned((total - i - 1) as u64);
                         break;
                     }
                 }
@@ -311,7 +346,7 @@ impl<'a> SourceDriver<'a> {
         committer: &mut Committer,
     ) -> Result<()> {
         let mut ready = Vec::new();
-        while let Some((record, outcome)) = self.finalizer.pop_ready() {
+        while let Some((Polled { record, .. }, outcome)) = self.finalizer.pop_ready() {
             self.window.held_bytes = self.window.held_bytes.saturating_sub(record.size());
             match finalize(committer, self.stats, self.handler, record, outcome).await {
                 Ok(done) => ready.push(done),
@@ -350,22 +385,29 @@ async fn commit_records(
 /// record with its metadata for `commit_records`.
 async fn finalize(
     committer: &mut Committer,
-    stats: &TaskStats,
+    stats: &TaskCounters,
     handler: &ErrorHandler,
     record: SourceRecord,
     outcome: Outcome,
 ) -> Result<(SourceRecord, Option<RecordMetadata>)> {
     let metadata = match outcome {
-        Outcome::Delivered(m) => Some(m),
-        Outcome::Dropped => None,
+        Outcome::Delivered(m) => {
+            stats.add_written(1);
+            Some(m)
+        }
+        Outcome::Dropped => {
+            stats.add_dropped(1);
+            None
+        }
         // Only errors about the record itself are the policy's to tolerate; a broker refusing us
         // (authorization, say) stops the task whatever the policy.
         Outcome::Failed(_, e) if e.kind() != ErrorKind::RecordRejected => {
             stats.add_error();
+            stats.add_abandoned(1);
             return Err(e.with_topic(record.topic.clone()));
         }
         Outcome::Failed(stage, e) => {
-            handler
+            let handled = handler
                 .handle(FailedRecord {
                     stage,
                     error: &e,
@@ -376,7 +418,12 @@ async fn finalize(
                     value: record.value.as_ref(),
                     headers: &record.headers,
                 })
-                .await?;
+                .await
+                .inspect_err(|_| stats.add_abandoned(1))?;
+            match handled {
+                Handled::DeadLettered => stats.add_dead_lettered(1),
+                Handled::Skipped => stats.add_skipped(1),
+            }
             None
         }
     };

@@ -37,7 +37,7 @@ use crate::error_policy::ErrorHandler;
 use crate::kafka::{KafkaClient, Producer};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::runtime::finalizer::OrderedFinalizer;
-use crate::runtime::stats::TaskStats;
+use crate::runtime::stats::{TaskCounterHandle, TaskCounters, TaskKind, TaskStats};
 use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::source::{SourceTask, SourceTaskContext};
 use crate::{Error, Result};
@@ -80,6 +80,7 @@ impl std::fmt::Debug for SourceTaskRuntime {
 /// Where a finalized record's offsets go, and how many records await an offset commit.
 struct Committer {
     name: Arc<str>,
+    stats: Arc<TaskCounters>,
     store: Arc<dyn OffsetStore>,
     pending: OffsetMap,
     finalized_since_commit: u64,
@@ -103,9 +104,11 @@ impl Committer {
             match saved {
                 Ok(()) => {
                     debug!(connector = %self.name, partitions = self.pending.len(), "source offsets committed");
+                    self.stats.add_offset_commits(1);
                     self.pending = OffsetMap::new();
                 }
                 Err(e) => {
+                    self.stats.add_offset_commit_failures(1);
                     warn!(connector = %self.name, error = %e.report(), "could not save source offsets; will retry");
                     return;
                 }
@@ -139,7 +142,7 @@ impl SourceTaskRuntime {
         self
     }
 
-    /// Uses `stats` for the counters (e.g. to share one reporter across tasks).
+    /// Counts into `stats` (the connector's: this task counts into `stats.task(task_id)`).
     pub fn with_stats(mut self, stats: Arc<TaskStats>) -> Self {
         self.base.stats = stats;
         self
@@ -184,17 +187,22 @@ impl SourceTaskRuntime {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Self { mut base, mut task, config } = self;
         let (name, task_id) = (Arc::clone(&base.name), base.task_id);
-        let (client, offsets, stats) =
-            (base.client.clone(), Arc::clone(&base.offsets), Arc::clone(&base.stats));
+        let (client, offsets) = (base.client.clone(), Arc::clone(&base.offsets));
+        let stats = base.stats.task(task_id);
+        stats.set_kind(TaskKind::Source);
+        let counters = TaskCounterHandle::new(task_id, base.stats.custom().clone());
         let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
         let initial = offsets.load(&name).await.map_err(tag)?;
         info!(connector = %name, task = task_id, offsets = initial.len(), "starting source task");
-        task.start(SourceTaskContext::new(Arc::clone(&name), task_id, initial))
-            .await
-            .map_err(tag)?;
+        task.start(
+            SourceTaskContext::new(Arc::clone(&name), task_id, initial).with_counters(counters),
+        )
+        .await
+        .map_err(tag)?;
         base.started();
         let mut committer = Committer {
             name: Arc::clone(&name),
+            stats: Arc::clone(&stats),
             store: offsets,
             pending: OffsetMap::new(),
             finalized_since_commit: 0,
@@ -207,6 +215,7 @@ impl SourceTaskRuntime {
             Arc::clone(&stats),
         );
         let max_records = config.max_in_flight_records.max(1);
+        stats.set_window_capacity(max_records as u64, config.max_in_flight_bytes.max(1) as u64);
         let (producer, acks) =
             Producer::<u64>::with_topic_budget(client, max_records, config.topic_budget());
         let driver = SourceDriver {
@@ -242,7 +251,6 @@ impl SourceTaskRuntime {
         if let Err(e) = task.stop().await {
             warn!(connector = %name, task = task_id, error = %e.report(), "source task stop failed");
         }
-        stats.set_in_flight(0);
         match &result {
             Ok(()) => info!(connector = %name, task = task_id, "source task stopped"),
             Err(e) => {
