@@ -23,7 +23,9 @@ mod wire;
 pub use config::deserialize_flat as __deserialize_flat;
 pub use config::{MqttConnectionConfig, DEFAULT_STATUS_TOPIC, MQTT_MAX_PACKET};
 pub use connection::{ConnectionSettings, Will, STATUS_OFFLINE, STATUS_ONLINE};
-pub use link::{pause_before_reconnect, Link};
+pub use link::{
+    count_reconnect, pause_before_reconnect, reconnect_reason, Link, RECONNECT_REASONS,
+};
 pub use session::{Connected, Session};
 pub use status::{wait_connected, Status};
 pub use tls::MqttTlsConfig;

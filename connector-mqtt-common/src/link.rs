@@ -162,3 +162,58 @@ pub async fn pause_before_reconnect(
         () = tokio::time::sleep(delay) => true,
     }
 }
+
+/// Every value [`reconnect_reason`] gives (the `reason` label of `mqtt_reconnects_total`).
+pub const RECONNECT_REASONS: [&str; 8] = [
+    "keepalive_timeout",
+    "write_timeout",
+    "broker_closed",
+    "connect_timeout",
+    "connect_failed",
+    "connect_refused",
+    "protocol_error",
+    "connection_lost",
+];
+
+/// Why a connection that is retried was lost, as one of [`RECONNECT_REASONS`] (a bounded label
+/// value, read off the error the session or link gave).
+///
+/// ```
+/// use connector_core::Error;
+///
+/// let e = Error::retriable("MQTT connection lost: the broker did not answer the last ping");
+/// assert_eq!(connector_mqtt_common::reconnect_reason(&e), "keepalive_timeout");
+/// ```
+pub fn reconnect_reason(error: &Error) -> &'static str {
+    let m = error.to_string();
+    let has = |s: &str| m.contains(s);
+    if has("did not answer the last ping") {
+        "keepalive_timeout"
+    } else if has("took no data for") {
+        "write_timeout"
+    } else if has("closed the connection") || has("stopped taking data") {
+        "broker_closed"
+    } else if has("timed out") {
+        "connect_timeout"
+    } else if has("refused the connection") {
+        "connect_refused"
+    } else if has("malformed") || has("not UTF-8") || has("cannot encode") {
+        "protocol_error"
+    } else if has("CONNECT to") || (has("connection to") && has("failed")) {
+        "connect_failed"
+    } else {
+        "connection_lost"
+    }
+}
+
+/// Counts one reconnect of the task by [`reconnect_reason`] (the runtime exports it as
+/// `mqtt_reconnects_total{connector, task, reason}`).
+pub fn count_reconnect(counters: &connector_core::runtime::TaskCounterHandle, error: &Error) {
+    counters
+        .counter(
+            "mqtt_reconnects",
+            "MQTT connections lost and retried, by reason",
+            Some(("reason", reconnect_reason(error))),
+        )
+        .inc();
+}

@@ -199,6 +199,31 @@ pub struct Refusal {
     pub reason: Option<String>,
 }
 
+impl Refusal {
+    /// The reason code as a bounded label value (the `reason` of `mqtt_publish_refused_total`):
+    /// MQTT 5's names for the codes a PUBACK or PUBREC may carry, `other` for the rest.
+    ///
+    /// ```
+    /// use connector_mqtt_common::{AckPacket, Refusal};
+    ///
+    /// let r = Refusal { pkid: 3, packet: AckPacket::PubAck, code: 0x97, name: "QuotaExceeded".into(), reason: None };
+    /// assert_eq!(r.reason_label(), "quota_exceeded");
+    /// ```
+    pub fn reason_label(&self) -> &'static str {
+        match self.code {
+            0x80 => "unspecified_error",
+            0x83 => "implementation_specific_error",
+            0x87 => "not_authorized",
+            0x90 => "topic_name_invalid",
+            0x91 => "packet_identifier_in_use",
+            0x92 => "packet_identifier_not_found",
+            0x97 => "quota_exceeded",
+            0x99 => "payload_format_invalid",
+            _ => "other",
+        }
+    }
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} reason code {:#04x} ({})", self.packet, self.code, self.name)?;

@@ -52,6 +52,8 @@ pub(crate) struct LoopSettings {
     pub(crate) max_packet: usize,
     /// Asks the runtime to commit once acknowledgements arrived.
     pub(crate) commit: connector_core::runtime::CommitRequester,
+    /// Where reconnects and refused publishes are counted.
+    pub(crate) counters: connector_core::runtime::TaskCounterHandle,
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
@@ -136,6 +138,7 @@ pub(crate) async fn run(
             fatal: None,
         });
         shared.changed.notify_waiters();
+        connector_mqtt_common::count_reconnect(&settings.counters, &error);
         let delay = backoff.next_delay();
         let stopped = stop.cancelled();
         if !pause_before_reconnect(&mut session, &error, delay, stopped).await {
@@ -263,6 +266,14 @@ fn may_blame_a_publish(reason: &str) -> bool {
 /// record to the error policy.
 fn refused(shared: &Shared, settings: &LoopSettings, refusal: &Refusal) {
     warn!(client_id = %settings.client_id, pkid = refusal.pkid, refusal = %refusal, "the MQTT broker refused a publish");
+    settings
+        .counters
+        .counter(
+            "mqtt_publish_refused",
+            "Publishes the MQTT broker refused (PUBACK/PUBREC reason code >= 0x80), by reason",
+            Some(("reason", refusal.reason_label())),
+        )
+        .inc();
     shared.tracker.lock().refused(refusal);
 }
 

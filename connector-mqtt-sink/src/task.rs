@@ -194,6 +194,7 @@ impl SinkTask for MqttSinkTask {
             window: c.inflight.max(1),
             max_packet: c.connection.max_packet_size,
             commit: ctx.commit_requester(),
+            counters: ctx.counters().clone(),
         };
         shared.tracker.lock().max_packet = c.connection.max_packet_size;
         self.event_loop = Some(tokio::spawn(event_loop::run(

@@ -128,6 +128,8 @@ pub(crate) struct LoopSettings {
     pub(crate) buffer: usize,
     /// `max_packet_size`, for the log of an oversize message.
     pub(crate) max_packet_size: usize,
+    /// Where reconnects are counted.
+    pub(crate) counters: connector_core::runtime::TaskCounterHandle,
 }
 
 /// The channels between the event loop and its source task.
@@ -189,6 +191,7 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
         if !hand_over(&mut pending, &channels).await {
             return;
         }
+        connector_mqtt_common::count_reconnect(&settings.counters, &error);
         let delay = backoff.next_delay();
         let stopped = channels.stop.cancelled();
         if !pause_before_reconnect(&mut session, &error, delay, stopped).await {

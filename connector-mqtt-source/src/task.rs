@@ -269,6 +269,7 @@ impl SourceTask for MqttSourceTask {
             write_timeout: c.connection.connect_timeout.max(Duration::from_secs(1)),
             buffer: c.inflight,
             max_packet_size: c.connection.max_packet_size,
+            counters: ctx.counters().clone(),
         };
         let channels =
             LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };

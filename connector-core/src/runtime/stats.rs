@@ -248,7 +248,7 @@ pub const MAX_LAG_PARTITIONS: usize = 1024;
 
 macro_rules! adders {
     ($($(#[$m:meta])* $name:ident => $field:ident;)*) => {
-        $( $(#[$m])* pub(crate) fn $name(&self, n: u64) { self.$field.fetch_add(n, Ordering::Relaxed); } )*
+        $( $(#[$m])* #[doc(hidden)] pub fn $name(&self, n: u64) { self.$field.fetch_add(n, Ordering::Relaxed); } )*
     };
 }
 
@@ -346,7 +346,8 @@ impl TaskCounters {
         self.partitions.lock().iter().map(|(tp, l)| (tp.clone(), Arc::clone(l))).collect()
     }
 
-    pub(crate) fn set_kind(&self, kind: TaskKind) {
+    #[doc(hidden)]
+    pub fn set_kind(&self, kind: TaskKind) {
         let k = match kind {
             TaskKind::Unknown => 0,
             TaskKind::Source => 1,
@@ -355,18 +356,16 @@ impl TaskCounters {
         self.kind.store(k, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_window_capacity(&self, records: u64, bytes: u64) {
+    #[doc(hidden)]
+    pub fn set_window_capacity(&self, records: u64, bytes: u64) {
         self.window_capacity.store(records, Ordering::Relaxed);
         self.window_capacity_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// The lag cell of `tp`, registered (and reset to "nothing read yet") for a task that opens
     /// it; `None` past [`MAX_LAG_PARTITIONS`].
-    pub(crate) fn open_partition(
-        &self,
-        tp: &TopicPartition,
-        committed: i64,
-    ) -> Option<Arc<PartitionLag>> {
+    #[doc(hidden)]
+    pub fn open_partition(&self, tp: &TopicPartition, committed: i64) -> Option<Arc<PartitionLag>> {
         let mut map = self.partitions.lock();
         if let Some(l) = map.get(tp) {
             l.committed.store(committed, Ordering::Relaxed);
@@ -382,7 +381,8 @@ impl TaskCounters {
     }
 
     /// Forgets the lag of partitions the task no longer reads.
-    pub(crate) fn close_partitions(&self, tps: &[TopicPartition]) {
+    #[doc(hidden)]
+    pub fn close_partitions(&self, tps: &[TopicPartition]) {
         let mut map = self.partitions.lock();
         for tp in tps {
             map.remove(tp);
@@ -403,36 +403,46 @@ impl TaskCounters {
         add_offset_commit_failures => offset_commit_failures;
     }
 
-    pub(crate) fn add_error(&self) {
+    #[doc(hidden)]
+    pub fn add_error(&self) {
         self.add_errors(1);
     }
-    pub(crate) fn add_retry(&self) {
+    #[doc(hidden)]
+    pub fn add_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn add_record_error(&self) {
+    #[doc(hidden)]
+    pub fn add_record_error(&self) {
         self.record_errors.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn add_record_skipped(&self) {
+    #[doc(hidden)]
+    pub fn add_record_skipped(&self) {
         self.records_skipped.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn add_dlq_request(&self) {
+    #[doc(hidden)]
+    pub fn add_dlq_request(&self) {
         self.dlq_requests.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn add_dlq_failure(&self) {
+    #[doc(hidden)]
+    pub fn add_dlq_failure(&self) {
         self.dlq_failures.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn add_dead_letter(&self) {
+    #[doc(hidden)]
+    pub fn add_dead_letter(&self) {
         self.dead_letters.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn set_in_flight(&self, n: u64) {
+    #[doc(hidden)]
+    pub fn set_in_flight(&self, n: u64) {
         self.in_flight.store(n, Ordering::Relaxed);
     }
-    pub(crate) fn set_unsettled(&self, n: u64) {
+    #[doc(hidden)]
+    pub fn set_unsettled(&self, n: u64) {
         self.unsettled.store(n, Ordering::Relaxed);
     }
     /// Source: the window's occupancy, stored once per loop turn.
-    pub(crate) fn set_window(&self, records: u64, unacked: u64, held_bytes: u64) {
+    #[doc(hidden)]
+    pub fn set_window(&self, records: u64, unacked: u64, held_bytes: u64) {
         self.in_flight.store(records, Ordering::Relaxed);
         self.unsettled.store(records, Ordering::Relaxed);
         self.unacked.store(unacked, Ordering::Relaxed);
@@ -575,13 +585,16 @@ impl PartitionLag {
         }
     }
 
-    pub(crate) fn set_high_watermark(&self, h: i64) {
+    #[doc(hidden)]
+    pub fn set_high_watermark(&self, h: i64) {
         self.high_watermark.store(h, Ordering::Relaxed);
     }
-    pub(crate) fn set_committed(&self, o: i64) {
+    #[doc(hidden)]
+    pub fn set_committed(&self, o: i64) {
         self.committed.store(o, Ordering::Relaxed);
     }
-    pub(crate) fn set_oldest_uncommitted(&self, ts_ms: Option<i64>) {
+    #[doc(hidden)]
+    pub fn set_oldest_uncommitted(&self, ts_ms: Option<i64>) {
         self.oldest_uncommitted_ms.store(ts_ms.unwrap_or(NO_TIMESTAMP), Ordering::Relaxed);
     }
 }
