@@ -11,6 +11,7 @@
 mod file_sink;
 mod file_source;
 mod heartbeat;
+pub mod metrics;
 mod record_line;
 mod registry;
 
