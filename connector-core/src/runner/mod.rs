@@ -7,6 +7,7 @@
 //! An application builds its own runner by registering its connector types next to the
 //! built-in ones and calling [`ConnectFile::load`] and [`run`].
 
+pub mod control;
 mod file;
 mod registry;
 mod run;
