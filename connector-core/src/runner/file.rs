@@ -179,7 +179,7 @@ pub struct ConnectFile {
     /// `[cluster]` (its `group_id` possibly set by `connect run --group`).
     pub cluster: ClusterConfig,
     /// The hash every worker of a group must share: of the parsed file (`${VAR}`s expanded) in a
-    /// canonical form (keys sorted), without the per-worker keys (`[cluster].worker_id`). 16 hex
+    /// canonical form (keys sorted), without the per-worker keys (`[cluster].worker_id`, `[rest]`). 16 hex
     /// digits (FNV-1a, 64 bits: it tells configurations apart, it is not a signature).
     pub config_hash: String,
     /// `[rest]`: the REST API, when set.
@@ -414,13 +414,15 @@ impl ConnectFile {
     }
 }
 
-/// The configuration's hash: the parsed file without `[cluster].worker_id`, `${VAR}`s expanded,
+/// The configuration's hash: the parsed file without `[cluster].worker_id` and `[rest]`, `${VAR}`s expanded,
 /// written with sorted keys, hashed with 64-bit FNV-1a.
 fn config_hash(root: &Map<String, Value>) -> String {
     let mut root = root.clone();
     if let Some(Value::Object(c)) = root.get_mut("cluster") {
         c.remove("worker_id");
     }
+    // Each worker has its own listener (and maybe token); the API's changes are kept elsewhere.
+    root.remove("rest");
     let mut text = String::new();
     crate::offset::write_canonical(&expanded(Value::Object(root)), &mut text);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
