@@ -78,10 +78,11 @@ struct Cli {
     /// MQTT protocol version of our source and sink: "3.1.1" or "5".
     #[arg(long, default_value = "3.1.1")]
     mqtt_version: String,
-    /// Measurements to run, comma-separated: bare, source, sink, python, latency, distributed, soak.
+    /// Measurements to run, comma-separated: bare, source, scrape (the source QoS 1 100 B row
+    /// without and with GET /metrics every second), sink, python, latency, distributed, soak.
     #[arg(
         long,
-        default_value = "bare,source,sink,python,latency,distributed,soak",
+        default_value = "bare,source,scrape,sink,python,latency,distributed,soak",
         value_delimiter = ','
     )]
     only: Vec<String>,
@@ -113,6 +114,10 @@ struct Cli {
 struct Row {
     runs: Vec<(Throughput, Option<f64>)>,
 }
+
+/// The scrape-cost rows (`--only scrape`).
+const SCRAPE_OFF: &str = "source QoS1 100 B, no scrape";
+const SCRAPE_ON: &str = "source QoS1 100 B, /metrics 1/s";
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.retain(|x| x.is_finite());
@@ -234,8 +239,23 @@ impl Driver {
                     continue;
                 }
                 let t =
-                    scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count).await?;
+                    scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count, false)
+                        .await?;
                 self.record(label, t, ceiling.get(&(qos, size)).copied(), qos == 1);
+            }
+        }
+        if self.wants("scrape") {
+            // Both rows in every round, one after the other, so that they share its conditions.
+            for (scraped, label) in [(false, SCRAPE_OFF), (true, SCRAPE_ON)] {
+                let t =
+                    scenarios::source(&b, &self.settings, Bridge::Ours, 1, 100, n, scraped).await?;
+                if let Some((scrapes, bytes)) = t.scrapes {
+                    println!("  {:<28} {scrapes} scrapes, last {bytes} bytes", "");
+                    if scrapes == 0 {
+                        self.problems.push(format!("{label}: no scrape happened"));
+                    }
+                }
+                self.record(label, t, ceiling.get(&(1, 100)).copied(), true);
             }
         }
         if self.wants("sink") {
@@ -250,7 +270,8 @@ impl Driver {
             }
         }
         if self.wants("python") {
-            let t = scenarios::source(&b, &self.settings, Bridge::Python, 1, 100, py).await?;
+            let t =
+                scenarios::source(&b, &self.settings, Bridge::Python, 1, 100, py, false).await?;
             self.record("python bridge QoS1 100 B", t, ceiling.get(&(1, 100)).copied(), true);
         }
         if self.wants("latency") {
@@ -377,6 +398,25 @@ impl Driver {
                 fmt_opt(col(&|(t, _)| Some(t.tansu_cores)), 2),
                 fmt_opt(col(&|(t, _)| Some(t.bridge_cores)).filter(|c| *c > 0.0), 2),
                 delivered.join(", "),
+            );
+        }
+        if let (Some(off), Some(on)) = (self.rows.get(SCRAPE_OFF), self.rows.get(SCRAPE_ON)) {
+            // Per round: throughput with scraping / without (both rows ran in that round).
+            let ratios: Vec<f64> = off
+                .runs
+                .iter()
+                .zip(&on.runs)
+                .filter(|((a, _), _)| a.rate > 0.0)
+                .map(|((a, _), (b, _))| b.rate / a.rate)
+                .collect();
+            let all: Vec<String> =
+                ratios.iter().map(|x| format!("{:+.1}%", (x - 1.0) * 100.0)).collect();
+            let _ = writeln!(
+                r,
+                "\nScrape cost: with GET /metrics every second the source QoS 1 100 B row runs at {} of its throughput without (median of {} rounds; per round {}).",
+                median(ratios.clone()).map_or_else(|| "—".to_owned(), |m| format!("{:.1}%", m * 100.0)),
+                ratios.len(),
+                all.join(", ")
             );
         }
         if !self.latencies.is_empty() {

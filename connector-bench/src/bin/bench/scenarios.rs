@@ -138,6 +138,8 @@ pub struct Throughput {
     pub tansu_cores: f64,
     /// Cores the bridge process kept busy.
     pub bridge_cores: f64,
+    /// With `/metrics` scraped during the run: scrapes done and the size of the last response.
+    pub scrapes: Option<(u64, usize)>,
 }
 
 impl Throughput {
@@ -237,7 +239,9 @@ fn runner_config(b: &Brokers, kafka_extra: &str, id: &str, kind: &str) -> String
     c
 }
 
-/// Starts our `connect` runner with one MQTT source from `filter` to `topic`.
+/// Starts our `connect` runner with one MQTT source from `filter` to `topic`; with `rest`, its
+/// REST API (and `/metrics`) listens on that address.
+#[allow(clippy::too_many_arguments)]
 fn start_our_source(
     b: &Brokers,
     s: &Settings,
@@ -245,6 +249,7 @@ fn start_our_source(
     filter: &str,
     topic: &str,
     qos: u8,
+    rest: Option<&str>,
 ) -> Result<UnderTest> {
     let mut c = runner_config(b, &format!("linger_ms = {}", s.linger_ms), id, "mqtt-source");
     let _ = writeln!(c, "mqtt_url = \"{}\"\nmqtt_version = \"{}\"", b.mqtt.url(), s.mqtt_version);
@@ -252,7 +257,47 @@ fn start_our_source(
     if let Some(n) = s.source_inflight {
         let _ = writeln!(c, "inflight = {n}");
     }
+    if let Some(addr) = rest {
+        let dir = b.dir.path().join(format!("{id}-rest.d"));
+        let _ = writeln!(c, "[rest]\nlisten = \"{addr}\"\nconfig_dir = \"{}\"", dir.display());
+    }
     spawn_connect(b, s, id, &c)
+}
+
+/// A free local port, as `127.0.0.1:PORT` (bound and released: another process could take it
+/// in between, which the run would then report).
+fn free_local_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.to_string())
+}
+
+/// One `GET /metrics` over HTTP/1.1 (connection closed after it): the response's size.
+async fn scrape_once(addr: &str) -> Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    conn.read_to_end(&mut body).await.map_err(|e| e.to_string())?;
+    if !body.starts_with(b"HTTP/1.1 200") {
+        let head = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        return Err(format!("GET /metrics: {head}"));
+    }
+    Ok(body.len())
+}
+
+/// Scrapes `addr` every second until `stop` is set: (scrapes, bytes of the last one).
+fn spawn_scraper(addr: String, stop: Arc<AtomicU64>) -> JoinHandle<Result<(u64, usize)>> {
+    tokio::spawn(async move {
+        let (mut n, mut last) = (0, 0);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        while stop.load(Ordering::Relaxed) == 0 {
+            every.tick().await;
+            last = scrape_once(&addr).await?;
+            n += 1;
+        }
+        Ok((n, last))
+    })
 }
 
 fn spawn_connect(b: &Brokers, s: &Settings, id: &str, config: &str) -> Result<UnderTest> {
@@ -291,12 +336,13 @@ async fn live_source(
     qos: u8,
     id: &str,
     topic: &str,
+    rest: Option<&str>,
 ) -> Result<(UnderTest, Vec<String>, i64)> {
     let prefix = format!("bench/{id}");
     let filter = format!("{prefix}/#");
     b.client.create_topic(topic, 1, 1).await.map_err(|e| format!("create {topic}: {e}"))?;
     let mut process = match bridge {
-        Bridge::Ours => start_our_source(b, s, id, &filter, topic, qos)?,
+        Bridge::Ours => start_our_source(b, s, id, &filter, topic, qos, rest)?,
         Bridge::Python => start_python_source(b, s, id, &filter, topic, qos)?,
     };
     let probe = MqttPublisher::connect(&b.mqtt.url(), &format!("{id}-probe"))
@@ -367,6 +413,7 @@ pub async fn bare(b: &Brokers, qos: u8, size: usize, n: u64) -> Result<Throughpu
 /// (2) MQTT -> Kafka through `bridge`: `n` messages of `size` bytes published at `qos`, counted
 /// in Kafka. Time runs from the first publish until Kafka holds them all (QoS 0: until no more
 /// arrive for 3 s).
+#[allow(clippy::too_many_arguments)]
 pub async fn source(
     b: &Brokers,
     s: &Settings,
@@ -374,13 +421,19 @@ pub async fn source(
     qos: u8,
     size: usize,
     n: u64,
+    scrape: bool,
 ) -> Result<Throughput> {
     let id = b.id(match bridge {
         Bridge::Ours => "src",
         Bridge::Python => "py",
     });
     let topic = format!("bench-{id}");
-    let (mut process, topics, base) = live_source(b, s, bridge, qos, &id, &topic).await?;
+    // With `scrape`: the REST API on, and GET /metrics every second while the run lasts.
+    let rest = if scrape { Some(free_local_addr()?) } else { None };
+    let (mut process, topics, base) =
+        live_source(b, s, bridge, qos, &id, &topic, rest.as_deref()).await?;
+    let stop_scraping = Arc::new(AtomicU64::new(0));
+    let scraper = rest.map(|addr| spawn_scraper(addr, Arc::clone(&stop_scraping)));
     let publisher =
         Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let before = (b.brokers_sample(), process.sample());
@@ -405,11 +458,16 @@ pub async fn source(
         }
     }
     let after = (b.brokers_sample(), process.sample());
+    stop_scraping.store(1, Ordering::Relaxed);
+    let scrapes = match scraper {
+        Some(h) => Some(h.await.map_err(|e| e.to_string())??),
+        None => None,
+    };
     publishing.await.map_err(|e| e.to_string())??;
     process.check_running()?;
     drop(process);
     let (delivered, duplicates) = count_in_kafka(&b.client, &topic, base).await?;
-    let mut t = Throughput { sent: n, delivered, duplicates, ..Throughput::default() };
+    let mut t = Throughput { sent: n, delivered, duplicates, scrapes, ..Throughput::default() };
     t.finish(
         last_progress.saturating_duration_since(started),
         before.0,
@@ -518,7 +576,7 @@ async fn paced_source(
 ) -> Result<Paced> {
     let id = b.id(kind);
     let topic = format!("bench-{id}");
-    let (process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic).await?;
+    let (process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic, None).await?;
     let publisher =
         Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let n = rate * secs;
