@@ -495,7 +495,8 @@ impl Worker {
         names
     }
 
-    /// The counters all of connector `name`'s tasks count into (kept across restarts).
+    /// Connector `name`'s counters: one [`TaskCounters`](crate::runtime::TaskCounters) per task
+    /// (kept across restarts), summed by [`TaskStats::snapshot`].
     pub fn stats(&self, name: &str) -> Option<Arc<TaskStats>> {
         self.inner.connectors.lock().get(name).map(|c| Arc::clone(&c.stats))
     }
