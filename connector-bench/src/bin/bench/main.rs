@@ -245,12 +245,21 @@ impl Driver {
             }
         }
         if self.wants("scrape") {
-            // Both rows in every round, one after the other, so that they share its conditions.
-            for (scraped, label) in [(false, SCRAPE_OFF), (true, SCRAPE_ON)] {
+            // Both rows in every round, one after the other, so that they share its conditions;
+            // which goes first alternates, so that a drift within rounds cancels out.
+            let mut order = [(false, SCRAPE_OFF), (true, SCRAPE_ON)];
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for (scraped, label) in order {
                 let t =
                     scenarios::source(&b, &self.settings, Bridge::Ours, 1, 100, n, scraped).await?;
-                if let Some((scrapes, bytes)) = t.scrapes {
-                    println!("  {:<28} {scrapes} scrapes, last {bytes} bytes", "");
+                if let Some((scrapes, bytes, cpu)) = t.scrapes {
+                    let cpu = cpu.map_or_else(|| "—".to_owned(), |c| format!("{c:.0}"));
+                    println!(
+                        "  {:<28} {scrapes} scrapes, last {bytes} bytes, {cpu} CPU-µs per scrape",
+                        ""
+                    );
                     if scrapes == 0 {
                         self.problems.push(format!("{label}: no scrape happened"));
                     }
@@ -398,6 +407,27 @@ impl Driver {
                 fmt_opt(col(&|(t, _)| Some(t.tansu_cores)), 2),
                 fmt_opt(col(&|(t, _)| Some(t.bridge_cores)).filter(|c| *c > 0.0), 2),
                 delivered.join(", "),
+            );
+        }
+        if let Some(on) = self.rows.get(SCRAPE_ON) {
+            // CPU: one scrape per second against the CPU the source spends per second.
+            let costs: Vec<f64> = on
+                .runs
+                .iter()
+                .filter_map(|(t, _)| {
+                    let per_scrape = t.scrapes?.2?;
+                    let per_second = t.rate * t.cpu_us_per_msg?;
+                    (per_second > 0.0).then(|| per_scrape / per_second)
+                })
+                .collect();
+            let per_scrape: Vec<f64> = on.runs.iter().filter_map(|(t, _)| t.scrapes?.2).collect();
+            let _ = writeln!(
+                r,
+                "\nScrape CPU: one GET /metrics costs the process {} CPU-µs (median of {} rounds, {} back-to-back scrapes each); scraped every second that is {} of the CPU the source spends per second at the row's rate.",
+                fmt_opt(median(per_scrape), 0),
+                costs.len(),
+                scenarios::SCRAPE_PROBES,
+                median(costs).map_or_else(|| "—".to_owned(), |c| format!("{:.3}%", c * 100.0)),
             );
         }
         if let (Some(off), Some(on)) = (self.rows.get(SCRAPE_OFF), self.rows.get(SCRAPE_ON)) {

@@ -138,8 +138,9 @@ pub struct Throughput {
     pub tansu_cores: f64,
     /// Cores the bridge process kept busy.
     pub bridge_cores: f64,
-    /// With `/metrics` scraped during the run: scrapes done and the size of the last response.
-    pub scrapes: Option<(u64, usize)>,
+    /// With `/metrics` scraped during the run: scrapes done, the size of the last response, and
+    /// the CPU one scrape cost the process (µs, from back-to-back scrapes after the run).
+    pub scrapes: Option<(u64, usize, Option<f64>)>,
 }
 
 impl Throughput {
@@ -263,6 +264,9 @@ fn start_our_source(
     }
     spawn_connect(b, s, id, &c)
 }
+
+/// Back-to-back scrapes after a scraped run, to measure the CPU one costs.
+pub const SCRAPE_PROBES: u32 = 2_000;
 
 /// A free local port, as `127.0.0.1:PORT` (bound and released: another process could take it
 /// in between, which the run would then report).
@@ -433,6 +437,7 @@ pub async fn source(
     let (mut process, topics, base) =
         live_source(b, s, bridge, qos, &id, &topic, rest.as_deref()).await?;
     let stop_scraping = Arc::new(AtomicU64::new(0));
+    let scraper_addr = rest.clone();
     let scraper = rest.map(|addr| spawn_scraper(addr, Arc::clone(&stop_scraping)));
     let publisher =
         Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
@@ -465,8 +470,21 @@ pub async fn source(
     };
     publishing.await.map_err(|e| e.to_string())??;
     process.check_running()?;
+    // The CPU one scrape costs the process: SCRAPE_PROBES back to back, once the run is over.
+    let scrape_cpu_us = match (&scraper_addr, scrapes) {
+        (Some(addr), Some(_)) => {
+            let before = process.sample();
+            for _ in 0..SCRAPE_PROBES {
+                scrape_once(addr).await?;
+            }
+            let cpu = procstat::cpu_between(before, process.sample());
+            Some(cpu.as_secs_f64() * 1e6 / SCRAPE_PROBES as f64)
+        }
+        _ => None,
+    };
     drop(process);
     let (delivered, duplicates) = count_in_kafka(&b.client, &topic, base).await?;
+    let scrapes = scrapes.map(|(n, bytes)| (n, bytes, scrape_cpu_us));
     let mut t = Throughput { sent: n, delivered, duplicates, scrapes, ..Throughput::default() };
     t.finish(
         last_progress.saturating_duration_since(started),
