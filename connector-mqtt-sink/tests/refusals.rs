@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 struct Running {
     handle: JoinHandle<Result<()>>,
     shutdown: CancellationToken,
+    stats: Arc<TaskStats>,
 }
 
 fn start(
@@ -45,8 +46,9 @@ fn start(
     let mut runtime = SinkRuntimeConfig { commit_interval_ms: 100, ..SinkRuntimeConfig::default() };
     runtime.pipeline.errors = errors;
     let (name, client, t) = (name.to_owned(), client.clone(), shutdown.clone());
+    let stats = Arc::new(TaskStats::new());
+    let counted = Arc::clone(&stats);
     let handle = tokio::spawn(async move {
-        let stats = Arc::new(TaskStats::new());
         SinkRuntime::builder(name.as_str(), &connector, client, store)
             .config(runtime)
             .stats(stats)
@@ -54,7 +56,7 @@ fn start(
             .run(t)
             .await
     });
-    Running { handle, shutdown }
+    Running { handle, shutdown, stats: counted }
 }
 
 fn dead_letters(topic: &str) -> ErrorPolicyConfig {
@@ -172,6 +174,20 @@ async fn refused_ones_are_dead_lettered(name: &str, qos: u8) {
     .unwrap();
     sink.shutdown.cancel();
     sink.handle.await.unwrap().unwrap();
+    // The refusals are counted by reason code (what `/metrics` exports as
+    // mqtt_publish_refused_total{reason="not_authorized"}), each dead letter once.
+    let refusals: u64 = sink
+        .stats
+        .custom()
+        .samples()
+        .iter()
+        .filter(|c| {
+            c.name == "mqtt_publish_refused" && c.label == Some(("reason", "not_authorized"))
+        })
+        .map(|c| c.value())
+        .sum();
+    assert!(refusals >= 10, "{refusals} refusals counted");
+    assert_eq!(sink.stats.snapshot().dead_letters, 10);
 
     let delivered: BTreeSet<usize> = sub
         .messages()
