@@ -133,6 +133,10 @@ const TASK_METRICS: &[TaskMetric] = &[
     counter("record_failures", "Failures: failed records, deliveries and calls (total-record-failures)", None, |t| s(t).errors as f64),
     counter("records_skipped", "Records the error policy tolerated, dead-lettered or logged (total-records-skipped)", None, |t| s(t).records_skipped as f64),
     counter("retries", "Retries of retriable failures of poll and put (total-retries)", None, |t| s(t).retries as f64),
+    gauge("total_record_errors", "Kafka Connect's total-record-errors under its own name (a gauge, as jmx_exporter shows it; record_errors_total is the counter)", None, |t| s(t).record_errors as f64),
+    gauge("total_record_failures", "Kafka Connect's total-record-failures under its own name (a gauge; record_failures_total is the counter)", None, |t| s(t).errors as f64),
+    gauge("total_records_skipped", "Kafka Connect's total-records-skipped under its own name (a gauge; records_skipped_total is the counter)", None, |t| s(t).records_skipped as f64),
+    gauge("total_retries", "Kafka Connect's total-retries under its own name (a gauge; retries_total is the counter)", None, |t| s(t).retries as f64),
     counter("deadletterqueue_produce_requests", "Dead-letter writes attempted (deadletterqueue-produce-requests)", None, |t| s(t).dlq_requests as f64),
     counter("deadletterqueue_produce_failures", "Dead-letter writes that failed (deadletterqueue-produce-failures)", None, |t| s(t).dlq_failures as f64),
     counter("connector_records_received", "Conservation: records taken in (polled, or read from Kafka)", None, |t| s(t).records_in as f64),
@@ -368,6 +372,7 @@ mod tests {
         t.add_dead_lettered(1);
         t.add_dropped(1);
         t.set_window(1, 1, 42);
+        t.add_unsettled(1);
         t.latency().observe(std::time::Duration::from_millis(3), 7);
         stats
             .custom()
@@ -430,6 +435,10 @@ mod tests {
         );
         assert_eq!(value(&text, "sink_partition_lag_records{connector=\"snk\",task=\"0\",topic=\"cmd\",partition=\"3\"}"), 7.0);
         assert_eq!(value(&text, "connect_worker_info{worker_id=\"w1\"}"), 1.0);
+        assert!(
+            text.contains("# TYPE total_record_errors gauge\n"),
+            "Kafka Connect's own names too"
+        );
         assert!(
             !text.contains("sink_record_read_total{connector=\"src\""),
             "source tasks have no sink metrics"

@@ -101,6 +101,15 @@ fn scrape(addr: &str) -> Scrape {
     Scrape::parse(&String::from_utf8(out.stdout).unwrap())
 }
 
+/// `PUT path` with curl (an empty body), e.g. `/connectors/c/pause`.
+fn put(addr: &str, path: &str) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "-X", "PUT", &format!("http://{addr}{path}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "PUT {path}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Scrapes until `done` holds (or panics with the last scrape after `secs`).
 async fn scrape_until(addr: &str, secs: u64, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -350,18 +359,89 @@ errors = {{ tolerance = "all" }}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_fails_mid_window_leaves_abandoned_records_and_the_identity_holds() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            r#"
+[kafka]
+bootstrap_servers = ["{kafka}"]
+[offsets]
+store = "memory"
+[progress]
+interval_secs = 0
+[rest]
+listen = "127.0.0.1:0"
+config_dir = "{dir}/rest.d"
+
+[[connector]]
+name = "fragile"
+type = "mqtt-source"
+mqtt_url = "{mqtt}"
+client_id = "metrics-fragile"
+topics = ["f/+"]
+kafka_topic = "fragile"
+value_converter = "json"
+"#,
+            kafka = tansu.bootstrap(),
+            mqtt = mqtt.url(),
+            dir = dir.path().display(),
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let addr = rest_addr(&runner).await;
+    let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
+    connector_testkit::wait_source_subscribed(
+        &publisher,
+        "f/x",
+        br#"{"probe":1}"#,
+        &client,
+        "fragile",
+    )
+    .await
+    .unwrap();
+    // tolerance = "none": the bad record fails the task (FAILED under [rest], the process and
+    // its counters stay); it and the rest of its poll are abandoned (not acknowledged).
+    for i in 0..400 {
+        let payload =
+            if i == 200 { b"{bad".to_vec() } else { format!(r#"{{"i":{i}}}"#).into_bytes() };
+        publisher.publish("f/x", QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+    let c = ("connector", "fragile");
+    let s = scrape_until(&addr, 20, "the task failed", |s| {
+        s.sum("connector_records_abandoned_total", &[c]) > 0.0
+            && s.sum("connector_records_in_flight", &[c]) == 0.0
+    })
+    .await;
+    let t = terms(&s, "fragile");
+    eprintln!("fragile {t:?}");
+    assert!(
+        holds(&t),
+        "received = written + dead_lettered + dropped + in_flight + abandoned: {t:?}"
+    );
+    assert_eq!(s.sum("connector_conservation_gap", &[c]), 0.0);
+    assert!(
+        t[6] >= 1.0 && t[1] >= 200.0,
+        "the 200 before the bad one (and the probe) written: {t:?}"
+    );
+    // Nothing after the failed record reached Kafka: what is there is exactly what was written.
+    let in_kafka = kafka::count(&client, "fragile").await.unwrap() as f64;
+    assert_eq!(in_kafka, t[1], "Kafka holds exactly the written records");
+    assert_eq!(s.sum("record_errors_total", &[c]), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_shows_its_lag_per_partition_then_catches_up() {
     init_tracing();
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     client.create_topic("cmds", 2, 1).await.unwrap();
-    let records: Vec<ProducerRecord> = (0..500)
-        .map(|i| ProducerRecord {
-            partition: Some(if i < 300 { 0 } else { 1 }),
-            ..ProducerRecord::new("cmds", format!("c{i}"))
-        })
-        .collect();
-    kafka::produce(&client, records).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.txt");
     let config = write(
@@ -385,7 +465,7 @@ name = "to-file"
 type = "file-sink"
 topics = ["cmds"]
 path = "{out}"
-runtime = {{ commit_interval_ms = 8000 }}
+runtime = {{ commit_interval_ms = 12000 }}
 "#,
             kafka = tansu.bootstrap(),
             dir = dir.path().display(),
@@ -396,18 +476,41 @@ runtime = {{ commit_interval_ms = 8000 }}
     let addr = rest_addr(&runner).await;
     let c = ("connector", "to-file");
     let p = |n: &'static str| [c, ("topic", "cmds"), ("partition", n)];
-    // Everything read, nothing committed yet (the first commit is 8 s in): lag is what was read.
-    let s = scrape_until(&addr, 20, "all 500 read", |s| {
-        s.sum("sink_record_read_total", &[c]) == 500.0
-            && s.sum("sink_partition_high_watermark", &p("0")) == 300.0
+    scrape_until(&addr, 20, "both partitions open", |s| {
+        s.has("sink_partition_lag_records", &p("0")) && s.has("sink_partition_lag_records", &p("1"))
+    })
+    .await;
+    // Paused: the fetchers still learn the high watermarks, nothing is taken: lag = what was written.
+    put(&addr, "/connectors/to-file/pause");
+    let records: Vec<ProducerRecord> = (0..500)
+        .map(|i| ProducerRecord {
+            partition: Some(if i < 300 { 0 } else { 1 }),
+            ..ProducerRecord::new("cmds", format!("c{i}"))
+        })
+        .collect();
+    kafka::produce(&client, records).await.unwrap();
+    let s = scrape_until(&addr, 20, "high watermarks seen", |s| {
+        s.sum("sink_partition_high_watermark", &p("0")) == 300.0
             && s.sum("sink_partition_high_watermark", &p("1")) == 200.0
     })
     .await;
-    if s.sum("offset_commit_completion_total", &[c]) == 0.0 {
-        assert_eq!(s.sum("sink_partition_lag_records", &p("0")), 300.0);
-        assert_eq!(s.sum("sink_partition_lag_records", &p("1")), 200.0);
-        assert!(s.sum("sink_partition_lag_seconds", &p("0")) > 0.0, "{:#?}", s.0);
-    }
+    assert_eq!(s.sum("sink_record_read_total", &[c]), 0.0, "paused: nothing taken");
+    assert_eq!(s.sum("sink_partition_lag_records", &p("0")), 300.0);
+    assert_eq!(s.sum("sink_partition_lag_records", &p("1")), 200.0);
+    // Resumed: everything read and put, not committed before the first commit (12 s after the
+    // start): the time lag shows how old the oldest uncommitted record is.
+    put(&addr, "/connectors/to-file/resume");
+    let s =
+        scrape_until(&addr, 10, "all 500 read", |s| s.sum("sink_record_read_total", &[c]) == 500.0)
+            .await;
+    assert_eq!(
+        s.sum("offset_commit_completion_total", &[c]),
+        0.0,
+        "read well before the first commit"
+    );
+    assert_eq!(s.sum("sink_partition_lag_records", &[c]), 500.0);
+    assert!(s.sum("sink_partition_lag_seconds", &p("0")) > 0.0, "{:#?}", s.0);
+    assert!(s.sum("sink_partition_lag_seconds", &p("1")) > 0.0, "{:#?}", s.0);
     // Then the commit: caught up in records and in time.
     let s = scrape_until(&addr, 20, "caught up", |s| {
         s.sum("sink_partition_lag_records", &[c]) == 0.0

@@ -28,7 +28,7 @@ pub use source::{SourceRuntimeConfig, SourceTaskRuntime};
 pub use stats::{
     ConnectorCounters, Counter, CustomSample, LatencyHistogram, PartitionLag, StatsSnapshot,
     TaskCounterHandle, TaskCounters, TaskKind, TaskStats, LATENCY_BUCKETS_MS, MAX_COUNTED_TASKS,
-    MAX_CUSTOM_COUNTERS, MAX_LAG_PARTITIONS,
+    MAX_CUSTOM_COUNTERS, MAX_CUSTOM_COUNTERS_PER_CONNECTOR, MAX_LAG_PARTITIONS,
 };
 pub use worker::{
     ConnectorSpec, ConnectorState, ConnectorStatus, TaskFailure, TaskState, TaskStatus, Worker,

@@ -139,9 +139,9 @@ pub struct StatsSnapshot {
     /// drain that timed out): never acknowledged upstream (source) or committed (sink), so they
     /// come again after the restart.
     pub abandoned: u64,
-    /// Conservation: records taken in that have no outcome yet, measured as the real occupancy
-    /// of the task's window (source: the ordered finalizer; sink: the fetched records queued for,
-    /// or inside, `put`).
+    /// Conservation: records taken in that have no outcome yet: the task's window's occupancy,
+    /// counted up where records enter it and down where they leave it (source: the ordered
+    /// finalizer; sink: the fetched records queued for, or inside, `put`).
     pub unsettled: u64,
     /// Source: records handed to the producer and not yet answered by Kafka.
     pub unacked: u64,
@@ -436,15 +436,21 @@ impl TaskCounters {
     pub fn set_in_flight(&self, n: u64) {
         self.in_flight.store(n, Ordering::Relaxed);
     }
+    /// Records entered the window (counted where they enter it, next to `add_in`).
     #[doc(hidden)]
-    pub fn set_unsettled(&self, n: u64) {
-        self.unsettled.store(n, Ordering::Relaxed);
+    pub fn add_unsettled(&self, n: u64) {
+        self.unsettled.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Records left the window (counted where they leave it; their outcome is counted apart, so a
+    /// record that leaves without one shows in the conservation gap).
+    #[doc(hidden)]
+    pub fn sub_unsettled(&self, n: u64) {
+        self.unsettled.fetch_sub(n, Ordering::Relaxed);
     }
     /// Source: the window's occupancy, stored once per loop turn.
     #[doc(hidden)]
     pub fn set_window(&self, records: u64, unacked: u64, held_bytes: u64) {
         self.in_flight.store(records, Ordering::Relaxed);
-        self.unsettled.store(records, Ordering::Relaxed);
         self.unacked.store(unacked, Ordering::Relaxed);
         self.held_bytes.store(held_bytes, Ordering::Relaxed);
     }
@@ -599,16 +605,19 @@ impl PartitionLag {
     }
 }
 
-/// Most counters a connector's own code may register ([`ConnectorCounters::counter`]); later
+/// Most counters one task of a connector may register ([`ConnectorCounters::counter`]); later
 /// registrations get a counter that counts nothing.
 pub const MAX_CUSTOM_COUNTERS: usize = 64;
+
+/// Most counters all the tasks of one connector may register together.
+pub const MAX_CUSTOM_COUNTERS_PER_CONNECTOR: usize = 4096;
 
 /// Counters a connector's tasks report about themselves (what only the connector knows: MQTT
 /// reconnects and why, publishes the broker refused and its reason code), exported with the
 /// runtime's metrics, labelled by connector and task. Bounded: names and label values are
 /// `&'static str` (so their set is fixed by the code, not by the data) and at most
-/// [`MAX_CUSTOM_COUNTERS`] are registered per connector. Registering is a lock; counting is one
-/// relaxed atomic add.
+/// [`MAX_CUSTOM_COUNTERS`] are registered per task (and [`MAX_CUSTOM_COUNTERS_PER_CONNECTOR`] per
+/// connector). Registering is a lock; counting is one relaxed atomic add.
 ///
 /// ```
 /// use connector_core::runtime::ConnectorCounters;
@@ -623,7 +632,15 @@ pub const MAX_CUSTOM_COUNTERS: usize = 64;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ConnectorCounters {
-    inner: Arc<Mutex<Vec<CustomSample>>>,
+    inner: Arc<CountersInner>,
+}
+
+#[derive(Debug, Default)]
+struct CountersInner {
+    samples: Mutex<Vec<CustomSample>>,
+    /// A refusal was logged (once per connector: a refused counter is asked for again on every
+    /// reconnect).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 /// One counter registered through [`ConnectorCounters`].
@@ -678,8 +695,9 @@ fn valid_name(s: &str) -> bool {
 impl ConnectorCounters {
     /// Task `task`'s counter `name` (with `label`, if any): the existing one when it was
     /// registered before, else a new one at zero. A name or label key that is not
-    /// `[a-z_][a-z0-9_]*`, or one past [`MAX_CUSTOM_COUNTERS`], gives a handle that counts nothing
-    /// (logged once at warn).
+    /// `[a-z_][a-z0-9_]*`, or one past [`MAX_CUSTOM_COUNTERS`] for the task (or
+    /// [`MAX_CUSTOM_COUNTERS_PER_CONNECTOR`]), gives a handle that counts nothing (the first such
+    /// refusal of the connector is logged at warn).
     pub fn counter(
         &self,
         task: usize,
@@ -687,17 +705,21 @@ impl ConnectorCounters {
         help: &'static str,
         label: Option<(&'static str, &'static str)>,
     ) -> Counter {
-        let mut all = self.inner.lock();
+        let mut all = self.inner.samples.lock();
         if let Some(s) = all.iter().find(|s| s.task == task && s.name == name && s.label == label) {
             return Counter(Some(Arc::clone(&s.value)));
         }
         let ok = valid_name(name) && label.is_none_or(|(k, _)| valid_name(k));
-        if !ok || all.len() >= MAX_CUSTOM_COUNTERS {
-            tracing::warn!(
-                name,
-                task,
-                "connector counter refused (bad name or too many counters); it counts nothing"
-            );
+        let full = all.len() >= MAX_CUSTOM_COUNTERS_PER_CONNECTOR
+            || all.iter().filter(|s| s.task == task).count() >= MAX_CUSTOM_COUNTERS;
+        if !ok || full {
+            if !self.inner.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    name,
+                    task,
+                    "connector counter refused (bad name or too many counters); it counts nothing (logged once per connector)"
+                );
+            }
             return Counter(None);
         }
         let value = Arc::new(AtomicU64::new(0));
@@ -707,7 +729,7 @@ impl ConnectorCounters {
 
     /// Every registered counter.
     pub fn samples(&self) -> Vec<CustomSample> {
-        self.inner.lock().clone()
+        self.inner.samples.lock().clone()
     }
 }
 
@@ -759,10 +781,9 @@ mod tests {
         s.task(2).add_written(4);
         assert_eq!(s.snapshot().records_in, 7);
         assert_eq!(s.tasks().iter().map(|t| t.id()).collect::<Vec<_>>(), [0, 2]);
-        let mut snap = s.snapshot();
-        assert_eq!(snap.conservation_gap(), 3);
-        snap.unsettled = 3;
-        assert_eq!(snap.conservation_gap(), 0);
+        assert_eq!(s.snapshot().conservation_gap(), 3);
+        s.task(0).add_unsettled(3);
+        assert_eq!(s.snapshot().conservation_gap(), 0);
     }
 
     #[test]
@@ -786,12 +807,18 @@ mod tests {
         assert_eq!(c.counter(0, "Bad-Name", "", None).get(), 0);
         c.counter(0, "Bad-Name", "", None).inc();
         assert!(c.samples().is_empty());
-        for i in 0..MAX_CUSTOM_COUNTERS {
-            c.counter(i, "x", "", None).inc();
+        let reasons: Vec<&'static str> = (0..=MAX_CUSTOM_COUNTERS)
+            .map(|i| &*Box::leak(format!("r{i}").into_boxed_str()))
+            .collect();
+        for r in &reasons[..MAX_CUSTOM_COUNTERS] {
+            c.counter(0, "x", "", Some(("reason", r))).inc();
         }
-        let over = c.counter(MAX_CUSTOM_COUNTERS, "x", "", None);
+        let over = c.counter(0, "x", "", Some(("reason", reasons[MAX_CUSTOM_COUNTERS])));
         over.inc();
         assert_eq!((over.get(), c.samples().len()), (0, MAX_CUSTOM_COUNTERS));
+        let other_task = c.counter(1, "x", "", Some(("reason", reasons[0])));
+        other_task.inc();
+        assert_eq!(other_task.get(), 1, "the bound is per task");
     }
 
     #[test]

@@ -26,15 +26,17 @@ pub(super) struct Progress {
     pub(super) lag: HashMap<TopicPartition, Lag>,
 }
 
-/// Most fetched batches remembered per partition for the time lag; past it, newer batches are
-/// not remembered (the oldest, which the lag is about, always is).
+/// Most fetched batches remembered per partition for the time lag; past it, a new batch is
+/// merged into the newest remembered one (its end offset extended, its older timestamp kept), so
+/// the oldest uncommitted timestamp stays known (as old as, or older than, the true one).
 const LAG_BATCHES: usize = 64;
 
 /// What a partition's time lag is computed from: its lag cell, and (last offset, timestamp of
-/// the first record) of each fetched batch not yet committed, oldest first.
+/// the first record with a usable timestamp) of each fetched batch not yet committed, oldest
+/// first. Timestamps <= 0 (none set, or set to the epoch) are not used.
 pub(super) struct Lag {
     pub(super) cell: Arc<PartitionLag>,
-    batches: VecDeque<(i64, i64)>,
+    batches: VecDeque<(i64, Option<i64>)>,
 }
 
 impl Lag {
@@ -44,12 +46,16 @@ impl Lag {
 
     /// A fetched batch: its last offset and its first record's timestamp.
     pub(super) fn fetched(&mut self, last_offset: i64, first_ts_ms: i64) {
-        if self.batches.is_empty() {
-            self.cell.set_oldest_uncommitted(Some(first_ts_ms));
+        let ts = (first_ts_ms > 0).then_some(first_ts_ms);
+        let full = self.batches.len() >= LAG_BATCHES;
+        match self.batches.back_mut() {
+            Some(newest) if full => {
+                newest.0 = newest.0.max(last_offset);
+                newest.1 = newest.1.or(ts);
+            }
+            _ => self.batches.push_back((last_offset, ts)),
         }
-        if self.batches.len() < LAG_BATCHES {
-            self.batches.push_back((last_offset, first_ts_ms));
-        }
+        self.publish();
     }
 
     /// Offsets before `offset` are committed.
@@ -58,7 +64,11 @@ impl Lag {
         while self.batches.front().is_some_and(|(last, _)| *last < offset) {
             self.batches.pop_front();
         }
-        self.cell.set_oldest_uncommitted(self.batches.front().map(|(_, ts)| *ts));
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.cell.set_oldest_uncommitted(self.batches.iter().find_map(|(_, ts)| *ts));
     }
 }
 
@@ -313,4 +323,45 @@ pub(super) async fn finish_with_save(
         }
     }
     finish(name, task, store, stats, progress, (deadline, timeout), outcome).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::TaskStats;
+
+    fn lag() -> (Lag, Arc<PartitionLag>) {
+        let cell = TaskStats::new()
+            .task(0)
+            .open_partition(&TopicPartition::new("t", 0), 0)
+            .unwrap_or_else(|| unreachable!("the first partition is registered"));
+        (Lag::new(Arc::clone(&cell)), cell)
+    }
+
+    #[test]
+    fn past_the_remembered_batches_the_time_lag_stays_known_until_all_is_committed() {
+        let (mut lag, cell) = lag();
+        // 100 batches of 10 records, timestamps 1000, 1001, ...
+        for b in 0..100i64 {
+            lag.fetched(b * 10 + 9, 1_000 + b);
+        }
+        assert_eq!(cell.lag_time(2_000), Duration::from_millis(1_000));
+        // Every batch but the last committed: the merged tail still knows a timestamp.
+        lag.committed(990);
+        assert!(cell.lag_time(2_000) > Duration::ZERO, "records 990..999 are uncommitted");
+        lag.committed(1_000);
+        assert_eq!(cell.lag_time(2_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn timestamps_at_or_before_the_epoch_are_not_used() {
+        let (mut lag, cell) = lag();
+        lag.fetched(9, 0);
+        assert_eq!(cell.lag_time(5_000), Duration::ZERO, "no usable timestamp");
+        lag.fetched(19, 4_000);
+        assert_eq!(cell.lag_time(5_000), Duration::from_secs(1), "the oldest usable one");
+        lag.fetched(29, -1);
+        lag.committed(20);
+        assert_eq!(cell.lag_time(5_000), Duration::ZERO);
+    }
 }

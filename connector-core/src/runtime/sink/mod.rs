@@ -612,8 +612,9 @@ impl<'a> SinkDriver<'a> {
         self.stop_fetchers.cancel();
         self.fetchers.abort_all();
         // Read and never handed on: read again after the restart.
-        self.stats.add_abandoned(self.queued_records());
-        self.stats.set_unsettled(0);
+        let left = self.queued_records();
+        self.stats.sub_unsettled(left);
+        self.stats.add_abandoned(left);
         let Self { name, store, stats, progress, saving, .. } = self;
         finish_with_save(name, task, store, stats, progress, config, saving, outcome).await
     }
@@ -677,9 +678,9 @@ impl<'a> SinkDriver<'a> {
                     if let Some(lag) = self.progress.lag.get_mut(&tp) {
                         lag.fetched(last.offset, first.timestamp.as_millis());
                     }
+                    self.stats.add_unsettled(records.len() as u64);
                     self.stats.add_in(records.len() as u64);
                     queue_for_put(&mut self.queued, tp, records, self.config.max_put_records);
-                    self.stats.set_unsettled(self.queued_records());
                 }
                 Step::Continue(())
             }
@@ -696,11 +697,12 @@ impl<'a> SinkDriver<'a> {
         let Some((tp, records)) = self.queued.pop_front() else { return Step::Continue(()) };
         let (name, pipeline, handler, stats) =
             (self.name, &self.config.pipeline, self.handler, self.stats);
+        let taken = records.len() as u64;
         let delivered =
             deliver(name, task, pipeline, handler, stats, self.progress, tp, records, shutdown)
                 .await;
-        // Whatever `deliver` settled or abandoned is out of the queue now.
-        stats.set_unsettled(self.queued_records());
+        // Out of the queue now, each with its outcome (or abandoned) counted by `deliver`.
+        stats.sub_unsettled(taken);
         match delivered {
             Ok(true) => {
                 stats.set_in_flight(self.progress.uncommitted());

@@ -132,7 +132,9 @@ impl<'a> SourceDriver<'a> {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let result = self.run_loop(task, committer, acks, pause, shutdown).await;
-        self.stats.add_abandoned(self.finalizer.len() as u64);
+        let left = self.finalizer.len() as u64;
+        self.stats.sub_unsettled(left);
+        self.stats.add_abandoned(left);
         self.stats.set_window(0, 0, 0);
         result
     }
@@ -290,12 +292,13 @@ impl<'a> SourceDriver<'a> {
             self.poll_retry = Some(Instant::now() + IDLE_POLL_PAUSE);
             return false;
         }
-        self.stats.add_in(records.len() as u64);
         let (total, at) = (records.len(), Instant::now());
-        for (i, mut record) in records.into_iter().enumerate() {
+        let mut pushed = 0;
+        for mut record in records {
             self.window.held_bytes += record.size();
             let prepared = prepare(&self.config.pipeline, &mut record);
             let seq = self.finalizer.push(Polled { record, at });
+            pushed += 1;
             match prepared {
                 Ok(Some(out)) => self.pending.push_back((out, seq)),
                 Ok(None) => {
@@ -307,12 +310,15 @@ impl<'a> SourceDriver<'a> {
                         // The rest of this poll is dropped unacknowledged: the source delivers
                         // it again after the restart.
                         self.halt();
-                        self.stats.add_abandoned((total - i - 1) as u64);
                         break;
                     }
                 }
             }
         }
+        // Side by side, so that a scrape in between sees as small a gap as possible.
+        self.stats.add_unsettled(pushed as u64);
+        self.stats.add_abandoned((total - pushed) as u64);
+        self.stats.add_in(total as u64);
         true
     }
 
@@ -347,6 +353,7 @@ impl<'a> SourceDriver<'a> {
     ) -> Result<()> {
         let mut ready = Vec::new();
         while let Some((Polled { record, .. }, outcome)) = self.finalizer.pop_ready() {
+            self.stats.sub_unsettled(1);
             self.window.held_bytes = self.window.held_bytes.saturating_sub(record.size());
             match finalize(committer, self.stats, self.handler, record, outcome).await {
                 Ok(done) => ready.push(done),
