@@ -578,3 +578,46 @@ async fn a_config_put_mid_stream_loses_nothing_and_repeats_nothing() {
         "the new config (its transform) took effect"
     );
 }
+
+/// KIP-1017: `/health` is 503 naming Kafka while the connection to it is cut, 200 once healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_unhealthy_while_kafka_is_cut_and_healthy_after() {
+    init_tracing();
+    let (tansu, proxy) =
+        Tansu::start_behind_proxy(connector_testkit::TansuStorage::Memory).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\nrequest_timeout_ms = 1000\n\n[offsets]\nstore = \"memory\"\n\n{}",
+            tansu.bootstrap(),
+            rest_table(port, dir.path())
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    let health = |want: u16| {
+        let api = api.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let r = api.get("/health").await;
+                if r.status == want {
+                    return r.json();
+                }
+                assert!(Instant::now() < deadline, "health never {want}: {r:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(health(200).await["status"], "healthy");
+    proxy.cut();
+    let down = health(503).await;
+    assert_eq!(down["status"], "unhealthy", "{down}");
+    assert!(down["message"].as_str().unwrap().contains("Kafka"), "{down}");
+    proxy.heal();
+    assert_eq!(health(200).await["status"], "healthy", "log:\n{}", runner.log());
+}
