@@ -12,8 +12,9 @@ use tracing::{error, info};
 
 use crate::kafka::KafkaClient;
 use crate::offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetStore};
+use crate::runner::control::probe::{worker_health, KafkaProbe};
 use crate::runner::control::standalone::StandaloneControl;
-use crate::runner::control::ConnectControl;
+use crate::runner::control::{ConnectControl, Health};
 use crate::runner::file::{ConnectFile, OffsetStoreKind, RestConfig};
 use crate::runner::registry::Registry;
 use crate::runtime::cluster::{Herder, HerderConfig};
@@ -120,13 +121,7 @@ pub async fn run_with(
         return run_standalone_api(file, registry, rest, api, shutdown).await;
     }
     let client = KafkaClient::connect(file.kafka.clone()).await?;
-    let offsets: Arc<dyn OffsetStore> = match file.offsets.store {
-        OffsetStoreKind::File => Arc::new(FileOffsetStore::open(&file.offsets.path).await?),
-        OffsetStoreKind::Kafka => {
-            Arc::new(KafkaOffsetStore::new(client.clone(), file.offsets.topic.clone()))
-        }
-        OffsetStoreKind::Memory => Arc::new(MemoryOffsetStore::new()),
-    };
+    let offsets = open_offsets(&file, &client).await?;
     let worker = Worker::new(client, offsets);
     let mut tracked = Vec::new();
     let mut first_error: Option<Error> = None;
@@ -204,7 +199,7 @@ async fn run_standalone_api(
 ) -> Result<()> {
     let client = KafkaClient::connect(file.kafka.clone()).await?;
     let offsets = open_offsets(&file, &client).await?;
-    let worker = Worker::new(client, Arc::clone(&offsets));
+    let worker = Worker::new(client.clone(), Arc::clone(&offsets));
     let worker_id = standalone_worker_id(&rest);
     let control = Arc::new(StandaloneControl::new(
         worker.clone(),
@@ -213,10 +208,18 @@ async fn run_standalone_api(
         rest.config_dir.clone(),
         worker_id,
     ));
+    let stop = CancellationToken::new();
+    let probe = KafkaProbe::spawn(client.clone(), Duration::from_secs(2), stop.clone());
+    control.set_health_check({
+        let worker = worker.clone();
+        move || match worker_health(&worker, &probe) {
+            Health::Healthy => None,
+            other => Some(other),
+        }
+    });
     let connectors = std::mem::take(&mut file.connectors);
     let served = api.start(Arc::clone(&control) as Arc<dyn ConnectControl>, &rest).await?;
     let started = control.start(connectors, &shutdown).await;
-    let stop = CancellationToken::new();
     let interval = Duration::from_secs(file.progress.interval_secs);
     let reporter = (started.is_ok() && !interval.is_zero())
         .then(|| tokio::spawn(report_running(worker.clone(), interval, stop.clone())));

@@ -83,6 +83,8 @@ pub struct StandaloneControl {
     ops: tokio::sync::Mutex<()>,
     connectors: parking_lot::Mutex<BTreeMap<String, Managed>>,
     health: parking_lot::Mutex<Option<HealthFn>>,
+    /// Set once [`start`](Self::start) has started the connectors (health: "starting" before).
+    started: std::sync::atomic::AtomicBool,
 }
 
 /// Extra health check (Kafka reachability), run before the tasks' states are looked at.
@@ -117,6 +119,7 @@ impl StandaloneControl {
             ops: tokio::sync::Mutex::new(()),
             connectors: parking_lot::Mutex::new(BTreeMap::new()),
             health: parking_lot::Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -190,6 +193,7 @@ impl StandaloneControl {
                 () = shutdown.cancelled() => break,
             }
         }
+        self.started.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
@@ -586,6 +590,9 @@ impl ConnectControl for StandaloneControl {
     }
 
     async fn health(&self) -> Health {
+        if !self.started.load(std::sync::atomic::Ordering::Acquire) {
+            return Health::Starting("the worker is starting its connectors".into());
+        }
         if let Some(h) = self.health.lock().as_ref().and_then(|check| check()) {
             return h;
         }
@@ -676,7 +683,7 @@ fn check_sink_offset(i: usize, entry: &OffsetEntry) -> Result<(), ControlError> 
         )));
     }
     if let Some(o) = &entry.offset {
-        if o.len() != 1 || !o.get("kafka_offset").and_then(Value::as_i64).is_some_and(|v| v >= 0) {
+        if o.len() != 1 || o.get("kafka_offset").and_then(Value::as_i64).is_none_or(|v| v < 0) {
             return Err(ControlError::BadRequest(format!(
                 "offsets[{i}].offset: a sink's offset is {{\"kafka_offset\": <int >= 0>}} or null"
             )));
