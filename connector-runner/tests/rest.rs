@@ -306,6 +306,23 @@ device = "file"
 }
 
 impl Api {
+    /// Waits until task 0 of connector `c` is `state`; returns the connector's status.
+    async fn wait_task_state(&self, c: &str, state: &str, runner: &Runner) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get(&format!("/connectors/{c}/status")).await;
+            if r.status == 200 && r.json()["tasks"][0]["state"] == state {
+                return r.json();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{c}'s task never {state}: {r:?}; log:\n{}",
+                runner.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A request whose body is sent as is (not JSON).
     async fn call_raw(&self, method: &str, path: &str, body: &str) -> Reply {
         let (api, method, path, body) =
@@ -671,4 +688,82 @@ async fn the_independent_rest_check_passes_against_a_live_worker() {
         String::from_utf8_lossy(&out.stderr),
         runner.log()
     );
+}
+
+/// With `[rest]` a failing task does not stop the process (Kafka Connect's semantics): it stays
+/// FAILED with its error, `/health` says so, the others go on, and the API restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_task_stays_failed_without_stopping_the_worker_and_the_api_restarts_it() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let out_dir = dir.path().join("not-yet");
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            r#"
+[kafka]
+bootstrap_servers = ["{}"]
+
+[offsets]
+path = "{}"
+
+{}
+[[connector]]
+name = "beats"
+type = "heartbeat"
+topic = "beats"
+device = "d"
+interval_ms = 50
+
+[[connector]]
+name = "out"
+type = "file-sink"
+path = "{}"
+topics = ["beats"]
+"#,
+            tansu.bootstrap(),
+            dir.path().join("offsets.json").display(),
+            rest_table(port, dir.path()),
+            out_dir.join("out.txt").display()
+        ),
+    );
+    let mut runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    // Kafka Connect's shape: the connector RUNNING, its task FAILED with the error as trace.
+    let failed = api.wait_task_state("out", "FAILED", &runner).await;
+    assert_eq!(failed["connector"]["state"], "RUNNING", "{failed}");
+    let trace = failed["tasks"][0]["trace"].as_str().unwrap();
+    assert!(trace.contains("cannot open"), "{failed}");
+    let health = api.get("/health").await;
+    assert_eq!(health.status, 503, "{health:?}");
+    let why = health.json()["message"].as_str().unwrap().to_owned();
+    assert!(why.contains("out") && why.contains("FAILED"), "{why}");
+    api.wait_state("beats", "RUNNING", &runner).await;
+    assert!(
+        runner.child.try_wait().unwrap().is_none(),
+        "the worker went on; log:\n{}",
+        runner.log()
+    );
+
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let restarted =
+        api.call("POST", "/connectors/out/restart?includeTasks=true&onlyFailed=true", None).await;
+    assert_eq!(restarted.status, 202, "{restarted:?}");
+    assert_eq!(restarted.json()["name"], "out");
+    api.wait_state("out", "RUNNING", &runner).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(out_dir.join("out.txt")).unwrap_or_default().lines().count() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted sink wrote nothing; log:\n{}",
+            runner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api.get("/health").await.status, 200);
+    assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
 }
