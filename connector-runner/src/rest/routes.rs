@@ -202,11 +202,11 @@ fn info_body(info: &ConnectorInfo) -> Value {
     })
 }
 
-async fn root(State(_): State<Ctl>) -> Json<Value> {
+async fn root(State(ctl): State<Ctl>) -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "commit": option_env!("CONNECT_GIT_COMMIT").unwrap_or("unknown"),
-        "kafka_cluster_id": Value::Null,
+        "kafka_cluster_id": ctl.kafka_cluster_id(),
     }))
 }
 

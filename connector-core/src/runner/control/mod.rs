@@ -234,4 +234,8 @@ pub trait ConnectControl: Send + Sync + 'static {
     fn plugins(&self) -> Vec<PluginInfo>;
     /// KIP-1017: this worker's health.
     async fn health(&self) -> Health;
+    /// The Kafka cluster's id, once known (`GET /`'s `kafka_cluster_id`); `None` by default.
+    fn kafka_cluster_id(&self) -> Option<String> {
+        None
+    }
 }

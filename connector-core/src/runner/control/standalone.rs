@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::probe::{worker_health, KafkaProbe};
 use super::{
     ConnectControl, ConnectorInfo, ConnectorReport, ConnectorStateReport, ControlError, Health,
     OffsetEntry, PluginInfo, PutOutcome, RestartRequest, StateName, TargetState, TaskReport,
@@ -82,13 +83,10 @@ pub struct StandaloneControl {
     /// wait for it).
     ops: tokio::sync::Mutex<()>,
     connectors: parking_lot::Mutex<BTreeMap<String, Managed>>,
-    health: parking_lot::Mutex<Option<HealthFn>>,
+    probe: parking_lot::Mutex<Option<KafkaProbe>>,
     /// Set once [`start`](Self::start) has started the connectors (health: "starting" before).
     started: std::sync::atomic::AtomicBool,
 }
-
-/// Extra health check (Kafka reachability), run before the tasks' states are looked at.
-type HealthFn = Box<dyn Fn() -> Option<Health> + Send + Sync>;
 
 impl std::fmt::Debug for StandaloneControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,15 +116,15 @@ impl StandaloneControl {
             worker_id,
             ops: tokio::sync::Mutex::new(()),
             connectors: parking_lot::Mutex::new(BTreeMap::new()),
-            health: parking_lot::Mutex::new(None),
+            probe: parking_lot::Mutex::new(None),
             started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Adds a check `health()` runs first (say, Kafka's reachability): `Some` is the answer,
-    /// `None` lets the tasks' states decide.
-    pub fn set_health_check(&self, check: impl Fn() -> Option<Health> + Send + Sync + 'static) {
-        *self.health.lock() = Some(Box::new(check));
+    /// Makes `health()` follow `probe` (Kafka's reachability, then the tasks' states: see
+    /// [`worker_health`]) and `kafka_cluster_id()` report the id it learnt.
+    pub fn set_probe(&self, probe: KafkaProbe) {
+        *self.probe.lock() = Some(probe);
     }
 
     /// Starts `file_connectors` (the file's `[[connector]]`s) with the config directory's
@@ -589,12 +587,20 @@ impl ConnectControl for StandaloneControl {
         plugins(&self.registry)
     }
 
+    fn kafka_cluster_id(&self) -> Option<String> {
+        self.probe.lock().as_ref().and_then(KafkaProbe::cluster_id)
+    }
+
     async fn health(&self) -> Health {
         if !self.started.load(std::sync::atomic::Ordering::Acquire) {
             return Health::Starting("the worker is starting its connectors".into());
         }
-        if let Some(h) = self.health.lock().as_ref().and_then(|check| check()) {
-            return h;
+        let probe = self.probe.lock().clone();
+        if let Some(probe) = probe {
+            let h = worker_health(&self.worker, &probe);
+            if h != Health::Healthy {
+                return h;
+            }
         }
         let failures: Vec<String> = self
             .connectors
