@@ -176,7 +176,9 @@ impl StandaloneControl {
                     }
                 }
             };
-            if !order.contains(&name) {
+            if order.contains(&name) {
+                info!(connector = %name, dir = %self.dir.display(), target = ?target, "the config kept through the API replaces the file's [[connector]] of this name (delete it through the API, or its file in the directory, to go back to the file's)");
+            } else {
                 order.push(name.clone());
             }
             all.insert(name, m);
