@@ -181,7 +181,7 @@ pub enum ControlError {
 /// Everything the REST API does, for one worker (standalone) or one worker of a group.
 #[async_trait::async_trait]
 pub trait ConnectControl: Send + Sync + 'static {
-    /// This worker's id (status bodies' "worker_id"; standalone: "<host>:<port>" of the REST listener or the hostname).
+    /// This worker's id (status bodies' "worker_id"; standalone: `<host>:<port>` of the REST listener or the hostname).
     fn worker_id(&self) -> String;
     /// The worker whose tasks run in this process (GET /metrics renders its counters).
     fn worker(&self) -> Worker;
