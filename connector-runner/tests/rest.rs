@@ -767,3 +767,55 @@ topics = ["beats"]
     assert_eq!(api.get("/health").await.status, 200);
     assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
 }
+
+/// A client that hangs up while its config PUT drains the old tasks (curl gives up after 0.5 s;
+/// the old source's clean MQTT stop waits 2 s for a broker that no longer answers) does not
+/// leave the change half done: the connector runs the new config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_put_leaves_the_connector_running_the_new_config() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let proxy = connector_testkit::FaultProxy::start(mqtt.addr()).await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let (runner, api) = source_up(&mqtt, &tansu, port, dir.path()).await;
+    let through_proxy =
+        mqtt_source(&mqtt, "plant", json!({"mqtt_url": format!("mqtt://{}", proxy.addr())}));
+    let created = api.call("PUT", "/connectors/telemetry/config", Some(through_proxy)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    api.wait_state("telemetry", "RUNNING", &runner).await;
+    proxy.blackhole();
+
+    let changed = mqtt_source(&mqtt, "plant-changed", json!({})).to_string();
+    let started = Instant::now();
+    let gave_up = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "0.5", "-X", "PUT"])
+            .args(["-H", "Content-Type: application/json", "--data-binary", &changed])
+            .arg(format!("http://127.0.0.1:{port}/connectors/telemetry/config"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!gave_up.status.success(), "curl got an answer before giving up: {gave_up:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the PUT answered before the drain ended");
+
+    let status = api.wait_state("telemetry", "RUNNING", &runner).await;
+    assert_eq!(status["tasks"].as_array().unwrap().len(), 1, "{status}");
+    let config = api.get("/connectors/telemetry/config").await.json();
+    assert_eq!(config["kafka_topic"], "plant-changed", "{config}");
+    let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
+    connector_testkit::wait_source_subscribed(
+        &publisher,
+        "plant/probe",
+        b"probe",
+        &client,
+        "plant-changed",
+    )
+    .await
+    .unwrap();
+    proxy.heal();
+}

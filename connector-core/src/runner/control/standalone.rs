@@ -61,6 +61,10 @@ struct Persisted {
 /// old tasks ([`Worker::stop`]: acknowledgements in, offsets committed) before the new ones start
 /// from the committed offsets, so it loses nothing and repeats no more than a clean restart.
 ///
+/// Each operation that changes connectors runs in a task of its own, to its end, even when the
+/// caller gives up (an HTTP client hanging up drops the request's future): a config written
+/// to the directory is always applied, never left half done.
+///
 /// ```no_run
 /// use std::sync::Arc;
 /// use connector_core::runner::control::{standalone::StandaloneControl, ConnectControl};
@@ -73,7 +77,160 @@ struct Persisted {
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Debug, Clone)]
 pub struct StandaloneControl {
+    core: Arc<Core>,
+}
+
+impl StandaloneControl {
+    /// A control over `worker` (whose offsets are kept in `offsets`), building API-created
+    /// connectors with `registry` and keeping changes in `dir`. Nothing runs until
+    /// [`start`](Self::start).
+    pub fn new(
+        worker: Worker,
+        offsets: Arc<dyn OffsetStore>,
+        registry: Arc<Registry>,
+        dir: PathBuf,
+        worker_id: String,
+    ) -> Self {
+        Self { core: Arc::new(Core::new(worker, offsets, registry, dir, worker_id)) }
+    }
+
+    /// Makes `health()` follow `probe` (Kafka's reachability, then the tasks' states: see
+    /// [`worker_health`]) and `kafka_cluster_id()` report the id it learnt.
+    pub fn set_probe(&self, probe: KafkaProbe) {
+        self.core.set_probe(probe);
+    }
+
+    /// Starts `file_connectors` (the file's `[[connector]]`s) with the config directory's
+    /// documents laid over them: a document replaces the file's connector of its name or adds
+    /// one, `{"deleted": true}` removes it. Each then starts in its target state. A connector
+    /// that cannot start is reported FAILED; the others run. Cut short by `shutdown`.
+    ///
+    /// # Errors
+    /// The config directory cannot be read, or holds a document that is not one of ours.
+    pub async fn start(
+        &self,
+        file_connectors: Vec<ConnectorEntry>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        self.core.start(file_connectors, shutdown).await
+    }
+
+    /// Runs `op` in a task of its own and waits for it: dropping this future (a client that
+    /// hung up) leaves the operation running to its end, under the ops lock it takes.
+    async fn detached<T, F, Fut>(&self, op: F) -> Result<T, ControlError>
+    where
+        F: FnOnce(Arc<Core>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ControlError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(op(Arc::clone(&self.core))).await.unwrap_or_else(|e| {
+            Err(ControlError::Internal(format!("the operation panicked: {e}")))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectControl for StandaloneControl {
+    fn worker_id(&self) -> String {
+        self.core.worker_id()
+    }
+
+    fn worker(&self) -> Worker {
+        self.core.worker()
+    }
+
+    async fn connectors(&self) -> Vec<String> {
+        self.core.connectors().await
+    }
+
+    async fn info(&self, name: &str) -> Result<ConnectorInfo, ControlError> {
+        self.core.info(name).await
+    }
+
+    async fn status(&self, name: &str) -> Result<ConnectorReport, ControlError> {
+        self.core.report(name)
+    }
+
+    async fn task_configs(&self, name: &str) -> Result<Vec<Map<String, Value>>, ControlError> {
+        self.core.task_configs(name).await
+    }
+
+    async fn put_config(
+        &self,
+        name: &str,
+        config: Map<String, Value>,
+    ) -> Result<PutOutcome, ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.put_config(&name, config).await }).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.delete(&name).await }).await
+    }
+
+    async fn set_target(&self, name: &str, target: TargetState) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.set_target(&name, target).await }).await
+    }
+
+    async fn restart(
+        &self,
+        name: &str,
+        req: RestartRequest,
+    ) -> Result<ConnectorReport, ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.restart(&name, req).await }).await
+    }
+
+    async fn restart_task(&self, name: &str, task: usize) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.restart_task(&name, task).await }).await
+    }
+
+    async fn offsets(&self, name: &str) -> Result<Vec<OffsetEntry>, ControlError> {
+        self.core.offsets(name).await
+    }
+
+    async fn alter_offsets(
+        &self,
+        name: &str,
+        offsets: Vec<OffsetEntry>,
+    ) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.alter_offsets(&name, offsets).await }).await
+    }
+
+    async fn reset_offsets(&self, name: &str) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.reset_offsets(&name).await }).await
+    }
+
+    fn validate(
+        &self,
+        type_name: &str,
+        config: Map<String, Value>,
+    ) -> Result<ConfigErrors, ControlError> {
+        self.core.validate(type_name, config)
+    }
+
+    fn plugins(&self) -> Vec<PluginInfo> {
+        plugins(&self.core.registry)
+    }
+
+    fn kafka_cluster_id(&self) -> Option<String> {
+        self.core.kafka_cluster_id()
+    }
+
+    async fn health(&self) -> Health {
+        self.core.health().await
+    }
+}
+
+/// [`StandaloneControl`]'s state, shared with the tasks that run its operations.
+struct Core {
     worker: Worker,
     offsets: Arc<dyn OffsetStore>,
     registry: Arc<Registry>,
@@ -88,7 +245,7 @@ pub struct StandaloneControl {
     started: std::sync::atomic::AtomicBool,
 }
 
-impl std::fmt::Debug for StandaloneControl {
+impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StandaloneControl")
             .field("dir", &self.dir)
@@ -97,7 +254,7 @@ impl std::fmt::Debug for StandaloneControl {
     }
 }
 
-impl StandaloneControl {
+impl Core {
     /// A control over `worker` (whose offsets are kept in `offsets`), building API-created
     /// connectors with `registry` and keeping changes in `dir`. Nothing runs until
     /// [`start`](Self::start).
@@ -338,8 +495,8 @@ impl StandaloneControl {
     }
 }
 
-#[async_trait::async_trait]
-impl ConnectControl for StandaloneControl {
+/// The operations, run by [`StandaloneControl`] (the mutating ones in a task of their own).
+impl Core {
     fn worker_id(&self) -> String {
         self.worker_id.clone()
     }
@@ -359,10 +516,6 @@ impl ConnectControl for StandaloneControl {
             (m.raw.clone(), m.kind)
         };
         Ok(ConnectorInfo { name: name.to_owned(), kind, config, tasks: self.task_count(name) })
-    }
-
-    async fn status(&self, name: &str) -> Result<ConnectorReport, ControlError> {
-        self.report(name)
     }
 
     async fn task_configs(&self, name: &str) -> Result<Vec<Map<String, Value>>, ControlError> {
@@ -583,10 +736,6 @@ impl ConnectControl for StandaloneControl {
         config.insert("type".into(), Value::String(type_name.to_owned()));
         config.entry("name").or_insert_with(|| Value::String(type_name.to_owned()));
         Ok(connector_from_json(config, &self.registry).err().unwrap_or_default())
-    }
-
-    fn plugins(&self) -> Vec<PluginInfo> {
-        plugins(&self.registry)
     }
 
     fn kafka_cluster_id(&self) -> Option<String> {
