@@ -819,3 +819,77 @@ async fn a_client_hanging_up_mid_put_leaves_the_connector_running_the_new_config
     .unwrap();
     proxy.heal();
 }
+
+/// PAUSED starts paused: a config PUT on a PAUSED connector, or pausing a STOPPED one, starts
+/// its tasks paused (not started then paused: a heartbeat task would write at once), so nothing
+/// reaches Kafka until resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_connector_given_a_new_config_or_a_stopped_one_paused_starts_paused() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}",
+            tansu.bootstrap(),
+            dir.path().join("offsets.json").display(),
+            rest_table(port, dir.path())
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    let put = api.call("PUT", "/connectors/beat/config", Some(heartbeat("beats", "a"))).await;
+    assert_eq!(put.status, 201, "{put:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kafka::count(&client, "beats").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no heartbeat; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
+    api.wait_state("beat", "PAUSED", &runner).await;
+    // What was polled before the pause still reaches Kafka; then nothing more.
+    let mut settled = kafka::count(&client, "beats").await.unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = kafka::count(&client, "beats").await.unwrap();
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let quiet = |what: &'static str| {
+        let client = client.clone();
+        async move {
+            let until = Instant::now() + Duration::from_millis(1200);
+            while Instant::now() < until {
+                let n = kafka::count(&client, "beats").await.unwrap();
+                assert_eq!(n, settled, "{what}: written while PAUSED");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    let put = api.call("PUT", "/connectors/beat/config", Some(heartbeat("beats", "b"))).await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let status = api.wait_state("beat", "PAUSED", &runner).await;
+    assert_eq!(status["tasks"].as_array().unwrap().len(), 1, "{status}");
+    quiet("after a config PUT").await;
+
+    assert_eq!(api.call("PUT", "/connectors/beat/stop", None).await.status, 202);
+    api.wait_state("beat", "STOPPED", &runner).await;
+    assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
+    api.wait_state("beat", "PAUSED", &runner).await;
+    quiet("after pausing a STOPPED connector").await;
+
+    assert_eq!(api.call("PUT", "/connectors/beat/resume", None).await.status, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kafka::count(&client, "beats").await.unwrap() <= settled {
+        assert!(Instant::now() < deadline, "resume wrote nothing; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

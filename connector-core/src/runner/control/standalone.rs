@@ -367,9 +367,11 @@ impl Core {
         };
         let Some(spec) = spec else { return };
         info!(connector = %name, target = ?target, "starting connector");
-        let result = match self.worker.start(name, spec).await {
-            Ok(()) if target == TargetState::Paused => self.worker.pause(name).await,
-            other => other,
+        // PAUSED starts paused: its tasks must not poll or put even for a moment.
+        let result = if target == TargetState::Paused {
+            self.worker.start_paused(name, spec).await
+        } else {
+            self.worker.start(name, spec).await
         };
         if let Err(e) = result {
             let why = match &e {
