@@ -893,3 +893,55 @@ async fn a_paused_connector_given_a_new_config_or_a_stopped_one_paused_starts_pa
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Pausing a connector of the file keeps only its target state (the file's later edits take
+/// effect); a config PUT through the API replaces the file's, and a file edit that it then
+/// hides is warned about at start, naming the connector and the kept file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_file_connector_keeps_only_its_state_and_a_hidden_file_edit_is_warned_about() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let file = |device: &str| {
+        format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}\n[[connector]]\nname = \"beat\"\ntype = \"heartbeat\"\ntopic = \"beats\"\ndevice = \"{device}\"\n",
+            tansu.bootstrap(),
+            dir.path().join("offsets.json").display(),
+            rest_table(port, dir.path())
+        )
+    };
+    let log = dir.path().join("connect.log");
+    let config = write(dir.path(), "connect.toml", &file("a"));
+    let mut runner = Runner::start(&config, &log, &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
+    api.wait_state("beat", "PAUSED", &runner).await;
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("rest.d/beat.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept, json!({"target_state": "PAUSED"}), "only the state is kept");
+    assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
+
+    write(dir.path(), "connect.toml", &file("edited"));
+    let mut runner = Runner::start(&config, &log, &[]);
+    api.wait_up(&runner).await;
+    api.wait_state("beat", "PAUSED", &runner).await;
+    assert_eq!(api.get("/connectors/beat/config").await.json()["device"], "edited");
+    let put = api.call("PUT", "/connectors/beat/config", Some(heartbeat("beats", "api"))).await;
+    assert_eq!(put.status, 200, "{put:?}");
+    assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
+
+    write(dir.path(), "connect.toml", &file("edited-again"));
+    let runner = Runner::start(&config, &log, &[]);
+    api.wait_up(&runner).await;
+    api.wait_state("beat", "PAUSED", &runner).await;
+    assert_eq!(api.get("/connectors/beat/config").await.json()["device"], "api");
+    let text = runner.log();
+    let warned = text.lines().any(|l| {
+        l.contains("WARN") && l.contains("differs from the file's") && l.contains("beat.json")
+    });
+    assert!(warned, "no warning naming the connector's kept file:\n{text}");
+}

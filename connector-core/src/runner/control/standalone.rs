@@ -39,6 +39,10 @@ struct Managed {
     target: TargetState,
     /// Why it could not be built or started (status FAILED, no tasks).
     failure: Option<String>,
+    /// Whether its config is kept in the config directory (given through the API); `false`:
+    /// it is the file's, and only its target state is kept there, so later edits of the file
+    /// take effect.
+    kept: bool,
 }
 
 /// A `<name>.json` document of the config directory.
@@ -300,8 +304,9 @@ impl Core {
         let mut all: BTreeMap<String, Managed> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
         for entry in file_connectors {
-            order.push(entry.name.clone());
-            all.insert(entry.name.clone(), managed(entry, TargetState::Running));
+            let name = entry.name.clone();
+            order.push(name.clone());
+            all.insert(name, Managed { kept: false, ..managed(entry, TargetState::Running) });
         }
         for (name, doc) in read_dir(&self.dir).await? {
             if doc.deleted {
@@ -310,10 +315,25 @@ impl Core {
                 continue;
             }
             let Some(mut config) = doc.config else {
-                return Err(Error::fatal(format!(
-                    "{}: neither a config nor deleted",
-                    self.dir.join(file_name(&name)).display()
-                )));
+                // Only a target state, for a connector of the file (paused, resumed or stopped
+                // through the API): the file's config, in that state.
+                let path = self.dir.join(file_name(&name));
+                match (doc.target_state, all.get_mut(&name)) {
+                    (Some(target), Some(m)) => {
+                        info!(connector = %name, file = %path.display(), target = ?target, "the file's connector starts in the target state kept through the API");
+                        m.target = target;
+                    }
+                    (Some(_), None) => {
+                        warn!(connector = %name, file = %path.display(), "a target state is kept for a connector the file no longer has: ignored (delete the file to silence this)");
+                    }
+                    (None, _) => {
+                        return Err(Error::fatal(format!(
+                            "{}: neither a config, a target state nor deleted",
+                            path.display()
+                        )))
+                    }
+                }
+                continue;
             };
             config.insert("name".into(), Value::String(name.clone()));
             let target = doc.target_state.unwrap_or_default();
@@ -326,6 +346,7 @@ impl Core {
                         raw: config,
                         spec: None,
                         target,
+                        kept: true,
                         failure: Some(format!(
                             "invalid config: {}",
                             errors.to_string().replace('\n', "; ")
@@ -334,7 +355,13 @@ impl Core {
                 }
             };
             if order.contains(&name) {
-                info!(connector = %name, dir = %self.dir.display(), target = ?target, "the config kept through the API replaces the file's [[connector]] of this name (delete it through the API, or its file in the directory, to go back to the file's)");
+                let file = self.dir.join(file_name(&name));
+                let differs = all.get(&name).is_some_and(|f| f.raw != m.raw);
+                if differs {
+                    warn!(connector = %name, file = %file.display(), target = ?target, "the config kept through the API differs from the file's [[connector]] of this name and replaces it: edits of the file's entry do not take effect (delete the kept file, or PUT the config, to change it)");
+                } else {
+                    info!(connector = %name, file = %file.display(), target = ?target, "the config kept through the API replaces the file's [[connector]] of this name (the same config)");
+                }
             } else {
                 order.push(name.clone());
             }
@@ -584,13 +611,11 @@ impl Core {
         let (raw, before) = {
             let map = self.connectors.lock();
             let m = map.get(name).ok_or_else(|| Self::not_found(name))?;
-            (m.raw.clone(), m.target)
+            // A file connector's config stays the file's: only its target state is kept.
+            (m.kept.then(|| m.raw.clone()), m.target)
         };
-        self.persist(
-            name,
-            &Persisted { config: Some(raw), target_state: Some(target), deleted: false },
-        )
-        .await?;
+        self.persist(name, &Persisted { config: raw, target_state: Some(target), deleted: false })
+            .await?;
         if let Some(m) = self.connectors.lock().get_mut(name) {
             m.target = target;
         }
@@ -829,7 +854,7 @@ fn managed(entry: ConnectorEntry, target: TargetState) -> Managed {
         ConnectorSpec::Source { .. } => ConnectorKind::Source,
         ConnectorSpec::Sink { .. } => ConnectorKind::Sink,
     };
-    Managed { raw: entry.raw, kind, spec: Some(spec), target, failure: None }
+    Managed { raw: entry.raw, kind, spec: Some(spec), target, failure: None, kept: true }
 }
 
 /// A sink's offset entry must name a topic-partition and a next offset to read.
