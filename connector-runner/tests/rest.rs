@@ -621,3 +621,54 @@ async fn health_turns_unhealthy_while_kafka_is_cut_and_healthy_after() {
     proxy.heal();
     assert_eq!(health(200).await["status"], "healthy", "log:\n{}", runner.log());
 }
+
+/// scripts/rest-check.py (an independent Python client: requests + jsonschema) walks every
+/// endpoint, happy and unhappy, against a live `connect` with a token, validating every answer
+/// against docs/openapi.json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_independent_rest_check_passes_against_a_live_worker() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}token = \"${{CONNECT_TOKEN}}\"\n",
+            tansu.bootstrap(),
+            dir.path().join("offsets.json").display(),
+            rest_table(port, dir.path())
+        ),
+    );
+    let runner = Runner::start_with_env(
+        &config,
+        &dir.path().join("connect.log"),
+        &[("CONNECT_TOKEN", "check-token")],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rest-check.py");
+    let sink = dir.path().join("sink.txt");
+    let args = [
+        script.to_owned(),
+        "--url".into(),
+        format!("http://127.0.0.1:{port}"),
+        "--token".into(),
+        "check-token".into(),
+        "--topic".into(),
+        "rest-check".into(),
+        "--sink-path".into(),
+        sink.display().to_string(),
+    ];
+    let out =
+        tokio::task::spawn_blocking(move || Command::new("python3").args(&args).output().unwrap())
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "rest-check failed:\n{stdout}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        runner.log()
+    );
+}
