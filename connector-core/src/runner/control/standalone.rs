@@ -949,12 +949,27 @@ async fn read_dir(dir: &Path) -> Result<Vec<(String, Persisted)>> {
 
 /// Replaces `dir/file` with `bytes` atomically: a temporary file written and fsynced, renamed
 /// over it, then the directory fsynced (so the rename survives a crash).
+///
+/// The file is readable by its owner only (`0600`: a config may hold literal secrets); a
+/// directory created here is fsynced into its parent too.
 fn write_atomic(dir: &Path, file: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
     let tmp = dir.join(format!(".{file}.tmp"));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -974,5 +989,18 @@ mod tests {
             assert_eq!(name_of(&f).as_deref(), Some(name), "{f}");
         }
         assert_eq!(name_of(".plain.json.tmp"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn kept_documents_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("rest.d");
+        write_atomic(&dir, "a.json", b"{}").unwrap();
+        write_atomic(&dir, "a.json", b"{\"deleted\": true}").unwrap();
+        let mode = std::fs::metadata(dir.join("a.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(dir.join("a.json")).unwrap(), b"{\"deleted\": true}");
     }
 }
