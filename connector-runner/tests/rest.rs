@@ -945,3 +945,46 @@ async fn pausing_a_file_connector_keeps_only_its_state_and_a_hidden_file_edit_is
     });
     assert!(warned, "no warning naming the connector's kept file:\n{text}");
 }
+
+/// An API-only worker (no `[[connector]]`), for the tests of single requests.
+async fn api_only(tansu: &Tansu, dir: &Path) -> (Runner, Api) {
+    let port = connector_testkit::free_port().unwrap();
+    let config = write(
+        dir,
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}",
+            tansu.bootstrap(),
+            dir.join("offsets.json").display(),
+            rest_table(port, dir)
+        ),
+    );
+    let runner = Runner::start(&config, &dir.join("connect.log"), &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    (runner, api)
+}
+
+/// POST /connectors creates a name once: of concurrent POSTs of one name, one is 201 and the
+/// others 409 (checked under the lock of the writes); connector names are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_of_one_name_create_it_once_and_names_are_bounded() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_runner, api) = api_only(&tansu, dir.path()).await;
+    let posts: Vec<_> = (0..4)
+        .map(|i| {
+            let api = api.clone();
+            let body = json!({"name": "once", "config": heartbeat("beats", &format!("d{i}"))});
+            tokio::spawn(async move { api.call("POST", "/connectors", Some(body)).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for p in posts {
+        statuses.push(p.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409, 409, 409]);
+    assert_eq!(api.get("/connectors").await.json(), json!(["once"]));
+}

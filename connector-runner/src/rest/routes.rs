@@ -264,13 +264,7 @@ async fn create(State(ctl): State<Ctl>, body: Result<Bytes, BytesRejection>) -> 
     if name.trim().is_empty() {
         return Err(ApiError::bad_request("name: must not be empty"));
     }
-    if ctl.info(&name).await.is_ok() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("Connector {name} already exists"),
-        ));
-    }
-    ctl.put_config(&name, config).await?;
+    ctl.create(&name, config).await?;
     let info = ctl.info(&name).await?;
     Ok((StatusCode::CREATED, Json(info_body(&info))).into_response())
 }

@@ -238,4 +238,14 @@ pub trait ConnectControl: Send + Sync + 'static {
     fn kafka_cluster_id(&self) -> Option<String> {
         None
     }
+    /// `POST /connectors`: creates connector `name` as [`put_config`](Self::put_config) does,
+    /// refused with [`ControlError::Conflict`] when it exists. The default checks, then writes
+    /// (two concurrent creations may both succeed); implementations that can check under the
+    /// lock of their writes override it.
+    async fn create(&self, name: &str, config: Map<String, Value>) -> Result<(), ControlError> {
+        if self.info(name).await.is_ok() {
+            return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
+        self.put_config(name, config).await.map(|_| ())
+    }
 }

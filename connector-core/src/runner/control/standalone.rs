@@ -167,7 +167,13 @@ impl ConnectControl for StandaloneControl {
         config: Map<String, Value>,
     ) -> Result<PutOutcome, ControlError> {
         let name = name.to_owned();
-        self.detached(move |c| async move { c.put_config(&name, config).await }).await
+        self.detached(move |c| async move { c.put_config(&name, config, false).await }).await
+    }
+
+    async fn create(&self, name: &str, config: Map<String, Value>) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.put_config(&name, config, true).await.map(|_| ()) })
+            .await
     }
 
     async fn delete(&self, name: &str) -> Result<(), ControlError> {
@@ -558,10 +564,12 @@ impl Core {
             .collect())
     }
 
+    /// PUT config (`create_only`: POST, refused when `name` exists, checked under the ops lock).
     async fn put_config(
         &self,
         name: &str,
         mut config: Map<String, Value>,
+        create_only: bool,
     ) -> Result<PutOutcome, ControlError> {
         match config.get("name") {
             Some(Value::String(n)) if n == name => {}
@@ -581,6 +589,9 @@ impl Core {
             connector_from_json(config.clone(), &self.registry).map_err(ControlError::Invalid)?;
         let _ops = self.ops.lock().await;
         let existing = self.connectors.lock().get(name).map(|m| m.target);
+        if create_only && existing.is_some() {
+            return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
         let target = existing.unwrap_or_default();
         self.persist(
             name,
@@ -905,7 +916,8 @@ fn name_of(file: &str) -> Option<String> {
             bytes.push(b);
         }
     }
-    String::from_utf8(bytes).ok().filter(|n| !n.is_empty())
+    // Only the one file name a connector's document has (`a%2Eb.json`, not `a.b.json`).
+    String::from_utf8(bytes).ok().filter(|n| !n.is_empty() && file_name(n) == file)
 }
 
 /// Every document of the config directory (none when it does not exist yet), by name.
@@ -989,6 +1001,10 @@ mod tests {
             assert_eq!(name_of(&f).as_deref(), Some(name), "{f}");
         }
         assert_eq!(name_of(".plain.json.tmp"), None);
+        assert_eq!(file_name("a.b"), "a%2Eb.json");
+        for not_canonical in ["a.b.json", "a%2eb.json", "%61.json", "a b.json"] {
+            assert_eq!(name_of(not_canonical), None, "{not_canonical}");
+        }
     }
 
     #[cfg(unix)]
