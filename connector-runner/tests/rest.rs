@@ -987,4 +987,17 @@ async fn concurrent_posts_of_one_name_create_it_once_and_names_are_bounded() {
     statuses.sort_unstable();
     assert_eq!(statuses, vec![201, 409, 409, 409]);
     assert_eq!(api.get("/connectors").await.json(), json!(["once"]));
+
+    let long = "n".repeat(201);
+    let refused = api
+        .call("PUT", &format!("/connectors/{long}/config"), Some(heartbeat("beats", "x")))
+        .await
+        .assert_error(400);
+    assert!(refused.starts_with("name: too long"), "{refused}");
+    // 100 bytes, but 300 once escaped into a file name: refused too, not a 500.
+    let dotted = ".".repeat(100);
+    let body = json!({"name": dotted, "config": heartbeat("beats", "x")});
+    let refused = api.call("POST", "/connectors", Some(body)).await.assert_error(400);
+    assert!(refused.starts_with("name: too long"), "{refused}");
+    assert_eq!(api.get("/connectors").await.json(), json!(["once"]));
 }

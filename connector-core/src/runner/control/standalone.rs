@@ -26,7 +26,9 @@ use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SourceOffset, SourcePartition};
 use crate::runner::file::{connector_from_json, ConnectorEntry};
 use crate::runner::registry::{ConnectorKind, Registry};
-use crate::runtime::{ConnectorSpec, ConnectorState, TaskState, Worker, WorkerError};
+use crate::runtime::{
+    ConnectorSpec, ConnectorState, TaskState, Worker, WorkerError, MAX_CONNECTORS,
+};
 use crate::{Error, Result};
 
 /// A connector this control knows: its config as written, what it was asked to be, and how it
@@ -585,12 +587,20 @@ impl Core {
         if name.trim().is_empty() {
             return Err(ControlError::BadRequest("a connector name must not be empty".into()));
         }
+        check_name_length(name)?;
         let entry =
             connector_from_json(config.clone(), &self.registry).map_err(ControlError::Invalid)?;
         let _ops = self.ops.lock().await;
         let existing = self.connectors.lock().get(name).map(|m| m.target);
         if create_only && existing.is_some() {
             return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
+        // Every connector kept (STOPPED or failing ones too) counts, so the directory and the
+        // map stay bounded.
+        if existing.is_none() && self.connectors.lock().len() >= MAX_CONNECTORS {
+            return Err(ControlError::BadRequest(format!(
+                "name: no more connectors: this worker keeps at most {MAX_CONNECTORS} (delete one first)"
+            )));
         }
         let target = existing.unwrap_or_default();
         self.persist(
@@ -883,6 +893,27 @@ fn check_sink_offset(i: usize, entry: &OffsetEntry) -> Result<(), ControlError> 
                 "offsets[{i}].offset: a sink's offset is {{\"kafka_offset\": <int >= 0>}} or null"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The longest connector name, in bytes.
+const MAX_NAME_BYTES: usize = 200;
+/// The longest document file name (most file systems' limit is 255 bytes).
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// A name too long to keep (or to be a file name once escaped) is refused, naming `name`.
+fn check_name_length(name: &str) -> Result<(), ControlError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ControlError::BadRequest(format!(
+            "name: too long ({} bytes; at most {MAX_NAME_BYTES})",
+            name.len()
+        )));
+    }
+    if file_name(name).len() > MAX_FILE_NAME_BYTES {
+        return Err(ControlError::BadRequest(format!(
+            "name: too long to be kept as a file name (every byte but A-Z a-z 0-9 _ - counts 3; at most {MAX_FILE_NAME_BYTES} with \".json\")"
+        )));
     }
     Ok(())
 }
