@@ -1001,3 +1001,35 @@ async fn concurrent_posts_of_one_name_create_it_once_and_names_are_bounded() {
     assert!(refused.starts_with("name: too long"), "{refused}");
     assert_eq!(api.get("/connectors").await.json(), json!(["once"]));
 }
+
+/// With every connection slot held by clients that send nothing, `/health` still answers (a
+/// few connections past the limit serve only it), and other paths there are a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_idle_clients_hold_every_connection_slot() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, api) = api_only(&tansu, dir.path()).await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = api.get("/health").await;
+        if health.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health:?}; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let other = api.get("/connectors").await.assert_error(503);
+    assert!(other.contains("only GET /health"), "{other}");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.get("/connectors").await.status != 200 {
+        assert!(Instant::now() < deadline, "the slots never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
