@@ -260,9 +260,13 @@ device = "file"
     api.get("/connectors/api/tasks/7/status").await.assert_error(404);
     api.get("/no/such/path").await.assert_error(404);
     api.call("DELETE", "/connector-plugins", None).await.assert_error(405);
-    api.call("PATCH", "/connectors/api/offsets", Some(json!({"offsets": []})))
+    // KIP-875: offsets change only while STOPPED, else 400 (409 is for a rebalance).
+    let refused = api
+        .call("PATCH", "/connectors/api/offsets", Some(json!({"offsets": []})))
         .await
-        .assert_error(409);
+        .assert_error(400);
+    assert!(refused.starts_with("Connectors must be in the STOPPED state"), "{refused}");
+    api.call("DELETE", "/connectors/api/offsets", None).await.assert_error(400);
     let validated = api
         .call(
             "PUT",

@@ -161,13 +161,13 @@ pub enum ControlError {
     /// 404: no such connector, task or plugin.
     #[error("{0}")]
     NotFound(String),
-    /// 409: a rebalance in progress, offsets while not STOPPED, name taken on POST.
+    /// 409: a rebalance in progress, name taken on POST.
     #[error("{0}")]
     Conflict(String),
     /// 400: an invalid config; the message lists every "path: problem".
     #[error("{0}")]
     Invalid(ConfigErrors),
-    /// 400: a malformed request.
+    /// 400: a malformed request, or offsets changed while not STOPPED (KIP-875).
     #[error("{0}")]
     BadRequest(String),
     /// 503: no leader yet, Kafka unreachable for a write.
@@ -215,13 +215,13 @@ pub trait ConnectControl: Send + Sync + 'static {
     async fn restart_task(&self, name: &str, task: usize) -> Result<(), ControlError>;
     /// The connector's committed offsets (KIP-875's shape).
     async fn offsets(&self, name: &str) -> Result<Vec<OffsetEntry>, ControlError>;
-    /// PATCH offsets: only when STOPPED (else Conflict).
+    /// PATCH offsets: only when STOPPED (else BadRequest, 400, as KIP-875).
     async fn alter_offsets(
         &self,
         name: &str,
         offsets: Vec<OffsetEntry>,
     ) -> Result<(), ControlError>;
-    /// DELETE offsets: only when STOPPED (else Conflict).
+    /// DELETE offsets: only when STOPPED (else BadRequest, 400, as KIP-875).
     async fn reset_offsets(&self, name: &str) -> Result<(), ControlError>;
     /// The problems `connect validate` would report for this connector config (key paths relative
     /// to the connector table, e.g. "qos"); unknown type -> NotFound.

@@ -460,14 +460,15 @@ impl Core {
         self.connectors.lock().get(name).map(|m| m.target).ok_or_else(|| Self::not_found(name))
     }
 
-    fn stopped_or_conflict(&self, name: &str) -> Result<ConnectorKind, ControlError> {
+    /// KIP-875: offsets change only while STOPPED, else 400 (409 is for a rebalance).
+    fn stopped_or_refused(&self, name: &str) -> Result<ConnectorKind, ControlError> {
         let map = self.connectors.lock();
         let m = map.get(name).ok_or_else(|| Self::not_found(name))?;
         if m.target == TargetState::Stopped {
             Ok(m.kind)
         } else {
-            Err(ControlError::Conflict(format!(
-                "Connector {name} must be STOPPED (PUT /connectors/{name}/stop) before its offsets are altered or reset"
+            Err(ControlError::BadRequest(format!(
+                "Connectors must be in the STOPPED state before their offsets can be modified. This can be done for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
             )))
         }
     }
@@ -738,7 +739,7 @@ impl Core {
         offsets: Vec<OffsetEntry>,
     ) -> Result<(), ControlError> {
         let _ops = self.ops.lock().await;
-        let kind = self.stopped_or_conflict(name)?;
+        let kind = self.stopped_or_refused(name)?;
         let mut map = OffsetMap::new();
         for (i, entry) in offsets.into_iter().enumerate() {
             if kind == ConnectorKind::Sink {
@@ -758,7 +759,7 @@ impl Core {
 
     async fn reset_offsets(&self, name: &str) -> Result<(), ControlError> {
         let _ops = self.ops.lock().await;
-        self.stopped_or_conflict(name)?;
+        self.stopped_or_refused(name)?;
         let stored = self.offsets.load(name).await.map_err(|e| {
             ControlError::Unavailable(format!("cannot read {name}'s offsets: {}", e.report()))
         })?;
