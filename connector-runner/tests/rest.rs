@@ -198,6 +198,16 @@ device = "file"
 
     let root = api.get("/").await.json();
     assert!(root["version"].is_string() && root.get("kafka_cluster_id").is_some(), "{root}");
+    // The cluster id comes from the health probe's Metadata answer (within a probe period).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let root = api.get("/").await.json();
+        if root["kafka_cluster_id"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no kafka_cluster_id: {root}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(api.get("/connectors").await.json(), json!(["from-file"]));
 
     // POST creates (201, the info body); a second POST of the name is a conflict.

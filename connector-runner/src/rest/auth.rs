@@ -54,11 +54,7 @@ pub(crate) async fn require_token(
     next: Next,
 ) -> Response {
     let Some(token) = token else { return next.run(request).await };
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     match given {
         Some(g) if token.matches(g.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::unauthorized("the bearer token is not valid").into_response(),

@@ -131,9 +131,9 @@ impl StandaloneControl {
         Fut: std::future::Future<Output = Result<T, ControlError>> + Send + 'static,
         T: Send + 'static,
     {
-        tokio::spawn(op(Arc::clone(&self.core))).await.unwrap_or_else(|e| {
-            Err(ControlError::Internal(format!("the operation panicked: {e}")))
-        })
+        tokio::spawn(op(Arc::clone(&self.core)))
+            .await
+            .unwrap_or_else(|e| Err(ControlError::Internal(format!("the operation panicked: {e}"))))
     }
 }
 
