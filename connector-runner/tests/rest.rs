@@ -899,6 +899,11 @@ async fn a_paused_connector_given_a_new_config_or_a_stopped_one_paused_starts_pa
     assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
     api.wait_state("beat", "PAUSED", &runner).await;
     quiet("after pausing a STOPPED connector").await;
+    // Started paused, not started then paused: the worker switched a pause once, for the
+    // operator's first PUT pause (start-then-pause logs one more switch for each start).
+    let log = runner.log();
+    let switches = log.lines().filter(|l| l.contains("connector pause switched")).count();
+    assert_eq!(switches, 1, "tasks were started running, then paused:\n{log}");
 
     assert_eq!(api.call("PUT", "/connectors/beat/resume", None).await.status, 202);
     let deadline = Instant::now() + Duration::from_secs(20);
