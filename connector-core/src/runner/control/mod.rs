@@ -4,6 +4,8 @@
 //!
 //! The types here serialize (serde) to exactly the JSON bodies Kafka Connect's REST API returns,
 //! so its users' scripts and UIs read them unchanged.
+pub mod config_topic;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
