@@ -3,10 +3,13 @@
 //! rebalance (stopping what was revoked before anyone else starts it).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -55,10 +58,96 @@ pub struct WorkerMetadata {
     /// The newest whole map this worker knows of (received, or computed as leader).
     #[serde(default)]
     pub last: Option<GenerationMap>,
+    /// The config topic offset of the connector set this worker has read (-1: none): the
+    /// leader knows from it whether a newer configuration exists than the one it deals from.
+    #[serde(default = "no_offset")]
+    pub config_offset: i64,
 }
 
 fn no_generation() -> i32 {
     -1
+}
+
+fn no_offset() -> i64 {
+    -1
+}
+
+/// One connector of a [`ConnectorSet`].
+#[derive(Clone)]
+pub struct GroupConnector {
+    /// How to run it.
+    pub spec: ConnectorSpec,
+    /// Changes whenever its configuration changes: its tasks then drain and start again with
+    /// the new one (on the worker that runs them, before anything else starts them).
+    pub fingerprint: String,
+    /// How many tasks it has.
+    pub tasks: usize,
+    /// Its tasks run paused (not part of the fingerprint: pausing moves nothing).
+    pub paused: bool,
+}
+
+/// A request to restart what a worker runs of one connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOrder {
+    /// The connector.
+    pub connector: String,
+    /// One task, or `None`: every task of the connector that runs here.
+    pub task: Option<usize>,
+    /// With `task: None`: only the tasks that failed.
+    pub only_failed: bool,
+}
+
+/// The connectors a worker group runs, as of one version of its configuration (the
+/// configuration file's connectors and the config topic's): what [`Herder::run_set`] follows.
+///
+/// ```
+/// use connector_core::runtime::cluster::ConnectorSet;
+/// let set = ConnectorSet::default();
+/// assert_eq!(set.offset, -1);
+/// assert_eq!(set.digest(), ConnectorSet::default().digest());
+/// ```
+#[derive(Clone)]
+pub struct ConnectorSet {
+    /// The config topic offset it reflects (every record below it); -1 without a config topic.
+    pub offset: i64,
+    /// The connectors to run (STOPPED ones are not here), by name.
+    pub connectors: BTreeMap<String, GroupConnector>,
+    /// Restart requests with their config topic offsets, oldest first: each is applied once, by
+    /// every worker, to what it runs then.
+    pub restarts: Vec<(i64, RestartOrder)>,
+}
+
+impl Default for ConnectorSet {
+    fn default() -> Self {
+        Self { offset: no_offset(), connectors: BTreeMap::new(), restarts: Vec::new() }
+    }
+}
+
+impl ConnectorSet {
+    /// What the leader deals from, as 16 hex digits: every connector's name, fingerprint and
+    /// task count. Two workers with the same digest agree on the tasks.
+    pub fn digest(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, c) in &self.connectors {
+            for b in name.bytes().chain([0]).chain(c.fingerprint.bytes()).chain([0]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            for b in c.tasks.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    /// Every task of every connector.
+    fn tasks(&self) -> Vec<TaskId> {
+        self.connectors
+            .iter()
+            .flat_map(|(name, c)| (0..c.tasks).map(move |t| TaskId::new(name.clone(), t)))
+            .collect()
+    }
 }
 
 /// One generation's whole map: what every worker was told (JSON, in [`WorkerMetadata`]).
@@ -111,6 +200,18 @@ pub struct WorkerAssignment {
     /// them until it reports a generation at least this one without them).
     #[serde(default)]
     pub revoked_all: BTreeMap<String, Vec<TaskId>>,
+    /// The config topic offset of the connector set the leader dealt from (-1: none); a worker
+    /// that has read less catches up before it applies this.
+    #[serde(default = "no_offset")]
+    pub config_offset: i64,
+    /// The [`ConnectorSet::digest`] of that set: a worker whose set differs rejoins once it
+    /// applied this, so the next generation is dealt from the newest configuration.
+    #[serde(default)]
+    pub config_digest: String,
+    /// The highest config offset any member reported: above `config_offset` when the leader
+    /// had not read the newest configuration (every worker then catches up and rejoins).
+    #[serde(default = "no_offset")]
+    pub config_newest: i64,
 }
 
 impl WorkerAssignment {
@@ -193,6 +294,28 @@ pub struct Herder {
     worker: Worker,
     client: KafkaClient,
     config: HerderConfig,
+    membership: Membership,
+}
+
+/// When a worker last joined its group or heartbeated successfully (a cheap clone, shared
+/// with its [`Herder`]): health checks read it.
+///
+/// ```
+/// let m = connector_core::runtime::cluster::Membership::default();
+/// assert!(m.last_ok().is_none(), "not joined yet");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Membership(Arc<parking_lot::Mutex<Option<Instant>>>);
+
+impl Membership {
+    /// The last successful join or heartbeat; `None` before the first.
+    pub fn last_ok(&self) -> Option<Instant> {
+        *self.0.lock()
+    }
+
+    fn mark(&self) {
+        *self.0.lock() = Some(Instant::now());
+    }
 }
 
 /// Where the herder stands between rounds.
@@ -207,17 +330,35 @@ struct State {
     applied: i32,
     /// The newest whole map known here (received, or computed as leader).
     last: Option<GenerationMap>,
+    /// The connectors started on the worker here, with the fingerprint they run with.
+    running: BTreeMap<String, Running>,
+    /// The digest of the connector set the last applied assignment was dealt from.
+    dealt: String,
+    /// The config offset of the last restart request applied.
+    restarted: i64,
+}
+
+/// A connector started here.
+struct Running {
+    fingerprint: String,
+    paused: bool,
 }
 
 impl Herder {
     /// A herder running its tasks on `worker`, joining through `client`.
     pub fn new(worker: Worker, client: KafkaClient, config: HerderConfig) -> Self {
-        Self { worker, client, config }
+        Self { worker, client, config, membership: Membership::default() }
+    }
+
+    /// When this worker last joined or heartbeated (shared: read it while the herder runs).
+    pub fn membership(&self) -> Membership {
+        self.membership.clone()
     }
 
     /// Starts `connectors` (none of their tasks yet) and takes part in the group until
     /// `shutdown` is cancelled: then every task here drains and commits, and only then the
     /// worker leaves the group (so the next owner starts from the committed offsets).
+    /// [`run_set`](Self::run_set) with a set that never changes.
     ///
     /// # Errors
     /// A connector that cannot be started, or [`HerderError::Refused`] (its tasks stopped and
@@ -230,20 +371,54 @@ impl Herder {
         connectors: Vec<(String, ConnectorSpec)>,
         shutdown: CancellationToken,
     ) -> Result<(), HerderError> {
-        let mut all_tasks = Vec::new();
-        for (name, spec) in &connectors {
-            let n = self.worker.task_count(spec)?;
-            all_tasks.extend((0..n).map(|t| TaskId::new(name.clone(), t)));
-        }
+        let mut set = ConnectorSet::default();
         for (name, spec) in connectors {
-            let started = tokio::select! {
-                r = self.worker.start_tasks(&name, spec, &[]) => r,
-                () = shutdown.cancelled() => break,
-            };
-            if let Err(e) = started {
-                self.worker.shutdown().await;
-                return Err(e.into());
-            }
+            let tasks = self.worker.task_count(&spec)?;
+            let c = GroupConnector { spec, fingerprint: String::new(), tasks, paused: false };
+            set.connectors.insert(name, c);
+        }
+        let (_keep, set) = watch::channel(Arc::new(set));
+        self.run_set(set, shutdown).await
+    }
+
+    /// [`run`](Self::run) with a set of connectors that changes while it runs (the REST API's
+    /// changes, read from the config topic). When the set changes (a connector added, deleted,
+    /// stopped, or its configuration changed) every worker rejoins and the leader deals the new
+    /// set's tasks; a worker applies an assignment only once it has read the set it was dealt
+    /// from; a connector whose configuration changed drains its tasks here and starts them again
+    /// with the new one (a task that moves drains on its old owner first, as always). Pausing and
+    /// resuming, and restart requests, are applied here without a rebalance.
+    ///
+    /// # Errors
+    /// A connector of the first set that cannot be started, or [`HerderError::Refused`].
+    /// Connectors of later sets that cannot be started are logged and tried again at the next
+    /// generation.
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop.
+    pub async fn run_set(
+        self,
+        mut set: watch::Receiver<Arc<ConnectorSet>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), HerderError> {
+        let first = Arc::clone(&set.borrow_and_update());
+        let mut state = State {
+            owned: BTreeSet::new(),
+            last_ok: Instant::now(),
+            failed: BTreeSet::new(),
+            applied: no_generation(),
+            last: None,
+            running: BTreeMap::new(),
+            dealt: String::new(),
+            restarted: first.restarts.last().map_or(no_offset(), |(o, _)| *o),
+        };
+        let started = tokio::select! {
+            r = self.sync_connectors(&first, &mut state.running, &mut state.owned) => r,
+            () = shutdown.cancelled() => Ok(()),
+        };
+        if let Err(e) = started {
+            self.worker.shutdown().await;
+            return Err(e);
         }
         let c = &self.config;
         let mut member = GroupMember::new(
@@ -253,14 +428,7 @@ impl Herder {
             c.worker_id.clone(),
             c.timeouts,
         );
-        let mut state = State {
-            owned: BTreeSet::new(),
-            last_ok: Instant::now(),
-            failed: BTreeSet::new(),
-            applied: no_generation(),
-            last: None,
-        };
-        let result = self.rounds(&mut member, &mut state, &all_tasks, &shutdown).await;
+        let result = self.rounds(&mut member, &mut state, &mut set, &shutdown).await;
         // Stop every task (drain, commit) before leaving: the next owner starts from what we
         // committed. Heartbeating meanwhile, so a long drain does not get this worker dropped
         // (and its tasks started elsewhere) while they still run here.
@@ -275,7 +443,7 @@ impl Herder {
                     _ = &mut drain => break,
                     () = tokio::time::sleep(c.timeouts.heartbeat), if beating && state.last_ok.elapsed() < session => {
                         match heartbeat(&mut member, state.last_ok, session).await {
-                            Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                            Some(Ok(HeartbeatOutcome::Stable)) => { state.last_ok = Instant::now(); self.membership.mark(); }
                             Some(Ok(HeartbeatOutcome::Lost)) | Some(Err(GroupError::NotJoined { .. })) => beating = false,
                             Some(Ok(outcome)) => warn!(worker = %c.worker_id, ?outcome, "heartbeat while draining: the group moves on; draining on"),
                             Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat while draining failed"),
@@ -292,15 +460,48 @@ impl Herder {
         result
     }
 
+    /// Runs `step`, heartbeating every heartbeat interval meanwhile (a long drain must not cost
+    /// the membership). Returns its output, whether the group asked for a rebalance, and
+    /// whether the membership was lost.
+    async fn beating<T>(
+        &self,
+        member: &mut GroupMember,
+        last_ok: &mut Instant,
+        step: impl Future<Output = T>,
+    ) -> (T, bool, bool) {
+        let c = &self.config;
+        let session = c.timeouts.session;
+        let (mut rebalance, mut lost) = (false, false);
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                out = &mut step => return (out, rebalance, lost),
+                () = tokio::time::sleep(c.timeouts.heartbeat) => {
+                    match heartbeat(member, *last_ok, session).await {
+                        Some(Ok(HeartbeatOutcome::Stable)) => { *last_ok = Instant::now(); self.membership.mark(); }
+                        Some(Ok(HeartbeatOutcome::Lost)) => lost = true,
+                        Some(Ok(_)) => rebalance = true,
+                        Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
+                        None => warn!(worker = %c.worker_id, "heartbeat timed out"),
+                    }
+                    if last_ok.elapsed() >= session {
+                        lost = true;
+                    }
+                }
+            }
+        }
+    }
+
     async fn rounds(
         &self,
         member: &mut GroupMember,
         state: &mut State,
-        all_tasks: &[TaskId],
+        set: &mut watch::Receiver<Arc<ConnectorSet>>,
         shutdown: &CancellationToken,
     ) -> Result<(), HerderError> {
         let c = &self.config;
         let session = c.timeouts.session;
+        let mut set_open = true;
         'join: loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -312,13 +513,19 @@ impl Herder {
                 owned: state.owned.iter().cloned().collect(),
                 generation: state.applied,
                 last: state.last.clone(),
+                config_offset: set.borrow().offset,
             };
             let metadata = Bytes::from(serde_json::to_vec(&metadata).unwrap_or_default());
             let protocols = [(PROTOCOL_NAME.to_owned(), metadata)];
             let (group_id, worker_id) = (c.group_id.clone(), c.worker_id.clone());
             let known = &mut state.last;
-            let mut leader =
-                |joined: &JoinedGroup| lead(joined, &group_id, &worker_id, all_tasks, known);
+            let leader_set = set.clone();
+            let mut leader = |joined: &JoinedGroup| {
+                // The newest set read here when the members' metadata arrives.
+                let current = Arc::clone(&leader_set.borrow());
+                let dealt = (current.offset, current.digest());
+                lead_with(joined, &group_id, &worker_id, &current.tasks(), known, dealt)
+            };
             // No session watchdog around the join: the group member heartbeats between its
             // join rounds itself, and on Tansu a follower's JoinGroup alone takes 3 s (a
             // watchdog counting from our last heartbeat stopped every task at each rebalance).
@@ -340,6 +547,7 @@ impl Herder {
                 }
             };
             state.last_ok = Instant::now();
+            self.membership.mark();
             let assignment = match read_assignment(&generation.assignment, generation.id) {
                 Ok(a) => a,
                 Err(Unusable::Unreadable(e)) => {
@@ -365,17 +573,46 @@ impl Herder {
             // The map just received is the newest (a broker restarted without its group
             // state starts the generations again from the beginning).
             state.last = Some(assignment.map());
-            let tasks: BTreeSet<TaskId> = assignment.tasks.iter().cloned().collect();
-            let revoked: BTreeSet<TaskId> = assignment.revoked.iter().cloned().collect();
             info!(
                 worker = %c.worker_id,
                 generation = assignment.generation,
                 leader = %assignment.leader,
                 tasks = %list(&assignment.tasks),
                 all = %assignment.all.iter().map(|(w, t)| format!("{w}=[{}]", list(t))).collect::<Vec<_>>().join(" "),
+                config_offset = assignment.config_offset,
                 "worker group generation"
             );
             self.publish_status(&assignment);
+            // Catch up with the connector set the leader dealt from (bounded), then make the
+            // connectors here that set's: deleted or stopped ones drain and go, changed ones
+            // drain and start again with their new configuration, new ones start (no tasks).
+            let (latest, mut rebalance, mut lost) = {
+                let State { running, owned, last_ok, .. } = &mut *state;
+                let wanted = assignment.config_offset;
+                let mut rx = set.clone();
+                let bound = c.timeouts.rebalance;
+                let catch_up = async move {
+                    let read = async { rx.wait_for(|s| s.offset >= wanted).await.is_ok() };
+                    if !tokio::time::timeout(bound, read).await.unwrap_or(false) {
+                        warn!(worker = %self.config.worker_id, config_offset = wanted, "the connector set the leader dealt from was not read in time; applying the newest read here");
+                    }
+                    let latest = Arc::clone(&rx.borrow());
+                    if let Err(e) = self.sync_connectors(&latest, running, owned).await {
+                        warn!(worker = %self.config.worker_id, error = %e, "a connector could not be started here; trying again at the next generation");
+                    }
+                    latest
+                };
+                self.beating(member, last_ok, catch_up).await
+            };
+            // Only tasks of connectors that run here (a set the leader had and this worker
+            // no longer has: those tasks are dealt again at the next generation).
+            let tasks: BTreeSet<TaskId> = assignment
+                .tasks
+                .iter()
+                .filter(|t| state.running.contains_key(&t.connector))
+                .cloned()
+                .collect();
+            rebalance |= !assignment.revoked.is_empty();
             for t in state.owned.difference(&tasks) {
                 info!(worker = %c.worker_id, generation = assignment.generation, connector = %t.connector, task = t.task, "task revoked");
             }
@@ -385,39 +622,21 @@ impl Herder {
             // Apply (revoked tasks drain first, then the given ones start), heartbeating
             // meanwhile so a long drain does not cost the membership. Once the membership is
             // lost, nothing new starts.
-            let mut rebalance = !revoked.is_empty();
-            let mut lost = false;
             let keep: BTreeSet<TaskId> = state.owned.intersection(&tasks).cloned().collect();
             for (from, to) in [(state.owned.clone(), keep.clone()), (keep, tasks)] {
                 if lost {
                     break;
                 }
-                {
-                    let step = self.set(&from, &to);
-                    tokio::pin!(step);
-                    loop {
-                        tokio::select! {
-                            () = &mut step => break,
-                            () = tokio::time::sleep(c.timeouts.heartbeat) => {
-                                match heartbeat(member, state.last_ok, session).await {
-                                    Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
-                                    Some(Ok(HeartbeatOutcome::Lost)) => lost = true,
-                                    Some(Ok(_)) => rebalance = true,
-                                    Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
-                                    None => warn!(worker = %c.worker_id, "heartbeat timed out"),
-                                }
-                                if state.last_ok.elapsed() >= session {
-                                    lost = true;
-                                }
-                            }
-                        }
-                    }
-                }
+                let ((), r, l) =
+                    self.beating(member, &mut state.last_ok, self.set(&from, &to)).await;
+                rebalance |= r;
+                lost |= l;
                 // Only now (everything revoked drained, everything given started) the next
                 // join reports this generation with exactly these tasks.
                 state.owned = to;
             }
             state.applied = assignment.generation;
+            state.dealt = assignment.config_digest.clone();
             if lost {
                 warn!(worker = %c.worker_id, "membership lost: stopping every task (another worker may own them now), then rejoining");
                 self.stop_all(state).await;
@@ -427,14 +646,42 @@ impl Herder {
                 // Revoked tasks are stopped: rejoin at once so the next owner gets them.
                 continue 'join;
             }
+            if assignment.config_newest > assignment.config_offset {
+                // The leader had not read the newest configuration a member reported: read it
+                // here too (bounded), then rejoin so the next generation is dealt from it.
+                let newest = assignment.config_newest;
+                let mut rx = set.clone();
+                let read = async move { rx.wait_for(|s| s.offset >= newest).await.is_ok() };
+                let caught = tokio::time::timeout(session, read);
+                let (caught, _, _) = self.beating(member, &mut state.last_ok, caught).await;
+                if caught.unwrap_or(false) {
+                    info!(worker = %c.worker_id, config_offset = assignment.config_offset, newest, "the leader dealt from an older configuration; rejoining");
+                    continue 'join;
+                }
+            }
+            if latest.digest() != state.dealt {
+                info!(worker = %c.worker_id, config_offset = latest.offset, "the connectors changed since the leader dealt them; rejoining");
+                continue 'join;
+            }
+            self.apply_targets(member, state, &latest).await;
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(c.timeouts.heartbeat) => {}
+                    changed = set.changed(), if set_open => set_open = changed.is_ok(),
                     () = shutdown.cancelled() => return Ok(()),
                 }
+                let latest = Arc::clone(&set.borrow_and_update());
+                if latest.digest() != state.dealt {
+                    info!(worker = %c.worker_id, config_offset = latest.offset, "the connectors changed: rejoining, tasks keep running until the new assignment");
+                    continue 'join;
+                }
+                self.apply_targets(member, state, &latest).await;
                 self.log_failures(state);
                 match heartbeat(member, state.last_ok, session).await {
-                    Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                    Some(Ok(HeartbeatOutcome::Stable)) => {
+                        state.last_ok = Instant::now();
+                        self.membership.mark();
+                    }
                     Some(Ok(HeartbeatOutcome::RebalanceNeeded)) => {
                         info!(worker = %c.worker_id, "rebalance: rejoining, tasks keep running");
                         continue 'join;
@@ -461,6 +708,115 @@ impl Herder {
         }
     }
 
+    /// Makes the connectors started here those of `set`: the ones not in it, or with another
+    /// fingerprint, drain every task here and stop (their tasks leave `owned`); the missing ones
+    /// start without tasks; each gets `set`'s paused state. Returns the first start error (the
+    /// others are still started).
+    async fn sync_connectors(
+        &self,
+        set: &ConnectorSet,
+        running: &mut BTreeMap<String, Running>,
+        owned: &mut BTreeSet<TaskId>,
+    ) -> Result<(), HerderError> {
+        let w = &self.config.worker_id;
+        let gone: Vec<String> = running
+            .iter()
+            .filter(|(n, r)| set.connectors.get(*n).is_none_or(|g| g.fingerprint != r.fingerprint))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let stops = gone.iter().map(|n| async move { (n, self.worker.stop(n).await) });
+        for (name, r) in futures::future::join_all(stops).await {
+            running.remove(name);
+            owned.retain(|t| &t.connector != name);
+            match r {
+                Ok(()) => {
+                    info!(worker = %w, connector = %name, "connector stopped here (deleted, stopped or changed): its tasks drained")
+                }
+                Err(e) => {
+                    warn!(worker = %w, connector = %name, error = %e, "stopping a connector failed")
+                }
+            }
+        }
+        let mut first = None;
+        for (name, g) in &set.connectors {
+            if !running.contains_key(name) {
+                if let Err(e) = self.worker.start_tasks(name, g.spec.clone(), &[]).await {
+                    error!(worker = %w, connector = %name, error = %e, "connector could not be started here");
+                    first.get_or_insert(e);
+                    continue;
+                }
+                let r = Running { fingerprint: g.fingerprint.clone(), paused: false };
+                running.insert(name.clone(), r);
+            }
+            if let Some(r) = running.get_mut(name) {
+                if r.paused != g.paused {
+                    let done = if g.paused {
+                        self.worker.pause(name).await
+                    } else {
+                        self.worker.resume(name).await
+                    };
+                    match done {
+                        Ok(()) => {
+                            r.paused = g.paused;
+                            info!(worker = %w, connector = %name, paused = g.paused, "connector paused state applied here");
+                        }
+                        Err(e) => {
+                            warn!(worker = %w, connector = %name, error = %e, "pausing or resuming failed")
+                        }
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Applies `set`'s paused states and its restart requests not yet applied, to what runs
+    /// here (heartbeating while a restarted task drains).
+    async fn apply_targets(&self, member: &mut GroupMember, state: &mut State, set: &ConnectorSet) {
+        for (name, g) in &set.connectors {
+            if state.running.get(name).is_some_and(|r| r.paused != g.paused) {
+                let State { running, owned, .. } = &mut *state;
+                // Same fingerprints: this only pauses or resumes.
+                let _ = self.sync_connectors(set, running, owned).await;
+                break;
+            }
+        }
+        let orders: Vec<RestartOrder> = set
+            .restarts
+            .iter()
+            .filter(|(at, _)| *at > state.restarted)
+            .map(|(_, o)| o.clone())
+            .collect();
+        let Some((newest, _)) = set.restarts.last() else { return };
+        state.restarted = state.restarted.max(*newest);
+        for order in orders {
+            let status = self.worker.status(&order.connector).ok();
+            let targets: Vec<usize> = state
+                .owned
+                .iter()
+                .filter(|t| t.connector == order.connector)
+                .filter(|t| order.task.is_none_or(|x| x == t.task))
+                .filter(|t| {
+                    !order.only_failed
+                        || status.as_ref().is_some_and(|s| {
+                            s.tasks
+                                .iter()
+                                .any(|x| x.id == t.task && matches!(x.state, TaskState::Failed(_)))
+                        })
+                })
+                .map(|t| t.task)
+                .collect();
+            for task in targets {
+                info!(worker = %self.config.worker_id, connector = %order.connector, task, "restarting task (requested through the config topic)");
+                let restart = self.worker.restart_task(&order.connector, task);
+                let (r, _, _) = self.beating(member, &mut state.last_ok, restart).await;
+                if let Err(e) = r {
+                    warn!(worker = %self.config.worker_id, connector = %order.connector, task, error = %e, "restarting the task failed");
+                }
+                state.failed.remove(&TaskId::new(order.connector.clone(), task));
+            }
+        }
+    }
     /// Writes this generation's assignment to [`STATUS_TOPIC`] in the background (best effort,
     /// bounded by the request timeout).
     fn publish_status(&self, assignment: &WorkerAssignment) {
@@ -617,13 +973,17 @@ fn list(tasks: &[TaskId]) -> String {
 /// baseline's may still run (or start) everything the baseline gave or revoked it, and those
 /// tasks count as its own (kept or revoked again, never given to another). A member that
 /// applied the baseline or a newer one reports exactly what it runs.
-fn lead(
+///
+/// `dealt` is the config offset and digest of the connector set `all_tasks` come from.
+fn lead_with(
     joined: &JoinedGroup,
     group_id: &str,
     leader_worker: &str,
     all_tasks: &[TaskId],
     last: &mut Option<GenerationMap>,
+    dealt: (i64, String),
 ) -> Vec<(String, Bytes)> {
+    let (config_offset, config_digest) = dealt;
     let members: Vec<(String, Option<WorkerMetadata>)> = joined
         .members
         .iter()
@@ -700,6 +1060,13 @@ fn lead(
             }
         }
     }
+    let config_newest = members
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().map(|m| m.config_offset))
+        .fold(config_offset, i64::max);
+    if config_newest > config_offset {
+        warn!(config_offset, config_newest, "a member has read a newer configuration than this leader: dealing from this one, every worker rejoins once it has read the newest");
+    }
     let not_dealt: BTreeSet<&TaskId> = held_by_refused.values().flatten().collect();
     let dealt: Vec<TaskId> = all_tasks.iter().filter(|t| !not_dealt.contains(t)).cloned().collect();
     let out = assign(&accepted, &dealt);
@@ -747,10 +1114,25 @@ fn lead(
                 revoked,
                 all: all.clone(),
                 revoked_all: revoked_all.clone(),
+                config_offset,
+                config_digest: config_digest.clone(),
+                config_newest,
             };
             (id.clone(), Bytes::from(serde_json::to_vec(&a).unwrap_or_default()))
         })
         .collect()
+}
+
+/// [`lead_with`] without a config topic.
+#[cfg(test)]
+fn lead(
+    joined: &JoinedGroup,
+    group_id: &str,
+    leader_worker: &str,
+    all_tasks: &[TaskId],
+    last: &mut Option<GenerationMap>,
+) -> Vec<(String, Bytes)> {
+    lead_with(joined, group_id, leader_worker, all_tasks, last, (no_offset(), String::new()))
 }
 
 /// The group's configuration hash: the one most members hold; ties go to the one held by
@@ -783,6 +1165,7 @@ mod tests {
             owned,
             generation: -1,
             last: None,
+            config_offset: -1,
         }
     }
 
@@ -865,6 +1248,9 @@ mod tests {
             revoked: vec![],
             all: BTreeMap::new(),
             revoked_all: BTreeMap::new(),
+            config_offset: -1,
+            config_digest: String::new(),
+            config_newest: -1,
         };
         let bytes = serde_json::to_vec(&a).unwrap();
         assert_eq!(read_assignment(&bytes, 5).unwrap(), a);
