@@ -5,6 +5,7 @@
 //! The types here serialize (serde) to exactly the JSON bodies Kafka Connect's REST API returns,
 //! so its users' scripts and UIs read them unchanged.
 pub mod config_topic;
+pub mod probe;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -215,8 +216,11 @@ pub trait ConnectControl: Send + Sync + 'static {
     /// The connector's committed offsets (KIP-875's shape).
     async fn offsets(&self, name: &str) -> Result<Vec<OffsetEntry>, ControlError>;
     /// PATCH offsets: only when STOPPED (else Conflict).
-    async fn alter_offsets(&self, name: &str, offsets: Vec<OffsetEntry>)
-        -> Result<(), ControlError>;
+    async fn alter_offsets(
+        &self,
+        name: &str,
+        offsets: Vec<OffsetEntry>,
+    ) -> Result<(), ControlError>;
     /// DELETE offsets: only when STOPPED (else Conflict).
     async fn reset_offsets(&self, name: &str) -> Result<(), ControlError>;
     /// The problems `connect validate` would report for this connector config (key paths relative
