@@ -35,16 +35,22 @@ async fn the_config_topic_is_compacted_read_to_its_end_and_followed() {
     assert!(first.connectors.is_empty());
     let configs = client.topic_configs("connect-configs").await.unwrap().expect("Tansu describes");
     assert_eq!(configs.get("cleanup.policy").cloned().flatten().as_deref(), Some("compact"));
-    assert_eq!(client.topic_metadata("connect-configs").await.unwrap().unwrap().partition_count(), 1);
+    assert_eq!(
+        client.topic_metadata("connect-configs").await.unwrap().unwrap().partition_count(),
+        1
+    );
 
     let one = StoredConnector { config: config("one", 100), target_state: TargetState::Running };
     a.put("one", &one).await.unwrap();
     a.put("two", &StoredConnector { config: config("two", 5), target_state: TargetState::Paused })
         .await
         .unwrap();
-    a.put("gone", &StoredConnector { config: config("gone", 5), target_state: TargetState::Stopped })
-        .await
-        .unwrap();
+    a.put(
+        "gone",
+        &StoredConnector { config: config("gone", 5), target_state: TargetState::Stopped },
+    )
+    .await
+    .unwrap();
     a.delete("gone", false).await.unwrap();
 
     // A second worker reads it all at start.
@@ -57,7 +63,8 @@ async fn the_config_topic_is_compacted_read_to_its_end_and_followed() {
     assert_eq!(follower.start_offset(), view.offset);
 
     // ... and follows: a change, a marker delete, a restart request.
-    let changed = StoredConnector { config: config("one", 250), target_state: TargetState::Running };
+    let changed =
+        StoredConnector { config: config("one", 250), target_state: TargetState::Running };
     a.put("one", &changed).await.unwrap();
     a.delete("two", true).await.unwrap();
     let restart = RestartRecord {

@@ -119,7 +119,12 @@ impl ConfigSnapshot {
                     self.connectors.insert(name.to_owned(), c);
                 }
                 Ok(Stored::Deleted { deleted: false }) | Err(_) => {
-                    warn!(topic, offset = at, key, "config topic record is not a connector config; ignored");
+                    warn!(
+                        topic,
+                        offset = at,
+                        key,
+                        "config topic record is not a connector config; ignored"
+                    );
                 }
             }
         } else if key.starts_with(RESTART_PREFIX) {
@@ -133,7 +138,12 @@ impl ConfigSnapshot {
                 // A tombstone of a restart request: nothing to do.
                 None => {}
                 Some(Err(_)) => {
-                    warn!(topic, offset = at, key, "config topic record is not a restart request; ignored")
+                    warn!(
+                        topic,
+                        offset = at,
+                        key,
+                        "config topic record is not a restart request; ignored"
+                    )
                 }
             }
         } else {
@@ -385,8 +395,7 @@ impl ConfigFollower {
     /// it did not in time.
     pub async fn wait_past(&self, offset: i64, timeout: Duration) -> bool {
         let mut rx = self.rx.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|s| s.offset > offset))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let seen = async move { rx.wait_for(|s| s.offset > offset).await.is_ok() };
+        tokio::time::timeout(timeout, seen).await.unwrap_or(false)
     }
 }
