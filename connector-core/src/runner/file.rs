@@ -1,5 +1,5 @@
-//! The `connect` configuration file: `[kafka]`, `[offsets]`, `[progress]`, `[cluster]` and
-//! `[[connector]]` tables, read with every problem reported at its key path (`connector[0].qos: expected 0, 1 or
+//! The `connect` configuration file: `[kafka]`, `[offsets]`, `[progress]`, `[cluster]`, `[rest]`
+//! and `[[connector]]` tables, read with every problem reported at its key path (`connector[0].qos: expected 0, 1 or
 //! 2`), all at once.
 
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use crate::kafka::KafkaConfig;
 use crate::runner::registry::{deserialize_lenient, BuiltConnector, ConnectorKind, Registry};
 use crate::runtime::cluster::ClusterConfig;
 use crate::runtime::{Pipeline, SinkRuntimeConfig, SourceRuntimeConfig};
+use crate::secret::Secret;
 use crate::transform::TransformChain;
 
 /// Where connector offsets are kept.
@@ -81,6 +82,73 @@ impl Default for ProgressConfig {
     }
 }
 
+/// The `[rest]` table: the REST API (Kafka Connect's), off when the table is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestConfig {
+    /// Address and port the API listens on, e.g. `"127.0.0.1:8083"` (port 0: any free port).
+    pub listen: String,
+    /// Bearer token every request but `GET /health` must carry (`Authorization: Bearer ...`);
+    /// write it `${CONNECT_TOKEN}` or `${file:/run/secrets/connect-token}`. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RestTlsConfig>,
+    /// Standalone mode: the directory where connectors created, changed or deleted through the
+    /// API are kept (one `<name>.json` each, written atomically) and read back at start, over the
+    /// file's `[[connector]]`s. Relative to the working directory.
+    #[serde(default = "default_rest_config_dir")]
+    pub config_dir: PathBuf,
+}
+
+/// `[rest].tls`: the REST API's certificate and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestTlsConfig {
+    /// The server certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+fn default_rest_config_dir() -> PathBuf {
+    PathBuf::from("connect-rest.d")
+}
+
+impl RestConfig {
+    /// The table's problems (pure: nothing is read or bound).
+    ///
+    /// ```
+    /// use connector_core::runner::RestConfig;
+    /// let rest: RestConfig = serde_json::from_str(r#"{"listen": "localhost"}"#).unwrap();
+    /// assert_eq!(rest.validate().to_string(), "listen: expected address:port (e.g. 127.0.0.1:8083)");
+    /// ```
+    pub fn validate(&self) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            e.push("listen", "expected address:port (e.g. 127.0.0.1:8083)");
+        }
+        if let Some(token) = &self.token {
+            if let Err(why) = token.validate() {
+                e.push("token", why);
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.as_os_str().is_empty() {
+                e.push("tls.cert_file", "must not be empty");
+            }
+            if tls.key_file.as_os_str().is_empty() {
+                e.push("tls.key_file", "must not be empty");
+            }
+        }
+        if self.config_dir.as_os_str().is_empty() {
+            e.push("config_dir", "must not be empty");
+        }
+        e
+    }
+}
+
 /// One `[[connector]]`, built.
 #[derive(Debug)]
 pub struct ConnectorEntry {
@@ -94,6 +162,9 @@ pub struct ConnectorEntry {
     pub source_runtime: SourceRuntimeConfig,
     /// Runtime settings for a sink.
     pub sink_runtime: SinkRuntimeConfig,
+    /// The table as written (`name` and `type` included, `${VAR}`s not expanded): what the REST
+    /// API shows as the connector's config.
+    pub raw: Map<String, Value>,
 }
 
 /// A whole configuration file, validated and built.
@@ -108,14 +179,16 @@ pub struct ConnectFile {
     /// `[cluster]` (its `group_id` possibly set by `connect run --group`).
     pub cluster: ClusterConfig,
     /// The hash every worker of a group must share: of the parsed file (`${VAR}`s expanded) in a
-    /// canonical form (keys sorted), without the per-worker keys (`[cluster].worker_id`). 16 hex
+    /// canonical form (keys sorted), without the per-worker keys (`[cluster].worker_id`, `[rest]`). 16 hex
     /// digits (FNV-1a, 64 bits: it tells configurations apart, it is not a signature).
     pub config_hash: String,
-    /// The `[[connector]]`s, in file order.
+    /// `[rest]`: the REST API, when set.
+    pub rest: Option<RestConfig>,
+    /// The `[[connector]]`s, in file order (none is allowed when `[rest]` is set).
     pub connectors: Vec<ConnectorEntry>,
 }
 
-const TOP_LEVEL: [&str; 5] = ["kafka", "offsets", "progress", "cluster", "connector"];
+const TOP_LEVEL: [&str; 6] = ["kafka", "offsets", "progress", "cluster", "rest", "connector"];
 /// Keys of a `[[connector]]` table the runner handles; the rest belongs to the connector type.
 const COMMON: [&str; 8] = [
     "name",
@@ -224,7 +297,7 @@ impl ConnectFile {
                 let path = if key.is_empty() { "\"\"".to_owned() } else { key.clone() };
                 errors.push(
                     path,
-                    "unknown key (expected kafka, offsets, progress, cluster, connector)",
+                    "unknown key (expected kafka, offsets, progress, cluster, rest, connector)",
                 );
             }
         }
@@ -292,6 +365,18 @@ impl ConnectFile {
             }
         }
 
+        let rest = match root.remove("rest") {
+            Some(Value::Object(t)) => {
+                section::<RestConfig>(t, "rest", &mut errors, RestConfig::validate).map(Some)
+            }
+            Some(_) => {
+                errors.push("rest", "expected a table");
+                None
+            }
+            None => Some(None),
+        };
+        let has_rest = matches!(rest, Some(Some(_)));
+
         let mut connectors = Vec::new();
         match root.remove("connector") {
             Some(Value::Array(items)) if !items.is_empty() => {
@@ -302,33 +387,42 @@ impl ConnectFile {
                         errors.push(prefix, "expected a table ([[connector]])");
                         continue;
                     };
-                    if let Some(entry) = connector(i, table, registry, &mut names, &mut errors) {
+                    if let Some(Value::String(n)) = table.get("name") {
+                        check_unique(n, &prefix, i, &mut names, &mut errors);
+                    }
+                    if let Some(entry) = connector(&prefix, table, registry, &mut errors) {
                         connectors.push(entry);
                     }
                 }
             }
-            Some(Value::Array(_)) | None => {
-                errors.push("connector", "at least one [[connector]] is required")
-            }
+            Some(Value::Array(_)) | None if has_rest => {}
+            Some(Value::Array(_)) | None => errors.push(
+                "connector",
+                "at least one [[connector]] is required (or a [rest] table, to create them through the API)",
+            ),
             Some(_) => errors.push("connector", "expected [[connector]] tables"),
         }
 
-        match (kafka, offsets, progress, cluster) {
-            (Some(kafka), Some(offsets), Some(progress), Some(cluster)) if errors.is_empty() => {
-                Ok(Self { kafka, offsets, progress, cluster, config_hash, connectors })
+        match (kafka, offsets, progress, cluster, rest) {
+            (Some(kafka), Some(offsets), Some(progress), Some(cluster), Some(rest))
+                if errors.is_empty() =>
+            {
+                Ok(Self { kafka, offsets, progress, cluster, config_hash, rest, connectors })
             }
             _ => Err(errors),
         }
     }
 }
 
-/// The configuration's hash: the parsed file without `[cluster].worker_id`, `${VAR}`s expanded,
+/// The configuration's hash: the parsed file without `[cluster].worker_id` and `[rest]`, `${VAR}`s expanded,
 /// written with sorted keys, hashed with 64-bit FNV-1a.
 fn config_hash(root: &Map<String, Value>) -> String {
     let mut root = root.clone();
     if let Some(Value::Object(c)) = root.get_mut("cluster") {
         c.remove("worker_id");
     }
+    // Each worker has its own listener (and maybe token); the API's changes are kept elsewhere.
+    root.remove("rest");
     let mut text = String::new();
     crate::offset::write_canonical(&expanded(Value::Object(root)), &mut text);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -428,33 +522,31 @@ fn pipeline(
         Some(Value::Object(t)) => {
             if let Some(c) = section::<ErrorPolicyConfig>(
                 t,
-                &format!("{prefix}.errors"),
+                &at(prefix, "errors"),
                 errors,
                 ErrorPolicyConfig::validate,
             ) {
                 p.errors = c;
             }
         }
-        Some(_) => errors.push(format!("{prefix}.errors"), "expected a table"),
+        Some(_) => errors.push(at(prefix, "errors"), "expected a table"),
         None => {}
     }
     if let Some(v) = table.remove("key_converter") {
-        p.key_converter =
-            value_as(v, &format!("{prefix}.key_converter"), errors).unwrap_or_default();
+        p.key_converter = value_as(v, &at(prefix, "key_converter"), errors).unwrap_or_default();
     }
     if let Some(v) = table.remove("value_converter") {
-        p.value_converter =
-            value_as(v, &format!("{prefix}.value_converter"), errors).unwrap_or_default();
+        p.value_converter = value_as(v, &at(prefix, "value_converter"), errors).unwrap_or_default();
     }
     if let Some(v) = table.remove("json_reserialize") {
         p.json_reserialize =
-            value_as(v, &format!("{prefix}.json_reserialize"), errors).unwrap_or_default();
+            value_as(v, &at(prefix, "json_reserialize"), errors).unwrap_or_default();
     }
     match table.remove("transforms") {
         Some(Value::Array(items)) => {
             let mut chain = TransformChain::new();
             for (j, item) in items.into_iter().enumerate() {
-                let path = format!("{prefix}.transforms[{j}]");
+                let path = at(prefix, &format!("transforms[{j}]"));
                 let Value::Object(mut t) = item else {
                     errors.push(path, "expected a table ([[connector.transforms]])");
                     continue;
@@ -521,54 +613,94 @@ fn pipeline(
             p.transforms = chain;
         }
         Some(_) => {
-            errors.push(format!("{prefix}.transforms"), "expected [[connector.transforms]] tables")
+            errors.push(at(prefix, "transforms"), "expected [[connector.transforms]] tables")
         }
         None => {}
     }
     (errors.iter().count() == before).then_some(p)
 }
 
-fn connector(
-    i: usize,
-    mut table: Map<String, Value>,
+/// A connector config given as JSON (the REST API's): one `[[connector]]` table, `name` and
+/// `type` included, built with `registry` and checked as `connect validate` checks a file's, every
+/// problem at its key path relative to the table (`qos`, `transforms[0].type`, `runtime.max_in_flight`).
+///
+/// ```
+/// use connector_core::runner::{connector_from_json, Registry};
+///
+/// let config = serde_json::json!({"name": "a", "type": "nope"});
+/// let errors = connector_from_json(config.as_object().unwrap().clone(), &Registry::new())
+///     .unwrap_err()
+///     .to_string();
+/// assert!(errors.starts_with("type: unknown connector type \"nope\""), "{errors}");
+/// ```
+///
+/// # Errors
+/// Every problem, each with its key path.
+pub fn connector_from_json(
+    config: Map<String, Value>,
     registry: &Registry,
+) -> Result<ConnectorEntry, ConfigErrors> {
+    let mut errors = ConfigErrors::new();
+    match connector("", config, registry, &mut errors) {
+        Some(entry) if errors.is_empty() => Ok(entry),
+        _ => Err(errors),
+    }
+}
+
+/// Records a duplicate connector name (`n` of `connector[i]`).
+fn check_unique(
+    n: &str,
+    prefix: &str,
+    i: usize,
     names: &mut HashMap<String, usize>,
     errors: &mut ConfigErrors,
+) {
+    if n.trim().is_empty() {
+        return;
+    }
+    if let Some(first) = names.get(n) {
+        errors.push(
+            at(prefix, "name"),
+            format!("duplicate connector name {n:?} (also connector[{first}])"),
+        );
+    } else {
+        names.insert(n.to_owned(), i);
+    }
+}
+
+/// `key` under `prefix` (`connector[0].qos`, or `qos` for an empty prefix).
+fn at(prefix: &str, key: &str) -> String {
+    crate::config::join_path(prefix, key)
+}
+
+/// One connector table, built; its problems recorded under `prefix` (empty: relative to it).
+fn connector(
+    prefix: &str,
+    mut table: Map<String, Value>,
+    registry: &Registry,
+    errors: &mut ConfigErrors,
 ) -> Option<ConnectorEntry> {
-    let prefix = format!("connector[{i}]");
+    let raw = table.clone();
     let name = match table.remove("name") {
         Some(Value::String(n)) if !n.trim().is_empty() => Some(n),
         Some(_) => {
-            errors.push(format!("{prefix}.name"), "expected a non-empty string");
+            errors.push(at(prefix, "name"), "expected a non-empty string");
             None
         }
         None => {
-            errors.push(format!("{prefix}.name"), "is required");
+            errors.push(at(prefix, "name"), "is required");
             None
         }
     };
-    if let Some(n) = &name {
-        if let Some(first) = names.get(n) {
-            errors.push(
-                format!("{prefix}.name"),
-                format!("duplicate connector name {n:?} (also connector[{first}])"),
-            );
-        } else {
-            names.insert(n.clone(), i);
-        }
-    }
     let type_name = match table.remove("type") {
         Some(Value::String(t)) => Some(t),
         Some(_) => {
-            errors.push(format!("{prefix}.type"), "expected a string");
+            errors.push(at(prefix, "type"), "expected a string");
             None
         }
         None => {
             let known: Vec<&str> = registry.type_names().collect();
-            errors.push(
-                format!("{prefix}.type"),
-                format!("is required (one of: {})", known.join(", ")),
-            );
+            errors.push(at(prefix, "type"), format!("is required (one of: {})", known.join(", ")));
             None
         }
     };
@@ -577,7 +709,7 @@ fn connector(
     let (mut source_runtime, mut sink_runtime) =
         (Some(SourceRuntimeConfig::default()), Some(SinkRuntimeConfig::default()));
     if let Some(runtime) = runtime {
-        let path = format!("{prefix}.runtime");
+        let path = at(prefix, "runtime");
         match (runtime, kind) {
             (Value::Object(t), Some(ConnectorKind::Source)) => {
                 source_runtime = section(t, &path, errors, SourceRuntimeConfig::validate);
@@ -589,7 +721,7 @@ fn connector(
             _ => errors.push(path, "expected a table"),
         }
     }
-    let pipeline = pipeline(&mut table, &prefix, registry, errors);
+    let pipeline = pipeline(&mut table, prefix, registry, errors);
     debug_assert!(COMMON.iter().all(|k| !table.contains_key(*k)));
     // The connector's own keys are checked even when the common ones are wrong, so that every
     // problem is reported at once (a missing name does not hide them either).
@@ -599,7 +731,7 @@ fn connector(
     let connector = match built {
         Ok(connector) => Some(connector),
         Err(e) => {
-            errors.extend(e.prefixed(&prefix));
+            errors.extend(e.prefixed(prefix));
             None
         }
     };
@@ -615,7 +747,7 @@ fn connector(
     };
     source_runtime.pipeline = pipeline.clone();
     sink_runtime.pipeline = pipeline;
-    Some(ConnectorEntry { name, type_name, connector, source_runtime, sink_runtime })
+    Some(ConnectorEntry { name, type_name, connector, source_runtime, sink_runtime, raw })
 }
 
 #[cfg(test)]

@@ -14,9 +14,12 @@ mod run;
 mod schema;
 mod status;
 
-pub use file::{ConnectFile, ConnectorEntry, OffsetStoreKind, OffsetsConfig, ProgressConfig};
+pub use file::{
+    connector_from_json, ConnectFile, ConnectorEntry, OffsetStoreKind, OffsetsConfig,
+    ProgressConfig, RestConfig, RestTlsConfig,
+};
 pub use registry::{BuiltConnector, ConnectorKind, Registry};
-pub use run::run;
+pub use run::{run, run_with, ControlApi, ControlApiHandle};
 pub use schema::{file_schema, markdown};
 pub use status::{
     cluster_status, describe_cluster, ClusterStatus, SinkGroupStatus, SinkMemberStatus,

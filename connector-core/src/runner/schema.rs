@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use crate::converter::Converter;
 use crate::error_policy::ErrorPolicyConfig;
 use crate::kafka::KafkaConfig;
-use crate::runner::file::{OffsetsConfig, ProgressConfig};
+use crate::runner::file::{OffsetsConfig, ProgressConfig, RestConfig};
 use crate::runner::registry::{ConnectorKind, Registry};
 use crate::runtime::cluster::ClusterConfig;
 use crate::runtime::{SinkRuntimeConfig, SourceRuntimeConfig};
@@ -71,7 +71,7 @@ fn without_code_blocks(text: &str) -> String {
 /// use connector_core::runner::{file_schema, Registry};
 ///
 /// let schema = file_schema(&Registry::new());
-/// assert_eq!(schema["required"], serde_json::json!(["kafka", "connector"]));
+/// assert_eq!(schema["required"], serde_json::json!(["kafka"]));
 /// assert!(schema["properties"]["kafka"]["properties"]["bootstrap_servers"].is_object());
 /// ```
 pub fn file_schema(registry: &Registry) -> Value {
@@ -88,16 +88,16 @@ pub fn file_schema(registry: &Registry) -> Value {
         "description": "The TOML file read by `connect run` and `connect validate`.",
         "type": "object",
         "additionalProperties": false,
-        "required": ["kafka", "connector"],
+        "required": ["kafka"],
         "properties": {
             "kafka": untitled(schema_of::<KafkaConfig>()),
             "offsets": untitled(schema_of::<OffsetsConfig>()),
             "progress": untitled(schema_of::<ProgressConfig>()),
             "cluster": untitled(schema_of::<ClusterConfig>()),
+            "rest": untitled(schema_of::<RestConfig>()),
             "connector": {
-                "description": "The connectors to run, one `[[connector]]` table each.",
+                "description": "The connectors to run, one `[[connector]]` table each (at least one, unless `[rest]` is set).",
                 "type": "array",
-                "minItems": 1,
                 "items": { "oneOf": variants }
             }
         }
@@ -236,7 +236,7 @@ pub fn markdown(registry: &Registry) -> String {
         "Generated from the JSON Schema that `connect schema` prints; do not edit by hand. \
          Regenerate with:\n\n```sh\ncargo run -p connector-runner --bin connect -- schema --markdown > docs/configuration.md\n```\n\n\
          A `connect` configuration is a TOML file with a `[kafka]` table, an optional `[offsets]`, \
-         `[progress]` and `[cluster]` table, and one `[[connector]]` table per connector. Unknown keys are \
+         `[progress]`, `[cluster]` and `[rest]` table, and one `[[connector]]` table per connector (none is needed when `[rest]` is set: connectors are then created through the REST API). Unknown keys are \
          errors. With a `[cluster]` `group_id` (or `connect run --group`) the process is one worker \
          of a worker group (see distributed.md), and `offsets.store` must be `\"kafka\"`. Values written `${VAR}` in secret fields (passwords) are read from the environment.\n",
     );
@@ -246,6 +246,7 @@ pub fn markdown(registry: &Registry) -> String {
     section(&mut out, "[offsets]", &props["offsets"], 2);
     section(&mut out, "[progress]", &props["progress"], 2);
     section(&mut out, "[cluster]", &props["cluster"], 2);
+    section(&mut out, "[rest]", &props["rest"], 2);
     if let Some(variants) = props["connector"]["items"]["oneOf"].as_array() {
         for v in variants {
             let title = v["title"].as_str().unwrap_or("connector");

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use connector_core::runner::{cluster_status, file_schema, markdown, run, ConnectFile};
+use connector_core::runner::{cluster_status, file_schema, markdown, ConnectFile};
+use connector_runner::run;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -6,6 +6,7 @@
 //! so its users' scripts and UIs read them unchanged.
 pub mod config_topic;
 pub mod probe;
+pub mod standalone;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
