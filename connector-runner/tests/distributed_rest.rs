@@ -1,0 +1,250 @@
+//! The REST API in distributed mode, through two `connect run` workers of one group on real
+//! Tansu and Mosquitto, driven with curl: a connector POSTed on worker A runs and worker B's
+//! status shows it with the worker ids that run its tasks; its config PUT on B restarts the
+//! tasks with the new config while an MQTT stream flows, losing nothing (distinct values counted
+//! in Kafka); DELETE on A removes it on both, and it stays deleted after both workers restart.
+
+// Test code: an unwrap that fails is a failing test, with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connector_testkit::{
+    init_tracing, wait_source_subscribed, Mosquitto, MosquittoOptions, MqttPublisher, Tansu,
+};
+use serde_json::{json, Value};
+
+#[path = "support/cluster.rs"]
+mod cluster;
+mod support;
+
+use cluster::{distinct_and_repeats, publish_telemetry, telemetry_seen, Worker};
+use support::write;
+
+const SESSION_MS: u64 = 5_000;
+const HEARTBEAT_MS: u64 = 1_000;
+const REBALANCE_MS: u64 = 10_000;
+const WINDOW: usize = 100;
+const TASKS: usize = 2;
+/// Messages of the stream during which the config changes.
+const STREAM: usize = 6_000;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One worker's config: the group, its own REST listener, no connectors.
+fn config(tansu: &Tansu, port: u16) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = ["{}"]
+
+[offsets]
+store = "kafka"
+
+[cluster]
+group_id = "rest-group"
+session_timeout_ms = {SESSION_MS}
+heartbeat_interval_ms = {HEARTBEAT_MS}
+rebalance_timeout_ms = {REBALANCE_MS}
+
+[progress]
+interval_secs = 0
+
+[rest]
+listen = "127.0.0.1:{port}"
+"#,
+        tansu.bootstrap()
+    )
+}
+
+/// `curl -X METHOD url [-d body]`: (status, JSON body or Null).
+fn http(method: &str, port: u16, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "30", "-o", "-", "-w", "\n%{http_code}", "-X", method, &url]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn source(mqtt: &Mosquitto, inflight: usize) -> Value {
+    json!({
+        "type": "mqtt-source",
+        "mqtt_url": mqtt.url(),
+        "client_id": "telemetry",
+        "topics": ["plant/+/temp"],
+        "qos": 1,
+        "kafka_topic": "plant",
+        "tasks": TASKS,
+        "inflight": inflight,
+    })
+}
+
+/// The status body's (state, worker_id) of every task.
+fn task_states(status: &Value) -> Vec<(String, String)> {
+    status["tasks"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    (
+                        t["state"].as_str().unwrap_or("").to_owned(),
+                        t["worker_id"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn start(dir: &Path, tansu: &Tansu, port: u16, id: &str) -> Worker {
+    let path = write(dir, &format!("{id}.toml"), &config(tansu, port));
+    Worker::start(&path, dir, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_nothing_and_a_delete_sticks(
+) {
+    init_tracing();
+    let mqtt = Mosquitto::start_with(MosquittoOptions {
+        max_inflight_messages: WINDOW as u32,
+        ..MosquittoOptions::default()
+    })
+    .await
+    .unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("plant", TASKS as i32, 1).await.unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("DIST_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("config and worker logs in {}", dir.path().display());
+    }
+    let (pa, pb) = (free_port(), free_port());
+    let started = Instant::now();
+    let mut a = start(dir.path(), &tansu, pa, "a");
+    let mut b = start(dir.path(), &tansu, pb, "b");
+    for port in [pa, pb] {
+        wait_for("the REST API", Duration::from_secs(30), || {
+            http("GET", port, "/connectors", None).0 == 200
+        })
+        .await;
+    }
+
+    // POST on A: it runs, and B's status shows where.
+    let (code, body) = http(
+        "POST",
+        pa,
+        "/connectors",
+        Some(&json!({"name": "telemetry", "config": source(&mqtt, WINDOW)})),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["name"], "telemetry", "{body}");
+    let workers: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
+    let mut status = Value::Null;
+    wait_for("both tasks RUNNING in B's status", Duration::from_secs(40), || {
+        status = http("GET", pb, "/connectors/telemetry/status", None).1;
+        let ts = task_states(&status);
+        ts.len() == TASKS && ts.iter().all(|(s, w)| s == "RUNNING" && workers.contains(w))
+    })
+    .await;
+    let running_at = started.elapsed();
+    println!("B's status {:.1} s after start: {status}", running_at.as_secs_f64());
+    assert_eq!(status["type"], "source", "{status}");
+    assert_eq!(http("GET", pa, "/connectors", None).1, json!(["telemetry"]));
+    assert_eq!(http("GET", pb, "/connectors", None).1, json!(["telemetry"]));
+
+    let publisher = Arc::new(MqttPublisher::connect(&mqtt.url(), "rest-publisher").await.unwrap());
+    wait_source_subscribed(&publisher, "plant/probe/temp", b"probe", &client, "plant")
+        .await
+        .unwrap();
+
+    // PUT on B while the stream flows: Updated, the tasks restart with the new config.
+    let (la, lb) = (a.log_len(), b.log_len());
+    let stream = publish_telemetry(Arc::clone(&publisher), 0..STREAM, 2_000);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let changed = Instant::now();
+    let (code, body) =
+        http("PUT", pb, "/connectors/telemetry/config", Some(&source(&mqtt, WINDOW / 2)));
+    assert_eq!(code, 200, "{body}");
+    wait_for("the tasks restarted with the new config", Duration::from_secs(40), || {
+        let cfg = http("GET", pa, "/connectors/telemetry/config", None).1;
+        let restarted = [(&a, la), (&b, lb)]
+            .iter()
+            .filter(|(w, from)| {
+                w.log().get(*from..).unwrap_or("").contains("connector stopped here")
+            })
+            .count();
+        let ts = task_states(&http("GET", pa, "/connectors/telemetry/status", None).1);
+        cfg["inflight"] == WINDOW / 2
+            && restarted == 2
+            && ts.len() == TASKS
+            && ts.iter().all(|(s, _)| s == "RUNNING")
+    })
+    .await;
+    let restart_took = changed.elapsed();
+    stream.await.unwrap();
+    let mut seen = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        seen = telemetry_seen(&client, "plant").await;
+        if seen.len() >= STREAM || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (distinct, repeats) = distinct_and_repeats(&seen);
+    println!(
+        "config PUT: tasks restarted on both workers within {:.1} s; {distinct} of {STREAM} distinct in Kafka, {repeats} repeats",
+        restart_took.as_secs_f64()
+    );
+    assert_eq!(distinct, STREAM, "lost {} messages", STREAM - distinct);
+    assert!(repeats <= TASKS * WINDOW, "{repeats} repeats, above the tasks' windows");
+
+    // DELETE on A: gone on both, and after both restart.
+    let (code, body) = http("DELETE", pa, "/connectors/telemetry", None);
+    assert_eq!(code, 204, "{body}");
+    wait_for("gone on B", Duration::from_secs(10), || {
+        http("GET", pb, "/connectors/telemetry", None).0 == 404
+    })
+    .await;
+    wait_for("its tasks stopped on both", Duration::from_secs(30), || {
+        [&a, &b].iter().all(|w| {
+            let log = w.log();
+            log.matches("connector stopped here").count() >= 2
+        })
+    })
+    .await;
+    assert_eq!(a.runner.terminate(), Some(0), "{}", cluster::tail(&a.log(), 20));
+    assert_eq!(b.runner.terminate(), Some(0), "{}", cluster::tail(&b.log(), 20));
+    let a2 = start(dir.path(), &tansu, pa, "a");
+    let b2 = start(dir.path(), &tansu, pb, "b");
+    for port in [pa, pb] {
+        wait_for("the REST API again", Duration::from_secs(30), || {
+            http("GET", port, "/connectors", None).0 == 200
+        })
+        .await;
+        assert_eq!(http("GET", port, "/connectors", None).1, json!([]), "deleted for good");
+        assert_eq!(http("GET", port, "/connectors/telemetry", None).0, 404);
+    }
+    drop((a2, b2));
+    println!("whole test {:.1} s", started.elapsed().as_secs_f64());
+}
