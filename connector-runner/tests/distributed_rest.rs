@@ -202,15 +202,14 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     .await;
     let restart_took = changed.elapsed();
     stream.await.unwrap();
-    let mut seen = Default::default();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        seen = telemetry_seen(&client, "plant").await;
+    let seen = loop {
+        let seen = telemetry_seen(&client, "plant").await;
         if seen.len() >= STREAM || Instant::now() > deadline {
-            break;
+            break seen;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
     let (distinct, repeats) = distinct_and_repeats(&seen);
     println!(
         "config PUT: tasks restarted on both workers within {:.1} s; {distinct} of {STREAM} distinct in Kafka, {repeats} repeats",
