@@ -30,8 +30,9 @@ const HEARTBEAT_MS: u64 = 1_000;
 const REBALANCE_MS: u64 = 10_000;
 const WINDOW: usize = 100;
 const TASKS: usize = 2;
-/// Messages of the stream during which the config changes.
-const STREAM: usize = 6_000;
+/// Messages of the stream during which the config changes (the 20,000), and their rate.
+const STREAM: usize = 20_000;
+const RATE: usize = 4_000;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -167,6 +168,16 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     })
     .await;
     let running_at = started.elapsed();
+    for port in [pa, pb] {
+        let mut health = Value::Null;
+        wait_for("healthy", Duration::from_secs(20), || {
+            let (code, body) = http("GET", port, "/health", None);
+            health = body;
+            code == 200
+        })
+        .await;
+        assert_eq!(health["status"], "healthy", "{health}");
+    }
     println!("B's status {:.1} s after start: {status}", running_at.as_secs_f64());
     assert_eq!(status["type"], "source", "{status}");
     assert_eq!(http("GET", pa, "/connectors", None).1, json!(["telemetry"]));
@@ -179,7 +190,7 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
 
     // PUT on B while the stream flows: Updated, the tasks restart with the new config.
     let (la, lb) = (a.log_len(), b.log_len());
-    let stream = publish_telemetry(Arc::clone(&publisher), 0..STREAM, 2_000);
+    let stream = publish_telemetry(Arc::clone(&publisher), 0..STREAM, RATE);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let changed = Instant::now();
     let (code, body) =
@@ -218,7 +229,36 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     assert_eq!(distinct, STREAM, "lost {} messages", STREAM - distinct);
     assert!(repeats <= TASKS * WINDOW, "{repeats} repeats, above the tasks' windows");
 
+    // STOPPED through A: B shows it, its tasks drain on both workers, its offsets answer;
+    // resumed through B, both tasks start again.
+    let stopped_since = |w: &Worker, from: usize| {
+        w.log().get(from..).unwrap_or("").contains("connector stopped here")
+    };
+    let (la, lb) = (a.log_len(), b.log_len());
+    let (code, body) = http("PUT", pa, "/connectors/telemetry/stop", None);
+    assert_eq!(code, 202, "{body}");
+    let st = http("GET", pb, "/connectors/telemetry/status", None).1;
+    assert_eq!(st["connector"]["state"], "STOPPED", "B's view has the write at once: {st}");
+    assert!(task_states(&st).is_empty(), "{st}");
+    wait_for("the tasks drained on both", Duration::from_secs(30), || {
+        stopped_since(&a, la) && stopped_since(&b, lb)
+    })
+    .await;
+    let (code, body) = http("GET", pb, "/connectors/telemetry/offsets", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body["offsets"].is_array(), "{body}");
+    let (la, lb) = (a.log_len(), b.log_len());
+    let (code, body) = http("PUT", pb, "/connectors/telemetry/resume", None);
+    assert_eq!(code, 202, "{body}");
+    wait_for("both tasks started again after resume", Duration::from_secs(40), || {
+        let mut started = a.started_since(la);
+        started.extend(b.started_since(lb));
+        started.len() == TASKS
+    })
+    .await;
+
     // DELETE on A: gone on both, and after both restart.
+    let (la, lb) = (a.log_len(), b.log_len());
     let (code, body) = http("DELETE", pa, "/connectors/telemetry", None);
     assert_eq!(code, 204, "{body}");
     wait_for("gone on B", Duration::from_secs(10), || {
@@ -226,10 +266,7 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     })
     .await;
     wait_for("its tasks stopped on both", Duration::from_secs(30), || {
-        [&a, &b].iter().all(|w| {
-            let log = w.log();
-            log.matches("connector stopped here").count() >= 2
-        })
+        stopped_since(&a, la) && stopped_since(&b, lb)
     })
     .await;
     assert_eq!(a.runner.terminate(), Some(0), "{}", cluster::tail(&a.log(), 20));

@@ -239,7 +239,7 @@ struct Inner {
     topic: ConfigTopic,
     follower: ConfigFollower,
     view: watch::Receiver<Arc<GroupView>>,
-    status: Arc<Mutex<Option<WorkerAssignment>>>,
+    status: Arc<Mutex<StatusView>>,
     group_id: String,
     worker_id: String,
     offsets_topic: String,
@@ -310,7 +310,7 @@ impl DistributedControl {
                 view_tx.send_replace(Arc::new(view));
             }
         });
-        let status = Arc::new(Mutex::new(None));
+        let status = Arc::new(Mutex::new(StatusView::default()));
         tokio::spawn(follow_status(
             parts.client.clone(),
             parts.group_id.clone(),
@@ -367,7 +367,13 @@ impl DistributedControl {
     }
 
     fn report(&self, name: &str, e: &Effective) -> ConnectorReport {
-        let assignment = self.inner.status.lock().clone();
+        let (assignment, failed) = {
+            let s = self.inner.status.lock();
+            (s.newest.clone(), s.failed.clone())
+        };
+        let failed_on = |w: &str, task: usize| -> Option<String> {
+            failed.get(w).and_then(|(_, f)| f.get(&format!("{name}-{task}"))).cloned()
+        };
         let owner = |task: usize| -> Option<String> {
             let a = assignment.as_ref()?;
             a.all
@@ -395,14 +401,17 @@ impl DistributedControl {
                     (Some(TaskState::Paused), _) => {
                         (StateName::Paused, self.inner.worker_id.clone(), None)
                     }
-                    (_, Some(w)) if w != self.inner.worker_id => {
-                        let s = if e.target == TargetState::Paused {
-                            StateName::Paused
-                        } else {
-                            StateName::Running
-                        };
-                        (s, w, None)
-                    }
+                    (_, Some(w)) if w != self.inner.worker_id => match failed_on(&w, id) {
+                        Some(trace) => (StateName::Failed, w, Some(trace)),
+                        None => {
+                            let s = if e.target == TargetState::Paused {
+                                StateName::Paused
+                            } else {
+                                StateName::Running
+                            };
+                            (s, w, None)
+                        }
+                    },
                     (_, w) => (StateName::Unassigned, w.unwrap_or_default(), None),
                 };
                 tasks.push(TaskReport { id, state, worker_id, trace });
@@ -440,11 +449,21 @@ impl DistributedControl {
     }
 }
 
-/// Follows [`STATUS_TOPIC`]: keeps the newest assignment of `group` (by generation).
+/// What the status topic says of this group.
+#[derive(Debug, Default)]
+struct StatusView {
+    /// The newest assignment (by generation).
+    newest: Option<WorkerAssignment>,
+    /// Each worker's failed tasks as of its newest record: (generation, `<connector>-<task>` -> error).
+    failed: HashMap<String, (i32, BTreeMap<String, String>)>,
+}
+
+/// Follows [`STATUS_TOPIC`]: keeps the newest assignment of `group` (by generation) and each
+/// worker's failed tasks.
 async fn follow_status(
     client: KafkaClient,
     group: String,
-    out: Arc<Mutex<Option<WorkerAssignment>>>,
+    out: Arc<Mutex<StatusView>>,
     stop: CancellationToken,
 ) {
     let mut offset: Option<i64> = None;
@@ -473,8 +492,13 @@ async fn follow_status(
                         continue;
                     }
                     let mut cur = out.lock();
-                    if cur.as_ref().is_none_or(|c| c.generation <= s.assignment.generation) {
-                        *cur = Some(s.assignment);
+                    let generation = s.assignment.generation;
+                    let newer = cur.failed.get(&s.worker_id).is_none_or(|(g, _)| *g <= generation);
+                    if newer {
+                        cur.failed.insert(s.worker_id.clone(), (generation, s.failed));
+                    }
+                    if cur.newest.as_ref().is_none_or(|c| c.generation <= generation) {
+                        cur.newest = Some(s.assignment);
                     }
                 }
                 if f.next_offset <= at {

@@ -38,6 +38,9 @@ pub struct StatusRecord {
     pub worker_id: String,
     /// Its assignment of that generation (with every worker's tasks).
     pub assignment: WorkerAssignment,
+    /// Its tasks that failed, `<connector>-<task>` -> the error (rewritten when that changes).
+    #[serde(default)]
+    pub failed: BTreeMap<String, String>,
 }
 
 /// What a worker sends when it joins (JSON).
@@ -324,8 +327,10 @@ struct State {
     owned: BTreeSet<TaskId>,
     /// Last successful join or heartbeat.
     last_ok: Instant,
-    /// Failures already logged.
-    failed: BTreeSet<TaskId>,
+    /// Failures already logged (and published), with their errors.
+    failed: BTreeMap<TaskId, String>,
+    /// The last assignment received (republished when `failed` changes).
+    assignment: Option<WorkerAssignment>,
     /// The generation of the last assignment applied here (`owned` is exact as of then).
     applied: i32,
     /// The newest whole map known here (received, or computed as leader).
@@ -405,7 +410,8 @@ impl Herder {
         let mut state = State {
             owned: BTreeSet::new(),
             last_ok: Instant::now(),
-            failed: BTreeSet::new(),
+            failed: BTreeMap::new(),
+            assignment: None,
             applied: no_generation(),
             last: None,
             running: BTreeMap::new(),
@@ -582,7 +588,8 @@ impl Herder {
                 config_offset = assignment.config_offset,
                 "worker group generation"
             );
-            self.publish_status(&assignment);
+            self.publish_status(&assignment, &state.failed);
+            state.assignment = Some(assignment.clone());
             // Catch up with the connector set the leader dealt from (bounded), then make the
             // connectors here that set's: deleted or stopped ones drain and go, changed ones
             // drain and start again with their new configuration, new ones start (no tasks).
@@ -813,18 +820,18 @@ impl Herder {
                 if let Err(e) = r {
                     warn!(worker = %self.config.worker_id, connector = %order.connector, task, error = %e, "restarting the task failed");
                 }
-                state.failed.remove(&TaskId::new(order.connector.clone(), task));
             }
         }
     }
     /// Writes this generation's assignment to [`STATUS_TOPIC`] in the background (best effort,
     /// bounded by the request timeout).
-    fn publish_status(&self, assignment: &WorkerAssignment) {
+    fn publish_status(&self, assignment: &WorkerAssignment, failed: &BTreeMap<TaskId, String>) {
         let c = &self.config;
         let record = StatusRecord {
             group: c.group_id.clone(),
             worker_id: c.worker_id.clone(),
             assignment: assignment.clone(),
+            failed: failed.iter().map(|(t, e)| (t.to_string(), e.clone())).collect(),
         };
         let Ok(value) = serde_json::to_vec(&record) else { return };
         let key = format!("{}/{}", c.group_id, c.worker_id);
@@ -901,21 +908,32 @@ impl Herder {
     }
 
     /// Logs each task that failed here, once (it stays failed here; the worker goes on).
+    /// (Republishes this worker's status with them when they changed, so every worker's API
+    /// shows them.)
     fn log_failures(&self, state: &mut State) {
+        let mut changed = false;
         for name in self.worker.connectors() {
             let Ok(status) = self.worker.status(&name) else { continue };
             for t in status.tasks {
                 let id = TaskId::new(name.clone(), t.id);
                 match t.state {
                     TaskState::Failed(e) if state.owned.contains(&id) => {
-                        if state.failed.insert(id) {
-                            error!(worker = %self.config.worker_id, connector = %name, task = t.id, error = %e.report(), "task failed; it stays failed on this worker");
+                        if !state.failed.contains_key(&id) {
+                            let report = e.report().to_string();
+                            error!(worker = %self.config.worker_id, connector = %name, task = t.id, error = %report, "task failed; it stays failed on this worker");
+                            state.failed.insert(id, report);
+                            changed = true;
                         }
                     }
                     _ => {
-                        state.failed.remove(&id);
+                        changed |= state.failed.remove(&id).is_some();
                     }
                 }
+            }
+        }
+        if changed {
+            if let Some(a) = &state.assignment {
+                self.publish_status(a, &state.failed);
             }
         }
     }
