@@ -127,9 +127,19 @@ impl<'a> Link<'a> {
             self.write(Outbound::Publish(offline)).await?;
         }
         self.write(Outbound::Disconnect).await?;
-        self.flush().await
+        self.flush().await?;
+        // The broker has processed everything before the DISCONNECT (acknowledgements included)
+        // once it closes the connection. Waiting for that (bounded) keeps a client that connects
+        // again at once with the same client id (a config change) from taking the session over
+        // before those acknowledgements count: the broker would redeliver their messages.
+        let closed = async { while self.read().await.is_ok() {} };
+        let _ = tokio::time::timeout(DISCONNECT_WAIT, closed).await;
+        Ok(())
     }
 }
+
+/// How long a clean stop waits for the broker to close the connection after DISCONNECT.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// What both MQTT connectors do after losing a connection they will retry: forget the connection
 /// (the connector's own state decides what is sent again), log, and wait out `delay`. Returns

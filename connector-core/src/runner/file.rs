@@ -922,4 +922,45 @@ mod tests {
         assert_eq!(file.connectors.len(), 1);
         assert_eq!(file.connectors[0].name, "t");
     }
+
+    #[test]
+    fn a_rest_table_allows_zero_connectors_and_its_problems_have_key_paths() {
+        let ok = "[kafka]\nbootstrap_servers = [\"k:9092\"]\n[rest]\nlisten = \"127.0.0.1:0\"\n";
+        let file = ConnectFile::parse(ok, &registry()).unwrap();
+        assert!(file.connectors.is_empty());
+        let rest = file.rest.unwrap();
+        assert_eq!(rest.config_dir, PathBuf::from("connect-rest.d"));
+        assert!(rest.token.is_none() && rest.tls.is_none());
+        let got = problems(
+            "[kafka]\nbootstrap_servers = [\"k:9092\"]\n[rest]\nlisten = \"nowhere\"\ntoken = \"${no such}\"\nport = 1\n",
+        );
+        for expected in ["rest.listen: expected address:port", "rest.port: unknown key"] {
+            assert!(got.iter().any(|p| p.starts_with(expected)), "{expected:?} in {got:#?}");
+        }
+        // The [rest] table is per worker: it does not change a group's config hash.
+        let hash = |t: &str| ConnectFile::parse(t, &registry()).unwrap().config_hash;
+        let other = ok.replace("127.0.0.1:0", "127.0.0.1:8083");
+        assert_eq!(hash(ok), hash(&other));
+    }
+
+    #[test]
+    fn a_json_connector_config_is_built_with_key_paths_relative_to_it_and_kept_raw() {
+        let bad = serde_json::json!({
+            "name": "t", "type": "ticker", "topic": "ok", "batch": 0,
+            "transforms": [{"type": "nope"}], "runtime": {"max_in_flight_records": 0},
+        });
+        let errors = connector_from_json(bad.as_object().unwrap().clone(), &registry())
+            .unwrap_err()
+            .to_string();
+        for expected in
+            ["batch: expected 1..=1000", "transforms[0]", "runtime.max_in_flight_records"]
+        {
+            assert!(errors.lines().any(|l| l.starts_with(expected)), "{expected:?} in {errors}");
+        }
+        assert!(!errors.contains("connector["), "{errors}");
+        let good = serde_json::json!({"name": "t", "type": "ticker", "topic": "ok"});
+        let entry = connector_from_json(good.as_object().unwrap().clone(), &registry()).unwrap();
+        assert_eq!(entry.raw, *good.as_object().unwrap());
+        assert_eq!((entry.name.as_str(), entry.type_name.as_str()), ("t", "ticker"));
+    }
 }

@@ -683,7 +683,7 @@ fn check_sink_offset(i: usize, entry: &OffsetEntry) -> Result<(), ControlError> 
         )));
     }
     if let Some(o) = &entry.offset {
-        if o.len() != 1 || !o.get("kafka_offset").and_then(Value::as_i64).is_some_and(|v| v >= 0) {
+        if o.len() != 1 || o.get("kafka_offset").and_then(Value::as_i64).is_none_or(|v| v < 0) {
             return Err(ControlError::BadRequest(format!(
                 "offsets[{i}].offset: a sink's offset is {{\"kafka_offset\": <int >= 0>}} or null"
             )));
