@@ -284,3 +284,97 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     drop((a2, b2));
     println!("whole test {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// scripts/rest-check.py (an independent Python client: requests + jsonschema) walks every
+/// endpoint, happy and unhappy, against a worker of a group (with a token), validating every
+/// answer against docs/openapi.json: the distributed control answers as the standalone one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_independent_rest_check_passes_against_a_worker_of_a_group() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = format!("{}token = \"${{CONNECT_TOKEN}}\"\n", config(&tansu, port));
+    let path = write(dir.path(), "connect.toml", &text);
+    let runner = support::Runner::start_with_env(
+        &path,
+        &dir.path().join("connect.log"),
+        &[("CONNECT_TOKEN", "check-token")],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rest-check.py");
+    let sink = dir.path().join("sink.txt");
+    let args = [
+        script.to_owned(),
+        "--url".into(),
+        format!("http://127.0.0.1:{port}"),
+        "--token".into(),
+        "check-token".into(),
+        "--topic".into(),
+        "rest-check".into(),
+        "--sink-path".into(),
+        sink.display().to_string(),
+    ];
+    let started = Instant::now();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new("python3").args(&args).output().unwrap())
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}\nrest-check took {:.1} s", started.elapsed().as_secs_f64());
+    assert!(
+        out.status.success(),
+        "rest-check failed:\n{stdout}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster::tail(&runner.log(), 40)
+    );
+}
+
+/// KIP-875 for a sink of a group: its offsets are its consumer group's (`connect-<name>`); once
+/// STOPPED, PATCH commits them as a non-member and DELETE resets them to the earliest record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sinks_offsets_are_its_consumer_groups_and_can_be_altered_and_reset() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("beats", 1, 1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut w = start(dir.path(), &tansu, port, "w");
+    wait_for("the REST API", Duration::from_secs(30), || {
+        http("GET", port, "/connectors", None).0 == 200
+    })
+    .await;
+    let source = json!({"name": "beat", "config": {"type": "heartbeat", "device": "d", "topic": "beats", "interval_ms": 50}});
+    assert_eq!(http("POST", port, "/connectors", Some(&source)).0, 201);
+    let sink_path = dir.path().join("sink.txt");
+    let sink = json!({"name": "files", "config": {"type": "file-sink", "topics": ["beats"], "path": sink_path.display().to_string()}});
+    assert_eq!(http("POST", port, "/connectors", Some(&sink)).0, 201);
+    let committed = |body: &Value| -> Option<i64> {
+        let e = body["offsets"].as_array()?.first()?.clone();
+        assert_eq!(e["partition"], json!({"kafka_topic": "beats", "kafka_partition": 0}), "{body}");
+        e["offset"]["kafka_offset"].as_i64()
+    };
+    wait_for("the sink committed past 5", Duration::from_secs(40), || {
+        committed(&http("GET", port, "/connectors/files/offsets", None).1).is_some_and(|o| o > 5)
+    })
+    .await;
+    let patch = json!({"offsets": [{"partition": {"kafka_topic": "beats", "kafka_partition": 0}, "offset": {"kafka_offset": 3}}]});
+    assert_eq!(
+        http("PATCH", port, "/connectors/files/offsets", Some(&patch)).0,
+        409,
+        "not STOPPED"
+    );
+    assert_eq!(http("PUT", port, "/connectors/files/stop", None).0, 202);
+    let log_from = w.log_len();
+    wait_for("the sink's task drained", Duration::from_secs(30), || {
+        w.log().get(log_from..).unwrap_or("").contains("connector stopped here")
+    })
+    .await;
+    let (code, body) = http("PATCH", port, "/connectors/files/offsets", Some(&patch));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(committed(&http("GET", port, "/connectors/files/offsets", None).1), Some(3));
+    let (code, body) = http("DELETE", port, "/connectors/files/offsets", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(committed(&http("GET", port, "/connectors/files/offsets", None).1), Some(0));
+    assert_eq!(w.runner.terminate(), Some(0), "{}", cluster::tail(&w.log(), 20));
+}
