@@ -918,10 +918,12 @@ impl Herder {
                 let id = TaskId::new(name.clone(), t.id);
                 match t.state {
                     TaskState::Failed(e) if state.owned.contains(&id) => {
-                        if !state.failed.contains_key(&id) {
+                        if let std::collections::btree_map::Entry::Vacant(slot) =
+                            state.failed.entry(id)
+                        {
                             let report = e.report().to_string();
                             error!(worker = %self.config.worker_id, connector = %name, task = t.id, error = %report, "task failed; it stays failed on this worker");
-                            state.failed.insert(id, report);
+                            slot.insert(report);
                             changed = true;
                         }
                     }
