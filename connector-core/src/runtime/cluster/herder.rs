@@ -383,7 +383,7 @@ impl Herder {
             set.connectors.insert(name, c);
         }
         let (_keep, set) = watch::channel(Arc::new(set));
-        self.run_set(set, shutdown).await
+        self.run_inner(set, shutdown, true).await
     }
 
     /// [`run`](Self::run) with a set of connectors that changes while it runs (the REST API's
@@ -394,17 +394,29 @@ impl Herder {
     /// with the new one (a task that moves drains on its old owner first, as always). Pausing and
     /// resuming, and restart requests, are applied here without a rebalance.
     ///
+    /// Unlike [`run`](Self::run), a connector that cannot be started (at the start too) does
+    /// not stop the worker: it is logged and tried again at each generation (a connector created
+    /// through the API must not keep every worker of the group from starting).
+    ///
     /// # Errors
-    /// A connector of the first set that cannot be started, or [`HerderError::Refused`].
-    /// Connectors of later sets that cannot be started are logged and tried again at the next
-    /// generation.
+    /// [`HerderError::Refused`].
     ///
     /// # Cancellation
     /// Cancel `shutdown` for a graceful stop.
     pub async fn run_set(
         self,
+        set: watch::Receiver<Arc<ConnectorSet>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), HerderError> {
+        self.run_inner(set, shutdown, false).await
+    }
+
+    /// `fatal_start`: a connector of the first set that cannot be started stops the worker.
+    async fn run_inner(
+        self,
         mut set: watch::Receiver<Arc<ConnectorSet>>,
         shutdown: CancellationToken,
+        fatal_start: bool,
     ) -> Result<(), HerderError> {
         let first = Arc::clone(&set.borrow_and_update());
         let mut state = State {
@@ -423,8 +435,11 @@ impl Herder {
             () = shutdown.cancelled() => Ok(()),
         };
         if let Err(e) = started {
-            self.worker.shutdown().await;
-            return Err(e);
+            if fatal_start {
+                self.worker.shutdown().await;
+                return Err(e);
+            }
+            warn!(worker = %self.config.worker_id, error = %e, "a connector could not be started here; trying again at the next generation");
         }
         let c = &self.config;
         let mut member = GroupMember::new(
