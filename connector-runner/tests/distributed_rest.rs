@@ -263,6 +263,24 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     })
     .await;
 
+    // A config PUT through B and at once a pause through A: A's write keeps B's config (a write
+    // reads the config topic to its end first; it used to copy the config from A's view).
+    let (code, body) =
+        http("PUT", pb, "/connectors/telemetry/config", Some(&source(&mqtt, WINDOW / 4)));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http("PUT", pa, "/connectors/telemetry/pause", None);
+    assert_eq!(code, 202, "{body}");
+    for port in [pa, pb] {
+        wait_for("B's config and A's pause on both", Duration::from_secs(10), || {
+            let cfg = http("GET", port, "/connectors/telemetry/config", None).1;
+            let st = http("GET", port, "/connectors/telemetry/status", None).1;
+            cfg["inflight"] == WINDOW / 4 && st["connector"]["state"] == "PAUSED"
+        })
+        .await;
+    }
+    let (code, body) = http("PUT", pb, "/connectors/telemetry/resume", None);
+    assert_eq!(code, 202, "{body}");
+
     // DELETE on A: gone on both, and after both restart.
     let (la, lb) = (a.log_len(), b.log_len());
     let (code, body) = http("DELETE", pa, "/connectors/telemetry", None);

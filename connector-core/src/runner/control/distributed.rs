@@ -351,15 +351,34 @@ impl DistributedControl {
             .ok_or_else(|| ControlError::NotFound(format!("Connector {name} not found")))
     }
 
-    /// Waits (bounded) until this worker's view reflects the record at `offset`.
-    async fn seen(&self, offset: i64) {
+    /// Waits (bounded) until this worker's view reflects the record at `offset`; false when it
+    /// did not in time.
+    async fn seen(&self, offset: i64) -> bool {
         if !self.inner.follower.wait_past(offset, READ_YOUR_WRITE).await {
             warn!(offset, "the config topic record written is not in this worker's view yet");
-            return;
+            return false;
         }
         let mut view = self.inner.view.clone();
         let seen = async move { view.wait_for(|v| v.offset > offset).await.is_ok() };
-        let _ = tokio::time::timeout(READ_YOUR_WRITE, seen).await;
+        tokio::time::timeout(READ_YOUR_WRITE, seen).await.unwrap_or(false)
+    }
+
+    /// Brings this worker's view up to the config topic's end before a write (called under the
+    /// writes lock): a write keeps the half of a connector's record it does not change (config
+    /// or target state) from the view, so a stale view would write another worker's newer change
+    /// back over (a config PUT through B, then a pause through A before A read it). 503 when the
+    /// view could not catch up in time.
+    async fn newest(&self) -> Result<(), ControlError> {
+        let topic = self.inner.topic.topic();
+        let end = self.inner.client.end_offset(topic, 0).await.map_err(|e| {
+            ControlError::Unavailable(format!("cannot read the config topic: {}", e.report()))
+        })?;
+        if self.view().offset >= end || self.seen(end - 1).await {
+            return Ok(());
+        }
+        Err(ControlError::Unavailable(format!(
+            "this worker has not read the config topic {topic} up to its end ({end}) yet; retry"
+        )))
     }
 
     fn unavailable(e: crate::Error) -> ControlError {
@@ -594,6 +613,7 @@ impl ConnectControl for DistributedControl {
         let config = named(name, config)?;
         connector_from_json(config.clone(), &self.inner.registry).map_err(ControlError::Invalid)?;
         let _w = self.inner.writes.lock().await;
+        self.newest().await?;
         let existing = self.view().connectors.get(name).cloned();
         let target = existing.as_ref().map_or(TargetState::Running, |e| e.target);
         let stored = StoredConnector { config, target_state: target };
@@ -605,6 +625,7 @@ impl ConnectControl for DistributedControl {
 
     async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _w = self.inner.writes.lock().await;
+        self.newest().await?;
         let e = self.effective(name)?;
         let at = self.inner.topic.delete(name, e.from_file).await.map_err(Self::unavailable)?;
         info!(connector = %name, offset = at, "connector deleted in the config topic");
@@ -614,6 +635,7 @@ impl ConnectControl for DistributedControl {
 
     async fn set_target(&self, name: &str, target: TargetState) -> Result<(), ControlError> {
         let _w = self.inner.writes.lock().await;
+        self.newest().await?;
         let e = self.effective(name)?;
         if e.target == target {
             return Ok(());
