@@ -383,20 +383,33 @@ async fn a_stopped_sinks_offsets_are_its_consumer_groups_and_can_be_altered_and_
     })
     .await;
     let patch = json!({"offsets": [{"partition": {"kafka_topic": "beats", "kafka_partition": 0}, "offset": {"kafka_offset": 3}}]});
-    assert_eq!(
-        http("PATCH", port, "/connectors/files/offsets", Some(&patch)).0,
-        409,
-        "not STOPPED"
-    );
-    assert_eq!(http("PUT", port, "/connectors/files/stop", None).0, 202);
-    let log_from = w.log_len();
-    wait_for("the sink's task drained", Duration::from_secs(30), || {
-        w.log().get(log_from..).unwrap_or("").contains("connector stopped here")
-    })
-    .await;
+    // KIP-875: 400 when not STOPPED.
     let (code, body) = http("PATCH", port, "/connectors/files/offsets", Some(&patch));
+    assert_eq!(code, 400, "not STOPPED: {body}");
+    assert_eq!(http("DELETE", port, "/connectors/files/offsets", None).0, 400, "not STOPPED");
+    // PATCH at once after the STOP: answered once the task really stopped (the group rebalanced
+    // without it and its consumer group is empty; 409 "stopping, retry" after 20 s), so the
+    // draining task's final commit cannot overwrite it (it used to, accepted at once).
+    let log_from = w.log_len();
+    assert_eq!(http("PUT", port, "/connectors/files/stop", None).0, 202);
+    let asked = Instant::now();
+    let (code, body) = http("PATCH", port, "/connectors/files/offsets", Some(&patch));
+    let answered = asked.elapsed();
     assert_eq!(code, 200, "{body}");
-    assert_eq!(committed(&http("GET", port, "/connectors/files/offsets", None).1), Some(3));
+    assert!(
+        w.log().get(log_from..).unwrap_or("").contains("connector stopped here"),
+        "accepted before the sink's task drained"
+    );
+    println!("PATCH right after STOP answered 200 after {:.1} s", answered.as_secs_f64());
+    let still = Instant::now();
+    while still.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            committed(&http("GET", port, "/connectors/files/offsets", None).1),
+            Some(3),
+            "the PATCHed offset was overwritten"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, body) = http("DELETE", port, "/connectors/files/offsets", None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(committed(&http("GET", port, "/connectors/files/offsets", None).1), Some(0));

@@ -86,6 +86,9 @@ pub struct ConfigSnapshot {
     pub connectors: BTreeMap<String, StoredConnector>,
     /// Names deleted with a `{"deleted":true}` marker (they override the file's connectors).
     pub deleted: BTreeSet<String>,
+    /// The topic offset of each connector's newest record (config and target state, or a
+    /// `{"deleted":true}` marker), by name.
+    pub written: BTreeMap<String, i64>,
     /// The newest restart requests with their topic offsets, oldest first (at most
     /// [`MAX_RESTARTS`]).
     pub restarts: VecDeque<(i64, RestartRecord)>,
@@ -101,8 +104,10 @@ impl ConfigSnapshot {
             let Some(value) = value else {
                 self.connectors.remove(name);
                 self.deleted.remove(name);
+                self.written.remove(name);
                 return;
             };
+            self.written.insert(name.to_owned(), at);
             #[derive(Deserialize)]
             #[serde(untagged)]
             enum Stored {

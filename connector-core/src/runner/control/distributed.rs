@@ -26,7 +26,7 @@ use super::{
     OffsetEntry, PluginInfo, PutOutcome, RestartRequest, StateName, TargetState, TaskReport,
 };
 use crate::config::ConfigErrors;
-use crate::kafka::group::{committed_offsets, GroupCommitter};
+use crate::kafka::group::{committed_offsets, describe_group, GroupCommitter};
 use crate::kafka::{FetchResult, KafkaClient, OffsetSpec, ProducerRecord};
 use crate::offset::{KafkaOffsetStore, OffsetMap, OffsetStore};
 use crate::record::{SourceOffset, SourcePartition, TopicPartition};
@@ -40,6 +40,10 @@ use crate::runtime::{ConnectorSpec, TaskState, Worker};
 /// How long a write waits for this worker's view to show it.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(10);
 
+/// How long an offsets change on a STOPPED connector waits for its tasks to have really stopped
+/// (they drain at the next generation) before answering 409.
+const STOPPING_WAIT: Duration = Duration::from_secs(20);
+
 /// One connector as the group sees it (the file's, overridden by the config topic's).
 #[derive(Debug, Clone)]
 struct Effective {
@@ -50,6 +54,8 @@ struct Effective {
     /// Why it does not run (its config does not build, or its tasks cannot be created).
     error: Option<String>,
     from_file: bool,
+    /// The config topic offset of its newest record (-1: none, a file's connector).
+    written_at: i64,
 }
 
 /// The group's connectors as of a config topic offset.
@@ -108,6 +114,7 @@ impl Builder {
                 tasks: 0,
                 error: None,
                 from_file,
+                written_at: snap.written.get(name).copied().unwrap_or(-1),
             };
             if target != TargetState::Stopped {
                 match self.connector(name, &raw, &fp) {
@@ -453,14 +460,70 @@ impl DistributedControl {
         }
     }
 
-    fn stopped_or_conflict(&self, name: &str) -> Result<Effective, ControlError> {
-        let e = self.effective(name)?;
-        if e.target != TargetState::Stopped {
-            return Err(ControlError::Conflict(format!(
-                "Connector {name} must be STOPPED (PUT /connectors/{name}/stop) before its offsets can be changed"
-            )));
+    /// The connector, when its offsets may be changed: it is STOPPED (else 400, as KIP-875) and
+    /// really stopped (see [`still_stopping`](Self::still_stopping)), waited for up to
+    /// [`STOPPING_WAIT`] (a few seconds after the STOP, at the next generation), else 409
+    /// "stopping, retry". Called before taking the writes lock (the wait holds up no write);
+    /// the caller checks again under it with `wait` false.
+    async fn stopped(&self, name: &str, wait: bool) -> Result<Effective, ControlError> {
+        let deadline = Instant::now() + if wait { STOPPING_WAIT } else { Duration::ZERO };
+        loop {
+            let e = self.effective(name)?;
+            if e.target != TargetState::Stopped {
+                return Err(ControlError::BadRequest(format!(
+                    "Connectors must be in the STOPPED state before their offsets can be modified. This can be done for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
+                )));
+            }
+            let Some(why) = self.still_stopping(name, &e).await? else {
+                return Ok(e);
+            };
+            if Instant::now() >= deadline {
+                return Err(ControlError::Conflict(format!(
+                    "Connector {name} is stopping ({why}); retry"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(e)
+    }
+
+    /// Why STOPPED connector `e` may still have a task that commits offsets, or `None`: one of
+    /// its tasks runs here; the newest generation of the group was not dealt from a config that
+    /// has the STOP record, or lists one of its tasks (run or revoked); a sink's consumer group
+    /// has members. A draining task's final commit would overwrite what the API writes.
+    async fn still_stopping(
+        &self,
+        name: &str,
+        e: &Effective,
+    ) -> Result<Option<String>, ControlError> {
+        if self.inner.worker.status(name).is_ok() {
+            return Ok(Some("its tasks are still draining on this worker".into()));
+        }
+        let newest = self.inner.status.lock().newest.clone();
+        let dealt = newest.as_ref().is_some_and(|a| {
+            a.config_offset > e.written_at
+                && !a
+                    .all
+                    .values()
+                    .chain(a.revoked_all.values())
+                    .flatten()
+                    .any(|t| t.connector == name)
+        });
+        if !dealt {
+            return Ok(Some("the group has not rebalanced without its tasks yet".into()));
+        }
+        if e.kind == ConnectorKind::Sink {
+            let group = Self::sink_group(name);
+            let d = describe_group(&self.inner.client, &group).await.map_err(|e| {
+                ControlError::Unavailable(format!("cannot describe group {group}: {e}"))
+            })?;
+            if !d.members.is_empty() {
+                return Ok(Some(format!(
+                    "its consumer group {group} still has {} member(s)",
+                    d.members.len()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     fn sink_group(name: &str) -> String {
@@ -725,8 +788,9 @@ impl ConnectControl for DistributedControl {
         name: &str,
         offsets: Vec<OffsetEntry>,
     ) -> Result<(), ControlError> {
+        self.stopped(name, true).await?;
         let _w = self.inner.writes.lock().await;
-        let e = self.stopped_or_conflict(name)?;
+        let e = self.stopped(name, false).await?;
         match e.kind {
             ConnectorKind::Source => {
                 let mut map = OffsetMap::new();
@@ -771,8 +835,9 @@ impl ConnectControl for DistributedControl {
     }
 
     async fn reset_offsets(&self, name: &str) -> Result<(), ControlError> {
+        self.stopped(name, true).await?;
         let _w = self.inner.writes.lock().await;
-        let e = self.stopped_or_conflict(name)?;
+        let e = self.stopped(name, false).await?;
         match e.kind {
             ConnectorKind::Source => {
                 let store = KafkaOffsetStore::new(
