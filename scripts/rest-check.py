@@ -2,7 +2,7 @@
 """An independent client of the connect worker's REST API (Kafka Connect's shape).
 
 It walks every endpoint of docs/openapi.json, happy and unhappy paths (404 unknown connector,
-409 offsets while running, 400 invalid config naming its key path, 400 bad JSON, 405 wrong
+400 offsets while running (KIP-875; 409 is for a rebalance), 400 invalid config naming its key path, 400 bad JSON, 405 wrong
 method, 401 missing or wrong token), and validates every status and body against the document.
 It uses no code of the project: only requests and jsonschema (scripts/install-brokers installs
 them).
@@ -447,8 +447,14 @@ def run(args):
                          and set(entry.get("offset") or {}) == {"kafka_offset"},
                          f"GET /connectors/{sink}/offsets", f"a sink's KIP-875 shape: {entry}")
     offsets_body = {"offsets": found.get(src) or []}
-    c.call("patch", f"/connectors/{src}/offsets", 409, body=offsets_body, what="PATCH offsets while RUNNING")
-    c.call("delete", f"/connectors/{src}/offsets", 409, what="DELETE offsets while RUNNING")
+    # KIP-875: 400 (not 409, which is for a rebalance in progress), with Kafka Connect's message.
+    for method, kwargs in (("patch", {"body": offsets_body}), ("delete", {})):
+        what = f"{method.upper()} offsets while RUNNING"
+        _, m, _ = c.call(method, f"/connectors/{src}/offsets", 400, what=what, **kwargs)
+        if isinstance(m, dict):
+            c.expect(str(m.get("message", "")).startswith(
+                         "Connectors must be in the STOPPED state before their offsets can be modified"),
+                     what, f"Kafka Connect's message: {m}")
     c.call("put", f"/connectors/{src}/stop", 202)
     c.wait_state(src, "STOPPED", None)
     _, info, _ = c.call("get", f"/connectors/{src}", 200, what="info while STOPPED")

@@ -198,6 +198,16 @@ device = "file"
 
     let root = api.get("/").await.json();
     assert!(root["version"].is_string() && root.get("kafka_cluster_id").is_some(), "{root}");
+    // The cluster id comes from the health probe's Metadata answer (within a probe period).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let root = api.get("/").await.json();
+        if root["kafka_cluster_id"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no kafka_cluster_id: {root}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(api.get("/connectors").await.json(), json!(["from-file"]));
 
     // POST creates (201, the info body); a second POST of the name is a conflict.
@@ -260,9 +270,13 @@ device = "file"
     api.get("/connectors/api/tasks/7/status").await.assert_error(404);
     api.get("/no/such/path").await.assert_error(404);
     api.call("DELETE", "/connector-plugins", None).await.assert_error(405);
-    api.call("PATCH", "/connectors/api/offsets", Some(json!({"offsets": []})))
+    // KIP-875: offsets change only while STOPPED, else 400 (409 is for a rebalance).
+    let refused = api
+        .call("PATCH", "/connectors/api/offsets", Some(json!({"offsets": []})))
         .await
-        .assert_error(409);
+        .assert_error(400);
+    assert!(refused.starts_with("Connectors must be in the STOPPED state"), "{refused}");
+    api.call("DELETE", "/connectors/api/offsets", None).await.assert_error(400);
     let validated = api
         .call(
             "PUT",
@@ -766,4 +780,270 @@ topics = ["beats"]
     }
     assert_eq!(api.get("/health").await.status, 200);
     assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
+}
+
+/// A client that hangs up while its config PUT drains the old tasks (curl gives up after 0.5 s;
+/// the old source's clean MQTT stop waits 2 s for a broker that no longer answers) does not
+/// leave the change half done: the connector runs the new config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_put_leaves_the_connector_running_the_new_config() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let proxy = connector_testkit::FaultProxy::start(mqtt.addr()).await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let (runner, api) = source_up(&mqtt, &tansu, port, dir.path()).await;
+    let through_proxy =
+        mqtt_source(&mqtt, "plant", json!({"mqtt_url": format!("mqtt://{}", proxy.addr())}));
+    let created = api.call("PUT", "/connectors/telemetry/config", Some(through_proxy)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    api.wait_state("telemetry", "RUNNING", &runner).await;
+    proxy.blackhole();
+
+    let changed = mqtt_source(&mqtt, "plant-changed", json!({})).to_string();
+    let started = Instant::now();
+    let gave_up = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "0.5", "-X", "PUT"])
+            .args(["-H", "Content-Type: application/json", "--data-binary", &changed])
+            .arg(format!("http://127.0.0.1:{port}/connectors/telemetry/config"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!gave_up.status.success(), "curl got an answer before giving up: {gave_up:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the PUT answered before the drain ended");
+
+    let status = api.wait_state("telemetry", "RUNNING", &runner).await;
+    assert_eq!(status["tasks"].as_array().unwrap().len(), 1, "{status}");
+    let config = api.get("/connectors/telemetry/config").await.json();
+    assert_eq!(config["kafka_topic"], "plant-changed", "{config}");
+    let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
+    connector_testkit::wait_source_subscribed(
+        &publisher,
+        "plant/probe",
+        b"probe",
+        &client,
+        "plant-changed",
+    )
+    .await
+    .unwrap();
+    proxy.heal();
+}
+
+/// PAUSED starts paused: a config PUT on a PAUSED connector, or pausing a STOPPED one, starts
+/// its tasks paused (not started then paused: a heartbeat task would write at once), so nothing
+/// reaches Kafka until resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_connector_given_a_new_config_or_a_stopped_one_paused_starts_paused() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}",
+            tansu.bootstrap(),
+            dir.path().join("offsets.json").display(),
+            rest_table(port, dir.path())
+        ),
+    );
+    let runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    let put = api.call("PUT", "/connectors/beat/config", Some(heartbeat("beats", "a"))).await;
+    assert_eq!(put.status, 201, "{put:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kafka::count(&client, "beats").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "no heartbeat; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
+    api.wait_state("beat", "PAUSED", &runner).await;
+    // What was polled before the pause still reaches Kafka; then nothing more.
+    let mut settled = kafka::count(&client, "beats").await.unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = kafka::count(&client, "beats").await.unwrap();
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let quiet = |what: &'static str| {
+        let client = client.clone();
+        async move {
+            let until = Instant::now() + Duration::from_millis(1200);
+            while Instant::now() < until {
+                let n = kafka::count(&client, "beats").await.unwrap();
+                assert_eq!(n, settled, "{what}: written while PAUSED");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    let put = api.call("PUT", "/connectors/beat/config", Some(heartbeat("beats", "b"))).await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let status = api.wait_state("beat", "PAUSED", &runner).await;
+    assert_eq!(status["tasks"].as_array().unwrap().len(), 1, "{status}");
+    quiet("after a config PUT").await;
+
+    assert_eq!(api.call("PUT", "/connectors/beat/stop", None).await.status, 202);
+    api.wait_state("beat", "STOPPED", &runner).await;
+    assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
+    api.wait_state("beat", "PAUSED", &runner).await;
+    quiet("after pausing a STOPPED connector").await;
+
+    assert_eq!(api.call("PUT", "/connectors/beat/resume", None).await.status, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kafka::count(&client, "beats").await.unwrap() <= settled {
+        assert!(Instant::now() < deadline, "resume wrote nothing; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Pausing a connector of the file keeps only its target state (the file's later edits take
+/// effect); a config PUT through the API replaces the file's, and a file edit that it then
+/// hides is warned about at start, naming the connector and the kept file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_a_file_connector_keeps_only_its_state_and_a_hidden_file_edit_is_warned_about() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = connector_testkit::free_port().unwrap();
+    let file = |device: &str| {
+        format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}\n[[connector]]\nname = \"beat\"\ntype = \"heartbeat\"\ntopic = \"beats\"\ndevice = \"{device}\"\n",
+            tansu.bootstrap(),
+            dir.path().join("offsets.json").display(),
+            rest_table(port, dir.path())
+        )
+    };
+    let log = dir.path().join("connect.log");
+    let config = write(dir.path(), "connect.toml", &file("a"));
+    let mut runner = Runner::start(&config, &log, &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    assert_eq!(api.call("PUT", "/connectors/beat/pause", None).await.status, 202);
+    api.wait_state("beat", "PAUSED", &runner).await;
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("rest.d/beat.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept, json!({"target_state": "PAUSED"}), "only the state is kept");
+    assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
+
+    write(dir.path(), "connect.toml", &file("edited"));
+    let mut runner = Runner::start(&config, &log, &[]);
+    api.wait_up(&runner).await;
+    api.wait_state("beat", "PAUSED", &runner).await;
+    assert_eq!(api.get("/connectors/beat/config").await.json()["device"], "edited");
+    let put = api.call("PUT", "/connectors/beat/config", Some(heartbeat("beats", "api"))).await;
+    assert_eq!(put.status, 200, "{put:?}");
+    assert_eq!(runner.terminate(), Some(0), "log:\n{}", runner.log());
+
+    write(dir.path(), "connect.toml", &file("edited-again"));
+    let runner = Runner::start(&config, &log, &[]);
+    api.wait_up(&runner).await;
+    api.wait_state("beat", "PAUSED", &runner).await;
+    assert_eq!(api.get("/connectors/beat/config").await.json()["device"], "api");
+    let text = runner.log();
+    let warned = text.lines().any(|l| {
+        l.contains("WARN") && l.contains("differs from the file's") && l.contains("beat.json")
+    });
+    assert!(warned, "no warning naming the connector's kept file:\n{text}");
+}
+
+/// An API-only worker (no `[[connector]]`), for the tests of single requests.
+async fn api_only(tansu: &Tansu, dir: &Path) -> (Runner, Api) {
+    let port = connector_testkit::free_port().unwrap();
+    let config = write(
+        dir,
+        "connect.toml",
+        &format!(
+            "[kafka]\nbootstrap_servers = [\"{}\"]\n\n[offsets]\npath = \"{}\"\n\n{}",
+            tansu.bootstrap(),
+            dir.join("offsets.json").display(),
+            rest_table(port, dir)
+        ),
+    );
+    let runner = Runner::start(&config, &dir.join("connect.log"), &[]);
+    let api = Api::new(port);
+    api.wait_up(&runner).await;
+    (runner, api)
+}
+
+/// POST /connectors creates a name once: of concurrent POSTs of one name, one is 201 and the
+/// others 409 (checked under the lock of the writes); connector names are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_of_one_name_create_it_once_and_names_are_bounded() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_runner, api) = api_only(&tansu, dir.path()).await;
+    let posts: Vec<_> = (0..4)
+        .map(|i| {
+            let api = api.clone();
+            let body = json!({"name": "once", "config": heartbeat("beats", &format!("d{i}"))});
+            tokio::spawn(async move { api.call("POST", "/connectors", Some(body)).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for p in posts {
+        statuses.push(p.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, vec![201, 409, 409, 409]);
+    assert_eq!(api.get("/connectors").await.json(), json!(["once"]));
+
+    let long = "n".repeat(201);
+    let refused = api
+        .call("PUT", &format!("/connectors/{long}/config"), Some(heartbeat("beats", "x")))
+        .await
+        .assert_error(400);
+    assert!(refused.starts_with("name: too long"), "{refused}");
+    // 100 bytes, but 300 once escaped into a file name: refused too, not a 500.
+    let dotted = ".".repeat(100);
+    let body = json!({"name": dotted, "config": heartbeat("beats", "x")});
+    let refused = api.call("POST", "/connectors", Some(body)).await.assert_error(400);
+    assert!(refused.starts_with("name: too long"), "{refused}");
+    assert_eq!(api.get("/connectors").await.json(), json!(["once"]));
+}
+
+/// With every connection slot held by clients that send nothing, `/health` still answers (a
+/// few connections past the limit serve only it), and other paths there are a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_idle_clients_hold_every_connection_slot() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, api) = api_only(&tansu, dir.path()).await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = api.get("/health").await;
+        if health.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health:?}; log:\n{}", runner.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let other = api.get("/connectors").await.assert_error(503);
+    assert!(other.contains("only GET /health"), "{other}");
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.get("/connectors").await.status != 200 {
+        assert!(Instant::now() < deadline, "the slots never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -13,9 +13,9 @@ use tracing::{error, info};
 use crate::kafka::KafkaClient;
 use crate::offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetStore};
 use crate::runner::control::distributed::{DistributedControl, DistributedParts};
-use crate::runner::control::probe::{worker_health, KafkaProbe};
+use crate::runner::control::probe::KafkaProbe;
 use crate::runner::control::standalone::StandaloneControl;
-use crate::runner::control::{ConnectControl, Health};
+use crate::runner::control::ConnectControl;
 use crate::runner::file::{ConnectFile, OffsetStoreKind, RestConfig};
 use crate::runner::registry::Registry;
 use crate::runtime::cluster::{Herder, HerderConfig};
@@ -210,14 +210,7 @@ async fn run_standalone_api(
         worker_id,
     ));
     let stop = CancellationToken::new();
-    let probe = KafkaProbe::spawn(client.clone(), Duration::from_secs(2), stop.clone());
-    control.set_health_check({
-        let worker = worker.clone();
-        move || match worker_health(&worker, &probe) {
-            Health::Healthy => None,
-            other => Some(other),
-        }
-    });
+    control.set_probe(KafkaProbe::spawn(client.clone(), Duration::from_secs(2), stop.clone()));
     let connectors = std::mem::take(&mut file.connectors);
     let served = api.start(Arc::clone(&control) as Arc<dyn ConnectControl>, &rest).await?;
     let started = control.start(connectors, &shutdown).await;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! connect run --config FILE       run every connector until SIGINT/SIGTERM, then drain; exit 0
+//!                                 (with [rest]: the REST API too; a failed task stays FAILED)
 //!   [--group ID] [--worker-id ID]   as one worker of a worker group (distributed mode)
 //! connect status --config FILE    the worker group's generation and which worker runs which task
 //!   [--group ID] [--json]

@@ -40,6 +40,13 @@ impl Token {
     }
 }
 
+/// The token of an `Authorization` value of the `Bearer` scheme (its name is case-insensitive,
+/// RFC 7235: `bearer x` too).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Refuses a request without the right bearer token (401, `WWW-Authenticate: Bearer`).
 pub(crate) async fn require_token(
     State(token): State<Option<Token>>,
@@ -47,12 +54,7 @@ pub(crate) async fn require_token(
     next: Next,
 ) -> Response {
     let Some(token) = token else { return next.run(request).await };
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     match given {
         Some(g) if token.matches(g.as_bytes()) => next.run(request).await,
         Some(_) => ApiError::unauthorized("the bearer token is not valid").into_response(),
@@ -73,5 +75,15 @@ mod tests {
             assert!(!t.matches(wrong), "{wrong:?}");
         }
         assert_eq!(format!("{t:?}"), "Token(***)");
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret ", "bEaReR s3cret"] {
+            assert_eq!(bearer(value), Some("s3cret"), "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "s3cret", ""] {
+            assert_eq!(bearer(value), None, "{value}");
+        }
     }
 }

@@ -32,6 +32,10 @@ const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
 const HANDSHAKE_BOUND: Duration = Duration::from_secs(10);
 /// At most this many connections are served at once (more wait in the listen backlog).
 const MAX_CONNECTIONS: usize = 256;
+/// Connections accepted past [`MAX_CONNECTIONS`] that serve only `GET /health`, so probes get
+/// through while every slot is held (each held at most [`HANDSHAKE_BOUND`] for a request's
+/// headers and 30 s for its body).
+const HEALTH_SLOTS: usize = 8;
 
 /// The running REST API.
 ///
@@ -79,10 +83,11 @@ impl RestServer {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::fatal("the REST listener has no address").with_source(e))?;
-        let app = routes::router(control, token);
+        let app = routes::router(Arc::clone(&control), token);
+        let health_app = routes::health_only(control);
         let stop = CancellationToken::new();
         let tls_on = acceptor.is_some();
-        let task = tokio::spawn(serve(listener, acceptor, app, stop.clone()));
+        let task = tokio::spawn(serve(listener, acceptor, app, health_app, stop.clone()));
         info!(addr = %addr, tls = tls_on, "REST API listening");
         Ok(Self { addr, stop, task })
     }
@@ -141,6 +146,7 @@ async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     app: axum::Router,
+    health_app: axum::Router,
     stop: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
@@ -148,8 +154,9 @@ async fn serve(
         tokio::select! {
             () = stop.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
+            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS + HEALTH_SLOTS => match accepted {
                 Ok((tcp, peer)) => {
+                    let app = if conns.len() < MAX_CONNECTIONS { &app } else { &health_app };
                     let (app, acceptor, stop) = (app.clone(), acceptor.clone(), stop.clone());
                     conns.spawn(async move { connection(tcp, peer, acceptor, app, stop).await });
                 }

@@ -22,6 +22,8 @@ use super::auth::{require_token, Token};
 
 /// Largest request body accepted (413 above).
 const BODY_LIMIT: usize = 1 << 20;
+/// How long a client may take to send a request's body (its headers: see `rest::HANDSHAKE_BOUND`).
+const BODY_READ_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Ctl = Arc<dyn ConnectControl>;
 
@@ -119,9 +121,58 @@ pub(crate) fn router(control: Ctl, token: Option<Token>) -> Router {
         .route("/health", get(health))
         .fallback(unknown_path)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn(body_in_time))
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(control)
+}
+
+/// The router of a connection accepted over the connection limit: `/health` only (so probes
+/// get through while slow or many clients hold every slot), anything else 503.
+pub(crate) fn health_only(control: Ctl) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .fallback(too_many_connections)
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(control)
+}
+
+async fn too_many_connections() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections: only GET /health is served on this one; try again",
+    )
+}
+
+/// Reads the request's body within [`BODY_READ_BOUND`] (a client trickling it would hold its
+/// connection, one of a bounded number, for ever): 408 past it.
+async fn body_in_time(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT) {
+        // Refused by the body limit (413) without reading it.
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(BODY_READ_BOUND, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+        }
+        // Over the limit (a body without a length), or the client went away.
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body could not be read whole within {BODY_LIMIT} bytes"),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} s", BODY_READ_BOUND.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 async fn unknown_path(uri: axum::http::Uri) -> ApiError {
@@ -202,11 +253,11 @@ fn info_body(info: &ConnectorInfo) -> Value {
     })
 }
 
-async fn root(State(_): State<Ctl>) -> Json<Value> {
+async fn root(State(ctl): State<Ctl>) -> Json<Value> {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "commit": option_env!("CONNECT_GIT_COMMIT").unwrap_or("unknown"),
-        "kafka_cluster_id": Value::Null,
+        "kafka_cluster_id": ctl.kafka_cluster_id(),
     }))
 }
 
@@ -264,13 +315,7 @@ async fn create(State(ctl): State<Ctl>, body: Result<Bytes, BytesRejection>) -> 
     if name.trim().is_empty() {
         return Err(ApiError::bad_request("name: must not be empty"));
     }
-    if ctl.info(&name).await.is_ok() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("Connector {name} already exists"),
-        ));
-    }
-    ctl.put_config(&name, config).await?;
+    ctl.create(&name, config).await?;
     let info = ctl.info(&name).await?;
     Ok((StatusCode::CREATED, Json(info_body(&info))).into_response())
 }

@@ -163,13 +163,13 @@ pub enum ControlError {
     /// 404: no such connector, task or plugin.
     #[error("{0}")]
     NotFound(String),
-    /// 409: a rebalance in progress, offsets while not STOPPED, name taken on POST.
+    /// 409: a rebalance in progress, name taken on POST.
     #[error("{0}")]
     Conflict(String),
     /// 400: an invalid config; the message lists every "path: problem".
     #[error("{0}")]
     Invalid(ConfigErrors),
-    /// 400: a malformed request.
+    /// 400: a malformed request, or offsets changed while not STOPPED (KIP-875).
     #[error("{0}")]
     BadRequest(String),
     /// 503: no leader yet, Kafka unreachable for a write.
@@ -183,7 +183,7 @@ pub enum ControlError {
 /// Everything the REST API does, for one worker (standalone) or one worker of a group.
 #[async_trait::async_trait]
 pub trait ConnectControl: Send + Sync + 'static {
-    /// This worker's id (status bodies' "worker_id"; standalone: "<host>:<port>" of the REST listener or the hostname).
+    /// This worker's id (status bodies' "worker_id"; standalone: `<host>:<port>` of the REST listener or the hostname).
     fn worker_id(&self) -> String;
     /// The worker whose tasks run in this process (GET /metrics renders its counters).
     fn worker(&self) -> Worker;
@@ -217,13 +217,13 @@ pub trait ConnectControl: Send + Sync + 'static {
     async fn restart_task(&self, name: &str, task: usize) -> Result<(), ControlError>;
     /// The connector's committed offsets (KIP-875's shape).
     async fn offsets(&self, name: &str) -> Result<Vec<OffsetEntry>, ControlError>;
-    /// PATCH offsets: only when STOPPED (else Conflict).
+    /// PATCH offsets: only when STOPPED (else BadRequest, 400, as KIP-875).
     async fn alter_offsets(
         &self,
         name: &str,
         offsets: Vec<OffsetEntry>,
     ) -> Result<(), ControlError>;
-    /// DELETE offsets: only when STOPPED (else Conflict).
+    /// DELETE offsets: only when STOPPED (else BadRequest, 400, as KIP-875).
     async fn reset_offsets(&self, name: &str) -> Result<(), ControlError>;
     /// The problems `connect validate` would report for this connector config (key paths relative
     /// to the connector table, e.g. "qos"); unknown type -> NotFound.
@@ -236,4 +236,18 @@ pub trait ConnectControl: Send + Sync + 'static {
     fn plugins(&self) -> Vec<PluginInfo>;
     /// KIP-1017: this worker's health.
     async fn health(&self) -> Health;
+    /// The Kafka cluster's id, once known (`GET /`'s `kafka_cluster_id`); `None` by default.
+    fn kafka_cluster_id(&self) -> Option<String> {
+        None
+    }
+    /// `POST /connectors`: creates connector `name` as [`put_config`](Self::put_config) does,
+    /// refused with [`ControlError::Conflict`] when it exists. The default checks, then writes
+    /// (two concurrent creations may both succeed); implementations that can check under the
+    /// lock of their writes override it.
+    async fn create(&self, name: &str, config: Map<String, Value>) -> Result<(), ControlError> {
+        if self.info(name).await.is_ok() {
+            return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
+        self.put_config(name, config).await.map(|_| ())
+    }
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::probe::{worker_health, KafkaProbe};
 use super::{
     ConnectControl, ConnectorInfo, ConnectorReport, ConnectorStateReport, ControlError, Health,
     OffsetEntry, PluginInfo, PutOutcome, RestartRequest, StateName, TargetState, TaskReport,
@@ -25,7 +26,9 @@ use crate::offset::{OffsetMap, OffsetStore};
 use crate::record::{SourceOffset, SourcePartition};
 use crate::runner::file::{connector_from_json, ConnectorEntry};
 use crate::runner::registry::{ConnectorKind, Registry};
-use crate::runtime::{ConnectorSpec, ConnectorState, TaskState, Worker, WorkerError};
+use crate::runtime::{
+    ConnectorSpec, ConnectorState, TaskState, Worker, WorkerError, MAX_CONNECTORS,
+};
 use crate::{Error, Result};
 
 /// A connector this control knows: its config as written, what it was asked to be, and how it
@@ -38,6 +41,10 @@ struct Managed {
     target: TargetState,
     /// Why it could not be built or started (status FAILED, no tasks).
     failure: Option<String>,
+    /// Whether its config is kept in the config directory (given through the API); `false`:
+    /// it is the file's, and only its target state is kept there, so later edits of the file
+    /// take effect.
+    kept: bool,
 }
 
 /// A `<name>.json` document of the config directory.
@@ -60,6 +67,10 @@ struct Persisted {
 /// old tasks ([`Worker::stop`]: acknowledgements in, offsets committed) before the new ones start
 /// from the committed offsets, so it loses nothing and repeats no more than a clean restart.
 ///
+/// Each operation that changes connectors runs in a task of its own, to its end, even when the
+/// caller gives up (an HTTP client hanging up drops the request's future): a config written
+/// to the directory is always applied, never left half done.
+///
 /// ```no_run
 /// use std::sync::Arc;
 /// use connector_core::runner::control::{standalone::StandaloneControl, ConnectControl};
@@ -72,7 +83,166 @@ struct Persisted {
 /// # Ok(())
 /// # }
 /// ```
+#[derive(Debug, Clone)]
 pub struct StandaloneControl {
+    core: Arc<Core>,
+}
+
+impl StandaloneControl {
+    /// A control over `worker` (whose offsets are kept in `offsets`), building API-created
+    /// connectors with `registry` and keeping changes in `dir`. Nothing runs until
+    /// [`start`](Self::start).
+    pub fn new(
+        worker: Worker,
+        offsets: Arc<dyn OffsetStore>,
+        registry: Arc<Registry>,
+        dir: PathBuf,
+        worker_id: String,
+    ) -> Self {
+        Self { core: Arc::new(Core::new(worker, offsets, registry, dir, worker_id)) }
+    }
+
+    /// Makes `health()` follow `probe` (Kafka's reachability, then the tasks' states: see
+    /// [`worker_health`]) and `kafka_cluster_id()` report the id it learnt.
+    pub fn set_probe(&self, probe: KafkaProbe) {
+        self.core.set_probe(probe);
+    }
+
+    /// Starts `file_connectors` (the file's `[[connector]]`s) with the config directory's
+    /// documents laid over them: a document replaces the file's connector of its name or adds
+    /// one, `{"deleted": true}` removes it. Each then starts in its target state. A connector
+    /// that cannot start is reported FAILED; the others run. Cut short by `shutdown`.
+    ///
+    /// # Errors
+    /// The config directory cannot be read, or holds a document that is not one of ours.
+    pub async fn start(
+        &self,
+        file_connectors: Vec<ConnectorEntry>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        self.core.start(file_connectors, shutdown).await
+    }
+
+    /// Runs `op` in a task of its own and waits for it: dropping this future (a client that
+    /// hung up) leaves the operation running to its end, under the ops lock it takes.
+    async fn detached<T, F, Fut>(&self, op: F) -> Result<T, ControlError>
+    where
+        F: FnOnce(Arc<Core>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ControlError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(op(Arc::clone(&self.core)))
+            .await
+            .unwrap_or_else(|e| Err(ControlError::Internal(format!("the operation panicked: {e}"))))
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectControl for StandaloneControl {
+    fn worker_id(&self) -> String {
+        self.core.worker_id()
+    }
+
+    fn worker(&self) -> Worker {
+        self.core.worker()
+    }
+
+    async fn connectors(&self) -> Vec<String> {
+        self.core.connectors().await
+    }
+
+    async fn info(&self, name: &str) -> Result<ConnectorInfo, ControlError> {
+        self.core.info(name).await
+    }
+
+    async fn status(&self, name: &str) -> Result<ConnectorReport, ControlError> {
+        self.core.report(name)
+    }
+
+    async fn task_configs(&self, name: &str) -> Result<Vec<Map<String, Value>>, ControlError> {
+        self.core.task_configs(name).await
+    }
+
+    async fn put_config(
+        &self,
+        name: &str,
+        config: Map<String, Value>,
+    ) -> Result<PutOutcome, ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.put_config(&name, config, false).await }).await
+    }
+
+    async fn create(&self, name: &str, config: Map<String, Value>) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.put_config(&name, config, true).await.map(|_| ()) })
+            .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.delete(&name).await }).await
+    }
+
+    async fn set_target(&self, name: &str, target: TargetState) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.set_target(&name, target).await }).await
+    }
+
+    async fn restart(
+        &self,
+        name: &str,
+        req: RestartRequest,
+    ) -> Result<ConnectorReport, ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.restart(&name, req).await }).await
+    }
+
+    async fn restart_task(&self, name: &str, task: usize) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.restart_task(&name, task).await }).await
+    }
+
+    async fn offsets(&self, name: &str) -> Result<Vec<OffsetEntry>, ControlError> {
+        self.core.offsets(name).await
+    }
+
+    async fn alter_offsets(
+        &self,
+        name: &str,
+        offsets: Vec<OffsetEntry>,
+    ) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.alter_offsets(&name, offsets).await }).await
+    }
+
+    async fn reset_offsets(&self, name: &str) -> Result<(), ControlError> {
+        let name = name.to_owned();
+        self.detached(move |c| async move { c.reset_offsets(&name).await }).await
+    }
+
+    fn validate(
+        &self,
+        type_name: &str,
+        config: Map<String, Value>,
+    ) -> Result<ConfigErrors, ControlError> {
+        self.core.validate(type_name, config)
+    }
+
+    fn plugins(&self) -> Vec<PluginInfo> {
+        plugins(&self.core.registry)
+    }
+
+    fn kafka_cluster_id(&self) -> Option<String> {
+        self.core.kafka_cluster_id()
+    }
+
+    async fn health(&self) -> Health {
+        self.core.health().await
+    }
+}
+
+/// [`StandaloneControl`]'s state, shared with the tasks that run its operations.
+struct Core {
     worker: Worker,
     offsets: Arc<dyn OffsetStore>,
     registry: Arc<Registry>,
@@ -82,15 +252,12 @@ pub struct StandaloneControl {
     /// wait for it).
     ops: tokio::sync::Mutex<()>,
     connectors: parking_lot::Mutex<BTreeMap<String, Managed>>,
-    health: parking_lot::Mutex<Option<HealthFn>>,
+    probe: parking_lot::Mutex<Option<KafkaProbe>>,
     /// Set once [`start`](Self::start) has started the connectors (health: "starting" before).
     started: std::sync::atomic::AtomicBool,
 }
 
-/// Extra health check (Kafka reachability), run before the tasks' states are looked at.
-type HealthFn = Box<dyn Fn() -> Option<Health> + Send + Sync>;
-
-impl std::fmt::Debug for StandaloneControl {
+impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StandaloneControl")
             .field("dir", &self.dir)
@@ -99,7 +266,7 @@ impl std::fmt::Debug for StandaloneControl {
     }
 }
 
-impl StandaloneControl {
+impl Core {
     /// A control over `worker` (whose offsets are kept in `offsets`), building API-created
     /// connectors with `registry` and keeping changes in `dir`. Nothing runs until
     /// [`start`](Self::start).
@@ -118,15 +285,15 @@ impl StandaloneControl {
             worker_id,
             ops: tokio::sync::Mutex::new(()),
             connectors: parking_lot::Mutex::new(BTreeMap::new()),
-            health: parking_lot::Mutex::new(None),
+            probe: parking_lot::Mutex::new(None),
             started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Adds a check `health()` runs first (say, Kafka's reachability): `Some` is the answer,
-    /// `None` lets the tasks' states decide.
-    pub fn set_health_check(&self, check: impl Fn() -> Option<Health> + Send + Sync + 'static) {
-        *self.health.lock() = Some(Box::new(check));
+    /// Makes `health()` follow `probe` (Kafka's reachability, then the tasks' states: see
+    /// [`worker_health`]) and `kafka_cluster_id()` report the id it learnt.
+    pub fn set_probe(&self, probe: KafkaProbe) {
+        *self.probe.lock() = Some(probe);
     }
 
     /// Starts `file_connectors` (the file's `[[connector]]`s) with the config directory's
@@ -145,8 +312,9 @@ impl StandaloneControl {
         let mut all: BTreeMap<String, Managed> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
         for entry in file_connectors {
-            order.push(entry.name.clone());
-            all.insert(entry.name.clone(), managed(entry, TargetState::Running));
+            let name = entry.name.clone();
+            order.push(name.clone());
+            all.insert(name, Managed { kept: false, ..managed(entry, TargetState::Running) });
         }
         for (name, doc) in read_dir(&self.dir).await? {
             if doc.deleted {
@@ -155,10 +323,25 @@ impl StandaloneControl {
                 continue;
             }
             let Some(mut config) = doc.config else {
-                return Err(Error::fatal(format!(
-                    "{}: neither a config nor deleted",
-                    self.dir.join(file_name(&name)).display()
-                )));
+                // Only a target state, for a connector of the file (paused, resumed or stopped
+                // through the API): the file's config, in that state.
+                let path = self.dir.join(file_name(&name));
+                match (doc.target_state, all.get_mut(&name)) {
+                    (Some(target), Some(m)) => {
+                        info!(connector = %name, file = %path.display(), target = ?target, "the file's connector starts in the target state kept through the API");
+                        m.target = target;
+                    }
+                    (Some(_), None) => {
+                        warn!(connector = %name, file = %path.display(), "a target state is kept for a connector the file no longer has: ignored (delete the file to silence this)");
+                    }
+                    (None, _) => {
+                        return Err(Error::fatal(format!(
+                            "{}: neither a config, a target state nor deleted",
+                            path.display()
+                        )))
+                    }
+                }
+                continue;
             };
             config.insert("name".into(), Value::String(name.clone()));
             let target = doc.target_state.unwrap_or_default();
@@ -171,6 +354,7 @@ impl StandaloneControl {
                         raw: config,
                         spec: None,
                         target,
+                        kept: true,
                         failure: Some(format!(
                             "invalid config: {}",
                             errors.to_string().replace('\n', "; ")
@@ -178,7 +362,15 @@ impl StandaloneControl {
                     }
                 }
             };
-            if !order.contains(&name) {
+            if order.contains(&name) {
+                let file = self.dir.join(file_name(&name));
+                let differs = all.get(&name).is_some_and(|f| f.raw != m.raw);
+                if differs {
+                    warn!(connector = %name, file = %file.display(), target = ?target, "the config kept through the API differs from the file's [[connector]] of this name and replaces it: edits of the file's entry do not take effect (delete the kept file, or PUT the config, to change it)");
+                } else {
+                    info!(connector = %name, file = %file.display(), target = ?target, "the config kept through the API replaces the file's [[connector]] of this name (the same config)");
+                }
+            } else {
                 order.push(name.clone());
             }
             all.insert(name, m);
@@ -210,9 +402,11 @@ impl StandaloneControl {
         };
         let Some(spec) = spec else { return };
         info!(connector = %name, target = ?target, "starting connector");
-        let result = match self.worker.start(name, spec).await {
-            Ok(()) if target == TargetState::Paused => self.worker.pause(name).await,
-            other => other,
+        // PAUSED starts paused: its tasks must not poll or put even for a moment.
+        let result = if target == TargetState::Paused {
+            self.worker.start_paused(name, spec).await
+        } else {
+            self.worker.start(name, spec).await
         };
         if let Err(e) = result {
             let why = match &e {
@@ -266,14 +460,15 @@ impl StandaloneControl {
         self.connectors.lock().get(name).map(|m| m.target).ok_or_else(|| Self::not_found(name))
     }
 
-    fn stopped_or_conflict(&self, name: &str) -> Result<ConnectorKind, ControlError> {
+    /// KIP-875: offsets change only while STOPPED, else 400 (409 is for a rebalance).
+    fn stopped_or_refused(&self, name: &str) -> Result<ConnectorKind, ControlError> {
         let map = self.connectors.lock();
         let m = map.get(name).ok_or_else(|| Self::not_found(name))?;
         if m.target == TargetState::Stopped {
             Ok(m.kind)
         } else {
-            Err(ControlError::Conflict(format!(
-                "Connector {name} must be STOPPED (PUT /connectors/{name}/stop) before its offsets are altered or reset"
+            Err(ControlError::BadRequest(format!(
+                "Connectors must be in the STOPPED state before their offsets can be modified. This can be done for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
             )))
         }
     }
@@ -338,8 +533,8 @@ impl StandaloneControl {
     }
 }
 
-#[async_trait::async_trait]
-impl ConnectControl for StandaloneControl {
+/// The operations, run by [`StandaloneControl`] (the mutating ones in a task of their own).
+impl Core {
     fn worker_id(&self) -> String {
         self.worker_id.clone()
     }
@@ -361,10 +556,6 @@ impl ConnectControl for StandaloneControl {
         Ok(ConnectorInfo { name: name.to_owned(), kind, config, tasks: self.task_count(name) })
     }
 
-    async fn status(&self, name: &str) -> Result<ConnectorReport, ControlError> {
-        self.report(name)
-    }
-
     async fn task_configs(&self, name: &str) -> Result<Vec<Map<String, Value>>, ControlError> {
         let info = self.info(name).await?;
         Ok((0..info.tasks)
@@ -376,10 +567,12 @@ impl ConnectControl for StandaloneControl {
             .collect())
     }
 
+    /// PUT config (`create_only`: POST, refused when `name` exists, checked under the ops lock).
     async fn put_config(
         &self,
         name: &str,
         mut config: Map<String, Value>,
+        create_only: bool,
     ) -> Result<PutOutcome, ControlError> {
         match config.get("name") {
             Some(Value::String(n)) if n == name => {}
@@ -395,10 +588,21 @@ impl ConnectControl for StandaloneControl {
         if name.trim().is_empty() {
             return Err(ControlError::BadRequest("a connector name must not be empty".into()));
         }
+        check_name_length(name)?;
         let entry =
             connector_from_json(config.clone(), &self.registry).map_err(ControlError::Invalid)?;
         let _ops = self.ops.lock().await;
         let existing = self.connectors.lock().get(name).map(|m| m.target);
+        if create_only && existing.is_some() {
+            return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
+        // Every connector kept (STOPPED or failing ones too) counts, so the directory and the
+        // map stay bounded.
+        if existing.is_none() && self.connectors.lock().len() >= MAX_CONNECTORS {
+            return Err(ControlError::BadRequest(format!(
+                "name: no more connectors: this worker keeps at most {MAX_CONNECTORS} (delete one first)"
+            )));
+        }
         let target = existing.unwrap_or_default();
         self.persist(
             name,
@@ -429,13 +633,11 @@ impl ConnectControl for StandaloneControl {
         let (raw, before) = {
             let map = self.connectors.lock();
             let m = map.get(name).ok_or_else(|| Self::not_found(name))?;
-            (m.raw.clone(), m.target)
+            // A file connector's config stays the file's: only its target state is kept.
+            (m.kept.then(|| m.raw.clone()), m.target)
         };
-        self.persist(
-            name,
-            &Persisted { config: Some(raw), target_state: Some(target), deleted: false },
-        )
-        .await?;
+        self.persist(name, &Persisted { config: raw, target_state: Some(target), deleted: false })
+            .await?;
         if let Some(m) = self.connectors.lock().get_mut(name) {
             m.target = target;
         }
@@ -537,7 +739,7 @@ impl ConnectControl for StandaloneControl {
         offsets: Vec<OffsetEntry>,
     ) -> Result<(), ControlError> {
         let _ops = self.ops.lock().await;
-        let kind = self.stopped_or_conflict(name)?;
+        let kind = self.stopped_or_refused(name)?;
         let mut map = OffsetMap::new();
         for (i, entry) in offsets.into_iter().enumerate() {
             if kind == ConnectorKind::Sink {
@@ -557,7 +759,7 @@ impl ConnectControl for StandaloneControl {
 
     async fn reset_offsets(&self, name: &str) -> Result<(), ControlError> {
         let _ops = self.ops.lock().await;
-        self.stopped_or_conflict(name)?;
+        self.stopped_or_refused(name)?;
         let stored = self.offsets.load(name).await.map_err(|e| {
             ControlError::Unavailable(format!("cannot read {name}'s offsets: {}", e.report()))
         })?;
@@ -585,16 +787,20 @@ impl ConnectControl for StandaloneControl {
         Ok(connector_from_json(config, &self.registry).err().unwrap_or_default())
     }
 
-    fn plugins(&self) -> Vec<PluginInfo> {
-        plugins(&self.registry)
+    fn kafka_cluster_id(&self) -> Option<String> {
+        self.probe.lock().as_ref().and_then(KafkaProbe::cluster_id)
     }
 
     async fn health(&self) -> Health {
         if !self.started.load(std::sync::atomic::Ordering::Acquire) {
             return Health::Starting("the worker is starting its connectors".into());
         }
-        if let Some(h) = self.health.lock().as_ref().and_then(|check| check()) {
-            return h;
+        let probe = self.probe.lock().clone();
+        if let Some(probe) = probe {
+            let h = worker_health(&self.worker, &probe);
+            if h != Health::Healthy {
+                return h;
+            }
         }
         let failures: Vec<String> = self
             .connectors
@@ -670,7 +876,7 @@ fn managed(entry: ConnectorEntry, target: TargetState) -> Managed {
         ConnectorSpec::Source { .. } => ConnectorKind::Source,
         ConnectorSpec::Sink { .. } => ConnectorKind::Sink,
     };
-    Managed { raw: entry.raw, kind, spec: Some(spec), target, failure: None }
+    Managed { raw: entry.raw, kind, spec: Some(spec), target, failure: None, kept: true }
 }
 
 /// A sink's offset entry must name a topic-partition and a next offset to read.
@@ -688,6 +894,27 @@ fn check_sink_offset(i: usize, entry: &OffsetEntry) -> Result<(), ControlError> 
                 "offsets[{i}].offset: a sink's offset is {{\"kafka_offset\": <int >= 0>}} or null"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The longest connector name, in bytes.
+const MAX_NAME_BYTES: usize = 200;
+/// The longest document file name (most file systems' limit is 255 bytes).
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// A name too long to keep (or to be a file name once escaped) is refused, naming `name`.
+fn check_name_length(name: &str) -> Result<(), ControlError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(ControlError::BadRequest(format!(
+            "name: too long ({} bytes; at most {MAX_NAME_BYTES})",
+            name.len()
+        )));
+    }
+    if file_name(name).len() > MAX_FILE_NAME_BYTES {
+        return Err(ControlError::BadRequest(format!(
+            "name: too long to be kept as a file name (every byte but A-Z a-z 0-9 _ - counts 3; at most {MAX_FILE_NAME_BYTES} with \".json\")"
+        )));
     }
     Ok(())
 }
@@ -721,7 +948,8 @@ fn name_of(file: &str) -> Option<String> {
             bytes.push(b);
         }
     }
-    String::from_utf8(bytes).ok().filter(|n| !n.is_empty())
+    // Only the one file name a connector's document has (`a%2Eb.json`, not `a.b.json`).
+    String::from_utf8(bytes).ok().filter(|n| !n.is_empty() && file_name(n) == file)
 }
 
 /// Every document of the config directory (none when it does not exist yet), by name.
@@ -765,12 +993,27 @@ async fn read_dir(dir: &Path) -> Result<Vec<(String, Persisted)>> {
 
 /// Replaces `dir/file` with `bytes` atomically: a temporary file written and fsynced, renamed
 /// over it, then the directory fsynced (so the rename survives a crash).
+///
+/// The file is readable by its owner only (`0600`: a config may hold literal secrets); a
+/// directory created here is fsynced into its parent too.
 fn write_atomic(dir: &Path, file: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
     let tmp = dir.join(format!(".{file}.tmp"));
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -790,5 +1033,22 @@ mod tests {
             assert_eq!(name_of(&f).as_deref(), Some(name), "{f}");
         }
         assert_eq!(name_of(".plain.json.tmp"), None);
+        assert_eq!(file_name("a.b"), "a%2Eb.json");
+        for not_canonical in ["a.b.json", "a%2eb.json", "%61.json", "a b.json"] {
+            assert_eq!(name_of(not_canonical), None, "{not_canonical}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn kept_documents_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("rest.d");
+        write_atomic(&dir, "a.json", b"{}").unwrap();
+        write_atomic(&dir, "a.json", b"{\"deleted\": true}").unwrap();
+        let mode = std::fs::metadata(dir.join("a.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(dir.join("a.json")).unwrap(), b"{\"deleted\": true}");
     }
 }

@@ -194,7 +194,25 @@ impl Worker {
     /// A name that runs already, too many connectors, a worker shut down, or the connector
     /// failing to create its tasks or reach its topics ([`WorkerError::Start`]).
     pub async fn start(&self, name: &str, spec: ConnectorSpec) -> Result<(), WorkerError> {
-        self.start_subset(name, spec, None).await
+        self.start_subset(name, spec, None, false).await
+    }
+
+    /// Starts connector `name` as [`start`](Self::start) does, paused from the first moment: its
+    /// tasks neither poll nor take records until [`resume`](Self::resume) (a connector whose
+    /// target state is PAUSED, started or restarted).
+    ///
+    /// ```no_run
+    /// # async fn example(worker: connector_core::runtime::Worker, spec: connector_core::runtime::ConnectorSpec) -> Result<(), connector_core::runtime::WorkerError> {
+    /// worker.start_paused("telemetry", spec).await?;
+    /// worker.resume("telemetry").await?; // now it polls
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_paused(&self, name: &str, spec: ConnectorSpec) -> Result<(), WorkerError> {
+        self.start_subset(name, spec, None, true).await
     }
 
     /// Starts connector `name` running only its tasks `tasks` here (a worker of a group runs its
@@ -217,7 +235,7 @@ impl Worker {
         spec: ConnectorSpec,
         tasks: &[usize],
     ) -> Result<(), WorkerError> {
-        self.start_subset(name, spec, Some(tasks)).await
+        self.start_subset(name, spec, Some(tasks), false).await
     }
 
     async fn start_subset(
@@ -225,6 +243,7 @@ impl Worker {
         name: &str,
         spec: ConnectorSpec,
         tasks: Option<&[usize]>,
+        paused: bool,
     ) -> Result<(), WorkerError> {
         let ops = self.inner.ops.lock().await;
         if *ops {
@@ -239,7 +258,7 @@ impl Worker {
                 return Err(WorkerError::TooManyConnectors(MAX_CONNECTORS));
             }
         }
-        let connector = self.launch(name, spec, Arc::new(TaskStats::new()), false, tasks).await?;
+        let connector = self.launch(name, spec, Arc::new(TaskStats::new()), paused, tasks).await?;
         self.inner.connectors.lock().insert(name.to_owned(), connector);
         Ok(())
     }
