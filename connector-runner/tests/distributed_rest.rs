@@ -415,3 +415,55 @@ async fn a_stopped_sinks_offsets_are_its_consumer_groups_and_can_be_altered_and_
     assert_eq!(committed(&http("GET", port, "/connectors/files/offsets", None).1), Some(0));
     assert_eq!(w.runner.terminate(), Some(0), "{}", cluster::tail(&w.log(), 20));
 }
+
+/// A connector created through the API that cannot start here (a sink of a topic that does not
+/// exist, with `auto_create_topics = false`) does not stop the worker: neither at the generation
+/// that deals it nor when the worker starts again with it in the config topic (it used to exit
+/// then, and so would every worker of the group that restarted). The other connectors run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_cannot_start_does_not_stop_a_restarting_worker() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("beats", 1, 1).await.unwrap();
+    client
+        .create_topic_with_configs("connect-offsets", 1, 1, &[("cleanup.policy", "compact")])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config(&tansu, port).replace("[kafka]\n", "[kafka]\nauto_create_topics = false\n");
+    let path = write(dir.path(), "w.toml", &text);
+    let cannot = "connector could not be started here";
+    let mut w = Worker::start(&path, dir.path(), "w");
+    wait_for("the REST API", Duration::from_secs(30), || {
+        http("GET", port, "/connectors", None).0 == 200
+    })
+    .await;
+    let beat = json!({"name": "beat", "config": {"type": "heartbeat", "device": "d", "topic": "beats", "interval_ms": 50}});
+    assert_eq!(http("POST", port, "/connectors", Some(&beat)).0, 201);
+    let sink_path = dir.path().join("sink.txt");
+    let bad = json!({"name": "stuck", "config": {"type": "file-sink", "topics": ["missing"], "path": sink_path.display().to_string()}});
+    assert_eq!(http("POST", port, "/connectors", Some(&bad)).0, 201);
+    wait_for("the sink refused here", Duration::from_secs(30), || w.log().contains(cannot)).await;
+    assert_eq!(w.exited(), None, "{}", cluster::tail(&w.log(), 20));
+    assert_eq!(w.runner.terminate(), Some(0), "{}", cluster::tail(&w.log(), 20));
+
+    // Started again with both in the config topic: it runs the heartbeat and answers.
+    let mut w2 = Worker::start(&path, dir.path(), "w2");
+    let mut status = Value::Null;
+    wait_for("the heartbeat RUNNING after the restart", Duration::from_secs(40), || {
+        assert_eq!(w2.exited(), None, "the worker exited: {}", cluster::tail(&w2.log(), 20));
+        status = http("GET", port, "/connectors/beat/status", None).1;
+        let ts = task_states(&status);
+        !ts.is_empty() && ts.iter().all(|(s, _)| s == "RUNNING")
+    })
+    .await;
+    wait_for("the sink refused again", Duration::from_secs(30), || w2.log().contains(cannot)).await;
+    assert_eq!(http("GET", port, "/connectors", None).1, json!(["beat", "stuck"]));
+    assert_eq!(w2.exited(), None, "{}", cluster::tail(&w2.log(), 20));
+    let log = w2.log();
+    let refused = log.lines().find(|l| l.contains(cannot)).unwrap_or_default();
+    println!("after the restart: {status}\n{refused}");
+    assert_eq!(w2.runner.terminate(), Some(0), "{}", cluster::tail(&w2.log(), 20));
+}
