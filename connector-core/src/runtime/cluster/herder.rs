@@ -308,16 +308,37 @@ pub struct Herder {
 /// assert!(m.last_ok().is_none(), "not joined yet");
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct Membership(Arc<parking_lot::Mutex<Option<Instant>>>);
+pub struct Membership(Arc<parking_lot::Mutex<Contact>>);
+
+/// What [`Membership`] keeps.
+#[derive(Debug, Default)]
+struct Contact {
+    /// The last successful join or heartbeat.
+    last_ok: Option<Instant>,
+    /// A join in progress: since when, and the rebalance timeout bounding its rounds.
+    joining: Option<(Instant, Duration)>,
+}
 
 impl Membership {
-    /// The last successful join or heartbeat; `None` before the first.
+    /// The last contact with the group: the last successful join or heartbeat, or, while a
+    /// join is in progress (its rounds block up to the rebalance timeout: 3 s a round on Tansu),
+    /// now, up to the join's start plus the rebalance timeout. `None` before the first join.
     pub fn last_ok(&self) -> Option<Instant> {
-        *self.0.lock()
+        let c = self.0.lock();
+        let last = c.last_ok?;
+        Some(match c.joining {
+            Some((since, bound)) => last.max(Instant::now().min(since + bound)),
+            None => last,
+        })
     }
 
     fn mark(&self) {
-        *self.0.lock() = Some(Instant::now());
+        self.0.lock().last_ok = Some(Instant::now());
+    }
+
+    /// A join starts (`Some(rebalance timeout)`) or ends (`None`).
+    fn joining(&self, bound: Option<Duration>) {
+        self.0.lock().joining = bound.map(|b| (Instant::now(), b));
     }
 }
 
@@ -551,10 +572,14 @@ impl Herder {
             // join rounds itself, and on Tansu a follower's JoinGroup alone takes 3 s (a
             // watchdog counting from our last heartbeat stopped every task at each rebalance).
             // A join that fails after the session stops the tasks (stop_if_expired below).
+            // Normal rebalances keep /health healthy: the join's rounds count as contact (up to
+            // the rebalance timeout).
+            self.membership.joining(Some(c.timeouts.rebalance));
             let joined = tokio::select! {
                 r = member.join(&protocols, &mut leader) => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
+            self.membership.joining(None);
             let generation = match joined {
                 Ok(g) => g,
                 Err(e) => {
@@ -1190,6 +1215,28 @@ fn group_hash<'a>(members: impl Iterator<Item = &'a WorkerMetadata>, leader: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_in_progress_is_contact_up_to_the_rebalance_timeout() {
+        let now = Instant::now();
+        let Some(long_ago) = now.checked_sub(Duration::from_secs(60)) else { return };
+        let m = Membership::default();
+        m.0.lock().last_ok = Some(long_ago);
+        let age = |m: &Membership| m.last_ok().map(|at| at.elapsed().as_secs_f64());
+        assert!(age(&m).is_some_and(|a| a >= 60.0), "no join: the last heartbeat");
+        m.0.lock().joining = Some((Instant::now(), Duration::from_secs(10)));
+        assert!(age(&m).is_some_and(|a| a < 1.0), "a join just started is contact");
+        let Some(started) = now.checked_sub(Duration::from_secs(30)) else { return };
+        m.0.lock().joining = Some((started, Duration::from_secs(10)));
+        assert!(
+            age(&m).is_some_and(|a| (19.0..22.0).contains(&a)),
+            "a join is contact only up to its rebalance timeout: {:?}",
+            age(&m)
+        );
+        m.joining(None);
+        assert_eq!(m.last_ok(), Some(long_ago));
+        assert!(Membership::default().last_ok().is_none(), "never joined");
+    }
     use proptest::prelude::*;
 
     fn meta(worker: &str, hash: &str, owned: Vec<TaskId>) -> WorkerMetadata {
