@@ -710,7 +710,10 @@ impl Herder {
                 info!(worker = %c.worker_id, config_offset = latest.offset, "the connectors changed since the leader dealt them; rejoining");
                 continue 'join;
             }
-            self.apply_targets(member, state, &latest).await;
+            let applied = self.apply_targets(member, state, &latest).await;
+            if self.after_targets(state, applied).await {
+                continue 'join;
+            }
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(c.timeouts.heartbeat) => {}
@@ -722,7 +725,10 @@ impl Herder {
                     info!(worker = %c.worker_id, config_offset = latest.offset, "the connectors changed: rejoining, tasks keep running until the new assignment");
                     continue 'join;
                 }
-                self.apply_targets(member, state, &latest).await;
+                let applied = self.apply_targets(member, state, &latest).await;
+                if self.after_targets(state, applied).await {
+                    continue 'join;
+                }
                 self.log_failures(state);
                 match heartbeat(member, state.last_ok, session).await {
                     Some(Ok(HeartbeatOutcome::Stable)) => {
@@ -818,8 +824,15 @@ impl Herder {
     }
 
     /// Applies `set`'s paused states and its restart requests not yet applied, to what runs
-    /// here (heartbeating while a restarted task drains).
-    async fn apply_targets(&self, member: &mut GroupMember, state: &mut State, set: &ConnectorSet) {
+    /// here (heartbeating while a restarted task drains). Returns whether the group asked for a
+    /// rebalance and whether the membership was lost meanwhile (then no further task restarts
+    /// here, and the caller stops every task, as after a join).
+    async fn apply_targets(
+        &self,
+        member: &mut GroupMember,
+        state: &mut State,
+        set: &ConnectorSet,
+    ) -> (bool, bool) {
         for (name, g) in &set.connectors {
             if state.running.get(name).is_some_and(|r| r.paused != g.paused) {
                 let State { running, owned, .. } = &mut *state;
@@ -834,7 +847,8 @@ impl Herder {
             .filter(|(at, _)| *at > state.restarted)
             .map(|(_, o)| o.clone())
             .collect();
-        let Some((newest, _)) = set.restarts.last() else { return };
+        let (mut rebalance, mut lost) = (false, false);
+        let Some((newest, _)) = set.restarts.last() else { return (rebalance, lost) };
         state.restarted = state.restarted.max(*newest);
         for order in orders {
             let status = self.worker.status(&order.connector).ok();
@@ -854,14 +868,36 @@ impl Herder {
                 .map(|t| t.task)
                 .collect();
             for task in targets {
+                if lost {
+                    return (rebalance, lost);
+                }
                 info!(worker = %self.config.worker_id, connector = %order.connector, task, "restarting task (requested through the config topic)");
                 let restart = self.worker.restart_task(&order.connector, task);
-                let (r, _, _) = self.beating(member, &mut state.last_ok, restart).await;
+                let (r, reb, l) = self.beating(member, &mut state.last_ok, restart).await;
+                rebalance |= reb;
+                lost |= l;
                 if let Err(e) = r {
                     warn!(worker = %self.config.worker_id, connector = %order.connector, task, error = %e, "restarting the task failed");
                 }
             }
         }
+        (rebalance, lost)
+    }
+
+    /// After [`apply_targets`](Self::apply_targets): `true` when the herder must rejoin (the
+    /// membership was lost during a restart: every task stopped first, another worker may own
+    /// them now; or the group asked for a rebalance).
+    async fn after_targets(&self, state: &mut State, (rebalance, lost): (bool, bool)) -> bool {
+        let w = &self.config.worker_id;
+        if lost {
+            warn!(worker = %w, "membership lost during a task restart: stopping every task (another worker may own them now), then rejoining");
+            self.stop_all(state).await;
+            return true;
+        }
+        if rebalance {
+            info!(worker = %w, "rebalance asked for during a task restart: rejoining");
+        }
+        rebalance
     }
     /// Writes this generation's assignment to [`STATUS_TOPIC`] in the background (best effort,
     /// bounded by the request timeout).
