@@ -460,10 +460,21 @@ async fn a_connector_that_cannot_start_does_not_stop_a_restarting_worker() {
     })
     .await;
     wait_for("the sink refused again", Duration::from_secs(30), || w2.log().contains(cannot)).await;
+    // Its task is shown FAILED on the worker that could not start it, not RUNNING there.
+    let mut stuck = Value::Null;
+    wait_for("the sink's task FAILED", Duration::from_secs(10), || {
+        stuck = http("GET", port, "/connectors/stuck/status", None).1;
+        task_states(&stuck) == [("FAILED".to_owned(), "w2".to_owned())]
+    })
+    .await;
+    assert!(
+        stuck["tasks"][0]["trace"].as_str().unwrap_or("").contains("could not be started"),
+        "{stuck}"
+    );
     assert_eq!(http("GET", port, "/connectors", None).1, json!(["beat", "stuck"]));
     assert_eq!(w2.exited(), None, "{}", cluster::tail(&w2.log(), 20));
     let log = w2.log();
     let refused = log.lines().find(|l| l.contains(cannot)).unwrap_or_default();
-    println!("after the restart: {status}\n{refused}");
+    println!("after the restart: {status}\n{stuck}\n{refused}");
     assert_eq!(w2.runner.terminate(), Some(0), "{}", cluster::tail(&w2.log(), 20));
 }

@@ -427,17 +427,21 @@ impl DistributedControl {
                     (Some(TaskState::Paused), _) => {
                         (StateName::Paused, self.inner.worker_id.clone(), None)
                     }
-                    (_, Some(w)) if w != self.inner.worker_id => match failed_on(&w, id) {
-                        Some(trace) => (StateName::Failed, w, Some(trace)),
-                        None => {
-                            let s = if e.target == TargetState::Paused {
-                                StateName::Paused
-                            } else {
-                                StateName::Running
-                            };
-                            (s, w, None)
+                    // Another worker's, or one published as failed here (its connector
+                    // could not be started here).
+                    (_, Some(w)) if w != self.inner.worker_id || failed_on(&w, id).is_some() => {
+                        match failed_on(&w, id) {
+                            Some(trace) => (StateName::Failed, w, Some(trace)),
+                            None => {
+                                let s = if e.target == TargetState::Paused {
+                                    StateName::Paused
+                                } else {
+                                    StateName::Running
+                                };
+                                (s, w, None)
+                            }
                         }
-                    },
+                    }
                     (_, w) => (StateName::Unassigned, w.unwrap_or_default(), None),
                 };
                 tasks.push(TaskReport { id, state, worker_id, trace });

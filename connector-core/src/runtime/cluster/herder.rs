@@ -659,6 +659,7 @@ impl Herder {
                 .filter(|t| state.running.contains_key(&t.connector))
                 .cloned()
                 .collect();
+            self.publish_unstarted(state, &assignment);
             rebalance |= !assignment.revoked.is_empty();
             for t in state.owned.difference(&tasks) {
                 info!(worker = %c.worker_id, generation = assignment.generation, connector = %t.connector, task = t.task, "task revoked");
@@ -980,6 +981,33 @@ impl Herder {
             if let Err(e) = r {
                 error!(worker = %self.config.worker_id, connector = %name, error = %e, "changing the tasks failed; they stay failed here");
             }
+        }
+    }
+
+    /// The tasks dealt here of connectors that could not be started here are published as
+    /// failed (other workers showed them RUNNING on this one); entries of connectors neither
+    /// running nor dealt here any more are dropped.
+    fn publish_unstarted(&self, state: &mut State, assignment: &WorkerAssignment) {
+        let w = &self.config.worker_id;
+        let State { failed, running, .. } = &mut *state;
+        let unstarted: BTreeSet<&TaskId> =
+            assignment.tasks.iter().filter(|t| !running.contains_key(&t.connector)).collect();
+        let before = failed.len();
+        failed.retain(|t, _| running.contains_key(&t.connector) || unstarted.contains(t));
+        let mut changed = failed.len() != before;
+        for t in unstarted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = failed.entry(t.clone()) {
+                let why = format!(
+                    "connector {} could not be started on worker {w} (see its log); its task {} does not run there",
+                    t.connector, t.task
+                );
+                warn!(worker = %w, connector = %t.connector, task = t.task, "task dealt here of a connector that could not be started here: published as failed");
+                slot.insert(why);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_status(assignment, failed);
         }
     }
 
