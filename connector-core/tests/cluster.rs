@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use connector_core::kafka::group::GroupTimeouts;
 use connector_core::kafka::KafkaClient;
 use connector_core::runner::describe_cluster;
-use connector_core::runtime::cluster::{Herder, HerderConfig, HerderError};
+use connector_core::runtime::cluster::{
+    ConnectorSet, GroupConnector, Herder, HerderConfig, HerderError,
+};
 use connector_core::runtime::{ConnectorSpec, SourceRuntimeConfig, TaskState, Worker};
 use connector_core::{
     DynSourceConnector, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore, Result,
@@ -39,11 +41,18 @@ struct Beats {
     topic: String,
     running: Arc<Mutex<[usize; TASKS]>>,
     overlaps: Arc<Mutex<usize>>,
+    /// Tasks of this instance (this config) alive now.
+    alive: Arc<Mutex<usize>>,
 }
 
 impl Beats {
     fn new(topic: &str) -> Self {
-        Self { topic: topic.into(), running: Arc::default(), overlaps: Arc::default() }
+        Self {
+            topic: topic.into(),
+            running: Arc::default(),
+            overlaps: Arc::default(),
+            alive: Arc::default(),
+        }
     }
 }
 
@@ -82,6 +91,7 @@ impl SourceTask for BeatTask {
             *self.beats.overlaps.lock() += 1;
         }
         self.counted = true;
+        *self.beats.alive.lock() += 1;
         Ok(())
     }
 
@@ -98,6 +108,7 @@ impl Drop for BeatTask {
     fn drop(&mut self) {
         if self.counted {
             self.beats.running.lock()[self.id] -= 1;
+            *self.beats.alive.lock() -= 1;
         }
     }
 }
@@ -355,4 +366,105 @@ async fn a_worker_with_another_config_is_refused_with_both_hashes_and_stops() {
     .await;
     a.shutdown.cancel();
     a.run.await.unwrap().unwrap();
+}
+
+/// The set `beats` (fingerprint `version`) or empty.
+fn beats_set(offset: i64, beats: Option<(&Beats, &str)>, paused: bool) -> Arc<ConnectorSet> {
+    let mut set = ConnectorSet { offset, ..ConnectorSet::default() };
+    if let Some((b, version)) = beats {
+        let c = GroupConnector { spec: spec(b), fingerprint: version.into(), tasks: TASKS, paused };
+        set.connectors.insert("beats".into(), c);
+    }
+    Arc::new(set)
+}
+
+async fn process_set(
+    tansu: &Tansu,
+    id: &str,
+    set: tokio::sync::watch::Receiver<Arc<ConnectorSet>>,
+) -> Process {
+    let client: KafkaClient = tansu.client().await.unwrap();
+    let offsets = Arc::new(KafkaOffsetStore::new(client.clone(), "connect-offsets"));
+    let worker = Worker::new(client.clone(), offsets);
+    let config = HerderConfig {
+        group_id: "workers".into(),
+        worker_id: id.into(),
+        config_hash: "same".into(),
+        timeouts: timeouts(),
+    };
+    let shutdown = CancellationToken::new();
+    let herder = Herder::new(worker.clone(), client, config);
+    let run = tokio::spawn(herder.run_set(set, shutdown.clone()));
+    Process { worker, shutdown, run }
+}
+
+/// The herder's connector set changing at run time (what the config topic does): a connector
+/// added runs 2/2; its config changed restarts every task with the new one (each drained
+/// first, none twice at once, offsets continuing); paused and resumed without a rebalance;
+/// deleted, it stops on both workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_set_changing_at_run_time_restarts_changed_tasks_drained_and_stops_deleted_ones(
+) {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    tansu.client().await.unwrap().create_topic("beats-s", 1, 1).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(beats_set(0, None, false));
+    let a = process_set(&tansu, "worker-a", rx.clone()).await;
+    let b = process_set(&tansu, "worker-b", rx.clone()).await;
+    let both = |p: &Process, q: &Process| {
+        let (x, y) = (running(&p.worker, "beats"), running(&q.worker, "beats"));
+        (x.len(), y.len(), x.is_disjoint(&y))
+    };
+    let v1 = Beats::new("beats-s");
+    tx.send_replace(beats_set(1, Some((&v1, "v1")), false));
+    wait_until("beats v1 2/2", Duration::from_secs(40), || both(&a, &b) == (2, 2, true)).await;
+    let offsets = KafkaOffsetStore::new(tansu.client().await.unwrap(), "connect-offsets");
+    // The new config: same counters (overlaps across versions count), a new instance.
+    let v2 = Beats {
+        running: Arc::clone(&v1.running),
+        overlaps: Arc::clone(&v1.overlaps),
+        ..Beats::new("beats-s")
+    };
+    let changed = Instant::now();
+    tx.send_replace(beats_set(2, Some((&v2, "v2")), false));
+    wait_until("every task of v1 stopped and v2's running 2/2", Duration::from_secs(40), || {
+        *v1.alive.lock() == 0 && *v2.alive.lock() == TASKS && both(&a, &b) == (2, 2, true)
+    })
+    .await;
+    // v2 tasks started from v1's last committed offsets: their numbering continues.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let saved = offsets.load("beats").await.unwrap();
+    for t in 0..TASKS {
+        assert!(next_of(&saved, t) > 0, "task {t} has offsets: {saved:?}");
+    }
+    eprintln!("config change applied within {:?}", changed.elapsed());
+    // Paused: no rebalance needed; every task paused on both workers.
+    tx.send_replace(beats_set(3, Some((&v2, "v2")), true));
+    let paused = |w: &Worker| {
+        w.status("beats").is_ok_and(|s| {
+            s.tasks.iter().filter(|t| matches!(t.state, TaskState::Paused)).count() == 2
+        })
+    };
+    wait_until("paused on both", Duration::from_secs(20), || {
+        paused(&a.worker) && paused(&b.worker)
+    })
+    .await;
+    tx.send_replace(beats_set(4, Some((&v2, "v2")), false));
+    wait_until("resumed 2/2", Duration::from_secs(20), || both(&a, &b) == (2, 2, true)).await;
+    // Deleted: stopped (drained) on both.
+    tx.send_replace(beats_set(5, None, false));
+    wait_until("beats gone on both", Duration::from_secs(40), || {
+        a.worker.status("beats").is_err() && b.worker.status("beats").is_err()
+    })
+    .await;
+    assert_eq!(*v1.running.lock(), [0; TASKS], "nothing of beats runs");
+    a.shutdown.cancel();
+    b.shutdown.cancel();
+    a.run.await.unwrap().unwrap();
+    b.run.await.unwrap().unwrap();
+    assert_eq!(
+        *v1.overlaps.lock(),
+        0,
+        "a task ran twice at once (two workers, or old and new config)"
+    );
 }

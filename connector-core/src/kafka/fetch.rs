@@ -14,8 +14,11 @@
 //! batch while an earlier one is still missing (a gap below the high watermark that fills a moment
 //! later). A fetch therefore sorts the batches by offset and returns only the contiguous run from
 //! the requested offset; its `next_offset` is where that run ends, so the next fetch starts at the
-//! gap. A fetch that starts at a gap waits (up to [`MAX_GAP_WAIT`]) for the missing batch, unless
-//! the topic is compacted, where gaps are records compaction removed and are skipped.
+//! gap. A fetch that starts at a gap waits (up to [`MAX_GAP_WAIT`]) for the missing batch. In a
+//! compacted topic a gap can also be records compaction removed, which never come: there a gap is
+//! stepped over at once only when the batch after it is older than [`RECENT_GAP`] (Kafka never
+//! compacts the active segment, so a gap before a recent batch is most likely a produce still
+//! being stored, and is waited for like any other).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +132,24 @@ impl Run {
 /// Longest a fetch waits for a gap below the high watermark to fill.
 const MAX_GAP_WAIT: Duration = Duration::from_secs(5);
 
+/// How recent (by its timestamp) the batch after a gap of a compacted topic must be for the gap
+/// to be waited for rather than taken as records compaction removed.
+const RECENT_GAP: Duration = Duration::from_secs(60);
+
+/// Whether a gap of a compacted topic followed by `next` may be a produce not stored yet: `next`
+/// was written less than [`RECENT_GAP`] before `now_ms` (or has a timestamp in the future).
+fn gap_may_fill(next: &RecordBatch, now_ms: i64) -> bool {
+    let recent = i64::try_from(RECENT_GAP.as_millis()).unwrap_or(i64::MAX);
+    next.max_timestamp.max(next.first_timestamp) > now_ms.saturating_sub(recent)
+}
+
+/// Whether the first of `batches` ending after `offset` (the batch after a gap at `offset`) is
+/// recent, see [`gap_may_fill`].
+fn next_is_recent(batches: &[RecordBatch], offset: i64) -> bool {
+    let now = crate::record::Timestamp::now().as_millis();
+    batches.iter().find(|b| batch_end(b) > offset).is_some_and(|b| gap_may_fill(b, now))
+}
+
 /// Pause between the fetches that wait for a gap to fill.
 const GAP_POLL: Duration = Duration::from_millis(5);
 
@@ -170,10 +191,11 @@ impl KafkaClient {
                 sort_batches(&mut found.batches);
                 raw = found;
             } else {
-                // No batch holds `offset`: in a compacted topic compaction removed it; otherwise a
-                // produce reserved it and has not stored its batch yet, or (after a wait) the
-                // broker lost it.
-                let removed = self.is_compacted(topic, &mut compacted).await?;
+                // No batch holds `offset`: in a compacted topic compaction removed it (unless the
+                // batch after it is recent); otherwise a produce reserved it and has not stored
+                // its batch yet, or (after a wait) the broker lost it.
+                let removed = self.is_compacted(topic, &mut compacted).await?
+                    && !next_is_recent(&raw.batches, offset);
                 if !removed {
                     if let Some(mut found) = self.wait_for_gap(topic, partition, offset).await? {
                         sort_batches(&mut found.batches);
@@ -198,9 +220,12 @@ impl KafkaClient {
             }
         }
         let (run, end) = contiguous_run(raw.batches, start);
-        // Gaps in a compacted topic are removed records, not records still being written.
+        // Gaps in a compacted topic are removed records, not records still being written, unless
+        // the batch after the first gap is recent: then the run ends there and the next fetch,
+        // starting at the gap, waits for it.
         let gaps_are_removed = !run.rest.is_empty()
             && end < raw.high_watermark
+            && !next_is_recent(&run.rest, end)
             && self.is_compacted(topic, &mut compacted).await?;
         if let (false, Some(next)) = (gaps_are_removed, run.rest.first()) {
             debug!(
@@ -424,6 +449,22 @@ mod tests {
             assert_eq!(r.value.as_deref(), Some(r.offset.to_string().as_bytes()));
         }
         (records.iter().map(|r| r.offset).collect(), next)
+    }
+
+    #[test]
+    fn a_compacted_gap_is_waited_for_only_before_a_recent_batch() {
+        let now = 1_000_000_000;
+        let mut b = batch(10, 2);
+        b.first_timestamp = now - 1_000;
+        b.max_timestamp = now - 500;
+        assert!(gap_may_fill(&b, now), "written half a second ago: may be a produce in flight");
+        b.first_timestamp = now - 3_600_000;
+        b.max_timestamp = now - 3_600_000;
+        assert!(!gap_may_fill(&b, now), "an hour old: the gap before it is compaction");
+        b.max_timestamp = now + 5_000;
+        assert!(gap_may_fill(&b, now), "a clock ahead of ours counts as recent");
+        let old = batch(5, 1);
+        assert!(!next_is_recent(&[old], 3), "timestamp 1 (1970) is old");
     }
 
     #[test]

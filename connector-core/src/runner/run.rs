@@ -12,6 +12,7 @@ use tracing::{error, info};
 
 use crate::kafka::KafkaClient;
 use crate::offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetStore};
+use crate::runner::control::distributed::{DistributedControl, DistributedParts};
 use crate::runner::control::probe::KafkaProbe;
 use crate::runner::control::standalone::StandaloneControl;
 use crate::runner::control::ConnectControl;
@@ -115,7 +116,7 @@ pub async fn run_with(
         (None, _) => None,
     };
     if file.cluster.group_id.is_some() {
-        return run_distributed(file, shutdown).await;
+        return run_distributed(file, registry, rest, shutdown).await;
     }
     if let Some((rest, api)) = rest {
         return run_standalone_api(file, registry, rest, api, shutdown).await;
@@ -278,10 +279,17 @@ async fn report_running(worker: Worker, interval: Duration, stop: CancellationTo
 }
 
 /// Distributed mode: this process is one worker of the group and runs the tasks the group's
-/// leader gives it. A failing task stays failed on this worker (Kafka Connect's semantics) and
-/// the worker goes on; a worker refused by the group (another configuration) stops with the
-/// refusal as its error.
-async fn run_distributed(file: ConnectFile, shutdown: CancellationToken) -> Result<()> {
+/// leader gives it, of the file's connectors and those the config topic adds or overrides (the
+/// REST API's changes, from any worker). A failing task stays failed on this worker (Kafka
+/// Connect's semantics) and the worker goes on; a worker refused by the group (another
+/// configuration) stops with the refusal as its error. With `[rest]`, this worker serves the
+/// API over a [`DistributedControl`].
+async fn run_distributed(
+    mut file: ConnectFile,
+    registry: Arc<Registry>,
+    rest: Option<(RestConfig, Arc<dyn ControlApi>)>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let Some(group_id) = file.cluster.group_id.clone() else {
         return Err(Error::fatal("distributed mode without a group id"));
     };
@@ -296,44 +304,54 @@ async fn run_distributed(file: ConnectFile, shutdown: CancellationToken) -> Resu
         SinkGroupSettings { timeouts: file.cluster.timeouts(), worker_id: worker_id.clone() };
     let worker = Worker::new(client.clone(), offsets).with_sink_groups(sink_groups);
     let config = HerderConfig {
-        group_id,
-        worker_id,
+        group_id: group_id.clone(),
+        worker_id: worker_id.clone(),
         config_hash: file.config_hash.clone(),
         timeouts: file.cluster.timeouts(),
     };
-    let mut connectors = Vec::new();
-    let mut tracked = Vec::new();
-    for entry in file.connectors {
-        tracked.push((entry.name.clone(), entry.type_name.clone()));
-        let spec = ConnectorSpec::new(entry.connector, entry.source_runtime, entry.sink_runtime);
-        connectors.push((entry.name, spec));
-    }
+    let herder = Herder::new(worker.clone(), client.clone(), config);
     let stop = CancellationToken::new();
-    let interval = Duration::from_secs(file.progress.interval_secs);
-    let reporter = (!interval.is_zero()).then(|| {
-        let (worker, stop) = (worker.clone(), stop.clone());
-        tokio::spawn(async move {
-            // The connectors start inside the herder; their counters exist once they run.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while worker.connectors().len() < tracked.len() && Instant::now() < deadline {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+    let parts = DistributedParts {
+        worker: worker.clone(),
+        client: client.clone(),
+        registry,
+        file_connectors: std::mem::take(&mut file.connectors),
+        group_id,
+        worker_id,
+        config_topic: file.cluster.config_topic.clone(),
+        offsets_topic: file.offsets.topic.clone(),
+        session_timeout: file.cluster.timeouts().session,
+        membership: herder.membership(),
+        probe: KafkaProbe::spawn(client.clone(), Duration::from_secs(2), stop.clone()),
+    };
+    // Every worker follows the config topic (with or without [rest]): the group's connectors
+    // are the file's and the topic's.
+    let (control, set) = match DistributedControl::start(parts, stop.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            stop.cancel();
+            return Err(e);
+        }
+    };
+    let served = match rest {
+        Some((rest, api)) => {
+            match api.start(Arc::new(control) as Arc<dyn ConnectControl>, &rest).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
                 }
             }
-            let tracked = tracked
-                .into_iter()
-                .map(|(name, type_name)| Tracked {
-                    stats: worker.stats(&name).unwrap_or_default(),
-                    name,
-                    type_name,
-                    last: StatsSnapshot::default(),
-                })
-                .collect();
-            report_progress(tracked, interval, stop).await;
-        })
-    });
-    let result = Herder::new(worker, client, config).run(connectors, shutdown).await;
+        }
+        None => None,
+    };
+    let interval = Duration::from_secs(file.progress.interval_secs);
+    let reporter = (!interval.is_zero())
+        .then(|| tokio::spawn(report_running(worker.clone(), interval, stop.clone())));
+    let result = herder.run_set(set, shutdown).await;
+    if let Some(s) = served {
+        s.shutdown().await;
+    }
     stop.cancel();
     if let Some(r) = reporter {
         r.abort();

@@ -820,6 +820,16 @@ impl GroupCommitter {
         Ok(())
     }
 
+    /// A committer for `group` without a membership (generation -1, no member id), as the
+    /// tools' offset resets commit: Kafka accepts it only while the group has no members.
+    pub fn without_membership(client: KafkaClient, group: &str) -> Self {
+        Self {
+            coordinator: Coordinator::new(client, group),
+            generation_id: -1,
+            member_id: String::new(),
+        }
+    }
+
     /// The generation these commits are for.
     pub fn generation_id(&self) -> i32 {
         self.generation_id

@@ -4,6 +4,8 @@
 //!
 //! The types here serialize (serde) to exactly the JSON bodies Kafka Connect's REST API returns,
 //! so its users' scripts and UIs read them unchanged.
+pub mod config_topic;
+pub mod distributed;
 pub mod probe;
 pub mod standalone;
 

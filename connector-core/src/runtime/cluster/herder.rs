@@ -3,10 +3,13 @@
 //! rebalance (stopping what was revoked before anyone else starts it).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -35,6 +38,9 @@ pub struct StatusRecord {
     pub worker_id: String,
     /// Its assignment of that generation (with every worker's tasks).
     pub assignment: WorkerAssignment,
+    /// Its tasks that failed, `<connector>-<task>` -> the error (rewritten when that changes).
+    #[serde(default)]
+    pub failed: BTreeMap<String, String>,
 }
 
 /// What a worker sends when it joins (JSON).
@@ -55,10 +61,96 @@ pub struct WorkerMetadata {
     /// The newest whole map this worker knows of (received, or computed as leader).
     #[serde(default)]
     pub last: Option<GenerationMap>,
+    /// The config topic offset of the connector set this worker has read (-1: none): the
+    /// leader knows from it whether a newer configuration exists than the one it deals from.
+    #[serde(default = "no_offset")]
+    pub config_offset: i64,
 }
 
 fn no_generation() -> i32 {
     -1
+}
+
+fn no_offset() -> i64 {
+    -1
+}
+
+/// One connector of a [`ConnectorSet`].
+#[derive(Clone)]
+pub struct GroupConnector {
+    /// How to run it.
+    pub spec: ConnectorSpec,
+    /// Changes whenever its configuration changes: its tasks then drain and start again with
+    /// the new one (on the worker that runs them, before anything else starts them).
+    pub fingerprint: String,
+    /// How many tasks it has.
+    pub tasks: usize,
+    /// Its tasks run paused (not part of the fingerprint: pausing moves nothing).
+    pub paused: bool,
+}
+
+/// A request to restart what a worker runs of one connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOrder {
+    /// The connector.
+    pub connector: String,
+    /// One task, or `None`: every task of the connector that runs here.
+    pub task: Option<usize>,
+    /// With `task: None`: only the tasks that failed.
+    pub only_failed: bool,
+}
+
+/// The connectors a worker group runs, as of one version of its configuration (the
+/// configuration file's connectors and the config topic's): what [`Herder::run_set`] follows.
+///
+/// ```
+/// use connector_core::runtime::cluster::ConnectorSet;
+/// let set = ConnectorSet::default();
+/// assert_eq!(set.offset, -1);
+/// assert_eq!(set.digest(), ConnectorSet::default().digest());
+/// ```
+#[derive(Clone)]
+pub struct ConnectorSet {
+    /// The config topic offset it reflects (every record below it); -1 without a config topic.
+    pub offset: i64,
+    /// The connectors to run (STOPPED ones are not here), by name.
+    pub connectors: BTreeMap<String, GroupConnector>,
+    /// Restart requests with their config topic offsets, oldest first: each is applied once, by
+    /// every worker, to what it runs then.
+    pub restarts: Vec<(i64, RestartOrder)>,
+}
+
+impl Default for ConnectorSet {
+    fn default() -> Self {
+        Self { offset: no_offset(), connectors: BTreeMap::new(), restarts: Vec::new() }
+    }
+}
+
+impl ConnectorSet {
+    /// What the leader deals from, as 16 hex digits: every connector's name, fingerprint and
+    /// task count. Two workers with the same digest agree on the tasks.
+    pub fn digest(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, c) in &self.connectors {
+            for b in name.bytes().chain([0]).chain(c.fingerprint.bytes()).chain([0]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            for b in c.tasks.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    /// Every task of every connector.
+    fn tasks(&self) -> Vec<TaskId> {
+        self.connectors
+            .iter()
+            .flat_map(|(name, c)| (0..c.tasks).map(move |t| TaskId::new(name.clone(), t)))
+            .collect()
+    }
 }
 
 /// One generation's whole map: what every worker was told (JSON, in [`WorkerMetadata`]).
@@ -111,6 +203,18 @@ pub struct WorkerAssignment {
     /// them until it reports a generation at least this one without them).
     #[serde(default)]
     pub revoked_all: BTreeMap<String, Vec<TaskId>>,
+    /// The config topic offset of the connector set the leader dealt from (-1: none); a worker
+    /// that has read less catches up before it applies this.
+    #[serde(default = "no_offset")]
+    pub config_offset: i64,
+    /// The [`ConnectorSet::digest`] of that set: a worker whose set differs rejoins once it
+    /// applied this, so the next generation is dealt from the newest configuration.
+    #[serde(default)]
+    pub config_digest: String,
+    /// The highest config offset any member reported: above `config_offset` when the leader
+    /// had not read the newest configuration (every worker then catches up and rejoins).
+    #[serde(default = "no_offset")]
+    pub config_newest: i64,
 }
 
 impl WorkerAssignment {
@@ -193,6 +297,49 @@ pub struct Herder {
     worker: Worker,
     client: KafkaClient,
     config: HerderConfig,
+    membership: Membership,
+}
+
+/// When a worker last joined its group or heartbeated successfully (a cheap clone, shared
+/// with its [`Herder`]): health checks read it.
+///
+/// ```
+/// let m = connector_core::runtime::cluster::Membership::default();
+/// assert!(m.last_ok().is_none(), "not joined yet");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Membership(Arc<parking_lot::Mutex<Contact>>);
+
+/// What [`Membership`] keeps.
+#[derive(Debug, Default)]
+struct Contact {
+    /// The last successful join or heartbeat.
+    last_ok: Option<Instant>,
+    /// A join in progress: since when, and the rebalance timeout bounding its rounds.
+    joining: Option<(Instant, Duration)>,
+}
+
+impl Membership {
+    /// The last contact with the group: the last successful join or heartbeat, or, while a
+    /// join is in progress (its rounds block up to the rebalance timeout: 3 s a round on Tansu),
+    /// now, up to the join's start plus the rebalance timeout. `None` before the first join.
+    pub fn last_ok(&self) -> Option<Instant> {
+        let c = self.0.lock();
+        let last = c.last_ok?;
+        Some(match c.joining {
+            Some((since, bound)) => last.max(Instant::now().min(since + bound)),
+            None => last,
+        })
+    }
+
+    fn mark(&self) {
+        self.0.lock().last_ok = Some(Instant::now());
+    }
+
+    /// A join starts (`Some(rebalance timeout)`) or ends (`None`).
+    fn joining(&self, bound: Option<Duration>) {
+        self.0.lock().joining = bound.map(|b| (Instant::now(), b));
+    }
 }
 
 /// Where the herder stands between rounds.
@@ -201,23 +348,43 @@ struct State {
     owned: BTreeSet<TaskId>,
     /// Last successful join or heartbeat.
     last_ok: Instant,
-    /// Failures already logged.
-    failed: BTreeSet<TaskId>,
+    /// Failures already logged (and published), with their errors.
+    failed: BTreeMap<TaskId, String>,
+    /// The last assignment received (republished when `failed` changes).
+    assignment: Option<WorkerAssignment>,
     /// The generation of the last assignment applied here (`owned` is exact as of then).
     applied: i32,
     /// The newest whole map known here (received, or computed as leader).
     last: Option<GenerationMap>,
+    /// The connectors started on the worker here, with the fingerprint they run with.
+    running: BTreeMap<String, Running>,
+    /// The digest of the connector set the last applied assignment was dealt from.
+    dealt: String,
+    /// The config offset of the last restart request applied.
+    restarted: i64,
+}
+
+/// A connector started here.
+struct Running {
+    fingerprint: String,
+    paused: bool,
 }
 
 impl Herder {
     /// A herder running its tasks on `worker`, joining through `client`.
     pub fn new(worker: Worker, client: KafkaClient, config: HerderConfig) -> Self {
-        Self { worker, client, config }
+        Self { worker, client, config, membership: Membership::default() }
+    }
+
+    /// When this worker last joined or heartbeated (shared: read it while the herder runs).
+    pub fn membership(&self) -> Membership {
+        self.membership.clone()
     }
 
     /// Starts `connectors` (none of their tasks yet) and takes part in the group until
     /// `shutdown` is cancelled: then every task here drains and commits, and only then the
     /// worker leaves the group (so the next owner starts from the committed offsets).
+    /// [`run_set`](Self::run_set) with a set that never changes.
     ///
     /// # Errors
     /// A connector that cannot be started, or [`HerderError::Refused`] (its tasks stopped and
@@ -230,20 +397,70 @@ impl Herder {
         connectors: Vec<(String, ConnectorSpec)>,
         shutdown: CancellationToken,
     ) -> Result<(), HerderError> {
-        let mut all_tasks = Vec::new();
-        for (name, spec) in &connectors {
-            let n = self.worker.task_count(spec)?;
-            all_tasks.extend((0..n).map(|t| TaskId::new(name.clone(), t)));
-        }
+        let mut set = ConnectorSet::default();
         for (name, spec) in connectors {
-            let started = tokio::select! {
-                r = self.worker.start_tasks(&name, spec, &[]) => r,
-                () = shutdown.cancelled() => break,
-            };
-            if let Err(e) = started {
+            let tasks = self.worker.task_count(&spec)?;
+            let c = GroupConnector { spec, fingerprint: String::new(), tasks, paused: false };
+            set.connectors.insert(name, c);
+        }
+        let (_keep, set) = watch::channel(Arc::new(set));
+        self.run_inner(set, shutdown, true).await
+    }
+
+    /// [`run`](Self::run) with a set of connectors that changes while it runs (the REST API's
+    /// changes, read from the config topic). When the set changes (a connector added, deleted,
+    /// stopped, or its configuration changed) every worker rejoins and the leader deals the new
+    /// set's tasks; a worker applies an assignment only once it has read the set it was dealt
+    /// from; a connector whose configuration changed drains its tasks here and starts them again
+    /// with the new one (a task that moves drains on its old owner first, as always). Pausing and
+    /// resuming, and restart requests, are applied here without a rebalance.
+    ///
+    /// Unlike [`run`](Self::run), a connector that cannot be started (at the start too) does
+    /// not stop the worker: it is logged and tried again at each generation (a connector created
+    /// through the API must not keep every worker of the group from starting).
+    ///
+    /// # Errors
+    /// [`HerderError::Refused`].
+    ///
+    /// # Cancellation
+    /// Cancel `shutdown` for a graceful stop.
+    pub async fn run_set(
+        self,
+        set: watch::Receiver<Arc<ConnectorSet>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), HerderError> {
+        self.run_inner(set, shutdown, false).await
+    }
+
+    /// `fatal_start`: a connector of the first set that cannot be started stops the worker.
+    async fn run_inner(
+        self,
+        mut set: watch::Receiver<Arc<ConnectorSet>>,
+        shutdown: CancellationToken,
+        fatal_start: bool,
+    ) -> Result<(), HerderError> {
+        let first = Arc::clone(&set.borrow_and_update());
+        let mut state = State {
+            owned: BTreeSet::new(),
+            last_ok: Instant::now(),
+            failed: BTreeMap::new(),
+            assignment: None,
+            applied: no_generation(),
+            last: None,
+            running: BTreeMap::new(),
+            dealt: String::new(),
+            restarted: first.restarts.last().map_or(no_offset(), |(o, _)| *o),
+        };
+        let started = tokio::select! {
+            r = self.sync_connectors(&first, &mut state.running, &mut state.owned) => r,
+            () = shutdown.cancelled() => Ok(()),
+        };
+        if let Err(e) = started {
+            if fatal_start {
                 self.worker.shutdown().await;
-                return Err(e.into());
+                return Err(e);
             }
+            warn!(worker = %self.config.worker_id, error = %e, "a connector could not be started here; trying again at the next generation");
         }
         let c = &self.config;
         let mut member = GroupMember::new(
@@ -253,14 +470,7 @@ impl Herder {
             c.worker_id.clone(),
             c.timeouts,
         );
-        let mut state = State {
-            owned: BTreeSet::new(),
-            last_ok: Instant::now(),
-            failed: BTreeSet::new(),
-            applied: no_generation(),
-            last: None,
-        };
-        let result = self.rounds(&mut member, &mut state, &all_tasks, &shutdown).await;
+        let result = self.rounds(&mut member, &mut state, &mut set, &shutdown).await;
         // Stop every task (drain, commit) before leaving: the next owner starts from what we
         // committed. Heartbeating meanwhile, so a long drain does not get this worker dropped
         // (and its tasks started elsewhere) while they still run here.
@@ -275,7 +485,7 @@ impl Herder {
                     _ = &mut drain => break,
                     () = tokio::time::sleep(c.timeouts.heartbeat), if beating && state.last_ok.elapsed() < session => {
                         match heartbeat(&mut member, state.last_ok, session).await {
-                            Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                            Some(Ok(HeartbeatOutcome::Stable)) => { state.last_ok = Instant::now(); self.membership.mark(); }
                             Some(Ok(HeartbeatOutcome::Lost)) | Some(Err(GroupError::NotJoined { .. })) => beating = false,
                             Some(Ok(outcome)) => warn!(worker = %c.worker_id, ?outcome, "heartbeat while draining: the group moves on; draining on"),
                             Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat while draining failed"),
@@ -292,15 +502,48 @@ impl Herder {
         result
     }
 
+    /// Runs `step`, heartbeating every heartbeat interval meanwhile (a long drain must not cost
+    /// the membership). Returns its output, whether the group asked for a rebalance, and
+    /// whether the membership was lost.
+    async fn beating<T>(
+        &self,
+        member: &mut GroupMember,
+        last_ok: &mut Instant,
+        step: impl Future<Output = T>,
+    ) -> (T, bool, bool) {
+        let c = &self.config;
+        let session = c.timeouts.session;
+        let (mut rebalance, mut lost) = (false, false);
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                out = &mut step => return (out, rebalance, lost),
+                () = tokio::time::sleep(c.timeouts.heartbeat) => {
+                    match heartbeat(member, *last_ok, session).await {
+                        Some(Ok(HeartbeatOutcome::Stable)) => { *last_ok = Instant::now(); self.membership.mark(); }
+                        Some(Ok(HeartbeatOutcome::Lost)) => lost = true,
+                        Some(Ok(_)) => rebalance = true,
+                        Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
+                        None => warn!(worker = %c.worker_id, "heartbeat timed out"),
+                    }
+                    if last_ok.elapsed() >= session {
+                        lost = true;
+                    }
+                }
+            }
+        }
+    }
+
     async fn rounds(
         &self,
         member: &mut GroupMember,
         state: &mut State,
-        all_tasks: &[TaskId],
+        set: &mut watch::Receiver<Arc<ConnectorSet>>,
         shutdown: &CancellationToken,
     ) -> Result<(), HerderError> {
         let c = &self.config;
         let session = c.timeouts.session;
+        let mut set_open = true;
         'join: loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -312,21 +555,31 @@ impl Herder {
                 owned: state.owned.iter().cloned().collect(),
                 generation: state.applied,
                 last: state.last.clone(),
+                config_offset: set.borrow().offset,
             };
             let metadata = Bytes::from(serde_json::to_vec(&metadata).unwrap_or_default());
             let protocols = [(PROTOCOL_NAME.to_owned(), metadata)];
             let (group_id, worker_id) = (c.group_id.clone(), c.worker_id.clone());
             let known = &mut state.last;
-            let mut leader =
-                |joined: &JoinedGroup| lead(joined, &group_id, &worker_id, all_tasks, known);
+            let leader_set = set.clone();
+            let mut leader = |joined: &JoinedGroup| {
+                // The newest set read here when the members' metadata arrives.
+                let current = Arc::clone(&leader_set.borrow());
+                let dealt = (current.offset, current.digest());
+                lead_with(joined, &group_id, &worker_id, &current.tasks(), known, dealt)
+            };
             // No session watchdog around the join: the group member heartbeats between its
             // join rounds itself, and on Tansu a follower's JoinGroup alone takes 3 s (a
             // watchdog counting from our last heartbeat stopped every task at each rebalance).
             // A join that fails after the session stops the tasks (stop_if_expired below).
+            // Normal rebalances keep /health healthy: the join's rounds count as contact (up to
+            // the rebalance timeout).
+            self.membership.joining(Some(c.timeouts.rebalance));
             let joined = tokio::select! {
                 r = member.join(&protocols, &mut leader) => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
+            self.membership.joining(None);
             let generation = match joined {
                 Ok(g) => g,
                 Err(e) => {
@@ -340,6 +593,7 @@ impl Herder {
                 }
             };
             state.last_ok = Instant::now();
+            self.membership.mark();
             let assignment = match read_assignment(&generation.assignment, generation.id) {
                 Ok(a) => a,
                 Err(Unusable::Unreadable(e)) => {
@@ -365,17 +619,48 @@ impl Herder {
             // The map just received is the newest (a broker restarted without its group
             // state starts the generations again from the beginning).
             state.last = Some(assignment.map());
-            let tasks: BTreeSet<TaskId> = assignment.tasks.iter().cloned().collect();
-            let revoked: BTreeSet<TaskId> = assignment.revoked.iter().cloned().collect();
             info!(
                 worker = %c.worker_id,
                 generation = assignment.generation,
                 leader = %assignment.leader,
                 tasks = %list(&assignment.tasks),
                 all = %assignment.all.iter().map(|(w, t)| format!("{w}=[{}]", list(t))).collect::<Vec<_>>().join(" "),
+                config_offset = assignment.config_offset,
                 "worker group generation"
             );
-            self.publish_status(&assignment);
+            self.publish_status(&assignment, &state.failed);
+            state.assignment = Some(assignment.clone());
+            // Catch up with the connector set the leader dealt from (bounded), then make the
+            // connectors here that set's: deleted or stopped ones drain and go, changed ones
+            // drain and start again with their new configuration, new ones start (no tasks).
+            let (latest, mut rebalance, mut lost) = {
+                let State { running, owned, last_ok, .. } = &mut *state;
+                let wanted = assignment.config_offset;
+                let mut rx = set.clone();
+                let bound = c.timeouts.rebalance;
+                let catch_up = async move {
+                    let read = async { rx.wait_for(|s| s.offset >= wanted).await.is_ok() };
+                    if !tokio::time::timeout(bound, read).await.unwrap_or(false) {
+                        warn!(worker = %self.config.worker_id, config_offset = wanted, "the connector set the leader dealt from was not read in time; applying the newest read here");
+                    }
+                    let latest = Arc::clone(&rx.borrow());
+                    if let Err(e) = self.sync_connectors(&latest, running, owned).await {
+                        warn!(worker = %self.config.worker_id, error = %e, "a connector could not be started here; trying again at the next generation");
+                    }
+                    latest
+                };
+                self.beating(member, last_ok, catch_up).await
+            };
+            // Only tasks of connectors that run here (a set the leader had and this worker
+            // no longer has: those tasks are dealt again at the next generation).
+            let tasks: BTreeSet<TaskId> = assignment
+                .tasks
+                .iter()
+                .filter(|t| state.running.contains_key(&t.connector))
+                .cloned()
+                .collect();
+            self.publish_unstarted(state, &assignment);
+            rebalance |= !assignment.revoked.is_empty();
             for t in state.owned.difference(&tasks) {
                 info!(worker = %c.worker_id, generation = assignment.generation, connector = %t.connector, task = t.task, "task revoked");
             }
@@ -385,39 +670,21 @@ impl Herder {
             // Apply (revoked tasks drain first, then the given ones start), heartbeating
             // meanwhile so a long drain does not cost the membership. Once the membership is
             // lost, nothing new starts.
-            let mut rebalance = !revoked.is_empty();
-            let mut lost = false;
             let keep: BTreeSet<TaskId> = state.owned.intersection(&tasks).cloned().collect();
             for (from, to) in [(state.owned.clone(), keep.clone()), (keep, tasks)] {
                 if lost {
                     break;
                 }
-                {
-                    let step = self.set(&from, &to);
-                    tokio::pin!(step);
-                    loop {
-                        tokio::select! {
-                            () = &mut step => break,
-                            () = tokio::time::sleep(c.timeouts.heartbeat) => {
-                                match heartbeat(member, state.last_ok, session).await {
-                                    Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
-                                    Some(Ok(HeartbeatOutcome::Lost)) => lost = true,
-                                    Some(Ok(_)) => rebalance = true,
-                                    Some(Err(e)) => warn!(worker = %c.worker_id, error = %e, "heartbeat failed"),
-                                    None => warn!(worker = %c.worker_id, "heartbeat timed out"),
-                                }
-                                if state.last_ok.elapsed() >= session {
-                                    lost = true;
-                                }
-                            }
-                        }
-                    }
-                }
+                let ((), r, l) =
+                    self.beating(member, &mut state.last_ok, self.set(&from, &to)).await;
+                rebalance |= r;
+                lost |= l;
                 // Only now (everything revoked drained, everything given started) the next
                 // join reports this generation with exactly these tasks.
                 state.owned = to;
             }
             state.applied = assignment.generation;
+            state.dealt = assignment.config_digest.clone();
             if lost {
                 warn!(worker = %c.worker_id, "membership lost: stopping every task (another worker may own them now), then rejoining");
                 self.stop_all(state).await;
@@ -427,14 +694,48 @@ impl Herder {
                 // Revoked tasks are stopped: rejoin at once so the next owner gets them.
                 continue 'join;
             }
+            if assignment.config_newest > assignment.config_offset {
+                // The leader had not read the newest configuration a member reported: read it
+                // here too (bounded), then rejoin so the next generation is dealt from it.
+                let newest = assignment.config_newest;
+                let mut rx = set.clone();
+                let read = async move { rx.wait_for(|s| s.offset >= newest).await.is_ok() };
+                let caught = tokio::time::timeout(session, read);
+                let (caught, _, _) = self.beating(member, &mut state.last_ok, caught).await;
+                if caught.unwrap_or(false) {
+                    info!(worker = %c.worker_id, config_offset = assignment.config_offset, newest, "the leader dealt from an older configuration; rejoining");
+                    continue 'join;
+                }
+            }
+            if latest.digest() != state.dealt {
+                info!(worker = %c.worker_id, config_offset = latest.offset, "the connectors changed since the leader dealt them; rejoining");
+                continue 'join;
+            }
+            let applied = self.apply_targets(member, state, &latest).await;
+            if self.after_targets(state, applied).await {
+                continue 'join;
+            }
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(c.timeouts.heartbeat) => {}
+                    changed = set.changed(), if set_open => set_open = changed.is_ok(),
                     () = shutdown.cancelled() => return Ok(()),
+                }
+                let latest = Arc::clone(&set.borrow_and_update());
+                if latest.digest() != state.dealt {
+                    info!(worker = %c.worker_id, config_offset = latest.offset, "the connectors changed: rejoining, tasks keep running until the new assignment");
+                    continue 'join;
+                }
+                let applied = self.apply_targets(member, state, &latest).await;
+                if self.after_targets(state, applied).await {
+                    continue 'join;
                 }
                 self.log_failures(state);
                 match heartbeat(member, state.last_ok, session).await {
-                    Some(Ok(HeartbeatOutcome::Stable)) => state.last_ok = Instant::now(),
+                    Some(Ok(HeartbeatOutcome::Stable)) => {
+                        state.last_ok = Instant::now();
+                        self.membership.mark();
+                    }
                     Some(Ok(HeartbeatOutcome::RebalanceNeeded)) => {
                         info!(worker = %c.worker_id, "rebalance: rejoining, tasks keep running");
                         continue 'join;
@@ -461,14 +762,153 @@ impl Herder {
         }
     }
 
+    /// Makes the connectors started here those of `set`: the ones not in it, or with another
+    /// fingerprint, drain every task here and stop (their tasks leave `owned`); the missing ones
+    /// start without tasks; each gets `set`'s paused state. Returns the first start error (the
+    /// others are still started).
+    async fn sync_connectors(
+        &self,
+        set: &ConnectorSet,
+        running: &mut BTreeMap<String, Running>,
+        owned: &mut BTreeSet<TaskId>,
+    ) -> Result<(), HerderError> {
+        let w = &self.config.worker_id;
+        let gone: Vec<String> = running
+            .iter()
+            .filter(|(n, r)| set.connectors.get(*n).is_none_or(|g| g.fingerprint != r.fingerprint))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let stops = gone.iter().map(|n| async move { (n, self.worker.stop(n).await) });
+        for (name, r) in futures::future::join_all(stops).await {
+            running.remove(name);
+            owned.retain(|t| &t.connector != name);
+            match r {
+                Ok(()) => {
+                    info!(worker = %w, connector = %name, "connector stopped here (deleted, stopped or changed): its tasks drained")
+                }
+                Err(e) => {
+                    warn!(worker = %w, connector = %name, error = %e, "stopping a connector failed")
+                }
+            }
+        }
+        let mut first = None;
+        for (name, g) in &set.connectors {
+            if !running.contains_key(name) {
+                if let Err(e) = self.worker.start_tasks(name, g.spec.clone(), &[]).await {
+                    error!(worker = %w, connector = %name, error = %e, "connector could not be started here");
+                    first.get_or_insert(e);
+                    continue;
+                }
+                let r = Running { fingerprint: g.fingerprint.clone(), paused: false };
+                running.insert(name.clone(), r);
+            }
+            if let Some(r) = running.get_mut(name) {
+                if r.paused != g.paused {
+                    let done = if g.paused {
+                        self.worker.pause(name).await
+                    } else {
+                        self.worker.resume(name).await
+                    };
+                    match done {
+                        Ok(()) => {
+                            r.paused = g.paused;
+                            info!(worker = %w, connector = %name, paused = g.paused, "connector paused state applied here");
+                        }
+                        Err(e) => {
+                            warn!(worker = %w, connector = %name, error = %e, "pausing or resuming failed")
+                        }
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Applies `set`'s paused states and its restart requests not yet applied, to what runs
+    /// here (heartbeating while a restarted task drains). Returns whether the group asked for a
+    /// rebalance and whether the membership was lost meanwhile (then no further task restarts
+    /// here, and the caller stops every task, as after a join).
+    async fn apply_targets(
+        &self,
+        member: &mut GroupMember,
+        state: &mut State,
+        set: &ConnectorSet,
+    ) -> (bool, bool) {
+        for (name, g) in &set.connectors {
+            if state.running.get(name).is_some_and(|r| r.paused != g.paused) {
+                let State { running, owned, .. } = &mut *state;
+                // Same fingerprints: this only pauses or resumes.
+                let _ = self.sync_connectors(set, running, owned).await;
+                break;
+            }
+        }
+        let orders: Vec<RestartOrder> = set
+            .restarts
+            .iter()
+            .filter(|(at, _)| *at > state.restarted)
+            .map(|(_, o)| o.clone())
+            .collect();
+        let (mut rebalance, mut lost) = (false, false);
+        let Some((newest, _)) = set.restarts.last() else { return (rebalance, lost) };
+        state.restarted = state.restarted.max(*newest);
+        for order in orders {
+            let status = self.worker.status(&order.connector).ok();
+            let targets: Vec<usize> = state
+                .owned
+                .iter()
+                .filter(|t| t.connector == order.connector)
+                .filter(|t| order.task.is_none_or(|x| x == t.task))
+                .filter(|t| {
+                    !order.only_failed
+                        || status.as_ref().is_some_and(|s| {
+                            s.tasks
+                                .iter()
+                                .any(|x| x.id == t.task && matches!(x.state, TaskState::Failed(_)))
+                        })
+                })
+                .map(|t| t.task)
+                .collect();
+            for task in targets {
+                if lost {
+                    return (rebalance, lost);
+                }
+                info!(worker = %self.config.worker_id, connector = %order.connector, task, "restarting task (requested through the config topic)");
+                let restart = self.worker.restart_task(&order.connector, task);
+                let (r, reb, l) = self.beating(member, &mut state.last_ok, restart).await;
+                rebalance |= reb;
+                lost |= l;
+                if let Err(e) = r {
+                    warn!(worker = %self.config.worker_id, connector = %order.connector, task, error = %e, "restarting the task failed");
+                }
+            }
+        }
+        (rebalance, lost)
+    }
+
+    /// After [`apply_targets`](Self::apply_targets): `true` when the herder must rejoin (the
+    /// membership was lost during a restart: every task stopped first, another worker may own
+    /// them now; or the group asked for a rebalance).
+    async fn after_targets(&self, state: &mut State, (rebalance, lost): (bool, bool)) -> bool {
+        let w = &self.config.worker_id;
+        if lost {
+            warn!(worker = %w, "membership lost during a task restart: stopping every task (another worker may own them now), then rejoining");
+            self.stop_all(state).await;
+            return true;
+        }
+        if rebalance {
+            info!(worker = %w, "rebalance asked for during a task restart: rejoining");
+        }
+        rebalance
+    }
     /// Writes this generation's assignment to [`STATUS_TOPIC`] in the background (best effort,
     /// bounded by the request timeout).
-    fn publish_status(&self, assignment: &WorkerAssignment) {
+    fn publish_status(&self, assignment: &WorkerAssignment, failed: &BTreeMap<TaskId, String>) {
         let c = &self.config;
         let record = StatusRecord {
             group: c.group_id.clone(),
             worker_id: c.worker_id.clone(),
             assignment: assignment.clone(),
+            failed: failed.iter().map(|(t, e)| (t.to_string(), e.clone())).collect(),
         };
         let Ok(value) = serde_json::to_vec(&record) else { return };
         let key = format!("{}/{}", c.group_id, c.worker_id);
@@ -544,22 +984,62 @@ impl Herder {
         }
     }
 
+    /// The tasks dealt here of connectors that could not be started here are published as
+    /// failed (other workers showed them RUNNING on this one); entries of connectors neither
+    /// running nor dealt here any more are dropped.
+    fn publish_unstarted(&self, state: &mut State, assignment: &WorkerAssignment) {
+        let w = &self.config.worker_id;
+        let State { failed, running, .. } = &mut *state;
+        let unstarted: BTreeSet<&TaskId> =
+            assignment.tasks.iter().filter(|t| !running.contains_key(&t.connector)).collect();
+        let before = failed.len();
+        failed.retain(|t, _| running.contains_key(&t.connector) || unstarted.contains(t));
+        let mut changed = failed.len() != before;
+        for t in unstarted {
+            if let std::collections::btree_map::Entry::Vacant(slot) = failed.entry(t.clone()) {
+                let why = format!(
+                    "connector {} could not be started on worker {w} (see its log); its task {} does not run there",
+                    t.connector, t.task
+                );
+                warn!(worker = %w, connector = %t.connector, task = t.task, "task dealt here of a connector that could not be started here: published as failed");
+                slot.insert(why);
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_status(assignment, failed);
+        }
+    }
+
     /// Logs each task that failed here, once (it stays failed here; the worker goes on).
+    /// (Republishes this worker's status with them when they changed, so every worker's API
+    /// shows them.)
     fn log_failures(&self, state: &mut State) {
+        let mut changed = false;
         for name in self.worker.connectors() {
             let Ok(status) = self.worker.status(&name) else { continue };
             for t in status.tasks {
                 let id = TaskId::new(name.clone(), t.id);
                 match t.state {
                     TaskState::Failed(e) if state.owned.contains(&id) => {
-                        if state.failed.insert(id) {
-                            error!(worker = %self.config.worker_id, connector = %name, task = t.id, error = %e.report(), "task failed; it stays failed on this worker");
+                        if let std::collections::btree_map::Entry::Vacant(slot) =
+                            state.failed.entry(id)
+                        {
+                            let report = e.report().to_string();
+                            error!(worker = %self.config.worker_id, connector = %name, task = t.id, error = %report, "task failed; it stays failed on this worker");
+                            slot.insert(report);
+                            changed = true;
                         }
                     }
                     _ => {
-                        state.failed.remove(&id);
+                        changed |= state.failed.remove(&id).is_some();
                     }
                 }
+            }
+        }
+        if changed {
+            if let Some(a) = &state.assignment {
+                self.publish_status(a, &state.failed);
             }
         }
     }
@@ -617,13 +1097,17 @@ fn list(tasks: &[TaskId]) -> String {
 /// baseline's may still run (or start) everything the baseline gave or revoked it, and those
 /// tasks count as its own (kept or revoked again, never given to another). A member that
 /// applied the baseline or a newer one reports exactly what it runs.
-fn lead(
+///
+/// `dealt` is the config offset and digest of the connector set `all_tasks` come from.
+fn lead_with(
     joined: &JoinedGroup,
     group_id: &str,
     leader_worker: &str,
     all_tasks: &[TaskId],
     last: &mut Option<GenerationMap>,
+    dealt: (i64, String),
 ) -> Vec<(String, Bytes)> {
+    let (config_offset, config_digest) = dealt;
     let members: Vec<(String, Option<WorkerMetadata>)> = joined
         .members
         .iter()
@@ -700,6 +1184,13 @@ fn lead(
             }
         }
     }
+    let config_newest = members
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().map(|m| m.config_offset))
+        .fold(config_offset, i64::max);
+    if config_newest > config_offset {
+        warn!(config_offset, config_newest, "a member has read a newer configuration than this leader: dealing from this one, every worker rejoins once it has read the newest");
+    }
     let not_dealt: BTreeSet<&TaskId> = held_by_refused.values().flatten().collect();
     let dealt: Vec<TaskId> = all_tasks.iter().filter(|t| !not_dealt.contains(t)).cloned().collect();
     let out = assign(&accepted, &dealt);
@@ -747,10 +1238,25 @@ fn lead(
                 revoked,
                 all: all.clone(),
                 revoked_all: revoked_all.clone(),
+                config_offset,
+                config_digest: config_digest.clone(),
+                config_newest,
             };
             (id.clone(), Bytes::from(serde_json::to_vec(&a).unwrap_or_default()))
         })
         .collect()
+}
+
+/// [`lead_with`] without a config topic.
+#[cfg(test)]
+fn lead(
+    joined: &JoinedGroup,
+    group_id: &str,
+    leader_worker: &str,
+    all_tasks: &[TaskId],
+    last: &mut Option<GenerationMap>,
+) -> Vec<(String, Bytes)> {
+    lead_with(joined, group_id, leader_worker, all_tasks, last, (no_offset(), String::new()))
 }
 
 /// The group's configuration hash: the one most members hold; ties go to the one held by
@@ -773,6 +1279,28 @@ fn group_hash<'a>(members: impl Iterator<Item = &'a WorkerMetadata>, leader: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_join_in_progress_is_contact_up_to_the_rebalance_timeout() {
+        let now = Instant::now();
+        let Some(long_ago) = now.checked_sub(Duration::from_secs(60)) else { return };
+        let m = Membership::default();
+        m.0.lock().last_ok = Some(long_ago);
+        let age = |m: &Membership| m.last_ok().map(|at| at.elapsed().as_secs_f64());
+        assert!(age(&m).is_some_and(|a| a >= 60.0), "no join: the last heartbeat");
+        m.0.lock().joining = Some((Instant::now(), Duration::from_secs(10)));
+        assert!(age(&m).is_some_and(|a| a < 1.0), "a join just started is contact");
+        let Some(started) = now.checked_sub(Duration::from_secs(30)) else { return };
+        m.0.lock().joining = Some((started, Duration::from_secs(10)));
+        assert!(
+            age(&m).is_some_and(|a| (19.0..22.0).contains(&a)),
+            "a join is contact only up to its rebalance timeout: {:?}",
+            age(&m)
+        );
+        m.joining(None);
+        assert_eq!(m.last_ok(), Some(long_ago));
+        assert!(Membership::default().last_ok().is_none(), "never joined");
+    }
     use proptest::prelude::*;
 
     fn meta(worker: &str, hash: &str, owned: Vec<TaskId>) -> WorkerMetadata {
@@ -783,6 +1311,7 @@ mod tests {
             owned,
             generation: -1,
             last: None,
+            config_offset: -1,
         }
     }
 
@@ -865,6 +1394,9 @@ mod tests {
             revoked: vec![],
             all: BTreeMap::new(),
             revoked_all: BTreeMap::new(),
+            config_offset: -1,
+            config_digest: String::new(),
+            config_newest: -1,
         };
         let bytes = serde_json::to_vec(&a).unwrap();
         assert_eq!(read_assignment(&bytes, 5).unwrap(), a);

@@ -17,8 +17,9 @@ use crate::kafka::group::GroupTimeouts;
 
 pub use assign::{assign, MemberAssignment, MemberTasks, TaskId};
 pub use herder::{
-    GenerationMap, Herder, HerderConfig, HerderError, StatusRecord, WorkerAssignment,
-    WorkerMetadata, PROTOCOL_NAME, PROTOCOL_TYPE, STATUS_TOPIC,
+    ConnectorSet, GenerationMap, GroupConnector, Herder, HerderConfig, HerderError, Membership,
+    RestartOrder, StatusRecord, WorkerAssignment, WorkerMetadata, PROTOCOL_NAME, PROTOCOL_TYPE,
+    STATUS_TOPIC,
 };
 
 /// The `[cluster]` table: distributed mode. Without `group_id` (here or `connect run --group`)
@@ -44,6 +45,15 @@ pub struct ClusterConfig {
     /// How long a rebalance waits for every worker to rejoin (rebalance.timeout.ms).
     #[serde(default = "default_rebalance_timeout_ms")]
     pub rebalance_timeout_ms: u64,
+    /// The compacted, one-partition topic where the REST API keeps the group's connector
+    /// changes (Kafka Connect's config.storage.topic); created if missing. Every worker reads it
+    /// to its end at start and follows it.
+    #[serde(default = "default_config_topic")]
+    pub config_topic: String,
+}
+
+fn default_config_topic() -> String {
+    "connect-configs".to_owned()
 }
 
 fn default_session_timeout_ms() -> u64 {
@@ -64,6 +74,7 @@ impl Default for ClusterConfig {
             session_timeout_ms: default_session_timeout_ms(),
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             rebalance_timeout_ms: default_rebalance_timeout_ms(),
+            config_topic: default_config_topic(),
         }
     }
 }
@@ -93,6 +104,9 @@ impl ClusterConfig {
         }
         if self.rebalance_timeout_ms < self.session_timeout_ms {
             e.push("rebalance_timeout_ms", "must be at least session_timeout_ms");
+        }
+        if let Err(msg) = crate::kafka::validate_topic_name(&self.config_topic) {
+            e.push("config_topic", msg);
         }
         e
     }
