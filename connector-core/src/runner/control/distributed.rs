@@ -442,7 +442,13 @@ impl DistributedControl {
                             }
                         }
                     }
-                    (_, w) => (StateName::Unassigned, w.unwrap_or_default(), None),
+                    // Not dealt yet (created a moment ago): named after this worker, as the
+                    // document wants a worker id.
+                    (_, w) => (
+                        StateName::Unassigned,
+                        w.unwrap_or_else(|| self.inner.worker_id.clone()),
+                        None,
+                    ),
                 };
                 tasks.push(TaskReport { id, state, worker_id, trace });
             }
