@@ -35,7 +35,7 @@ use crate::runtime::cluster::{
     ConnectorSet, GroupConnector, Membership, RestartOrder, StatusRecord, WorkerAssignment,
     STATUS_TOPIC,
 };
-use crate::runtime::{ConnectorSpec, TaskState, Worker};
+use crate::runtime::{ConnectorSpec, TaskState, Worker, MAX_CONNECTORS};
 
 /// How long a write waits for this worker's view to show it.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(10);
@@ -536,6 +536,37 @@ impl DistributedControl {
         Ok(None)
     }
 
+    /// PUT config (`create` false) or POST (`create` true: 409 when it exists, checked under
+    /// this worker's write lock on the newest view). A new connector beyond
+    /// [`MAX_CONNECTORS`] is refused with 400 (a worker would never run it).
+    async fn write_config(
+        &self,
+        name: &str,
+        config: Map<String, Value>,
+        create: bool,
+    ) -> Result<PutOutcome, ControlError> {
+        let config = named(name, config)?;
+        connector_from_json(config.clone(), &self.inner.registry).map_err(ControlError::Invalid)?;
+        let _w = self.inner.writes.lock().await;
+        self.newest().await?;
+        let view = self.view();
+        let existing = view.connectors.get(name).cloned();
+        if create && existing.is_some() {
+            return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
+        if existing.is_none() && view.connectors.len() >= MAX_CONNECTORS {
+            return Err(ControlError::BadRequest(format!(
+                "name: no more connectors: the group keeps at most {MAX_CONNECTORS} (delete one first)"
+            )));
+        }
+        let target = existing.as_ref().map_or(TargetState::Running, |e| e.target);
+        let stored = StoredConnector { config, target_state: target };
+        let at = self.inner.topic.put(name, &stored).await.map_err(Self::unavailable)?;
+        info!(connector = %name, offset = at, "connector config written to the config topic");
+        self.seen(at).await;
+        Ok(if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created })
+    }
+
     fn sink_group(name: &str) -> String {
         format!("connect-{name}")
     }
@@ -683,17 +714,11 @@ impl ConnectControl for DistributedControl {
         name: &str,
         config: Map<String, Value>,
     ) -> Result<PutOutcome, ControlError> {
-        let config = named(name, config)?;
-        connector_from_json(config.clone(), &self.inner.registry).map_err(ControlError::Invalid)?;
-        let _w = self.inner.writes.lock().await;
-        self.newest().await?;
-        let existing = self.view().connectors.get(name).cloned();
-        let target = existing.as_ref().map_or(TargetState::Running, |e| e.target);
-        let stored = StoredConnector { config, target_state: target };
-        let at = self.inner.topic.put(name, &stored).await.map_err(Self::unavailable)?;
-        info!(connector = %name, offset = at, "connector config written to the config topic");
-        self.seen(at).await;
-        Ok(if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created })
+        self.write_config(name, config, false).await
+    }
+
+    async fn create(&self, name: &str, config: Map<String, Value>) -> Result<(), ControlError> {
+        self.write_config(name, config, true).await.map(|_| ())
     }
 
     async fn delete(&self, name: &str) -> Result<(), ControlError> {
