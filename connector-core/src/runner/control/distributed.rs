@@ -567,6 +567,25 @@ impl DistributedControl {
         Ok(if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created })
     }
 
+    /// Tombstones of `partitions` of source `name` in the offsets topic: Kafka Connect's way of
+    /// forgetting a partition (the store honours them).
+    fn tombstones(&self, name: &str, partitions: &[SourcePartition]) -> Vec<ProducerRecord> {
+        partitions
+            .iter()
+            .map(|p| {
+                let key = Value::Array(vec![
+                    Value::String(name.to_owned()),
+                    Value::Object(p.clone().into_map()),
+                ]);
+                let mut r = ProducerRecord::new(self.inner.offsets_topic.as_str(), Bytes::new())
+                    .with_key(Bytes::from(key.to_string()))
+                    .with_partition(0);
+                r.value = None;
+                r
+            })
+            .collect()
+    }
+
     fn sink_group(name: &str) -> String {
         format!("connect-{name}")
     }
@@ -828,24 +847,41 @@ impl ConnectControl for DistributedControl {
         let e = self.stopped(name, false).await?;
         match e.kind {
             ConnectorKind::Source => {
+                // A null offset forgets the partition: a tombstone, as Kafka Connect writes.
                 let mut map = OffsetMap::new();
+                let mut cleared = Vec::new();
                 for entry in offsets {
-                    map.insert(
-                        SourcePartition::from(entry.partition),
-                        entry.offset.map(SourceOffset::from).unwrap_or_default(),
-                    );
+                    let p = SourcePartition::from(entry.partition);
+                    match entry.offset {
+                        Some(o) => {
+                            map.insert(p, SourceOffset::from(o));
+                        }
+                        None => cleared.push(p),
+                    }
                 }
-                let store = KafkaOffsetStore::new(
-                    self.inner.client.clone(),
-                    self.inner.offsets_topic.clone(),
-                );
-                store.save(name, &map).await.map_err(|e| {
-                    ControlError::Unavailable(format!(
-                        "cannot save {name}'s offsets: {}",
-                        e.report()
-                    ))
-                })?;
-                info!(connector = %name, partitions = map.len(), "source offsets altered through the API");
+                if !map.is_empty() {
+                    let store = KafkaOffsetStore::new(
+                        self.inner.client.clone(),
+                        self.inner.offsets_topic.clone(),
+                    );
+                    store.save(name, &map).await.map_err(|e| {
+                        ControlError::Unavailable(format!(
+                            "cannot save {name}'s offsets: {}",
+                            e.report()
+                        ))
+                    })?;
+                }
+                if !cleared.is_empty() {
+                    self.inner.client.produce(self.tombstones(name, &cleared)).await.map_err(
+                        |e| {
+                            ControlError::Unavailable(format!(
+                                "cannot clear {name}'s offsets: {}",
+                                e.report()
+                            ))
+                        },
+                    )?;
+                }
+                info!(connector = %name, set = map.len(), cleared = cleared.len(), "source offsets altered through the API");
             }
             ConnectorKind::Sink => {
                 let mut commits = Vec::new();
@@ -885,22 +921,9 @@ impl ConnectControl for DistributedControl {
                         e.report()
                     ))
                 })?;
-                // Tombstones: Kafka Connect's way of forgetting a partition (the store honours them).
-                let records: Vec<ProducerRecord> = stored
-                    .iter()
-                    .map(|(p, _)| {
-                        let key = Value::Array(vec![
-                            Value::String(name.to_owned()),
-                            Value::Object(p.clone().into_map()),
-                        ]);
-                        let mut r =
-                            ProducerRecord::new(self.inner.offsets_topic.as_str(), Bytes::new())
-                                .with_key(Bytes::from(key.to_string()))
-                                .with_partition(0);
-                        r.value = None;
-                        r
-                    })
-                    .collect();
+                let partitions: Vec<SourcePartition> =
+                    stored.iter().map(|(p, _)| p.clone()).collect();
+                let records = self.tombstones(name, &partitions);
                 let n = records.len();
                 self.inner.client.produce(records).await.map_err(|e| {
                     ControlError::Unavailable(format!(
