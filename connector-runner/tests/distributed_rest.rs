@@ -119,13 +119,13 @@ fn task_states(status: &Value) -> Vec<(String, String)> {
 /// The fingerprint of the last "connector started here" line of `connector` in a JSON log.
 fn started_with(log: &str, connector: &str) -> Option<String> {
     log.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| {
             v["fields"]["message"] == "connector started here"
                 && v["fields"]["connector"] == connector
         })
-        .filter_map(|v| v["fields"]["fingerprint"].as_str().map(str::to_owned))
-        .last()
+        .find_map(|v| v["fields"]["fingerprint"].as_str().map(str::to_owned))
 }
 
 fn start(dir: &Path, tansu: &Tansu, port: u16, id: &str) -> Worker {
