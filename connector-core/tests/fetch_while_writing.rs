@@ -7,7 +7,7 @@
 //! there before a recent batch is waited for, not taken as records compaction removed.
 
 // Test code: an unwrap that fails is a failing test, with the error in its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

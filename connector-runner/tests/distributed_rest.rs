@@ -116,6 +116,18 @@ fn task_states(status: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The fingerprint of the last "connector started here" line of `connector` in a JSON log.
+fn started_with(log: &str, connector: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"] == "connector started here"
+                && v["fields"]["connector"] == connector
+        })
+        .find_map(|v| v["fields"]["fingerprint"].as_str().map(str::to_owned))
+}
+
 fn start(dir: &Path, tansu: &Tansu, port: u16, id: &str) -> Worker {
     let path = write(dir, &format!("{id}.toml"), &config(tansu, port));
     Worker::start(&path, dir, id)
@@ -196,17 +208,22 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     let (code, body) =
         http("PUT", pb, "/connectors/telemetry/config", Some(&source(&mqtt, WINDOW / 2)));
     assert_eq!(code, 200, "{body}");
+    // Both workers started the connector again with one new fingerprint (the new config), and
+    // both tasks started again after the PUT.
+    let before = started_with(&a.log(), "telemetry");
     wait_for("the tasks restarted with the new config", Duration::from_secs(40), || {
         let cfg = http("GET", pa, "/connectors/telemetry/config", None).1;
-        let restarted = [(&a, la), (&b, lb)]
-            .iter()
-            .filter(|(w, from)| {
-                w.log().get(*from..).unwrap_or("").contains("connector stopped here")
-            })
-            .count();
+        let (fa, fb) = (
+            started_with(a.log().get(la..).unwrap_or(""), "telemetry"),
+            started_with(b.log().get(lb..).unwrap_or(""), "telemetry"),
+        );
+        let new_config = fa.is_some() && fa == fb && fa != before;
+        let mut tasks = a.started_since(la);
+        tasks.extend(b.started_since(lb));
         let ts = task_states(&http("GET", pa, "/connectors/telemetry/status", None).1);
         cfg["inflight"] == WINDOW / 2
-            && restarted == 2
+            && new_config
+            && tasks.len() == TASKS
             && ts.len() == TASKS
             && ts.iter().all(|(s, _)| s == "RUNNING")
     })
@@ -410,6 +427,19 @@ async fn a_stopped_sinks_offsets_are_its_consumer_groups_and_can_be_altered_and_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Resumed, the sink reads again from the PATCHed offset: the record at offset 3 reaches the
+    // file a second time, the one at 2 does not.
+    let lines = |v: &str| {
+        std::fs::read_to_string(&sink_path).unwrap_or_default().lines().filter(|l| *l == v).count()
+    };
+    assert_eq!(lines(r#"{"seq":3}"#), 1, "each record once before the resume");
+    assert_eq!(http("PUT", port, "/connectors/files/resume", None).0, 202);
+    wait_for("the sink re-read from offset 3", Duration::from_secs(30), || {
+        lines(r#"{"seq":3}"#) == 2
+    })
+    .await;
+    assert_eq!(lines(r#"{"seq":2}"#), 1, "offset 2 is below the PATCHed offset");
+    assert_eq!(http("PUT", port, "/connectors/files/stop", None).0, 202);
     let (code, body) = http("DELETE", port, "/connectors/files/offsets", None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(committed(&http("GET", port, "/connectors/files/offsets", None).1), Some(0));

@@ -35,7 +35,7 @@ use crate::runtime::cluster::{
     ConnectorSet, GroupConnector, Membership, RestartOrder, StatusRecord, WorkerAssignment,
     STATUS_TOPIC,
 };
-use crate::runtime::{ConnectorSpec, TaskState, Worker};
+use crate::runtime::{ConnectorSpec, TaskState, Worker, MAX_CONNECTORS};
 
 /// How long a write waits for this worker's view to show it.
 const READ_YOUR_WRITE: Duration = Duration::from_secs(10);
@@ -442,7 +442,13 @@ impl DistributedControl {
                             }
                         }
                     }
-                    (_, w) => (StateName::Unassigned, w.unwrap_or_default(), None),
+                    // Not dealt yet (created a moment ago): named after this worker, as the
+                    // document wants a worker id.
+                    (_, w) => (
+                        StateName::Unassigned,
+                        w.unwrap_or_else(|| self.inner.worker_id.clone()),
+                        None,
+                    ),
                 };
                 tasks.push(TaskReport { id, state, worker_id, trace });
             }
@@ -528,6 +534,56 @@ impl DistributedControl {
             }
         }
         Ok(None)
+    }
+
+    /// PUT config (`create` false) or POST (`create` true: 409 when it exists, checked under
+    /// this worker's write lock on the newest view). A new connector beyond
+    /// [`MAX_CONNECTORS`] is refused with 400 (a worker would never run it).
+    async fn write_config(
+        &self,
+        name: &str,
+        config: Map<String, Value>,
+        create: bool,
+    ) -> Result<PutOutcome, ControlError> {
+        let config = named(name, config)?;
+        connector_from_json(config.clone(), &self.inner.registry).map_err(ControlError::Invalid)?;
+        let _w = self.inner.writes.lock().await;
+        self.newest().await?;
+        let view = self.view();
+        let existing = view.connectors.get(name).cloned();
+        if create && existing.is_some() {
+            return Err(ControlError::Conflict(format!("Connector {name} already exists")));
+        }
+        if existing.is_none() && view.connectors.len() >= MAX_CONNECTORS {
+            return Err(ControlError::BadRequest(format!(
+                "name: no more connectors: the group keeps at most {MAX_CONNECTORS} (delete one first)"
+            )));
+        }
+        let target = existing.as_ref().map_or(TargetState::Running, |e| e.target);
+        let stored = StoredConnector { config, target_state: target };
+        let at = self.inner.topic.put(name, &stored).await.map_err(Self::unavailable)?;
+        info!(connector = %name, offset = at, "connector config written to the config topic");
+        self.seen(at).await;
+        Ok(if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created })
+    }
+
+    /// Tombstones of `partitions` of source `name` in the offsets topic: Kafka Connect's way of
+    /// forgetting a partition (the store honours them).
+    fn tombstones(&self, name: &str, partitions: &[SourcePartition]) -> Vec<ProducerRecord> {
+        partitions
+            .iter()
+            .map(|p| {
+                let key = Value::Array(vec![
+                    Value::String(name.to_owned()),
+                    Value::Object(p.clone().into_map()),
+                ]);
+                let mut r = ProducerRecord::new(self.inner.offsets_topic.as_str(), Bytes::new())
+                    .with_key(Bytes::from(key.to_string()))
+                    .with_partition(0);
+                r.value = None;
+                r
+            })
+            .collect()
     }
 
     fn sink_group(name: &str) -> String {
@@ -677,17 +733,11 @@ impl ConnectControl for DistributedControl {
         name: &str,
         config: Map<String, Value>,
     ) -> Result<PutOutcome, ControlError> {
-        let config = named(name, config)?;
-        connector_from_json(config.clone(), &self.inner.registry).map_err(ControlError::Invalid)?;
-        let _w = self.inner.writes.lock().await;
-        self.newest().await?;
-        let existing = self.view().connectors.get(name).cloned();
-        let target = existing.as_ref().map_or(TargetState::Running, |e| e.target);
-        let stored = StoredConnector { config, target_state: target };
-        let at = self.inner.topic.put(name, &stored).await.map_err(Self::unavailable)?;
-        info!(connector = %name, offset = at, "connector config written to the config topic");
-        self.seen(at).await;
-        Ok(if existing.is_some() { PutOutcome::Updated } else { PutOutcome::Created })
+        self.write_config(name, config, false).await
+    }
+
+    async fn create(&self, name: &str, config: Map<String, Value>) -> Result<(), ControlError> {
+        self.write_config(name, config, true).await.map(|_| ())
     }
 
     async fn delete(&self, name: &str) -> Result<(), ControlError> {
@@ -797,24 +847,41 @@ impl ConnectControl for DistributedControl {
         let e = self.stopped(name, false).await?;
         match e.kind {
             ConnectorKind::Source => {
+                // A null offset forgets the partition: a tombstone, as Kafka Connect writes.
                 let mut map = OffsetMap::new();
+                let mut cleared = Vec::new();
                 for entry in offsets {
-                    map.insert(
-                        SourcePartition::from(entry.partition),
-                        entry.offset.map(SourceOffset::from).unwrap_or_default(),
-                    );
+                    let p = SourcePartition::from(entry.partition);
+                    match entry.offset {
+                        Some(o) => {
+                            map.insert(p, SourceOffset::from(o));
+                        }
+                        None => cleared.push(p),
+                    }
                 }
-                let store = KafkaOffsetStore::new(
-                    self.inner.client.clone(),
-                    self.inner.offsets_topic.clone(),
-                );
-                store.save(name, &map).await.map_err(|e| {
-                    ControlError::Unavailable(format!(
-                        "cannot save {name}'s offsets: {}",
-                        e.report()
-                    ))
-                })?;
-                info!(connector = %name, partitions = map.len(), "source offsets altered through the API");
+                if !map.is_empty() {
+                    let store = KafkaOffsetStore::new(
+                        self.inner.client.clone(),
+                        self.inner.offsets_topic.clone(),
+                    );
+                    store.save(name, &map).await.map_err(|e| {
+                        ControlError::Unavailable(format!(
+                            "cannot save {name}'s offsets: {}",
+                            e.report()
+                        ))
+                    })?;
+                }
+                if !cleared.is_empty() {
+                    self.inner.client.produce(self.tombstones(name, &cleared)).await.map_err(
+                        |e| {
+                            ControlError::Unavailable(format!(
+                                "cannot clear {name}'s offsets: {}",
+                                e.report()
+                            ))
+                        },
+                    )?;
+                }
+                info!(connector = %name, set = map.len(), cleared = cleared.len(), "source offsets altered through the API");
             }
             ConnectorKind::Sink => {
                 let mut commits = Vec::new();
@@ -854,22 +921,9 @@ impl ConnectControl for DistributedControl {
                         e.report()
                     ))
                 })?;
-                // Tombstones: Kafka Connect's way of forgetting a partition (the store honours them).
-                let records: Vec<ProducerRecord> = stored
-                    .iter()
-                    .map(|(p, _)| {
-                        let key = Value::Array(vec![
-                            Value::String(name.to_owned()),
-                            Value::Object(p.clone().into_map()),
-                        ]);
-                        let mut r =
-                            ProducerRecord::new(self.inner.offsets_topic.as_str(), Bytes::new())
-                                .with_key(Bytes::from(key.to_string()))
-                                .with_partition(0);
-                        r.value = None;
-                        r
-                    })
-                    .collect();
+                let partitions: Vec<SourcePartition> =
+                    stored.iter().map(|(p, _)| p.clone()).collect();
+                let records = self.tombstones(name, &partitions);
                 let n = records.len();
                 self.inner.client.produce(records).await.map_err(|e| {
                     ControlError::Unavailable(format!(

@@ -799,6 +799,7 @@ impl Herder {
                     first.get_or_insert(e);
                     continue;
                 }
+                info!(worker = %w, connector = %name, fingerprint = %g.fingerprint, "connector started here");
                 let r = Running { fingerprint: g.fingerprint.clone(), paused: false };
                 running.insert(name.clone(), r);
             }
