@@ -204,14 +204,17 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
     let (la, lb) = (a.log_len(), b.log_len());
     let stream = publish_telemetry(Arc::clone(&publisher), 0..STREAM, RATE);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // The fingerprint the connector runs with before the PUT (read before it: the PUT's answer
+    // can come after a worker already restarted the connector with the new one).
+    let before = started_with(&a.log(), "telemetry");
     let changed = Instant::now();
     let (code, body) =
         http("PUT", pb, "/connectors/telemetry/config", Some(&source(&mqtt, WINDOW / 2)));
     assert_eq!(code, 200, "{body}");
     // Both workers started the connector again with one new fingerprint (the new config), and
     // both tasks started again after the PUT.
-    let before = started_with(&a.log(), "telemetry");
-    wait_for("the tasks restarted with the new config", Duration::from_secs(40), || {
+    let last = std::sync::Mutex::new(String::new());
+    let waited = tokio::time::timeout(Duration::from_secs(40), wait_for("the tasks restarted with the new config", Duration::from_secs(45), || {
         let cfg = http("GET", pa, "/connectors/telemetry/config", None).1;
         let (fa, fb) = (
             started_with(a.log().get(la..).unwrap_or(""), "telemetry"),
@@ -221,13 +224,23 @@ async fn a_connector_posted_on_one_worker_runs_its_config_put_on_another_loses_n
         let mut tasks = a.started_since(la);
         tasks.extend(b.started_since(lb));
         let ts = task_states(&http("GET", pa, "/connectors/telemetry/status", None).1);
+        *last.lock().unwrap() = format!(
+            "inflight {} (want {}), fingerprints a {fa:?} b {fb:?} before {before:?}, tasks started {tasks:?}, states {ts:?}",
+            cfg["inflight"],
+            WINDOW / 2
+        );
         cfg["inflight"] == WINDOW / 2
             && new_config
             && tasks.len() == TASKS
             && ts.len() == TASKS
             && ts.iter().all(|(s, _)| s == "RUNNING")
-    })
+    }))
     .await;
+    assert!(
+        waited.is_ok(),
+        "the tasks did not restart with the new config within 40 s: {}",
+        last.lock().unwrap()
+    );
     let restart_took = changed.elapsed();
     stream.await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
