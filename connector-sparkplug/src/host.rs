@@ -23,6 +23,8 @@
 //! assert_eq!(rebirths[0].topic, "spBv1.0/g/NCMD/n");
 //! ```
 
+mod capacity;
+mod resolve;
 mod seq;
 mod snapshot;
 mod state;
@@ -166,12 +168,14 @@ pub struct HostState {
     nodes: HashMap<NodeKey, NodeState>,
     /// The open gaps' deadlines, to find the next one without a scan.
     deadlines: BTreeSet<(u64, NodeKey)>,
+    /// Messages refused for want of room for their edge node.
+    refused: u64,
 }
 
 impl HostState {
     /// An empty state.
     pub fn new(config: HostConfig) -> Self {
-        HostState { config, nodes: HashMap::new(), deadlines: BTreeSet::new() }
+        HostState { config, nodes: HashMap::new(), deadlines: BTreeSet::new(), refused: 0 }
     }
 
     /// The configuration.
