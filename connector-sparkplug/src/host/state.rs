@@ -31,6 +31,8 @@ pub(crate) struct NodeState {
     pub(crate) seq: SeqState,
     /// When the last rebirth was requested, in ms.
     pub(crate) last_rebirth: Option<u64>,
+    /// The one before (given back by `rebirth_not_sent`).
+    pub(crate) prev_rebirth: Option<u64>,
     /// When a message of the node last came, in ms (eviction picks the oldest offline node).
     pub(crate) last_seen: u64,
     /// Why its last NBIRTH was rejected: until a good one comes, its DATA is invalid without a
@@ -45,29 +47,43 @@ impl NodeState {
     }
 }
 
+/// The devices of a node that are online now (they go offline with the node).
+fn online_devices(node: &NodeKey, state: &NodeState) -> Vec<DeviceKey> {
+    if !state.online {
+        return Vec::new();
+    }
+    state
+        .devices
+        .iter()
+        .filter(|(_, d)| d.online)
+        .map(|(id, _)| DeviceKey::device(node.clone(), id.clone()))
+        .collect()
+}
+
 fn invalid(device: Option<DeviceKey>, reason: impl Into<String>) -> Handled {
     Handled {
         event: Event::Invalid { device, reason: reason.into() },
         rebirth: None,
         state_changed: None,
+        also_offline: Vec::new(),
     }
 }
 
 fn plain(event: Event) -> Handled {
-    Handled { event, rebirth: None, state_changed: None }
+    Handled { event, rebirth: None, state_changed: None, also_offline: Vec::new() }
 }
 
 impl HostState {
     /// A rebirth request for `node`, unless one was requested within the interval or its last
     /// NBIRTH was rejected.
     fn request_rebirth(&mut self, node: &NodeKey, now_ms: u64, reason: &str) -> Option<Rebirth> {
-        let interval = self.config.rebirth_interval_ms;
         let state = self.entry(node, now_ms, false)?;
-        if state.birth_rejected.is_some()
-            || state.last_rebirth.is_some_and(|last| now_ms < last.saturating_add(interval))
-        {
+        let (rejected, last) = (state.birth_rejected.is_some(), state.last_rebirth);
+        if rejected || self.rate_limited(last, now_ms) || !self.take_budget(now_ms) {
             return None;
         }
+        let state = self.nodes.get_mut(node)?;
+        state.prev_rebirth = state.last_rebirth;
         state.last_rebirth = Some(now_ms);
         tracing::debug!(node = %node, reason, "sparkplug: rebirth requested");
         Some(rebirth(node.clone(), now_ms, reason.to_owned()))
@@ -78,9 +94,11 @@ impl HostState {
     fn reject_birth(&mut self, device: DeviceKey, reason: String, now_ms: u64) -> Handled {
         let node = device.node.clone();
         let before = self.nodes.get(&node).and_then(|n| n.seq.deadline);
+        let mut also_offline = Vec::new();
         let changed = match self.entry(&node, now_ms, true) {
             Some(state) => {
                 let was_born = state.born;
+                also_offline = online_devices(&node, state);
                 state.online = false;
                 state.table = Table::default();
                 state.devices.clear();
@@ -96,6 +114,7 @@ impl HostState {
             event: Event::Invalid { device: Some(device), reason },
             rebirth: None,
             state_changed: changed,
+            also_offline,
         }
     }
 
@@ -106,6 +125,7 @@ impl HostState {
             event: Event::Invalid { device: Some(device), reason },
             rebirth,
             state_changed: None,
+            also_offline: Vec::new(),
         }
     }
 
@@ -227,6 +247,7 @@ fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u6
     let Some(state) = host.entry(&node, now_ms, true) else {
         return invalid(Some(device), format!("more than {} edge nodes", host.config.max_nodes));
     };
+    let also_offline = online_devices(&node, state);
     state.bd_seq = bd_seq;
     state.born = true;
     state.online = true;
@@ -245,6 +266,7 @@ fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u6
         },
         rebirth: None,
         state_changed: Some(node),
+        also_offline,
     }
 }
 
@@ -256,6 +278,7 @@ fn ndeath(host: &mut HostState, device: DeviceKey, payload: &Payload) -> Handled
         let current_bd_seq = host.nodes.get(&node).filter(|n| n.born).and_then(|n| n.bd_seq);
         return plain(Event::StaleDeath { device, bd_seq, current_bd_seq });
     };
+    let also_offline = online_devices(&node, state);
     state.online = false;
     for d in state.devices.values_mut() {
         d.online = false;
@@ -266,6 +289,7 @@ fn ndeath(host: &mut HostState, device: DeviceKey, payload: &Payload) -> Handled
         event: Event::Death { device, bd_seq, timestamp: payload.timestamp },
         rebirth: None,
         state_changed: Some(node),
+        also_offline,
     }
 }
 
@@ -353,6 +377,7 @@ fn sequenced(
                 },
                 rebirth: None,
                 state_changed: Some(node.clone()),
+                also_offline: Vec::new(),
             })
         }
         (MessageType::DData, Some(id)) => match state.devices.get(id) {
@@ -386,6 +411,7 @@ fn sequenced(
                 },
                 rebirth: None,
                 state_changed: changed,
+                also_offline: Vec::new(),
             })
         }
         _ => Err((format!("{kind} without a device"), false)),

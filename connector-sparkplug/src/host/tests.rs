@@ -409,3 +409,60 @@ fn a_full_host_forgets_offline_nodes_for_new_births_but_never_online_ones() {
     birth(&mut b, &mut host, 3);
     assert_eq!(host.nodes().cloned().collect::<Vec<_>>(), vec![b.key()]);
 }
+
+#[test]
+fn devices_go_offline_with_their_node() {
+    let mut host = host();
+    let mut edge = EdgeNode::new("g", "n");
+    birth(&mut edge, &mut host, 0);
+    for d in ["d1", "d2"] {
+        let (t, p) = edge.dbirth(d, &[], 1).unwrap();
+        host.handle(&t, &p, 1);
+    }
+    let (t, p) = edge.ddeath("d2", 2);
+    host.handle(&t, &p, 2);
+    let (t, p) = edge.ndeath(3);
+    let h = host.handle(&t, &p, 3);
+    assert_eq!(h.also_offline, vec![DeviceKey::device(edge.key(), "d1")]);
+    assert!(host.devices(&edge.key()).iter().all(|(_, online)| !online));
+    // A new NBIRTH ends the devices of the session before it, too.
+    birth(&mut edge, &mut host, 4);
+    let (t, p) = edge.dbirth("d1", &[], 5).unwrap();
+    host.handle(&t, &p, 5);
+    let (t, p) = edge.nbirth(&[], 6).unwrap();
+    assert_eq!(host.handle(&t, &p, 6).also_offline, vec![DeviceKey::device(edge.key(), "d1")]);
+    assert!(host.devices(&edge.key()).is_empty());
+}
+
+#[test]
+fn rebirths_are_paced_globally_and_a_dropped_one_comes_again() {
+    let mut host = HostState::new(HostConfig { max_rebirths_per_sec: 10, ..HostConfig::default() });
+    let mut edges: Vec<EdgeNode> = (0..100).map(|i| EdgeNode::new("g", format!("n{i}"))).collect();
+    for edge in &mut edges {
+        birth(edge, &mut host, 0);
+        edge.next_seq();
+        data(edge, &mut host, 10);
+    }
+    let mut per_second = Vec::new();
+    for second in 0..12u64 {
+        let now = 2_010 + second * 1_000;
+        per_second.push(host.tick(now).len());
+    }
+    assert!(per_second.iter().all(|n| *n <= 10), "{per_second:?}");
+    assert_eq!(per_second.iter().sum::<usize>(), 100, "{per_second:?}");
+
+    // A request the caller could not send comes again after the reorder timeout.
+    let mut host = self::host();
+    let mut edge = EdgeNode::new("g", "n");
+    let h = host.handle("spBv1.0/g/NDATA/n", &[], 0);
+    let sent = h.rebirth.unwrap();
+    host.rebirth_not_sent(&sent, 0);
+    assert_eq!(host.next_deadline(), Some(2_000));
+    assert_eq!(host.tick(2_000).len(), 1);
+    // After the host's own reconnect, missed seqs are not gaps.
+    birth(&mut edge, &mut host, 3_000);
+    edge.next_seq();
+    host.reset_sequences();
+    assert!(is_data(&data(&mut edge, &mut host, 3_001)));
+    assert_eq!(host.next_deadline(), None);
+}
