@@ -11,28 +11,53 @@ use crate::{
 };
 
 /// Decodes `data` as a payload (and its metrics on their own), then feeds it to a host state
-/// under every message type, after a valid NBIRTH of the same node so that DATA reaches alias
-/// resolution. Must never panic.
+/// under every message type: DATA, DBIRTH, commands and DDEATH first, while a valid NBIRTH (of
+/// a node the first byte picks among six, so the limits of four nodes are reached) is current,
+/// so that DATA reaches alias resolution; NBIRTH and NDEATH last. Then `data` as a snapshot to
+/// restore. Must never panic.
 pub fn payload(data: &[u8]) {
     if let Ok(p) = decode_payload(data) {
         let _ = decode_metrics(&p);
     }
     let mut host =
         HostState::new(HostConfig { max_nodes: 4, max_metrics: 64, ..HostConfig::default() });
-    let mut edge = EdgeNode::new("g", "n");
+    for i in 0..4 {
+        let mut other = EdgeNode::new("g", format!("o{i}"));
+        if let Ok((topic, birth)) = other.nbirth(&sample_birth(), 0) {
+            host.handle(&topic, &birth, 0);
+        }
+    }
+    let node = format!("n{}", data.first().map_or(0, |b| b % 6));
+    let mut edge = EdgeNode::new("g", node.clone());
     if let Ok((topic, birth)) = edge.nbirth(&sample_birth(), 0) {
         host.handle(&topic, &birth, 0);
     }
-    for (i, kind) in MessageType::ALL.into_iter().enumerate() {
+    let order = [
+        MessageType::NData,
+        MessageType::DBirth,
+        MessageType::DData,
+        MessageType::NCmd,
+        MessageType::DCmd,
+        MessageType::DDeath,
+        MessageType::NBirth,
+        MessageType::NData,
+        MessageType::NDeath,
+    ];
+    for (i, kind) in order.into_iter().enumerate() {
         let topic = if kind.is_device() {
-            format!("spBv1.0/g/{kind}/n/d")
+            format!("spBv1.0/g/{kind}/{node}/d")
         } else {
-            format!("spBv1.0/g/{kind}/n")
+            format!("spBv1.0/g/{kind}/{node}")
         };
         host.handle(&topic, data, i as u64 * 1_000);
     }
     host.handle("spBv1.0/STATE/h", data, 9_000);
     let _ = host.tick(u64::MAX);
+    if let Ok(snapshot) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data)
+    {
+        let _ = host.restore(edge.key(), &snapshot);
+        let _ = host.snapshot(&edge.key());
+    }
 }
 
 /// The metrics of the NBIRTH the fuzz entry point starts from (one per scalar datatype).

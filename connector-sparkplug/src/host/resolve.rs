@@ -82,7 +82,7 @@ pub(crate) fn resolve(table: &Table, metrics: &[pb::Metric]) -> Result<Vec<Metri
                     let by_alias = alias.and_then(|a| table.by_alias.get(&a));
                     match (by_alias, table.by_name.get(name)) {
                         (Some((_, dt)), _) | (None, Some((_, dt))) => Some((name.as_str(), *dt)),
-                        (None, None) if m.datatype.is_some() => None,
+                        // Not in the BIRTH (which must list every metric): a rebirth reason.
                         (None, None) => return Err(unknown(format!("unknown metric {name:?}"))),
                     }
                 }

@@ -40,10 +40,23 @@ pub enum RestoreError {
 }
 
 fn table_json(table: &Table) -> Json {
-    let mut rows: Vec<(&String, &(Option<u64>, DataType))> = table.by_name.iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0));
+    // Every alias (two metrics may share a name, each with its alias), then the names without
+    // one; sorted, so that equal tables give equal snapshots.
+    let mut rows: Vec<(&str, Option<u64>, DataType)> = table
+        .by_alias
+        .iter()
+        .map(|(alias, (name, dt))| (name.as_str(), Some(*alias), *dt))
+        .collect();
+    rows.extend(
+        table
+            .by_name
+            .iter()
+            .filter(|(_, (alias, _))| alias.is_none())
+            .map(|(n, (_, dt))| (n.as_str(), None, *dt)),
+    );
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Json::Array(
-        rows.into_iter().map(|(name, (alias, dt))| json!([name, alias, dt.number()])).collect(),
+        rows.into_iter().map(|(name, alias, dt)| json!([name, alias, dt.number()])).collect(),
     )
 }
 
