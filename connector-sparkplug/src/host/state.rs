@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::resolve::{decode_birth, resolve, Table, Unresolved};
 use super::seq::{SeqOutcome, SeqState};
 use super::{rebirth, Event, Handled, HostState, Rebirth};
+use crate::metric::TemplateDefs;
 use crate::proto::payload as pb;
 use crate::proto::Payload;
 use crate::{decode_payload, DeviceKey, MessageType, NodeKey, SparkplugTopic, BD_SEQ};
@@ -244,7 +245,7 @@ fn seq_of(payload: &Payload) -> Result<Option<u8>, String> {
 fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u64) -> Handled {
     let node = device.node.clone();
     let checked = seq_of(payload).and_then(|seq| {
-        let (metrics, table) = decode_birth(payload)?;
+        let (metrics, table) = decode_birth(payload, &TemplateDefs::new())?;
         if table.len() > host.config.max_metrics {
             return Err(format!("more than {} metrics", host.config.max_metrics));
         }
@@ -358,7 +359,8 @@ fn sequenced(
     let unresolved = |u: Unresolved| (u.reason, u.rebirth);
     let result: Result<Handled, (String, bool)> = (|| match (kind, &device.device) {
         (MessageType::NData, _) => {
-            let metrics = resolve(&state.table, &payload.metrics).map_err(unresolved)?;
+            let metrics = resolve(&state.table, &payload.metrics, &state.table.templates)
+                .map_err(unresolved)?;
             Ok(plain(Event::Data {
                 device: device.clone(),
                 seq: payload.seq,
@@ -368,14 +370,15 @@ fn sequenced(
         }
         (MessageType::DBirth, Some(id)) => {
             let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
-            let checked = decode_birth(payload).and_then(|(metrics, table)| {
-                if others + 1 + table.len() > max_metrics {
-                    return Err(format!(
-                        "more than {max_metrics} metrics and devices on the edge node"
-                    ));
-                }
-                Ok((metrics, table))
-            });
+            let checked =
+                decode_birth(payload, &state.table.templates).and_then(|(metrics, table)| {
+                    if others + 1 + table.len() > max_metrics {
+                        return Err(format!(
+                            "more than {max_metrics} metrics and devices on the edge node"
+                        ));
+                    }
+                    Ok((metrics, table))
+                });
             let (metrics, table) = match checked {
                 Ok(b) => b,
                 Err(reason) => {
@@ -408,7 +411,8 @@ fn sequenced(
         }
         (MessageType::DData, Some(id)) => match state.devices.get(id) {
             Some(d) if d.online => {
-                let metrics = resolve(&d.table, &payload.metrics).map_err(unresolved)?;
+                let metrics = resolve(&d.table, &payload.metrics, &state.table.templates)
+                    .map_err(unresolved)?;
                 Ok(plain(Event::Data {
                     device: device.clone(),
                     seq: payload.seq,
@@ -454,7 +458,7 @@ fn sequenced(
 /// for its data, but its aliases are kept (offline) so that [`HostState::lookup`] serves a
 /// sink's commands.
 fn learn_device(host: &mut HostState, node: &NodeKey, id: &str, payload: &Payload, now_ms: u64) {
-    let Ok((_, table)) = decode_birth(payload) else { return };
+    let Ok((_, table)) = decode_birth(payload, &TemplateDefs::new()) else { return };
     let max_metrics = host.config.max_metrics;
     let Some(state) = host.entry(node, now_ms, false) else { return };
     let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
@@ -478,7 +482,7 @@ fn command(host: &HostState, device: DeviceKey, kind: MessageType, payload: &Pay
     let metrics = payload
         .metrics
         .iter()
-        .filter_map(|m| match resolve(table, std::slice::from_ref(m)) {
+        .filter_map(|m| match resolve(table, std::slice::from_ref(m), &table.templates) {
             Ok(mut one) => one.pop(),
             Err(_) => crate::decode_metric(m, None).ok(),
         })

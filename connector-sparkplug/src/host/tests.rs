@@ -523,3 +523,68 @@ fn a_dbirth_without_a_known_nbirth_still_teaches_its_aliases() {
     assert_eq!(host.lookup(&device, "Setpoint"), Some((Some(4), DataType::Int8)));
     assert_eq!(host.is_online(&device), None);
 }
+
+#[test]
+fn template_instances_in_data_take_member_datatypes_from_the_birth_definition() {
+    use crate::{Metric, TemplateValue};
+    let member = |value: Value| Metric {
+        name: "rpm".into(),
+        alias: None,
+        datatype: DataType::Int32,
+        value,
+        timestamp: None,
+        is_historical: false,
+        is_transient: false,
+        quality: None,
+        properties: None,
+    };
+    let definition = Value::Template(TemplateValue {
+        is_definition: true,
+        metrics: vec![member(Value::Int(0))],
+        ..TemplateValue::default()
+    });
+    let instance = Value::Template(TemplateValue {
+        template_ref: Some("Motor".into()),
+        metrics: vec![member(Value::Int(1))],
+        ..TemplateValue::default()
+    });
+    let mut host = host();
+    let mut edge = EdgeNode::new("g", "n");
+    let (t, p) = edge
+        .nbirth(
+            &[
+                ("Motor", None, definition, DataType::Template),
+                ("Motor1", Some(5), instance, DataType::Template),
+            ],
+            0,
+        )
+        .unwrap();
+    assert!(matches!(host.handle(&t, &p, 0).event, Event::Birth { .. }));
+    // DATA: the instance by alias, its member by name only, no datatypes (as the spec asks).
+    let rpm = pb::Metric {
+        name: Some("rpm".into()),
+        value: Some(pb::metric::Value::IntValue(0xFFFF_FA24)),
+        ..pb::Metric::default()
+    };
+    let template = pb::Template {
+        template_ref: Some("Motor".into()),
+        metrics: vec![rpm],
+        ..pb::Template::default()
+    };
+    let m = pb::Metric {
+        alias: Some(5),
+        value: Some(pb::metric::Value::TemplateValue(template)),
+        ..pb::Metric::default()
+    };
+    let (t, p) = edge.raw(MessageType::NData, None, vec![m], 1);
+    let expect = |h: Handled| {
+        let Event::Data { metrics, .. } = h.event else { panic!("{h:?}") };
+        let Value::Template(t) = &metrics[0].value else { panic!("{metrics:?}") };
+        assert_eq!(t.metrics[0].value, Value::Int(-1_500));
+    };
+    expect(host.handle(&t, &p, 1));
+    // The definitions survive a restart.
+    let mut restarted = self::host();
+    restarted.restore(edge.key(), &host.snapshot(&edge.key()).unwrap()).unwrap();
+    expect(restarted.handle(&t, &p, 2));
+}
