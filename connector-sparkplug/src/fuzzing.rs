@@ -21,16 +21,25 @@ pub fn payload(data: &[u8]) {
     }
     let mut host =
         HostState::new(HostConfig { max_nodes: 4, max_metrics: 64, ..HostConfig::default() });
-    for i in 0..4 {
-        let mut other = EdgeNode::new("g", format!("o{i}"));
-        if let Ok((topic, birth)) = other.nbirth(&sample_birth(), 0) {
-            host.handle(&topic, &birth, 0);
-        }
+    // The births are encoded once per process (the fuzzer runs millions of inputs).
+    static BIRTHS: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let births = BIRTHS.get_or_init(|| {
+        (0..6)
+            .filter_map(|i| EdgeNode::new("g", format!("n{i}")).nbirth(&sample_birth(), 0).ok())
+            .collect()
+    });
+    // Three other nodes and the node under test (picked by the first byte) fill the host's
+    // four places: the limits are reached, and evictions happen when a node goes offline.
+    let pick = data.first().map_or(0, |b| usize::from(*b % 6));
+    for (topic, birth) in
+        births.iter().enumerate().filter(|(i, _)| *i != pick).map(|(_, b)| b).take(3)
+    {
+        host.handle(topic, birth, 0);
     }
-    let node = format!("n{}", data.first().map_or(0, |b| b % 6));
-    let mut edge = EdgeNode::new("g", node.clone());
-    if let Ok((topic, birth)) = edge.nbirth(&sample_birth(), 0) {
-        host.handle(&topic, &birth, 0);
+    let node = format!("n{pick}");
+    let edge = EdgeNode::new("g", node.clone());
+    if let Some((topic, birth)) = births.get(pick) {
+        host.handle(topic, birth, 0);
     }
     let order = [
         MessageType::NData,
@@ -229,6 +238,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_node_under_test_is_born_so_data_reaches_alias_resolution() {
+        let mut host = HostState::new(HostConfig { max_nodes: 4, ..HostConfig::default() });
+        for i in 0..4 {
+            let (t, p) = EdgeNode::new("g", format!("n{i}")).nbirth(&sample_birth(), 0).unwrap();
+            assert!(matches!(host.handle(&t, &p, 0).event, crate::host::Event::Birth { .. }));
+        }
+    }
 
     #[test]
     fn the_samples_decode() {
