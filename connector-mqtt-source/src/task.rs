@@ -70,6 +70,10 @@ struct Unacked {
     /// (skipped, or a Sparkplug message that makes no record) is acknowledged once every message
     /// before it is; one with several once the last of them is committed.
     records: usize,
+    /// Its records carry Sparkplug state (a BIRTH or DEATH) as source offsets: it is
+    /// acknowledged only once the offset store has them (`commit`), or a crash right after the
+    /// acknowledgement would lose the state the broker no longer redelivers.
+    durable: bool,
 }
 
 struct Running {
@@ -80,6 +84,9 @@ struct Running {
     unacked: VecDeque<Unacked>,
     /// Acknowledgements collected by `commit_records`, released together.
     releasing: Vec<(u16, QoS, u64)>,
+    /// Acknowledgements from the first `durable` message on, waiting for the offset store
+    /// (acknowledgements go out in receive order, so everything after it waits too).
+    held: Vec<(u16, QoS, u64)>,
     /// Messages for the event loop to publish (Sparkplug Rebirth requests).
     publish: mpsc::Sender<Message>,
 }
@@ -103,7 +110,7 @@ impl Running {
         front.records -= 1;
         if front.records == 0 {
             if let Some(u) = self.unacked.pop_front() {
-                self.releasing.push((u.pkid, u.qos, u.generation));
+                self.take(&u);
             }
         }
         self.skipped_prefix();
@@ -114,9 +121,25 @@ impl Running {
     fn skipped_prefix(&mut self) {
         while self.unacked.front().is_some_and(|u| u.records == 0) {
             if let Some(u) = self.unacked.pop_front() {
-                self.releasing.push((u.pkid, u.qos, u.generation));
+                self.take(&u);
             }
         }
+    }
+
+    /// Queues the acknowledgement of a message whose records are all committed: released with
+    /// the run, or held for the offset store (see [`Unacked::durable`]).
+    fn take(&mut self, u: &Unacked) {
+        let ack = (u.pkid, u.qos, u.generation);
+        if u.durable || !self.held.is_empty() {
+            self.held.push(ack);
+        } else {
+            self.releasing.push(ack);
+        }
+    }
+
+    /// The offset store has every committed record's offsets: the held acknowledgements go.
+    fn durable(&mut self) {
+        self.releasing.append(&mut self.held);
     }
 
     /// Hands the collected acknowledgements to the event loop.
@@ -183,10 +206,11 @@ impl MqttSourceTask {
 
     /// The records of one message: one as it is (raw, or too large to read), or what Sparkplug
     /// makes of it.
-    fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> usize {
+    /// Returns how many records it made, and whether they carry state for the offset store.
+    fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> (usize, bool) {
         let Some(sparkplug) = self.sparkplug.as_mut().filter(|_| msg.oversize.is_none()) else {
             out.push(self.record(msg));
-            return 1;
+            return (1, false);
         };
         let base = Base {
             message: &msg.publish,
@@ -202,8 +226,9 @@ impl MqttSourceTask {
             self.request_rebirth(rebirth);
         }
         let n = output.records.len();
+        let durable = output.records.iter().any(|r| r.source_offset.is_some());
         out.extend(output.records);
-        n
+        (n, durable)
     }
 
     /// Hands a Rebirth request to the event loop, never waiting for it.
@@ -362,6 +387,7 @@ impl SourceTask for MqttSourceTask {
             event_loop,
             unacked: VecDeque::new(),
             releasing: Vec::new(),
+            held: Vec::new(),
             publish,
         };
 
@@ -432,13 +458,13 @@ impl SourceTask for MqttSourceTask {
                         let forwarded = !retained && !drop_expired;
                         let (pkid, qos, generation) = (p.pkid, p.qos, m.generation);
                         if forwarded {
-                            let n = self.records(m, &mut records);
-                            unacked.push(Unacked { pkid, qos, generation, records: n });
+                            let (n, durable) = self.records(m, &mut records);
+                            unacked.push(Unacked { pkid, qos, generation, records: n, durable });
                         } else if retained {
-                            unacked.push(Unacked { pkid, qos, generation, records: 0 });
+                            unacked.push(Unacked { pkid, qos, generation, records: 0, durable: false });
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            unacked.push(Unacked { pkid, qos, generation, records: 0 });
+                            unacked.push(Unacked { pkid, qos, generation, records: 0, durable: false });
                             self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
                         }
@@ -490,6 +516,16 @@ impl SourceTask for MqttSourceTask {
         }
         running.release(&self.counters);
         result
+    }
+
+    /// The offset store has the state of every committed record: acknowledgements held for it
+    /// (from a Sparkplug BIRTH or DEATH on) go out now.
+    async fn commit(&mut self) -> Result<()> {
+        if let Some(running) = self.running.as_mut() {
+            running.durable();
+            running.release(&self.counters);
+        }
+        Ok(())
     }
 
     async fn stop(&mut self) -> Result<()> {
@@ -547,6 +583,46 @@ mod tests {
             received,
             oversize: None,
         }
+    }
+
+    /// A message with several records is acknowledged after its last one, one with none after
+    /// the message before it, and one carrying Sparkplug state (and all after it) only once the
+    /// offset store has it.
+    #[tokio::test]
+    async fn acknowledgements_wait_for_every_record_and_state_for_the_offset_store() {
+        let (_tx, rx) = mpsc::channel(1);
+        let (publish, _published) = mpsc::channel(1);
+        let mut r = Running {
+            rx,
+            acks: Arc::new(Acks::default()),
+            stop: CancellationToken::new(),
+            event_loop: tokio::spawn(async {}),
+            unacked: VecDeque::new(),
+            releasing: Vec::new(),
+            held: Vec::new(),
+            publish,
+        };
+        let u = |pkid, records, durable| Unacked {
+            pkid,
+            qos: QoS::AtLeastOnce,
+            generation: 0,
+            records,
+            durable,
+        };
+        let pkids = |v: &[(u16, QoS, u64)]| v.iter().map(|a| a.0).collect::<Vec<_>>();
+        r.unacked.extend([u(1, 2, false), u(2, 0, false), u(3, 1, true), u(4, 1, false)]);
+        r.skipped_prefix();
+        r.next_forwarded().unwrap();
+        assert!(r.releasing.is_empty(), "one of its two records committed");
+        r.next_forwarded().unwrap();
+        assert_eq!(pkids(&r.releasing), [1, 2]);
+        r.next_forwarded().unwrap();
+        r.next_forwarded().unwrap();
+        assert_eq!(pkids(&r.releasing), [1, 2]);
+        assert_eq!(pkids(&r.held), [3, 4], "held for the offset store, in order");
+        r.durable();
+        assert_eq!(pkids(&r.releasing), [1, 2, 3, 4]);
+        assert!(r.next_forwarded().is_err(), "no record left to commit");
     }
 
     #[test]
