@@ -221,6 +221,17 @@ fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u6
     }
     let bd_seq = bd_seq(payload);
     let before = host.nodes.get(&node).and_then(|n| n.seq.deadline);
+    if !host.nodes.contains_key(&node) && host.nodes.len() >= host.config.max_nodes {
+        // Make room by forgetting a node never born (kept only for its rebirth rate limit), so
+        // DATA from unknown nodes cannot lock real ones out.
+        if let Some(unborn) = host.nodes.iter().find(|(_, n)| !n.born).map(|(k, _)| k.clone()) {
+            let before = host.nodes.get(&unborn).and_then(|n| n.seq.deadline);
+            host.nodes.remove(&unborn);
+            if let Some(d) = before {
+                host.deadlines.remove(&(d, unborn));
+            }
+        }
+    }
     let Some(state) = host.entry(&node) else {
         return invalid(Some(device), format!("more than {} edge nodes", host.config.max_nodes));
     };

@@ -251,6 +251,13 @@ fn nodes_and_metrics_are_bounded() {
     assert!(matches!(host.handle(&t, &p, 0).event, Event::Invalid { .. }));
     let h = host.handle("spBv1.0/g/NDATA/c", &[], 0);
     assert!(h.rebirth.is_none(), "no room for a third node's rate limit");
+
+    // Nodes never born (known only from DATA) do not lock a real node out.
+    let mut host = HostState::new(HostConfig { max_nodes: 1, ..HostConfig::default() });
+    let h = host.handle("spBv1.0/g/NDATA/ghost", &[], 0);
+    assert!(h.rebirth.is_some());
+    birth(&mut a, &mut host, 1);
+    assert_eq!(host.nodes().count(), 1);
 }
 
 #[test]
