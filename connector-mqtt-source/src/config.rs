@@ -43,7 +43,8 @@ mqtt_connector_config! {
         pub kafka_topic: String,
         /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
         /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
-        /// `""` writes records without a key.
+        /// `""` writes records without a key. With `format = "sparkplug_b"` the key is
+        /// `sparkplug.key` instead (leave this one out).
         #[serde(default = "default_key")]
         pub key: String,
         /// Most messages received and not yet acknowledged to the broker (waiting for Kafka); with
@@ -346,6 +347,9 @@ impl ConnectorConfig for MqttSourceConfig {
                 }
             }
             SourceFormat::SparkplugB => {
+                if self.key != default_key() {
+                    e.push("key", "not used with format = \"sparkplug_b\": set sparkplug.key");
+                }
                 if self.tasks != 1 {
                     e.push(
                         "tasks",
@@ -421,6 +425,7 @@ mod tests {
         c.format = SourceFormat::SparkplugB;
         assert!(c.validate().is_empty());
         c.tasks = 2;
+        c.key = "{1}".into();
         c.sparkplug = Some(SparkplugSourceConfig {
             mode: SparkplugMode::PrimaryHost,
             key: Some("{line}".into()),
@@ -429,9 +434,10 @@ mod tests {
         });
         assert_eq!(
             paths(&c),
-            ["tasks", "sparkplug.host_id", "sparkplug.key", "sparkplug.rebirth_interval_ms"]
+            ["key", "tasks", "sparkplug.host_id", "sparkplug.key", "sparkplug.rebirth_interval_ms"]
         );
         c.tasks = 1;
+        c.key = default_key();
         c.sparkplug = Some(SparkplugSourceConfig {
             host_id: Some("a/b".into()),
             key: Some("{group}.{node}.{device}".into()),

@@ -159,13 +159,17 @@ impl HostStatus {
     }
 
     fn will(&self) -> Will {
-        Will { topic: self.topic.clone(), payload: self.payload(false), qos: QoS::AtLeastOnce, retain: true }
+        Will {
+            topic: self.topic.clone(),
+            payload: self.payload(false),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }
     }
 
     fn message(&mut self, online: bool) -> Message {
         let pkid = self.next_pkid;
-        self.next_pkid =
-            if pkid >= *STATE_PKIDS.end() { *STATE_PKIDS.start() } else { pkid + 1 };
+        self.next_pkid = if pkid >= *STATE_PKIDS.end() { *STATE_PKIDS.start() } else { pkid + 1 };
         Message {
             topic: self.topic.clone(),
             payload: self.payload(online),

@@ -91,7 +91,9 @@ impl Sparkplug {
             let key = NodeKey { group: group.to_owned(), node: node.to_owned() };
             match self.host.restore(key, offset) {
                 Ok(()) => restored += 1,
-                Err(e) => warn!(node = name, error = %e, "cannot restore the Sparkplug state of an edge node; it is asked for a rebirth when it sends data"),
+                Err(e) => {
+                    warn!(node = name, error = %e, "cannot restore the Sparkplug state of an edge node; it is asked for a rebirth when it sends data")
+                }
             }
         }
         restored
@@ -125,19 +127,29 @@ impl Sparkplug {
         };
         let state = handled.state_changed.as_ref().and_then(|node| {
             let snapshot = self.host.snapshot(node)?;
-            let partition = SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
+            let partition =
+                SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
             Some((partition, SourceOffset::from(snapshot)))
         });
-        let mut out = Records { base: &base, headers, key: self.key.as_ref(), state, records: Vec::new() };
+        let mut out =
+            Records { base: &base, headers, key: self.key.as_ref(), state, records: Vec::new() };
         match handled.event {
             Event::Birth { device, bd_seq, seq, timestamp, metrics } => {
                 let status = json::status_json(&device, Status::Online, bd_seq, timestamp);
                 out.push(&device, &status, ts(timestamp, base.received));
-                let kind = kind.unwrap_or(if device.device.is_some() { MessageType::DBirth } else { MessageType::NBirth });
+                let kind = kind.unwrap_or(if device.device.is_some() {
+                    MessageType::DBirth
+                } else {
+                    MessageType::NBirth
+                });
                 self.metrics(&mut out, kind, &device, seq, timestamp, &metrics);
             }
             Event::Data { device, seq, timestamp, metrics } => {
-                let kind = kind.unwrap_or(if device.device.is_some() { MessageType::DData } else { MessageType::NData });
+                let kind = kind.unwrap_or(if device.device.is_some() {
+                    MessageType::DData
+                } else {
+                    MessageType::NData
+                });
                 self.metrics(&mut out, kind, &device, seq, timestamp, &metrics);
             }
             Event::Death { device, bd_seq, timestamp } => {
@@ -157,7 +169,8 @@ impl Sparkplug {
             Event::State { .. } => {}
             Event::Invalid { device, reason } => {
                 let mut r = out.record(device.as_ref(), Some(m.payload.clone()), base.received);
-                r.rejected = Some(format!("Sparkplug message on {:?} cannot be used: {reason}", m.topic));
+                r.rejected =
+                    Some(format!("Sparkplug message on {:?} cannot be used: {reason}", m.topic));
                 out.records.push(r);
             }
         }
@@ -204,7 +217,12 @@ impl Records<'_> {
         self.records.push(r);
     }
 
-    fn record(&self, device: Option<&DeviceKey>, value: Option<Bytes>, at: Timestamp) -> SourceRecord {
+    fn record(
+        &self,
+        device: Option<&DeviceKey>,
+        value: Option<Bytes>,
+        at: Timestamp,
+    ) -> SourceRecord {
         let mqtt_topic = &self.base.message.topic;
         let mut rejected = None;
         let topic = match &self.base.topic {
@@ -251,7 +269,11 @@ pub(crate) fn default_key(d: &DeviceKey) -> String {
     }
 }
 
-fn render_key(t: &Template, mqtt_topic: &str, device: Option<&DeviceKey>) -> Result<Option<Bytes>, String> {
+fn render_key(
+    t: &Template,
+    mqtt_topic: &str,
+    device: Option<&DeviceKey>,
+) -> Result<Option<Bytes>, String> {
     if t.parts().is_empty() {
         return Ok(None);
     }
@@ -261,7 +283,10 @@ fn render_key(t: &Template, mqtt_topic: &str, device: Option<&DeviceKey>) -> Res
             ("node", Some(d)) => d.node.node.clone(),
             ("device", Some(d)) => d.device.clone().unwrap_or_default(),
             ("group" | "node" | "device", None) => String::new(),
-            _ => return render::substitute(mqtt_topic, name).map(|c| std::borrow::Cow::Owned(c.into_owned())),
+            _ => {
+                return render::substitute(mqtt_topic, name)
+                    .map(|c| std::borrow::Cow::Owned(c.into_owned()))
+            }
         };
         Ok(std::borrow::Cow::Owned(part))
     })

@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{state_topic, ExpiredMessages, SparkplugMode, SparkplugSourceConfig};
-use crate::sparkplug::{self, Base, Sparkplug};
 use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
 use crate::render;
+use crate::sparkplug::{self, Base, Sparkplug};
 
 /// Most records returned by one poll (a little more when a batch straddles it).
 const MAX_POLL: usize = 1000;
@@ -358,9 +358,17 @@ impl SourceTask for MqttSourceTask {
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         if let Some(sparkplug) = self.sparkplug.as_mut() {
             let restored = sparkplug.restore(ctx.offsets());
-            info!(connector = ctx.connector(), restored, "Sparkplug edge-node state restored from the offset store");
+            info!(
+                connector = ctx.connector(),
+                restored, "Sparkplug edge-node state restored from the offset store"
+            );
         }
-        let state_topic = c.sparkplug.as_ref().filter(|s| s.mode == SparkplugMode::PrimaryHost).and_then(|s| s.host_id.as_deref()).map(state_topic);
+        let state_topic = c
+            .sparkplug
+            .as_ref()
+            .filter(|s| s.mode == SparkplugMode::PrimaryHost)
+            .and_then(|s| s.host_id.as_deref())
+            .map(state_topic);
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
@@ -461,10 +469,22 @@ impl SourceTask for MqttSourceTask {
                             let (n, durable) = self.records(m, &mut records);
                             unacked.push(Unacked { pkid, qos, generation, records: n, durable });
                         } else if retained {
-                            unacked.push(Unacked { pkid, qos, generation, records: 0, durable: false });
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: 0,
+                                durable: false,
+                            });
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            unacked.push(Unacked { pkid, qos, generation, records: 0, durable: false });
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: 0,
+                                durable: false,
+                            });
                             self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
                         }

@@ -200,7 +200,9 @@ fn every_datatype() -> Vec<(String, Option<u64>, Value, DataType)> {
         .collect()
 }
 
-fn birth_metrics(m: &[(String, Option<u64>, Value, DataType)]) -> Vec<(&str, Option<u64>, Value, DataType)> {
+fn birth_metrics(
+    m: &[(String, Option<u64>, Value, DataType)],
+) -> Vec<(&str, Option<u64>, Value, DataType)> {
     m.iter().map(|(n, a, v, t)| (n.as_str(), *a, v.clone(), *t)).collect()
 }
 
@@ -256,13 +258,16 @@ async fn every_message_type_and_datatype_reaches_kafka_decoded() {
     let press = [("Pressure", Some(1), Value::Double(2.5), DataType::Double)];
     publish(&publisher, edge.dbirth("press", &press, t0 + 1).unwrap()).await;
     // DATA carries aliases only: names and datatypes come from BIRTH.
-    let data: Vec<(&str, Value)> = metrics.iter().map(|(n, _, v, _)| (n.as_str(), v.clone())).collect();
+    let data: Vec<(&str, Value)> =
+        metrics.iter().map(|(n, _, v, _)| (n.as_str(), v.clone())).collect();
     publish(&publisher, edge.ndata(&data, t0 + 2).unwrap()).await;
-    publish(&publisher, edge.ddata("press", &[("Pressure", Value::Double(3.5))], t0 + 3).unwrap()).await;
+    publish(&publisher, edge.ddata("press", &[("Pressure", Value::Double(3.5))], t0 + 3).unwrap())
+        .await;
     let cmd = connector_sparkplug::encode::command_payload(
         None,
         &connector_sparkplug::DeviceKey { node: edge.key(), device: None },
-        &connector_sparkplug::json::command_from_json(&json!({"name": "Reset", "value": true})).unwrap(),
+        &connector_sparkplug::json::command_from_json(&json!({"name": "Reset", "value": true}))
+            .unwrap(),
         t0 + 4,
     )
     .unwrap();
@@ -329,9 +334,10 @@ async fn aliases_resolve_after_a_restart_without_asking_for_a_rebirth() {
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-watch", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-watch", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     let c = config(&mqtt, "restart", sparkplug());
     let source = start("sp-restart", c.clone(), &client, &store);
     let publisher = MqttPublisher::connect(&mqtt.url(), "edge-restart").await.unwrap();
@@ -341,18 +347,22 @@ async fn aliases_resolve_after_a_restart_without_asking_for_a_rebirth() {
     let birth = [("Speed", Some(7), Value::Float(1.0), DataType::Float)];
     publish(&publisher, edge.nbirth(&birth, now()).unwrap()).await;
     publish(&publisher, edge.ndata(&[("Speed", Value::Float(2.0))], now()).unwrap()).await;
-    wait_records(&client, "restart", "first NDATA", |r| metric_records(r, "Speed").len() == 2).await;
+    wait_records(&client, "restart", "first NDATA", |r| metric_records(r, "Speed").len() == 2)
+        .await;
     source.stop().await;
 
     // A new source over the same offset store: the alias table comes back from it.
     let source = start("sp-restart", c, &client, &store);
     publish(&publisher, edge.ndata(&[("Speed", Value::Float(3.0))], now()).unwrap()).await;
-    let records =
-        wait_records(&client, "restart", "NDATA after the restart", |r| metric_records(r, "Speed").len() == 3).await;
+    let records = wait_records(&client, "restart", "NDATA after the restart", |r| {
+        metric_records(r, "Speed").len() == 3
+    })
+    .await;
     // Time for a rebirth request to show, were one sent.
     tokio::time::sleep(Duration::from_millis(700)).await;
     source.stop().await;
-    let speeds: Vec<Json> = metric_records(&records, "Speed").iter().map(|r| value(r)["value"].clone()).collect();
+    let speeds: Vec<Json> =
+        metric_records(&records, "Speed").iter().map(|r| value(r)["value"].clone()).collect();
     assert_eq!(speeds, [json!(1.0), json!(2.0), json!(3.0)]);
     assert_eq!(rebirths(&ncmd, "line2"), 0, "no rebirth after the restart");
 }
@@ -364,9 +374,10 @@ async fn a_seq_gap_asks_for_exactly_one_rebirth_and_deaths_become_status_records
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-gap", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-gap", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     let source = start("sp-gap", config(&mqtt, "gap", sparkplug()), &client, &store);
     let publisher = MqttPublisher::connect(&mqtt.url(), "edge-gap").await.unwrap();
     wait_subscribed(&publisher, &client, "gap").await;
@@ -413,20 +424,30 @@ async fn a_malformed_payload_is_dead_lettered_with_its_reason_and_asks_for_one_r
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-bad", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-bad", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     let source = start("sp-bad", config(&mqtt, "bad", sparkplug()), &client, &store);
     let publisher = MqttPublisher::connect(&mqtt.url(), "edge-bad").await.unwrap();
     wait_subscribed(&publisher, &client, "bad").await;
 
     let mut edge = EdgeNode::new("plant", "line4");
-    publish(&publisher, edge.nbirth(&[("T", Some(1), Value::Double(1.0), DataType::Double)], now()).unwrap()).await;
+    publish(
+        &publisher,
+        edge.nbirth(&[("T", Some(1), Value::Double(1.0), DataType::Double)], now()).unwrap(),
+    )
+    .await;
     let garbage = vec![0xff, 0xff, 0xff, 0x01, 0x02];
-    publisher.publish("spBv1.0/plant/NDATA/line4", QoS::AtLeastOnce, false, garbage.clone()).await.unwrap();
+    publisher
+        .publish("spBv1.0/plant/NDATA/line4", QoS::AtLeastOnce, false, garbage.clone())
+        .await
+        .unwrap();
     publish(&publisher, edge.ndata(&[("T", Value::Double(2.0))], now()).unwrap()).await;
-    let dead = kafka::consume_at_least(&client, "sp-bad.dlq", 1, Duration::from_secs(30)).await.unwrap();
-    wait_records(&client, "bad", "NDATA after the bad one", |r| metric_records(r, "T").len() == 2).await;
+    let dead =
+        kafka::consume_at_least(&client, "sp-bad.dlq", 1, Duration::from_secs(30)).await.unwrap();
+    wait_records(&client, "bad", "NDATA after the bad one", |r| metric_records(r, "T").len() == 2)
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while rebirths(&ncmd, "line4") == 0 {
         assert!(Instant::now() < deadline, "no rebirth request for the malformed payload");
@@ -489,7 +510,10 @@ async fn a_primary_host_publishes_state_online_offline_on_stop_and_its_will_on_a
     // Someone says we are offline: the host says online again, same timestamp.
     let publisher = MqttPublisher::connect(&mqtt.url(), "intruder").await.unwrap();
     let offline = format!(r#"{{"online":false,"timestamp":{}}}"#, now());
-    publisher.publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, offline.into_bytes()).await.unwrap();
+    publisher
+        .publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, offline.into_bytes())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(wait_state(&mqtt, "scada", true).await, t1, "online republished with its timestamp");
 

@@ -62,14 +62,21 @@ fn value(r: &SinkRecord) -> Json {
 }
 
 fn node_of(r: &SinkRecord) -> String {
-    r.headers.last("sparkplug.node").map(|b| String::from_utf8(b.to_vec()).unwrap()).unwrap_or_default()
+    r.headers
+        .last("sparkplug.node")
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .unwrap_or_default()
 }
 
 /// The `Count` values of `node` in Kafka, and its status records.
 async fn seen(client: &KafkaClient, node: &str) -> (BTreeSet<u64>, Vec<String>) {
     let records = kafka::consume_all(client, "factory").await.unwrap_or_default();
     let mine: Vec<&SinkRecord> = records.iter().filter(|r| node_of(r) == node).collect();
-    let counts = mine.iter().filter(|r| value(r)["name"] == "Count").filter_map(|r| value(r)["value"].as_u64()).collect();
+    let counts = mine
+        .iter()
+        .filter(|r| value(r)["name"] == "Count")
+        .filter_map(|r| value(r)["value"].as_u64())
+        .collect();
     let statuses = mine
         .iter()
         .filter(|r| value(r)["type"] == "status")
@@ -109,13 +116,15 @@ async fn persistent_mode_sigkilled_three_times_mid_stream_loses_no_metric() {
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "connect.toml", &config(&mqtt, &tansu, r#"mode = "persistent""#));
+    let config =
+        write(dir.path(), "connect.toml", &config(&mqtt, &tansu, r#"mode = "persistent""#));
     let log = dir.path().join("connect.log");
     let mut runner = Runner::start(&config, &log, &[]);
     let publisher = Arc::new(MqttPublisher::connect(&mqtt.url(), "edge-line1").await.unwrap());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-watch", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-watch", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     wait_subscribed(&publisher, &client, &runner).await;
 
     let mut edge = EdgeNode::new("plant", "line1");
@@ -151,7 +160,12 @@ async fn persistent_mode_sigkilled_three_times_mid_stream_loses_no_metric() {
         if counts.len() as u64 >= n {
             break (counts, statuses);
         }
-        assert!(Instant::now() < deadline, "{} of {n} Count values; log:\n{}", counts.len(), runner.log());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} Count values; log:\n{}",
+            counts.len(),
+            runner.log()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let dead = kafka::consume_all(&client, "factory.dlq").await.unwrap_or_default();
@@ -204,7 +218,11 @@ host_id = "scada""#;
     let mut i = 0u64;
     let mut since_last_kill = 0;
     while kills.len() < 3 || since_last_kill < 50 {
-        assert!(start.elapsed() < Duration::from_secs(40), "no DATA after the last restart; log:\n{}", runner.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "no DATA after the last restart; log:\n{}",
+            runner.log()
+        );
         match online(&state) {
             Some((true, t)) => {
                 if t != born_for {
@@ -221,7 +239,9 @@ host_id = "scada""#;
             Some((false, t)) if wills.last() != Some(&t) => wills.push(t),
             _ => {}
         }
-        if kills.len() < 3 && start.elapsed() > Duration::from_millis(2000 * (kills.len() as u64 + 1)) {
+        if kills.len() < 3
+            && start.elapsed() > Duration::from_millis(2000 * (kills.len() as u64 + 1))
+        {
             runner.kill();
             kills.push(Instant::now());
             since_last_kill = 0;
