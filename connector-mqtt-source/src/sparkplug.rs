@@ -6,6 +6,8 @@
 //! each edge node rides on its records as source offset (`{"sparkplug_node": "group/node"}`), so
 //! a restart rebuilds it from the offset store instead of asking every node for a rebirth.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use connector_core::template::Template;
 use connector_core::{Headers, OffsetMap, SourceOffset, SourcePartition, SourceRecord, Timestamp};
@@ -14,6 +16,7 @@ use connector_sparkplug::host::{Event, HostConfig, HostState, Rebirth};
 use connector_sparkplug::json::{self, Status};
 use connector_sparkplug::{DeviceKey, MessageType, Metric, NodeKey, SparkplugTopic};
 use rumqttc::QoS;
+use serde_json::Map;
 use tracing::{debug, warn};
 
 use crate::config::{check_sparkplug_key, SparkplugOutput, SparkplugSourceConfig};
@@ -38,6 +41,10 @@ pub(crate) struct Sparkplug {
     /// `None`: `group/node[/device]`.
     key: Option<Template>,
     forward_commands: bool,
+    /// The last state handed out (or restored) per node: a BIRTH or DEATH that does not change
+    /// it (a rebirth with the same metrics) carries no offset, so its acknowledgement does not
+    /// wait for the offset store. Cleared when over `max_nodes` (bounded; only an optimisation).
+    last: HashMap<NodeKey, Map<String, serde_json::Value>>,
 }
 
 impl std::fmt::Debug for Sparkplug {
@@ -79,7 +86,13 @@ impl Sparkplug {
         });
         // Checked by `validate`; an unparsable template falls back to the default key.
         let key = config.key.as_deref().and_then(|k| check_sparkplug_key(k).ok());
-        Self { host, output: config.output, key, forward_commands: config.forward_commands }
+        Self {
+            host,
+            output: config.output,
+            key,
+            forward_commands: config.forward_commands,
+            last: HashMap::new(),
+        }
     }
 
     /// Rebuilds every edge node whose state a previous run committed.
@@ -89,8 +102,13 @@ impl Sparkplug {
             let Some(name) = partition.get_str(NODE_PARTITION) else { continue };
             let Some((group, node)) = name.split_once('/') else { continue };
             let key = NodeKey { group: group.to_owned(), node: node.to_owned() };
-            match self.host.restore(key, offset) {
-                Ok(()) => restored += 1,
+            match self.host.restore(key.clone(), offset) {
+                Ok(()) => {
+                    restored += 1;
+                    if let Some(snapshot) = self.host.snapshot(&key) {
+                        self.last.insert(key, snapshot);
+                    }
+                }
                 Err(e) => {
                     warn!(node = name, error = %e, "cannot restore the Sparkplug state of an edge node; it is asked for a rebirth when it sends data")
                 }
@@ -127,6 +145,13 @@ impl Sparkplug {
         };
         let state = handled.state_changed.as_ref().and_then(|node| {
             let snapshot = self.host.snapshot(node)?;
+            if self.last.get(node) == Some(&snapshot) {
+                return None;
+            }
+            if self.last.len() >= self.host.config().max_nodes {
+                self.last.clear();
+            }
+            self.last.insert(node.clone(), snapshot.clone());
             let partition =
                 SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
             Some((partition, SourceOffset::from(snapshot)))

@@ -16,12 +16,14 @@ use connector_core::{
     Tolerance,
 };
 use connector_mqtt_source::{
-    MqttSourceConfig, MqttSourceConnector, SourceFormat, SparkplugMode, SparkplugSourceConfig,
+    MqttSourceConfig, MqttSourceConnector, SourceFormat, SparkplugMode, SparkplugOutput,
+    SparkplugSourceConfig,
 };
 use connector_sparkplug::encode::EdgeNode;
-use connector_sparkplug::json::value_json;
+use connector_sparkplug::json::{property_set_json, value_json};
 use connector_sparkplug::{
-    decode_payload, DataSetValue, DataType, TemplateParameter, TemplateValue, Value,
+    decode_payload, DataSetValue, DataType, MessageType, Metric, Property, PropertySetValue,
+    TemplateParameter, TemplateValue, Value,
 };
 use connector_testkit::{init_tracing, kafka, Mosquitto, MqttPublisher, MqttSubscriber, Tansu};
 use rumqttc::QoS;
@@ -533,4 +535,88 @@ async fn a_primary_host_publishes_state_online_offline_on_stop_and_its_will_on_a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(source.stats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_output_keeps_a_message_whole_with_property_sets_and_a_key_template() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
+    let sp = SparkplugSourceConfig {
+        output: SparkplugOutput::Message,
+        key: Some("{group}:{node}".into()),
+        ..sparkplug()
+    };
+    let source = start("sp-message", config(&mqtt, "whole", sp), &client, &store);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "edge-message").await.unwrap();
+    wait_subscribed(&publisher, &client, "whole").await;
+
+    let mut edge = EdgeNode::new("plant", "line5");
+    let birth = [("Temp", Some(1), Value::Double(20.0), DataType::Double)];
+    publish(&publisher, edge.nbirth(&birth, now()).unwrap()).await;
+    let nested = PropertySetValue {
+        properties: vec![Property {
+            key: "max".into(),
+            datatype: DataType::Int32,
+            value: Value::Int(90),
+        }],
+    };
+    let properties = PropertySetValue {
+        properties: vec![
+            Property { key: "Quality".into(), datatype: DataType::Int32, value: Value::Int(192) },
+            Property {
+                key: "engUnit".into(),
+                datatype: DataType::String,
+                value: Value::String("C".into()),
+            },
+            Property {
+                key: "limits".into(),
+                datatype: DataType::PropertySet,
+                value: Value::PropertySet(nested.clone()),
+            },
+            Property {
+                key: "history".into(),
+                datatype: DataType::PropertySetList,
+                value: Value::PropertySetList(vec![nested]),
+            },
+        ],
+    };
+    let at = now();
+    let metric = Metric {
+        name: "Temp".into(),
+        alias: Some(1),
+        datatype: DataType::Double,
+        value: Value::Double(21.5),
+        timestamp: Some(at),
+        is_historical: true,
+        is_transient: false,
+        quality: None,
+        properties: Some(properties.clone()),
+    };
+    let mut pb = connector_sparkplug::encode::encode_metric(&metric).unwrap();
+    pb.name = None;
+    pb.datatype = None;
+    publish(&publisher, edge.raw(MessageType::NData, None, vec![pb], at)).await;
+    let records =
+        wait_records(&client, "whole", "NDATA", |r| r.iter().any(|r| value(r)["type"] == "NDATA"))
+            .await;
+    source.stop().await;
+
+    assert_eq!(records.len(), 3, "status, NBIRTH and NDATA: one record each: {records:#?}");
+    let data = records.iter().find(|r| value(r)["type"] == "NDATA").unwrap();
+    let j = value(data);
+    assert_eq!(text(data.key.as_ref()), "plant:line5");
+    assert_eq!(
+        (j["group"].clone(), j["node"].clone(), j["seq"].clone()),
+        (json!("plant"), json!("line5"), json!(1))
+    );
+    assert_eq!(data.timestamp.as_millis(), at as i64);
+    let m = &j["metrics"][0];
+    assert_eq!(m["name"], "Temp", "resolved from the alias");
+    assert_eq!(m["value"], json!(21.5));
+    assert_eq!(m["quality"], json!(192));
+    assert_eq!(m["is_historical"], json!(true));
+    assert_eq!(m["properties"], property_set_json(&properties));
 }
