@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
+use connector_core::runtime::Counter;
 use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
@@ -89,6 +90,10 @@ struct Running {
     held: Vec<(u16, QoS, u64)>,
     /// Messages for the event loop to publish (Sparkplug Rebirth requests).
     publish: mpsc::Sender<Message>,
+    /// `sparkplug_rebirth_requests_total`, exported with the runtime's metrics.
+    rebirth_metric: Counter,
+    /// `sparkplug_invalid_messages_total`.
+    invalid_metric: Counter,
 }
 
 impl Drop for Running {
@@ -221,6 +226,9 @@ impl MqttSourceTask {
         let output = sparkplug.records(base, sparkplug::now_ms());
         if output.records.iter().any(|r| r.rejected.is_some()) {
             self.counters.sparkplug_invalid.fetch_add(1, Ordering::Relaxed);
+            if let Some(running) = &self.running {
+                running.invalid_metric.inc();
+            }
         }
         if let Some(rebirth) = output.rebirth {
             self.request_rebirth(rebirth);
@@ -238,6 +246,7 @@ impl MqttSourceTask {
         match running.publish.try_send(sparkplug::rebirth_message(rebirth)) {
             Ok(()) => {
                 self.counters.rebirths_requested.fetch_add(1, Ordering::Relaxed);
+                running.rebirth_metric.inc();
             }
             Err(_) => {
                 self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
@@ -397,6 +406,16 @@ impl SourceTask for MqttSourceTask {
             releasing: Vec::new(),
             held: Vec::new(),
             publish,
+            rebirth_metric: ctx.counters().counter(
+                "sparkplug_rebirth_requests",
+                "Sparkplug Rebirth requests (NCMD Node Control/Rebirth) published",
+                None,
+            ),
+            invalid_metric: ctx.counters().counter(
+                "sparkplug_invalid_messages",
+                "Sparkplug messages that could not be used (sent to the error policy)",
+                None,
+            ),
         };
 
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
@@ -621,6 +640,8 @@ mod tests {
             releasing: Vec::new(),
             held: Vec::new(),
             publish,
+            rebirth_metric: Counter::default(),
+            invalid_metric: Counter::default(),
         };
         let u = |pkid, records, durable| Unacked {
             pkid,
