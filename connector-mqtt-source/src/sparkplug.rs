@@ -25,6 +25,9 @@ use crate::render;
 /// Source-partition key under which a node's state is kept in the offset store.
 pub(crate) const NODE_PARTITION: &str = "sparkplug_node";
 
+/// Largest node state (JSON) kept in the offset store.
+pub(crate) const MAX_STATE_BYTES: usize = 256 * 1024;
+
 /// Record headers naming the Sparkplug topic parts.
 pub(crate) const GROUP_HEADER: &str = "sparkplug.group";
 /// See [`GROUP_HEADER`].
@@ -152,6 +155,14 @@ impl Sparkplug {
                 self.last.clear();
             }
             self.last.insert(node.clone(), snapshot.clone());
+            // One offset-store record per node: a huge alias table would make every save fail
+            // (Kafka's message.max.bytes). Over the bound it is not persisted; after a restart
+            // the node is asked for a rebirth instead.
+            let size = serde_json::to_vec(&snapshot).map_or(usize::MAX, |v| v.len());
+            if size > MAX_STATE_BYTES {
+                warn!(node = %format!("{}/{}", node.group, node.node), size, max = MAX_STATE_BYTES, "Sparkplug state of an edge node too large for the offset store; not persisted (a restart asks it for a rebirth)");
+                return None;
+            }
             let partition =
                 SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
             Some((partition, SourceOffset::from(snapshot)))
@@ -198,6 +209,13 @@ impl Sparkplug {
                     Some(format!("Sparkplug message on {:?} cannot be used: {reason}", m.topic));
                 out.records.push(r);
             }
+        }
+        // The state rides on the message's last record only: the runtime keeps the last offset
+        // per partition, and the message is acknowledged only after all its records.
+        if let (Some((partition, offset)), Some(last)) = (out.state.take(), out.records.last_mut())
+        {
+            last.source_partition = partition;
+            last.source_offset = Some(offset);
         }
         Output { records: out.records, rebirth: handled.rebirth }
     }
@@ -268,10 +286,6 @@ impl Records<'_> {
             (None, Some(d)) => Some(Bytes::from(default_key(d))),
             (None, None) => None,
         };
-        let (source_partition, source_offset) = match &self.state {
-            Some((p, o)) => (p.clone(), Some(o.clone())),
-            None => (SourcePartition::default(), None),
-        };
         SourceRecord {
             topic,
             partition: None,
@@ -279,8 +293,8 @@ impl Records<'_> {
             value,
             headers: self.headers.clone(),
             timestamp: Some(at),
-            source_partition,
-            source_offset,
+            source_partition: SourcePartition::default(),
+            source_offset: None,
             rejected,
         }
     }

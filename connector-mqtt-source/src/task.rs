@@ -59,7 +59,7 @@ pub struct MqttSourceTaskConfig {
 
 /// Most Rebirth requests waiting for the event loop; more are dropped (they are QoS 0 anyway,
 /// and asked again after `rebirth_interval_ms`).
-const PUBLISH_QUEUE: usize = 256;
+const PUBLISH_QUEUE: usize = 1024;
 
 /// One received message not yet acknowledged to the broker.
 #[derive(Debug)]
@@ -134,6 +134,11 @@ impl Running {
     /// Queues the acknowledgement of a message whose records are all committed: released with
     /// the run, or held for the offset store (see [`Unacked::durable`]).
     fn take(&mut self, u: &Unacked) {
+        if u.qos == QoS::AtMostOnce {
+            // Nothing to send, nothing to keep in order (and `held` stays bounded by the
+            // broker's QoS 1/2 window).
+            return;
+        }
         let ack = (u.pkid, u.qos, u.generation);
         if u.durable || !self.held.is_empty() {
             self.held.push(ack);
@@ -213,6 +218,7 @@ impl MqttSourceTask {
     /// makes of it.
     /// Returns how many records it made, and whether they carry state for the offset store.
     fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> (usize, bool) {
+        let qos = msg.publish.qos;
         let Some(sparkplug) = self.sparkplug.as_mut().filter(|_| msg.oversize.is_none()) else {
             out.push(self.record(msg));
             return (1, false);
@@ -234,7 +240,14 @@ impl MqttSourceTask {
             self.request_rebirth(rebirth);
         }
         let n = output.records.len();
-        let durable = output.records.iter().any(|r| r.source_offset.is_some());
+        // Holding the acknowledgement helps only where the broker would redeliver the message:
+        // a persistent session and QoS 1/2 (a primary host's clean session redelivers nothing).
+        let persistent = self.config.sparkplug.as_ref().is_some_and(|s| {
+            s.mode == SparkplugMode::Persistent && !self.config.connection.clean_session
+        });
+        let durable = persistent
+            && qos != QoS::AtMostOnce
+            && output.records.iter().any(|r| r.source_offset.is_some());
         out.extend(output.records);
         (n, durable)
     }
