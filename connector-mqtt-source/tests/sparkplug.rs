@@ -521,14 +521,32 @@ async fn a_primary_host_publishes_state_online_offline_on_stop_and_its_will_on_a
     let source = start("sp-host", c.clone(), &client, &store);
     let t1 = wait_state(&mqtt, "scada", true).await;
 
-    // Someone says we are offline: the host says online again, same timestamp.
+    // Someone says we are offline (even with an old timestamp): the host says online again.
+    let watch = MqttSubscriber::connect(
+        &mqtt.url(),
+        "state-watch",
+        "spBv1.0/STATE/scada",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
     let publisher = MqttPublisher::connect(&mqtt.url(), "intruder").await.unwrap();
-    let offline = format!(r#"{{"online":false,"timestamp":{}}}"#, now());
+    let offline = format!(r#"{{"online":false,"timestamp":{}}}"#, t1 - 1000);
     publisher
         .publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, offline.into_bytes())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    publisher.wait_acknowledged(1, Duration::from_secs(10)).await.unwrap();
+    let seen = watch.wait_for(3, Duration::from_secs(10)).await.unwrap();
+    let states: Vec<Json> = seen
+        .iter()
+        .map(|p| serde_json::from_slice::<Json>(&p.payload).unwrap()["online"].clone())
+        .collect();
+    assert_eq!(
+        states[..3],
+        [json!(true), json!(false), json!(true)],
+        "retained birth, intruder, republished birth"
+    );
     assert_eq!(wait_state(&mqtt, "scada", true).await, t1, "online republished with its timestamp");
 
     // A clean stop: offline with the birth's timestamp.

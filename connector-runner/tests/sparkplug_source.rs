@@ -130,8 +130,26 @@ async fn persistent_mode_sigkilled_three_times_mid_stream_loses_no_metric() {
     let mut edge = EdgeNode::new("plant", "line1");
     let (t, p) = edge.nbirth(&birth(), now()).unwrap();
     publisher.publish(&t, QoS::AtLeastOnce, false, p).await.unwrap();
-    // The BIRTH state is in the offset store before the first crash.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The BIRTH state is in the offset store (the Kafka topic "offsets") before the first crash.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let offsets = kafka::consume_all(&client, "offsets").await.unwrap_or_default();
+        let saved = offsets.iter().any(|r| {
+            let text = |b: Option<&bytes::Bytes>| {
+                String::from_utf8_lossy(b.map_or(&[][..], |b| &b[..])).into_owned()
+            };
+            (text(r.key.as_ref()) + &text(r.value.as_ref())).contains("plant/line1")
+        });
+        if saved {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the NBIRTH state never reached the offsets topic; log:\n{}",
+            runner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // 1,200 NDATA (seq wraps four times), 200 a second, by alias only.
     let n = 1_200u64;
@@ -147,13 +165,21 @@ async fn persistent_mode_sigkilled_three_times_mid_stream_loses_no_metric() {
             }
         })
     };
+    // Each incarnation writes some DATA before it is killed (mid-stream, not mid-start).
+    let mut per_run = Vec::new();
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let before = seen(&client, "line1").await.0.len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen(&client, "line1").await.0.len() < before + 100 {
+            assert!(Instant::now() < deadline, "no progress; log:\n{}", runner.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        per_run.push(seen(&client, "line1").await.0.len() - before);
         runner.kill();
         runner = Runner::start(&config, &log, &[]);
     }
     publishing.await.unwrap();
-    publisher.wait_acknowledged(n + 2, Duration::from_secs(30)).await.ok();
+    publisher.wait_acknowledged(n + 2, Duration::from_secs(30)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (counts, statuses) = loop {
         let (counts, statuses) = seen(&client, "line1").await;
@@ -172,7 +198,7 @@ async fn persistent_mode_sigkilled_three_times_mid_stream_loses_no_metric() {
     assert_eq!(runner.terminate(), Some(0));
     let records = kafka::consume_all(&client, "factory").await.unwrap();
     eprintln!(
-        "persistent, 3 SIGKILLs: {} distinct Count values of {n}, {} records in all (duplicates: redeliveries), {} dead letters, {} rebirth requests, statuses {statuses:?}",
+        "persistent, 3 SIGKILLs (new values before each kill: {per_run:?}): {} distinct Count values of {n}, {} records in all (duplicates: redeliveries), {} dead letters, {} rebirth requests, statuses {statuses:?}",
         counts.len(),
         records.len(),
         dead.len(),
@@ -204,9 +230,20 @@ host_id = "scada""#;
 
     // The edge node as Sparkplug 3.0 has it: DATA only while the primary host is online, and a
     // BIRTH whenever it comes online again (a STATE with a newer timestamp).
-    let online = |s: &MqttSubscriber| -> Option<(bool, u64)> {
-        let p = s.messages().last().cloned()?;
-        let j: Json = serde_json::from_slice(&p.payload).unwrap();
+    // Every STATE message since the last look: wills are counted even when the new birth
+    // follows at once; the last one says whether the host is online now.
+    let mut looked = 0;
+    let mut look = |s: &MqttSubscriber, wills: &mut Vec<u64>| -> Option<(bool, u64)> {
+        let all = s.messages();
+        for p in &all[looked..] {
+            let j: Json = serde_json::from_slice(&p.payload).unwrap();
+            let t = j["timestamp"].as_u64().unwrap();
+            if j["online"] == false && wills.last() != Some(&t) {
+                wills.push(t);
+            }
+        }
+        looked = all.len();
+        let j: Json = serde_json::from_slice(&all.last()?.payload).unwrap();
         Some((j["online"].as_bool().unwrap(), j["timestamp"].as_u64().unwrap()))
     };
     let mut edge = EdgeNode::new("plant", "line2");
@@ -223,8 +260,8 @@ host_id = "scada""#;
             "no DATA after the last restart; log:\n{}",
             runner.log()
         );
-        match online(&state) {
-            Some((true, t)) => {
+        if let Some((true, t)) = look(&state, &mut wills) {
+            {
                 if t != born_for {
                     let (topic, p) = edge.nbirth(&birth(), now()).unwrap();
                     publisher.publish(&topic, QoS::AtLeastOnce, false, p).await.unwrap();
@@ -236,8 +273,6 @@ host_id = "scada""#;
                 i += 1;
                 since_last_kill += 1;
             }
-            Some((false, t)) if wills.last() != Some(&t) => wills.push(t),
-            _ => {}
         }
         if kills.len() < 3
             && start.elapsed() > Duration::from_millis(2000 * (kills.len() as u64 + 1))
