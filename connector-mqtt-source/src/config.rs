@@ -163,6 +163,15 @@ pub struct SparkplugSourceConfig {
     /// application sends commands, it does not forward them).
     #[serde(default)]
     pub forward_commands: bool,
+    /// Publish the Rebirth requests (default true). Sparkplug leaves commands to the primary
+    /// host: a `persistent` bridge running next to the plant's own SCADA may turn them off; the
+    /// rebirths it would have asked for are then only counted and logged.
+    #[serde(default = "default_true")]
+    pub request_rebirths: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_reorder_timeout_ms() -> u64 {
@@ -182,6 +191,7 @@ impl Default for SparkplugSourceConfig {
             reorder_timeout_ms: default_reorder_timeout_ms(),
             rebirth_interval_ms: default_rebirth_interval_ms(),
             forward_commands: false,
+            request_rebirths: true,
         }
     }
 }

@@ -178,7 +178,8 @@ pub struct MqttSourceCounters {
     pub expired_dropped: AtomicU64,
     /// Sparkplug Rebirth requests (NCMD `Node Control/Rebirth`) handed to the event loop.
     pub rebirths_requested: AtomicU64,
-    /// Sparkplug Rebirth requests dropped because the event loop's queue was full.
+    /// Sparkplug Rebirth requests not published: the event loop's queue was full, or
+    /// `request_rebirths = false`.
     pub rebirths_dropped: AtomicU64,
     /// Sparkplug messages that could not be used (sent to the error policy).
     pub sparkplug_invalid: AtomicU64,
@@ -255,6 +256,11 @@ impl MqttSourceTask {
     /// Hands a Rebirth request to the event loop, never waiting for it.
     fn request_rebirth(&self, rebirth: connector_sparkplug::host::Rebirth) {
         let Some(running) = &self.running else { return };
+        if self.config.sparkplug.as_ref().is_some_and(|s| !s.request_rebirths) {
+            self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %rebirth.topic, reason = %rebirth.reason, "a rebirth would be asked for (request_rebirths = false)");
+            return;
+        }
         info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a Sparkplug rebirth");
         match running.publish.try_send(sparkplug::rebirth_message(rebirth)) {
             Ok(()) => {
