@@ -28,6 +28,9 @@ pub(crate) const NODE_PARTITION: &str = "sparkplug_node";
 /// Largest node state (JSON) kept in the offset store.
 pub(crate) const MAX_STATE_BYTES: usize = 256 * 1024;
 
+/// The offset of a node whose state was too large to keep.
+const TOO_LARGE: &str = "too_large";
+
 /// Record headers naming the Sparkplug topic parts.
 pub(crate) const GROUP_HEADER: &str = "sparkplug.group";
 /// See [`GROUP_HEADER`].
@@ -48,6 +51,9 @@ pub(crate) struct Sparkplug {
     /// it (a rebirth with the same metrics) carries no offset, so its acknowledgement does not
     /// wait for the offset store. Cleared when over `max_nodes` (bounded; only an optimisation).
     last: HashMap<NodeKey, Map<String, serde_json::Value>>,
+    /// The MQTT connection of the last message: after a reconnect the seqs missed meanwhile
+    /// (or redelivered) are no reason for a rebirth storm.
+    generation: Option<u64>,
 }
 
 impl std::fmt::Debug for Sparkplug {
@@ -64,6 +70,8 @@ pub(crate) struct Base<'a> {
     /// The usual `mqtt.*` headers (and MQTT 5 properties).
     pub(crate) headers: Headers,
     pub(crate) received: Timestamp,
+    /// The MQTT connection it arrived on (see the event loop's `Acks`).
+    pub(crate) generation: u64,
 }
 
 /// The records of one message, and the Rebirth it calls for.
@@ -95,6 +103,7 @@ impl Sparkplug {
             key,
             forward_commands: config.forward_commands,
             last: HashMap::new(),
+            generation: None,
         }
     }
 
@@ -104,6 +113,9 @@ impl Sparkplug {
         for (partition, offset) in offsets.iter() {
             let Some(name) = partition.get_str(NODE_PARTITION) else { continue };
             let Some((group, node)) = name.split_once('/') else { continue };
+            if offset.contains_key(TOO_LARGE) {
+                continue;
+            }
             let key = NodeKey { group: group.to_owned(), node: node.to_owned() };
             match self.host.restore(key.clone(), offset) {
                 Ok(()) => {
@@ -128,9 +140,18 @@ impl Sparkplug {
         self.host.tick(now_ms)
     }
 
+    /// `rebirth` could not be queued: the node's rate limit is given back, `tick` asks again.
+    pub(crate) fn rebirth_not_sent(&mut self, rebirth: &Rebirth, now_ms: u64) {
+        self.host.rebirth_not_sent(rebirth, now_ms);
+    }
+
     /// The records of one message.
     pub(crate) fn records(&mut self, mut base: Base<'_>, now_ms: u64) -> Output {
         let m = base.message;
+        if self.generation.is_some_and(|g| g != base.generation) {
+            self.host.reset_sequences();
+        }
+        self.generation = Some(base.generation);
         let handled = self.host.handle(&m.topic, &m.payload, now_ms);
         let mut headers = std::mem::take(&mut base.headers);
         let parsed = SparkplugTopic::parse(&m.topic).ok();
@@ -161,7 +182,12 @@ impl Sparkplug {
             let size = serde_json::to_vec(&snapshot).map_or(usize::MAX, |v| v.len());
             if size > MAX_STATE_BYTES {
                 warn!(node = %format!("{}/{}", node.group, node.node), size, max = MAX_STATE_BYTES, "Sparkplug state of an edge node too large for the offset store; not persisted (a restart asks it for a rebirth)");
-                return None;
+                // A marker replaces an older, smaller state, which must not be restored.
+                let partition = SourcePartition::from([(
+                    NODE_PARTITION,
+                    format!("{}/{}", node.group, node.node),
+                )]);
+                return Some((partition, SourceOffset::from([(TOO_LARGE, true)])));
             }
             let partition =
                 SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
@@ -209,6 +235,11 @@ impl Sparkplug {
                     Some(format!("Sparkplug message on {:?} cannot be used: {reason}", m.topic));
                 out.records.push(r);
             }
+        }
+        // Devices that went offline with this message besides the one it names.
+        for device in &handled.also_offline {
+            let status = json::status_json(device, Status::Offline, None, None);
+            out.push(device, &status, base.received);
         }
         // The state rides on the message's last record only: the runtime keeps the last offset
         // per partition, and the message is acknowledged only after all its records.

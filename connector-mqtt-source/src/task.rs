@@ -229,6 +229,7 @@ impl MqttSourceTask {
             topic: render::kafka_topic(&self.config.kafka_topic, &msg.publish.topic),
             headers: mqtt_headers(&msg.publish),
             received: msg.received,
+            generation: msg.generation,
         };
         let output = sparkplug.records(base, sparkplug::now_ms());
         if output.records.iter().any(|r| r.rejected.is_some()) {
@@ -254,7 +255,7 @@ impl MqttSourceTask {
     }
 
     /// Hands a Rebirth request to the event loop, never waiting for it.
-    fn request_rebirth(&self, rebirth: connector_sparkplug::host::Rebirth) {
+    fn request_rebirth(&mut self, rebirth: connector_sparkplug::host::Rebirth) {
         let Some(running) = &self.running else { return };
         if self.config.sparkplug.as_ref().is_some_and(|s| !s.request_rebirths) {
             self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
@@ -262,14 +263,18 @@ impl MqttSourceTask {
             return;
         }
         info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a Sparkplug rebirth");
-        match running.publish.try_send(sparkplug::rebirth_message(rebirth)) {
+        match running.publish.try_send(sparkplug::rebirth_message(rebirth.clone())) {
             Ok(()) => {
                 self.counters.rebirths_requested.fetch_add(1, Ordering::Relaxed);
                 running.rebirth_metric.inc();
             }
             Err(_) => {
                 self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
-                warn!("Rebirth request dropped: the MQTT event loop's queue is full");
+                warn!(topic = %rebirth.topic, "Rebirth request not sent: the MQTT event loop's queue is full; asked again later");
+                // The node's rate limit is given back; tick() asks again.
+                if let Some(sp) = self.sparkplug.as_mut() {
+                    sp.rebirth_not_sent(&rebirth, sparkplug::now_ms());
+                }
             }
         }
     }
