@@ -432,7 +432,7 @@ impl SourceTask for MqttSourceTask {
             publish,
             rebirth_metric: ctx.counters().counter(
                 "sparkplug_rebirth_requests",
-                "Sparkplug Rebirth requests (NCMD Node Control/Rebirth) published",
+                "Sparkplug Rebirth requests (NCMD Node Control/Rebirth) handed to the MQTT connection",
                 None,
             ),
             invalid_metric: ctx.counters().counter(
