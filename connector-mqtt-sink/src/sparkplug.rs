@@ -9,28 +9,17 @@
 
 use connector_core::template::Template;
 use connector_core::SinkRecord;
+use connector_sparkplug::host::{Event, HostConfig, HostState};
+use connector_sparkplug::{encode, json, DeviceKey, NodeKey, NAMESPACE};
+use parking_lot::Mutex;
 
 use crate::render;
 
-/// The Sparkplug B namespace (topic prefix).
-const NAMESPACE: &str = "spBv1.0";
+/// The edge node (`device: None`) or device a command is for.
+pub(crate) type Target = DeviceKey;
 
-/// The edge node (and device) a command is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    pub(crate) group: String,
-    pub(crate) node: String,
-    pub(crate) device: Option<String>,
-}
-
-impl Target {
-    /// `spBv1.0/<group>/NCMD/<node>` or `spBv1.0/<group>/DCMD/<node>/<device>`.
-    pub(crate) fn topic(&self) -> String {
-        match &self.device {
-            None => format!("{NAMESPACE}/{}/NCMD/{}", self.group, self.node),
-            Some(d) => format!("{NAMESPACE}/{}/DCMD/{}/{d}", self.group, self.node),
-        }
-    }
+fn target(group: &str, node: &str, device: Option<&str>) -> Target {
+    DeviceKey { node: NodeKey::new(group, node), device: device.map(str::to_owned) }
 }
 
 /// Why a Sparkplug id (group, node or device) cannot be used, if it cannot.
@@ -69,7 +58,7 @@ pub(crate) fn key_target(key: Option<&[u8]>) -> Result<Target, String> {
             "the record key {key:?} names no Sparkplug target: {why}; the command is not published"
         ));
     }
-    Ok(Target { group: group.to_owned(), node: node.to_owned(), device: device.map(str::to_owned) })
+    Ok(target(group, node, device))
 }
 
 /// The target of an MQTT topic `spBv1.0/<group>/NCMD/<node>` or
@@ -92,7 +81,7 @@ pub(crate) fn command_target(topic: &str) -> Result<Target, String> {
     if let Some(why) = ids.iter().find_map(|(what, id)| id.and_then(|id| bad_id(what, id))) {
         return Err(format!("{topic:?} is not a usable Sparkplug command topic: {why}"));
     }
-    Ok(Target { group: group.to_owned(), node: node.to_owned(), device: device.map(str::to_owned) })
+    Ok(target(group, node, device))
 }
 
 /// The MQTT topic and target of a record: from `template` when set, else from its key.
@@ -106,7 +95,7 @@ pub(crate) fn route(
     match template {
         None => {
             let target = key_target(r.key.as_deref())?;
-            Ok((target.topic(), target))
+            Ok((target.command_topic(), target))
         }
         Some(t) => {
             let topic = render::mqtt_topic(t, r)?;
@@ -118,10 +107,11 @@ pub(crate) fn route(
     }
 }
 
-/// What the sink knows from the BIRTHs its connection received (bounded).
-#[derive(Debug, Default)]
+/// What the sink knows from the BIRTHs its connection received: a [`HostState`] fed only
+/// BIRTHs, bounded by `max_nodes` (BIRTHs of further nodes are not learned).
+#[derive(Debug)]
 pub(crate) struct Births {
-    learned: std::sync::atomic::AtomicU64,
+    state: Mutex<HostState>,
 }
 
 /// What became of one message the sink's subscription delivered.
@@ -137,32 +127,43 @@ pub(crate) enum Learned {
 
 impl Births {
     /// Knows the BIRTHs of at most `max_nodes` edge nodes.
-    pub(crate) fn new(_max_nodes: usize) -> Self {
-        Self::default()
+    pub(crate) fn new(max_nodes: usize) -> Self {
+        let config = HostConfig { max_nodes, ..HostConfig::default() };
+        Self { state: Mutex::new(HostState::new(config)) }
     }
 
-    /// Feeds one received message (topic and payload) in.
-    pub(crate) fn learn(&self, topic: &str, _payload: &[u8], _now_ms: u64) -> Learned {
-        if !topic.starts_with("spBv1.0/") {
-            return Learned::Ignored;
+    /// Feeds one received message (topic and payload) in. The rebirth requests the state may
+    /// call for are not sent: that is the host application's (the source's) job; a sink without
+    /// a BIRTH sends names.
+    pub(crate) fn learn(&self, topic: &str, payload: &[u8], now_ms: u64) -> Learned {
+        let handled = self.state.lock().handle(topic, payload, now_ms);
+        match handled.event {
+            Event::Birth { .. } => Learned::Birth,
+            Event::Invalid { reason, .. } => Learned::Invalid(reason),
+            _ => Learned::Ignored,
         }
-        self.learned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Learned::Birth
     }
 }
 
-/// The NCMD/DCMD payload for the JSON command `value` to `target`.
+/// The NCMD/DCMD payload for the JSON command `value` to `target`: metrics the BIRTHs named
+/// carry their alias and datatype, others their name and the given or implied datatype.
 ///
 /// # Errors
 /// Why the record cannot be encoded (not JSON, not a command, a value that does not fit its
 /// datatype); the error policy gets this reason.
 pub(crate) fn encode(
-    _births: Option<&Births>,
-    _target: &Target,
-    _value: &[u8],
-    _now_ms: u64,
+    births: Option<&Births>,
+    target: &Target,
+    value: &[u8],
+    now_ms: u64,
 ) -> Result<bytes::Bytes, String> {
-    Err("Sparkplug encoding is not built yet".to_owned())
+    let json: serde_json::Value =
+        serde_json::from_slice(value).map_err(|e| format!("the record value is not JSON: {e}"))?;
+    let metrics = json::command_from_json(&json).map_err(|e| e.to_string())?;
+    let state = births.map(|b| b.state.lock());
+    encode::command_payload(state.as_deref(), target, &metrics, now_ms)
+        .map(bytes::Bytes::from)
+        .map_err(|e| e.to_string())
 }
 
 /// The subscription filters for learning BIRTHs of `groups` (every group when empty).
@@ -182,9 +183,9 @@ mod tests {
     #[test]
     fn keys_name_nodes_and_devices() {
         let t = key_target(Some(b"plant/line-1")).unwrap();
-        assert_eq!(t.topic(), "spBv1.0/plant/NCMD/line-1");
+        assert_eq!(t.command_topic(), "spBv1.0/plant/NCMD/line-1");
         let t = key_target(Some(b"plant/line-1/press-2")).unwrap();
-        assert_eq!(t.topic(), "spBv1.0/plant/DCMD/line-1/press-2");
+        assert_eq!(t.command_topic(), "spBv1.0/plant/DCMD/line-1/press-2");
         for bad in [&b"plant"[..], b"a/b/c/d", b"a//c", b"/b", b"a/+", b"a/#/c", b"\xff/x", b""] {
             let e = key_target(Some(bad)).unwrap_err();
             assert!(e.contains("not") || e.contains("empty"), "{bad:?}: {e}");
@@ -195,7 +196,7 @@ mod tests {
     #[test]
     fn command_topics_parse_and_others_do_not() {
         let t = command_target("spBv1.0/g/DCMD/n/d").unwrap();
-        assert_eq!((t.group.as_str(), t.node.as_str(), t.device.as_deref()), ("g", "n", Some("d")));
+        assert_eq!(t.to_string(), "g/n/d");
         assert_eq!(command_target("spBv1.0/g/NCMD/n").unwrap().device, None);
         for bad in [
             "spBv1.0/g/NDATA/n",
@@ -205,6 +206,67 @@ mod tests {
             "spBv1.0//NCMD/n",
         ] {
             assert!(command_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn decoded(payload: &[u8]) -> Vec<connector_sparkplug::Metric> {
+        let p = connector_sparkplug::decode_payload(payload).unwrap();
+        connector_sparkplug::decode_metrics(&p).unwrap()
+    }
+
+    #[test]
+    fn commands_use_the_aliases_of_the_births_learned_and_names_otherwise() {
+        use connector_sparkplug::encode::EdgeNode;
+        use connector_sparkplug::{DataType, Value};
+        let births = Births::new(10);
+        let mut edge = EdgeNode::new("plant", "line-1");
+        let (t, p) =
+            edge.nbirth(&[("speed", Some(1), Value::Double(1.0), DataType::Double)], 1).unwrap();
+        assert_eq!(births.learn(&t, &p, 1), Learned::Birth);
+        let (t, p) = edge
+            .dbirth("press-2", &[("target", Some(7), Value::Int(3), DataType::Int16)], 1)
+            .unwrap();
+        assert_eq!(births.learn(&t, &p, 1), Learned::Birth);
+        assert!(matches!(
+            births.learn("spBv1.0/plant/DBIRTH/line-1/x", b"\xff\xff", 1),
+            Learned::Invalid(_)
+        ));
+
+        let press = key_target(Some(b"plant/line-1/press-2")).unwrap();
+        let bytes = encode(Some(&births), &press, br#"{"name":"target","value":-5}"#, 9).unwrap();
+        let m = &decoded(&bytes)[0];
+        assert_eq!((m.name.as_str(), m.alias, m.datatype), ("target", Some(7), DataType::Int16));
+        assert_eq!(m.value, Value::Int(-5));
+
+        // Unknown metric, unknown node, or no learning: name and the given or implied datatype.
+        let node = key_target(Some(b"plant/line-9")).unwrap();
+        for (b, t) in [(Some(&births), &press), (Some(&births), &node), (None, &press)] {
+            let bytes =
+                encode(b, t, br#"{"metrics":[{"name":"mode","value":"auto"},{"name":"n","value":3,"datatype":"UInt16"}]}"#, 9)
+                    .unwrap();
+            let m = decoded(&bytes);
+            assert_eq!((m[0].alias, m[0].datatype), (None, DataType::String));
+            assert_eq!(
+                (m[1].alias, m[1].datatype, &m[1].value),
+                (None, DataType::UInt16, &Value::UInt(3))
+            );
+        }
+    }
+
+    #[test]
+    fn records_that_cannot_be_commands_say_why() {
+        let births = Births::new(10);
+        let t = key_target(Some(b"plant/line-1")).unwrap();
+        let not_json = encode(Some(&births), &t, b"open the valve", 1).unwrap_err();
+        assert!(not_json.contains("not JSON"), "{not_json}");
+        for bad in [
+            &br#"{"value":1}"#[..],
+            br#"[1,2]"#,
+            br#"{"name":"x","value":"high","datatype":"Int8"}"#,
+            br#"{"name":"x","value":300,"datatype":"Int8"}"#,
+        ] {
+            let e = encode(Some(&births), &t, bad, 1).unwrap_err();
+            assert!(!e.is_empty(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
