@@ -14,14 +14,17 @@ use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
 };
-use connector_mqtt_common::{headers, wait_connected, ConnectionSettings, Session, Status};
+use connector_mqtt_common::{
+    headers, wait_connected, ConnectionSettings, Message, Session, Status,
+};
 use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::ExpiredMessages;
+use crate::config::{state_topic, ExpiredMessages, SparkplugMode, SparkplugSourceConfig};
+use crate::sparkplug::{self, Base, Sparkplug};
 use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
 use crate::render;
 
@@ -49,7 +52,13 @@ pub struct MqttSourceTaskConfig {
     pub reconnect_backoff: BackoffConfig,
     /// What to do with an MQTT 5 message whose expiry interval has passed.
     pub expired_messages: ExpiredMessages,
+    /// Sparkplug B decoding (`format = "sparkplug_b"`); `None`: payloads as they are.
+    pub sparkplug: Option<SparkplugSourceConfig>,
 }
+
+/// Most Rebirth requests waiting for the event loop; more are dropped (they are QoS 0 anyway,
+/// and asked again after `rebirth_interval_ms`).
+const PUBLISH_QUEUE: usize = 256;
 
 /// One received message not yet acknowledged to the broker.
 #[derive(Debug)]
@@ -57,8 +66,10 @@ struct Unacked {
     pkid: u16,
     qos: QoS,
     generation: u64,
-    /// Handed to the runtime as a record (else skipped: acknowledged once all before it are).
-    forwarded: bool,
+    /// Records of this message handed to the runtime and not committed yet. A message with none
+    /// (skipped, or a Sparkplug message that makes no record) is acknowledged once every message
+    /// before it is; one with several once the last of them is committed.
+    records: usize,
 }
 
 struct Running {
@@ -69,6 +80,8 @@ struct Running {
     unacked: VecDeque<Unacked>,
     /// Acknowledgements collected by `commit_records`, released together.
     releasing: Vec<(u16, QoS, u64)>,
+    /// Messages for the event loop to publish (Sparkplug Rebirth requests).
+    publish: mpsc::Sender<Message>,
 }
 
 impl Drop for Running {
@@ -79,25 +92,27 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Takes the acknowledgement of the next forwarded message (and of skipped ones before it)
-    /// off the front of the queue. Records are committed in poll order, which is receive order.
+    /// Counts one committed record against the message at the front of the queue, and takes the
+    /// acknowledgement of that message once all its records are committed (and of skipped ones
+    /// after it). Records are committed in poll order, which is receive order.
     fn next_forwarded(&mut self) -> Result<()> {
-        loop {
-            let Some(u) = self.unacked.pop_front() else {
-                return Err(Error::fatal("commit_record for a record this task did not hand out"));
-            };
-            self.releasing.push((u.pkid, u.qos, u.generation));
-            if u.forwarded {
-                break;
+        self.skipped_prefix();
+        let Some(front) = self.unacked.front_mut() else {
+            return Err(Error::fatal("commit_record for a record this task did not hand out"));
+        };
+        front.records -= 1;
+        if front.records == 0 {
+            if let Some(u) = self.unacked.pop_front() {
+                self.releasing.push((u.pkid, u.qos, u.generation));
             }
         }
         self.skipped_prefix();
         Ok(())
     }
 
-    /// Takes skipped messages at the front: nothing before them is waiting any more.
+    /// Takes messages without records at the front: nothing before them is waiting any more.
     fn skipped_prefix(&mut self) {
-        while self.unacked.front().is_some_and(|u| !u.forwarded) {
+        while self.unacked.front().is_some_and(|u| u.records == 0) {
             if let Some(u) = self.unacked.pop_front() {
                 self.releasing.push((u.pkid, u.qos, u.generation));
             }
@@ -128,12 +143,19 @@ pub struct MqttSourceCounters {
     /// MQTT 5 messages dropped because their expiry interval had passed
     /// (`expired_messages = "drop"`).
     pub expired_dropped: AtomicU64,
+    /// Sparkplug Rebirth requests (NCMD `Node Control/Rebirth`) handed to the event loop.
+    pub rebirths_requested: AtomicU64,
+    /// Sparkplug Rebirth requests dropped because the event loop's queue was full.
+    pub rebirths_dropped: AtomicU64,
+    /// Sparkplug messages that could not be used (sent to the error policy).
+    pub sparkplug_invalid: AtomicU64,
 }
 
 /// Reads one MQTT client's messages. See the crate docs for the delivery contract.
 pub struct MqttSourceTask {
     config: MqttSourceTaskConfig,
     running: Option<Running>,
+    sparkplug: Option<Sparkplug>,
     pending_error: Option<Error>,
     counters: Arc<MqttSourceCounters>,
 }
@@ -150,7 +172,8 @@ impl std::fmt::Debug for MqttSourceTask {
 impl MqttSourceTask {
     /// A task for `config`; it connects in `start`.
     pub fn new(config: MqttSourceTaskConfig) -> Self {
-        Self { config, running: None, pending_error: None, counters: Arc::default() }
+        let sparkplug = config.sparkplug.as_ref().map(Sparkplug::new);
+        Self { config, running: None, sparkplug, pending_error: None, counters: Arc::default() }
     }
 
     /// The task's counters.
@@ -158,16 +181,49 @@ impl MqttSourceTask {
         Arc::clone(&self.counters)
     }
 
+    /// The records of one message: one as it is (raw, or too large to read), or what Sparkplug
+    /// makes of it.
+    fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> usize {
+        let Some(sparkplug) = self.sparkplug.as_mut().filter(|_| msg.oversize.is_none()) else {
+            out.push(self.record(msg));
+            return 1;
+        };
+        let base = Base {
+            message: &msg.publish,
+            topic: render::kafka_topic(&self.config.kafka_topic, &msg.publish.topic),
+            headers: mqtt_headers(&msg.publish),
+            received: msg.received,
+        };
+        let output = sparkplug.records(base, sparkplug::now_ms());
+        if output.records.iter().any(|r| r.rejected.is_some()) {
+            self.counters.sparkplug_invalid.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(rebirth) = output.rebirth {
+            self.request_rebirth(rebirth);
+        }
+        let n = output.records.len();
+        out.extend(output.records);
+        n
+    }
+
+    /// Hands a Rebirth request to the event loop, never waiting for it.
+    fn request_rebirth(&self, rebirth: connector_sparkplug::host::Rebirth) {
+        let Some(running) = &self.running else { return };
+        info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a Sparkplug rebirth");
+        match running.publish.try_send(sparkplug::rebirth_message(rebirth)) {
+            Ok(()) => {
+                self.counters.rebirths_requested.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!("Rebirth request dropped: the MQTT event loop's queue is full");
+            }
+        }
+    }
+
     fn record(&self, msg: Received) -> SourceRecord {
         let Received { publish, received, oversize, .. } = msg;
-        let mut record_headers = Headers::with_capacity(4);
-        record_headers.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
-        record_headers.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
-        record_headers.push(headers::RETAIN, Bytes::from_static(bool_name(publish.retain)));
-        record_headers.push(headers::DUP, Bytes::from_static(bool_name(publish.dup)));
-        if let Some(p) = &publish.properties {
-            v5_headers(p, &mut record_headers);
-        }
+        let mut record_headers = mqtt_headers(&publish);
         let mut rejected = None;
         if let Some(size) = oversize {
             record_headers.push(headers::PACKET_SIZE, Bytes::from(size.to_string()));
@@ -202,6 +258,19 @@ impl MqttSourceTask {
             rejected,
         }
     }
+}
+
+/// The `mqtt.*` headers of a message, and its MQTT 5 properties.
+fn mqtt_headers(publish: &Message) -> Headers {
+    let mut h = Headers::with_capacity(4);
+    h.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
+    h.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
+    h.push(headers::RETAIN, Bytes::from_static(bool_name(publish.retain)));
+    h.push(headers::DUP, Bytes::from_static(bool_name(publish.dup)));
+    if let Some(p) = &publish.properties {
+        v5_headers(p, &mut h);
+    }
+    h
 }
 
 /// MQTT 5 properties as headers: user properties under their own names (order and duplicates
@@ -261,6 +330,12 @@ impl SourceTask for MqttSourceTask {
         let acks = Arc::new(Acks::default());
         let (status_tx, mut status) = watch::channel(Status::default());
         let stop = CancellationToken::new();
+        let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        if let Some(sparkplug) = self.sparkplug.as_mut() {
+            let restored = sparkplug.restore(ctx.offsets());
+            info!(connector = ctx.connector(), restored, "Sparkplug edge-node state restored from the offset store");
+        }
+        let state_topic = c.sparkplug.as_ref().filter(|s| s.mode == SparkplugMode::PrimaryHost).and_then(|s| s.host_id.as_deref()).map(state_topic);
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
@@ -270,12 +345,25 @@ impl SourceTask for MqttSourceTask {
             buffer: c.inflight,
             max_packet_size: c.connection.max_packet_size,
             counters: ctx.counters().clone(),
+            state_topic,
         };
-        let channels =
-            LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };
+        let channels = LoopChannels {
+            tx,
+            acks: Arc::clone(&acks),
+            status: status_tx,
+            stop: stop.clone(),
+            publish: publish_rx,
+        };
         let event_loop = tokio::spawn(event_loop::run(session, channels, settings));
-        let running =
-            Running { rx, acks, stop, event_loop, unacked: VecDeque::new(), releasing: Vec::new() };
+        let running = Running {
+            rx,
+            acks,
+            stop,
+            event_loop,
+            unacked: VecDeque::new(),
+            releasing: Vec::new(),
+            publish,
+        };
 
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
         // instead of retrying silently forever. Only the status is watched: messages stay queued.
@@ -294,8 +382,25 @@ impl SourceTask for MqttSourceTask {
         let Some(running) = self.running.as_mut() else {
             return Err(Error::fatal("MQTT source task polled before start"));
         };
-        let Some(first) = running.rx.recv().await else {
+        // Sparkplug: a seq gap's reorder deadline (epoch ms) wakes the poll to ask for a rebirth.
+        let deadline = self.sparkplug.as_ref().and_then(Sparkplug::next_deadline);
+        let first = tokio::select! {
+            first = running.rx.recv() => Some(first),
+            () = sleep_until_ms(deadline) => None,
+        };
+        let Some(first) = first else {
+            let now = sparkplug::now_ms();
+            let rebirths = self.sparkplug.as_mut().map(|s| s.tick(now)).unwrap_or_default();
+            for r in rebirths {
+                self.request_rebirth(r);
+            }
+            return Ok(Vec::new());
+        };
+        let Some(first) = first else {
             return Err(Error::fatal("the MQTT event loop stopped"));
+        };
+        let Some(running) = self.running.as_mut() else {
+            return Err(Error::fatal("MQTT source task polled before start"));
         };
         let mut incoming = vec![first];
         let mut messages = incoming_len(&incoming[0]);
@@ -325,17 +430,15 @@ impl SourceTask for MqttSourceTask {
                             && self.config.expired_messages == ExpiredMessages::Drop
                             && expired(&m, now);
                         let forwarded = !retained && !drop_expired;
-                        unacked.push(Unacked {
-                            pkid: p.pkid,
-                            qos: p.qos,
-                            generation: m.generation,
-                            forwarded,
-                        });
+                        let (pkid, qos, generation) = (p.pkid, p.qos, m.generation);
                         if forwarded {
-                            records.push(self.record(m));
+                            let n = self.records(m, &mut records);
+                            unacked.push(Unacked { pkid, qos, generation, records: n });
                         } else if retained {
+                            unacked.push(Unacked { pkid, qos, generation, records: 0 });
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
                         } else {
+                            unacked.push(Unacked { pkid, qos, generation, records: 0 });
                             self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
                         }
@@ -402,6 +505,17 @@ impl SourceTask for MqttSourceTask {
             debug!(pending, "messages left unacknowledged; the broker redelivers them");
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `deadline` (ms since the epoch), or forever without one.
+async fn sleep_until_ms(deadline: Option<u64>) {
+    match deadline {
+        Some(d) => {
+            let wait = d.saturating_sub(sparkplug::now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Sparkplug datatypes and typed values: the spec's datatype numbers, and the conversion of each
 //! datatype from and to its wire form. Signed integers travel as unsigned protobuf fields (Int8,
 //! Int16 and Int32 in `int_value` as two's complement of their own width, Int64 in `long_value`
-//! as two's complement of 64 bits); arrays travel packed little-endian in `bytes_value`
+//! as two's complement of 64 bits; the decoder also accepts a negative value sign-extended to
+//! 32 or 64 bits, as Eclipse Tahu writes Int8 and Int16, and refuses any other wider value);
+//! arrays travel packed little-endian in `bytes_value`
 //! (see [`arrays`] for the exact layouts).
 //!
 //! ```
@@ -305,14 +307,27 @@ pub(crate) fn decode_scalar(datatype: DataType, wire: Wire<'_>) -> Result<Value,
                 _ => Err(wrong()),
             };
         }
-        let raw = match wire {
-            Wire::Int(v) => u64::from(v),
-            Wire::Long(v) => v,
+        let (raw, carrier_bits) = match wire {
+            Wire::Int(v) => (u64::from(v), 32),
+            Wire::Long(v) => (v, 64),
             _ => return Err(wrong()),
         };
+        let out_of_range = || DecodeError::WrongValue {
+            datatype: datatype.name(),
+            found: "a number out of range",
+        };
+        if bits < 64 && raw >> bits != 0 {
+            // Wider than the type: only a negative number sign-extended to the carrier's width
+            // is valid (Eclipse Tahu writes Int8 -1 as 0xFFFFFFFF; the spec leaves both open).
+            let extended =
+                if carrier_bits == 32 { i64::from(raw as u32 as i32) } else { raw as i64 };
+            if !signed || extended >= 0 || extended < -(1i64 << (bits - 1)) {
+                return Err(out_of_range());
+            }
+            return Ok(Value::Int(extended));
+        }
         return Ok(if signed {
-            // Two's complement of the type's own width: the low bits carry the value, whatever
-            // the sender put above them (some sign-extend Int8 to 32 bits, some do not).
+            // Two's complement of the type's own width.
             Value::Int(match bits {
                 8 => i64::from(raw as u8 as i8),
                 16 => i64::from(raw as u16 as i16),
@@ -320,12 +335,6 @@ pub(crate) fn decode_scalar(datatype: DataType, wire: Wire<'_>) -> Result<Value,
                 _ => raw as i64,
             })
         } else {
-            if bits < 64 && raw >> bits != 0 {
-                return Err(DecodeError::WrongValue {
-                    datatype: datatype.name(),
-                    found: "a number out of range",
-                });
-            }
             Value::UInt(raw)
         });
     }
@@ -447,6 +456,12 @@ mod tests {
         assert_eq!(int(DataType::Int64, Wire::Long(u64::MAX)), Value::Int(-1));
         assert_eq!(int(DataType::UInt32, Wire::Int(u32::MAX)), Value::UInt(4_294_967_295));
         assert!(decode_scalar(DataType::UInt8, Wire::Int(256)).is_err());
+        // Wider than the type and not a sign extension: an error, not a truncation.
+        assert!(decode_scalar(DataType::Int8, Wire::Int(0x100)).is_err());
+        assert!(decode_scalar(DataType::Int8, Wire::Int(0xffff_ff7f)).is_err());
+        assert_eq!(int(DataType::Int16, Wire::Long(u64::MAX - 1)), Value::Int(-2));
+        assert_eq!(int(DataType::Int32, Wire::Long(u64::MAX)), Value::Int(-1));
+        assert!(decode_scalar(DataType::Int32, Wire::Long(1 << 40)).is_err());
         assert!(decode_scalar(DataType::Int32, Wire::Str("1")).is_err());
         assert_eq!(encode_scalar(DataType::Int8, &Value::Int(-1)).unwrap(), WireOut::Int(0xff));
         assert_eq!(

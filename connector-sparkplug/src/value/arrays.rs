@@ -206,9 +206,14 @@ mod tests {
             decode(DataType::Int8Array, &[0xff, 0x17]).unwrap(),
             Value::IntArray(vec![-1, 23])
         );
+        // The spec's DateTimeArray example: 2009-10-21T05:27:55.335Z and 2022-06-24T21:57:55Z.
+        let times = [
+            0xC7, 0xD0, 0x90, 0x75, 0x24, 0x01, 0x00, 0x00, 0xB8, 0xBA, 0xB8, 0x97, 0x81, 0x01,
+            0x00, 0x00,
+        ];
         assert_eq!(
-            decode(DataType::DateTimeArray, &1_234u64.to_le_bytes()).unwrap(),
-            Value::DateTimeArray(vec![1_234])
+            decode(DataType::DateTimeArray, &times).unwrap(),
+            Value::DateTimeArray(vec![1_256_102_875_335, 1_656_107_875_000])
         );
     }
 
