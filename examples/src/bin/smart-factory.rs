@@ -18,7 +18,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -139,6 +139,8 @@ struct NodeLog {
     rebirths: u64,
     /// Setpoints each device took from a command.
     setpoints: BTreeMap<String, f64>,
+    /// The first command metric received, as the device decoded it.
+    first_command: Option<String>,
 }
 
 /// A device's state.
@@ -202,9 +204,13 @@ impl Line {
             }
         });
         let node = &self.edge.node;
-        for filter in [format!("spBv1.0/{GROUP}/NCMD/{node}"), format!("spBv1.0/{GROUP}/DCMD/{node}/+")]
+        for filter in
+            [format!("spBv1.0/{GROUP}/NCMD/{node}"), format!("spBv1.0/{GROUP}/DCMD/{node}/+")]
         {
-            client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| sim_error("subscribe", e))?;
+            client
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .map_err(|e| sim_error("subscribe", e))?;
         }
         let session = Session { client, poller };
         self.births(&session).await?;
@@ -268,7 +274,8 @@ impl Line {
 
     async fn node_data(&mut self, s: &Session) -> Result<()> {
         self.messages += 1;
-        let metrics = [("messages", Value::UInt(self.messages)), ("line_speed", Value::Double(1.5))];
+        let metrics =
+            [("messages", Value::UInt(self.messages)), ("line_speed", Value::Double(1.5))];
         let data = self.edge.ndata(&metrics, now_ms()).map_err(|e| sim_error("NDATA", e))?;
         self.publish(s, data).await?;
         let mut log = self.log.lock();
@@ -283,7 +290,10 @@ impl Line {
         let metrics = decode_payload(payload)
             .and_then(|p| decode_metrics(&p))
             .map_err(|e| sim_error("an undecodable command", e))?;
-        let device = topic.rsplit_once("/DCMD/").and_then(|(_, rest)| rest.split_once('/')).map(|(_, d)| d.to_owned());
+        let device = topic
+            .rsplit_once("/DCMD/")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(_, d)| d.to_owned());
         let mut rebirth = false;
         {
             let mut log = self.log.lock();
@@ -292,6 +302,15 @@ impl Line {
                 None => log.ncmds += 1,
             }
             for m in &metrics {
+                if log.first_command.is_none() {
+                    log.first_command = Some(format!(
+                        "{topic}: {:?} alias {:?} {} = {:?}",
+                        m.name,
+                        m.alias,
+                        m.datatype.name(),
+                        m.value
+                    ));
+                }
                 if m.alias.is_some() {
                     log.by_alias += 1;
                 } else {
@@ -300,7 +319,7 @@ impl Line {
                 // A metric sent by alias only is named from this node's own alias table.
                 let name = if m.name.is_empty() {
                     let alias = m.alias.unwrap_or_default();
-                    let all = NODE_METRICS.iter().chain(PRESS_METRICS.iter());
+                    let mut all = NODE_METRICS.iter().chain(PRESS_METRICS.iter());
                     all.find(|(_, a, _)| *a == alias).map_or("", |(n, _, _)| *n).to_owned()
                 } else {
                     m.name.clone()
@@ -356,13 +375,16 @@ async fn run_line(
                 line.command(&session, &topic, &payload).await?;
             }
         }
-        if let Some(at) = die_at.filter(|at| !died && started.elapsed() >= Duration::from_secs(*at)) {
+        if die_at.is_some_and(|at| !died && started.elapsed() >= Duration::from_secs(at)) {
             died = true;
-            let _ = at;
             // Everything published so far reached the broker, then the connection drops
             // without a DISCONNECT: the broker publishes the NDEATH will.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while { let l = line.log.lock(); l.acked < l.published } && Instant::now() < deadline {
+            while {
+                let l = line.log.lock();
+                l.acked < l.published
+            } && Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             session.poller.abort();
@@ -394,8 +416,15 @@ async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json
             match client.fetch(topic, p, offset, Duration::from_millis(50)).await? {
                 FetchResult::Records(f) => {
                     for r in f.records.into_iter().filter(|r| r.offset < end) {
-                        let key = r.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
-                        if let Some(v) = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()) {
+                        let key = r
+                            .key
+                            .as_deref()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default()
+                            .into_owned();
+                        if let Some(v) =
+                            r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok())
+                        {
                             out.push((key, v));
                         }
                     }
@@ -477,13 +506,16 @@ async fn factory(args: Args) -> Result<bool> {
         None => {
             let broker = EmbeddedKafka::start()?;
             let b = broker.bootstrap();
-            println!("started a Kafka-compatible broker (Tansu, memory storage) in this process at {b}");
+            println!(
+                "started a Kafka-compatible broker (Tansu, memory storage) in this process at {b}"
+            );
             (Some(broker), b)
         }
     };
     let text = config(&mqtt_url, &bootstrap);
     println!("\nrunning these connectors:\n\n{text}");
-    let file = ConnectFile::parse(&text, &connector_runner::builtin_registry()).map_err(Error::from)?;
+    let file =
+        ConnectFile::parse(&text, &connector_runner::builtin_registry()).map_err(Error::from)?;
     let shutdown = CancellationToken::new();
     let runner = tokio::spawn(run(file, shutdown.clone()));
     let kafka = KafkaClient::connect(KafkaConfig::new([bootstrap.clone()])).await?;
@@ -495,7 +527,8 @@ async fn factory(args: Args) -> Result<bool> {
     let mut probe_node = EdgeNode::new(GROUP, "probe");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (topic, payload) = probe_node.nbirth(&[], now_ms()).map_err(|e| sim_error("NBIRTH", e))?;
+        let (topic, payload) =
+            probe_node.nbirth(&[], now_ms()).map_err(|e| sim_error("NBIRTH", e))?;
         let _ = probe.publish(topic, QoS::AtLeastOnce, false, payload).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
         if read_all(&kafka, DATA_TOPIC).await?.iter().any(|(k, _)| k == "factory/probe") {
@@ -523,17 +556,35 @@ async fn factory(args: Args) -> Result<bool> {
     let stop_lines = CancellationToken::new();
     let mut logs: BTreeMap<String, Arc<Mutex<NodeLog>>> = BTreeMap::new();
     let mut running = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
+    for node in &nodes {
         let log = Arc::new(Mutex::new(NodeLog::default()));
         logs.insert(node.clone(), Arc::clone(&log));
         let (tx, rx) = mpsc::channel(100);
         let presses = (1..=args.devices)
-            .map(|d| Press { name: format!("press-{d}"), temperature: 20.0, setpoint: 20.0 + d as f64, cycles: 0 })
+            .map(|d| Press {
+                name: format!("press-{d}"),
+                temperature: 20.0,
+                setpoint: 20.0 + d as f64,
+                cycles: 0,
+            })
             .collect();
-        let line = Line { url: mqtt_url.clone(), edge: EdgeNode::new(GROUP, node.clone()), presses, messages: 0, log, commands: tx };
+        let line = Line {
+            url: mqtt_url.clone(),
+            edge: EdgeNode::new(GROUP, node.clone()),
+            presses,
+            messages: 0,
+            log,
+            commands: tx,
+        };
         let die_at = (Some(node) == dying.as_ref()).then_some(seconds / 2);
-        running.push(tokio::spawn(run_line(line, rx, args.rate, seconds, die_at, stop_lines.clone())));
-        let _ = i;
+        running.push(tokio::spawn(run_line(
+            line,
+            rx,
+            args.rate,
+            seconds,
+            die_at,
+            stop_lines.clone(),
+        )));
     }
 
     // The command service (an MES): once every press was born, a new setpoint for each, and a
@@ -541,7 +592,9 @@ async fn factory(args: Args) -> Result<bool> {
     let all_born = Instant::now() + Duration::from_secs(15);
     loop {
         let seen = tally(&read_all(&kafka, DATA_TOPIC).await?);
-        let born = nodes.iter().all(|n| seen.get(&format!("{GROUP}/{n}")).is_some_and(|s| s.dbirths >= args.devices as u64));
+        let born = nodes.iter().all(|n| {
+            seen.get(&format!("{GROUP}/{n}")).is_some_and(|s| s.dbirths >= args.devices as u64)
+        });
         if born || Instant::now() > all_born {
             break;
         }
@@ -554,29 +607,38 @@ async fn factory(args: Args) -> Result<bool> {
             let setpoint = 60.0 + (i * 10 + d) as f64 + 0.5;
             let key = format!("{GROUP}/{node}/press-{d}");
             wanted.insert(key.clone(), setpoint);
-            commands.push(ProducerRecord::new(COMMAND_TOPIC, json!({"name": "setpoint", "value": setpoint}).to_string()).with_key(key));
+            commands.push(
+                ProducerRecord::new(
+                    COMMAND_TOPIC,
+                    json!({"name": "setpoint", "value": setpoint}).to_string(),
+                )
+                .with_key(key),
+            );
         }
     }
     let rebirth_to = nodes.first().cloned();
     if let Some(n) = &rebirth_to {
-        commands.push(ProducerRecord::new(COMMAND_TOPIC, json!({"name": REBIRTH, "value": true}).to_string()).with_key(format!("{GROUP}/{n}")));
+        commands.push(
+            ProducerRecord::new(COMMAND_TOPIC, json!({"name": REBIRTH, "value": true}).to_string())
+                .with_key(format!("{GROUP}/{n}")),
+        );
     }
     let commands_sent = commands.len();
     kafka.produce(commands).await?;
 
-    for r in running.iter_mut() {
-        let _ = r;
-    }
     // Lines run their time; then wait (bounded) for Kafka to hold every DATA message they
     // published and each press to report its new setpoint.
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen;
+    let mut records;
     loop {
-        seen = tally(&read_all(&kafka, DATA_TOPIC).await?);
+        records = read_all(&kafka, DATA_TOPIC).await?;
+        seen = tally(&records);
         let complete = logs.iter().all(|(n, log)| {
             let l = log.lock();
-            seen.get(&format!("{GROUP}/{n}")).is_some_and(|s| s.data.len() as u64 >= l.ndata + l.ddata)
+            seen.get(&format!("{GROUP}/{n}"))
+                .is_some_and(|s| s.data.len() as u64 >= l.ndata + l.ddata)
         });
         if complete || Instant::now() > deadline {
             break;
@@ -592,7 +654,16 @@ async fn factory(args: Args) -> Result<bool> {
 
     // The account, per node.
     println!("\n=== what flowed ({:.1} s) ===", started.elapsed().as_secs_f64());
-    println!("{:<8} {:>14} {:>18} {:>16} {:>8} {:>20} {:>22}", "node", "births sent/in", "data sent/in (dup)", "metrics sent/in", "deaths", "commands recv (alias)", "setpoints applied/seen");
+    println!(
+        "{:<8} {:>14} {:>18} {:>16} {:>8} {:>20} {:>22}",
+        "node",
+        "births sent/in",
+        "data sent/in (dup)",
+        "metrics sent/in",
+        "deaths",
+        "commands (by alias)",
+        "setpoints applied/seen"
+    );
     let mut failures = Vec::new();
     for (node, log) in &logs {
         let l = log.lock();
@@ -608,7 +679,9 @@ async fn factory(args: Args) -> Result<bool> {
             .iter()
             .filter(|(k, v)| {
                 k.starts_with(&format!("{key}/"))
-                    && s.setpoints.get(k.rsplit('/').next().unwrap_or("")).is_some_and(|seen| seen.contains(&json!(v).to_string()))
+                    && s.setpoints
+                        .get(k.rsplit('/').next().unwrap_or(""))
+                        .is_some_and(|seen| seen.contains(&json!(v).to_string()))
             })
             .count();
         println!(
@@ -624,23 +697,47 @@ async fn factory(args: Args) -> Result<bool> {
             failures.push(format!("{node}: {births_sent} births published, {births_in} in Kafka"));
         }
         if (s.data.len() as u64) < data_sent {
-            failures.push(format!("{node}: {data_sent} DATA messages published, {} in Kafka", s.data.len()));
+            failures.push(format!(
+                "{node}: {data_sent} DATA messages published, {} in Kafka",
+                s.data.len()
+            ));
         }
         if s.offline < l.deaths {
-            failures.push(format!("{node}: died {} times, {} offline status records in Kafka", l.deaths, s.offline));
+            failures.push(format!(
+                "{node}: died {} times, {} offline status records in Kafka",
+                l.deaths, s.offline
+            ));
         }
         let expected_commands = args.devices as u64 + u64::from(Some(node) == rebirth_to.as_ref());
         if commands_received < expected_commands {
-            failures.push(format!("{node}: {expected_commands} commands sent, {commands_received} received"));
+            failures.push(format!(
+                "{node}: {expected_commands} commands sent, {commands_received} received"
+            ));
         }
         if reported < args.devices {
-            failures.push(format!("{node}: {} of {} presses reported their new setpoint in Kafka", reported, args.devices));
+            failures.push(format!(
+                "{node}: {} of {} presses reported their new setpoint in Kafka",
+                reported, args.devices
+            ));
+        }
+        if applied < args.devices {
+            failures.push(format!(
+                "{node}: {applied} of {} presses took a new setpoint from a command",
+                args.devices
+            ));
         }
         if Some(node) == rebirth_to.as_ref() && l.rebirths == 0 {
             failures.push(format!("{node}: the rebirth request did not arrive"));
         }
     }
     println!("commands: {commands_sent} sent to Kafka ({COMMAND_TOPIC}), each device's new setpoint seen in its next DATA in Kafka ({DATA_TOPIC})");
+    if let Some(c) = logs.values().find_map(|l| l.lock().first_command.clone()) {
+        println!("a command as its edge node decoded it:  {c}");
+    }
+    let sample = records.iter().rev().find(|(_, v)| v["type"] == "DDATA");
+    if let Some((key, v)) = sample {
+        println!("a DDATA record in Kafka (key {key}):  {v}");
+    }
     if failures.is_empty() {
         println!("all checks passed.");
     } else {
