@@ -1,6 +1,8 @@
 //! Round trips of every datatype through our encoder and decoder (protobuf bytes in between),
 //! as property tests, plus the JSON of each value back to the same value where JSON can say it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use connector_sparkplug::encode::{encode_metric, encode_payload};
 use connector_sparkplug::json::{metric_json, value_from_json, value_json};
 use connector_sparkplug::proto::Payload;
