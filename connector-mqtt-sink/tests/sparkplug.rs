@@ -127,6 +127,77 @@ async fn birth_until_learned(sink: &Running, publisher: &MqttPublisher, edge: &m
     .unwrap();
 }
 
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/sparkplug-check.py");
+
+/// scripts/sparkplug-check.py subscribed to the commands (paho, and protobuf compiled from the
+/// .proto by protoc: no code of ours); `None` outside CI when python3 lacks protobuf or
+/// grpcio-tools.
+struct PythonSubscriber {
+    lines: Arc<parking_lot::Mutex<Vec<String>>>,
+    _child: tokio::process::Child,
+}
+
+impl PythonSubscriber {
+    async fn start(url: &str, count: usize) -> Option<Self> {
+        let ready = std::process::Command::new("python3")
+            .args(["-c", "import google.protobuf, grpc_tools, paho.mqtt"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ready {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: python3 with protobuf, grpcio-tools and paho-mqtt is required (scripts/install-brokers)"
+            );
+            eprintln!("SKIPPED the Python decoder: python3 with protobuf, grpcio-tools and paho-mqtt not found");
+            return None;
+        }
+        let mut child = tokio::process::Command::new("python3")
+            .arg(SCRIPT)
+            .args(["subscribe", "--url", url, "--filter", "spBv1.0/+/NCMD/+"])
+            .args(["--filter", "spBv1.0/+/DCMD/+/+", "--count", &count.to_string()])
+            .args(["--timeout", "60"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let collected = Arc::clone(&lines);
+        let stdout = child.stdout.take().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = reader.next_line().await {
+                collected.lock().push(l);
+            }
+        });
+        let this = Self { lines, _child: child };
+        wait_until("the Python subscriber's SUBACK", Duration::from_secs(20), || {
+            this.lines.lock().iter().any(|l| l == "subscribed")
+        })
+        .await
+        .unwrap();
+        Some(this)
+    }
+
+    /// The first `n` messages it decoded.
+    async fn messages(&self, n: usize) -> Vec<serde_json::Value> {
+        let decoded = || -> Vec<serde_json::Value> {
+            let lines = self.lines.lock();
+            lines
+                .iter()
+                .filter(|l| l.starts_with('{'))
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        wait_until("the Python subscriber's messages", Duration::from_secs(20), || {
+            decoded().len() >= n
+        })
+        .await
+        .unwrap();
+        decoded()
+    }
+}
+
 fn metrics(payload: &[u8]) -> Vec<Metric> {
     decode_metrics(&decode_payload(payload).unwrap()).unwrap()
 }
@@ -142,6 +213,7 @@ async fn json_commands_become_ncmd_and_dcmd_by_alias_after_a_birth_by_name_witho
         MqttSubscriber::connect(&mqtt.url(), "independent", "spBv1.0/+/+/#", QoS::AtLeastOnce)
             .await
             .unwrap();
+    let python = PythonSubscriber::start(&mqtt.url(), 4).await;
     let store = Arc::new(MemoryOffsetStore::new());
     let mut config = MqttSinkConfig::sparkplug_b(mqtt.url(), vec!["plant.commands".into()]);
     config.connection.client_id = Some("commands".into());
@@ -222,6 +294,36 @@ async fn json_commands_become_ncmd_and_dcmd_by_alias_after_a_birth_by_name_witho
         (m[0].name.as_str(), m[0].alias, m[0].datatype, &m[0].value),
         ("enabled", None, DataType::Boolean, &Value::Boolean(true))
     );
+
+    // The independent decoder reads the same: datatype numbers of the spec (Double 10, Int32 3,
+    // String 12, UInt16 6, Boolean 11), -40 from its two's complement.
+    if let Some(python) = python {
+        let decoded = python.messages(4).await;
+        let seen: Vec<serde_json::Value> = decoded
+            .iter()
+            .map(|m| {
+                let metrics: Vec<serde_json::Value> = m["metrics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| serde_json::json!([x["name"], x["alias"], x["datatype"], x["value"]]))
+                    .collect();
+                serde_json::json!([m["topic"], metrics])
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                serde_json::json!(["spBv1.0/plant/NCMD/line-1", [["speed", 1, 10, 2.5]]]),
+                serde_json::json!([
+                    "spBv1.0/plant/DCMD/line-1/press-2",
+                    [["target_temp", 7, 3, -40], ["mode", 8, 12, "manual"]]
+                ]),
+                serde_json::json!(["spBv1.0/plant/DCMD/line-9/pump", [["flow", null, 6, 3]]]),
+                serde_json::json!(["spBv1.0/plant/NCMD/line-9", [["enabled", null, 11, true]]]),
+            ]
+        );
+    }
 
     let offsets: Vec<String> = dead.iter().map(|r| header(r, "__connect.errors.offset")).collect();
     assert_eq!(offsets, ["2", "3", "4"]);
