@@ -5,7 +5,7 @@
 //! QoS 1 while commands go out are acknowledged and learned without disturbing the publishes.
 
 // Test code: an unwrap that fails is a failing test, with the error in its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
