@@ -271,6 +271,34 @@ mod tests {
     }
 
     #[test]
+    fn a_template_names_the_target_and_must_render_a_command_topic() {
+        use connector_core::{Headers, Timestamp};
+        let mut headers = Headers::new();
+        headers.push("node", "line-3");
+        let record = SinkRecord {
+            topic: "cmd".into(),
+            original_topic: "cmd".into(),
+            partition: 0,
+            offset: 0,
+            key: Some(bytes::Bytes::from_static(b"not/used/as/target")),
+            value: None,
+            headers,
+            timestamp: Timestamp::from_millis(0),
+        };
+        let t = Template::parse("spBv1.0/plant/DCMD/{header.node}/pump").unwrap();
+        let (topic, target) = route(Some(&t), &record).unwrap();
+        assert_eq!(
+            (topic.as_str(), target.to_string()),
+            ("spBv1.0/plant/DCMD/line-3/pump", "plant/line-3/pump".to_owned())
+        );
+        let t = Template::parse("plant/{header.node}/cmd").unwrap();
+        let e = route(Some(&t), &record).unwrap_err();
+        assert!(e.contains("not a Sparkplug command topic") && e.contains("not published"), "{e}");
+        let e = route(None, &record).unwrap_err();
+        assert!(e.contains("not group/node"), "{e}");
+    }
+
+    #[test]
     fn birth_filters_cover_the_groups() {
         assert_eq!(birth_filters(&[]), ["spBv1.0/+/NBIRTH/+", "spBv1.0/+/DBIRTH/+/+"]);
         assert_eq!(birth_filters(&["a".into()]), ["spBv1.0/a/NBIRTH/+", "spBv1.0/a/DBIRTH/+/+"]);

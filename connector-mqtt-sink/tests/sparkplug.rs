@@ -16,6 +16,7 @@ use connector_core::{
     ErrorPolicyConfig, MemoryOffsetStore, OffsetStore, Result, SinkConnector, SinkRecord,
     Tolerance, TopicPartition,
 };
+use connector_mqtt_common::MqttVersion;
 use connector_mqtt_sink::{MqttSinkConfig, MqttSinkConnector};
 use connector_sparkplug::encode::EdgeNode;
 use connector_sparkplug::{decode_metrics, decode_payload, DataType, Metric, Value};
@@ -92,7 +93,13 @@ fn header(r: &SinkRecord, key: &str) -> String {
 
 /// The edge node `plant/line-1` with device `press-2`, as its births announce them.
 fn births(edge: &mut EdgeNode) -> [(String, Vec<u8>); 2] {
-    let n = edge.nbirth(&[("speed", Some(1), Value::Double(1.0), DataType::Double)], 1).unwrap();
+    births_with(edge, 1)
+}
+
+/// The births, with `speed_alias` for the node's metric `speed`.
+fn births_with(edge: &mut EdgeNode, speed_alias: u64) -> [(String, Vec<u8>); 2] {
+    let speed = [("speed", Some(speed_alias), Value::Double(1.0), DataType::Double)];
+    let n = edge.nbirth(&speed, 1).unwrap();
     let d = edge
         .dbirth(
             "press-2",
@@ -108,16 +115,27 @@ fn births(edge: &mut EdgeNode) -> [(String, Vec<u8>); 2] {
 
 /// Publishes the births until the sink learned a full pair after its subscription was in place.
 async fn birth_until_learned(sink: &Running, publisher: &MqttPublisher, edge: &mut EdgeNode) {
+    birth_until_learned_with(sink, publisher, edge, 1).await;
+}
+
+/// [`birth_until_learned`] with `speed_alias`.
+async fn birth_until_learned_with(
+    sink: &Running,
+    publisher: &MqttPublisher,
+    edge: &mut EdgeNode,
+    speed_alias: u64,
+) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while sink.births_learned() < 2 {
+    let start = sink.births_learned();
+    while sink.births_learned() < start + 2 {
         assert!(Instant::now() < deadline, "the sink learned no BIRTH within 15 s");
-        for (topic, payload) in births(edge) {
+        for (topic, payload) in births_with(edge, speed_alias) {
             publisher.publish(&topic, QoS::AtLeastOnce, false, payload).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let before = sink.births_learned();
-    for (topic, payload) in births(edge) {
+    for (topic, payload) in births_with(edge, speed_alias) {
         publisher.publish(&topic, QoS::AtLeastOnce, false, payload).await.unwrap();
     }
     wait_until("the last pair learned", Duration::from_secs(10), || {
@@ -388,4 +406,37 @@ async fn births_delivered_at_qos1_while_commands_go_out_are_acknowledged_and_lea
     let expected: Vec<Value> = (0..300).map(Value::Int).collect();
     assert_eq!(values, expected, "every command once, in order");
     assert!(got.iter().all(|m| metrics(&m.payload)[0].alias == Some(7)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_the_sink_subscribes_again_and_uses_the_new_births_on_mqtt5() {
+    init_tracing();
+    let mut mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store = Arc::new(MemoryOffsetStore::new());
+    let mut config = MqttSinkConfig::sparkplug_b(mqtt.url(), vec!["restart".into()]);
+    config.connection.mqtt_version = MqttVersion::V5;
+    let sink = start("restart", config, &client, &store, "restart.dlq");
+    let publisher = MqttPublisher::connect(&mqtt.url(), "line-1").await.unwrap();
+    let mut edge = EdgeNode::new("plant", "line-1");
+    birth_until_learned(&sink, &publisher, &mut edge).await;
+
+    // The broker forgets the sink's clean session; the node is born again with another alias.
+    mqtt.restart().await.unwrap();
+    birth_until_learned_with(&sink, &publisher, &mut edge, 42).await;
+    let commands =
+        MqttSubscriber::connect(&mqtt.url(), "independent", "spBv1.0/+/NCMD/+", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    let record =
+        ProducerRecord::new("restart", r#"{"name":"speed","value":3.0}"#).with_key("plant/line-1");
+    client.produce(vec![record]).await.unwrap();
+    let got = commands.wait_for(1, Duration::from_secs(20)).await.unwrap();
+    sink.stop().await;
+    let m = metrics(&got[0].payload);
+    assert_eq!(
+        (m[0].name.as_str(), m[0].alias, &m[0].value),
+        ("speed", Some(42), &Value::Double(3.0))
+    );
 }
