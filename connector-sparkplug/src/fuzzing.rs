@@ -11,28 +11,62 @@ use crate::{
 };
 
 /// Decodes `data` as a payload (and its metrics on their own), then feeds it to a host state
-/// under every message type, after a valid NBIRTH of the same node so that DATA reaches alias
-/// resolution. Must never panic.
+/// under every message type: DATA, DBIRTH, commands and DDEATH first, while a valid NBIRTH (of
+/// a node the first byte picks among six, so the limits of four nodes are reached) is current,
+/// so that DATA reaches alias resolution; NBIRTH and NDEATH last. Then `data` as a snapshot to
+/// restore. Must never panic.
 pub fn payload(data: &[u8]) {
     if let Ok(p) = decode_payload(data) {
         let _ = decode_metrics(&p);
     }
     let mut host =
         HostState::new(HostConfig { max_nodes: 4, max_metrics: 64, ..HostConfig::default() });
-    let mut edge = EdgeNode::new("g", "n");
-    if let Ok((topic, birth)) = edge.nbirth(&sample_birth(), 0) {
-        host.handle(&topic, &birth, 0);
+    // The births are encoded once per process (the fuzzer runs millions of inputs).
+    static BIRTHS: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let births = BIRTHS.get_or_init(|| {
+        (0..6)
+            .filter_map(|i| EdgeNode::new("g", format!("n{i}")).nbirth(&sample_birth(), 0).ok())
+            .collect()
+    });
+    // Three other nodes and the node under test (picked by the first byte) fill the host's
+    // four places: the limits are reached, and evictions happen when a node goes offline.
+    let pick = data.first().map_or(0, |b| usize::from(*b % 6));
+    for (topic, birth) in
+        births.iter().enumerate().filter(|(i, _)| *i != pick).map(|(_, b)| b).take(3)
+    {
+        host.handle(topic, birth, 0);
     }
-    for (i, kind) in MessageType::ALL.into_iter().enumerate() {
+    let node = format!("n{pick}");
+    let edge = EdgeNode::new("g", node.clone());
+    if let Some((topic, birth)) = births.get(pick) {
+        host.handle(topic, birth, 0);
+    }
+    let order = [
+        MessageType::NData,
+        MessageType::DBirth,
+        MessageType::DData,
+        MessageType::NCmd,
+        MessageType::DCmd,
+        MessageType::DDeath,
+        MessageType::NBirth,
+        MessageType::NData,
+        MessageType::NDeath,
+    ];
+    for (i, kind) in order.into_iter().enumerate() {
         let topic = if kind.is_device() {
-            format!("spBv1.0/g/{kind}/n/d")
+            format!("spBv1.0/g/{kind}/{node}/d")
         } else {
-            format!("spBv1.0/g/{kind}/n")
+            format!("spBv1.0/g/{kind}/{node}")
         };
         host.handle(&topic, data, i as u64 * 1_000);
     }
     host.handle("spBv1.0/STATE/h", data, 9_000);
     let _ = host.tick(u64::MAX);
+    if let Ok(snapshot) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data)
+    {
+        let _ = host.restore(edge.key(), &snapshot);
+        let _ = host.snapshot(&edge.key());
+    }
 }
 
 /// The metrics of the NBIRTH the fuzz entry point starts from (one per scalar datatype).
@@ -204,6 +238,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_node_under_test_is_born_so_data_reaches_alias_resolution() {
+        let mut host = HostState::new(HostConfig { max_nodes: 4, ..HostConfig::default() });
+        for i in 0..4 {
+            let (t, p) = EdgeNode::new("g", format!("n{i}")).nbirth(&sample_birth(), 0).unwrap();
+            assert!(matches!(host.handle(&t, &p, 0).event, crate::host::Event::Birth { .. }));
+        }
+    }
 
     #[test]
     fn the_samples_decode() {

@@ -120,14 +120,15 @@ pub fn value_json(value: &Value) -> Json {
     }
 }
 
-/// A property set as `{"<key>": {"datatype": "Int32", "value": 192}, ...}`.
+/// A property set as `{"<key>": {"datatype": "Int32", "value": 192}, ...}`. Of two properties
+/// with one key (the wire allows it) the first is kept, as [`PropertySetValue::get`] does.
 pub fn property_set_json(ps: &PropertySetValue) -> Json {
     let mut o = Map::new();
     for p in &ps.properties {
-        o.insert(
-            p.key.clone(),
-            json!({"datatype": p.datatype.name(), "value": value_json(&p.value)}),
-        );
+        if !o.contains_key(&p.key) {
+            let value = json!({"datatype": p.datatype.name(), "value": value_json(&p.value)});
+            o.insert(p.key.clone(), value);
+        }
     }
     Json::Object(o)
 }

@@ -51,6 +51,20 @@ pub fn decode_metric(
     m: &pb::Metric,
     known: Option<(&str, DataType)>,
 ) -> Result<Metric, DecodeError> {
+    decode_metric_with(m, known, &TemplateDefs::new())
+}
+
+/// Template definitions from BIRTH: definition name -> member name -> datatype. Members of an
+/// instance in DATA need not carry their datatype (the spec says they should not).
+pub(crate) type TemplateDefs =
+    std::collections::HashMap<String, std::collections::HashMap<String, DataType>>;
+
+/// [`decode_metric`] with the template definitions of the BIRTH.
+pub(crate) fn decode_metric_with(
+    m: &pb::Metric,
+    known: Option<(&str, DataType)>,
+    defs: &TemplateDefs,
+) -> Result<Metric, DecodeError> {
     let name = match (&m.name, known) {
         (Some(name), _) => name.clone(),
         (None, Some((name, _))) => name.to_owned(),
@@ -72,7 +86,7 @@ pub fn decode_metric(
     } else {
         match &m.value {
             None => Value::Null,
-            Some(v) => metric_value(datatype, v)?,
+            Some(v) => metric_value(datatype, v, defs)?,
         }
     };
     let properties = m.properties.as_ref().map(decode_property_set).transpose()?;
@@ -100,7 +114,11 @@ pub fn decode_metrics(payload: &crate::proto::Payload) -> Result<Vec<Metric>, De
     payload.metrics.iter().map(|m| decode_metric(m, None)).collect()
 }
 
-fn metric_value(datatype: DataType, v: &pm::Value) -> Result<Value, DecodeError> {
+fn metric_value(
+    datatype: DataType,
+    v: &pm::Value,
+    defs: &TemplateDefs,
+) -> Result<Value, DecodeError> {
     let wire = match v {
         pm::Value::IntValue(i) => Wire::Int(*i),
         pm::Value::LongValue(l) => Wire::Long(*l),
@@ -113,7 +131,7 @@ fn metric_value(datatype: DataType, v: &pm::Value) -> Result<Value, DecodeError>
             return decode_data_set(ds).map(Value::DataSet)
         }
         pm::Value::TemplateValue(t) if datatype == DataType::Template => {
-            return decode_template(t).map(Value::Template)
+            return decode_template(t, defs).map(Value::Template)
         }
         pm::Value::DatasetValue(_) => Wire::Other("dataset_value"),
         pm::Value::TemplateValue(_) => Wire::Other("template_value"),
@@ -170,8 +188,19 @@ pub(crate) fn decode_data_set(ds: &pb::DataSet) -> Result<DataSetValue, DecodeEr
 }
 
 /// Decodes a Template: its metrics recursively (each with its own datatype), its parameters.
-pub(crate) fn decode_template(t: &pb::Template) -> Result<TemplateValue, DecodeError> {
-    let metrics = t.metrics.iter().map(|m| decode_metric(m, None)).collect::<Result<_, _>>()?;
+pub(crate) fn decode_template(
+    t: &pb::Template,
+    defs: &TemplateDefs,
+) -> Result<TemplateValue, DecodeError> {
+    let members = t.template_ref.as_ref().and_then(|r| defs.get(r));
+    let metrics = t
+        .metrics
+        .iter()
+        .map(|m| {
+            let known = m.name.as_deref().and_then(|n| Some((n, *members?.get(n)?)));
+            decode_metric_with(m, known, defs)
+        })
+        .collect::<Result<_, _>>()?;
     let parameters = t
         .parameters
         .iter()

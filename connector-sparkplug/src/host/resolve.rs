@@ -7,15 +7,18 @@
 
 use std::collections::HashMap;
 
+use crate::metric::{decode_metric_with, TemplateDefs};
 use crate::proto::payload as pb;
 use crate::proto::Payload;
-use crate::{decode_metric, DataType, Metric};
+use crate::{DataType, Metric, Value};
 
 /// Alias and name tables of one BIRTH.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Table {
     pub(crate) by_alias: HashMap<u64, (String, DataType)>,
     pub(crate) by_name: HashMap<String, (Option<u64>, DataType)>,
+    /// Template definitions of the BIRTH (NBIRTH's serve the node's devices too).
+    pub(crate) templates: TemplateDefs,
 }
 
 impl Table {
@@ -34,17 +37,30 @@ impl Table {
     }
 }
 
-/// The metrics of a BIRTH and its table; `Err` when the table cannot be built.
-pub(crate) fn decode_birth(payload: &Payload) -> Result<(Vec<Metric>, Table), String> {
+/// The metrics of a BIRTH and its table; `Err` when the table cannot be built. `inherited` are
+/// the node's template definitions (for a DBIRTH).
+pub(crate) fn decode_birth(
+    payload: &Payload,
+    inherited: &TemplateDefs,
+) -> Result<(Vec<Metric>, Table), String> {
     let mut table = Table::default();
+    let mut defs = inherited.clone();
     let mut metrics = Vec::with_capacity(payload.metrics.len());
     for m in &payload.metrics {
         let Some(name) = m.name.as_deref().filter(|n| !n.is_empty()) else {
             return Err(format!("a metric without a name (alias {:?})", m.alias));
         };
-        match decode_metric(m, None) {
+        match decode_metric_with(m, None, &defs) {
             Ok(metric) => {
                 table.insert(&metric.name, metric.alias, metric.datatype)?;
+                if let Value::Template(t) = &metric.value {
+                    if t.is_definition {
+                        let members = t.metrics.iter().map(|m| (m.name.clone(), m.datatype));
+                        let members: HashMap<_, _> = members.collect();
+                        defs.insert(metric.name.clone(), members.clone());
+                        table.templates.insert(metric.name.clone(), members);
+                    }
+                }
                 metrics.push(metric);
             }
             Err(e) => {
@@ -68,7 +84,11 @@ pub(crate) struct Unresolved {
 }
 
 /// Resolves DATA (or command) metrics against a BIRTH table.
-pub(crate) fn resolve(table: &Table, metrics: &[pb::Metric]) -> Result<Vec<Metric>, Unresolved> {
+pub(crate) fn resolve(
+    table: &Table,
+    metrics: &[pb::Metric],
+    defs: &TemplateDefs,
+) -> Result<Vec<Metric>, Unresolved> {
     let unknown = |reason: String| Unresolved { reason, rebirth: true };
     metrics
         .iter()
@@ -82,7 +102,7 @@ pub(crate) fn resolve(table: &Table, metrics: &[pb::Metric]) -> Result<Vec<Metri
                     let by_alias = alias.and_then(|a| table.by_alias.get(&a));
                     match (by_alias, table.by_name.get(name)) {
                         (Some((_, dt)), _) | (None, Some((_, dt))) => Some((name.as_str(), *dt)),
-                        (None, None) if m.datatype.is_some() => None,
+                        // Not in the BIRTH (which must list every metric): a rebirth reason.
                         (None, None) => return Err(unknown(format!("unknown metric {name:?}"))),
                     }
                 }
@@ -93,7 +113,7 @@ pub(crate) fn resolve(table: &Table, metrics: &[pb::Metric]) -> Result<Vec<Metri
                     })
                 }
             };
-            let mut metric = decode_metric(m, known)
+            let mut metric = decode_metric_with(m, known, defs)
                 .map_err(|e| Unresolved { reason: e.to_string(), rebirth: false })?;
             if metric.alias.is_none() {
                 metric.alias = table.by_name.get(&metric.name).and_then(|(a, _)| *a);

@@ -6,7 +6,8 @@
 //!  "devices": {"press2": {"online": true, "metrics": [["Pressure", 2, 10]]}}}
 //! ```
 //!
-//! Each metric is `[name, alias or null, datatype number]`. After a restore the node's first seq
+//! Each metric is `[name, alias or null, datatype number]`; `"templates"` (present when the
+//! NBIRTH defined some) maps each template definition to its members' `[name, datatype]`. After a restore the node's first seq
 //! is accepted as it is (the seqs of the time the connector was down are unknown).
 
 use serde_json::{json, Map, Value as Json};
@@ -40,11 +41,45 @@ pub enum RestoreError {
 }
 
 fn table_json(table: &Table) -> Json {
-    let mut rows: Vec<(&String, &(Option<u64>, DataType))> = table.by_name.iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0));
+    // Every alias (two metrics may share a name, each with its alias), then the names without
+    // one; sorted, so that equal tables give equal snapshots.
+    let mut rows: Vec<(&str, Option<u64>, DataType)> = table
+        .by_alias
+        .iter()
+        .map(|(alias, (name, dt))| (name.as_str(), Some(*alias), *dt))
+        .collect();
+    rows.extend(
+        table
+            .by_name
+            .iter()
+            .filter(|(_, (alias, _))| alias.is_none())
+            .map(|(n, (_, dt))| (n.as_str(), None, *dt)),
+    );
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Json::Array(
-        rows.into_iter().map(|(name, (alias, dt))| json!([name, alias, dt.number()])).collect(),
+        rows.into_iter().map(|(name, alias, dt)| json!([name, alias, dt.number()])).collect(),
     )
+}
+
+fn templates_from(json: &Json) -> Result<crate::metric::TemplateDefs, String> {
+    let Json::Object(defs) = json else { return Err("\"templates\" is not an object".to_owned()) };
+    let mut out = crate::metric::TemplateDefs::new();
+    for (name, rows) in defs {
+        let mut members = std::collections::HashMap::new();
+        for row in rows.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let (Some(Json::String(m)), Some(dt)) = (row.get(0), row.get(1)) else {
+                return Err(format!("template {name:?}: member {row} is not [name, datatype]"));
+            };
+            let dt = dt
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(DataType::from_u32)
+                .ok_or_else(|| format!("template {name:?}: datatype {dt}"))?;
+            members.insert(m.clone(), dt);
+        }
+        out.insert(name.clone(), members);
+    }
+    Ok(out)
 }
 
 fn table_from(json: Option<&Json>) -> Result<Table, String> {
@@ -103,6 +138,20 @@ impl HostState {
         out.insert("bd_seq".into(), json!(state.bd_seq));
         out.insert("online".into(), json!(state.online));
         out.insert("metrics".into(), table_json(&state.table));
+        if !state.table.templates.is_empty() {
+            let mut defs: Vec<_> = state.table.templates.iter().collect();
+            defs.sort_by(|a, b| a.0.cmp(b.0));
+            let defs: Map<String, Json> = defs
+                .into_iter()
+                .map(|(name, members)| {
+                    let mut members: Vec<_> = members.iter().collect();
+                    members.sort();
+                    let rows = members.into_iter().map(|(m, dt)| json!([m, dt.number()])).collect();
+                    (name.clone(), Json::Array(rows))
+                })
+                .collect();
+            out.insert("templates".into(), Json::Object(defs));
+        }
         let devices: Map<String, Json> = state
             .devices
             .iter()
@@ -133,7 +182,10 @@ impl HostState {
             .get("online")
             .and_then(Json::as_bool)
             .ok_or_else(|| shape("no boolean \"online\"".into()))?;
-        let table = table_from(snapshot.get("metrics")).map_err(shape)?;
+        let mut table = table_from(snapshot.get("metrics")).map_err(shape)?;
+        if let Some(defs) = snapshot.get("templates") {
+            table.templates = templates_from(defs).map_err(shape)?;
+        }
         let mut state = NodeState { bd_seq, born: true, online, table, ..NodeState::default() };
         let Some(Json::Object(devices)) = snapshot.get("devices") else {
             return Err(shape("\"devices\" is not an object".into()));

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::resolve::{decode_birth, resolve, Table, Unresolved};
 use super::seq::{SeqOutcome, SeqState};
 use super::{rebirth, Event, Handled, HostState, Rebirth};
+use crate::metric::TemplateDefs;
 use crate::proto::payload as pb;
 use crate::proto::Payload;
 use crate::{decode_payload, DeviceKey, MessageType, NodeKey, SparkplugTopic, BD_SEQ};
@@ -91,7 +92,13 @@ impl HostState {
 
     /// Ends the node's session at a rejected NBIRTH: offline, no aliases, no devices, no seq
     /// expectation, so the new session's DATA is never read with the old session's aliases.
-    fn reject_birth(&mut self, device: DeviceKey, reason: String, now_ms: u64) -> Handled {
+    fn reject_birth(
+        &mut self,
+        device: DeviceKey,
+        reason: String,
+        bd_seq: Option<u64>,
+        now_ms: u64,
+    ) -> Handled {
         let node = device.node.clone();
         let before = self.nodes.get(&node).and_then(|n| n.seq.deadline);
         let mut also_offline = Vec::new();
@@ -104,6 +111,8 @@ impl HostState {
                 state.devices.clear();
                 state.seq.reset(None);
                 state.birth_rejected = Some(reason.clone());
+                // The new session's bdSeq (when readable): its NDEATH is then honoured.
+                state.bd_seq = bd_seq;
                 was_born.then(|| node.clone())
             }
             None => None,
@@ -160,7 +169,7 @@ pub(crate) fn handle(host: &mut HostState, topic: &str, payload: &[u8], now_ms: 
     let payload = match decode_payload(payload) {
         Ok(p) => p,
         Err(e) if kind == MessageType::NBirth => {
-            return host.reject_birth(device, format!("{kind}: {e}"), now_ms);
+            return host.reject_birth(device, format!("{kind}: {e}"), None, now_ms);
         }
         Err(e) if kind == MessageType::DBirth => {
             // A rebirth would bring the same DBIRTH: the device stays unborn, quietly.
@@ -174,12 +183,16 @@ pub(crate) fn handle(host: &mut HostState, topic: &str, payload: &[u8], now_ms: 
         Err(e) if from_node => {
             return host.invalid_rebirth(device, format!("{kind}: {e}"), now_ms);
         }
+        Err(e) if matches!(kind, MessageType::NCmd | MessageType::DCmd) => {
+            tracing::debug!(device = %device, error = %e, "sparkplug: undecodable {kind}");
+            return plain(Event::Command { device, kind, metrics: Vec::new() });
+        }
         Err(e) => return invalid(Some(device), format!("{kind}: {e}")),
     };
     if payload.metrics.len() > host.config.max_metrics {
         let reason = format!("{kind}: more than {} metrics", host.config.max_metrics);
         if kind == MessageType::NBirth {
-            return host.reject_birth(device, reason, now_ms);
+            return host.reject_birth(device, reason, bd_seq(&payload), now_ms);
         }
         return invalid(Some(device), reason);
     }
@@ -232,7 +245,7 @@ fn seq_of(payload: &Payload) -> Result<Option<u8>, String> {
 fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u64) -> Handled {
     let node = device.node.clone();
     let checked = seq_of(payload).and_then(|seq| {
-        let (metrics, table) = decode_birth(payload)?;
+        let (metrics, table) = decode_birth(payload, &TemplateDefs::new())?;
         if table.len() > host.config.max_metrics {
             return Err(format!("more than {} metrics", host.config.max_metrics));
         }
@@ -240,7 +253,10 @@ fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u6
     });
     let (seq, metrics, table) = match checked {
         Ok(b) => b,
-        Err(reason) => return host.reject_birth(device, format!("NBIRTH: {reason}"), now_ms),
+        Err(reason) => {
+            let bd_seq = bd_seq(payload);
+            return host.reject_birth(device, format!("NBIRTH: {reason}"), bd_seq, now_ms);
+        }
     };
     let bd_seq = bd_seq(payload);
     let before = host.nodes.get(&node).and_then(|n| n.seq.deadline);
@@ -274,9 +290,14 @@ fn ndeath(host: &mut HostState, device: DeviceKey, payload: &Payload) -> Handled
     let node = device.node.clone();
     let bd_seq = bd_seq(payload);
     let before = host.nodes.get(&node).and_then(|n| n.seq.deadline);
-    let Some(state) = host.nodes.get_mut(&node).filter(|n| n.born && n.bd_seq == bd_seq) else {
-        let current_bd_seq = host.nodes.get(&node).filter(|n| n.born).and_then(|n| n.bd_seq);
+    // Stale only when a different current bdSeq is known: a node whose NBIRTH we never saw
+    // (first deployment, failed restore) dies for real.
+    let current_bd_seq = host.nodes.get(&node).filter(|n| n.born).and_then(|n| n.bd_seq);
+    if current_bd_seq.is_some() && current_bd_seq != bd_seq {
         return plain(Event::StaleDeath { device, bd_seq, current_bd_seq });
+    }
+    let Some(state) = host.nodes.get_mut(&node).filter(|n| n.born) else {
+        return plain(Event::Death { device, bd_seq, timestamp: payload.timestamp });
     };
     let also_offline = online_devices(&node, state);
     state.online = false;
@@ -309,6 +330,9 @@ fn sequenced(
     let timeout = host.config.reorder_timeout_ms;
     let max_metrics = host.config.max_metrics;
     let Some(state) = host.nodes.get_mut(&node).filter(|n| n.born && n.online) else {
+        if let (MessageType::DBirth, Some(id)) = (kind, &device.device) {
+            learn_device(host, &node, id, payload, now_ms);
+        }
         let reason = match host.nodes.get(&node) {
             Some(n) if n.birth_rejected.is_some() => format!(
                 "{kind} after a rejected NBIRTH ({})",
@@ -323,16 +347,20 @@ fn sequenced(
     };
     state.last_seen = now_ms;
     let before = state.seq.deadline;
-    if let Some(s) = seq {
-        if let SeqOutcome::Gap { missing } = state.seq.observe(s, now_ms, timeout) {
-            tracing::debug!(node = %node, seq = s, missing, "sparkplug: seq gap");
+    match seq {
+        Some(s) => {
+            if let SeqOutcome::Gap { missing } = state.seq.observe(s, now_ms, timeout) {
+                tracing::debug!(node = %node, seq = s, missing, "sparkplug: seq gap");
+            }
         }
+        None => tracing::debug!(node = %node, "sparkplug: {kind} without a seq (not checked)"),
     }
     // Err: the reason, and whether a rebirth can help.
     let unresolved = |u: Unresolved| (u.reason, u.rebirth);
     let result: Result<Handled, (String, bool)> = (|| match (kind, &device.device) {
         (MessageType::NData, _) => {
-            let metrics = resolve(&state.table, &payload.metrics).map_err(unresolved)?;
+            let metrics = resolve(&state.table, &payload.metrics, &state.table.templates)
+                .map_err(unresolved)?;
             Ok(plain(Event::Data {
                 device: device.clone(),
                 seq: payload.seq,
@@ -342,14 +370,15 @@ fn sequenced(
         }
         (MessageType::DBirth, Some(id)) => {
             let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
-            let checked = decode_birth(payload).and_then(|(metrics, table)| {
-                if others + 1 + table.len() > max_metrics {
-                    return Err(format!(
-                        "more than {max_metrics} metrics and devices on the edge node"
-                    ));
-                }
-                Ok((metrics, table))
-            });
+            let checked =
+                decode_birth(payload, &state.table.templates).and_then(|(metrics, table)| {
+                    if others + 1 + table.len() > max_metrics {
+                        return Err(format!(
+                            "more than {max_metrics} metrics and devices on the edge node"
+                        ));
+                    }
+                    Ok((metrics, table))
+                });
             let (metrics, table) = match checked {
                 Ok(b) => b,
                 Err(reason) => {
@@ -382,7 +411,8 @@ fn sequenced(
         }
         (MessageType::DData, Some(id)) => match state.devices.get(id) {
             Some(d) if d.online => {
-                let metrics = resolve(&d.table, &payload.metrics).map_err(unresolved)?;
+                let metrics = resolve(&d.table, &payload.metrics, &state.table.templates)
+                    .map_err(unresolved)?;
                 Ok(plain(Event::Data {
                     device: device.clone(),
                     seq: payload.seq,
@@ -424,6 +454,21 @@ fn sequenced(
     }
 }
 
+/// A DBIRTH of a node without a current NBIRTH (a host that started after it): still invalid
+/// for its data, but its aliases are kept (offline) so that [`HostState::lookup`] serves a
+/// sink's commands.
+fn learn_device(host: &mut HostState, node: &NodeKey, id: &str, payload: &Payload, now_ms: u64) {
+    let Ok((_, table)) = decode_birth(payload, &TemplateDefs::new()) else { return };
+    let max_metrics = host.config.max_metrics;
+    let Some(state) = host.entry(node, now_ms, false) else { return };
+    let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
+    if others + 1 + table.len() <= max_metrics {
+        state
+            .devices
+            .insert(id.to_owned(), DeviceState { online: false, table, birth_rejected: false });
+    }
+}
+
 /// NCMD/DCMD seen on the broker: decoded with the BIRTH's aliases where known.
 fn command(host: &HostState, device: DeviceKey, kind: MessageType, payload: &Payload) -> Handled {
     let table = host.nodes.get(&device.node).and_then(|n| match &device.device {
@@ -432,8 +477,15 @@ fn command(host: &HostState, device: DeviceKey, kind: MessageType, payload: &Pay
     });
     let empty = Table::default();
     let table = table.unwrap_or(&empty);
-    match resolve(table, &payload.metrics) {
-        Ok(metrics) => plain(Event::Command { device, kind, metrics }),
-        Err(u) => invalid(Some(device), format!("{kind}: {}", u.reason)),
-    }
+    // Commands are other hosts' traffic: never Invalid. A metric that cannot be resolved is
+    // decoded on its own when it carries a datatype (its name may stay empty), else left out.
+    let metrics = payload
+        .metrics
+        .iter()
+        .filter_map(|m| match resolve(table, std::slice::from_ref(m), &table.templates) {
+            Ok(mut one) => one.pop(),
+            Err(_) => crate::decode_metric(m, None).ok(),
+        })
+        .collect();
+    plain(Event::Command { device, kind, metrics })
 }

@@ -191,10 +191,27 @@ fn data_before_birth_and_undecodable_payloads_ask_for_a_rebirth() {
             && garbage.rebirth.is_some()
     );
     // Not the node's fault: no rebirth for a bad command or will.
-    for topic in ["spBv1.0/g/NCMD/x", "spBv1.0/g/NDEATH/x", "spBv1.0/g/DCMD/x/d"] {
+    let h = host.handle("spBv1.0/g/NDEATH/x", &[0xff, 0xff], 0);
+    assert!(matches!(h.event, Event::Invalid { .. }) && h.rebirth.is_none());
+    // Commands are other hosts' traffic: never Invalid, never a rebirth.
+    for topic in ["spBv1.0/g/NCMD/x", "spBv1.0/g/DCMD/x/d"] {
         let h = host.handle(topic, &[0xff, 0xff], 0);
-        assert!(matches!(h.event, Event::Invalid { .. }) && h.rebirth.is_none(), "{topic}");
+        assert!(matches!(h.event, Event::Command { .. }) && h.rebirth.is_none(), "{topic}");
+        let by_alias = pb::Metric {
+            alias: Some(9),
+            value: Some(pb::metric::Value::IntValue(1)),
+            ..pb::Metric::default()
+        };
+        let p = crate::encode::encode_payload(&crate::proto::Payload {
+            metrics: vec![by_alias],
+            ..Default::default()
+        });
+        let h = host.handle(topic, &p, 0);
+        assert!(matches!(&h.event, Event::Command { metrics, .. } if metrics.is_empty()), "{h:?}");
     }
+    // An NDEATH of a node whose NBIRTH was never seen is a real death (offline), not stale.
+    let (t, p) = EdgeNode::new("g", "unseen").ndeath(0);
+    assert!(matches!(host.handle(&t, &p, 0).event, Event::Death { .. }));
     let bad_topic = host.handle("spBv1.0/g/NDATA", &[], 0);
     assert!(
         matches!(bad_topic.event, Event::Invalid { device: None, .. })
@@ -465,4 +482,109 @@ fn rebirths_are_paced_globally_and_a_dropped_one_comes_again() {
     host.reset_sequences();
     assert!(is_data(&data(&mut edge, &mut host, 3_001)));
     assert_eq!(host.next_deadline(), None);
+}
+
+#[test]
+fn a_snapshot_keeps_every_alias_of_a_shared_name() {
+    let mut host = host();
+    let mut edge = EdgeNode::new("g", "n");
+    let (t, p) = edge
+        .nbirth(
+            &[
+                ("Temp", Some(1), Value::Double(1.0), DataType::Double),
+                ("Temp", Some(2), Value::Double(2.0), DataType::Double),
+            ],
+            0,
+        )
+        .unwrap();
+    host.handle(&t, &p, 0);
+    let snapshot = host.snapshot(&edge.key()).unwrap();
+    let mut restarted = self::host();
+    restarted.restore(edge.key(), &snapshot).unwrap();
+    for alias in [1, 2] {
+        let m = pb::Metric {
+            alias: Some(alias),
+            value: Some(pb::metric::Value::DoubleValue(3.0)),
+            ..pb::Metric::default()
+        };
+        let (t, p) = edge.raw(MessageType::NData, None, vec![m], 1);
+        assert!(is_data(&restarted.handle(&t, &p, 1)), "alias {alias}");
+    }
+}
+
+#[test]
+fn a_dbirth_without_a_known_nbirth_still_teaches_its_aliases() {
+    let mut host = host();
+    let mut edge = EdgeNode::new("g", "n");
+    let (t, p) =
+        edge.dbirth("d", &[("Setpoint", Some(4), Value::Int(0), DataType::Int8)], 0).unwrap();
+    assert!(matches!(host.handle(&t, &p, 0).event, Event::Invalid { .. }));
+    let device = DeviceKey::device(edge.key(), "d");
+    assert_eq!(host.lookup(&device, "Setpoint"), Some((Some(4), DataType::Int8)));
+    assert_eq!(host.is_online(&device), None);
+}
+
+#[test]
+fn template_instances_in_data_take_member_datatypes_from_the_birth_definition() {
+    use crate::{Metric, TemplateValue};
+    let member = |value: Value| Metric {
+        name: "rpm".into(),
+        alias: None,
+        datatype: DataType::Int32,
+        value,
+        timestamp: None,
+        is_historical: false,
+        is_transient: false,
+        quality: None,
+        properties: None,
+    };
+    let definition = Value::Template(TemplateValue {
+        is_definition: true,
+        metrics: vec![member(Value::Int(0))],
+        ..TemplateValue::default()
+    });
+    let instance = Value::Template(TemplateValue {
+        template_ref: Some("Motor".into()),
+        metrics: vec![member(Value::Int(1))],
+        ..TemplateValue::default()
+    });
+    let mut host = host();
+    let mut edge = EdgeNode::new("g", "n");
+    let (t, p) = edge
+        .nbirth(
+            &[
+                ("Motor", None, definition, DataType::Template),
+                ("Motor1", Some(5), instance, DataType::Template),
+            ],
+            0,
+        )
+        .unwrap();
+    assert!(matches!(host.handle(&t, &p, 0).event, Event::Birth { .. }));
+    // DATA: the instance by alias, its member by name only, no datatypes (as the spec asks).
+    let rpm = pb::Metric {
+        name: Some("rpm".into()),
+        value: Some(pb::metric::Value::IntValue(0xFFFF_FA24)),
+        ..pb::Metric::default()
+    };
+    let template = pb::Template {
+        template_ref: Some("Motor".into()),
+        metrics: vec![rpm],
+        ..pb::Template::default()
+    };
+    let m = pb::Metric {
+        alias: Some(5),
+        value: Some(pb::metric::Value::TemplateValue(template)),
+        ..pb::Metric::default()
+    };
+    let (t, p) = edge.raw(MessageType::NData, None, vec![m], 1);
+    let expect = |h: Handled| {
+        let Event::Data { metrics, .. } = h.event else { panic!("{h:?}") };
+        let Value::Template(t) = &metrics[0].value else { panic!("{metrics:?}") };
+        assert_eq!(t.metrics[0].value, Value::Int(-1_500));
+    };
+    expect(host.handle(&t, &p, 1));
+    // The definitions survive a restart.
+    let mut restarted = self::host();
+    restarted.restore(edge.key(), &host.snapshot(&edge.key()).unwrap()).unwrap();
+    expect(restarted.handle(&t, &p, 2));
 }
