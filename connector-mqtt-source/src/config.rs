@@ -43,7 +43,8 @@ mqtt_connector_config! {
         pub kafka_topic: String,
         /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
         /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
-        /// `""` writes records without a key.
+        /// `""` writes records without a key. With `format = "sparkplug_b"` the key is
+        /// `sparkplug.key` instead (leave this one out).
         #[serde(default = "default_key")]
         pub key: String,
         /// Most messages received and not yet acknowledged to the broker (waiting for Kafka); with
@@ -162,6 +163,15 @@ pub struct SparkplugSourceConfig {
     /// application sends commands, it does not forward them).
     #[serde(default)]
     pub forward_commands: bool,
+    /// Publish the Rebirth requests (default true). Sparkplug leaves commands to the primary
+    /// host: a `persistent` bridge running next to the plant's own SCADA may turn them off; the
+    /// rebirths it would have asked for are then only counted and logged.
+    #[serde(default = "default_true")]
+    pub request_rebirths: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_reorder_timeout_ms() -> u64 {
@@ -181,6 +191,7 @@ impl Default for SparkplugSourceConfig {
             reorder_timeout_ms: default_reorder_timeout_ms(),
             rebirth_interval_ms: default_rebirth_interval_ms(),
             forward_commands: false,
+            request_rebirths: true,
         }
     }
 }
@@ -346,6 +357,9 @@ impl ConnectorConfig for MqttSourceConfig {
                 }
             }
             SourceFormat::SparkplugB => {
+                if self.key != default_key() {
+                    e.push("key", "not used with format = \"sparkplug_b\": set sparkplug.key");
+                }
                 if self.tasks != 1 {
                     e.push(
                         "tasks",
@@ -421,6 +435,7 @@ mod tests {
         c.format = SourceFormat::SparkplugB;
         assert!(c.validate().is_empty());
         c.tasks = 2;
+        c.key = "{1}".into();
         c.sparkplug = Some(SparkplugSourceConfig {
             mode: SparkplugMode::PrimaryHost,
             key: Some("{line}".into()),
@@ -429,9 +444,10 @@ mod tests {
         });
         assert_eq!(
             paths(&c),
-            ["tasks", "sparkplug.host_id", "sparkplug.key", "sparkplug.rebirth_interval_ms"]
+            ["key", "tasks", "sparkplug.host_id", "sparkplug.key", "sparkplug.rebirth_interval_ms"]
         );
         c.tasks = 1;
+        c.key = default_key();
         c.sparkplug = Some(SparkplugSourceConfig {
             host_id: Some("a/b".into()),
             key: Some("{group}.{node}.{device}".into()),

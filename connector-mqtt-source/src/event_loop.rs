@@ -159,13 +159,17 @@ impl HostStatus {
     }
 
     fn will(&self) -> Will {
-        Will { topic: self.topic.clone(), payload: self.payload(false), qos: QoS::AtLeastOnce, retain: true }
+        Will {
+            topic: self.topic.clone(),
+            payload: self.payload(false),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }
     }
 
     fn message(&mut self, online: bool) -> Message {
         let pkid = self.next_pkid;
-        self.next_pkid =
-            if pkid >= *STATE_PKIDS.end() { *STATE_PKIDS.start() } else { pkid + 1 };
+        self.next_pkid = if pkid >= *STATE_PKIDS.end() { *STATE_PKIDS.start() } else { pkid + 1 };
         Message {
             topic: self.topic.clone(),
             payload: self.payload(online),
@@ -187,7 +191,9 @@ impl HostStatus {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { return false };
         let online = v.get("online").and_then(serde_json::Value::as_bool);
         let timestamp = v.get("timestamp").and_then(serde_json::Value::as_u64);
-        online == Some(false) && timestamp.is_none_or(|t| t >= self.timestamp)
+        // A retained offline delivered on subscribe is only news when it is not older than this
+        // connection; a live one (someone overwrote our retained birth) always is.
+        online == Some(false) && (!m.retain || timestamp.is_none_or(|t| t >= self.timestamp))
     }
 }
 
@@ -307,6 +313,8 @@ async fn drive_link(
     keepalive.reset();
     let buffer = settings.buffer.max(MAX_BATCH);
     let mut acks: Vec<(u16, QoS)> = Vec::new();
+    // Whether the task's publishes may go out: at once, or after a primary host's STATE birth.
+    let mut born = host.is_none();
 
     loop {
         let can_read = pending.len() < buffer;
@@ -342,7 +350,8 @@ async fn drive_link(
                 }
                 link.flush().await?;
             }
-            Some(message) = channels.publish.recv() => {
+            // A primary host publishes nothing before its STATE birth (Sparkplug 3.0).
+            Some(message) = channels.publish.recv(), if born => {
                 debug!(topic = %message.topic, "publishing");
                 link.write(Outbound::Publish(message)).await?;
                 link.flush().await?;
@@ -392,6 +401,7 @@ async fn drive_link(
                             // Sparkplug 3.0: the birth follows the subscription to our own STATE.
                             if let Some(h) = host.as_deref_mut() {
                                 link.write(Outbound::Publish(h.message(true))).await?;
+                                born = true;
                                 info!(topic = %h.topic, timestamp = h.timestamp, "primary host STATE online");
                             }
                         }

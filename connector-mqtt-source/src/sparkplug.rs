@@ -6,6 +6,8 @@
 //! each edge node rides on its records as source offset (`{"sparkplug_node": "group/node"}`), so
 //! a restart rebuilds it from the offset store instead of asking every node for a rebirth.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use connector_core::template::Template;
 use connector_core::{Headers, OffsetMap, SourceOffset, SourcePartition, SourceRecord, Timestamp};
@@ -14,6 +16,7 @@ use connector_sparkplug::host::{Event, HostConfig, HostState, Rebirth};
 use connector_sparkplug::json::{self, Status};
 use connector_sparkplug::{DeviceKey, MessageType, Metric, NodeKey, SparkplugTopic};
 use rumqttc::QoS;
+use serde_json::Map;
 use tracing::{debug, warn};
 
 use crate::config::{check_sparkplug_key, SparkplugOutput, SparkplugSourceConfig};
@@ -21,6 +24,12 @@ use crate::render;
 
 /// Source-partition key under which a node's state is kept in the offset store.
 pub(crate) const NODE_PARTITION: &str = "sparkplug_node";
+
+/// Largest node state (JSON) kept in the offset store.
+pub(crate) const MAX_STATE_BYTES: usize = 256 * 1024;
+
+/// The offset of a node whose state was too large to keep.
+const TOO_LARGE: &str = "too_large";
 
 /// Record headers naming the Sparkplug topic parts.
 pub(crate) const GROUP_HEADER: &str = "sparkplug.group";
@@ -38,6 +47,13 @@ pub(crate) struct Sparkplug {
     /// `None`: `group/node[/device]`.
     key: Option<Template>,
     forward_commands: bool,
+    /// The last state handed out (or restored) per node: a BIRTH or DEATH that does not change
+    /// it (a rebirth with the same metrics) carries no offset, so its acknowledgement does not
+    /// wait for the offset store. Cleared when over `max_nodes` (bounded; only an optimisation).
+    last: HashMap<NodeKey, Map<String, serde_json::Value>>,
+    /// The MQTT connection of the last message: after a reconnect the seqs missed meanwhile
+    /// (or redelivered) are no reason for a rebirth storm.
+    generation: Option<u64>,
 }
 
 impl std::fmt::Debug for Sparkplug {
@@ -54,6 +70,8 @@ pub(crate) struct Base<'a> {
     /// The usual `mqtt.*` headers (and MQTT 5 properties).
     pub(crate) headers: Headers,
     pub(crate) received: Timestamp,
+    /// The MQTT connection it arrived on (see the event loop's `Acks`).
+    pub(crate) generation: u64,
 }
 
 /// The records of one message, and the Rebirth it calls for.
@@ -79,7 +97,14 @@ impl Sparkplug {
         });
         // Checked by `validate`; an unparsable template falls back to the default key.
         let key = config.key.as_deref().and_then(|k| check_sparkplug_key(k).ok());
-        Self { host, output: config.output, key, forward_commands: config.forward_commands }
+        Self {
+            host,
+            output: config.output,
+            key,
+            forward_commands: config.forward_commands,
+            last: HashMap::new(),
+            generation: None,
+        }
     }
 
     /// Rebuilds every edge node whose state a previous run committed.
@@ -88,10 +113,20 @@ impl Sparkplug {
         for (partition, offset) in offsets.iter() {
             let Some(name) = partition.get_str(NODE_PARTITION) else { continue };
             let Some((group, node)) = name.split_once('/') else { continue };
+            if offset.contains_key(TOO_LARGE) {
+                continue;
+            }
             let key = NodeKey { group: group.to_owned(), node: node.to_owned() };
-            match self.host.restore(key, offset) {
-                Ok(()) => restored += 1,
-                Err(e) => warn!(node = name, error = %e, "cannot restore the Sparkplug state of an edge node; it is asked for a rebirth when it sends data"),
+            match self.host.restore(key.clone(), offset) {
+                Ok(()) => {
+                    restored += 1;
+                    if let Some(snapshot) = self.host.snapshot(&key) {
+                        self.last.insert(key, snapshot);
+                    }
+                }
+                Err(e) => {
+                    warn!(node = name, error = %e, "cannot restore the Sparkplug state of an edge node; it is asked for a rebirth when it sends data")
+                }
             }
         }
         restored
@@ -105,9 +140,18 @@ impl Sparkplug {
         self.host.tick(now_ms)
     }
 
+    /// `rebirth` could not be queued: the node's rate limit is given back, `tick` asks again.
+    pub(crate) fn rebirth_not_sent(&mut self, rebirth: &Rebirth, now_ms: u64) {
+        self.host.rebirth_not_sent(rebirth, now_ms);
+    }
+
     /// The records of one message.
     pub(crate) fn records(&mut self, mut base: Base<'_>, now_ms: u64) -> Output {
         let m = base.message;
+        if self.generation.is_some_and(|g| g != base.generation) {
+            self.host.reset_sequences();
+        }
+        self.generation = Some(base.generation);
         let handled = self.host.handle(&m.topic, &m.payload, now_ms);
         let mut headers = std::mem::take(&mut base.headers);
         let parsed = SparkplugTopic::parse(&m.topic).ok();
@@ -125,19 +169,49 @@ impl Sparkplug {
         };
         let state = handled.state_changed.as_ref().and_then(|node| {
             let snapshot = self.host.snapshot(node)?;
-            let partition = SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
+            if self.last.get(node) == Some(&snapshot) {
+                return None;
+            }
+            if self.last.len() >= self.host.config().max_nodes {
+                self.last.clear();
+            }
+            self.last.insert(node.clone(), snapshot.clone());
+            // One offset-store record per node: a huge alias table would make every save fail
+            // (Kafka's message.max.bytes). Over the bound it is not persisted; after a restart
+            // the node is asked for a rebirth instead.
+            let size = serde_json::to_vec(&snapshot).map_or(usize::MAX, |v| v.len());
+            if size > MAX_STATE_BYTES {
+                warn!(node = %format!("{}/{}", node.group, node.node), size, max = MAX_STATE_BYTES, "Sparkplug state of an edge node too large for the offset store; not persisted (a restart asks it for a rebirth)");
+                // A marker replaces an older, smaller state, which must not be restored.
+                let partition = SourcePartition::from([(
+                    NODE_PARTITION,
+                    format!("{}/{}", node.group, node.node),
+                )]);
+                return Some((partition, SourceOffset::from([(TOO_LARGE, true)])));
+            }
+            let partition =
+                SourcePartition::from([(NODE_PARTITION, format!("{}/{}", node.group, node.node))]);
             Some((partition, SourceOffset::from(snapshot)))
         });
-        let mut out = Records { base: &base, headers, key: self.key.as_ref(), state, records: Vec::new() };
+        let mut out =
+            Records { base: &base, headers, key: self.key.as_ref(), state, records: Vec::new() };
         match handled.event {
             Event::Birth { device, bd_seq, seq, timestamp, metrics } => {
                 let status = json::status_json(&device, Status::Online, bd_seq, timestamp);
                 out.push(&device, &status, ts(timestamp, base.received));
-                let kind = kind.unwrap_or(if device.device.is_some() { MessageType::DBirth } else { MessageType::NBirth });
+                let kind = kind.unwrap_or(if device.device.is_some() {
+                    MessageType::DBirth
+                } else {
+                    MessageType::NBirth
+                });
                 self.metrics(&mut out, kind, &device, seq, timestamp, &metrics);
             }
             Event::Data { device, seq, timestamp, metrics } => {
-                let kind = kind.unwrap_or(if device.device.is_some() { MessageType::DData } else { MessageType::NData });
+                let kind = kind.unwrap_or(if device.device.is_some() {
+                    MessageType::DData
+                } else {
+                    MessageType::NData
+                });
                 self.metrics(&mut out, kind, &device, seq, timestamp, &metrics);
             }
             Event::Death { device, bd_seq, timestamp } => {
@@ -157,9 +231,22 @@ impl Sparkplug {
             Event::State { .. } => {}
             Event::Invalid { device, reason } => {
                 let mut r = out.record(device.as_ref(), Some(m.payload.clone()), base.received);
-                r.rejected = Some(format!("Sparkplug message on {:?} cannot be used: {reason}", m.topic));
+                r.rejected =
+                    Some(format!("Sparkplug message on {:?} cannot be used: {reason}", m.topic));
                 out.records.push(r);
             }
+        }
+        // Devices that went offline with this message besides the one it names.
+        for device in &handled.also_offline {
+            let status = json::status_json(device, Status::Offline, None, None);
+            out.push(device, &status, base.received);
+        }
+        // The state rides on the message's last record only: the runtime keeps the last offset
+        // per partition, and the message is acknowledged only after all its records.
+        if let (Some((partition, offset)), Some(last)) = (out.state.take(), out.records.last_mut())
+        {
+            last.source_partition = partition;
+            last.source_offset = Some(offset);
         }
         Output { records: out.records, rebirth: handled.rebirth }
     }
@@ -204,7 +291,12 @@ impl Records<'_> {
         self.records.push(r);
     }
 
-    fn record(&self, device: Option<&DeviceKey>, value: Option<Bytes>, at: Timestamp) -> SourceRecord {
+    fn record(
+        &self,
+        device: Option<&DeviceKey>,
+        value: Option<Bytes>,
+        at: Timestamp,
+    ) -> SourceRecord {
         let mqtt_topic = &self.base.message.topic;
         let mut rejected = None;
         let topic = match &self.base.topic {
@@ -225,10 +317,6 @@ impl Records<'_> {
             (None, Some(d)) => Some(Bytes::from(default_key(d))),
             (None, None) => None,
         };
-        let (source_partition, source_offset) = match &self.state {
-            Some((p, o)) => (p.clone(), Some(o.clone())),
-            None => (SourcePartition::default(), None),
-        };
         SourceRecord {
             topic,
             partition: None,
@@ -236,8 +324,8 @@ impl Records<'_> {
             value,
             headers: self.headers.clone(),
             timestamp: Some(at),
-            source_partition,
-            source_offset,
+            source_partition: SourcePartition::default(),
+            source_offset: None,
             rejected,
         }
     }
@@ -251,7 +339,11 @@ pub(crate) fn default_key(d: &DeviceKey) -> String {
     }
 }
 
-fn render_key(t: &Template, mqtt_topic: &str, device: Option<&DeviceKey>) -> Result<Option<Bytes>, String> {
+fn render_key(
+    t: &Template,
+    mqtt_topic: &str,
+    device: Option<&DeviceKey>,
+) -> Result<Option<Bytes>, String> {
     if t.parts().is_empty() {
         return Ok(None);
     }
@@ -261,7 +353,10 @@ fn render_key(t: &Template, mqtt_topic: &str, device: Option<&DeviceKey>) -> Res
             ("node", Some(d)) => d.node.node.clone(),
             ("device", Some(d)) => d.device.clone().unwrap_or_default(),
             ("group" | "node" | "device", None) => String::new(),
-            _ => return render::substitute(mqtt_topic, name).map(|c| std::borrow::Cow::Owned(c.into_owned())),
+            _ => {
+                return render::substitute(mqtt_topic, name)
+                    .map(|c| std::borrow::Cow::Owned(c.into_owned()))
+            }
         };
         Ok(std::borrow::Cow::Owned(part))
     })

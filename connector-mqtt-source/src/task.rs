@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
+use connector_core::runtime::Counter;
 use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
@@ -24,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{state_topic, ExpiredMessages, SparkplugMode, SparkplugSourceConfig};
-use crate::sparkplug::{self, Base, Sparkplug};
 use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
 use crate::render;
+use crate::sparkplug::{self, Base, Sparkplug};
 
 /// Most records returned by one poll (a little more when a batch straddles it).
 const MAX_POLL: usize = 1000;
@@ -58,7 +59,7 @@ pub struct MqttSourceTaskConfig {
 
 /// Most Rebirth requests waiting for the event loop; more are dropped (they are QoS 0 anyway,
 /// and asked again after `rebirth_interval_ms`).
-const PUBLISH_QUEUE: usize = 256;
+const PUBLISH_QUEUE: usize = 1024;
 
 /// One received message not yet acknowledged to the broker.
 #[derive(Debug)]
@@ -70,6 +71,10 @@ struct Unacked {
     /// (skipped, or a Sparkplug message that makes no record) is acknowledged once every message
     /// before it is; one with several once the last of them is committed.
     records: usize,
+    /// Its records carry Sparkplug state (a BIRTH or DEATH) as source offsets: it is
+    /// acknowledged only once the offset store has them (`commit`), or a crash right after the
+    /// acknowledgement would lose the state the broker no longer redelivers.
+    durable: bool,
 }
 
 struct Running {
@@ -80,8 +85,15 @@ struct Running {
     unacked: VecDeque<Unacked>,
     /// Acknowledgements collected by `commit_records`, released together.
     releasing: Vec<(u16, QoS, u64)>,
+    /// Acknowledgements from the first `durable` message on, waiting for the offset store
+    /// (acknowledgements go out in receive order, so everything after it waits too).
+    held: Vec<(u16, QoS, u64)>,
     /// Messages for the event loop to publish (Sparkplug Rebirth requests).
     publish: mpsc::Sender<Message>,
+    /// `sparkplug_rebirth_requests_total`, exported with the runtime's metrics.
+    rebirth_metric: Counter,
+    /// `sparkplug_invalid_messages_total`.
+    invalid_metric: Counter,
 }
 
 impl Drop for Running {
@@ -103,7 +115,7 @@ impl Running {
         front.records -= 1;
         if front.records == 0 {
             if let Some(u) = self.unacked.pop_front() {
-                self.releasing.push((u.pkid, u.qos, u.generation));
+                self.take(&u);
             }
         }
         self.skipped_prefix();
@@ -114,9 +126,30 @@ impl Running {
     fn skipped_prefix(&mut self) {
         while self.unacked.front().is_some_and(|u| u.records == 0) {
             if let Some(u) = self.unacked.pop_front() {
-                self.releasing.push((u.pkid, u.qos, u.generation));
+                self.take(&u);
             }
         }
+    }
+
+    /// Queues the acknowledgement of a message whose records are all committed: released with
+    /// the run, or held for the offset store (see [`Unacked::durable`]).
+    fn take(&mut self, u: &Unacked) {
+        if u.qos == QoS::AtMostOnce {
+            // Nothing to send, nothing to keep in order (and `held` stays bounded by the
+            // broker's QoS 1/2 window).
+            return;
+        }
+        let ack = (u.pkid, u.qos, u.generation);
+        if u.durable || !self.held.is_empty() {
+            self.held.push(ack);
+        } else {
+            self.releasing.push(ack);
+        }
+    }
+
+    /// The offset store has every committed record's offsets: the held acknowledgements go.
+    fn durable(&mut self) {
+        self.releasing.append(&mut self.held);
     }
 
     /// Hands the collected acknowledgements to the event loop.
@@ -145,7 +178,8 @@ pub struct MqttSourceCounters {
     pub expired_dropped: AtomicU64,
     /// Sparkplug Rebirth requests (NCMD `Node Control/Rebirth`) handed to the event loop.
     pub rebirths_requested: AtomicU64,
-    /// Sparkplug Rebirth requests dropped because the event loop's queue was full.
+    /// Sparkplug Rebirth requests not published: the event loop's queue was full, or
+    /// `request_rebirths = false`.
     pub rebirths_dropped: AtomicU64,
     /// Sparkplug messages that could not be used (sent to the error policy).
     pub sparkplug_invalid: AtomicU64,
@@ -183,40 +217,64 @@ impl MqttSourceTask {
 
     /// The records of one message: one as it is (raw, or too large to read), or what Sparkplug
     /// makes of it.
-    fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> usize {
+    /// Returns how many records it made, and whether they carry state for the offset store.
+    fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> (usize, bool) {
+        let qos = msg.publish.qos;
         let Some(sparkplug) = self.sparkplug.as_mut().filter(|_| msg.oversize.is_none()) else {
             out.push(self.record(msg));
-            return 1;
+            return (1, false);
         };
         let base = Base {
             message: &msg.publish,
             topic: render::kafka_topic(&self.config.kafka_topic, &msg.publish.topic),
             headers: mqtt_headers(&msg.publish),
             received: msg.received,
+            generation: msg.generation,
         };
         let output = sparkplug.records(base, sparkplug::now_ms());
         if output.records.iter().any(|r| r.rejected.is_some()) {
             self.counters.sparkplug_invalid.fetch_add(1, Ordering::Relaxed);
+            if let Some(running) = &self.running {
+                running.invalid_metric.inc();
+            }
         }
         if let Some(rebirth) = output.rebirth {
             self.request_rebirth(rebirth);
         }
         let n = output.records.len();
+        // Holding the acknowledgement helps only where the broker would redeliver the message:
+        // a persistent session and QoS 1/2 (a primary host's clean session redelivers nothing).
+        let persistent = self.config.sparkplug.as_ref().is_some_and(|s| {
+            s.mode == SparkplugMode::Persistent && !self.config.connection.clean_session
+        });
+        let durable = persistent
+            && qos != QoS::AtMostOnce
+            && output.records.iter().any(|r| r.source_offset.is_some());
         out.extend(output.records);
-        n
+        (n, durable)
     }
 
     /// Hands a Rebirth request to the event loop, never waiting for it.
-    fn request_rebirth(&self, rebirth: connector_sparkplug::host::Rebirth) {
+    fn request_rebirth(&mut self, rebirth: connector_sparkplug::host::Rebirth) {
         let Some(running) = &self.running else { return };
+        if self.config.sparkplug.as_ref().is_some_and(|s| !s.request_rebirths) {
+            self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %rebirth.topic, reason = %rebirth.reason, "a rebirth would be asked for (request_rebirths = false)");
+            return;
+        }
         info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a Sparkplug rebirth");
-        match running.publish.try_send(sparkplug::rebirth_message(rebirth)) {
+        match running.publish.try_send(sparkplug::rebirth_message(rebirth.clone())) {
             Ok(()) => {
                 self.counters.rebirths_requested.fetch_add(1, Ordering::Relaxed);
+                running.rebirth_metric.inc();
             }
             Err(_) => {
                 self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
-                warn!("Rebirth request dropped: the MQTT event loop's queue is full");
+                warn!(topic = %rebirth.topic, "Rebirth request not sent: the MQTT event loop's queue is full; asked again later");
+                // The node's rate limit is given back; tick() asks again.
+                if let Some(sp) = self.sparkplug.as_mut() {
+                    sp.rebirth_not_sent(&rebirth, sparkplug::now_ms());
+                }
             }
         }
     }
@@ -333,9 +391,17 @@ impl SourceTask for MqttSourceTask {
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         if let Some(sparkplug) = self.sparkplug.as_mut() {
             let restored = sparkplug.restore(ctx.offsets());
-            info!(connector = ctx.connector(), restored, "Sparkplug edge-node state restored from the offset store");
+            info!(
+                connector = ctx.connector(),
+                restored, "Sparkplug edge-node state restored from the offset store"
+            );
         }
-        let state_topic = c.sparkplug.as_ref().filter(|s| s.mode == SparkplugMode::PrimaryHost).and_then(|s| s.host_id.as_deref()).map(state_topic);
+        let state_topic = c
+            .sparkplug
+            .as_ref()
+            .filter(|s| s.mode == SparkplugMode::PrimaryHost)
+            .and_then(|s| s.host_id.as_deref())
+            .map(state_topic);
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
@@ -362,7 +428,18 @@ impl SourceTask for MqttSourceTask {
             event_loop,
             unacked: VecDeque::new(),
             releasing: Vec::new(),
+            held: Vec::new(),
             publish,
+            rebirth_metric: ctx.counters().counter(
+                "sparkplug_rebirth_requests",
+                "Sparkplug Rebirth requests (NCMD Node Control/Rebirth) handed to the MQTT connection",
+                None,
+            ),
+            invalid_metric: ctx.counters().counter(
+                "sparkplug_invalid_messages",
+                "Sparkplug messages that could not be used (sent to the error policy)",
+                None,
+            ),
         };
 
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
@@ -432,13 +509,25 @@ impl SourceTask for MqttSourceTask {
                         let forwarded = !retained && !drop_expired;
                         let (pkid, qos, generation) = (p.pkid, p.qos, m.generation);
                         if forwarded {
-                            let n = self.records(m, &mut records);
-                            unacked.push(Unacked { pkid, qos, generation, records: n });
+                            let (n, durable) = self.records(m, &mut records);
+                            unacked.push(Unacked { pkid, qos, generation, records: n, durable });
                         } else if retained {
-                            unacked.push(Unacked { pkid, qos, generation, records: 0 });
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: 0,
+                                durable: false,
+                            });
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            unacked.push(Unacked { pkid, qos, generation, records: 0 });
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: 0,
+                                durable: false,
+                            });
                             self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
                         }
@@ -490,6 +579,16 @@ impl SourceTask for MqttSourceTask {
         }
         running.release(&self.counters);
         result
+    }
+
+    /// The offset store has the state of every committed record: acknowledgements held for it
+    /// (from a Sparkplug BIRTH or DEATH on) go out now.
+    async fn commit(&mut self) -> Result<()> {
+        if let Some(running) = self.running.as_mut() {
+            running.durable();
+            running.release(&self.counters);
+        }
+        Ok(())
     }
 
     async fn stop(&mut self) -> Result<()> {
@@ -547,6 +646,48 @@ mod tests {
             received,
             oversize: None,
         }
+    }
+
+    /// A message with several records is acknowledged after its last one, one with none after
+    /// the message before it, and one carrying Sparkplug state (and all after it) only once the
+    /// offset store has it.
+    #[tokio::test]
+    async fn acknowledgements_wait_for_every_record_and_state_for_the_offset_store() {
+        let (_tx, rx) = mpsc::channel(1);
+        let (publish, _published) = mpsc::channel(1);
+        let mut r = Running {
+            rx,
+            acks: Arc::new(Acks::default()),
+            stop: CancellationToken::new(),
+            event_loop: tokio::spawn(async {}),
+            unacked: VecDeque::new(),
+            releasing: Vec::new(),
+            held: Vec::new(),
+            publish,
+            rebirth_metric: Counter::default(),
+            invalid_metric: Counter::default(),
+        };
+        let u = |pkid, records, durable| Unacked {
+            pkid,
+            qos: QoS::AtLeastOnce,
+            generation: 0,
+            records,
+            durable,
+        };
+        let pkids = |v: &[(u16, QoS, u64)]| v.iter().map(|a| a.0).collect::<Vec<_>>();
+        r.unacked.extend([u(1, 2, false), u(2, 0, false), u(3, 1, true), u(4, 1, false)]);
+        r.skipped_prefix();
+        r.next_forwarded().unwrap();
+        assert!(r.releasing.is_empty(), "one of its two records committed");
+        r.next_forwarded().unwrap();
+        assert_eq!(pkids(&r.releasing), [1, 2]);
+        r.next_forwarded().unwrap();
+        r.next_forwarded().unwrap();
+        assert_eq!(pkids(&r.releasing), [1, 2]);
+        assert_eq!(pkids(&r.held), [3, 4], "held for the offset store, in order");
+        r.durable();
+        assert_eq!(pkids(&r.releasing), [1, 2, 3, 4]);
+        assert!(r.next_forwarded().is_err(), "no record left to commit");
     }
 
     #[test]

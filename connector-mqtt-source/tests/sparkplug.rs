@@ -16,12 +16,14 @@ use connector_core::{
     Tolerance,
 };
 use connector_mqtt_source::{
-    MqttSourceConfig, MqttSourceConnector, SourceFormat, SparkplugMode, SparkplugSourceConfig,
+    MqttSourceConfig, MqttSourceConnector, SourceFormat, SparkplugMode, SparkplugOutput,
+    SparkplugSourceConfig,
 };
 use connector_sparkplug::encode::EdgeNode;
-use connector_sparkplug::json::value_json;
+use connector_sparkplug::json::{property_set_json, value_json};
 use connector_sparkplug::{
-    decode_payload, DataSetValue, DataType, TemplateParameter, TemplateValue, Value,
+    decode_payload, DataSetValue, DataType, MessageType, Metric, Property, PropertySetValue,
+    TemplateParameter, TemplateValue, Value,
 };
 use connector_testkit::{init_tracing, kafka, Mosquitto, MqttPublisher, MqttSubscriber, Tansu};
 use rumqttc::QoS;
@@ -55,6 +57,17 @@ fn start(
     client: &KafkaClient,
     store: &Arc<dyn OffsetStore>,
 ) -> Running {
+    start_flushing(name, config, client, store, 5_000)
+}
+
+/// [`start`] with offsets saved every `flush_ms`.
+fn start_flushing(
+    name: &str,
+    config: MqttSourceConfig,
+    client: &KafkaClient,
+    store: &Arc<dyn OffsetStore>,
+    flush_ms: u64,
+) -> Running {
     let connector = MqttSourceConnector::create(name, config).unwrap();
     let stats = Arc::new(TaskStats::new());
     let shutdown = CancellationToken::new();
@@ -67,6 +80,7 @@ fn start(
             },
             ..Pipeline::default()
         },
+        offset_flush_interval_ms: flush_ms,
         ..SourceRuntimeConfig::default()
     };
     let (name, client, s, t, store) =
@@ -200,7 +214,9 @@ fn every_datatype() -> Vec<(String, Option<u64>, Value, DataType)> {
         .collect()
 }
 
-fn birth_metrics(m: &[(String, Option<u64>, Value, DataType)]) -> Vec<(&str, Option<u64>, Value, DataType)> {
+fn birth_metrics(
+    m: &[(String, Option<u64>, Value, DataType)],
+) -> Vec<(&str, Option<u64>, Value, DataType)> {
     m.iter().map(|(n, a, v, t)| (n.as_str(), *a, v.clone(), *t)).collect()
 }
 
@@ -256,13 +272,16 @@ async fn every_message_type_and_datatype_reaches_kafka_decoded() {
     let press = [("Pressure", Some(1), Value::Double(2.5), DataType::Double)];
     publish(&publisher, edge.dbirth("press", &press, t0 + 1).unwrap()).await;
     // DATA carries aliases only: names and datatypes come from BIRTH.
-    let data: Vec<(&str, Value)> = metrics.iter().map(|(n, _, v, _)| (n.as_str(), v.clone())).collect();
+    let data: Vec<(&str, Value)> =
+        metrics.iter().map(|(n, _, v, _)| (n.as_str(), v.clone())).collect();
     publish(&publisher, edge.ndata(&data, t0 + 2).unwrap()).await;
-    publish(&publisher, edge.ddata("press", &[("Pressure", Value::Double(3.5))], t0 + 3).unwrap()).await;
+    publish(&publisher, edge.ddata("press", &[("Pressure", Value::Double(3.5))], t0 + 3).unwrap())
+        .await;
     let cmd = connector_sparkplug::encode::command_payload(
         None,
         &connector_sparkplug::DeviceKey { node: edge.key(), device: None },
-        &connector_sparkplug::json::command_from_json(&json!({"name": "Reset", "value": true})).unwrap(),
+        &connector_sparkplug::json::command_from_json(&json!({"name": "Reset", "value": true}))
+            .unwrap(),
         t0 + 4,
     )
     .unwrap();
@@ -329,9 +348,10 @@ async fn aliases_resolve_after_a_restart_without_asking_for_a_rebirth() {
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-watch", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-watch", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     let c = config(&mqtt, "restart", sparkplug());
     let source = start("sp-restart", c.clone(), &client, &store);
     let publisher = MqttPublisher::connect(&mqtt.url(), "edge-restart").await.unwrap();
@@ -341,18 +361,22 @@ async fn aliases_resolve_after_a_restart_without_asking_for_a_rebirth() {
     let birth = [("Speed", Some(7), Value::Float(1.0), DataType::Float)];
     publish(&publisher, edge.nbirth(&birth, now()).unwrap()).await;
     publish(&publisher, edge.ndata(&[("Speed", Value::Float(2.0))], now()).unwrap()).await;
-    wait_records(&client, "restart", "first NDATA", |r| metric_records(r, "Speed").len() == 2).await;
+    wait_records(&client, "restart", "first NDATA", |r| metric_records(r, "Speed").len() == 2)
+        .await;
     source.stop().await;
 
     // A new source over the same offset store: the alias table comes back from it.
     let source = start("sp-restart", c, &client, &store);
     publish(&publisher, edge.ndata(&[("Speed", Value::Float(3.0))], now()).unwrap()).await;
-    let records =
-        wait_records(&client, "restart", "NDATA after the restart", |r| metric_records(r, "Speed").len() == 3).await;
+    let records = wait_records(&client, "restart", "NDATA after the restart", |r| {
+        metric_records(r, "Speed").len() == 3
+    })
+    .await;
     // Time for a rebirth request to show, were one sent.
     tokio::time::sleep(Duration::from_millis(700)).await;
     source.stop().await;
-    let speeds: Vec<Json> = metric_records(&records, "Speed").iter().map(|r| value(r)["value"].clone()).collect();
+    let speeds: Vec<Json> =
+        metric_records(&records, "Speed").iter().map(|r| value(r)["value"].clone()).collect();
     assert_eq!(speeds, [json!(1.0), json!(2.0), json!(3.0)]);
     assert_eq!(rebirths(&ncmd, "line2"), 0, "no rebirth after the restart");
 }
@@ -364,9 +388,10 @@ async fn a_seq_gap_asks_for_exactly_one_rebirth_and_deaths_become_status_records
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-gap", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-gap", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     let source = start("sp-gap", config(&mqtt, "gap", sparkplug()), &client, &store);
     let publisher = MqttPublisher::connect(&mqtt.url(), "edge-gap").await.unwrap();
     wait_subscribed(&publisher, &client, "gap").await;
@@ -413,20 +438,30 @@ async fn a_malformed_payload_is_dead_lettered_with_its_reason_and_asks_for_one_r
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
-    let ncmd = MqttSubscriber::connect(&mqtt.url(), "ncmd-bad", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
-        .await
-        .unwrap();
+    let ncmd =
+        MqttSubscriber::connect(&mqtt.url(), "ncmd-bad", "spBv1.0/+/NCMD/#", QoS::AtMostOnce)
+            .await
+            .unwrap();
     let source = start("sp-bad", config(&mqtt, "bad", sparkplug()), &client, &store);
     let publisher = MqttPublisher::connect(&mqtt.url(), "edge-bad").await.unwrap();
     wait_subscribed(&publisher, &client, "bad").await;
 
     let mut edge = EdgeNode::new("plant", "line4");
-    publish(&publisher, edge.nbirth(&[("T", Some(1), Value::Double(1.0), DataType::Double)], now()).unwrap()).await;
+    publish(
+        &publisher,
+        edge.nbirth(&[("T", Some(1), Value::Double(1.0), DataType::Double)], now()).unwrap(),
+    )
+    .await;
     let garbage = vec![0xff, 0xff, 0xff, 0x01, 0x02];
-    publisher.publish("spBv1.0/plant/NDATA/line4", QoS::AtLeastOnce, false, garbage.clone()).await.unwrap();
+    publisher
+        .publish("spBv1.0/plant/NDATA/line4", QoS::AtLeastOnce, false, garbage.clone())
+        .await
+        .unwrap();
     publish(&publisher, edge.ndata(&[("T", Value::Double(2.0))], now()).unwrap()).await;
-    let dead = kafka::consume_at_least(&client, "sp-bad.dlq", 1, Duration::from_secs(30)).await.unwrap();
-    wait_records(&client, "bad", "NDATA after the bad one", |r| metric_records(r, "T").len() == 2).await;
+    let dead =
+        kafka::consume_at_least(&client, "sp-bad.dlq", 1, Duration::from_secs(30)).await.unwrap();
+    wait_records(&client, "bad", "NDATA after the bad one", |r| metric_records(r, "T").len() == 2)
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while rebirths(&ncmd, "line4") == 0 {
         assert!(Instant::now() < deadline, "no rebirth request for the malformed payload");
@@ -486,11 +521,32 @@ async fn a_primary_host_publishes_state_online_offline_on_stop_and_its_will_on_a
     let source = start("sp-host", c.clone(), &client, &store);
     let t1 = wait_state(&mqtt, "scada", true).await;
 
-    // Someone says we are offline: the host says online again, same timestamp.
+    // Someone says we are offline (even with an old timestamp): the host says online again.
+    let watch = MqttSubscriber::connect(
+        &mqtt.url(),
+        "state-watch",
+        "spBv1.0/STATE/scada",
+        QoS::AtLeastOnce,
+    )
+    .await
+    .unwrap();
     let publisher = MqttPublisher::connect(&mqtt.url(), "intruder").await.unwrap();
-    let offline = format!(r#"{{"online":false,"timestamp":{}}}"#, now());
-    publisher.publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, offline.into_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let offline = format!(r#"{{"online":false,"timestamp":{}}}"#, t1 - 1000);
+    publisher
+        .publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, offline.into_bytes())
+        .await
+        .unwrap();
+    publisher.wait_acknowledged(1, Duration::from_secs(10)).await.unwrap();
+    let seen = watch.wait_for(3, Duration::from_secs(10)).await.unwrap();
+    let states: Vec<Json> = seen
+        .iter()
+        .map(|p| serde_json::from_slice::<Json>(&p.payload).unwrap()["online"].clone())
+        .collect();
+    assert_eq!(
+        states[..3],
+        [json!(true), json!(false), json!(true)],
+        "retained birth, intruder, republished birth"
+    );
     assert_eq!(wait_state(&mqtt, "scada", true).await, t1, "online republished with its timestamp");
 
     // A clean stop: offline with the birth's timestamp.
@@ -509,4 +565,144 @@ async fn a_primary_host_publishes_state_online_offline_on_stop_and_its_will_on_a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(source.stats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_output_keeps_a_message_whole_with_property_sets_and_a_key_template() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
+    let sp = SparkplugSourceConfig {
+        output: SparkplugOutput::Message,
+        key: Some("{group}:{node}".into()),
+        ..sparkplug()
+    };
+    let source = start("sp-message", config(&mqtt, "whole", sp), &client, &store);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "edge-message").await.unwrap();
+    wait_subscribed(&publisher, &client, "whole").await;
+
+    let mut edge = EdgeNode::new("plant", "line5");
+    let birth = [("Temp", Some(1), Value::Double(20.0), DataType::Double)];
+    publish(&publisher, edge.nbirth(&birth, now()).unwrap()).await;
+    let nested = PropertySetValue {
+        properties: vec![Property {
+            key: "max".into(),
+            datatype: DataType::Int32,
+            value: Value::Int(90),
+        }],
+    };
+    let properties = PropertySetValue {
+        properties: vec![
+            Property { key: "Quality".into(), datatype: DataType::Int32, value: Value::Int(192) },
+            Property {
+                key: "engUnit".into(),
+                datatype: DataType::String,
+                value: Value::String("C".into()),
+            },
+            Property {
+                key: "limits".into(),
+                datatype: DataType::PropertySet,
+                value: Value::PropertySet(nested.clone()),
+            },
+            Property {
+                key: "history".into(),
+                datatype: DataType::PropertySetList,
+                value: Value::PropertySetList(vec![nested]),
+            },
+        ],
+    };
+    let at = now();
+    let metric = Metric {
+        name: "Temp".into(),
+        alias: Some(1),
+        datatype: DataType::Double,
+        value: Value::Double(21.5),
+        timestamp: Some(at),
+        is_historical: true,
+        is_transient: false,
+        quality: None,
+        properties: Some(properties.clone()),
+    };
+    let mut pb = connector_sparkplug::encode::encode_metric(&metric).unwrap();
+    pb.name = None;
+    pb.datatype = None;
+    publish(&publisher, edge.raw(MessageType::NData, None, vec![pb], at)).await;
+    let records =
+        wait_records(&client, "whole", "NDATA", |r| r.iter().any(|r| value(r)["type"] == "NDATA"))
+            .await;
+    source.stop().await;
+
+    assert_eq!(records.len(), 3, "status, NBIRTH and NDATA: one record each: {records:#?}");
+    let data = records.iter().find(|r| value(r)["type"] == "NDATA").unwrap();
+    let j = value(data);
+    assert_eq!(text(data.key.as_ref()), "plant:line5");
+    assert_eq!(
+        (j["group"].clone(), j["node"].clone(), j["seq"].clone()),
+        (json!("plant"), json!("line5"), json!(1))
+    );
+    assert_eq!(data.timestamp.as_millis(), at as i64);
+    let m = &j["metrics"][0];
+    assert_eq!(m["name"], "Temp", "resolved from the alias");
+    assert_eq!(m["value"], json!(21.5));
+    assert_eq!(m["quality"], json!(192));
+    assert_eq!(m["is_historical"], json!(true));
+    assert_eq!(m["properties"], property_set_json(&properties));
+}
+
+/// A BIRTH that changes the alias table is acknowledged only once the offset store has the new
+/// table: a crash in between makes the broker redeliver it, so DATA after the restart is decoded
+/// with the new aliases, not the ones restored from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_new_birth_and_the_offset_flush_keeps_the_new_aliases() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
+    let c = config(&mqtt, "flush", sparkplug());
+    let source = start_flushing("sp-flush", c.clone(), &client, &store, 60_000);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "edge-flush").await.unwrap();
+    wait_subscribed(&publisher, &client, "flush").await;
+    let online = |r: &[SinkRecord]| statuses(r).iter().filter(|(_, s)| s == "online").count();
+
+    let mut v1 = EdgeNode::new("plant", "line6");
+    let birth = [
+        ("A", Some(1), Value::Double(0.5), DataType::Double),
+        ("B", Some(2), Value::Int(-1), DataType::Int32),
+    ];
+    publish(&publisher, v1.nbirth(&birth, now()).unwrap()).await;
+    wait_records(&client, "flush", "BIRTH v1", |r| online(r) == 1).await;
+    source.stop().await; // the final flush saves v1's table
+
+    let source = start_flushing("sp-flush", c.clone(), &client, &store, 60_000);
+    let mut v2 = EdgeNode::new("plant", "line6");
+    v2.next_session();
+    let swapped = [
+        ("B", Some(1), Value::Int(-2), DataType::Int32),
+        ("A", Some(2), Value::Double(0.25), DataType::Double),
+    ];
+    publish(&publisher, v2.nbirth(&swapped, now()).unwrap()).await;
+    wait_records(&client, "flush", "BIRTH v2", |r| online(r) == 2).await;
+    // The crash: v2 is in Kafka, its table not yet in the offset store (flush every 60 s).
+    source.handle.abort();
+    let _ = source.handle.await;
+
+    let source = start_flushing("sp-flush", c, &client, &store, 60_000);
+    publish(
+        &publisher,
+        v2.ndata(&[("B", Value::Int(-7)), ("A", Value::Double(7.5))], now()).unwrap(),
+    )
+    .await;
+    let records = wait_records(&client, "flush", "NDATA", |r| {
+        metric_records(r, "B").iter().any(|r| value(r)["value"] == json!(-7))
+    })
+    .await;
+    let dead = kafka::consume_all(&client, "sp-flush.dlq").await.unwrap_or_default();
+    source.stop().await;
+    let a: Vec<Json> =
+        metric_records(&records, "A").iter().map(|r| value(r)["value"].clone()).collect();
+    assert_eq!(a.last(), Some(&json!(7.5)), "alias 2 is A since v2: {a:?}");
+    assert!(dead.is_empty(), "{dead:?}");
 }
