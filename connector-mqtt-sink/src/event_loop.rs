@@ -325,14 +325,14 @@ fn learn(shared: &Shared, settings: &LoopSettings, topic: &str, payload: &[u8]) 
                 .inc();
         }
         Learned::Ignored => {}
-        // Debug, not warn: after a sink restart every DBIRTH before the next NBIRTH is one.
+        // Debug, not warn: one per BIRTH, and commands still go out (by name).
         Learned::Invalid(reason) => {
             debug!(client_id = %settings.client_id, topic, reason = %reason, "a Sparkplug BIRTH the sink cannot learn from; commands to it carry metric names");
             settings
                 .counters
                 .counter(
                     "sparkplug_births_unusable",
-                    "Sparkplug BIRTHs the sink could not learn from (undecodable, DBIRTH before its NBIRTH, over max_nodes)",
+                    "Sparkplug BIRTHs the sink could not learn from (undecodable, over max_nodes, a table Sparkplug forbids)",
                     None,
                 )
                 .inc();

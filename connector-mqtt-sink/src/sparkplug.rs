@@ -10,7 +10,9 @@
 use connector_core::template::Template;
 use connector_core::SinkRecord;
 use connector_sparkplug::host::{Event, HostConfig, HostState};
-use connector_sparkplug::{encode, json, DeviceKey, NodeKey, NAMESPACE};
+use connector_sparkplug::{
+    encode, json, DeviceKey, MessageType, NodeKey, SparkplugTopic, NAMESPACE,
+};
 use parking_lot::Mutex;
 
 use crate::render;
@@ -136,13 +138,33 @@ impl Births {
     /// call for are not sent: that is the host application's (the source's) job; a sink without
     /// a BIRTH sends names.
     pub(crate) fn learn(&self, topic: &str, payload: &[u8], now_ms: u64) -> Learned {
-        let handled = self.state.lock().handle(topic, payload, now_ms);
-        match handled.event {
+        let mut state = self.state.lock();
+        match state.handle(topic, payload, now_ms).event {
             Event::Birth { .. } => Learned::Birth,
+            // A DBIRTH whose NBIRTH the sink missed (it connected in between) is invalid as a
+            // message, but the state keeps its aliases for `lookup`.
+            Event::Invalid { device: Some(device), .. }
+                if is_dbirth(topic)
+                    && known_device(&state, &device)
+                    && connector_sparkplug::decode_payload(payload).is_ok() =>
+            {
+                Learned::Birth
+            }
             Event::Invalid { reason, .. } => Learned::Invalid(reason),
             _ => Learned::Ignored,
         }
     }
+}
+
+fn is_dbirth(topic: &str) -> bool {
+    matches!(
+        SparkplugTopic::parse(topic),
+        Ok(SparkplugTopic::Message { kind: MessageType::DBirth, .. })
+    )
+}
+
+fn known_device(state: &HostState, device: &DeviceKey) -> bool {
+    device.device.is_some() && state.devices(&device.node).iter().any(|(d, _)| d == device)
 }
 
 /// The NCMD/DCMD payload for the JSON command `value` to `target`: metrics the BIRTHs named
@@ -251,6 +273,22 @@ mod tests {
                 (None, DataType::UInt16, &Value::UInt(3))
             );
         }
+    }
+
+    #[test]
+    fn a_dbirth_whose_nbirth_was_missed_still_gives_its_aliases() {
+        use connector_sparkplug::encode::EdgeNode;
+        use connector_sparkplug::{DataType, Value};
+        let births = Births::new(10);
+        let mut edge = EdgeNode::new("plant", "line-1");
+        edge.nbirth(&[], 1).unwrap(); // published before the sink subscribed
+        let (t, p) = edge
+            .dbirth("press-2", &[("target", Some(7), Value::Int(3), DataType::Int16)], 1)
+            .unwrap();
+        assert_eq!(births.learn(&t, &p, 1), Learned::Birth);
+        let press = key_target(Some(b"plant/line-1/press-2")).unwrap();
+        let bytes = encode(Some(&births), &press, br#"{"name":"target","value":4}"#, 9).unwrap();
+        assert_eq!(decoded(&bytes)[0].alias, Some(7));
     }
 
     #[test]
