@@ -375,7 +375,15 @@ async fn run_line(
                 line.command(&session, &topic, &payload).await?;
             }
         }
-        if die_at.is_some_and(|at| !died && started.elapsed() >= Duration::from_secs(at)) {
+        // It dies once its presses took their commands (a dead node misses commands: its new
+        // session is a clean one, as Sparkplug wants), or a second before the end at the latest.
+        let commanded = line.log.lock().setpoints.len() >= line.presses.len();
+        let latest = Duration::from_secs(seconds.saturating_sub(1));
+        let due = |at: u64| {
+            let elapsed = started.elapsed();
+            elapsed >= Duration::from_secs(at) && (commanded || elapsed >= latest)
+        };
+        if !died && die_at.is_some_and(due) {
             died = true;
             // Everything published so far reached the broker, then the connection drops
             // without a DISCONNECT: the broker publishes the NDEATH will.
