@@ -36,7 +36,7 @@ pub use snapshot::RestoreError;
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::{DeviceKey, MessageType, Metric, NodeKey};
+use crate::{DeviceKey, MessageType, Metric, NodeKey, SparkplugTopic};
 use state::NodeState;
 
 /// Limits and timings of a [`HostState`].
@@ -50,6 +50,9 @@ pub struct HostConfig {
     pub max_nodes: usize,
     /// At most this many metrics (and devices) per edge node; a bigger BIRTH is `Event::Invalid`.
     pub max_metrics: usize,
+    /// At most this many metrics (and devices) over all edge nodes; a BIRTH that would exceed it
+    /// is `Event::Invalid`.
+    pub max_total_metrics: usize,
     /// At most this many rebirth requests per second over all nodes (0: no limit); the ones
     /// held back by [`tick`](HostState::tick) come in the next seconds, in deadline order.
     pub max_rebirths_per_sec: u32,
@@ -62,6 +65,7 @@ impl Default for HostConfig {
             rebirth_interval_ms: 10_000,
             max_nodes: 100_000,
             max_metrics: 100_000,
+            max_total_metrics: 2_000_000,
             max_rebirths_per_sec: 100,
         }
     }
@@ -181,6 +185,8 @@ pub struct HostState {
     refused: u64,
     /// The current one-second window of the global rebirth budget: its start and its count.
     budget: (u64, u32),
+    /// Metrics and devices over all nodes (each node's share is its `counted`).
+    total: usize,
 }
 
 impl HostState {
@@ -192,6 +198,7 @@ impl HostState {
             deadlines: BTreeSet::new(),
             refused: 0,
             budget: (0, 0),
+            total: 0,
         }
     }
 
@@ -202,7 +209,25 @@ impl HostState {
 
     /// One MQTT message (any topic under `spBv1.0/`). Never panics.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Handled {
-        state::handle(self, topic, payload, now_ms)
+        let handled = state::handle(self, topic, payload, now_ms);
+        if let Ok(SparkplugTopic::Message { group, node, .. }) = SparkplugTopic::parse(topic) {
+            self.recount(&NodeKey::new(group, node));
+        }
+        handled
+    }
+
+    /// Brings the node's share of the total metrics up to date.
+    pub(crate) fn recount(&mut self, node: &NodeKey) {
+        if let Some(state) = self.nodes.get_mut(node) {
+            let size = state.size();
+            self.total = self.total.saturating_sub(state.counted).saturating_add(size);
+            state.counted = size;
+        }
+    }
+
+    /// Metrics and devices over all nodes (against `max_total_metrics`).
+    pub fn total_metrics(&self) -> usize {
+        self.total
     }
 
     /// When [`tick`](Self::tick) has something to do next (the earliest open gap's deadline).

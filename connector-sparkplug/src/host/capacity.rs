@@ -55,8 +55,11 @@ impl HostState {
             }
         }
         let Some(victim) = victim else { return false };
-        if let Some(d) = self.nodes.remove(&victim).and_then(|n| n.seq.deadline) {
-            self.deadlines.remove(&(d, victim.clone()));
+        if let Some(gone) = self.nodes.remove(&victim) {
+            self.total = self.total.saturating_sub(gone.counted);
+            if let Some(d) = gone.seq.deadline {
+                self.deadlines.remove(&(d, victim.clone()));
+            }
         }
         tracing::debug!(node = %victim, "sparkplug: edge node state forgotten to make room");
         true

@@ -33,7 +33,7 @@ pub enum RestoreError {
     Limit {
         /// The node.
         node: String,
-        /// `"edge nodes"` or `"metrics"`.
+        /// `"edge nodes"`, `"metrics"` or `"metrics over all edge nodes"`.
         what: &'static str,
         /// The limit.
         limit: usize,
@@ -213,13 +213,25 @@ impl HostState {
                 limit: self.config.max_nodes,
             });
         }
+        let counted = self.nodes.get(&node).map_or(0, |n| n.counted);
+        if self.total.saturating_sub(counted).saturating_add(state.size())
+            > self.config.max_total_metrics
+        {
+            return Err(RestoreError::Limit {
+                node: node.to_string(),
+                what: "metrics over all edge nodes",
+                limit: self.config.max_total_metrics,
+            });
+        }
         if let Some(old) = self.nodes.get(&node) {
             state.last_rebirth = old.last_rebirth;
             if let Some(d) = old.seq.deadline {
                 self.deadlines.remove(&(d, node.clone()));
             }
         }
-        self.nodes.insert(node, state);
+        state.counted = counted;
+        self.nodes.insert(node.clone(), state);
+        self.recount(&node);
         Ok(())
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct NodeState {
     pub(crate) last_rebirth: Option<u64>,
     /// The one before (given back by `rebirth_not_sent`).
     pub(crate) prev_rebirth: Option<u64>,
+    /// The node's share of `HostState::total` (its `size()` when last counted).
+    pub(crate) counted: usize,
     /// When a message of the node last came, in ms (eviction picks the oldest offline node).
     pub(crate) last_seen: u64,
     /// Why its last NBIRTH was rejected: until a good one comes, its DATA is invalid without a
@@ -249,6 +251,15 @@ fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u6
         if table.len() > host.config.max_metrics {
             return Err(format!("more than {} metrics", host.config.max_metrics));
         }
+        let counted = host.nodes.get(&node).map_or(0, |n| n.counted);
+        if host.total.saturating_sub(counted).saturating_add(table.len())
+            > host.config.max_total_metrics
+        {
+            return Err(format!(
+                "more than {} metrics over all edge nodes (max_total_metrics)",
+                host.config.max_total_metrics
+            ));
+        }
         Ok((seq, metrics, table))
     });
     let (seq, metrics, table) = match checked {
@@ -329,6 +340,7 @@ fn sequenced(
     };
     let timeout = host.config.reorder_timeout_ms;
     let max_metrics = host.config.max_metrics;
+    let (total, max_total) = (host.total, host.config.max_total_metrics);
     let Some(state) = host.nodes.get_mut(&node).filter(|n| n.born && n.online) else {
         if let (MessageType::DBirth, Some(id)) = (kind, &device.device) {
             learn_device(host, &node, id, payload, now_ms);
@@ -375,6 +387,12 @@ fn sequenced(
                     if others + 1 + table.len() > max_metrics {
                         return Err(format!(
                             "more than {max_metrics} metrics and devices on the edge node"
+                        ));
+                    }
+                    let elsewhere = total.saturating_sub(state.counted);
+                    if elsewhere.saturating_add(others + 1 + table.len()) > max_total {
+                        return Err(format!(
+                            "more than {max_total} metrics over all edge nodes (max_total_metrics)"
                         ));
                     }
                     Ok((metrics, table))

@@ -588,3 +588,21 @@ fn template_instances_in_data_take_member_datatypes_from_the_birth_definition() 
     restarted.restore(edge.key(), &host.snapshot(&edge.key()).unwrap()).unwrap();
     expect(restarted.handle(&t, &p, 2));
 }
+
+#[test]
+fn metrics_are_bounded_over_all_nodes() {
+    let mut host = HostState::new(HostConfig { max_total_metrics: 9, ..HostConfig::default() });
+    let mut a = EdgeNode::new("g", "a");
+    birth(&mut a, &mut host, 0); // 4 metrics
+    let mut b = EdgeNode::new("g", "b");
+    birth(&mut b, &mut host, 0); // 8
+    assert_eq!(host.total_metrics(), 8);
+    let (t, p) = b.dbirth("d", &[("x", None, Value::Boolean(true), DataType::Boolean)], 1).unwrap();
+    assert!(matches!(host.handle(&t, &p, 1).event, Event::Invalid { .. }), "8 + 2 > 9");
+    let mut c = EdgeNode::new("g", "c");
+    let (t, p) = c.nbirth(&[], 2).unwrap(); // bdSeq + Rebirth: 10 > 9
+    assert!(matches!(host.handle(&t, &p, 2).event, Event::Invalid { .. }));
+    // A node's new NBIRTH replaces its share rather than adding to it.
+    birth(&mut a, &mut host, 3);
+    assert_eq!(host.total_metrics(), 9, "8 and the rejected device of b");
+}
