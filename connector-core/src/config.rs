@@ -185,4 +185,35 @@ pub trait ConnectorConfig:
     fn validate(&self) -> ConfigErrors {
         ConfigErrors::new()
     }
+
+    /// Checks the config together with the connector entry's error policy (its `[errors]`
+    /// table), for rules that depend on both, e.g. a format whose routine input would stop the
+    /// connector with `tolerance = "none"`. Pure, like [`validate`](Self::validate); paths are
+    /// relative to the connector's own table, so the policy's keys are `errors.<key>`. Called by
+    /// the runner (`connect validate`, `connect run`, the REST API) when the `[errors]` table
+    /// itself is valid; the default finds nothing wrong.
+    ///
+    /// ```
+    /// use connector_core::{ConfigErrors, ConnectorConfig, ErrorPolicyConfig, Tolerance};
+    /// # use schemars::JsonSchema;
+    /// # use serde::Deserialize;
+    /// /// Config.
+    /// #[derive(Debug, Deserialize, JsonSchema)]
+    /// struct Lenient {}
+    /// impl ConnectorConfig for Lenient {
+    ///     fn validate_error_policy(&self, policy: &ErrorPolicyConfig) -> ConfigErrors {
+    ///         let mut e = ConfigErrors::new();
+    ///         if policy.tolerance == Tolerance::None {
+    ///             e.push("errors.tolerance", "set tolerance = \"all\"");
+    ///         }
+    ///         e
+    ///     }
+    /// }
+    /// let errors = Lenient {}.validate_error_policy(&ErrorPolicyConfig::default());
+    /// assert!(errors.to_string().starts_with("errors.tolerance: "), "{errors}");
+    /// ```
+    fn validate_error_policy(&self, policy: &crate::ErrorPolicyConfig) -> ConfigErrors {
+        let _ = policy;
+        ConfigErrors::new()
+    }
 }

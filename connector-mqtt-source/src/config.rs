@@ -1,7 +1,7 @@
 //! [`MqttSourceConfig`]: the keys of a `type = "mqtt-source"` connector.
 
 use connector_core::template::Template;
-use connector_core::{ConfigErrors, ConnectorConfig};
+use connector_core::{ConfigErrors, ConnectorConfig, ErrorPolicyConfig, Tolerance};
 use connector_mqtt_common::{mqtt_connector_config, validate_filter, MqttConnectionConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -371,6 +371,20 @@ impl ConnectorConfig for MqttSourceConfig {
         }
         e
     }
+
+    fn validate_error_policy(&self, policy: &ErrorPolicyConfig) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        if self.format == SourceFormat::SparkplugB && policy.tolerance == Tolerance::None {
+            e.push(
+                "errors.tolerance",
+                "format = \"sparkplug_b\" needs tolerance = \"all\": DATA before its BIRTH is routine \
+                 (a first start on a live plant) and with \"none\" it stops the connector, again after \
+                 every restart since the broker redelivers that message first; set \
+                 tolerance = \"all\" with a dead_letter_topic",
+            );
+        }
+        e
+    }
 }
 
 #[cfg(test)]
@@ -425,6 +439,19 @@ mod tests {
         let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
         assert!(!shown.contains("Sup3r-Secret"), "{shown}");
         assert!(shown.contains("bridge"));
+    }
+
+    #[test]
+    fn sparkplug_needs_the_error_tolerance_all() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["spBv1.0/#".into()], "sp");
+        let none = ErrorPolicyConfig::default();
+        let all = ErrorPolicyConfig { tolerance: Tolerance::All, ..ErrorPolicyConfig::default() };
+        assert!(c.validate_error_policy(&none).is_empty(), "raw: any tolerance");
+        c.format = SourceFormat::SparkplugB;
+        let e = c.validate_error_policy(&none);
+        assert_eq!(e.iter().map(|e| e.path.clone()).collect::<Vec<_>>(), ["errors.tolerance"]);
+        assert!(e.to_string().contains("dead_letter_topic"), "{e}");
+        assert!(c.validate_error_policy(&all).is_empty());
     }
 
     #[test]

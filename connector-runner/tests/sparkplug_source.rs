@@ -23,7 +23,7 @@ use serde_json::Value as Json;
 
 mod support;
 
-use support::{write, Runner};
+use support::{assert_validate_reports, connect, write, Runner};
 
 fn now() -> u64 {
     u64::try_from(connector_core::Timestamp::now().as_millis()).unwrap()
@@ -107,6 +107,85 @@ fn birth() -> [(&'static str, Option<u64>, Value, DataType); 1] {
 /// Rebirth requests (NCMD) for `node` seen by `ncmd`.
 fn rebirths(ncmd: &MqttSubscriber, node: &str) -> usize {
     ncmd.messages().iter().filter(|p| p.topic.ends_with(&format!("/NCMD/{node}"))).count()
+}
+
+/// DATA before its BIRTH is routine for a host (a first start on a live plant), so with the
+/// default `errors.tolerance = "none"` it would stop the connector, and a persistent session
+/// redelivers the same message first after a restart: a poison pill. The runner refuses it,
+/// naming the key, together with every other problem, in `validate` and in `run`.
+#[test]
+fn sparkplug_with_the_default_error_tolerance_is_a_config_error_named_with_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[kafka]
+bootstrap_servers = ["127.0.0.1:9092"]
+
+[[connector]]
+name = "factory"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["spBv1.0/#"]
+kafka_topic = "factory"
+format = "sparkplug_b"
+qos = 3
+
+[[connector]]
+name = "dlq-without-all"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["spBv1.0/#"]
+kafka_topic = "factory"
+format = "sparkplug_b"
+errors = { dead_letter_topic = "factory.dlq" }
+
+[[connector]]
+name = "bad-transform"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["spBv1.0/#"]
+kafka_topic = "factory"
+format = "sparkplug_b"
+errors = { tolerance = "none" }
+transforms = [{ type = "no-such-transform" }]
+
+[[connector]]
+name = "raw-is-fine"
+type = "mqtt-source"
+mqtt_url = "mqtt://broker"
+topics = ["plant/#"]
+kafka_topic = "plant"
+"#;
+    let config = write(dir.path(), "c.toml", text);
+    let why = "format = \"sparkplug_b\" needs tolerance = \"all\"";
+    let expected = [
+        format!("connector[0].errors.tolerance: {why}"),
+        "connector[0].qos: expected 0, 1 or 2".to_owned(),
+        "connector[1].errors.dead_letter_topic: needs tolerance = \"all\"".to_owned(),
+        format!("connector[2].errors.tolerance: {why}"),
+        "connector[2].transforms[0].type: unknown transform type".to_owned(),
+    ];
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    assert_validate_reports(&config, &expected);
+    let out = connect(&["run", "--config", &config]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for e in &expected {
+        assert!(stderr.lines().any(|l| l.starts_with(e)), "run: missing {e:?} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("connector[3]"), "raw mode needs no tolerance: {stderr}");
+    assert!(stderr.contains("dead_letter_topic"), "the message says what to set: {stderr}");
+
+    let good = text.replace("qos = 3", "errors = { tolerance = \"all\" }");
+    let good = good.replace(
+        "errors = { dead_letter_topic = \"factory.dlq\" }",
+        "errors = { tolerance = \"all\", dead_letter_topic = \"factory.dlq\" }",
+    );
+    let good = good.replace(
+        "errors = { tolerance = \"none\" }\ntransforms = [{ type = \"no-such-transform\" }]",
+        "[connector.errors]\ntolerance = \"all\"",
+    );
+    let out = connect(&["validate", "--config", &write(dir.path(), "good.toml", &good)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

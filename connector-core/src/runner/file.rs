@@ -509,27 +509,34 @@ fn value_as<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The connector's converters, transforms and error policy.
+/// The connector's converters, transforms and error policy; the error policy also on its own
+/// (`None` when its table is wrong), so that the connector's config can be checked against it
+/// even when another part of the pipeline is wrong.
 fn pipeline(
     table: &mut Map<String, Value>,
     prefix: &str,
     registry: &Registry,
     errors: &mut ConfigErrors,
-) -> Option<Pipeline> {
+) -> (Option<Pipeline>, Option<ErrorPolicyConfig>) {
     let before = errors.iter().count();
     let mut p = Pipeline::default();
+    let mut policy = Some(ErrorPolicyConfig::default());
     match table.remove("errors") {
         Some(Value::Object(t)) => {
-            if let Some(c) = section::<ErrorPolicyConfig>(
+            policy = section::<ErrorPolicyConfig>(
                 t,
                 &at(prefix, "errors"),
                 errors,
                 ErrorPolicyConfig::validate,
-            ) {
-                p.errors = c;
+            );
+            if let Some(c) = &policy {
+                p.errors = c.clone();
             }
         }
-        Some(_) => errors.push(at(prefix, "errors"), "expected a table"),
+        Some(_) => {
+            policy = None;
+            errors.push(at(prefix, "errors"), "expected a table");
+        }
         None => {}
     }
     if let Some(v) = table.remove("key_converter") {
@@ -617,7 +624,7 @@ fn pipeline(
         }
         None => {}
     }
-    (errors.iter().count() == before).then_some(p)
+    ((errors.iter().count() == before).then_some(p), policy)
 }
 
 /// A connector config given as JSON (the REST API's): one `[[connector]]` table, `name` and
@@ -721,13 +728,18 @@ fn connector(
             _ => errors.push(path, "expected a table"),
         }
     }
-    let pipeline = pipeline(&mut table, prefix, registry, errors);
+    let (pipeline, policy) = pipeline(&mut table, prefix, registry, errors);
     debug_assert!(COMMON.iter().all(|k| !table.contains_key(*k)));
     // The connector's own keys are checked even when the common ones are wrong, so that every
     // problem is reported at once (a missing name does not hide them either).
     let type_name = type_name?;
-    let built =
-        registry.build(&type_name, name.as_deref().unwrap_or(&type_name), Value::Object(table));
+    let name_or_type = name.as_deref().unwrap_or(&type_name);
+    let built = match &policy {
+        Some(policy) => {
+            registry.build_with_error_policy(&type_name, name_or_type, Value::Object(table), policy)
+        }
+        None => registry.build(&type_name, name_or_type, Value::Object(table)),
+    };
     let connector = match built {
         Ok(connector) => Some(connector),
         Err(e) => {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::{ConfigError, ConfigErrors, ConnectorConfig};
+use crate::error_policy::ErrorPolicyConfig;
 use crate::sink::{DynSinkConnector, SinkConnector};
 use crate::source::{DynSourceConnector, SourceConnector};
 use crate::transform::{
@@ -54,7 +55,9 @@ impl fmt::Debug for BuiltConnector {
     }
 }
 
-type BuildFn = dyn Fn(&str, Value) -> Result<BuiltConnector, ConfigErrors> + Send + Sync;
+type BuildFn = dyn Fn(&str, Value, Option<&ErrorPolicyConfig>) -> Result<BuiltConnector, ConfigErrors>
+    + Send
+    + Sync;
 type SchemaFn = dyn Fn() -> Value + Send + Sync;
 type TransformFn = dyn Fn(Value) -> Result<Box<dyn Transform>, ConfigErrors> + Send + Sync;
 type PredicateFn = dyn Fn(Value) -> Result<Box<dyn Predicate>, ConfigErrors> + Send + Sync;
@@ -270,8 +273,11 @@ impl Registry {
 
     /// Registers a source connector type under `type_name`.
     pub fn register_source<C: SourceConnector>(&mut self, type_name: &str) -> &mut Self {
-        let build = move |name: &str, table: Value| -> Result<BuiltConnector, ConfigErrors> {
-            let config: C::Config = parse_config(table)?;
+        let build = move |name: &str,
+                          table: Value,
+                          policy: Option<&ErrorPolicyConfig>|
+              -> Result<BuiltConnector, ConfigErrors> {
+            let config: C::Config = parse_config(table, policy)?;
             let connector = C::create(name, config).map_err(single_error)?;
             Ok(BuiltConnector::Source(Box::new(connector)))
         };
@@ -281,8 +287,11 @@ impl Registry {
 
     /// Registers a sink connector type under `type_name`.
     pub fn register_sink<C: SinkConnector>(&mut self, type_name: &str) -> &mut Self {
-        let build = move |name: &str, table: Value| -> Result<BuiltConnector, ConfigErrors> {
-            let config: C::Config = parse_config(table)?;
+        let build = move |name: &str,
+                          table: Value,
+                          policy: Option<&ErrorPolicyConfig>|
+              -> Result<BuiltConnector, ConfigErrors> {
+            let config: C::Config = parse_config(table, policy)?;
             let connector = C::create(name, config).map_err(single_error)?;
             Ok(BuiltConnector::Sink(Box::new(connector)))
         };
@@ -322,6 +331,32 @@ impl Registry {
         name: &str,
         config: Value,
     ) -> Result<BuiltConnector, ConfigErrors> {
+        self.build_checked(type_name, name, config, None)
+    }
+
+    /// Like [`build`](Self::build), and also checks the config against the connector entry's
+    /// error policy ([`ConnectorConfig::validate_error_policy`]), reporting those problems with
+    /// the others (paths relative to `config`, the policy's as `errors.<key>`).
+    ///
+    /// # Errors
+    /// Every problem found.
+    pub fn build_with_error_policy(
+        &self,
+        type_name: &str,
+        name: &str,
+        config: Value,
+        policy: &ErrorPolicyConfig,
+    ) -> Result<BuiltConnector, ConfigErrors> {
+        self.build_checked(type_name, name, config, Some(policy))
+    }
+
+    fn build_checked(
+        &self,
+        type_name: &str,
+        name: &str,
+        config: Value,
+        policy: Option<&ErrorPolicyConfig>,
+    ) -> Result<BuiltConnector, ConfigErrors> {
         let Some(entry) = self.entries.get(type_name) else {
             let mut e = ConfigErrors::new();
             let known: Vec<&str> = self.type_names().collect();
@@ -331,16 +366,22 @@ impl Registry {
             );
             return Err(e);
         };
-        (entry.build)(name, config)
+        (entry.build)(name, config, policy)
     }
 }
 
 /// Deserializes and validates a connector config, reporting key paths: unknown keys and what
 /// `validate()` finds, all at once.
-pub(crate) fn parse_config<T: ConnectorConfig>(value: Value) -> Result<T, ConfigErrors> {
+pub(crate) fn parse_config<T: ConnectorConfig>(
+    value: Value,
+    policy: Option<&ErrorPolicyConfig>,
+) -> Result<T, ConfigErrors> {
     let (config, mut errors) = deserialize_lenient::<T>(value);
     if let Some(config) = &config {
         errors.extend(config.validate());
+        if let Some(policy) = policy {
+            errors.extend(config.validate_error_policy(policy));
+        }
     }
     match config {
         Some(config) if errors.is_empty() => Ok(config),
