@@ -8,6 +8,50 @@ use crate::properties::UserProperties;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// How a record becomes an MQTT publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SinkFormat {
+    /// The record value is the payload, as is (default).
+    #[default]
+    #[serde(rename = "raw")]
+    Raw,
+    /// The record value is a JSON command (`{"metrics":[{"name","value","datatype"?}]}` or one
+    /// `{"name","value","datatype"?}`), encoded as a Sparkplug B NCMD or DCMD payload; see
+    /// docs/sparkplug.md.
+    #[serde(rename = "sparkplug_b")]
+    SparkplugB,
+}
+
+/// The `[sparkplug]` keys of a sink with `format = "sparkplug_b"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSparkplugConfig {
+    /// Learn metric aliases and datatypes from the BIRTH messages of the edge nodes (default
+    /// true): the sink's own connection subscribes to `spBv1.0/<group>/NBIRTH/+` and
+    /// `spBv1.0/<group>/DBIRTH/+/+`, and a command to a metric it saw in a BIRTH carries that
+    /// metric's alias and datatype. Without a BIRTH (or with `false`), a command carries the
+    /// metric's name and the datatype the record gives or its JSON value implies.
+    #[serde(default = "default_true")]
+    pub learn_births: bool,
+    /// The Sparkplug group ids whose BIRTHs to learn from (default: every group, `+`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Most edge nodes whose BIRTHs are kept (default 10,000); BIRTHs of further nodes are not
+    /// learned, and commands to those carry names.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
+}
+
+impl Default for SinkSparkplugConfig {
+    fn default() -> Self {
+        Self { learn_births: true, groups: Vec::new(), max_nodes: default_max_nodes() }
+    }
+}
+
+fn default_max_nodes() -> usize {
+    10_000
+}
+
 /// What to do with a Kafka record whose value is null (a tombstone).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -43,8 +87,21 @@ mqtt_connector_config! {
         /// MQTT topic template: `{key}` (the record key), `{topic}` (Kafka topic), `{partition}`,
         /// `{header.NAME}` (a record header). A fixed topic is allowed. A substituted value containing
         /// `/`, `+`, `#` or NUL, or an empty one, sends the record to the error policy: it is never
-        /// published, so a key cannot steer a command to another device's topic.
+        /// published, so a key cannot steer a command to another device's topic. Required with
+        /// `format = "raw"`; with `format = "sparkplug_b"` leave it out to publish to the topic the
+        /// record key `group/node[/device]` names (`spBv1.0/<group>/NCMD/<node>` or
+        /// `spBv1.0/<group>/DCMD/<node>/<device>`), or set it to a template whose result is such
+        /// a topic (it then names the target, the key is not used for it).
+        #[serde(default)]
         pub mqtt_topic: String,
+        /// `raw` (default: the record value is the payload) or `sparkplug_b` (the record value is
+        /// a JSON command, published as a Sparkplug B NCMD/DCMD; see docs/sparkplug.md).
+        #[serde(default)]
+        pub format: SinkFormat,
+        /// With `format = "sparkplug_b"`: where aliases come from (`learn_births`, `groups`,
+        /// `max_nodes`).
+        #[serde(default)]
+        pub sparkplug: Option<SinkSparkplugConfig>,
         /// Publish QoS: 0, 1 (default) or 2. With 0 there is no acknowledgement: a record counts as
         /// delivered once sent.
         #[serde(default = "default_qos")]
@@ -128,7 +185,23 @@ impl MqttSinkConfig {
             user_property_prefix: None,
             message_expiry_secs: None,
             tasks: default_tasks(),
+            format: SinkFormat::Raw,
+            sparkplug: None,
         }
+    }
+
+    /// A config with `format = "sparkplug_b"`: JSON command records become NCMD/DCMD publishes to
+    /// the topic their key `group/node[/device]` names.
+    ///
+    /// ```
+    /// use connector_core::ConnectorConfig;
+    /// use connector_mqtt_sink::MqttSinkConfig;
+    ///
+    /// let config = MqttSinkConfig::sparkplug_b("mqtt://127.0.0.1:1883", vec!["factory.commands".into()]);
+    /// assert!(config.validate().is_empty());
+    /// ```
+    pub fn sparkplug_b(mqtt_url: impl Into<String>, topics: Vec<String>) -> Self {
+        Self { format: SinkFormat::SparkplugB, ..Self::new(mqtt_url, topics, "") }
     }
 }
 
@@ -198,8 +271,21 @@ impl ConnectorConfig for MqttSinkConfig {
                 e.push(format!("topics[{i}]"), msg);
             }
         }
-        if let Err(msg) = check_template(&self.mqtt_topic) {
-            e.push("mqtt_topic", msg);
+        match self.format {
+            SinkFormat::Raw => {
+                if self.mqtt_topic.is_empty() {
+                    e.push(
+                        "mqtt_topic",
+                        "required (only format = \"sparkplug_b\" takes the topic from the record key)",
+                    );
+                } else if let Err(msg) = check_template(&self.mqtt_topic) {
+                    e.push("mqtt_topic", msg);
+                }
+                if self.sparkplug.is_some() {
+                    e.push("sparkplug", "only used with format = \"sparkplug_b\"");
+                }
+            }
+            SinkFormat::SparkplugB => self.validate_sparkplug(&mut e),
         }
         if self.qos > 2 {
             e.push("qos", "expected 0, 1 or 2");
@@ -220,6 +306,55 @@ impl ConnectorConfig for MqttSinkConfig {
             e.push("inflight", "expected 1 to 65535 (MQTT packet identifiers)");
         }
         e
+    }
+}
+
+impl MqttSinkConfig {
+    fn validate_sparkplug(&self, e: &mut ConfigErrors) {
+        if !self.mqtt_topic.is_empty() {
+            match check_template(&self.mqtt_topic) {
+                Err(msg) => e.push("mqtt_topic", msg),
+                Ok(t) => {
+                    if let Some(fixed) = t.as_literal() {
+                        if let Err(msg) = crate::sparkplug::command_target(fixed) {
+                            e.push("mqtt_topic", msg);
+                        }
+                    }
+                }
+            }
+        }
+        if self.retain || self.retain_header.is_some() {
+            let key = if self.retain { "retain" } else { "retain_header" };
+            e.push(
+                key,
+                "Sparkplug commands are never retained (a retained command would run again on every reconnect)",
+            );
+        }
+        if self.tombstones == Tombstones::Publish {
+            e.push(
+                "tombstones",
+                "an empty payload is not a Sparkplug command: use \"skip\" with format = \"sparkplug_b\"",
+            );
+        }
+        let learning = self.sparkplug.as_ref().is_none_or(|s| s.learn_births);
+        if learning && self.inflight == 65_535 {
+            e.push(
+                "inflight",
+                "at most 65534 while the sink learns BIRTHs (its SUBSCRIBE needs a packet identifier too)",
+            );
+        }
+        let Some(s) = &self.sparkplug else { return };
+        for (i, g) in s.groups.iter().enumerate() {
+            if g.is_empty() || g.contains(['/', '+', '#', '\0']) {
+                e.push(
+                    format!("sparkplug.groups[{i}]"),
+                    format!("{g:?} is not a Sparkplug group id (non-empty, without '/', '+', '#')"),
+                );
+            }
+        }
+        if s.max_nodes == 0 {
+            e.push("sparkplug.max_nodes", "must be at least 1");
+        }
     }
 }
 
@@ -249,5 +384,61 @@ mod tests {
         c.inflight = 0;
         let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
         assert_eq!(paths, ["topics[0]", "mqtt_topic", "qos", "inflight"]);
+    }
+
+    #[test]
+    fn sparkplug_keys_are_checked_at_their_paths() {
+        let ok = MqttSinkConfig::sparkplug_b("mqtt://h", vec!["cmd".into()]);
+        assert!(ok.validate().is_empty());
+        let raw = MqttSinkConfig::new("mqtt://h", vec!["cmd".into()], "");
+        let e = raw.validate();
+        assert_eq!(e.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["mqtt_topic"]);
+        assert!(e.iter().any(|e| e.message.contains("sparkplug_b")), "{e:?}");
+
+        let mut bad = ok.clone();
+        bad.mqtt_topic = "plant/commands".into();
+        bad.retain = true;
+        bad.tombstones = Tombstones::Publish;
+        bad.sparkplug = Some(SinkSparkplugConfig {
+            groups: vec!["ok".into(), "a/b".into()],
+            max_nodes: 0,
+            ..SinkSparkplugConfig::default()
+        });
+        let paths: Vec<_> = bad.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(
+            paths,
+            ["mqtt_topic", "retain", "tombstones", "sparkplug.groups[1]", "sparkplug.max_nodes"]
+        );
+
+        let mut fixed = ok.clone();
+        fixed.mqtt_topic = "spBv1.0/plant/DCMD/line-1/press-2".into();
+        assert!(fixed.validate().is_empty());
+        fixed.mqtt_topic = "spBv1.0/{header.group}/NCMD/{header.node}".into();
+        assert!(fixed.validate().is_empty(), "a template is checked per record");
+
+        let mut raw_with_table = MqttSinkConfig::new("mqtt://h", vec!["cmd".into()], "x/{key}");
+        raw_with_table.sparkplug = Some(SinkSparkplugConfig::default());
+        let paths: Vec<_> = raw_with_table.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths, ["sparkplug"]);
+    }
+
+    #[test]
+    fn the_sparkplug_table_parses_with_defaults() {
+        let c: MqttSinkConfig = serde_json::from_value(serde_json::json!({
+            "mqtt_url": "mqtt://h",
+            "topics": ["cmd"],
+            "format": "sparkplug_b",
+            "sparkplug": { "groups": ["plant"] },
+        }))
+        .unwrap();
+        assert_eq!(c.format, SinkFormat::SparkplugB);
+        let s = c.sparkplug.unwrap();
+        assert!(s.learn_births);
+        assert_eq!((s.groups, s.max_nodes), (vec!["plant".to_owned()], 10_000));
+        let unknown = serde_json::from_value::<MqttSinkConfig>(serde_json::json!({
+            "mqtt_url": "mqtt://h", "topics": ["cmd"], "format": "sparkplug_b",
+            "sparkplug": { "group": ["plant"] },
+        }));
+        assert!(unknown.is_err());
     }
 }

@@ -5,7 +5,7 @@ use connector_core::{ConnectorConfig, Error, Result, SinkConnector, StartFrom};
 use connector_mqtt_common::MqttVersion;
 use rumqttc::QoS;
 
-use crate::config::{check_template, MqttSinkConfig};
+use crate::config::{check_template, MqttSinkConfig, SinkFormat};
 use crate::properties::PropertyRules;
 use crate::task::{MqttSinkTask, MqttSinkTaskConfig};
 
@@ -34,11 +34,16 @@ impl SinkConnector for MqttSinkConnector {
         if let Some(first) = config.validate().into_iter().next() {
             return Err(Error::config(first.path, first.message));
         }
-        let mqtt_topic =
-            check_template(&config.mqtt_topic).map_err(|m| Error::config("mqtt_topic", m))?;
+        let mqtt_topic = match (config.format, config.mqtt_topic.as_str()) {
+            (SinkFormat::SparkplugB, "") => None,
+            (_, t) => Some(check_template(t).map_err(|m| Error::config("mqtt_topic", m))?),
+        };
+        let sparkplug = (config.format == SinkFormat::SparkplugB)
+            .then(|| config.sparkplug.clone().unwrap_or_default());
         let base = MqttSinkTaskConfig {
             connection: config.connection.settings(name, config.clean_session)?,
             mqtt_topic,
+            sparkplug,
             qos: match config.qos {
                 0 => QoS::AtMostOnce,
                 2 => QoS::ExactlyOnce,

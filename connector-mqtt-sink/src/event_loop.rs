@@ -6,6 +6,12 @@
 //! QoS 2 flows; sends keep-alive pings; and reconnects with backoff. The sink task only adds to
 //! the tracker and wakes this loop.
 //!
+//! With `format = "sparkplug_b"` the loop also subscribes (on every connection) to the BIRTH
+//! topics of the edge nodes and feeds what arrives into [`Births`], acknowledging each message
+//! at once (QoS 1 PUBACK, QoS 2 PUBREC/PUBCOMP): they are learned, not forwarded, so nothing
+//! waits on Kafka. The SUBSCRIBE's packet id is reserved in the tracker until its SUBACK, so no
+//! publish shares it.
+//!
 //! When a connection breaks, what the broker sent before it closed is still read (briefly, see
 //! [`DRAIN_LIMIT`]): a PUBACK read just before a drop is final, so a refused publish is not sent
 //! again on the next connection. The reconnect backoff starts over only after a connection that
@@ -21,10 +27,12 @@ use connector_mqtt_common::{
     pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Refusal, Session, Status,
 };
 use parking_lot::Mutex;
+use rumqttc::QoS;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::sparkplug::{Births, Learned};
 use crate::tracker::Tracker;
 
 /// How long a broken connection is still read for what the broker sent before closing it.
@@ -38,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     /// Wakes the event loop: the backlog has something new.
     pub(crate) work: Notify,
+    /// `format = "sparkplug_b"` with `learn_births`: what the BIRTHs told.
+    pub(crate) births: Option<Births>,
 }
 
 pub(crate) struct LoopSettings {
@@ -54,6 +64,8 @@ pub(crate) struct LoopSettings {
     pub(crate) commit: connector_core::runtime::CommitRequester,
     /// Where reconnects and refused publishes are counted.
     pub(crate) counters: connector_core::runtime::TaskCounterHandle,
+    /// Filters to subscribe to on every connection (the BIRTH topics), feeding `Shared::births`.
+    pub(crate) subscribe: Vec<String>,
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
@@ -163,6 +175,19 @@ async fn drive(
     for packet in resend {
         link.write(packet).await?;
     }
+    if !settings.subscribe.is_empty() {
+        let reserved = shared.tracker.lock().reserve_pkid();
+        match reserved {
+            Some(pkid) => {
+                let filters =
+                    settings.subscribe.iter().map(|f| (f.clone(), QoS::AtLeastOnce)).collect();
+                link.write(Outbound::Subscribe { pkid, filters }).await?;
+            }
+            None => {
+                warn!(client_id = %settings.client_id, "every packet id is in flight: not subscribing to BIRTHs on this connection");
+            }
+        }
+    }
     link.flush().await?;
     let mut keepalive = tokio::time::interval(keep_alive.max(Duration::from_secs(1)));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,6 +233,34 @@ async fn drive(
                             link.write(rel).await?;
                         }
                         Inbound::Refused(refusal) => refused(shared, settings, &refusal),
+                        Inbound::Publish(m) => {
+                            shared.tracker.lock().heard();
+                            learn(shared, settings, &m.topic, &m.payload);
+                            if let Some(ack) = ack_received(m.qos, m.pkid) {
+                                link.write(ack).await?;
+                            }
+                        }
+                        Inbound::Oversize { message, size } => {
+                            shared.tracker.lock().heard();
+                            warn!(client_id = %settings.client_id, topic = %message.topic, size, "a message over max_packet_size from the subscription; not learned from");
+                            if let Some(ack) = ack_received(message.qos, message.pkid) {
+                                link.write(ack).await?;
+                            }
+                        }
+                        Inbound::PubRel(pkid) => {
+                            shared.tracker.lock().heard();
+                            link.write(Outbound::PubComp(pkid)).await?;
+                        }
+                        Inbound::SubAck { pkid, refused } => {
+                            let mut t = shared.tracker.lock();
+                            t.heard();
+                            t.released(pkid);
+                            drop(t);
+                            for (i, reason) in refused {
+                                let filter = settings.subscribe.get(i).map_or("?", String::as_str);
+                                warn!(client_id = %settings.client_id, filter, reason = %reason, "the MQTT broker refused the BIRTH subscription: commands to these nodes carry metric names, not aliases");
+                            }
+                        }
                         // An answer: the connection works (for the reconnect backoff), and
                         // a drop after it is not pinned on a probe.
                         Inbound::PingResp => {
@@ -241,6 +294,48 @@ async fn drive(
             }
             // Fails when the previous ping got no answer: the connection is dead.
             _ = keepalive.tick() => link.ping().await?,
+        }
+    }
+}
+
+/// Our answer to a message the broker delivered: PUBACK (QoS 1), PUBREC (QoS 2; PUBCOMP follows
+/// its PUBREL), none for QoS 0.
+fn ack_received(qos: QoS, pkid: u16) -> Option<Outbound> {
+    match qos {
+        QoS::AtMostOnce => None,
+        QoS::AtLeastOnce => Some(Outbound::PubAck(pkid)),
+        QoS::ExactlyOnce => Some(Outbound::PubRec(pkid)),
+    }
+}
+
+/// Feeds a delivered message into the BIRTH state, counting what it was.
+fn learn(shared: &Shared, settings: &LoopSettings, topic: &str, payload: &[u8]) {
+    let Some(births) = &shared.births else { return };
+    let now_ms = u64::try_from(connector_core::Timestamp::now().as_millis()).unwrap_or(0);
+    match births.learn(topic, payload, now_ms) {
+        Learned::Birth => {
+            debug!(client_id = %settings.client_id, topic, "learned a Sparkplug BIRTH");
+            settings
+                .counters
+                .counter(
+                    "sparkplug_births_learned",
+                    "Sparkplug NBIRTH/DBIRTH messages the sink learned aliases and datatypes from",
+                    None,
+                )
+                .inc();
+        }
+        Learned::Ignored => {}
+        // Debug, not warn: one per BIRTH, and commands still go out (by name).
+        Learned::Invalid(reason) => {
+            debug!(client_id = %settings.client_id, topic, reason = %reason, "a Sparkplug BIRTH the sink cannot learn from; commands to it carry metric names");
+            settings
+                .counters
+                .counter(
+                    "sparkplug_births_unusable",
+                    "Sparkplug BIRTHs the sink could not learn from (undecodable, over max_nodes, a table Sparkplug forbids)",
+                    None,
+                )
+                .inc();
         }
     }
 }

@@ -40,6 +40,16 @@ pub fn mqtt_topic(template: &str, topic: &str, key: &[u8], header: &[u8]) {
     assert_eq!(rendered.matches('/').count(), fixed_levels, "{template:?} rendered {rendered:?}");
 }
 
+/// Turns a record with arbitrary key and value bytes into a Sparkplug command as
+/// `format = "sparkplug_b"` does (no BIRTH known): never panics; a command that encodes goes to
+/// the NCMD/DCMD topic of a key with two or three levels.
+pub fn sparkplug_command(key: &[u8], value: &[u8]) {
+    let Ok(target) = crate::sparkplug::key_target(Some(key)) else { return };
+    let topic = target.command_topic();
+    assert!(topic.starts_with("spBv1.0/") && !topic.contains(['+', '#', '\0']), "{topic:?}");
+    let _ = crate::sparkplug::encode(None, &target, value, 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +66,18 @@ mod tests {
             header in "[a-z/+#\0]{0,6}",
         ) {
             mqtt_topic(&template, &topic, &key, header.as_bytes());
+        }
+
+        #[test]
+        fn any_record_is_a_command_or_a_reason(
+            key in "[a-z/+#]{0,10}",
+            value in prop_oneof![
+                "[ -~]{0,40}",
+                Just(r#"{"name":"x","value":1}"#.to_owned()),
+                "\\{\"name\":\"[a-z]{1,3}\",\"value\":(-?[0-9]{1,25}|\"[a-z]*\"|true|null|\\[1,2\\]),\"datatype\":\"(Int8|UInt64|Double|Boolean|String|Int32Array|DataSet|Template)\"\\}",
+            ],
+        ) {
+            sparkplug_command(key.as_bytes(), value.as_bytes());
         }
     }
 }

@@ -7,10 +7,11 @@ mod event_loop;
 pub mod fuzzing;
 mod properties;
 mod render;
+mod sparkplug;
 mod task;
 mod tracker;
 
-pub use config::{MqttSinkConfig, Tombstones};
+pub use config::{MqttSinkConfig, SinkFormat, SinkSparkplugConfig, Tombstones};
 pub use connector::MqttSinkConnector;
 pub use properties::{PropertyRules, UserProperties};
 pub use task::{MqttSinkCounters, MqttSinkTask, MqttSinkTaskConfig};

@@ -18,10 +18,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::Tombstones;
+use crate::config::{SinkSparkplugConfig, Tombstones};
 use crate::event_loop::{self, LoopSettings, Shared};
 use crate::properties::{self, Outcome, PropertyRules};
 use crate::render;
+use crate::sparkplug::{self, Births};
 use crate::tracker::{Publication, Tracker};
 
 /// Everything one sink task needs.
@@ -29,8 +30,11 @@ use crate::tracker::{Publication, Tracker};
 pub struct MqttSinkTaskConfig {
     /// Connection settings, with this task's client id.
     pub connection: ConnectionSettings,
-    /// MQTT topic template.
-    pub mqtt_topic: Template,
+    /// MQTT topic template; `None` only with `sparkplug` (the topic comes from the record key).
+    pub mqtt_topic: Option<Template>,
+    /// `format = "sparkplug_b"`: records are JSON commands, published as NCMD/DCMD; `None`:
+    /// `format = "raw"`.
+    pub sparkplug: Option<SinkSparkplugConfig>,
     /// Publish QoS.
     pub qos: QoS,
     /// Retain flag.
@@ -184,7 +188,11 @@ impl SinkTask for MqttSinkTask {
     async fn start(&mut self, ctx: SinkTaskContext) -> Result<()> {
         let c = &self.config;
         let session = Session::new(c.connection.clone())?;
-        let shared = Arc::new(Shared::default());
+        let learning = c.sparkplug.as_ref().filter(|s| s.learn_births);
+        let shared = Arc::new(Shared {
+            births: learning.map(|s| Births::new(s.max_nodes)),
+            ..Shared::default()
+        });
         let (status_tx, mut status) = watch::channel(Status::default());
         let settings = LoopSettings {
             url: c.connection.url.clone(),
@@ -195,6 +203,7 @@ impl SinkTask for MqttSinkTask {
             max_packet: c.connection.max_packet_size,
             commit: ctx.commit_requester(),
             counters: ctx.counters().clone(),
+            subscribe: learning.map(|s| sparkplug::birth_filters(&s.groups)).unwrap_or_default(),
         };
         shared.tracker.lock().max_packet = c.connection.max_packet_size;
         self.event_loop = Some(tokio::spawn(event_loop::run(
@@ -223,13 +232,37 @@ impl SinkTask for MqttSinkTask {
             let context = |e: Error| {
                 e.with_topic(&*r.topic).with_partition(r.partition).with_offset(r.offset)
             };
-            let payload = match (&r.value, self.config.tombstones) {
-                (Some(v), _) => v.clone(),
-                (None, Tombstones::Publish) => Bytes::new(),
-                (None, Tombstones::Skip) => continue,
+            let (topic, payload) = match (&self.config.sparkplug, &self.config.mqtt_topic) {
+                (Some(_), template) => {
+                    // `validate` refuses tombstones = "publish" here: an empty payload is no command.
+                    let Some(v) = &r.value else { continue };
+                    let (topic, target) = sparkplug::route(template.as_ref(), r)
+                        .map_err(|m| context(Error::rejected(m)))?;
+                    let now_ms = u64::try_from(now.as_millis()).unwrap_or(0);
+                    let payload = sparkplug::encode(shared.births.as_ref(), &target, v, now_ms)
+                        .map_err(|m| {
+                            context(Error::rejected(format!(
+                                "cannot encode the record as a Sparkplug command to {topic}: {m}; not published"
+                            )))
+                        })?;
+                    (topic, payload)
+                }
+                (None, Some(template)) => {
+                    let payload = match (&r.value, self.config.tombstones) {
+                        (Some(v), _) => v.clone(),
+                        (None, Tombstones::Publish) => Bytes::new(),
+                        (None, Tombstones::Skip) => continue,
+                    };
+                    let topic =
+                        render::mqtt_topic(template, r).map_err(|m| context(Error::rejected(m)))?;
+                    (topic, payload)
+                }
+                (None, None) => {
+                    return Err(Error::fatal(
+                        "MQTT sink task without mqtt_topic (format = \"raw\")",
+                    ))
+                }
             };
-            let topic = render::mqtt_topic(&self.config.mqtt_topic, r)
-                .map_err(|m| context(Error::rejected(m)))?;
             let retain = self.retain(r).map_err(context)?;
             let properties = match properties::outcome(r, &self.config.properties, now) {
                 Ok(Outcome::Publish(p)) => p,

@@ -122,6 +122,9 @@ pub(crate) struct Tracker {
     held: Vec<u16>,
     /// A refusal arrived on the current connection: a drop right after it is explained.
     explained: bool,
+    /// The packet id of our SUBSCRIBE waiting for its SUBACK (`format = "sparkplug_b"` learning
+    /// BIRTHs): no publish may use it meanwhile.
+    reserved: Option<u16>,
     /// Largest PUBLISH packet that may be sent now (ours, or the broker's if smaller).
     pub(crate) max_packet: usize,
     pub(crate) connected: bool,
@@ -154,6 +157,7 @@ impl Tracker {
             heard: false,
             held: Vec::new(),
             explained: false,
+            reserved: None,
             max_packet,
             connected: false,
             failed: None,
@@ -179,9 +183,29 @@ impl Tracker {
     fn next_pkid(&mut self) -> u16 {
         loop {
             self.last_pkid = if self.last_pkid == u16::MAX { 1 } else { self.last_pkid + 1 };
-            if !self.inflight.contains_key(&self.last_pkid) {
+            if !self.inflight.contains_key(&self.last_pkid) && self.reserved != Some(self.last_pkid)
+            {
                 return self.last_pkid;
             }
+        }
+    }
+
+    /// A packet id for a SUBSCRIBE, not used by any publish until [`released`](Self::released)
+    /// (or the next connection); `None` while every id is in flight (a kept session with 65,535
+    /// publishes in flight; `validate` keeps `inflight` below that when the sink subscribes).
+    pub(crate) fn reserve_pkid(&mut self) -> Option<u16> {
+        if self.inflight.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        let pkid = self.next_pkid();
+        self.reserved = Some(pkid);
+        Some(pkid)
+    }
+
+    /// The SUBACK for `pkid` arrived: publishes may use the id again.
+    pub(crate) fn released(&mut self, pkid: u16) {
+        if self.reserved == Some(pkid) {
+            self.reserved = None;
         }
     }
 
@@ -200,7 +224,9 @@ impl Tracker {
                 }
             }
         }
-        while self.inflight.len() < window.min(u16::MAX as usize) && self.probing.is_none() {
+        // A packet id reserved for a SUBSCRIBE is one fewer for publishes.
+        let ids = usize::from(u16::MAX) - usize::from(self.reserved.is_some());
+        while self.inflight.len() < window.min(ids) && self.probing.is_none() {
             let Some(front) = self.backlog.front() else { break };
             let probe = front.suspect && front.qos != QoS::AtMostOnce;
             if probe && !self.inflight.is_empty() {
@@ -340,6 +366,7 @@ impl Tracker {
     pub(crate) fn connected(&mut self, session_present: bool, out: &mut Vec<Outbound>) {
         self.connected = true;
         self.explained = false;
+        self.reserved = None;
         self.probing = None;
         self.held.clear();
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
@@ -486,6 +513,27 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_packet_id_reserved_for_a_subscribe_is_not_given_to_a_publish_until_its_suback() {
+        let mut t = Tracker::new(1000);
+        let mut out = Vec::new();
+        t.connected(false, &mut out);
+        let reserved = t.reserve_pkid().unwrap();
+        for o in 0..3 {
+            add(&mut t, o);
+        }
+        t.take_sendable(10, &mut out);
+        let ids: Vec<u16> = sent(&out).iter().map(|s| s.0).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(!ids.contains(&reserved), "{reserved} in {ids:?}");
+        t.released(reserved);
+        t.last_pkid = reserved - 1;
+        add(&mut t, 3);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out)[0].0, reserved, "free again after the SUBACK");
     }
 
     #[test]
