@@ -219,6 +219,7 @@ impl MqttConnectionConfig {
             tls: self.tls.clone(),
             status_topic: (!self.status_topic.is_empty()).then(|| self.status_topic.clone()),
             receive_maximum: None,
+            will: None,
         })
     }
 }

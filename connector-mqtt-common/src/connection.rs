@@ -41,6 +41,10 @@ pub struct ConnectionSettings {
     /// retained, on every connect, `offline` on a clean stop, and the broker publishes `offline`
     /// (the last will) when the connection dies without a DISCONNECT.
     pub status_topic: Option<String>,
+    /// A last will the connector sets itself, used instead of the status topic's `offline` (a
+    /// Sparkplug primary host's STATE death certificate; changed between connects with
+    /// [`Session::set_will`](crate::Session::set_will)).
+    pub will: Option<Will>,
 }
 
 /// Status payload while connected.
@@ -67,8 +71,12 @@ impl ConnectionSettings {
         self.status_topic.as_ref().map(|t| t.replace("{client_id}", &self.client_id))
     }
 
-    /// The last will: `offline`, retained, QoS 1, on the status topic.
+    /// The last will: the connector's own [`will`](Self::will) if set, else `offline`,
+    /// retained, QoS 1, on the status topic.
     pub fn will(&self) -> Option<Will> {
+        if let Some(will) = &self.will {
+            return Some(will.clone());
+        }
         self.status_topic().map(|topic| Will {
             topic,
             payload: Bytes::from_static(STATUS_OFFLINE),
@@ -131,6 +139,7 @@ mod tests {
             tls: None,
             status_topic: None,
             receive_maximum: None,
+            will: None,
         };
         let e = s.credentials().unwrap_err().to_string();
         assert!(e.contains("CONNECTOR_TEST_NO_SUCH_PASSWORD"), "{e}");

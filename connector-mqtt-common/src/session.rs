@@ -89,6 +89,12 @@ impl Session {
         &self.settings
     }
 
+    /// Sets the last will sent with the next CONNECT (`None`: the status topic's, if any). A
+    /// Sparkplug primary host gives every connection a new STATE death certificate this way.
+    pub fn set_will(&mut self, will: Option<crate::connection::Will>) {
+        self.settings.will = will;
+    }
+
     /// Opens the connection: TCP or TLS, CONNECT, CONNACK.
     ///
     /// # Errors

@@ -43,7 +43,8 @@ mqtt_connector_config! {
         pub kafka_topic: String,
         /// Record key template, with the same placeholders (no `/` replacement). Default `"{topic}"`:
         /// the MQTT topic verbatim, so one device's messages share a partition and keep their order.
-        /// `""` writes records without a key.
+        /// `""` writes records without a key. With `format = "sparkplug_b"` the key is
+        /// `sparkplug.key` instead (leave this one out).
         #[serde(default = "default_key")]
         pub key: String,
         /// Most messages received and not yet acknowledged to the broker (waiting for Kafka); with
@@ -67,7 +68,176 @@ mqtt_connector_config! {
         /// counts them.
         #[serde(default)]
         pub expired_messages: ExpiredMessages,
+        /// How message payloads are read: "raw" (default) forwards each payload as it is, one record
+        /// per message; "sparkplug_b" decodes Sparkplug B (topics under `spBv1.0/`) as a host
+        /// application and writes JSON records (see `sparkplug` and docs/sparkplug.md). Sparkplug
+        /// needs `tasks = 1`: sequence numbers are checked per edge node, in order.
+        #[serde(default)]
+        pub format: SourceFormat,
+        /// Sparkplug B settings; only with `format = "sparkplug_b"` (left out: every default).
+        #[serde(default)]
+        pub sparkplug: Option<SparkplugSourceConfig>,
     }
+}
+
+/// How the MQTT source reads message payloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    /// The payload as it is, one record per message.
+    #[default]
+    Raw,
+    /// Sparkplug B (protobuf), decoded with the BIRTH state into JSON records.
+    SparkplugB,
+}
+
+/// How the Sparkplug host application connects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SparkplugMode {
+    /// A plain subscriber with a persistent session (default): the broker keeps what arrives
+    /// while the connector is down and redelivers what Kafka did not have yet, so every message
+    /// the broker accepted reaches Kafka at least once. No STATE messages.
+    #[default]
+    Persistent,
+    /// A Sparkplug 3.0 Primary Host Application: clean session, `spBv1.0/STATE/<host_id>`
+    /// online/offline (retained, QoS 1, offline as the will). Edge nodes that watch it stop
+    /// publishing while the host is offline and send their BIRTH again when it comes back;
+    /// what was published during an outage is not redelivered by the broker.
+    PrimaryHost,
+}
+
+/// The Kafka records a Sparkplug message becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SparkplugOutput {
+    /// One record per metric (default), timestamped with the metric's own timestamp.
+    #[default]
+    Metric,
+    /// One record per message, with all its metrics.
+    Message,
+}
+
+/// The `[sparkplug]` table of an MQTT source with `format = "sparkplug_b"`.
+///
+/// ```
+/// use connector_mqtt_source::{SparkplugMode, SparkplugSourceConfig};
+///
+/// let c: SparkplugSourceConfig = serde_json::from_value(serde_json::json!({
+///     "mode": "primary_host", "host_id": "scada-1"
+/// })).unwrap();
+/// assert_eq!(c.mode, SparkplugMode::PrimaryHost);
+/// assert_eq!(c.reorder_timeout_ms, 2000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugSourceConfig {
+    /// "persistent" (default: persistent session, at-least-once from the broker, no STATE) or
+    /// "primary_host" (Sparkplug 3.0 Primary Host: clean session, STATE messages, recovery by
+    /// rebirth and the persisted BIRTH state). With "primary_host" the `status_topic` and
+    /// `clean_session` keys are not used.
+    #[serde(default)]
+    pub mode: SparkplugMode,
+    /// Host application id, the last level of `spBv1.0/STATE/<host_id>`; required with
+    /// `mode = "primary_host"`.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// "metric" (default): one record per metric; "message": one record per message.
+    #[serde(default)]
+    pub output: SparkplugOutput,
+    /// Record key template. Left out: `group/node` for an edge node's messages and
+    /// `group/node/device` for a device's. Placeholders: `{group}`, `{node}`, `{device}` (empty
+    /// for an edge node's own messages), `{topic}` and topic levels `{N}`; `""` writes no key.
+    /// (The top-level `key` is not used with Sparkplug.)
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Milliseconds a sequence-number gap may wait for the missing messages before a Rebirth is
+    /// requested (messages are forwarded at once, not held back).
+    #[serde(default = "default_reorder_timeout_ms")]
+    pub reorder_timeout_ms: u64,
+    /// At most one Rebirth request (NCMD `Node Control/Rebirth`, QoS 0) per edge node within
+    /// this many milliseconds.
+    #[serde(default = "default_rebirth_interval_ms")]
+    pub rebirth_interval_ms: u64,
+    /// Also write the NCMD/DCMD messages seen on the subscribed topics (default false: a host
+    /// application sends commands, it does not forward them).
+    #[serde(default)]
+    pub forward_commands: bool,
+}
+
+fn default_reorder_timeout_ms() -> u64 {
+    2000
+}
+fn default_rebirth_interval_ms() -> u64 {
+    10_000
+}
+
+impl Default for SparkplugSourceConfig {
+    fn default() -> Self {
+        Self {
+            mode: SparkplugMode::default(),
+            host_id: None,
+            output: SparkplugOutput::default(),
+            key: None,
+            reorder_timeout_ms: default_reorder_timeout_ms(),
+            rebirth_interval_ms: default_rebirth_interval_ms(),
+            forward_commands: false,
+        }
+    }
+}
+
+impl SparkplugSourceConfig {
+    /// Every problem, at its key path under `sparkplug.` (pure).
+    pub fn validate(&self) -> ConfigErrors {
+        let mut e = ConfigErrors::new();
+        match (&self.host_id, self.mode) {
+            (None, SparkplugMode::PrimaryHost) => {
+                e.push("sparkplug.host_id", "required with mode = \"primary_host\"");
+            }
+            (Some(id), _) if id.is_empty() || id.contains(['/', '+', '#']) => {
+                e.push(
+                    "sparkplug.host_id",
+                    "must be one non-empty topic level (no '/', '+' or '#')",
+                );
+            }
+            (Some(id), _) => {
+                if let Err(msg) = connector_mqtt_common::validate_topic(&state_topic(id)) {
+                    e.push("sparkplug.host_id", msg.to_string());
+                }
+            }
+            (None, SparkplugMode::Persistent) => {}
+        }
+        if let Some(key) = &self.key {
+            if let Err(msg) = check_sparkplug_key(key) {
+                e.push("sparkplug.key", msg);
+            }
+        }
+        if self.reorder_timeout_ms > 600_000 {
+            e.push("sparkplug.reorder_timeout_ms", "expected 0 to 600000 (10 minutes)");
+        }
+        if !(100..=86_400_000).contains(&self.rebirth_interval_ms) {
+            e.push("sparkplug.rebirth_interval_ms", "expected 100 to 86400000 (a day)");
+        }
+        e
+    }
+}
+
+/// `spBv1.0/STATE/<host_id>`.
+pub(crate) fn state_topic(host_id: &str) -> String {
+    format!("spBv1.0/STATE/{host_id}")
+}
+
+/// Checks a Sparkplug key template: placeholders `group`, `node`, `device`, `topic` or a level.
+pub(crate) fn check_sparkplug_key(source: &str) -> Result<Template, String> {
+    let t = Template::parse(source).map_err(|e| e.to_string())?;
+    for p in t.placeholders() {
+        if !matches!(p, "topic" | "group" | "node" | "device") && p.parse::<usize>().is_err() {
+            return Err(format!(
+                "unknown placeholder {{{p}}}: use {{group}}, {{node}}, {{device}}, {{topic}} or a topic level like {{0}}"
+            ));
+        }
+    }
+    Ok(t)
 }
 
 /// What the MQTT source does with an MQTT 5 message whose expiry interval has passed.
@@ -112,7 +282,14 @@ impl MqttSourceConfig {
             skip_retained: false,
             tasks: default_tasks(),
             expired_messages: ExpiredMessages::default(),
+            format: SourceFormat::default(),
+            sparkplug: None,
         }
+    }
+
+    /// The Sparkplug settings in effect (the defaults when the table is left out).
+    pub fn sparkplug_settings(&self) -> SparkplugSourceConfig {
+        self.sparkplug.clone().unwrap_or_default()
     }
 }
 
@@ -162,6 +339,25 @@ impl ConnectorConfig for MqttSourceConfig {
         }
         if !(1..=256).contains(&self.tasks) {
             e.push("tasks", "expected 1 to 256");
+        }
+        match self.format {
+            SourceFormat::Raw => {
+                if self.sparkplug.is_some() {
+                    e.push("sparkplug", "only used with format = \"sparkplug_b\"");
+                }
+            }
+            SourceFormat::SparkplugB => {
+                if self.key != default_key() {
+                    e.push("key", "not used with format = \"sparkplug_b\": set sparkplug.key");
+                }
+                if self.tasks != 1 {
+                    e.push(
+                        "tasks",
+                        "format = \"sparkplug_b\" needs tasks = 1 (sequence numbers are checked per edge node, in order; a shared subscription would split them)",
+                    );
+                }
+                e.extend(self.sparkplug_settings().validate());
+            }
         }
         e
     }
@@ -219,6 +415,49 @@ mod tests {
         let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
         assert!(!shown.contains("Sup3r-Secret"), "{shown}");
         assert!(shown.contains("bridge"));
+    }
+
+    #[test]
+    fn sparkplug_settings_are_checked_at_their_key_paths() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["spBv1.0/#".into()], "sp");
+        c.sparkplug = Some(SparkplugSourceConfig::default());
+        assert_eq!(paths(&c), ["sparkplug"], "a [sparkplug] table needs the format");
+        c.format = SourceFormat::SparkplugB;
+        assert!(c.validate().is_empty());
+        c.tasks = 2;
+        c.key = "{1}".into();
+        c.sparkplug = Some(SparkplugSourceConfig {
+            mode: SparkplugMode::PrimaryHost,
+            key: Some("{line}".into()),
+            rebirth_interval_ms: 0,
+            ..SparkplugSourceConfig::default()
+        });
+        assert_eq!(
+            paths(&c),
+            ["key", "tasks", "sparkplug.host_id", "sparkplug.key", "sparkplug.rebirth_interval_ms"]
+        );
+        c.tasks = 1;
+        c.key = default_key();
+        c.sparkplug = Some(SparkplugSourceConfig {
+            host_id: Some("a/b".into()),
+            key: Some("{group}.{node}.{device}".into()),
+            ..SparkplugSourceConfig::default()
+        });
+        assert_eq!(paths(&c), ["sparkplug.host_id"]);
+        let parsed: MqttSourceConfig = serde_json::from_value(serde_json::json!({
+            "mqtt_url": "mqtt://h", "topics": ["spBv1.0/#"], "kafka_topic": "sp",
+            "format": "sparkplug_b",
+            "sparkplug": {"mode": "primary_host", "host_id": "scada", "output": "message"}
+        }))
+        .unwrap();
+        assert!(parsed.validate().is_empty());
+        assert_eq!(parsed.sparkplug_settings().output, SparkplugOutput::Message);
+        let err = serde_json::from_value::<MqttSourceConfig>(serde_json::json!({
+            "mqtt_url": "mqtt://h", "topics": ["a"], "kafka_topic": "t",
+            "format": "sparkplug_b", "sparkplug": {"hostid": "x"}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("hostid"), "{err}");
     }
 
     #[test]

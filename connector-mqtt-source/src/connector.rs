@@ -4,7 +4,7 @@
 use connector_core::{ConnectorConfig, Error, Result, SourceConnector};
 use rumqttc::QoS;
 
-use crate::config::{check_template, MqttSourceConfig};
+use crate::config::{check_template, state_topic, MqttSourceConfig, SourceFormat, SparkplugMode};
 use crate::task::{MqttSourceTask, MqttSourceTaskConfig};
 
 /// The MQTT source connector (`type = "mqtt-source"`).
@@ -45,12 +45,29 @@ impl SourceConnector for MqttSourceConnector {
         let kafka_topic =
             check_template(&config.kafka_topic).map_err(|m| Error::config("kafka_topic", m))?;
         let key = check_template(&config.key).map_err(|m| Error::config("key", m))?;
-        let mut connection = config.connection.settings(name, config.clean_session)?;
+        let sparkplug =
+            (config.format == SourceFormat::SparkplugB).then(|| config.sparkplug_settings());
+        let primary_host = sparkplug
+            .as_ref()
+            .filter(|s| s.mode == SparkplugMode::PrimaryHost)
+            .and_then(|s| s.host_id.clone());
+        // Sparkplug 3.0: a primary host connects with a clean session, and its will is its
+        // STATE death certificate (set by the event loop for each connection).
+        let clean_session = config.clean_session || primary_host.is_some();
+        let mut connection = config.connection.settings(name, clean_session)?;
         // The broker sends no more unacknowledged messages than the source's window (MQTT 5).
         connection.receive_maximum = Some(u16::try_from(config.inflight).unwrap_or(u16::MAX));
+        let mut filters = config.topics.clone();
+        if let Some(host_id) = &primary_host {
+            connection.status_topic = None;
+            let own = state_topic(host_id);
+            if !filters.contains(&own) {
+                filters.push(own);
+            }
+        }
         let base = MqttSourceTaskConfig {
             connection,
-            filters: config.topics.clone(),
+            filters,
             qos: qos(config.qos),
             kafka_topic,
             key,
@@ -58,6 +75,7 @@ impl SourceConnector for MqttSourceConnector {
             inflight: config.inflight,
             reconnect_backoff: config.connection.reconnect_backoff,
             expired_messages: config.expired_messages,
+            sparkplug,
         };
         Ok(Self { name: name.to_owned(), config, base })
     }
@@ -111,6 +129,21 @@ mod tests {
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].connection.client_id, "edge-1");
         assert_eq!(tasks[0].filters, ["a/#"]);
+    }
+
+    #[test]
+    fn a_primary_host_connects_clean_and_subscribes_to_its_own_state() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["spBv1.0/#".into()], "t");
+        c.format = SourceFormat::SparkplugB;
+        c.sparkplug = Some(crate::SparkplugSourceConfig {
+            mode: SparkplugMode::PrimaryHost,
+            host_id: Some("scada".into()),
+            ..Default::default()
+        });
+        let tasks = MqttSourceConnector::create("host", c).unwrap().task_configs(4).unwrap();
+        assert_eq!(tasks[0].filters, ["spBv1.0/#", "spBv1.0/STATE/scada"]);
+        assert!(tasks[0].connection.clean_session);
+        assert_eq!(tasks[0].connection.status_topic, None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use connector_core::backoff::{Backoff, BackoffConfig};
 use connector_core::{Error, ErrorKind, Timestamp};
 use connector_mqtt_common::{
-    pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Session, Status,
+    pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Session, Status, Will,
 };
 use parking_lot::Mutex;
 use rumqttc::QoS;
@@ -130,6 +130,71 @@ pub(crate) struct LoopSettings {
     pub(crate) max_packet_size: usize,
     /// Where reconnects are counted.
     pub(crate) counters: connector_core::runtime::TaskCounterHandle,
+    /// Sparkplug Primary Host: the STATE topic `spBv1.0/STATE/<host_id>` (also in `filters`).
+    pub(crate) state_topic: Option<String>,
+}
+
+/// A Sparkplug primary host's STATE messages for one connection: `{"online":..,"timestamp":T}`,
+/// QoS 1, retained, with the same `T` in the will (sent with CONNECT), the birth (published once
+/// the subscription is acknowledged) and the death published before a clean DISCONNECT.
+#[derive(Debug, Clone)]
+pub(crate) struct HostStatus {
+    topic: String,
+    timestamp: u64,
+    next_pkid: u16,
+}
+
+/// Packet ids of our own QoS 1 STATE publishes (the SUBSCRIBE uses 1; nothing else of ours is
+/// QoS 1 or 2). They cycle, so a republished STATE never reuses the id of one still in flight.
+const STATE_PKIDS: std::ops::RangeInclusive<u16> = 2..=1000;
+
+impl HostStatus {
+    fn new(topic: String) -> Self {
+        let timestamp = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
+        Self { topic, timestamp, next_pkid: *STATE_PKIDS.start() }
+    }
+
+    fn payload(&self, online: bool) -> bytes::Bytes {
+        bytes::Bytes::from(format!(r#"{{"online":{online},"timestamp":{}}}"#, self.timestamp))
+    }
+
+    fn will(&self) -> Will {
+        Will {
+            topic: self.topic.clone(),
+            payload: self.payload(false),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }
+    }
+
+    fn message(&mut self, online: bool) -> Message {
+        let pkid = self.next_pkid;
+        self.next_pkid = if pkid >= *STATE_PKIDS.end() { *STATE_PKIDS.start() } else { pkid + 1 };
+        Message {
+            topic: self.topic.clone(),
+            payload: self.payload(online),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            dup: false,
+            pkid,
+            properties: None,
+        }
+    }
+
+    /// Whether `m` says this host is offline as of this connection or later (someone else
+    /// published it, or a will of ours outlived us): then the birth is published again. An
+    /// older offline (the retained will of an earlier connection, sent on subscribe) is not.
+    fn is_offline_for_us(&self, m: &Message) -> bool {
+        if m.topic != self.topic {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { return false };
+        let online = v.get("online").and_then(serde_json::Value::as_bool);
+        let timestamp = v.get("timestamp").and_then(serde_json::Value::as_u64);
+        // A retained offline delivered on subscribe is only news when it is not older than this
+        // connection; a live one (someone overwrote our retained birth) always is.
+        online == Some(false) && (!m.retain || timestamp.is_none_or(|t| t >= self.timestamp))
+    }
 }
 
 /// The channels between the event loop and its source task.
@@ -139,16 +204,24 @@ pub(crate) struct LoopChannels {
     pub(crate) status: watch::Sender<Status>,
     /// Cancelled by the task's `stop`: write the queued acknowledgements, DISCONNECT, return.
     pub(crate) stop: CancellationToken,
+    /// Messages the task publishes (Sparkplug Rebirth requests, QoS 0), written in order on the
+    /// current connection; they wait here while there is none.
+    pub(crate) publish: mpsc::Receiver<Message>,
 }
 
 /// Runs until the connection is refused for good, the source task goes away, or `stop`.
-pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: LoopSettings) {
+pub(crate) async fn run(mut session: Session, mut channels: LoopChannels, settings: LoopSettings) {
     let mut backoff = Backoff::new(settings.backoff);
     // Whether the broker holds our subscription: a kept session keeps it, once acknowledged.
     let mut subscribed = false;
     // Read and not yet handed to the task; handed over in batches of up to MAX_BATCH.
     let mut pending: VecDeque<Received> = VecDeque::new();
     loop {
+        // A primary host's STATE timestamp is new for every connection, the will included.
+        let mut host = settings.state_topic.clone().map(HostStatus::new);
+        if let Some(h) = &host {
+            session.set_will(Some(h.will()));
+        }
         let connected = tokio::select! {
             () = channels.stop.cancelled() => return,
             r = session.connect() => r,
@@ -166,8 +239,8 @@ pub(crate) async fn run(mut session: Session, channels: LoopChannels, settings: 
                 let statuses = session.settings().status_messages();
                 let mut link = session.link(settings.write_timeout);
                 let keep_alive = c.keep_alive;
-                let state = (&mut subscribed, &mut pending);
-                drive_link(&mut link, &channels, &settings, state, keep_alive, statuses).await
+                let state = (&mut subscribed, &mut pending, host.as_mut());
+                drive_link(&mut link, &mut channels, &settings, state, keep_alive, statuses).await
             }
             Err(e) => Err(e),
         };
@@ -220,9 +293,9 @@ const SUBSCRIBE_PKID: u16 = 1;
 
 async fn drive_link(
     link: &mut Link<'_>,
-    channels: &LoopChannels,
+    channels: &mut LoopChannels,
     settings: &LoopSettings,
-    (subscribed, pending): (&mut bool, &mut VecDeque<Received>),
+    (subscribed, pending, mut host): (&mut bool, &mut VecDeque<Received>, Option<&mut HostStatus>),
     keep_alive: Duration,
     (online, offline): (Option<Message>, Option<Message>),
 ) -> Result<(), Error> {
@@ -240,6 +313,8 @@ async fn drive_link(
     keepalive.reset();
     let buffer = settings.buffer.max(MAX_BATCH);
     let mut acks: Vec<(u16, QoS)> = Vec::new();
+    // Whether the task's publishes may go out: at once, or after a primary host's STATE birth.
+    let mut born = host.is_none();
 
     loop {
         let can_read = pending.len() < buffer;
@@ -257,6 +332,11 @@ async fn drive_link(
                         link.write(packet).await?;
                     }
                 }
+                // A primary host's death certificate, with the timestamp of its birth.
+                let offline = match host.as_deref_mut() {
+                    Some(h) => Some(h.message(false)),
+                    None => offline,
+                };
                 link.disconnect(offline).await?;
                 debug!(client_id = %settings.client_id, "DISCONNECT sent");
                 return Ok(());
@@ -268,6 +348,12 @@ async fn drive_link(
                         link.write(packet).await?;
                     }
                 }
+                link.flush().await?;
+            }
+            // A primary host publishes nothing before its STATE birth (Sparkplug 3.0).
+            Some(message) = channels.publish.recv(), if born => {
+                debug!(topic = %message.topic, "publishing");
+                link.write(Outbound::Publish(message)).await?;
                 link.flush().await?;
             }
             permit = channels.tx.reserve(), if !pending.is_empty() => match permit {
@@ -285,6 +371,10 @@ async fn drive_link(
                 while let Some(packet) = next.take() {
                     match packet? {
                         Inbound::Publish(publish) => {
+                            if let Some(h) = host.as_deref_mut().filter(|h| h.is_offline_for_us(&publish)) {
+                                info!(topic = %publish.topic, "our STATE was set offline: publishing online again");
+                                link.write(Outbound::Publish(h.message(true))).await?;
+                            }
                             pending.push_back(Received { publish, generation, received, oversize: None });
                         }
                         Inbound::Oversize { message, size } => {
@@ -308,6 +398,12 @@ async fn drive_link(
                             check_suback(&refused, settings)?;
                             *subscribed = true;
                             debug!(filters = ?settings.filters, "subscribed");
+                            // Sparkplug 3.0: the birth follows the subscription to our own STATE.
+                            if let Some(h) = host.as_deref_mut() {
+                                link.write(Outbound::Publish(h.message(true))).await?;
+                                born = true;
+                                info!(topic = %h.topic, timestamp = h.timestamp, "primary host STATE online");
+                            }
                         }
                         // The broker releases a QoS 2 message we acknowledged with PUBREC.
                         Inbound::PubRel(pkid) => link.write(Outbound::PubComp(pkid)).await?,

@@ -6,9 +6,13 @@ mod event_loop;
 #[doc(hidden)]
 pub mod fuzzing;
 mod render;
+mod sparkplug;
 mod task;
 
-pub use config::{ExpiredMessages, MqttSourceConfig};
+pub use config::{
+    ExpiredMessages, MqttSourceConfig, SourceFormat, SparkplugMode, SparkplugOutput,
+    SparkplugSourceConfig,
+};
 pub use connector::MqttSourceConnector;
 pub use task::{MqttSourceCounters, MqttSourceTask, MqttSourceTaskConfig};
 

@@ -10,7 +10,7 @@ fn level(topic: &str, n: usize) -> Option<&str> {
     topic.split('/').nth(n)
 }
 
-fn substitute<'a>(topic: &'a str, name: &str) -> Result<Cow<'a, str>, String> {
+pub(crate) fn substitute<'a>(topic: &'a str, name: &str) -> Result<Cow<'a, str>, String> {
     if name == "topic" {
         return Ok(Cow::Borrowed(topic));
     }

@@ -10,20 +10,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
+use connector_core::runtime::Counter;
 use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
 };
-use connector_mqtt_common::{headers, wait_connected, ConnectionSettings, Session, Status};
+use connector_mqtt_common::{
+    headers, wait_connected, ConnectionSettings, Message, Session, Status,
+};
 use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::ExpiredMessages;
+use crate::config::{state_topic, ExpiredMessages, SparkplugMode, SparkplugSourceConfig};
 use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
 use crate::render;
+use crate::sparkplug::{self, Base, Sparkplug};
 
 /// Most records returned by one poll (a little more when a batch straddles it).
 const MAX_POLL: usize = 1000;
@@ -49,7 +53,13 @@ pub struct MqttSourceTaskConfig {
     pub reconnect_backoff: BackoffConfig,
     /// What to do with an MQTT 5 message whose expiry interval has passed.
     pub expired_messages: ExpiredMessages,
+    /// Sparkplug B decoding (`format = "sparkplug_b"`); `None`: payloads as they are.
+    pub sparkplug: Option<SparkplugSourceConfig>,
 }
+
+/// Most Rebirth requests waiting for the event loop; more are dropped (they are QoS 0 anyway,
+/// and asked again after `rebirth_interval_ms`).
+const PUBLISH_QUEUE: usize = 1024;
 
 /// One received message not yet acknowledged to the broker.
 #[derive(Debug)]
@@ -57,8 +67,14 @@ struct Unacked {
     pkid: u16,
     qos: QoS,
     generation: u64,
-    /// Handed to the runtime as a record (else skipped: acknowledged once all before it are).
-    forwarded: bool,
+    /// Records of this message handed to the runtime and not committed yet. A message with none
+    /// (skipped, or a Sparkplug message that makes no record) is acknowledged once every message
+    /// before it is; one with several once the last of them is committed.
+    records: usize,
+    /// Its records carry Sparkplug state (a BIRTH or DEATH) as source offsets: it is
+    /// acknowledged only once the offset store has them (`commit`), or a crash right after the
+    /// acknowledgement would lose the state the broker no longer redelivers.
+    durable: bool,
 }
 
 struct Running {
@@ -69,6 +85,15 @@ struct Running {
     unacked: VecDeque<Unacked>,
     /// Acknowledgements collected by `commit_records`, released together.
     releasing: Vec<(u16, QoS, u64)>,
+    /// Acknowledgements from the first `durable` message on, waiting for the offset store
+    /// (acknowledgements go out in receive order, so everything after it waits too).
+    held: Vec<(u16, QoS, u64)>,
+    /// Messages for the event loop to publish (Sparkplug Rebirth requests).
+    publish: mpsc::Sender<Message>,
+    /// `sparkplug_rebirth_requests_total`, exported with the runtime's metrics.
+    rebirth_metric: Counter,
+    /// `sparkplug_invalid_messages_total`.
+    invalid_metric: Counter,
 }
 
 impl Drop for Running {
@@ -79,29 +104,52 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// Takes the acknowledgement of the next forwarded message (and of skipped ones before it)
-    /// off the front of the queue. Records are committed in poll order, which is receive order.
+    /// Counts one committed record against the message at the front of the queue, and takes the
+    /// acknowledgement of that message once all its records are committed (and of skipped ones
+    /// after it). Records are committed in poll order, which is receive order.
     fn next_forwarded(&mut self) -> Result<()> {
-        loop {
-            let Some(u) = self.unacked.pop_front() else {
-                return Err(Error::fatal("commit_record for a record this task did not hand out"));
-            };
-            self.releasing.push((u.pkid, u.qos, u.generation));
-            if u.forwarded {
-                break;
+        self.skipped_prefix();
+        let Some(front) = self.unacked.front_mut() else {
+            return Err(Error::fatal("commit_record for a record this task did not hand out"));
+        };
+        front.records -= 1;
+        if front.records == 0 {
+            if let Some(u) = self.unacked.pop_front() {
+                self.take(&u);
             }
         }
         self.skipped_prefix();
         Ok(())
     }
 
-    /// Takes skipped messages at the front: nothing before them is waiting any more.
+    /// Takes messages without records at the front: nothing before them is waiting any more.
     fn skipped_prefix(&mut self) {
-        while self.unacked.front().is_some_and(|u| !u.forwarded) {
+        while self.unacked.front().is_some_and(|u| u.records == 0) {
             if let Some(u) = self.unacked.pop_front() {
-                self.releasing.push((u.pkid, u.qos, u.generation));
+                self.take(&u);
             }
         }
+    }
+
+    /// Queues the acknowledgement of a message whose records are all committed: released with
+    /// the run, or held for the offset store (see [`Unacked::durable`]).
+    fn take(&mut self, u: &Unacked) {
+        if u.qos == QoS::AtMostOnce {
+            // Nothing to send, nothing to keep in order (and `held` stays bounded by the
+            // broker's QoS 1/2 window).
+            return;
+        }
+        let ack = (u.pkid, u.qos, u.generation);
+        if u.durable || !self.held.is_empty() {
+            self.held.push(ack);
+        } else {
+            self.releasing.push(ack);
+        }
+    }
+
+    /// The offset store has every committed record's offsets: the held acknowledgements go.
+    fn durable(&mut self) {
+        self.releasing.append(&mut self.held);
     }
 
     /// Hands the collected acknowledgements to the event loop.
@@ -128,12 +176,19 @@ pub struct MqttSourceCounters {
     /// MQTT 5 messages dropped because their expiry interval had passed
     /// (`expired_messages = "drop"`).
     pub expired_dropped: AtomicU64,
+    /// Sparkplug Rebirth requests (NCMD `Node Control/Rebirth`) handed to the event loop.
+    pub rebirths_requested: AtomicU64,
+    /// Sparkplug Rebirth requests dropped because the event loop's queue was full.
+    pub rebirths_dropped: AtomicU64,
+    /// Sparkplug messages that could not be used (sent to the error policy).
+    pub sparkplug_invalid: AtomicU64,
 }
 
 /// Reads one MQTT client's messages. See the crate docs for the delivery contract.
 pub struct MqttSourceTask {
     config: MqttSourceTaskConfig,
     running: Option<Running>,
+    sparkplug: Option<Sparkplug>,
     pending_error: Option<Error>,
     counters: Arc<MqttSourceCounters>,
 }
@@ -150,7 +205,8 @@ impl std::fmt::Debug for MqttSourceTask {
 impl MqttSourceTask {
     /// A task for `config`; it connects in `start`.
     pub fn new(config: MqttSourceTaskConfig) -> Self {
-        Self { config, running: None, pending_error: None, counters: Arc::default() }
+        let sparkplug = config.sparkplug.as_ref().map(Sparkplug::new);
+        Self { config, running: None, sparkplug, pending_error: None, counters: Arc::default() }
     }
 
     /// The task's counters.
@@ -158,16 +214,63 @@ impl MqttSourceTask {
         Arc::clone(&self.counters)
     }
 
+    /// The records of one message: one as it is (raw, or too large to read), or what Sparkplug
+    /// makes of it.
+    /// Returns how many records it made, and whether they carry state for the offset store.
+    fn records(&mut self, msg: Received, out: &mut Vec<SourceRecord>) -> (usize, bool) {
+        let qos = msg.publish.qos;
+        let Some(sparkplug) = self.sparkplug.as_mut().filter(|_| msg.oversize.is_none()) else {
+            out.push(self.record(msg));
+            return (1, false);
+        };
+        let base = Base {
+            message: &msg.publish,
+            topic: render::kafka_topic(&self.config.kafka_topic, &msg.publish.topic),
+            headers: mqtt_headers(&msg.publish),
+            received: msg.received,
+        };
+        let output = sparkplug.records(base, sparkplug::now_ms());
+        if output.records.iter().any(|r| r.rejected.is_some()) {
+            self.counters.sparkplug_invalid.fetch_add(1, Ordering::Relaxed);
+            if let Some(running) = &self.running {
+                running.invalid_metric.inc();
+            }
+        }
+        if let Some(rebirth) = output.rebirth {
+            self.request_rebirth(rebirth);
+        }
+        let n = output.records.len();
+        // Holding the acknowledgement helps only where the broker would redeliver the message:
+        // a persistent session and QoS 1/2 (a primary host's clean session redelivers nothing).
+        let persistent = self.config.sparkplug.as_ref().is_some_and(|s| {
+            s.mode == SparkplugMode::Persistent && !self.config.connection.clean_session
+        });
+        let durable = persistent
+            && qos != QoS::AtMostOnce
+            && output.records.iter().any(|r| r.source_offset.is_some());
+        out.extend(output.records);
+        (n, durable)
+    }
+
+    /// Hands a Rebirth request to the event loop, never waiting for it.
+    fn request_rebirth(&self, rebirth: connector_sparkplug::host::Rebirth) {
+        let Some(running) = &self.running else { return };
+        info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a Sparkplug rebirth");
+        match running.publish.try_send(sparkplug::rebirth_message(rebirth)) {
+            Ok(()) => {
+                self.counters.rebirths_requested.fetch_add(1, Ordering::Relaxed);
+                running.rebirth_metric.inc();
+            }
+            Err(_) => {
+                self.counters.rebirths_dropped.fetch_add(1, Ordering::Relaxed);
+                warn!("Rebirth request dropped: the MQTT event loop's queue is full");
+            }
+        }
+    }
+
     fn record(&self, msg: Received) -> SourceRecord {
         let Received { publish, received, oversize, .. } = msg;
-        let mut record_headers = Headers::with_capacity(4);
-        record_headers.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
-        record_headers.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
-        record_headers.push(headers::RETAIN, Bytes::from_static(bool_name(publish.retain)));
-        record_headers.push(headers::DUP, Bytes::from_static(bool_name(publish.dup)));
-        if let Some(p) = &publish.properties {
-            v5_headers(p, &mut record_headers);
-        }
+        let mut record_headers = mqtt_headers(&publish);
         let mut rejected = None;
         if let Some(size) = oversize {
             record_headers.push(headers::PACKET_SIZE, Bytes::from(size.to_string()));
@@ -202,6 +305,19 @@ impl MqttSourceTask {
             rejected,
         }
     }
+}
+
+/// The `mqtt.*` headers of a message, and its MQTT 5 properties.
+fn mqtt_headers(publish: &Message) -> Headers {
+    let mut h = Headers::with_capacity(4);
+    h.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
+    h.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
+    h.push(headers::RETAIN, Bytes::from_static(bool_name(publish.retain)));
+    h.push(headers::DUP, Bytes::from_static(bool_name(publish.dup)));
+    if let Some(p) = &publish.properties {
+        v5_headers(p, &mut h);
+    }
+    h
 }
 
 /// MQTT 5 properties as headers: user properties under their own names (order and duplicates
@@ -261,6 +377,20 @@ impl SourceTask for MqttSourceTask {
         let acks = Arc::new(Acks::default());
         let (status_tx, mut status) = watch::channel(Status::default());
         let stop = CancellationToken::new();
+        let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        if let Some(sparkplug) = self.sparkplug.as_mut() {
+            let restored = sparkplug.restore(ctx.offsets());
+            info!(
+                connector = ctx.connector(),
+                restored, "Sparkplug edge-node state restored from the offset store"
+            );
+        }
+        let state_topic = c
+            .sparkplug
+            .as_ref()
+            .filter(|s| s.mode == SparkplugMode::PrimaryHost)
+            .and_then(|s| s.host_id.as_deref())
+            .map(state_topic);
         let settings = LoopSettings {
             url: c.connection.url.clone(),
             client_id: c.connection.client_id.clone(),
@@ -270,12 +400,36 @@ impl SourceTask for MqttSourceTask {
             buffer: c.inflight,
             max_packet_size: c.connection.max_packet_size,
             counters: ctx.counters().clone(),
+            state_topic,
         };
-        let channels =
-            LoopChannels { tx, acks: Arc::clone(&acks), status: status_tx, stop: stop.clone() };
+        let channels = LoopChannels {
+            tx,
+            acks: Arc::clone(&acks),
+            status: status_tx,
+            stop: stop.clone(),
+            publish: publish_rx,
+        };
         let event_loop = tokio::spawn(event_loop::run(session, channels, settings));
-        let running =
-            Running { rx, acks, stop, event_loop, unacked: VecDeque::new(), releasing: Vec::new() };
+        let running = Running {
+            rx,
+            acks,
+            stop,
+            event_loop,
+            unacked: VecDeque::new(),
+            releasing: Vec::new(),
+            held: Vec::new(),
+            publish,
+            rebirth_metric: ctx.counters().counter(
+                "sparkplug_rebirth_requests",
+                "Sparkplug Rebirth requests (NCMD Node Control/Rebirth) published",
+                None,
+            ),
+            invalid_metric: ctx.counters().counter(
+                "sparkplug_invalid_messages",
+                "Sparkplug messages that could not be used (sent to the error policy)",
+                None,
+            ),
+        };
 
         // Wait (bounded) for the first connection, so a wrong URL or credentials fail the start
         // instead of retrying silently forever. Only the status is watched: messages stay queued.
@@ -294,8 +448,25 @@ impl SourceTask for MqttSourceTask {
         let Some(running) = self.running.as_mut() else {
             return Err(Error::fatal("MQTT source task polled before start"));
         };
-        let Some(first) = running.rx.recv().await else {
+        // Sparkplug: a seq gap's reorder deadline (epoch ms) wakes the poll to ask for a rebirth.
+        let deadline = self.sparkplug.as_ref().and_then(Sparkplug::next_deadline);
+        let first = tokio::select! {
+            first = running.rx.recv() => Some(first),
+            () = sleep_until_ms(deadline) => None,
+        };
+        let Some(first) = first else {
+            let now = sparkplug::now_ms();
+            let rebirths = self.sparkplug.as_mut().map(|s| s.tick(now)).unwrap_or_default();
+            for r in rebirths {
+                self.request_rebirth(r);
+            }
+            return Ok(Vec::new());
+        };
+        let Some(first) = first else {
             return Err(Error::fatal("the MQTT event loop stopped"));
+        };
+        let Some(running) = self.running.as_mut() else {
+            return Err(Error::fatal("MQTT source task polled before start"));
         };
         let mut incoming = vec![first];
         let mut messages = incoming_len(&incoming[0]);
@@ -325,17 +496,27 @@ impl SourceTask for MqttSourceTask {
                             && self.config.expired_messages == ExpiredMessages::Drop
                             && expired(&m, now);
                         let forwarded = !retained && !drop_expired;
-                        unacked.push(Unacked {
-                            pkid: p.pkid,
-                            qos: p.qos,
-                            generation: m.generation,
-                            forwarded,
-                        });
+                        let (pkid, qos, generation) = (p.pkid, p.qos, m.generation);
                         if forwarded {
-                            records.push(self.record(m));
+                            let (n, durable) = self.records(m, &mut records);
+                            unacked.push(Unacked { pkid, qos, generation, records: n, durable });
                         } else if retained {
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: 0,
+                                durable: false,
+                            });
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
                         } else {
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: 0,
+                                durable: false,
+                            });
                             self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
                         }
@@ -389,6 +570,16 @@ impl SourceTask for MqttSourceTask {
         result
     }
 
+    /// The offset store has the state of every committed record: acknowledgements held for it
+    /// (from a Sparkplug BIRTH or DEATH on) go out now.
+    async fn commit(&mut self) -> Result<()> {
+        if let Some(running) = self.running.as_mut() {
+            running.durable();
+            running.release(&self.counters);
+        }
+        Ok(())
+    }
+
     async fn stop(&mut self) -> Result<()> {
         let Some(mut running) = self.running.take() else { return Ok(()) };
         // The event loop writes the queued acknowledgements, then DISCONNECT; the session stays.
@@ -402,6 +593,17 @@ impl SourceTask for MqttSourceTask {
             debug!(pending, "messages left unacknowledged; the broker redelivers them");
         }
         Ok(())
+    }
+}
+
+/// Sleeps until `deadline` (ms since the epoch), or forever without one.
+async fn sleep_until_ms(deadline: Option<u64>) {
+    match deadline {
+        Some(d) => {
+            let wait = d.saturating_sub(sparkplug::now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -433,6 +635,48 @@ mod tests {
             received,
             oversize: None,
         }
+    }
+
+    /// A message with several records is acknowledged after its last one, one with none after
+    /// the message before it, and one carrying Sparkplug state (and all after it) only once the
+    /// offset store has it.
+    #[tokio::test]
+    async fn acknowledgements_wait_for_every_record_and_state_for_the_offset_store() {
+        let (_tx, rx) = mpsc::channel(1);
+        let (publish, _published) = mpsc::channel(1);
+        let mut r = Running {
+            rx,
+            acks: Arc::new(Acks::default()),
+            stop: CancellationToken::new(),
+            event_loop: tokio::spawn(async {}),
+            unacked: VecDeque::new(),
+            releasing: Vec::new(),
+            held: Vec::new(),
+            publish,
+            rebirth_metric: Counter::default(),
+            invalid_metric: Counter::default(),
+        };
+        let u = |pkid, records, durable| Unacked {
+            pkid,
+            qos: QoS::AtLeastOnce,
+            generation: 0,
+            records,
+            durable,
+        };
+        let pkids = |v: &[(u16, QoS, u64)]| v.iter().map(|a| a.0).collect::<Vec<_>>();
+        r.unacked.extend([u(1, 2, false), u(2, 0, false), u(3, 1, true), u(4, 1, false)]);
+        r.skipped_prefix();
+        r.next_forwarded().unwrap();
+        assert!(r.releasing.is_empty(), "one of its two records committed");
+        r.next_forwarded().unwrap();
+        assert_eq!(pkids(&r.releasing), [1, 2]);
+        r.next_forwarded().unwrap();
+        r.next_forwarded().unwrap();
+        assert_eq!(pkids(&r.releasing), [1, 2]);
+        assert_eq!(pkids(&r.held), [3, 4], "held for the offset store, in order");
+        r.durable();
+        assert_eq!(pkids(&r.releasing), [1, 2, 3, 4]);
+        assert!(r.next_forwarded().is_err(), "no record left to commit");
     }
 
     #[test]
