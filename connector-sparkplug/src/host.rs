@@ -23,6 +23,9 @@
 //! assert_eq!(rebirths[0].topic, "spBv1.0/g/NCMD/n");
 //! ```
 
+mod capacity;
+mod pacing;
+mod resolve;
 mod seq;
 mod snapshot;
 mod state;
@@ -47,6 +50,9 @@ pub struct HostConfig {
     pub max_nodes: usize,
     /// At most this many metrics (and devices) per edge node; a bigger BIRTH is `Event::Invalid`.
     pub max_metrics: usize,
+    /// At most this many rebirth requests per second over all nodes (0: no limit); the ones
+    /// held back by [`tick`](HostState::tick) come in the next seconds, in deadline order.
+    pub max_rebirths_per_sec: u32,
 }
 
 impl Default for HostConfig {
@@ -56,6 +62,7 @@ impl Default for HostConfig {
             rebirth_interval_ms: 10_000,
             max_nodes: 100_000,
             max_metrics: 100_000,
+            max_rebirths_per_sec: 100,
         }
     }
 }
@@ -84,6 +91,10 @@ pub struct Handled {
     /// The node whose persistent state changed (BIRTH, DEATH): persist
     /// [`HostState::snapshot`] of it with the record(s) of this message.
     pub state_changed: Option<NodeKey>,
+    /// Devices that went offline with this message besides the one its event names: the
+    /// online devices of a node at its NDEATH, and at a new (or rejected) NBIRTH, after which
+    /// they are offline until their DBIRTH. One `offline` status record each.
+    pub also_offline: Vec<DeviceKey>,
 }
 
 /// The meaning of one MQTT message.
@@ -166,12 +177,22 @@ pub struct HostState {
     nodes: HashMap<NodeKey, NodeState>,
     /// The open gaps' deadlines, to find the next one without a scan.
     deadlines: BTreeSet<(u64, NodeKey)>,
+    /// Messages refused for want of room for their edge node.
+    refused: u64,
+    /// The current one-second window of the global rebirth budget: its start and its count.
+    budget: (u64, u32),
 }
 
 impl HostState {
     /// An empty state.
     pub fn new(config: HostConfig) -> Self {
-        HostState { config, nodes: HashMap::new(), deadlines: BTreeSet::new() }
+        HostState {
+            config,
+            nodes: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            refused: 0,
+            budget: (0, 0),
+        }
     }
 
     /// The configuration.
@@ -182,42 +203,6 @@ impl HostState {
     /// One MQTT message (any topic under `spBv1.0/`). Never panics.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Handled {
         state::handle(self, topic, payload, now_ms)
-    }
-
-    /// Reorder timeouts that expired: one rebirth per node whose gap was not filled (unless a
-    /// rebirth was requested since the gap opened; one that the rate limit holds back comes
-    /// when the interval is over). Call when [`next_deadline`](Self::next_deadline) passes.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Rebirth> {
-        let mut out = Vec::new();
-        while let Some((deadline, node)) = self.deadlines.first().cloned() {
-            if deadline > now_ms {
-                break;
-            }
-            self.deadlines.remove(&(deadline, node.clone()));
-            let interval = self.config.rebirth_interval_ms;
-            let Some(state) = self.nodes.get_mut(&node) else { continue };
-            if state.seq.deadline != Some(deadline) {
-                continue;
-            }
-            let opened = state.seq.opened.unwrap_or(deadline);
-            match state.last_rebirth {
-                // A rebirth asked since the gap opened covers it.
-                Some(last) if last >= opened => state.seq.close_gap(),
-                Some(last) if now_ms < last.saturating_add(interval) => {
-                    let later = last.saturating_add(interval);
-                    state.seq.deadline = Some(later);
-                    self.deadlines.insert((later, node));
-                }
-                _ => {
-                    state.seq.close_gap();
-                    state.last_rebirth = Some(now_ms);
-                    let reason = "seq gap not filled within the reorder timeout".to_owned();
-                    tracing::debug!(node = %node, reason, "sparkplug: rebirth requested");
-                    out.push(rebirth(node, now_ms, reason));
-                }
-            }
-        }
-        out
     }
 
     /// When [`tick`](Self::tick) has something to do next (the earliest open gap's deadline).
@@ -233,6 +218,15 @@ impl HostState {
             Some(d) => &node.devices.get(d)?.table,
         };
         table.by_name.get(name).copied()
+    }
+
+    /// The devices of a node known from DBIRTH, with whether each is online.
+    pub fn devices(&self, node: &NodeKey) -> Vec<(DeviceKey, bool)> {
+        let Some(n) = self.nodes.get(node) else { return Vec::new() };
+        n.devices
+            .iter()
+            .map(|(id, d)| (DeviceKey::device(node.clone(), id.clone()), d.online && n.online))
+            .collect()
     }
 
     /// Whether a node or device is online: `None` when no BIRTH of it is known.

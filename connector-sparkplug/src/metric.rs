@@ -123,17 +123,13 @@ fn metric_value(datatype: DataType, v: &pm::Value) -> Result<Value, DecodeError>
 }
 
 /// Decodes a DataSet: as many types as columns, every row with one value per column, each value
-/// of its column's scalar datatype.
+/// of its column's scalar datatype (`num_of_columns` is not checked).
 pub(crate) fn decode_data_set(ds: &pb::DataSet) -> Result<DataSetValue, DecodeError> {
     let fail = |reason: String| DecodeError::DataSet(reason);
     if ds.types.len() != ds.columns.len() {
         return Err(fail(format!("{} columns but {} types", ds.columns.len(), ds.types.len())));
     }
-    if let Some(n) = ds.num_of_columns {
-        if n != ds.columns.len() as u64 {
-            return Err(fail(format!("num_of_columns {n} but {} columns", ds.columns.len())));
-        }
-    }
+    // `num_of_columns` is redundant with `columns`; a sender that gets it wrong is not refused.
     let types =
         ds.types.iter().map(|t| DataType::try_from_u32(*t)).collect::<Result<Vec<_>, _>>()?;
     if let Some(bad) = types.iter().find(|t| !t.is_scalar()) {

@@ -1,7 +1,7 @@
 //! Per-edge-node seq checking: 0 to 255, wrapping. NBIRTH sets the expected seq to its own + 1;
 //! a seq equal to one of the last 128 seen is a redelivery (a persistent session redelivers
-//! unacknowledged messages after a reconnect); a seq ahead of the expected one opens a gap that
-//! the missing seqs may fill until a deadline. Messages are never held back.
+//! unacknowledged messages after a reconnect); any other seq is out of order: the seqs from the
+//! expected one up to it are missing, and may fill the gap until a deadline. Messages are never held back.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -14,7 +14,7 @@ const WINDOW: usize = 128;
 pub(crate) enum SeqOutcome {
     /// The expected seq (or the first after a restore or a birth without seq).
     InOrder,
-    /// A seq seen lately: a redelivery (or an old message from before a gap).
+    /// A seq among the last 128 seen: a redelivery.
     Redelivery,
     /// A missing seq arrived; `closed` when it was the last one missing.
     Filled { closed: bool },
@@ -106,11 +106,10 @@ impl SeqState {
         if self.recent.contains(&s) {
             return SeqOutcome::Redelivery;
         }
+        // Not expected, not missing, not seen lately: out of order, so the seqs between are
+        // missing (a seq "behind" that was never seen counts as far ahead: only a seq seen
+        // lately is a redelivery).
         let ahead = s.wrapping_sub(expected);
-        if usize::from(ahead) >= WINDOW {
-            // Behind the expected seq and not seen lately: an old message.
-            return SeqOutcome::Redelivery;
-        }
         for k in 0..ahead {
             self.missing.insert(expected.wrapping_add(k));
         }
@@ -149,6 +148,21 @@ mod tests {
         assert_eq!(s.observe(4, 20, 100), SeqOutcome::InOrder);
         assert_eq!(s.observe(2, 30, 100), SeqOutcome::Filled { closed: true });
         assert!(!s.gap_open());
+    }
+
+    #[test]
+    fn a_seq_behind_that_was_never_seen_opens_a_gap() {
+        let mut s = SeqState::default();
+        s.reset(Some(0));
+        assert_eq!(s.observe(200, 0, 100), SeqOutcome::Gap { missing: 199 });
+        assert!(s.gap_open());
+        let mut s = SeqState::default();
+        s.reset(Some(0));
+        for seq in 1..=10 {
+            s.observe(seq, 0, 100);
+        }
+        assert_eq!(s.observe(5, 0, 100), SeqOutcome::Redelivery);
+        assert_eq!(s.observe(250, 0, 100), SeqOutcome::Gap { missing: 239 });
     }
 
     #[test]

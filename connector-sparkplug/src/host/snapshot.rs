@@ -11,7 +11,8 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use super::state::{DeviceState, NodeState, Table};
+use super::resolve::Table;
+use super::state::{DeviceState, NodeState};
 use super::HostState;
 use crate::{DataType, NodeKey};
 
@@ -144,7 +145,7 @@ impl HostState {
                 .ok_or_else(|| shape(format!("device {id:?}: no boolean \"online\"")))?;
             let table =
                 table_from(d.get("metrics")).map_err(|e| shape(format!("device {id:?}: {e}")))?;
-            state.devices.insert(id.clone(), DeviceState { online, table });
+            state.devices.insert(id.clone(), DeviceState { online, table, birth_rejected: false });
         }
         if state.size() > self.config.max_metrics {
             return Err(RestoreError::Limit {

@@ -1,49 +1,21 @@
 //! What the host keeps per edge node and device, and the handling of each message type.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use super::resolve::{decode_birth, resolve, Table, Unresolved};
 use super::seq::{SeqOutcome, SeqState};
 use super::{rebirth, Event, Handled, HostState, Rebirth};
 use crate::proto::payload as pb;
 use crate::proto::Payload;
-use crate::{
-    decode_metric, decode_payload, DataType, DeviceKey, MessageType, Metric, NodeKey,
-    SparkplugTopic, BD_SEQ,
-};
-
-/// Alias and name tables of one BIRTH.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Table {
-    pub(crate) by_alias: HashMap<u64, (String, DataType)>,
-    pub(crate) by_name: HashMap<String, (Option<u64>, DataType)>,
-}
-
-impl Table {
-    /// The table of a birth's metrics; an error when two metrics share an alias.
-    pub(crate) fn of(metrics: &[Metric]) -> Result<Self, String> {
-        let mut table = Table::default();
-        for m in metrics {
-            if let Some(alias) = m.alias {
-                if let Some((other, _)) = table.by_alias.insert(alias, (m.name.clone(), m.datatype))
-                {
-                    return Err(format!("alias {alias} given to both {other:?} and {:?}", m.name));
-                }
-            }
-            table.by_name.insert(m.name.clone(), (m.alias, m.datatype));
-        }
-        Ok(table)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.by_name.len()
-    }
-}
+use crate::{decode_payload, DeviceKey, MessageType, NodeKey, SparkplugTopic, BD_SEQ};
 
 /// A device of an edge node.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeviceState {
     pub(crate) online: bool,
     pub(crate) table: Table,
+    /// Its last DBIRTH was rejected: no rebirth requests for its DDATA (they would repeat it).
+    pub(crate) birth_rejected: bool,
 }
 
 /// An edge node.
@@ -59,6 +31,13 @@ pub(crate) struct NodeState {
     pub(crate) seq: SeqState,
     /// When the last rebirth was requested, in ms.
     pub(crate) last_rebirth: Option<u64>,
+    /// The one before (given back by `rebirth_not_sent`).
+    pub(crate) prev_rebirth: Option<u64>,
+    /// When a message of the node last came, in ms (eviction picks the oldest offline node).
+    pub(crate) last_seen: u64,
+    /// Why its last NBIRTH was rejected: until a good one comes, its DATA is invalid without a
+    /// rebirth request (the node would answer with the same NBIRTH).
+    pub(crate) birth_rejected: Option<String>,
 }
 
 impl NodeState {
@@ -68,37 +47,75 @@ impl NodeState {
     }
 }
 
+/// The devices of a node that are online now (they go offline with the node).
+fn online_devices(node: &NodeKey, state: &NodeState) -> Vec<DeviceKey> {
+    if !state.online {
+        return Vec::new();
+    }
+    state
+        .devices
+        .iter()
+        .filter(|(_, d)| d.online)
+        .map(|(id, _)| DeviceKey::device(node.clone(), id.clone()))
+        .collect()
+}
+
 fn invalid(device: Option<DeviceKey>, reason: impl Into<String>) -> Handled {
     Handled {
         event: Event::Invalid { device, reason: reason.into() },
         rebirth: None,
         state_changed: None,
+        also_offline: Vec::new(),
     }
 }
 
 fn plain(event: Event) -> Handled {
-    Handled { event, rebirth: None, state_changed: None }
+    Handled { event, rebirth: None, state_changed: None, also_offline: Vec::new() }
 }
 
 impl HostState {
-    /// The node's entry, created if there is room.
-    fn entry(&mut self, node: &NodeKey) -> Option<&mut NodeState> {
-        if !self.nodes.contains_key(node) && self.nodes.len() >= self.config.max_nodes {
-            return None;
-        }
-        Some(self.nodes.entry(node.clone()).or_default())
-    }
-
-    /// A rebirth request for `node`, unless one was requested within the interval.
+    /// A rebirth request for `node`, unless one was requested within the interval or its last
+    /// NBIRTH was rejected.
     fn request_rebirth(&mut self, node: &NodeKey, now_ms: u64, reason: &str) -> Option<Rebirth> {
-        let interval = self.config.rebirth_interval_ms;
-        let state = self.entry(node)?;
-        if state.last_rebirth.is_some_and(|last| now_ms < last.saturating_add(interval)) {
+        let state = self.entry(node, now_ms, false)?;
+        let (rejected, last) = (state.birth_rejected.is_some(), state.last_rebirth);
+        if rejected || self.rate_limited(last, now_ms) || !self.take_budget(now_ms) {
             return None;
         }
+        let state = self.nodes.get_mut(node)?;
+        state.prev_rebirth = state.last_rebirth;
         state.last_rebirth = Some(now_ms);
         tracing::debug!(node = %node, reason, "sparkplug: rebirth requested");
         Some(rebirth(node.clone(), now_ms, reason.to_owned()))
+    }
+
+    /// Ends the node's session at a rejected NBIRTH: offline, no aliases, no devices, no seq
+    /// expectation, so the new session's DATA is never read with the old session's aliases.
+    fn reject_birth(&mut self, device: DeviceKey, reason: String, now_ms: u64) -> Handled {
+        let node = device.node.clone();
+        let before = self.nodes.get(&node).and_then(|n| n.seq.deadline);
+        let mut also_offline = Vec::new();
+        let changed = match self.entry(&node, now_ms, true) {
+            Some(state) => {
+                let was_born = state.born;
+                also_offline = online_devices(&node, state);
+                state.online = false;
+                state.table = Table::default();
+                state.devices.clear();
+                state.seq.reset(None);
+                state.birth_rejected = Some(reason.clone());
+                was_born.then(|| node.clone())
+            }
+            None => None,
+        };
+        self.sync_deadline(&node, before);
+        tracing::warn!(node = %node, reason, "sparkplug: NBIRTH rejected; the node's data is invalid until its next NBIRTH");
+        Handled {
+            event: Event::Invalid { device: Some(device), reason },
+            rebirth: None,
+            state_changed: changed,
+            also_offline,
+        }
     }
 
     /// Invalid, with a rate-limited rebirth request.
@@ -108,6 +125,7 @@ impl HostState {
             event: Event::Invalid { device: Some(device), reason },
             rebirth,
             state_changed: None,
+            also_offline: Vec::new(),
         }
     }
 
@@ -141,11 +159,30 @@ pub(crate) fn handle(host: &mut HostState, topic: &str, payload: &[u8], now_ms: 
     let from_node = !matches!(kind, MessageType::NDeath | MessageType::NCmd | MessageType::DCmd);
     let payload = match decode_payload(payload) {
         Ok(p) => p,
+        Err(e) if kind == MessageType::NBirth => {
+            return host.reject_birth(device, format!("{kind}: {e}"), now_ms);
+        }
+        Err(e) if kind == MessageType::DBirth => {
+            // A rebirth would bring the same DBIRTH: the device stays unborn, quietly.
+            if let (Some(n), Some(id)) = (host.nodes.get_mut(&device.node), &device.device) {
+                let rejected =
+                    DeviceState { online: false, table: Table::default(), birth_rejected: true };
+                n.devices.insert(id.clone(), rejected);
+            }
+            return invalid(Some(device), format!("{kind}: {e}"));
+        }
         Err(e) if from_node => {
             return host.invalid_rebirth(device, format!("{kind}: {e}"), now_ms);
         }
         Err(e) => return invalid(Some(device), format!("{kind}: {e}")),
     };
+    if payload.metrics.len() > host.config.max_metrics {
+        let reason = format!("{kind}: more than {} metrics", host.config.max_metrics);
+        if kind == MessageType::NBirth {
+            return host.reject_birth(device, reason, now_ms);
+        }
+        return invalid(Some(device), reason);
+    }
     match kind {
         MessageType::NBirth => nbirth(host, device, &payload, now_ms),
         MessageType::NDeath => ndeath(host, device, &payload),
@@ -192,52 +229,29 @@ fn seq_of(payload: &Payload) -> Result<Option<u8>, String> {
     }
 }
 
-fn decode_birth(payload: &Payload) -> Result<(Vec<Metric>, Table), String> {
-    let metrics = payload
-        .metrics
-        .iter()
-        .map(|m| decode_metric(m, None))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let table = Table::of(&metrics)?;
-    Ok((metrics, table))
-}
-
 fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u64) -> Handled {
     let node = device.node.clone();
-    let seq = match seq_of(payload) {
-        Ok(s) => s,
-        Err(reason) => return host.invalid_rebirth(device, format!("NBIRTH: {reason}"), now_ms),
-    };
-    let (metrics, table) = match decode_birth(payload) {
+    let checked = seq_of(payload).and_then(|seq| {
+        let (metrics, table) = decode_birth(payload)?;
+        if table.len() > host.config.max_metrics {
+            return Err(format!("more than {} metrics", host.config.max_metrics));
+        }
+        Ok((seq, metrics, table))
+    });
+    let (seq, metrics, table) = match checked {
         Ok(b) => b,
-        Err(reason) => return host.invalid_rebirth(device, format!("NBIRTH: {reason}"), now_ms),
+        Err(reason) => return host.reject_birth(device, format!("NBIRTH: {reason}"), now_ms),
     };
-    if table.len() > host.config.max_metrics {
-        return invalid(
-            Some(device),
-            format!("NBIRTH: more than {} metrics", host.config.max_metrics),
-        );
-    }
     let bd_seq = bd_seq(payload);
     let before = host.nodes.get(&node).and_then(|n| n.seq.deadline);
-    if !host.nodes.contains_key(&node) && host.nodes.len() >= host.config.max_nodes {
-        // Make room by forgetting a node never born (kept only for its rebirth rate limit), so
-        // DATA from unknown nodes cannot lock real ones out.
-        if let Some(unborn) = host.nodes.iter().find(|(_, n)| !n.born).map(|(k, _)| k.clone()) {
-            let before = host.nodes.get(&unborn).and_then(|n| n.seq.deadline);
-            host.nodes.remove(&unborn);
-            if let Some(d) = before {
-                host.deadlines.remove(&(d, unborn));
-            }
-        }
-    }
-    let Some(state) = host.entry(&node) else {
+    let Some(state) = host.entry(&node, now_ms, true) else {
         return invalid(Some(device), format!("more than {} edge nodes", host.config.max_nodes));
     };
+    let also_offline = online_devices(&node, state);
     state.bd_seq = bd_seq;
     state.born = true;
     state.online = true;
+    state.birth_rejected = None;
     state.table = table;
     state.devices.clear();
     state.seq.reset(seq);
@@ -252,6 +266,7 @@ fn nbirth(host: &mut HostState, device: DeviceKey, payload: &Payload, now_ms: u6
         },
         rebirth: None,
         state_changed: Some(node),
+        also_offline,
     }
 }
 
@@ -263,6 +278,7 @@ fn ndeath(host: &mut HostState, device: DeviceKey, payload: &Payload) -> Handled
         let current_bd_seq = host.nodes.get(&node).filter(|n| n.born).and_then(|n| n.bd_seq);
         return plain(Event::StaleDeath { device, bd_seq, current_bd_seq });
     };
+    let also_offline = online_devices(&node, state);
     state.online = false;
     for d in state.devices.values_mut() {
         d.online = false;
@@ -273,36 +289,8 @@ fn ndeath(host: &mut HostState, device: DeviceKey, payload: &Payload) -> Handled
         event: Event::Death { device, bd_seq, timestamp: payload.timestamp },
         rebirth: None,
         state_changed: Some(node),
+        also_offline,
     }
-}
-
-/// Resolves DATA metrics against a BIRTH table.
-fn resolve(table: &Table, metrics: &[pb::Metric]) -> Result<Vec<Metric>, String> {
-    metrics
-        .iter()
-        .map(|m| {
-            let known = match (m.alias, &m.name) {
-                (Some(alias), None) => match table.by_alias.get(&alias) {
-                    Some((name, dt)) => Some((name.as_str(), *dt)),
-                    None => return Err(format!("unknown alias {alias}")),
-                },
-                (alias, Some(name)) => {
-                    let by_alias = alias.and_then(|a| table.by_alias.get(&a));
-                    match (by_alias, table.by_name.get(name)) {
-                        (Some((_, dt)), _) | (None, Some((_, dt))) => Some((name.as_str(), *dt)),
-                        (None, None) if m.datatype.is_some() => None,
-                        (None, None) => return Err(format!("unknown metric {name:?}")),
-                    }
-                }
-                (None, None) => return Err("a metric with neither name nor alias".to_owned()),
-            };
-            let mut metric = decode_metric(m, known).map_err(|e| e.to_string())?;
-            if metric.alias.is_none() {
-                metric.alias = table.by_name.get(&metric.name).and_then(|(a, _)| *a);
-            }
-            Ok(metric)
-        })
-        .collect()
 }
 
 /// NDATA, DBIRTH, DDATA, DDEATH: the node must be born and online; the seq is checked.
@@ -322,6 +310,10 @@ fn sequenced(
     let max_metrics = host.config.max_metrics;
     let Some(state) = host.nodes.get_mut(&node).filter(|n| n.born && n.online) else {
         let reason = match host.nodes.get(&node) {
+            Some(n) if n.birth_rejected.is_some() => format!(
+                "{kind} after a rejected NBIRTH ({})",
+                n.birth_rejected.as_deref().unwrap_or_default()
+            ),
             Some(n) if n.born => {
                 format!("{kind} from an edge node that is offline (after its NDEATH)")
             }
@@ -329,15 +321,18 @@ fn sequenced(
         };
         return host.invalid_rebirth(device, reason, now_ms);
     };
+    state.last_seen = now_ms;
     let before = state.seq.deadline;
     if let Some(s) = seq {
         if let SeqOutcome::Gap { missing } = state.seq.observe(s, now_ms, timeout) {
             tracing::debug!(node = %node, seq = s, missing, "sparkplug: seq gap");
         }
     }
-    let result: Result<Handled, String> = (|| match (kind, &device.device) {
+    // Err: the reason, and whether a rebirth can help.
+    let unresolved = |u: Unresolved| (u.reason, u.rebirth);
+    let result: Result<Handled, (String, bool)> = (|| match (kind, &device.device) {
         (MessageType::NData, _) => {
-            let metrics = resolve(&state.table, &payload.metrics)?;
+            let metrics = resolve(&state.table, &payload.metrics).map_err(unresolved)?;
             Ok(plain(Event::Data {
                 device: device.clone(),
                 seq: payload.seq,
@@ -346,14 +341,32 @@ fn sequenced(
             }))
         }
         (MessageType::DBirth, Some(id)) => {
-            let (metrics, table) = decode_birth(payload)?;
             let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
-            if others + 1 + table.len() > max_metrics {
-                return Err(format!(
-                    "more than {max_metrics} metrics and devices on the edge node"
-                ));
-            }
-            state.devices.insert(id.clone(), DeviceState { online: true, table });
+            let checked = decode_birth(payload).and_then(|(metrics, table)| {
+                if others + 1 + table.len() > max_metrics {
+                    return Err(format!(
+                        "more than {max_metrics} metrics and devices on the edge node"
+                    ));
+                }
+                Ok((metrics, table))
+            });
+            let (metrics, table) = match checked {
+                Ok(b) => b,
+                Err(reason) => {
+                    // A rebirth would bring the same DBIRTH: the device stays unborn, quietly.
+                    let rejected = DeviceState {
+                        online: false,
+                        table: Table::default(),
+                        birth_rejected: true,
+                    };
+                    state.devices.insert(id.clone(), rejected);
+                    tracing::warn!(node = %node, device = %id, reason, "sparkplug: DBIRTH rejected");
+                    return Err((reason, false));
+                }
+            };
+            state
+                .devices
+                .insert(id.clone(), DeviceState { online: true, table, birth_rejected: false });
             Ok(Handled {
                 event: Event::Birth {
                     device: device.clone(),
@@ -364,11 +377,12 @@ fn sequenced(
                 },
                 rebirth: None,
                 state_changed: Some(node.clone()),
+                also_offline: Vec::new(),
             })
         }
-        (MessageType::DData, Some(id)) => match state.devices.get(id).filter(|d| d.online) {
-            Some(d) => {
-                let metrics = resolve(&d.table, &payload.metrics)?;
+        (MessageType::DData, Some(id)) => match state.devices.get(id) {
+            Some(d) if d.online => {
+                let metrics = resolve(&d.table, &payload.metrics).map_err(unresolved)?;
                 Ok(plain(Event::Data {
                     device: device.clone(),
                     seq: payload.seq,
@@ -376,7 +390,10 @@ fn sequenced(
                     metrics,
                 }))
             }
-            None => Err("DDATA before the device's DBIRTH (or after its DDEATH)".to_owned()),
+            Some(d) if d.birth_rejected => {
+                Err(("DDATA after the device's rejected DBIRTH".to_owned(), false))
+            }
+            _ => Err(("DDATA before the device's DBIRTH (or after its DDEATH)".to_owned(), true)),
         },
         (MessageType::DDeath, Some(id)) => {
             let changed = match state.devices.get_mut(id) {
@@ -394,14 +411,16 @@ fn sequenced(
                 },
                 rebirth: None,
                 state_changed: changed,
+                also_offline: Vec::new(),
             })
         }
-        _ => Err(format!("{kind} without a device")),
+        _ => Err((format!("{kind} without a device"), false)),
     })();
     host.sync_deadline(&node, before);
     match result {
         Ok(handled) => handled,
-        Err(reason) => host.invalid_rebirth(device, format!("{kind}: {reason}"), now_ms),
+        Err((reason, true)) => host.invalid_rebirth(device, format!("{kind}: {reason}"), now_ms),
+        Err((reason, false)) => invalid(Some(device), format!("{kind}: {reason}")),
     }
 }
 
@@ -415,6 +434,6 @@ fn command(host: &HostState, device: DeviceKey, kind: MessageType, payload: &Pay
     let table = table.unwrap_or(&empty);
     match resolve(table, &payload.metrics) {
         Ok(metrics) => plain(Event::Command { device, kind, metrics }),
-        Err(reason) => invalid(Some(device), format!("{kind}: {reason}")),
+        Err(u) => invalid(Some(device), format!("{kind}: {}", u.reason)),
     }
 }

@@ -10,8 +10,9 @@
 //! - StringArray: UTF-8 strings, each terminated by a NUL byte;
 //! - DateTimeArray: milliseconds since the Unix epoch as 8-byte little-endian integers.
 //!
-//! Decoding allocates at most in proportion to the bytes present: a count that claims more
-//! booleans than the bytes hold is an error, not an allocation.
+//! Decoding allocates in proportion to the bytes present, once: at most 8 bytes per input byte
+//! (an Int8Array element becomes an `i64`), 8 booleans per byte of a BooleanArray. A count
+//! that claims more booleans than the bytes hold is an error, not an allocation.
 //!
 //! ```
 //! use connector_sparkplug::value::arrays;
@@ -28,8 +29,14 @@ fn array_error(datatype: DataType, reason: impl Into<String>) -> DecodeError {
     DecodeError::Array { datatype: datatype.name(), reason: reason.into() }
 }
 
-/// Splits `bytes` into `width`-byte little-endian words, or an error when they do not divide.
-fn words(datatype: DataType, bytes: &[u8], width: usize) -> Result<Vec<u64>, DecodeError> {
+/// The `width`-byte little-endian words of `bytes`, each mapped by `f`, or an error when they do
+/// not divide. The output is allocated once, for exactly the elements present.
+fn words<T>(
+    datatype: DataType,
+    bytes: &[u8],
+    width: usize,
+    f: impl Fn(u64) -> T,
+) -> Result<Vec<T>, DecodeError> {
     if bytes.len() % width != 0 {
         return Err(array_error(
             datatype,
@@ -43,7 +50,7 @@ fn words(datatype: DataType, bytes: &[u8], width: usize) -> Result<Vec<u64>, Dec
             for (slot, byte) in word.iter_mut().zip(chunk) {
                 *slot = *byte;
             }
-            u64::from_le_bytes(word)
+            f(u64::from_le_bytes(word))
         })
         .collect())
 }
@@ -52,31 +59,24 @@ fn words(datatype: DataType, bytes: &[u8], width: usize) -> Result<Vec<u64>, Dec
 pub fn decode(datatype: DataType, bytes: &[u8]) -> Result<Value, DecodeError> {
     use DataType as T;
     if let Some((signed, bits)) = datatype.int_bits() {
-        let words = words(datatype, bytes, (bits / 8) as usize)?;
+        let width = (bits / 8) as usize;
         return Ok(if signed {
-            Value::IntArray(
-                words
-                    .into_iter()
-                    .map(|w| match bits {
-                        8 => i64::from(w as u8 as i8),
-                        16 => i64::from(w as u16 as i16),
-                        32 => i64::from(w as u32 as i32),
-                        _ => w as i64,
-                    })
-                    .collect(),
-            )
+            Value::IntArray(words(datatype, bytes, width, |w| match bits {
+                8 => i64::from(w as u8 as i8),
+                16 => i64::from(w as u16 as i16),
+                32 => i64::from(w as u32 as i32),
+                _ => w as i64,
+            })?)
         } else {
-            Value::UIntArray(words)
+            Value::UIntArray(words(datatype, bytes, width, |w| w)?)
         });
     }
     match datatype {
-        T::FloatArray => Ok(Value::FloatArray(
-            words(datatype, bytes, 4)?.into_iter().map(|w| f32::from_bits(w as u32)).collect(),
-        )),
-        T::DoubleArray => Ok(Value::DoubleArray(
-            words(datatype, bytes, 8)?.into_iter().map(f64::from_bits).collect(),
-        )),
-        T::DateTimeArray => Ok(Value::DateTimeArray(words(datatype, bytes, 8)?)),
+        T::FloatArray => {
+            Ok(Value::FloatArray(words(datatype, bytes, 4, |w| f32::from_bits(w as u32))?))
+        }
+        T::DoubleArray => Ok(Value::DoubleArray(words(datatype, bytes, 8, f64::from_bits)?)),
+        T::DateTimeArray => Ok(Value::DateTimeArray(words(datatype, bytes, 8, |w| w)?)),
         T::BooleanArray => decode_booleans(bytes),
         T::StringArray => decode_strings(bytes),
         other => Err(array_error(other, "not an array datatype")),
@@ -91,7 +91,9 @@ fn decode_booleans(bytes: &[u8]) -> Result<Value, DecodeError> {
     le.copy_from_slice(count);
     let count = u32::from_le_bytes(le) as usize;
     let needed = count.div_ceil(8);
-    if bits.len() != needed {
+    // Fewer bytes than the count needs is an error (checked before allocating); bytes after
+    // the last needed one are ignored (lenient to other encoders' padding).
+    if bits.len() < needed {
         return Err(array_error(
             DataType::BooleanArray,
             format!("count {count} needs {needed} bytes of bits, {} present", bits.len()),
@@ -221,6 +223,11 @@ mod tests {
     fn length_claims_beyond_the_bytes_are_errors() {
         assert!(decode(DataType::BooleanArray, &[0xff, 0xff, 0xff, 0xff, 0x00]).is_err());
         assert!(decode(DataType::BooleanArray, &[1, 0, 0]).is_err());
+        // Extra bytes after the bits the count needs are padding.
+        assert_eq!(
+            decode(DataType::BooleanArray, &[2, 0, 0, 0, 0x80, 0]).unwrap(),
+            Value::BooleanArray(vec![true, false])
+        );
         assert!(decode(DataType::Int32Array, &[1, 2, 3]).is_err());
         assert!(decode(DataType::StringArray, &[0xff, 0]).is_err());
         assert_eq!(decode(DataType::StringArray, b"").unwrap(), Value::StringArray(vec![]));
