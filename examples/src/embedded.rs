@@ -34,19 +34,30 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
     Err(Error::fatal(format!("the embedded {what} did not start listening on {addr}")))
 }
 
-/// Waits until the MQTT broker completes a CONNECT on `addr`, then disconnects cleanly. A bare
-/// TCP probe (connect, close) would make rumqttd log an ERROR about a connect packet that never
-/// came.
-fn wait_mqtt_ready(addr: SocketAddr) -> Result<()> {
+/// CONNECT, MQTT 3.1.1, clean session, keep-alive 10 s, client id "ready-probe".
+const CONNECT_V4: &[u8] = b"\x10\x17\x00\x04MQTT\x04\x02\x00\x0a\x00\x0bready-probe";
+/// CONNECT, MQTT 5, clean start, keep-alive 10 s, no properties, client id "ready-probe".
+const CONNECT_V5: &[u8] = b"\x10\x18\x00\x04MQTT\x05\x02\x00\x0a\x00\x00\x0bready-probe";
+
+/// Waits until the MQTT broker completes `connect` (a CONNECT packet) on `addr`, then disconnects
+/// cleanly. A bare TCP probe (connect, close) would make rumqttd log an ERROR about a connect
+/// packet that never came.
+fn wait_mqtt_ready(addr: SocketAddr, connect: &[u8]) -> Result<()> {
     use std::io::{Read, Write};
-    // CONNECT, MQTT 3.1.1, clean session, keep-alive 10 s, client id "ready-probe".
-    const CONNECT: &[u8] = b"\x10\x17\x00\x04MQTT\x04\x02\x00\x0a\x00\x0bready-probe";
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             let mut connack = [0u8; 4];
-            if stream.write_all(CONNECT).is_ok() && stream.read_exact(&mut connack).is_ok() {
+            // The whole CONNACK (an MQTT 5 one carries properties after these 4 bytes): unread
+            // bytes at close would make the socket reset, and rumqttd log an ERROR.
+            let read_connack = |stream: &mut TcpStream, connack: &mut [u8; 4]| {
+                stream.read_exact(connack)?;
+                let rest = usize::from(connack[1]).saturating_sub(2);
+                stream.read_exact(&mut vec![0u8; rest])
+            };
+            if stream.write_all(connect).is_ok() && read_connack(&mut stream, &mut connack).is_ok()
+            {
                 // DISCONNECT, then wait for the broker to close: closing first makes it log an
                 // ERROR too.
                 let _ = stream.write_all(b"\xe0\x00");
@@ -119,16 +130,42 @@ impl Visit for Fields {
 #[derive(Debug)]
 pub struct EmbeddedMqtt {
     addr: SocketAddr,
+    addr_v5: Option<SocketAddr>,
 }
 
 impl EmbeddedMqtt {
-    /// Starts the broker on a free port and waits until it listens.
+    /// Starts the broker on a free port and waits until it listens (MQTT 3.1.1).
     ///
     /// # Errors
     /// When no port is free or the broker does not come up.
     pub fn start() -> Result<Self> {
+        Self::launch(false)
+    }
+
+    /// Starts the broker with a second listener, on its own free port, that speaks MQTT 5
+    /// ([`url_v5`](Self::url_v5)); both share one router, so a message published on one reaches
+    /// subscribers on the other. rumqttd drops a message whose MQTT 5 message expiry interval
+    /// passed while it waited (for a disconnected persistent session, say) instead of delivering it.
+    ///
+    /// ```no_run
+    /// let broker = connector_examples::embedded::EmbeddedMqtt::start_with_mqtt5()?;
+    /// assert!(broker.url_v5().is_some());
+    /// # Ok::<(), connector_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When no port is free or the broker does not come up.
+    pub fn start_with_mqtt5() -> Result<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(with_v5: bool) -> Result<Self> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr_v5 = match with_v5 {
+            true => Some(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+            false => None,
+        };
         let connections = rumqttd::ConnectionSettings {
             connection_timeout_ms: 60_000,
             max_payload_size: 1024 * 1024,
@@ -137,12 +174,12 @@ impl EmbeddedMqtt {
             external_auth: None,
             dynamic_filters: true,
         };
-        let server = rumqttd::ServerSettings {
+        let server = |listen| rumqttd::ServerSettings {
             name: "quickstart".into(),
-            listen: addr,
+            listen,
             tls: None,
             next_connection_delay_ms: 1,
-            connections,
+            connections: connections.clone(),
         };
         let config = rumqttd::Config {
             id: 0,
@@ -153,7 +190,8 @@ impl EmbeddedMqtt {
                 max_segment_count: 10,
                 ..Default::default()
             },
-            v4: Some(HashMap::from([("quickstart".to_owned(), server)])),
+            v4: Some(HashMap::from([("quickstart".to_owned(), server(addr))])),
+            v5: addr_v5.map(|a| HashMap::from([("quickstart-v5".to_owned(), server(a))])),
             ..Default::default()
         };
         std::thread::Builder::new()
@@ -165,14 +203,23 @@ impl EmbeddedMqtt {
                 }
             })
             .map_err(|e| Error::fatal("cannot start the embedded MQTT broker").with_source(e))?;
-        wait_mqtt_ready(addr)?;
-        debug!(%addr, "embedded MQTT broker ready");
-        Ok(Self { addr })
+        wait_mqtt_ready(addr, CONNECT_V4)?;
+        if let Some(a) = addr_v5 {
+            wait_mqtt_ready(a, CONNECT_V5)?;
+        }
+        debug!(%addr, ?addr_v5, "embedded MQTT broker ready");
+        Ok(Self { addr, addr_v5 })
     }
 
-    /// `mqtt://127.0.0.1:PORT`.
+    /// `mqtt://127.0.0.1:PORT` (MQTT 3.1.1).
     pub fn url(&self) -> String {
         format!("mqtt://{}", self.addr)
+    }
+
+    /// `mqtt://127.0.0.1:PORT` of the MQTT 5 listener, when started with
+    /// [`start_with_mqtt5`](Self::start_with_mqtt5).
+    pub fn url_v5(&self) -> Option<String> {
+        self.addr_v5.map(|a| format!("mqtt://{a}"))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Example applications built on the connector crates: the quickstart and the in-process brokers
-//! it runs on ([`embedded`]), and an application that embeds connectors on its own Tokio runtime
+//! it runs on ([`embedded`]), connected cars (`src/bin/connected-cars.rs`: a fleet, commands with
+//! MQTT 5 message expiry), and an application that embeds connectors on its own Tokio runtime
 //! without the runner (`src/bin/embedded-app.rs`: the MQTT source and sink, a connector and a
 //! transform of its own).
 //!

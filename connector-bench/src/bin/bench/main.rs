@@ -9,7 +9,10 @@
 //! 5. RSS of our source over a long run at a fixed rate;
 //! 6. distributed mode: aggregate MQTT -> Kafka throughput of 1, 2 and 3 `connect` workers of one
 //!    group (ratio to 1 worker, CPU per message summed over the workers), and the time from the
-//!    SIGKILL of one of three workers to its moved tasks' first delivered message.
+//!    SIGKILL of one of three workers to its moved tasks' first delivered message;
+//! 7. Sparkplug B: NDATA messages/s and CPU per metric through our `mqtt-source` with
+//!    `format = "sparkplug_b"` (10 edge nodes, `--sparkplug-metrics` metrics per message by
+//!    alias, QoS 1), one record per metric and one per message, next to the raw QoS 1 rows.
 //!
 //! Each round (`--runs`) starts fresh brokers and measures the ceiling and the bridges in turn,
 //! so every ratio compares figures from the same round; the summary gives medians over rounds.
@@ -22,6 +25,7 @@ mod distributed;
 mod load;
 mod procstat;
 mod scenarios;
+mod sparkplug;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -79,13 +83,20 @@ struct Cli {
     #[arg(long, default_value = "3.1.1")]
     mqtt_version: String,
     /// Measurements to run, comma-separated: bare, source, scrape (the source QoS 1 100 B row
-    /// without and with GET /metrics every second), sink, python, latency, distributed, soak.
+    /// without and with GET /metrics every second), sink, python, latency, distributed,
+    /// sparkplug (Sparkplug B NDATA through the source), soak.
     #[arg(
         long,
-        default_value = "bare,source,scrape,sink,python,latency,distributed,soak",
+        default_value = "bare,source,scrape,sink,python,latency,distributed,sparkplug,soak",
         value_delimiter = ','
     )]
     only: Vec<String>,
+    /// Sparkplug NDATA messages per Sparkplug row.
+    #[arg(long, default_value_t = 50_000)]
+    sparkplug_messages: u64,
+    /// Metrics per Sparkplug NDATA message.
+    #[arg(long, default_value_t = 10)]
+    sparkplug_metrics: usize,
     /// QoS levels of the throughput rows to run (sink and Python rows are QoS 1).
     #[arg(long, default_value = "0,1", value_delimiter = ',')]
     qos: Vec<u8>,
@@ -114,6 +125,10 @@ struct Cli {
 struct Row {
     runs: Vec<(Throughput, Option<f64>)>,
 }
+
+/// The Sparkplug rows (`--only sparkplug`): msg/s counts NDATA messages.
+const SPARKPLUG_METRIC: &str = "sparkplug QoS1 per metric";
+const SPARKPLUG_MESSAGE: &str = "sparkplug QoS1 per message";
 
 /// The scrape-cost rows (`--only scrape`).
 const SCRAPE_OFF: &str = "source QoS1 100 B, no scrape";
@@ -297,6 +312,23 @@ impl Driver {
         if self.wants("distributed") {
             self.distributed(&b).await?;
         }
+        if self.wants("sparkplug") {
+            let (n, metrics) = (self.cli.sparkplug_messages, self.cli.sparkplug_metrics);
+            for (output, label) in [
+                (sparkplug::Output::Metric, SPARKPLUG_METRIC),
+                (sparkplug::Output::Message, SPARKPLUG_MESSAGE),
+            ] {
+                let t = sparkplug::source(&b, &self.settings, output, metrics, n).await?;
+                let per_metric = (t.rate * metrics as f64, t.cpu_us_per_msg);
+                self.record(label, t, None, true);
+                println!(
+                    "  {:<28} {metrics} metrics per NDATA: {} metrics/s, {} CPU-µs per metric",
+                    "",
+                    with_commas(per_metric.0),
+                    fmt_opt(per_metric.1.map(|c| c / metrics as f64), 2)
+                );
+            }
+        }
         Ok(())
     }
 
@@ -407,6 +439,24 @@ impl Driver {
                 fmt_opt(col(&|(t, _)| Some(t.tansu_cores)), 2),
                 fmt_opt(col(&|(t, _)| Some(t.bridge_cores)).filter(|c| *c > 0.0), 2),
                 delivered.join(", "),
+            );
+        }
+        for label in [SPARKPLUG_METRIC, SPARKPLUG_MESSAGE] {
+            let Some(row) = self.rows.get(label) else { continue };
+            let metrics = self.cli.sparkplug_metrics as f64;
+            let rates: Vec<f64> = row.runs.iter().map(|(t, _)| t.rate * metrics).collect();
+            let cpu: Vec<f64> = row
+                .runs
+                .iter()
+                .filter_map(|(t, _)| t.cpu_us_per_msg.map(|c| c / metrics))
+                .collect();
+            let _ = writeln!(
+                r,
+                "
+{label}: msg/s counts NDATA messages of {} metrics (by alias, 10 edge nodes): {} metrics/s, {} CPU-µs per metric (medians).",
+                self.cli.sparkplug_metrics,
+                median(rates).map_or_else(|| "—".into(), with_commas),
+                fmt_opt(median(cpu), 2),
             );
         }
         if let Some(on) = self.rows.get(SCRAPE_ON) {
@@ -566,6 +616,7 @@ fn main() -> ExitCode {
         cli.soak_secs = cli.soak_secs.min(5);
         cli.failover_rate = cli.failover_rate.min(500);
         cli.failover_secs = cli.failover_secs.min(9);
+        cli.sparkplug_messages = cli.sparkplug_messages.min(1_000);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));

@@ -231,7 +231,7 @@ fn qos_of(n: u8) -> QoS {
 
 /// The start of a `connect` configuration for one connector `id` of type `kind`: Kafka at our
 /// Tansu (plus `kafka_extra` lines), offsets in memory, no progress lines. Connector keys follow.
-fn runner_config(b: &Brokers, kafka_extra: &str, id: &str, kind: &str) -> String {
+pub(crate) fn runner_config(b: &Brokers, kafka_extra: &str, id: &str, kind: &str) -> String {
     let mut c = String::new();
     let _ =
         writeln!(c, "[kafka]\nbootstrap_servers = [\"{}\"]\n{kafka_extra}", b.tansu.bootstrap());
@@ -304,7 +304,12 @@ fn spawn_scraper(addr: String, stop: Arc<AtomicU64>) -> JoinHandle<Result<(u64, 
     })
 }
 
-fn spawn_connect(b: &Brokers, s: &Settings, id: &str, config: &str) -> Result<UnderTest> {
+pub(crate) fn spawn_connect(
+    b: &Brokers,
+    s: &Settings,
+    id: &str,
+    config: &str,
+) -> Result<UnderTest> {
     let path = b.dir.path().join(format!("{id}.toml"));
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut cmd = Command::new(&s.connect);
