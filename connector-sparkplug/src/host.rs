@@ -31,6 +31,8 @@ mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_review;
 
 pub use snapshot::RestoreError;
 

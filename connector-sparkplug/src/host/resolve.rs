@@ -1,4 +1,5 @@
-//! BIRTH metrics into alias tables, and DATA metrics resolved against them.
+//! BIRTH metrics into alias tables, DATA metrics resolved against them, and the two lookup-only
+//! paths: commands seen on the broker, and DBIRTHs of nodes without a known NBIRTH.
 //!
 //! A BIRTH is decoded metric by metric: one whose value does not decode still has a name, an
 //! alias and a datatype, so it goes into the table (its DATA values are then judged one message
@@ -7,10 +8,12 @@
 
 use std::collections::HashMap;
 
+use super::state::{plain, DeviceState};
+use super::{Event, Handled, HostState};
 use crate::metric::{decode_metric_with, TemplateDefs};
 use crate::proto::payload as pb;
 use crate::proto::Payload;
-use crate::{DataType, Metric, Value};
+use crate::{DataType, DeviceKey, MessageType, Metric, NodeKey, Value};
 
 /// Alias and name tables of one BIRTH.
 #[derive(Debug, Clone, Default)]
@@ -121,4 +124,51 @@ pub(crate) fn resolve(
             Ok(metric)
         })
         .collect()
+}
+
+/// A DBIRTH of a node without a current NBIRTH (a host that started after it): still invalid
+/// for its data, but its aliases are kept (offline) so that [`HostState::lookup`] serves a
+/// sink's commands.
+pub(super) fn learn_device(
+    host: &mut HostState,
+    node: &NodeKey,
+    id: &str,
+    payload: &Payload,
+    now_ms: u64,
+) {
+    let Ok((_, table)) = decode_birth(payload, &TemplateDefs::new()) else { return };
+    let max_metrics = host.config.max_metrics;
+    let Some(state) = host.entry(node, now_ms, false) else { return };
+    let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
+    if others + 1 + table.len() <= max_metrics {
+        state
+            .devices
+            .insert(id.to_owned(), DeviceState { online: false, table, birth_rejected: false });
+    }
+}
+
+/// NCMD/DCMD seen on the broker: decoded with the BIRTH's aliases where known.
+pub(super) fn command(
+    host: &HostState,
+    device: DeviceKey,
+    kind: MessageType,
+    payload: &Payload,
+) -> Handled {
+    let table = host.nodes.get(&device.node).and_then(|n| match &device.device {
+        None => Some(&n.table),
+        Some(d) => n.devices.get(d).map(|d| &d.table),
+    });
+    let empty = Table::default();
+    let table = table.unwrap_or(&empty);
+    // Commands are other hosts' traffic: never Invalid. A metric that cannot be resolved is
+    // decoded on its own when it carries a datatype (its name may stay empty), else left out.
+    let metrics = payload
+        .metrics
+        .iter()
+        .filter_map(|m| match resolve(table, std::slice::from_ref(m), &table.templates) {
+            Ok(mut one) => one.pop(),
+            Err(_) => crate::decode_metric(m, None).ok(),
+        })
+        .collect();
+    plain(Event::Command { device, kind, metrics })
 }

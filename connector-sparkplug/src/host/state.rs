@@ -72,7 +72,7 @@ fn invalid(device: Option<DeviceKey>, reason: impl Into<String>) -> Handled {
     }
 }
 
-fn plain(event: Event) -> Handled {
+pub(super) fn plain(event: Event) -> Handled {
     Handled { event, rebirth: None, state_changed: None, also_offline: Vec::new() }
 }
 
@@ -201,7 +201,9 @@ pub(crate) fn handle(host: &mut HostState, topic: &str, payload: &[u8], now_ms: 
     match kind {
         MessageType::NBirth => nbirth(host, device, &payload, now_ms),
         MessageType::NDeath => ndeath(host, device, &payload),
-        MessageType::NCmd | MessageType::DCmd => command(host, device, kind, &payload),
+        MessageType::NCmd | MessageType::DCmd => {
+            super::resolve::command(host, device, kind, &payload)
+        }
         MessageType::NData | MessageType::DBirth | MessageType::DData | MessageType::DDeath => {
             sequenced(host, device, kind, &payload, now_ms)
         }
@@ -343,7 +345,7 @@ fn sequenced(
     let (total, max_total) = (host.total, host.config.max_total_metrics);
     let Some(state) = host.nodes.get_mut(&node).filter(|n| n.born && n.online) else {
         if let (MessageType::DBirth, Some(id)) = (kind, &device.device) {
-            learn_device(host, &node, id, payload, now_ms);
+            super::resolve::learn_device(host, &node, id, payload, now_ms);
         }
         let reason = match host.nodes.get(&node) {
             Some(n) if n.birth_rejected.is_some() => format!(
@@ -470,40 +472,4 @@ fn sequenced(
         Err((reason, true)) => host.invalid_rebirth(device, format!("{kind}: {reason}"), now_ms),
         Err((reason, false)) => invalid(Some(device), format!("{kind}: {reason}")),
     }
-}
-
-/// A DBIRTH of a node without a current NBIRTH (a host that started after it): still invalid
-/// for its data, but its aliases are kept (offline) so that [`HostState::lookup`] serves a
-/// sink's commands.
-fn learn_device(host: &mut HostState, node: &NodeKey, id: &str, payload: &Payload, now_ms: u64) {
-    let Ok((_, table)) = decode_birth(payload, &TemplateDefs::new()) else { return };
-    let max_metrics = host.config.max_metrics;
-    let Some(state) = host.entry(node, now_ms, false) else { return };
-    let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
-    if others + 1 + table.len() <= max_metrics {
-        state
-            .devices
-            .insert(id.to_owned(), DeviceState { online: false, table, birth_rejected: false });
-    }
-}
-
-/// NCMD/DCMD seen on the broker: decoded with the BIRTH's aliases where known.
-fn command(host: &HostState, device: DeviceKey, kind: MessageType, payload: &Payload) -> Handled {
-    let table = host.nodes.get(&device.node).and_then(|n| match &device.device {
-        None => Some(&n.table),
-        Some(d) => n.devices.get(d).map(|d| &d.table),
-    });
-    let empty = Table::default();
-    let table = table.unwrap_or(&empty);
-    // Commands are other hosts' traffic: never Invalid. A metric that cannot be resolved is
-    // decoded on its own when it carries a datatype (its name may stay empty), else left out.
-    let metrics = payload
-        .metrics
-        .iter()
-        .filter_map(|m| match resolve(table, std::slice::from_ref(m), &table.templates) {
-            Ok(mut one) => one.pop(),
-            Err(_) => crate::decode_metric(m, None).ok(),
-        })
-        .collect();
-    plain(Event::Command { device, kind, metrics })
 }
