@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use crate::config::ConnectorConfig;
 use crate::offset::OffsetMap;
 use crate::record::{RecordMetadata, SourceOffset, SourcePartition, SourceRecord};
-use crate::runtime::TaskCounterHandle;
+use crate::runtime::{CommitRequester, TaskCounterHandle};
 use crate::Result;
 
 /// What a source task is given at start.
@@ -27,6 +27,7 @@ pub struct SourceTaskContext {
     task_id: usize,
     offsets: OffsetMap,
     counters: TaskCounterHandle,
+    commit: CommitRequester,
 }
 
 impl SourceTaskContext {
@@ -38,7 +39,31 @@ impl SourceTaskContext {
             task_id,
             offsets,
             counters: TaskCounterHandle::default(),
+            commit: CommitRequester::new(),
         }
+    }
+
+    /// Makes `commit` the requester the runtime listens to.
+    pub(crate) fn with_commit_requester(mut self, commit: CommitRequester) -> Self {
+        self.commit = commit;
+        self
+    }
+
+    /// A handle that asks the runtime to save the offsets of what Kafka acknowledged and call
+    /// [`SourceTask::commit`] soon, instead of at the next `offset_flush_interval_ms`: for a task
+    /// that holds something back until its offsets are stored (an acknowledgement to its own
+    /// source, say). Never blocks; requests coalesce (many before the runtime looks, or during a
+    /// save, count as one more save).
+    ///
+    /// ```
+    /// use connector_core::SourceTaskContext;
+    ///
+    /// let ctx = SourceTaskContext::new("plant", 0, Default::default());
+    /// let flush = ctx.commit_requester();
+    /// std::thread::spawn(move || flush.request()).join().unwrap();
+    /// ```
+    pub fn commit_requester(&self) -> CommitRequester {
+        self.commit.clone()
     }
 
     /// Counts into `counters` (the runtime passes the connector's).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use connector_core::backoff::BackoffConfig;
-use connector_core::runtime::Counter;
+use connector_core::runtime::{CommitRequester, Counter};
 use connector_core::template::Template;
 use connector_core::{
     Error, Headers, RecordMetadata, Result, SourceRecord, SourceTask, SourceTaskContext,
@@ -88,6 +88,9 @@ struct Running {
     /// Acknowledgements from the first `durable` message on, waiting for the offset store
     /// (acknowledgements go out in receive order, so everything after it waits too).
     held: Vec<(u16, QoS, u64)>,
+    /// Asks the runtime to save the offsets soon while acknowledgements are held for them,
+    /// rather than at the next `offset_flush_interval_ms`.
+    flush: CommitRequester,
     /// Messages for the event loop to publish (Sparkplug Rebirth requests).
     publish: mpsc::Sender<Message>,
     /// `sparkplug_rebirth_requests_total`, exported with the runtime's metrics.
@@ -142,6 +145,7 @@ impl Running {
         let ack = (u.pkid, u.qos, u.generation);
         if u.durable || !self.held.is_empty() {
             self.held.push(ack);
+            self.flush.request();
         } else {
             self.releasing.push(ack);
         }
@@ -429,6 +433,7 @@ impl SourceTask for MqttSourceTask {
             unacked: VecDeque::new(),
             releasing: Vec::new(),
             held: Vec::new(),
+            flush: ctx.commit_requester(),
             publish,
             rebirth_metric: ctx.counters().counter(
                 "sparkplug_rebirth_requests",
@@ -663,6 +668,7 @@ mod tests {
             unacked: VecDeque::new(),
             releasing: Vec::new(),
             held: Vec::new(),
+            flush: CommitRequester::new(),
             publish,
             rebirth_metric: Counter::default(),
             invalid_metric: Counter::default(),

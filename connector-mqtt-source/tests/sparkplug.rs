@@ -706,3 +706,50 @@ async fn a_crash_between_a_new_birth_and_the_offset_flush_keeps_the_new_aliases(
     assert_eq!(a.last(), Some(&json!(7.5)), "alias 2 is A since v2: {a:?}");
     assert!(dead.is_empty(), "{dead:?}");
 }
+
+/// A BIRTH's acknowledgement (and those after it) waits for the offset store, and the source
+/// asks the runtime to save soon rather than at the next `offset_flush_interval_ms` (60 s here).
+/// With MQTT 5 and `inflight = 2` the broker sends no third message before two are
+/// acknowledged, so DATA after the BIRTH reaching Kafka at all shows the acknowledgements went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_held_for_a_birth_go_out_soon_not_at_the_next_offset_flush() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
+    let mut c = config(&mqtt, "early", sparkplug());
+    c.connection.mqtt_version = connector_mqtt_common::MqttVersion::V5;
+    c.inflight = 2;
+    let source = start_flushing("sp-early", c, &client, &store, 60_000);
+    let publisher = MqttPublisher::connect(&mqtt.url(), "edge-early").await.unwrap();
+    wait_subscribed(&publisher, &client, "early").await;
+
+    let started = Instant::now();
+    let mut node = EdgeNode::new("plant", "line7");
+    publish(
+        &publisher,
+        node.nbirth(&[("Count", Some(1), Value::UInt(0), DataType::UInt32)], now()).unwrap(),
+    )
+    .await;
+    for i in 1..=6u64 {
+        publish(&publisher, node.ndata(&[("Count", Value::UInt(i))], now()).unwrap()).await;
+    }
+    let records = wait_records(&client, "early", "the DATA after the BIRTH", |r| {
+        metric_records(r, "Count").iter().any(|r| value(r)["value"] == json!(6))
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let saves = source.stats.snapshot().offset_commits;
+    source.stop().await;
+    let counts: Vec<Json> =
+        metric_records(&records, "Count").iter().map(|r| value(r)["value"].clone()).collect();
+    eprintln!("BIRTH + 6 DATA through a window of 2 in {elapsed:?}, {saves} offset saves");
+    assert_eq!(counts, (0..=6u64).map(|i| json!(i)).collect::<Vec<_>>());
+    assert!(elapsed < Duration::from_secs(10), "acknowledged only after {elapsed:?}");
+    let saved = store.load("sp-early").await.unwrap();
+    assert!(
+        saved.iter().any(|(p, _)| p.get("sparkplug_node") == Some(&json!("plant/line7"))),
+        "{saved:?}"
+    );
+}

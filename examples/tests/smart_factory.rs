@@ -21,6 +21,7 @@ fn the_smart_factory_runs_and_every_check_passes() {
     let line2 = stdout.lines().find(|l| l.starts_with("line-2 ")).unwrap();
     assert!(line2.split_whitespace().any(|w| w == "1/1"), "{line2}");
     assert!(stdout.contains("a command as its edge node decoded it:"), "{stdout}");
+    assert!(stdout.contains("the bad command went to factory.commands.dlq:"), "{stdout}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "ERROR lines on a clean run:\n{}", errors.join("\n"));
 }

@@ -1,12 +1,14 @@
 //! [`CommitRequester`]: how a sink task asks the runtime to commit soon (Kafka Connect's
-//! `SinkTaskContext.requestCommit()`), typically when acknowledgements arrive.
+//! `SinkTaskContext.requestCommit()`), typically when acknowledgements arrive, and how a source
+//! task asks it to save its offsets soon (`SourceTaskContext::commit_requester`).
 
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
 /// A cheap, cloneable handle that asks the sink runtime to call `pre_commit` and save its offsets
-/// soon, instead of at the next `commit_interval_ms`. Callable from any task or thread; requests
+/// soon, instead of at the next `commit_interval_ms` (the source runtime: to save the source
+/// offsets and call `SourceTask::commit`, instead of at the next `offset_flush_interval_ms`). Callable from any task or thread; requests
 /// made while a save is in flight are coalesced into one more commit after it.
 ///
 /// ```

@@ -3,7 +3,8 @@
 //! commands from Kafka back to the devices through the MQTT sink (NCMD/DCMD protobuf, metric
 //! names resolved to the aliases of the BIRTHs), a line that dies (its NDEATH is the broker's
 //! last will) and is born again. At the end, what flowed per node is printed and checked; the
-//! exit code is non-zero when a check fails.
+//! exit code is non-zero when a check fails. One command cannot be encoded: it goes to the
+//! dead-letter topic with its reason, and the others still go out.
 //!
 //! With no brokers given, it starts an MQTT broker (rumqttd) and a Kafka-compatible broker (Tansu,
 //! memory storage) inside this process: nothing to install.
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use connector_core::kafka::{FetchResult, KafkaClient, KafkaConfig, OffsetSpec, ProducerRecord};
 use connector_core::runner::{run, ConnectFile};
-use connector_core::{Error, Result};
+use connector_core::{Error, Result, SinkRecord};
 use connector_examples::embedded::{EmbeddedKafka, EmbeddedMqtt, QuietMqttBrokerShutdown};
 use connector_sparkplug::encode::EdgeNode;
 use connector_sparkplug::{decode_metrics, decode_payload, DataType, Value, REBIRTH};
@@ -65,6 +66,7 @@ struct Args {
 const GROUP: &str = "factory";
 const DATA_TOPIC: &str = "factory.sparkplug";
 const COMMAND_TOPIC: &str = "factory.commands";
+const COMMAND_DLQ: &str = "factory.commands.dlq";
 
 fn config(mqtt_url: &str, kafka: &str) -> String {
     format!(
@@ -86,6 +88,7 @@ topics = ["spBv1.0/{GROUP}/#"]
 kafka_topic = "{DATA_TOPIC}"     # key = group/node[/device]: one machine, one partition, in order
 format = "sparkplug_b"
 sparkplug = {{ output = "message" }}   # one JSON record per Sparkplug message
+errors = {{ tolerance = "all", dead_letter_topic = "{DATA_TOPIC}.dlq" }}  # a bad payload: to the DLQ
 
 [[connector]]             # commands out: Kafka -> MQTT, as NCMD/DCMD
 name = "factory-commands"
@@ -94,6 +97,7 @@ mqtt_url = "{mqtt_url}"
 topics = ["{COMMAND_TOPIC}"]
 format = "sparkplug_b"    # key group/node[/device] -> spBv1.0/<group>/NCMD|DCMD/<node>[/<device>]
 sparkplug = {{ groups = ["{GROUP}"] }}   # learns aliases from these groups' BIRTHs
+errors = {{ tolerance = "all", dead_letter_topic = "{COMMAND_DLQ}" }}  # a bad command: to the DLQ
 "#
     )
 }
@@ -413,8 +417,8 @@ async fn run_line(
     Ok(())
 }
 
-/// Every record value of `topic` (all partitions) as JSON, with its key.
-async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json)>> {
+/// Every record of `topic`, all partitions.
+async fn read_records(client: &KafkaClient, topic: &str) -> Result<Vec<SinkRecord>> {
     let Some(meta) = client.refresh_topic(topic).await? else { return Ok(vec![]) };
     let mut out = Vec::new();
     for p in 0..meta.partition_count() {
@@ -423,19 +427,7 @@ async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json
         while offset < end {
             match client.fetch(topic, p, offset, Duration::from_millis(50)).await? {
                 FetchResult::Records(f) => {
-                    for r in f.records.into_iter().filter(|r| r.offset < end) {
-                        let key = r
-                            .key
-                            .as_deref()
-                            .map(String::from_utf8_lossy)
-                            .unwrap_or_default()
-                            .into_owned();
-                        if let Some(v) =
-                            r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok())
-                        {
-                            out.push((key, v));
-                        }
-                    }
+                    out.extend(f.records.into_iter().filter(|r| r.offset < end));
                     offset = f.next_offset.max(offset + 1);
                 }
                 FetchResult::OffsetOutOfRange => break,
@@ -443,6 +435,20 @@ async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json
         }
     }
     Ok(out)
+}
+
+/// Every record value of `topic` that is JSON, with its key.
+async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json)>> {
+    let records = read_records(client, topic).await?;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| {
+            let key =
+                r.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+            let value = serde_json::from_slice(r.value.as_deref()?).ok()?;
+            Some((key, value))
+        })
+        .collect())
 }
 
 /// What Kafka holds for one edge node (its devices included).
@@ -631,6 +637,13 @@ async fn factory(args: Args) -> Result<bool> {
                 .with_key(format!("{GROUP}/{n}")),
         );
     }
+    // And one the sink cannot encode (a setpoint is a Double): it goes to the dead-letter topic
+    // with the reason, and the commands after it still go out.
+    let bad = json!({"name": "setpoint", "value": "hot"}).to_string();
+    if let Some(first) = nodes.first() {
+        let key = format!("{GROUP}/{first}/press-1");
+        commands.insert(0, ProducerRecord::new(COMMAND_TOPIC, bad).with_key(key));
+    }
     let commands_sent = commands.len();
     kafka.produce(commands).await?;
 
@@ -745,6 +758,19 @@ async fn factory(args: Args) -> Result<bool> {
     let sample = records.iter().rev().find(|(_, v)| v["type"] == "DDATA");
     if let Some((key, v)) = sample {
         println!("a DDATA record in Kafka (key {key}):  {v}");
+    }
+    let dead = read_records(&kafka, COMMAND_DLQ).await?;
+    let reason = |r: &SinkRecord| {
+        let h = r.headers.last("__connect.errors.exception.message");
+        h.map(|h| String::from_utf8_lossy(h).into_owned()).unwrap_or_default()
+    };
+    match dead.as_slice() {
+        [] if nodes.is_empty() => {}
+        [one] => println!("the bad command went to {COMMAND_DLQ}:  {}", reason(one)),
+        other => failures.push(format!(
+            "{} records in {COMMAND_DLQ}, expected the one bad command",
+            other.len()
+        )),
     }
     if failures.is_empty() {
         println!("all checks passed.");

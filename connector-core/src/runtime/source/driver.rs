@@ -152,6 +152,7 @@ impl<'a> SourceDriver<'a> {
         ));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tick.reset();
+        let requests = committer.requests.clone();
         loop {
             self.send_pending().await?;
             let paused = pause.is_paused();
@@ -175,6 +176,7 @@ impl<'a> SourceDriver<'a> {
                 batch = acks.recv() => Event::Acks(batch),
                 () = shutdown.cancelled(), if !draining => Event::Shutdown,
                 _ = tick.tick() => Event::Tick,
+                () = requests.requested() => Event::Tick,
                 () = sleep_until(deadline), if deadline.is_some() => Event::DrainTimeout,
                 () = sleep_until(self.poll_retry), if self.poll_retry.is_some() => Event::PollRetry,
                 () = pause.changed() => Event::PauseChanged,

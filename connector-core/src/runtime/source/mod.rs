@@ -39,6 +39,7 @@ use crate::offset::{OffsetMap, OffsetStore};
 use crate::runtime::finalizer::OrderedFinalizer;
 use crate::runtime::stats::{TaskCounterHandle, TaskCounters, TaskKind, TaskStats};
 use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
+use crate::runtime::CommitRequester;
 use crate::source::{SourceTask, SourceTaskContext};
 use crate::{Error, Result};
 
@@ -84,6 +85,8 @@ struct Committer {
     store: Arc<dyn OffsetStore>,
     pending: OffsetMap,
     finalized_since_commit: u64,
+    /// The task's requests for an early commit (`SourceTaskContext::commit_requester`).
+    requests: CommitRequester,
 }
 
 impl Committer {
@@ -193,9 +196,12 @@ impl SourceTaskRuntime {
         let counters = TaskCounterHandle::new(task_id, base.stats.custom().clone());
         let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
         let initial = offsets.load(&name).await.map_err(tag)?;
+        let requests = CommitRequester::new();
         info!(connector = %name, task = task_id, offsets = initial.len(), "starting source task");
         task.start(
-            SourceTaskContext::new(Arc::clone(&name), task_id, initial).with_counters(counters),
+            SourceTaskContext::new(Arc::clone(&name), task_id, initial)
+                .with_counters(counters)
+                .with_commit_requester(requests.clone()),
         )
         .await
         .map_err(tag)?;
@@ -206,6 +212,7 @@ impl SourceTaskRuntime {
             store: offsets,
             pending: OffsetMap::new(),
             finalized_since_commit: 0,
+            requests,
         };
         let handler = ErrorHandler::new(
             config.pipeline.errors.clone(),
