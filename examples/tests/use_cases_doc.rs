@@ -31,23 +31,6 @@ fn toml_blocks(doc: &str) -> Vec<(String, usize, String)> {
     blocks
 }
 
-/// Whether the MQTT sink knows `format` (Sparkplug B commands); until it does, the block fenced
-/// as `toml sparkplug-sink` cannot validate.
-fn sink_knows_format() -> bool {
-    let probe = r#"
-[kafka]
-bootstrap_servers = ["k:9092"]
-[[connector]]
-name = "probe"
-type = "mqtt-sink"
-mqtt_url = "mqtt://b:1883"
-topics = ["t"]
-mqtt_topic = "x/{key}"
-format = "raw"
-"#;
-    ConnectFile::parse(probe, &connector_runner::builtin_registry()).is_ok()
-}
-
 #[test]
 fn every_toml_block_of_the_use_cases_doc_is_a_valid_configuration() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/use-cases.md"))
@@ -56,11 +39,7 @@ fn every_toml_block_of_the_use_cases_doc_is_a_valid_configuration() {
     assert!(blocks.len() >= 5, "expected a block per use case, found {}", blocks.len());
     let registry = connector_runner::builtin_registry();
     let mut failures = Vec::new();
-    for (info, line, text) in &blocks {
-        if info == "toml sparkplug-sink" && !sink_knows_format() {
-            eprintln!("docs/use-cases.md:{line}: skipped until the mqtt-sink has `format`");
-            continue;
-        }
+    for (_info, line, text) in &blocks {
         if let Err(errors) = ConnectFile::parse(text, &registry) {
             failures.push(format!("docs/use-cases.md:{line}:\n{errors}"));
         }
