@@ -50,6 +50,14 @@ pub(crate) enum Incoming {
     Messages(Vec<Received>),
     /// The connection cannot be used any more (refused login, refused subscription).
     Failed(Error),
+    /// A primary host's connection was lost (after the messages read on it): Sparkplug 3.0
+    /// marks the data of every node on that broker stale. Sent once per lost connection.
+    ConnectionLost {
+        /// When the loss was noticed.
+        at: Timestamp,
+        /// The lost connection's generation.
+        generation: u64,
+    },
 }
 
 /// Acknowledgements released by the source task, waiting to be written.
@@ -226,6 +234,7 @@ pub(crate) async fn run(mut session: Session, mut channels: LoopChannels, settin
             () = channels.stop.cancelled() => return,
             r = session.connect() => r,
         };
+        let was_connected = connected.is_ok();
         let ended = match connected {
             Ok(c) => {
                 backoff.reset();
@@ -257,12 +266,23 @@ pub(crate) async fn run(mut session: Session, mut channels: LoopChannels, settin
         });
         // Messages received so far belong to the lost connection: their acks must not reach
         // the next one (see `Acks`).
+        let generation = channels.acks.generation();
         channels.acks.connection_lost();
         // What was read but not yet handed over still goes to Kafka: a broker that crashed may
         // come back from a save that no longer holds it, so dropping it here could lose it. (A
         // broker that kept it delivers it again: a duplicate, bounded by the buffer.)
         if !hand_over(&mut pending, &channels).await {
             return;
+        }
+        if was_connected && settings.state_topic.is_some() {
+            let lost = Incoming::ConnectionLost { at: Timestamp::now(), generation };
+            let sent = tokio::select! {
+                () = channels.stop.cancelled() => return,
+                r = channels.tx.send(lost) => r,
+            };
+            if sent.is_err() {
+                return;
+            }
         }
         connector_mqtt_common::count_reconnect(&settings.counters, &error);
         let delay = backoff.next_delay();

@@ -84,6 +84,10 @@ pub(crate) fn now_ms() -> u64 {
     u64::try_from(Timestamp::now().as_millis()).unwrap_or(0)
 }
 
+fn ms_of(at: Timestamp) -> Option<u64> {
+    u64::try_from(at.as_millis()).ok()
+}
+
 fn ts(ms: Option<u64>, fallback: Timestamp) -> Timestamp {
     ms.and_then(|m| i64::try_from(m).ok()).map_or(fallback, Timestamp::from_millis)
 }
@@ -143,6 +147,67 @@ impl Sparkplug {
     /// `rebirth` could not be queued: the node's rate limit is given back, `tick` asks again.
     pub(crate) fn rebirth_not_sent(&mut self, rebirth: &Rebirth, now_ms: u64) {
         self.host.rebirth_not_sent(rebirth, now_ms);
+    }
+
+    /// A primary host lost its MQTT connection: one `"status":"stale"` record for each edge
+    /// node and device the host knows online (at most `max_nodes` nodes and their devices), so
+    /// Kafka consumers see that their data stopped; the rebirths after the reconnect bring them
+    /// online again. `kafka_topic` renders as for the node's NDEATH (or the device's DDEATH);
+    /// the records carry no state and answer no MQTT message.
+    pub(crate) fn connection_lost(
+        &self,
+        kafka_topic: &Template,
+        at: Timestamp,
+        generation: u64,
+    ) -> Vec<SourceRecord> {
+        let mut online: Vec<DeviceKey> = Vec::new();
+        for node in self.host.nodes().take(self.host.config().max_nodes) {
+            let key = DeviceKey { node: node.clone(), device: None };
+            if self.host.is_online(&key) != Some(true) {
+                continue;
+            }
+            online.push(key);
+            online.extend(self.host.devices(node).into_iter().filter(|d| d.1).map(|d| d.0));
+        }
+        let mut records = Vec::with_capacity(online.len());
+        for device in online {
+            let kind =
+                if device.device.is_some() { MessageType::DDeath } else { MessageType::NDeath };
+            let message = Message {
+                topic: connector_sparkplug::topic::message_topic(kind, &device),
+                payload: Bytes::new(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                dup: false,
+                pkid: 0,
+                properties: None,
+            };
+            let base = Base {
+                message: &message,
+                topic: render::kafka_topic(kafka_topic, &message.topic),
+                headers: Headers::new(),
+                received: at,
+                generation,
+            };
+            let mut headers = Headers::with_capacity(4);
+            headers.push(GROUP_HEADER, Bytes::from(device.node.group.clone()));
+            headers.push(NODE_HEADER, Bytes::from(device.node.node.clone()));
+            if let Some(d) = &device.device {
+                headers.push(DEVICE_HEADER, Bytes::from(d.clone()));
+            }
+            headers.push(TYPE_HEADER, Bytes::from_static(b"CONNECTION_LOST"));
+            let mut out = Records {
+                base: &base,
+                headers,
+                key: self.key.as_ref(),
+                state: None,
+                records: Vec::new(),
+            };
+            let status = json::status_json(&device, Status::Stale, None, ms_of(at));
+            out.push(&device, &status, at);
+            records.append(&mut out.records);
+        }
+        records
     }
 
     /// The records of one message.

@@ -504,6 +504,24 @@ impl SourceTask for MqttSourceTask {
                     self.pending_error = Some(e);
                     break 'batches;
                 }
+                Incoming::ConnectionLost { at, generation } => {
+                    let Some(sparkplug) = self.sparkplug.as_ref() else { continue };
+                    let stale = sparkplug.connection_lost(&self.config.kafka_topic, at, generation);
+                    info!(
+                        nodes_and_devices = stale.len(),
+                        "MQTT connection lost: their Sparkplug data is stale"
+                    );
+                    // Records of no MQTT message: nothing to acknowledge (QoS 0), kept in order.
+                    let n = stale.len();
+                    records.extend(stale);
+                    unacked.push(Unacked {
+                        pkid: 0,
+                        qos: QoS::AtMostOnce,
+                        generation,
+                        records: n,
+                        durable: false,
+                    });
+                }
                 Incoming::Messages(batch) => {
                     for m in batch {
                         let p = &m.publish;
@@ -626,7 +644,7 @@ async fn sleep_until_ms(deadline: Option<u64>) {
 fn incoming_len(i: &Incoming) -> usize {
     match i {
         Incoming::Messages(m) => m.len(),
-        Incoming::Failed(_) => 0,
+        Incoming::Failed(_) | Incoming::ConnectionLost { .. } => 0,
     }
 }
 

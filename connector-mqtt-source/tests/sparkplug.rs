@@ -753,3 +753,63 @@ async fn acknowledgements_held_for_a_birth_go_out_soon_not_at_the_next_offset_fl
         "{saved:?}"
     );
 }
+
+/// Sparkplug 3.0: a primary host that loses its MQTT connection marks the data of every edge
+/// node on that broker stale. Kafka consumers get one `"status":"stale"` record per node and
+/// device that was online; after the reconnect the STATE birth (new timestamp) makes the node
+/// rebirth, and its BIRTH brings it online again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_host_that_loses_its_connection_writes_stale_status_records() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store: Arc<dyn OffsetStore> = Arc::new(MemoryOffsetStore::new());
+    let proxy = connector_testkit::FaultProxy::start(mqtt.addr()).await.unwrap();
+    let sp = SparkplugSourceConfig {
+        mode: SparkplugMode::PrimaryHost,
+        host_id: Some("scada-cut".into()),
+        ..sparkplug()
+    };
+    let mut c = config(&mqtt, "stale", sp);
+    c.connection.mqtt_url = format!("mqtt://{}", proxy.host_port());
+    let source = start("sp-stale", c, &client, &store);
+    let t1 = wait_state(&mqtt, "scada-cut", true).await;
+    let publisher = MqttPublisher::connect(&mqtt.url(), "edge-stale").await.unwrap();
+    wait_subscribed(&publisher, &client, "stale").await;
+
+    let mut node = EdgeNode::new("plant", "line8");
+    let metric = [("Speed", Some(1), Value::Double(1.5), DataType::Double)];
+    publish(&publisher, node.nbirth(&metric, now()).unwrap()).await;
+    publish(&publisher, node.dbirth("press", &metric, now()).unwrap()).await;
+    let of_line8 = |r: &[SinkRecord]| -> Vec<(String, String)> {
+        statuses(r).into_iter().filter(|(k, _)| k.starts_with("plant/line8")).collect()
+    };
+    wait_records(&client, "stale", "the BIRTHs", |r| of_line8(r).len() == 2).await;
+
+    proxy.cut();
+    let records = wait_records(&client, "stale", "stale records", |r| of_line8(r).len() == 4).await;
+    let stale = of_line8(&records);
+    assert_eq!(
+        stale[2..].iter().map(|(k, s)| (k.as_str(), s.as_str())).collect::<Vec<_>>(),
+        [("plant/line8", "stale"), ("plant/line8/press", "stale")],
+        "{stale:?}"
+    );
+    let r = records.iter().find(|r| value(r)["status"] == "stale").unwrap();
+    assert_eq!(header(r, "sparkplug.type"), "CONNECTION_LOST");
+    assert!(r.timestamp.as_millis() > 0);
+
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wait_state(&mqtt, "scada-cut", true).await == t1 {
+        assert!(Instant::now() < deadline, "no new STATE birth after the reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The edge node rebirths on the new STATE birth.
+    node.next_session();
+    publish(&publisher, node.nbirth(&metric, now()).unwrap()).await;
+    // (Its new NBIRTH also writes the device offline, until the device's own DBIRTH.)
+    let records = wait_records(&client, "stale", "the rebirth", |r| of_line8(r).len() >= 5).await;
+    assert_eq!(of_line8(&records)[4], ("plant/line8".to_owned(), "online".to_owned()));
+    source.stop().await;
+}
