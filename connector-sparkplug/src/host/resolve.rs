@@ -137,10 +137,15 @@ pub(super) fn learn_device(
     now_ms: u64,
 ) {
     let Ok((_, table)) = decode_birth(payload, &TemplateDefs::new()) else { return };
-    let max_metrics = host.config.max_metrics;
+    let (max_metrics, total, max_total) =
+        (host.config.max_metrics, host.total, host.config.max_total_metrics);
     let Some(state) = host.entry(node, now_ms, false) else { return };
     let others = state.size() - state.devices.get(id).map_or(0, |d| 1 + d.table.len());
-    if others + 1 + table.len() <= max_metrics {
+    let elsewhere = total.saturating_sub(state.counted);
+    // The same two bounds as a DBIRTH of a born node: per node, and over all nodes.
+    if others + 1 + table.len() <= max_metrics
+        && elsewhere.saturating_add(others + 1 + table.len()) <= max_total
+    {
         state
             .devices
             .insert(id.to_owned(), DeviceState { online: false, table, birth_rejected: false });

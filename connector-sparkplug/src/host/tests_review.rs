@@ -318,3 +318,29 @@ fn metrics_are_bounded_over_all_nodes() {
     birth(&mut a, &mut host, 3);
     assert_eq!(host.total_metrics(), 9, "8 and the rejected device of b");
 }
+
+#[test]
+fn dbirths_of_nodes_never_born_are_bounded_over_all_nodes_too() {
+    // A sink learns DBIRTHs of nodes whose NBIRTH it missed; those count against
+    // max_total_metrics like any other (REVIEW-SINK 5).
+    let mut host = HostState::new(HostConfig { max_total_metrics: 10, ..HostConfig::default() });
+    let metrics: Vec<_> = (0..3)
+        .map(|i| (format!("m{i}"), Some(i), Value::Boolean(true), DataType::Boolean))
+        .collect();
+    let metrics: Vec<_> =
+        metrics.iter().map(|(n, a, v, d)| (n.as_str(), *a, v.clone(), *d)).collect();
+    for n in 0..20 {
+        let mut edge = EdgeNode::new("g", &format!("n{n}"));
+        let (t, p) = edge.dbirth("d", &metrics, n).unwrap();
+        host.handle(&t, &p, n);
+        assert!(host.total_metrics() <= 10, "node {n}: {} metrics", host.total_metrics());
+    }
+    let learned = (0..20)
+        .filter(|n| {
+            let device = DeviceKey::device(EdgeNode::new("g", &format!("n{n}")).key(), "d");
+            host.lookup(&device, "m0").is_some()
+        })
+        .count();
+    assert!(learned >= 1, "the first devices are learned");
+    assert!(learned < 20, "not every device fits in 10 metrics");
+}

@@ -20,7 +20,8 @@
 //! rumqttd in this process (`--mqtt-broker embedded|mosquitto` chooses). Both honour MQTT 5 message
 //! expiry. rumqttd 0.20 keeps one log per subscription filter and its router slows down with
 //! thousands of them: past ~2,000 cars (one command topic each) it delivers the commands more
-//! slowly than they expire, so the 10,000-car default wants Mosquitto. It also panics when it
+//! slowly than they expire, so the 10,000-car default applies on Mosquitto and the embedded broker
+//! runs 2,000 cars unless `--cars` says otherwise. It also panics when it
 //! routes a message published with MQTT 5 properties to an MQTT 3.1.1 subscriber, so every client
 //! here that receives commands speaks MQTT 5.
 //!
@@ -76,9 +77,10 @@ struct Args {
     /// A Kafka bootstrap server to use instead of the embedded one (host:port).
     #[arg(long)]
     kafka: Option<String>,
-    /// Number of cars.
-    #[arg(long, default_value_t = 10_000)]
-    cars: usize,
+    /// Number of cars (default 10,000; 2,000 on the embedded rumqttd, which delivers per-car
+    /// commands slowly past that).
+    #[arg(long)]
+    cars: Option<usize>,
     /// MQTT connections the online cars are multiplexed over (telematics gateways).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -447,7 +449,7 @@ async fn start_mqtt(args: &Args) -> Result<MqttBrokers> {
     let broker = match args.mqtt_broker {
         Broker::Auto if connector_testkit::Mosquitto::binary().is_ok() => Broker::Mosquitto,
         Broker::Auto => {
-            println!("Mosquitto is not installed: running on the embedded rumqttd, which delivers per-car commands slowly past ~2,000 cars (try --cars 2000)");
+            println!("Mosquitto is not installed: running on the embedded rumqttd, which delivers per-car commands slowly past ~2,000 cars (so 2,000 cars unless --cars says otherwise)");
             Broker::Embedded
         }
         other => other,
@@ -487,18 +489,15 @@ async fn start_mqtt(args: &Args) -> Result<MqttBrokers> {
 
 #[allow(clippy::too_many_lines)]
 async fn connected_cars(args: Args) -> Result<bool> {
-    if args.offline > args.cars
-        || args.connections == 0
-        || args.rate <= 0.0
-        || args.expiry_secs == 0
-    {
+    let started = Instant::now();
+    let mqtt = start_mqtt(&args).await?;
+    let cars = args.cars.unwrap_or(if mqtt._embedded.is_some() { 2_000 } else { 10_000 });
+    if args.offline > cars || args.connections == 0 || args.rate <= 0.0 || args.expiry_secs == 0 {
         return Err(Error::config(
             "arguments",
             "need --offline <= --cars, --connections >= 1, --rate > 0, --expiry-secs >= 1",
         ));
     }
-    let started = Instant::now();
-    let mqtt = start_mqtt(&args).await?;
     println!("MQTT broker: {}", mqtt.name);
     let (_kafka, bootstrap) = match &args.kafka {
         Some(b) => (None, b.clone()),
@@ -543,7 +542,7 @@ async fn connected_cars(args: Args) -> Result<bool> {
     let probes = count(&kafka, TELEMETRY_TOPIC).await?;
 
     // The fleet: the first `offline` cars are parked, the rest ride the gateways.
-    let vins: Vec<String> = (0..args.cars).map(vin).collect();
+    let vins: Vec<String> = (0..cars).map(vin).collect();
     let (parked_vins, online_vins) = vins.split_at(args.offline);
     let parked: Vec<ParkedCar> = parked_vins
         .iter()
@@ -566,7 +565,7 @@ async fn connected_cars(args: Args) -> Result<bool> {
     let period = Duration::from_secs_f64(1.0 / args.rate);
     println!(
         "{} cars ({} online over {gateways_n} MQTT connections, {} parked offline with their own MQTT 5 session), {rounds} telemetry messages per online car over {} s\n",
-        args.cars,
+        cars,
         online_vins.len(),
         parked.len(),
         args.seconds
@@ -737,7 +736,7 @@ async fn connected_cars(args: Args) -> Result<bool> {
     println!(
         "{:<30} {:>7} {:>15} {:>9} {:>14} {:>10} {:>8}",
         "total",
-        args.cars,
+        cars,
         telemetry_sent,
         telemetry_in_kafka,
         commands_sent,
