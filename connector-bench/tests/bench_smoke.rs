@@ -41,6 +41,8 @@ fn the_benchmark_driver_accounts_for_every_message() {
         "distributed 1 worker(s)",
         "distributed 3 worker(s)",
         "failover",
+        "sparkplug QoS1 per metric",
+        "sparkplug QoS1 per message",
     ] {
         assert!(stdout.contains(row), "no {row:?} row in\n{stdout}");
     }

@@ -123,6 +123,10 @@ pub async fn source(
     let _ = writeln!(c, "mqtt_url = \"{}\"\nmqtt_version = \"{}\"", b.mqtt.url(), s.mqtt_version);
     let _ = writeln!(c, "topics = [\"spBv1.0/{group}/#\"]\nqos = 1\nkafka_topic = \"{topic}\"");
     let _ = writeln!(c, "format = \"sparkplug_b\"\ntasks = 1");
+    // Sparkplug needs tolerance "all" (DATA before BIRTH is routine); none is expected here.
+    let dlq = format!("{topic}-dlq");
+    b.client.create_topic(&dlq, 1, 1).await.map_err(|e| format!("create {dlq}: {e}"))?;
+    let _ = writeln!(c, "errors = {{ tolerance = \"all\", dead_letter_topic = \"{dlq}\" }}");
     if let Some(n) = s.source_inflight {
         let _ = writeln!(c, "inflight = {n}");
     }
