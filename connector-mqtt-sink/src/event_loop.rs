@@ -45,6 +45,9 @@ const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// task stops subscribing (some brokers close the connection on a filter they do not allow).
 const SUBSCRIBE_DROPS: u8 = 2;
 
+/// Most packets read in one batch before the loop flushes, sends and pings again.
+const INBOUND_BATCH: usize = 256;
+
 /// State shared by the sink task and its event loop.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -244,10 +247,15 @@ async fn drive(
                 shared.tracker.lock().stop_waiting_for_suback();
                 warn!(client_id = %settings.client_id, timeout_ms = SUBACK_TIMEOUT.as_millis(), "no SUBACK for the BIRTH subscription yet: publishing without waiting for it");
             }
+            // Before reading: a flood of BIRTHs must not starve the keep-alive.
+            // Fails when the previous ping got no answer: the connection is dead.
+            _ = keepalive.tick() => link.ping().await?,
             () = shared.work.notified() => {}
             packet = link.read() => {
                 let mut next = Some(packet);
+                let mut batch = 0usize;
                 while let Some(packet) = next.take() {
+                    batch += 1;
                     match packet? {
                         Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
                             shared.tracker.lock().acknowledged(pkid);
@@ -312,14 +320,20 @@ async fn drive(
                             debug!(packet = ?other, "ignoring an unexpected packet");
                         }
                     }
+                    // Bounded: under a flood of BIRTHs the loop still flushes our answers,
+                    // sends publishes (acknowledgements made room), requests commits and pings.
+                    if batch >= INBOUND_BATCH {
+                        break;
+                    }
                     next = link.read_buffered();
                 }
                 link.flush().await?;
                 shared.changed.notify_waiters();
                 settings.commit.request();
+                if batch >= INBOUND_BATCH {
+                    tokio::task::yield_now().await;
+                }
             }
-            // Fails when the previous ping got no answer: the connection is dead.
-            _ = keepalive.tick() => link.ping().await?,
         }
     }
 }
