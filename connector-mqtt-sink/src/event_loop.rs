@@ -150,6 +150,11 @@ pub(crate) async fn run(
             shared.changed.notify_waiters();
             return;
         }
+        if let Some(births) = &shared.births {
+            // BIRTHs are QoS 0 and not retained: one published while we are away is lost to us,
+            // so what we learned may turn stale. Names until the next BIRTH we receive.
+            births.forget_all();
+        }
         {
             let mut t = shared.tracker.lock();
             if t.answers > answers_before {

@@ -515,3 +515,51 @@ async fn a_flood_of_qos0_births_while_commands_go_out_through_a_small_window_sta
     let expected: Vec<Value> = (0..2000).map(Value::Int).collect();
     assert_eq!(values, expected, "every command once, in order");
 }
+
+/// Connections the broker accepted from `client_id`, from its log (kept across restarts).
+fn connections(mqtt: &Mosquitto, client_id: &str) -> usize {
+    let as_client = format!(" as {client_id} (");
+    mqtt.log()
+        .lines()
+        .filter(|l| l.contains("New client connected") && l.contains(&as_client))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_the_sink_forgets_births_it_may_have_missed_and_sends_names() {
+    init_tracing();
+    let mut mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store = Arc::new(MemoryOffsetStore::new());
+    let config = MqttSinkConfig::sparkplug_b(mqtt.url(), vec!["forget".into()]);
+    let sink = start("forget", config, &client, &store, "forget.dlq");
+    let publisher = MqttPublisher::connect(&mqtt.url(), "line-1").await.unwrap();
+    let mut edge = EdgeNode::new("plant", "line-1");
+    birth_until_learned(&sink, &publisher, &mut edge).await;
+    let before = connections(&mqtt, "forget");
+
+    // While the sink is away the node may be born again with other aliases (its BIRTH, QoS 0
+    // and not retained, never reaches the sink): the old aliases must not be used.
+    mqtt.restart().await.unwrap();
+    wait_until("the sink connected again", Duration::from_secs(20), || {
+        connections(&mqtt, "forget") > before
+    })
+    .await
+    .unwrap();
+    let commands =
+        MqttSubscriber::connect(&mqtt.url(), "independent", "spBv1.0/+/NCMD/+", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    let record =
+        ProducerRecord::new("forget", r#"{"name":"speed","value":3.0}"#).with_key("plant/line-1");
+    client.produce(vec![record]).await.unwrap();
+    let got = commands.wait_for(1, Duration::from_secs(20)).await.unwrap();
+    sink.stop().await;
+    let m = metrics(&got[0].payload);
+    assert_eq!(
+        (m[0].name.as_str(), m[0].alias, &m[0].value),
+        ("speed", None, &Value::Double(3.0)),
+        "by name: the alias of the BIRTH before the reconnect may be stale"
+    );
+}
