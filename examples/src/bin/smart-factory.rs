@@ -350,9 +350,13 @@ impl Line {
     }
 }
 
+/// How long the dying line runs past `seconds` at most, waiting for its commands.
+const DIE_WITHIN: Duration = Duration::from_secs(25);
+
 /// Runs one line for `seconds`: DATA at `rate`, commands as they come; `die_at` (seconds after
-/// the start) kills its connection without a DISCONNECT, and it comes back a second later with a
-/// new bdSeq and its births.
+/// the start, once its presses took their commands, which may be after `seconds`: it runs on
+/// for at most [`DIE_WITHIN`] more) kills its connection without a DISCONNECT, and it comes back
+/// a second later with a new bdSeq and its births.
 async fn run_line(
     mut line: Line,
     mut commands: mpsc::Receiver<(String, Vec<u8>)>,
@@ -366,7 +370,10 @@ async fn run_line(
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate.max(1)));
     let mut ticks = 0u64;
     let mut died = false;
-    while started.elapsed() < Duration::from_secs(seconds) {
+    let run_for = Duration::from_secs(seconds);
+    while started.elapsed() < run_for
+        || (die_at.is_some() && !died && started.elapsed() < run_for + DIE_WITHIN)
+    {
         tokio::select! {
             _ = tick.tick() => {
                 ticks += 1;
@@ -380,13 +387,9 @@ async fn run_line(
             }
         }
         // It dies once its presses took their commands (a dead node misses commands: its new
-        // session is a clean one, as Sparkplug wants), or a second before the end at the latest.
+        // session is a clean one, as Sparkplug wants), however late they come.
         let commanded = line.log.lock().setpoints.len() >= line.presses.len();
-        let latest = Duration::from_secs(seconds.saturating_sub(1));
-        let due = |at: u64| {
-            let elapsed = started.elapsed();
-            elapsed >= Duration::from_secs(at) && (commanded || elapsed >= latest)
-        };
+        let due = |at: u64| commanded && started.elapsed() >= Duration::from_secs(at);
         if !died && die_at.is_some_and(due) {
             died = true;
             // Everything published so far reached the broker, then the connection drops
@@ -656,10 +659,15 @@ async fn factory(args: Args) -> Result<bool> {
     loop {
         records = read_all(&kafka, DATA_TOPIC).await?;
         seen = tally(&records);
+        // Everything published is in Kafka, and the dying line died (it waits for its commands).
         let complete = logs.iter().all(|(n, log)| {
             let l = log.lock();
-            seen.get(&format!("{GROUP}/{n}"))
-                .is_some_and(|s| s.data.len() as u64 >= l.ndata + l.ddata)
+            let died = Some(n) != dying.as_ref() || l.deaths > 0;
+            died && seen.get(&format!("{GROUP}/{n}")).is_some_and(|s| {
+                s.data.len() as u64 >= l.ndata + l.ddata
+                    && s.nbirths + s.dbirths >= l.nbirths + l.dbirths
+                    && s.offline >= l.deaths
+            })
         });
         if complete || Instant::now() > deadline {
             break;
@@ -668,10 +676,16 @@ async fn factory(args: Args) -> Result<bool> {
     }
     stop_lines.cancel();
     for r in running {
-        r.await.map_err(|e| Error::fatal("a line crashed").with_source(e))??;
+        tokio::time::timeout(DIE_WITHIN + Duration::from_secs(10), r)
+            .await
+            .map_err(|_| Error::fatal("a line did not stop"))?
+            .map_err(|e| Error::fatal("a line crashed").with_source(e))??;
     }
     shutdown.cancel();
-    runner.await.map_err(|e| Error::fatal("runner").with_source(e))??;
+    tokio::time::timeout(Duration::from_secs(30), runner)
+        .await
+        .map_err(|_| Error::fatal("the connectors did not stop within 30 s"))?
+        .map_err(|e| Error::fatal("runner").with_source(e))??;
 
     // The account, per node.
     println!("\n=== what flowed ({:.1} s) ===", started.elapsed().as_secs_f64());
