@@ -457,8 +457,12 @@ async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json
 /// What Kafka holds for one edge node (its devices included).
 #[derive(Debug, Default)]
 struct Seen {
+    /// Distinct BIRTHs (a redelivered one counts once, so it cannot hide a lost one).
     nbirths: u64,
     dbirths: u64,
+    births: BTreeSet<(String, String, Option<u64>, Option<u64>)>,
+    /// bdSeqs of the node's distinct offline status records.
+    offline_bd_seqs: BTreeSet<Option<u64>>,
     /// Distinct DATA messages (by device and counter metric), and repeats.
     data: BTreeSet<(String, u64)>,
     repeats: u64,
@@ -480,9 +484,19 @@ fn tally(records: &[(String, Json)]) -> BTreeMap<String, Seen> {
         let (Some(group), Some(node)) = (v["group"].as_str(), v["node"].as_str()) else { continue };
         let s = seen.entry(format!("{group}/{node}")).or_default();
         let device = v["device"].as_str().unwrap_or("").to_owned();
-        match v["type"].as_str().unwrap_or("") {
-            "NBIRTH" => s.nbirths += 1,
-            "DBIRTH" => s.dbirths += 1,
+        let kind = v["type"].as_str().unwrap_or("");
+        match kind {
+            "NBIRTH" | "DBIRTH" => {
+                let id =
+                    (kind.to_owned(), device.clone(), v["seq"].as_u64(), v["timestamp"].as_u64());
+                if s.births.insert(id) {
+                    if kind == "NBIRTH" {
+                        s.nbirths += 1;
+                    } else {
+                        s.dbirths += 1;
+                    }
+                }
+            }
             kind @ ("NDATA" | "DDATA") => {
                 let counter = if kind == "NDATA" { "messages" } else { "cycles" };
                 let n = metric(v, counter).and_then(Json::as_u64).unwrap_or(u64::MAX);
@@ -496,7 +510,9 @@ fn tally(records: &[(String, Json)]) -> BTreeMap<String, Seen> {
                 }
             }
             "status" if device.is_empty() => match v["status"].as_str() {
-                Some("offline") => s.offline += 1,
+                Some("offline") if s.offline_bd_seqs.insert(v["bd_seq"].as_u64()) => {
+                    s.offline += 1;
+                }
                 Some("online") => s.online += 1,
                 _ => {}
             },
