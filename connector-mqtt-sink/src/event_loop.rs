@@ -38,6 +38,16 @@ use crate::tracker::Tracker;
 /// How long a broken connection is still read for what the broker sent before closing it.
 const DRAIN_LIMIT: Duration = Duration::from_millis(100);
 
+/// How long publishes wait for the SUBACK of the BIRTH subscription before they go out anyway.
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in a row the broker closes while the BIRTH SUBSCRIBE is unanswered before the
+/// task stops subscribing (some brokers close the connection on a filter they do not allow).
+const SUBSCRIBE_DROPS: u8 = 2;
+
+/// Most packets read in one batch before the loop flushes, sends and pings again.
+const INBOUND_BATCH: usize = 256;
+
 /// State shared by the sink task and its event loop.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -77,6 +87,8 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(settings.backoff);
+    // Learning BIRTHs is an optimisation: a broker that will not take the SUBSCRIBE loses it.
+    let mut subscribe = !settings.subscribe.is_empty();
     loop {
         let connected = tokio::select! {
             () = stop.cancelled() => return,
@@ -115,8 +127,10 @@ pub(crate) async fn run(
                 };
                 let mut link = session.link(settings.write_timeout);
                 let timing = (c.keep_alive, window);
-                let ended =
-                    drive(&mut link, &shared, &settings, &stop, resend, timing, statuses).await;
+                let ended = drive(
+                    &mut link, &shared, &settings, &stop, resend, timing, statuses, subscribe,
+                )
+                .await;
                 if ended.is_err() {
                     drain(&mut link, &shared, &settings).await;
                 }
@@ -136,6 +150,11 @@ pub(crate) async fn run(
             shared.changed.notify_waiters();
             return;
         }
+        if let Some(births) = &shared.births {
+            // BIRTHs are QoS 0 and not retained: one published while we are away is lost to us,
+            // so what we learned may turn stale. Names until the next BIRTH we receive.
+            births.forget_all();
+        }
         {
             let mut t = shared.tracker.lock();
             if t.answers > answers_before {
@@ -143,6 +162,10 @@ pub(crate) async fn run(
                 backoff.reset();
             }
             t.disconnected();
+            if subscribe && t.subscribe_drops >= SUBSCRIBE_DROPS {
+                subscribe = false;
+                warn!(client_id = %settings.client_id, drops = t.subscribe_drops, "BIRTH subscription refused by the broker (it closed the connection before answering it); not subscribing again: commands carry metric names");
+            }
         }
         status.send_replace(Status {
             connected: false,
@@ -160,6 +183,7 @@ pub(crate) async fn run(
 }
 
 /// Drives one established connection until it ends.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     link: &mut Link<'_>,
     shared: &Shared,
@@ -168,6 +192,7 @@ async fn drive(
     resend: Vec<Outbound>,
     (keep_alive, window): (Duration, usize),
     (online, offline): (Option<Message>, Option<Message>),
+    subscribe: bool,
 ) -> Result<(), Error> {
     if let Some(online) = online {
         link.write(Outbound::Publish(online)).await?;
@@ -175,7 +200,7 @@ async fn drive(
     for packet in resend {
         link.write(packet).await?;
     }
-    if !settings.subscribe.is_empty() {
+    if subscribe {
         let reserved = shared.tracker.lock().reserve_pkid();
         match reserved {
             Some(pkid) => {
@@ -192,6 +217,8 @@ async fn drive(
     let mut keepalive = tokio::time::interval(keep_alive.max(Duration::from_secs(1)));
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
+    // Backlog publishes wait for the SUBACK (see `Tracker::awaiting_suback`), this long at most.
+    let suback_deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
     let mut out: Vec<Outbound> = Vec::new();
     loop {
         // Send what the window allows, in one write.
@@ -213,6 +240,7 @@ async fn drive(
             shared.tracker.lock().written();
             shared.changed.notify_waiters();
         }
+        let awaiting_suback = shared.tracker.lock().awaiting_suback();
         tokio::select! {
             biased;
             () = stop.cancelled() => {
@@ -220,10 +248,19 @@ async fn drive(
                 debug!(client_id = %settings.client_id, "DISCONNECT sent");
                 return Ok(());
             }
+            () = tokio::time::sleep_until(suback_deadline), if awaiting_suback => {
+                shared.tracker.lock().stop_waiting_for_suback();
+                warn!(client_id = %settings.client_id, timeout_ms = SUBACK_TIMEOUT.as_millis(), "no SUBACK for the BIRTH subscription yet: publishing without waiting for it");
+            }
+            // Before reading: a flood of BIRTHs must not starve the keep-alive.
+            // Fails when the previous ping got no answer: the connection is dead.
+            _ = keepalive.tick() => link.ping().await?,
             () = shared.work.notified() => {}
             packet = link.read() => {
                 let mut next = Some(packet);
+                let mut batch = 0usize;
                 while let Some(packet) = next.take() {
+                    batch += 1;
                     match packet? {
                         Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
                             shared.tracker.lock().acknowledged(pkid);
@@ -233,24 +270,26 @@ async fn drive(
                             link.write(rel).await?;
                         }
                         Inbound::Refused(refusal) => refused(shared, settings, &refusal),
+                        // Unsolicited (BIRTHs the broker may have sent before it read our last
+                        // publish): not "heard", or a drop on a probe would never be pinned.
                         Inbound::Publish(m) => {
-                            shared.tracker.lock().heard();
                             learn(shared, settings, &m.topic, &m.payload);
                             if let Some(ack) = ack_received(m.qos, m.pkid) {
                                 link.write(ack).await?;
                             }
                         }
                         Inbound::Oversize { message, size } => {
-                            shared.tracker.lock().heard();
                             warn!(client_id = %settings.client_id, topic = %message.topic, size, "a message over max_packet_size from the subscription; not learned from");
                             if let Some(ack) = ack_received(message.qos, message.pkid) {
                                 link.write(ack).await?;
                             }
                         }
                         Inbound::PubRel(pkid) => {
-                            shared.tracker.lock().heard();
                             link.write(Outbound::PubComp(pkid)).await?;
                         }
+                        // Answers our SUBSCRIBE, which went out before any backlog publish of
+                        // this connection was written (they wait for it), or after the probe
+                        // of a kept session: the broker read past the probe.
                         Inbound::SubAck { pkid, refused } => {
                             let mut t = shared.tracker.lock();
                             t.heard();
@@ -286,14 +325,20 @@ async fn drive(
                             debug!(packet = ?other, "ignoring an unexpected packet");
                         }
                     }
+                    // Bounded: under a flood of BIRTHs the loop still flushes our answers,
+                    // sends publishes (acknowledgements made room), requests commits and pings.
+                    if batch >= INBOUND_BATCH {
+                        break;
+                    }
                     next = link.read_buffered();
                 }
                 link.flush().await?;
                 shared.changed.notify_waiters();
                 settings.commit.request();
+                if batch >= INBOUND_BATCH {
+                    tokio::task::yield_now().await;
+                }
             }
-            // Fails when the previous ping got no answer: the connection is dead.
-            _ = keepalive.tick() => link.ping().await?,
         }
     }
 }
@@ -388,6 +433,8 @@ async fn drain(link: &mut Link<'_>, shared: &Shared, settings: &LoopSettings) {
                 }
                 Inbound::Refused(refusal) => refused(shared, settings, &refusal),
                 Inbound::Disconnect(reason) if may_blame_a_publish(&reason) => {}
+                // Unsolicited: proves nothing about the probe.
+                Inbound::Publish(_) | Inbound::Oversize { .. } | Inbound::PubRel(_) => {}
                 // Read after the probe was written: the drop is not pinned on it.
                 _ => shared.tracker.lock().heard(),
             }

@@ -110,10 +110,31 @@ pub(crate) fn route(
 }
 
 /// What the sink knows from the BIRTHs its connection received: a [`HostState`] fed only
-/// BIRTHs, bounded by `max_nodes` (BIRTHs of further nodes are not learned).
+/// BIRTHs and DEATHs, bounded by `max_nodes` (BIRTHs of further nodes are not learned; a dead
+/// node's room may be taken by a new one).
+///
+/// Aliases are used only while they belong to the node's latest BIRTH as far as the sink can
+/// tell: a node or device whose DEATH arrived after its BIRTH gets commands by name until it is
+/// born again, and everything is forgotten when the sink connects again (BIRTHs are QoS 0 and
+/// not retained, so one published while the sink was away is lost to it).
 #[derive(Debug)]
 pub(crate) struct Births {
-    state: Mutex<HostState>,
+    state: Mutex<Learning>,
+    config: HostConfig,
+}
+
+#[derive(Debug)]
+struct Learning {
+    host: HostState,
+    /// Nodes (`device: None`, with all their devices) and devices that died after the BIRTH
+    /// the host state holds for them. Only keys the host state knows: bounded like it.
+    dead: std::collections::HashSet<DeviceKey>,
+}
+
+impl Learning {
+    fn is_dead(&self, target: &Target) -> bool {
+        self.dead.contains(target) || self.dead.contains(&DeviceKey::node(target.node.clone()))
+    }
 }
 
 /// What became of one message the sink's subscription delivered.
@@ -131,28 +152,65 @@ impl Births {
     /// Knows the BIRTHs of at most `max_nodes` edge nodes.
     pub(crate) fn new(max_nodes: usize) -> Self {
         let config = HostConfig { max_nodes, ..HostConfig::default() };
-        Self { state: Mutex::new(HostState::new(config)) }
+        let learning = Learning { host: HostState::new(config.clone()), dead: Default::default() };
+        Self { state: Mutex::new(learning), config }
+    }
+
+    /// Forgets every BIRTH (a new connection: what was born meanwhile is unknown).
+    pub(crate) fn forget_all(&self) {
+        let mut state = self.state.lock();
+        state.host = HostState::new(self.config.clone());
+        state.dead.clear();
     }
 
     /// Feeds one received message (topic and payload) in. The rebirth requests the state may
     /// call for are not sent: that is the host application's (the source's) job; a sink without
     /// a BIRTH sends names.
     pub(crate) fn learn(&self, topic: &str, payload: &[u8], now_ms: u64) -> Learned {
-        let mut state = self.state.lock();
-        match state.handle(topic, payload, now_ms).event {
-            Event::Birth { .. } => Learned::Birth,
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        match state.host.handle(topic, payload, now_ms).event {
+            Event::Birth { device, .. } => {
+                state.dead.remove(&device);
+                Learned::Birth
+            }
             // A DBIRTH whose NBIRTH the sink missed (it connected in between) is invalid as a
             // message, but the state keeps its aliases for `lookup`.
             Event::Invalid { device: Some(device), .. }
                 if is_dbirth(topic)
-                    && known_device(&state, &device)
+                    && known_device(&state.host, &device)
                     && connector_sparkplug::decode_payload(payload).is_ok() =>
             {
+                state.dead.remove(&device);
                 Learned::Birth
             }
-            Event::Invalid { reason, .. } => Learned::Invalid(reason),
+            // A stale will of an older session (the node's current BIRTH is known) changes
+            // nothing; any other death of a known node or device retires its aliases.
+            Event::StaleDeath { current_bd_seq: Some(_), .. } => Learned::Ignored,
+            Event::Death { device, .. } | Event::StaleDeath { device, .. }
+                if knows(&state.host, &device) =>
+            {
+                state.dead.insert(device);
+                Learned::Ignored
+            }
+            Event::Invalid { reason, .. } if is_birth(topic) => Learned::Invalid(reason),
             _ => Learned::Ignored,
         }
+    }
+}
+
+fn is_birth(topic: &str) -> bool {
+    matches!(
+        SparkplugTopic::parse(topic),
+        Ok(SparkplugTopic::Message { kind: MessageType::NBirth | MessageType::DBirth, .. })
+    )
+}
+
+/// Whether the host state holds a table for the node or device.
+fn knows(state: &HostState, device: &DeviceKey) -> bool {
+    match &device.device {
+        None => state.is_online(device).is_some() || !state.devices(&device.node).is_empty(),
+        Some(_) => known_device(state, device),
     }
 }
 
@@ -183,7 +241,9 @@ pub(crate) fn encode(
         serde_json::from_slice(value).map_err(|e| format!("the record value is not JSON: {e}"))?;
     let metrics = json::command_from_json(&json).map_err(|e| e.to_string())?;
     let state = births.map(|b| b.state.lock());
-    encode::command_payload(state.as_deref(), target, &metrics, now_ms)
+    // A dead node's or device's aliases may be reused by its next BIRTH: by name until then.
+    let host = state.as_deref().filter(|s| !s.is_dead(target)).map(|s| &s.host);
+    encode::command_payload(host, target, &metrics, now_ms)
         .map(bytes::Bytes::from)
         .map_err(|e| e.to_string())
 }
@@ -194,7 +254,14 @@ pub(crate) fn birth_filters(groups: &[String]) -> Vec<String> {
     let groups = if groups.is_empty() { &all[..] } else { groups };
     groups
         .iter()
-        .flat_map(|g| [format!("{NAMESPACE}/{g}/NBIRTH/+"), format!("{NAMESPACE}/{g}/DBIRTH/+/+")])
+        .flat_map(|g| {
+            [
+                format!("{NAMESPACE}/{g}/NBIRTH/+"),
+                format!("{NAMESPACE}/{g}/DBIRTH/+/+"),
+                format!("{NAMESPACE}/{g}/NDEATH/+"),
+                format!("{NAMESPACE}/{g}/DDEATH/+/+"),
+            ]
+        })
         .collect()
 }
 
@@ -292,6 +359,40 @@ mod tests {
     }
 
     #[test]
+    fn after_a_death_or_a_new_connection_commands_go_by_name_until_the_next_birth() {
+        use connector_sparkplug::encode::EdgeNode;
+        use connector_sparkplug::{DataType, Value};
+        let births = Births::new(10);
+        let mut edge = EdgeNode::new("plant", "line-1");
+        let speed = [("speed", Some(1), Value::Double(1.0), DataType::Double)];
+        let target = [("target", Some(7), Value::Int(3), DataType::Int16)];
+        let node = key_target(Some(b"plant/line-1")).unwrap();
+        let press = key_target(Some(b"plant/line-1/press-2")).unwrap();
+        let alias = |t: &Target, name: &str| {
+            let cmd = format!(r#"{{"name":"{name}","value":4}}"#);
+            decoded(&encode(Some(&births), t, cmd.as_bytes(), 9).unwrap())[0].alias
+        };
+        let born = |edge: &mut EdgeNode| {
+            let (t, p) = edge.nbirth(&speed, 1).unwrap();
+            assert_eq!(births.learn(&t, &p, 1), Learned::Birth);
+            let (t, p) = edge.dbirth("press-2", &target, 1).unwrap();
+            assert_eq!(births.learn(&t, &p, 1), Learned::Birth);
+        };
+        born(&mut edge);
+        assert_eq!((alias(&node, "speed"), alias(&press, "target")), (Some(1), Some(7)));
+        let (t, p) = edge.ddeath("press-2", 1);
+        assert_eq!(births.learn(&t, &p, 1), Learned::Ignored);
+        assert_eq!((alias(&node, "speed"), alias(&press, "target")), (Some(1), None));
+        let (t, p) = edge.ndeath(1);
+        births.learn(&t, &p, 1);
+        assert_eq!(alias(&node, "speed"), None, "a dead node's aliases are not used");
+        born(&mut edge);
+        assert_eq!((alias(&node, "speed"), alias(&press, "target")), (Some(1), Some(7)));
+        births.forget_all();
+        assert_eq!((alias(&node, "speed"), alias(&press, "target")), (None, None));
+    }
+
+    #[test]
     fn records_that_cannot_be_commands_say_why() {
         let births = Births::new(10);
         let t = key_target(Some(b"plant/line-1")).unwrap();
@@ -338,7 +439,15 @@ mod tests {
 
     #[test]
     fn birth_filters_cover_the_groups() {
-        assert_eq!(birth_filters(&[]), ["spBv1.0/+/NBIRTH/+", "spBv1.0/+/DBIRTH/+/+"]);
-        assert_eq!(birth_filters(&["a".into()]), ["spBv1.0/a/NBIRTH/+", "spBv1.0/a/DBIRTH/+/+"]);
+        assert_eq!(
+            birth_filters(&[]),
+            [
+                "spBv1.0/+/NBIRTH/+",
+                "spBv1.0/+/DBIRTH/+/+",
+                "spBv1.0/+/NDEATH/+",
+                "spBv1.0/+/DDEATH/+/+"
+            ]
+        );
+        assert_eq!(birth_filters(&["a".into()])[3], "spBv1.0/a/DDEATH/+/+");
     }
 }

@@ -125,6 +125,12 @@ pub(crate) struct Tracker {
     /// The packet id of our SUBSCRIBE waiting for its SUBACK (`format = "sparkplug_b"` learning
     /// BIRTHs): no publish may use it meanwhile.
     reserved: Option<u16>,
+    /// No backlog publish is sent until the SUBSCRIBE's SUBACK arrived (or the event loop gave up
+    /// waiting for it): a SUBACK read after a probe was written then proves the broker read
+    /// past the probe, and a drop before it is not pinned on a publish.
+    awaiting_suback: bool,
+    /// Connections in a row that dropped while our SUBSCRIBE was unanswered.
+    pub(crate) subscribe_drops: u8,
     /// Largest PUBLISH packet that may be sent now (ours, or the broker's if smaller).
     pub(crate) max_packet: usize,
     pub(crate) connected: bool,
@@ -158,6 +164,8 @@ impl Tracker {
             held: Vec::new(),
             explained: false,
             reserved: None,
+            awaiting_suback: false,
+            subscribe_drops: 0,
             max_packet,
             connected: false,
             failed: None,
@@ -199,6 +207,7 @@ impl Tracker {
         }
         let pkid = self.next_pkid();
         self.reserved = Some(pkid);
+        self.awaiting_suback = true;
         Some(pkid)
     }
 
@@ -206,14 +215,27 @@ impl Tracker {
     pub(crate) fn released(&mut self, pkid: u16) {
         if self.reserved == Some(pkid) {
             self.reserved = None;
+            self.awaiting_suback = false;
+            self.subscribe_drops = 0;
         }
+    }
+
+    /// Whether backlog publishes wait for the SUBACK of our SUBSCRIBE.
+    pub(crate) fn awaiting_suback(&self) -> bool {
+        self.awaiting_suback
+    }
+
+    /// The SUBACK is late: publishes go out without waiting for it (its packet id stays
+    /// reserved until it arrives or the connection ends).
+    pub(crate) fn stop_waiting_for_suback(&mut self) {
+        self.awaiting_suback = false;
     }
 
     /// Moves publishes from the backlog into flight while fewer than `window` are, appending their
     /// packets to `out`. QoS 0 publishes are done once [`written`](Self::written). A publish over
     /// the maximum packet size is refused here, never sent. A suspect goes out only alone.
     pub(crate) fn take_sendable(&mut self, window: usize, out: &mut Vec<Outbound>) {
-        if !self.connected {
+        if !self.connected || self.awaiting_suback {
             return;
         }
         if self.probing.is_none() {
@@ -367,6 +389,7 @@ impl Tracker {
         self.connected = true;
         self.explained = false;
         self.reserved = None;
+        self.awaiting_suback = false;
         self.probing = None;
         self.held.clear();
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
@@ -416,6 +439,15 @@ impl Tracker {
         // A drop after the broker answered something (even a PINGRESP, or a DISCONNECT with its
         // reason) is not pinned on the probe.
         let pinned = !std::mem::replace(&mut self.heard, false);
+        self.awaiting_suback = false;
+        if self.reserved.take().is_some() {
+            // Our SUBSCRIBE was unanswered: the broker may have closed the connection on it (some
+            // do on a filter they do not allow), so the drop is pinned on no publish and makes no
+            // suspects. The event loop stops subscribing after a few such drops.
+            self.subscribe_drops = self.subscribe_drops.saturating_add(1);
+            self.probing = None;
+            return;
+        }
         if let Some(pkid) = self.probing.take().filter(|_| pinned) {
             if let Some(f) = self.inflight.get_mut(&pkid) {
                 f.publication.strikes += 1;
@@ -525,6 +557,10 @@ mod tests {
             add(&mut t, o);
         }
         t.take_sendable(10, &mut out);
+        assert!(out.is_empty(), "nothing goes out before the SUBACK");
+        // The SUBACK is late: the event loop stops waiting; the id stays reserved.
+        t.stop_waiting_for_suback();
+        t.take_sendable(10, &mut out);
         let ids: Vec<u16> = sent(&out).iter().map(|s| s.0).collect();
         assert_eq!(ids.len(), 3);
         assert!(!ids.contains(&reserved), "{reserved} in {ids:?}");
@@ -534,6 +570,46 @@ mod tests {
         out.clear();
         t.take_sendable(10, &mut out);
         assert_eq!(sent(&out)[0].0, reserved, "free again after the SUBACK");
+    }
+
+    #[test]
+    fn a_drop_while_the_subscribe_is_unanswered_strikes_no_publish() {
+        let mut t = Tracker::new(1000);
+        let mut out = Vec::new();
+        // A probe from an unexplained drop.
+        t.connected(false, &mut out);
+        add(&mut t, 0);
+        t.take_sendable(10, &mut out);
+        t.disconnected();
+        for drop in 1..=3u8 {
+            out.clear();
+            t.connected(false, &mut out);
+            let pkid = t.reserve_pkid().unwrap();
+            t.take_sendable(10, &mut out);
+            assert!(out.is_empty(), "no probe before the SUBACK");
+            if drop == 3 {
+                // SUBACK, then the probe; the broker closes on the probe: a strike each time.
+                t.heard();
+                t.released(pkid);
+                assert_eq!(t.subscribe_drops, 0);
+                t.take_sendable(10, &mut out);
+                assert_eq!(out.len(), 1);
+            } else {
+                // The broker closes before answering the SUBSCRIBE: no strike.
+                t.disconnected();
+                assert_eq!(t.subscribe_drops, drop);
+            }
+        }
+        t.disconnected();
+        for _ in 0..2 {
+            out.clear();
+            t.connected(false, &mut out);
+            t.take_sendable(10, &mut out);
+            assert_eq!(out.len(), 1, "the probe alone");
+            t.disconnected();
+        }
+        let refused = t.take_refused().expect("refused after 3 strikes, not 5 drops");
+        assert_eq!(refused.publication.strikes, MAX_STRIKES);
     }
 
     #[test]

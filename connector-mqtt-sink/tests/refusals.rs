@@ -320,3 +320,108 @@ async fn mqtt311_a_command_the_broker_drops_the_connection_on_is_dead_lettered_a
     let dropped = "closed the connection 3 times right after this publish";
     an_oversize_command_is_dead_lettered("drop4", MqttVersion::V311, 1 << 20, dropped).await;
 }
+
+/// [`mqtt311_a_command_the_broker_drops_the_connection_on_is_dead_lettered_after_a_few_tries`]
+/// with `format = "sparkplug_b"` learning BIRTHs: the SUBACK of the BIRTH subscription, and the
+/// BIRTHs the broker delivers (every `births_every` from an edge node, QoS 0 as Sparkplug
+/// publishes them), must not excuse the drop on the big command, or it is sent forever.
+async fn a_sparkplug_command_the_broker_drops_the_connection_on_is_dead_lettered(
+    name: &str,
+    births_every: Option<Duration>,
+) {
+    use connector_sparkplug::encode::EdgeNode;
+    use connector_sparkplug::{decode_metrics, decode_payload, DataType, Value};
+    init_tracing();
+    let mqtt = Mosquitto::start_with(MosquittoOptions {
+        extra_config: vec!["max_packet_size 4096".into()],
+        ..MosquittoOptions::default()
+    })
+    .await
+    .unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let sub =
+        MqttSubscriber::connect(&mqtt.url(), "watcher", "spBv1.0/plant/NCMD/+", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    let stop_births = CancellationToken::new();
+    let births = births_every.map(|every| {
+        let (url, stop) = (mqtt.url(), stop_births.clone());
+        tokio::spawn(async move {
+            let publisher = connector_testkit::MqttPublisher::connect(&url, "edge").await.unwrap();
+            let mut edge = EdgeNode::new("other", "edge-1");
+            let metrics = [("speed", Some(1), Value::Double(1.0), DataType::Double)];
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                let (topic, payload) = edge.nbirth(&metrics, 1).unwrap();
+                publisher.publish(&topic, QoS::AtMostOnce, false, payload).await.unwrap();
+                sent += 1;
+                tokio::time::sleep(every).await;
+            }
+            sent
+        })
+    });
+    let store = Arc::new(MemoryOffsetStore::new());
+    let records = (0..201)
+        .map(|i| {
+            let value = if i == 100 {
+                format!(r#"{{"name":"blob","value":"{}"}}"#, "x".repeat(10_000))
+            } else {
+                format!(r#"{{"name":"n","value":{i}}}"#)
+            };
+            ProducerRecord::new(name, value).with_key(format!("plant/line-{}", i % 7))
+        })
+        .collect();
+    client.produce(records).await.unwrap();
+    let mut config = MqttSinkConfig::sparkplug_b(mqtt.url(), vec![name.into()]);
+    config.connection.mqtt_version = MqttVersion::V311;
+    config.connection.max_packet_size = 1 << 20;
+    config.connection.reconnect_backoff.max_ms = 500;
+    let dlq = format!("{name}.dlq");
+    let sink = start(name, config, &client, &store, dead_letters(&dlq));
+    let dead = consume_at_least(&client, &dlq, 1, Duration::from_secs(30)).await.unwrap();
+    wait_until("offset 201 committed", Duration::from_secs(20), || {
+        futures::executor::block_on(committed(&store, name, name)) == 201
+    })
+    .await
+    .unwrap();
+    let values = || -> BTreeSet<i64> {
+        sub.messages()
+            .iter()
+            .flat_map(|m| decode_metrics(&decode_payload(&m.payload).unwrap()).unwrap())
+            .map(|m| match m.value {
+                Value::Int(v) => v,
+                other => panic!("unexpected value {other:?}"),
+            })
+            .collect()
+    };
+    wait_until("200 delivered", Duration::from_secs(10), || values().len() >= 200).await.unwrap();
+    sink.shutdown.cancel();
+    sink.handle.await.unwrap().unwrap();
+    stop_births.cancel();
+    if let Some(births) = births {
+        let sent = births.await.unwrap();
+        assert!(sent > 10, "the edge node published {sent} BIRTHs meanwhile");
+    }
+    let normal: BTreeSet<i64> = (0..201).filter(|i| *i != 100).collect();
+    assert_eq!(values(), normal, "every normal command, and not the big one");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "__connect.errors.offset"), "100");
+    let why = header(&dead[0], "__connect.errors.exception.message");
+    tracing::info!(name, why, connects = connections(&mqtt, name), "dead-lettered");
+    assert!(why.contains("closed the connection 3 times right after this publish"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_mqtt311_a_command_the_broker_drops_the_connection_on_is_dead_lettered_after_a_few_tries(
+) {
+    a_sparkplug_command_the_broker_drops_the_connection_on_is_dead_lettered("spdrop4", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_with_births_every_few_ms_a_command_the_broker_drops_the_connection_on_is_dead_lettered(
+) {
+    let every = Some(Duration::from_millis(5));
+    a_sparkplug_command_the_broker_drops_the_connection_on_is_dead_lettered("spdrop4b", every)
+        .await;
+}

@@ -440,3 +440,126 @@ async fn after_a_broker_restart_the_sink_subscribes_again_and_uses_the_new_birth
         ("speed", Some(42), &Value::Double(3.0))
     );
 }
+
+impl Running {
+    /// MQTT connections the sink lost so far.
+    fn reconnects(&self) -> u64 {
+        let samples = self.stats.custom().samples();
+        samples.iter().filter(|c| c.name == "mqtt_reconnects").map(|c| c.value()).sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_qos0_births_while_commands_go_out_through_a_small_window_stalls_nothing() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let commands =
+        MqttSubscriber::connect(&mqtt.url(), "independent", "spBv1.0/+/DCMD/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    let store = Arc::new(MemoryOffsetStore::new());
+    let mut config = MqttSinkConfig::sparkplug_b(mqtt.url(), vec!["flood".into()]);
+    config.inflight = 5;
+    let sink = start("flood", config, &client, &store, "flood.dlq");
+    let publisher = MqttPublisher::connect(&mqtt.url(), "line-1").await.unwrap();
+    let mut edge = EdgeNode::new("plant", "line-1");
+    birth_until_learned(&sink, &publisher, &mut edge).await;
+
+    // 20,000 BIRTHs at QoS 0, as Sparkplug publishes them (the broker has no in-flight limit
+    // for those), from another edge node, as fast as it can, while the commands go out.
+    let stop = CancellationToken::new();
+    let flood = {
+        let (stop, url) = (stop.clone(), mqtt.url());
+        tokio::spawn(async move {
+            let publisher = MqttPublisher::connect(&url, "line-9").await.unwrap();
+            let mut edge = EdgeNode::new("plant", "line-9");
+            let mut sent = 0u64;
+            while !stop.is_cancelled() && sent < 20_000 {
+                for (topic, payload) in births(&mut edge) {
+                    publisher.publish(&topic, QoS::AtMostOnce, false, payload).await.unwrap();
+                }
+                sent += 2;
+                if sent % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sent
+        })
+    };
+    let produced = (0..2000)
+        .map(|i| {
+            ProducerRecord::new("flood", format!(r#"{{"name":"target_temp","value":{i}}}"#))
+                .with_key("plant/line-1/press-2")
+        })
+        .collect();
+    client.produce(produced).await.unwrap();
+    let committed_all = wait_until("offset 2000 committed", Duration::from_secs(30), || {
+        futures::executor::block_on(committed(&store, "flood", "flood")) == 2000
+    })
+    .await;
+    stop.cancel();
+    let births_sent = flood.await.unwrap();
+    let at = committed(&store, "flood", "flood").await;
+    let (learned, reconnects) = (sink.births_learned(), sink.reconnects());
+    eprintln!("{births_sent} QoS 0 BIRTHs published meanwhile, {learned} learned, committed {at}, {reconnects} reconnects, {} commands seen", commands.count());
+    committed_all.unwrap();
+    let got = commands.wait_for(2000, Duration::from_secs(10)).await.unwrap();
+    let (learned, reconnects) = (sink.births_learned(), sink.reconnects());
+    sink.stop().await;
+    eprintln!("{births_sent} QoS 0 BIRTHs published meanwhile, {learned} learned");
+    assert_eq!(births_sent, 20_000, "the flood went on while the commands went out");
+    assert_eq!(reconnects, 0, "the sink lost its connection in the flood");
+    let values: Vec<Value> = got.iter().map(|m| metrics(&m.payload).remove(0).value).collect();
+    let expected: Vec<Value> = (0..2000).map(Value::Int).collect();
+    assert_eq!(values, expected, "every command once, in order");
+}
+
+/// Connections the broker accepted from `client_id`, from its log (kept across restarts).
+fn connections(mqtt: &Mosquitto, client_id: &str) -> usize {
+    let as_client = format!(" as {client_id} (");
+    mqtt.log()
+        .lines()
+        .filter(|l| l.contains("New client connected") && l.contains(&as_client))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_the_sink_forgets_births_it_may_have_missed_and_sends_names() {
+    init_tracing();
+    let mut mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let store = Arc::new(MemoryOffsetStore::new());
+    let config = MqttSinkConfig::sparkplug_b(mqtt.url(), vec!["forget".into()]);
+    let sink = start("forget", config, &client, &store, "forget.dlq");
+    let publisher = MqttPublisher::connect(&mqtt.url(), "line-1").await.unwrap();
+    let mut edge = EdgeNode::new("plant", "line-1");
+    birth_until_learned(&sink, &publisher, &mut edge).await;
+    let before = connections(&mqtt, "forget");
+
+    // While the sink is away the node may be born again with other aliases (its BIRTH, QoS 0
+    // and not retained, never reaches the sink): the old aliases must not be used.
+    mqtt.restart().await.unwrap();
+    wait_until("the sink connected again", Duration::from_secs(20), || {
+        connections(&mqtt, "forget") > before
+    })
+    .await
+    .unwrap();
+    let commands =
+        MqttSubscriber::connect(&mqtt.url(), "independent", "spBv1.0/+/NCMD/+", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    let record =
+        ProducerRecord::new("forget", r#"{"name":"speed","value":3.0}"#).with_key("plant/line-1");
+    client.produce(vec![record]).await.unwrap();
+    let got = commands.wait_for(1, Duration::from_secs(20)).await.unwrap();
+    sink.stop().await;
+    let m = metrics(&got[0].payload);
+    assert_eq!(
+        (m[0].name.as_str(), m[0].alias, &m[0].value),
+        ("speed", None, &Value::Double(3.0)),
+        "by name: the alias of the BIRTH before the reconnect may be stale"
+    );
+}

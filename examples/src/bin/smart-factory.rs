@@ -350,9 +350,13 @@ impl Line {
     }
 }
 
+/// How long the dying line runs past `seconds` at most, waiting for its commands.
+const DIE_WITHIN: Duration = Duration::from_secs(25);
+
 /// Runs one line for `seconds`: DATA at `rate`, commands as they come; `die_at` (seconds after
-/// the start) kills its connection without a DISCONNECT, and it comes back a second later with a
-/// new bdSeq and its births.
+/// the start, once its presses took their commands, which may be after `seconds`: it runs on
+/// for at most [`DIE_WITHIN`] more) kills its connection without a DISCONNECT, and it comes back
+/// a second later with a new bdSeq and its births.
 async fn run_line(
     mut line: Line,
     mut commands: mpsc::Receiver<(String, Vec<u8>)>,
@@ -366,7 +370,10 @@ async fn run_line(
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate.max(1)));
     let mut ticks = 0u64;
     let mut died = false;
-    while started.elapsed() < Duration::from_secs(seconds) {
+    let run_for = Duration::from_secs(seconds);
+    while started.elapsed() < run_for
+        || (die_at.is_some() && !died && started.elapsed() < run_for + DIE_WITHIN)
+    {
         tokio::select! {
             _ = tick.tick() => {
                 ticks += 1;
@@ -380,13 +387,9 @@ async fn run_line(
             }
         }
         // It dies once its presses took their commands (a dead node misses commands: its new
-        // session is a clean one, as Sparkplug wants), or a second before the end at the latest.
+        // session is a clean one, as Sparkplug wants), however late they come.
         let commanded = line.log.lock().setpoints.len() >= line.presses.len();
-        let latest = Duration::from_secs(seconds.saturating_sub(1));
-        let due = |at: u64| {
-            let elapsed = started.elapsed();
-            elapsed >= Duration::from_secs(at) && (commanded || elapsed >= latest)
-        };
+        let due = |at: u64| commanded && started.elapsed() >= Duration::from_secs(at);
         if !died && die_at.is_some_and(due) {
             died = true;
             // Everything published so far reached the broker, then the connection drops
@@ -454,8 +457,12 @@ async fn read_all(client: &KafkaClient, topic: &str) -> Result<Vec<(String, Json
 /// What Kafka holds for one edge node (its devices included).
 #[derive(Debug, Default)]
 struct Seen {
+    /// Distinct BIRTHs (a redelivered one counts once, so it cannot hide a lost one).
     nbirths: u64,
     dbirths: u64,
+    births: BTreeSet<(String, String, Option<u64>, Option<u64>)>,
+    /// bdSeqs of the node's distinct offline status records.
+    offline_bd_seqs: BTreeSet<Option<u64>>,
     /// Distinct DATA messages (by device and counter metric), and repeats.
     data: BTreeSet<(String, u64)>,
     repeats: u64,
@@ -477,9 +484,19 @@ fn tally(records: &[(String, Json)]) -> BTreeMap<String, Seen> {
         let (Some(group), Some(node)) = (v["group"].as_str(), v["node"].as_str()) else { continue };
         let s = seen.entry(format!("{group}/{node}")).or_default();
         let device = v["device"].as_str().unwrap_or("").to_owned();
-        match v["type"].as_str().unwrap_or("") {
-            "NBIRTH" => s.nbirths += 1,
-            "DBIRTH" => s.dbirths += 1,
+        let kind = v["type"].as_str().unwrap_or("");
+        match kind {
+            "NBIRTH" | "DBIRTH" => {
+                let id =
+                    (kind.to_owned(), device.clone(), v["seq"].as_u64(), v["timestamp"].as_u64());
+                if s.births.insert(id) {
+                    if kind == "NBIRTH" {
+                        s.nbirths += 1;
+                    } else {
+                        s.dbirths += 1;
+                    }
+                }
+            }
             kind @ ("NDATA" | "DDATA") => {
                 let counter = if kind == "NDATA" { "messages" } else { "cycles" };
                 let n = metric(v, counter).and_then(Json::as_u64).unwrap_or(u64::MAX);
@@ -493,7 +510,9 @@ fn tally(records: &[(String, Json)]) -> BTreeMap<String, Seen> {
                 }
             }
             "status" if device.is_empty() => match v["status"].as_str() {
-                Some("offline") => s.offline += 1,
+                Some("offline") if s.offline_bd_seqs.insert(v["bd_seq"].as_u64()) => {
+                    s.offline += 1;
+                }
                 Some("online") => s.online += 1,
                 _ => {}
             },
@@ -656,10 +675,15 @@ async fn factory(args: Args) -> Result<bool> {
     loop {
         records = read_all(&kafka, DATA_TOPIC).await?;
         seen = tally(&records);
+        // Everything published is in Kafka, and the dying line died (it waits for its commands).
         let complete = logs.iter().all(|(n, log)| {
             let l = log.lock();
-            seen.get(&format!("{GROUP}/{n}"))
-                .is_some_and(|s| s.data.len() as u64 >= l.ndata + l.ddata)
+            let died = Some(n) != dying.as_ref() || l.deaths > 0;
+            died && seen.get(&format!("{GROUP}/{n}")).is_some_and(|s| {
+                s.data.len() as u64 >= l.ndata + l.ddata
+                    && s.nbirths + s.dbirths >= l.nbirths + l.dbirths
+                    && s.offline >= l.deaths
+            })
         });
         if complete || Instant::now() > deadline {
             break;
@@ -668,10 +692,16 @@ async fn factory(args: Args) -> Result<bool> {
     }
     stop_lines.cancel();
     for r in running {
-        r.await.map_err(|e| Error::fatal("a line crashed").with_source(e))??;
+        tokio::time::timeout(DIE_WITHIN + Duration::from_secs(10), r)
+            .await
+            .map_err(|_| Error::fatal("a line did not stop"))?
+            .map_err(|e| Error::fatal("a line crashed").with_source(e))??;
     }
     shutdown.cancel();
-    runner.await.map_err(|e| Error::fatal("runner").with_source(e))??;
+    tokio::time::timeout(Duration::from_secs(30), runner)
+        .await
+        .map_err(|_| Error::fatal("the connectors did not stop within 30 s"))?
+        .map_err(|e| Error::fatal("runner").with_source(e))??;
 
     // The account, per node.
     println!("\n=== what flowed ({:.1} s) ===", started.elapsed().as_secs_f64());
