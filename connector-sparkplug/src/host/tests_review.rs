@@ -330,14 +330,14 @@ fn dbirths_of_nodes_never_born_are_bounded_over_all_nodes_too() {
     let metrics: Vec<_> =
         metrics.iter().map(|(n, a, v, d)| (n.as_str(), *a, v.clone(), *d)).collect();
     for n in 0..20 {
-        let mut edge = EdgeNode::new("g", &format!("n{n}"));
+        let mut edge = EdgeNode::new("g", format!("n{n}"));
         let (t, p) = edge.dbirth("d", &metrics, n).unwrap();
         host.handle(&t, &p, n);
         assert!(host.total_metrics() <= 10, "node {n}: {} metrics", host.total_metrics());
     }
     let learned = (0..20)
         .filter(|n| {
-            let device = DeviceKey::device(EdgeNode::new("g", &format!("n{n}")).key(), "d");
+            let device = DeviceKey::device(EdgeNode::new("g", format!("n{n}")).key(), "d");
             host.lookup(&device, "m0").is_some()
         })
         .count();
