@@ -2,6 +2,7 @@
 
 pub mod backoff;
 mod config;
+mod crash_point;
 pub mod converter;
 mod error;
 mod error_policy;
@@ -20,6 +21,7 @@ pub mod tls;
 pub mod transform;
 
 pub use config::{ConfigError, ConfigErrors, ConnectorConfig};
+pub use crash_point::crash_point;
 pub use converter::Converter;
 pub use error::{Error, ErrorContext, ErrorKind, Result};
 pub use error_policy::{ErrorPolicyConfig, RetryTimeout, Tolerance};
