@@ -17,10 +17,10 @@ use crate::process::{broker_cache_dir, find_binary, free_port, tail, wait_for_po
 use crate::proxy::FaultProxy;
 use crate::tls::{TestPki, TlsProxy};
 
-/// Tansu 0.6.0 with `scripts/tansu/endtxn.patch` (0.6.0 routes no EndTxn request, so no
-/// transaction could end), which `scripts/install-brokers` builds.
+/// Tansu 0.6.0 with the transaction fixes of `scripts/tansu/*.patch` (an EndTxn route; aborted
+/// transactions in fetch answers), which `scripts/install-brokers` builds.
 const INSTALL_TANSU: &str =
-    "scripts/install-brokers (builds Tansu 0.6.0 with scripts/tansu/endtxn.patch into ~/.cache/connector-brokers/tansu-0.6.0-endtxn)";
+    "scripts/install-brokers (builds Tansu 0.6.0 with scripts/tansu/*.patch into ~/.cache/connector-brokers/tansu-0.6.0-txn)";
 
 /// Where Tansu keeps its data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl Tansu {
         find_binary(
             "tansu",
             "TANSU_BIN",
-            &[broker_cache_dir().join("tansu-0.6.0-endtxn").join("bin").join("tansu")],
+            &[broker_cache_dir().join("tansu-0.6.0-txn").join("bin").join("tansu")],
             INSTALL_TANSU,
         )
     }
