@@ -284,3 +284,40 @@ async fn offsets_written_in_a_transaction_count_only_once_it_commits() {
     assert_eq!(at(&reader.load("src").await.unwrap()), Some(3));
     assert_eq!(at(&reader.load("other").await.unwrap()), Some(9));
 }
+
+/// Tansu holds a committed transaction "prepared" while any other transaction whose records
+/// interleave with it on a partition is open (Kafka commits it at once). Two producers whose
+/// transactions keep overlapping on one partition therefore hold the last stable offset at the
+/// start of the first one until, at some commit, no overlapping transaction is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_transactions_hold_the_last_stable_offset_until_none_is_open() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("overlap", 1, 1).await.unwrap();
+    let mut a = TransactionalProducer::init(client.clone(), "a", TXN_TIMEOUT).await.unwrap();
+    let mut b = TransactionalProducer::init(client.clone(), "b", TXN_TIMEOUT).await.unwrap();
+
+    let mut lso = Vec::new();
+    assert!(a.send(records("overlap", "a0-", 1)).await.unwrap().iter().all(Result::is_ok));
+    for round in 0..3 {
+        assert!(b.send(records("overlap", &format!("b{round}-"), 1)).await.unwrap()[0].is_ok());
+        a.commit().await.unwrap();
+        assert!(
+            a.send(records("overlap", &format!("a{}-", round + 1), 1)).await.unwrap()[0].is_ok()
+        );
+        b.commit().await.unwrap();
+        lso.push(client.stable_end_offset("overlap", 0).await.unwrap());
+    }
+    let held = client.stable_end_offset("overlap", 0).await.unwrap();
+    a.commit().await.unwrap();
+    let released = client.stable_end_offset("overlap", 0).await.unwrap();
+    let end = client.end_offset("overlap", 0).await.unwrap();
+    eprintln!(
+        "LSO after each round {lso:?}, before the last commit {held}, after {released}, end {end}"
+    );
+    // Kafka would have moved it past every committed transaction; Tansu 0.6.0 keeps it at 0.
+    assert_eq!((lso, held), (vec![0, 0, 0], 0), "Tansu holds the LSO while transactions overlap");
+    assert_eq!(released, end, "nothing open: everything stable");
+    assert_eq!(read_all(&client, "overlap", Isolation::ReadCommitted).await.len(), 7);
+}

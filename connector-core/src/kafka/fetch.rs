@@ -370,6 +370,7 @@ impl KafkaClient {
             }
         }
         let visible_end = raw.end(isolation);
+        let raw_high_watermark = raw.high_watermark;
         let (run, end) = contiguous_run(raw.batches, start);
         // Gaps in a compacted topic are removed records, not records still being written, unless
         // the batch after the first gap is recent: then the run ends there and the next fetch,
@@ -394,7 +395,15 @@ impl KafkaClient {
             // A transaction whose marker is past this response, with nothing before it to
             // return: look ahead for the marker (so the fetch makes progress).
             if decided.first().is_some_and(Option::is_none) {
-                let later = self.later_markers(topic, partition, next_offset, visible_end).await?;
+                let wanted: Vec<i64> = batches
+                    .iter()
+                    .zip(&decided)
+                    .filter(|(_, d)| d.is_none())
+                    .map(|(b, _)| b.producer_id)
+                    .collect();
+                let later = self
+                    .later_markers(topic, partition, next_offset, raw_high_watermark, &wanted)
+                    .await?;
                 decided = decide(&batches, &later);
             }
             let (kept, undecided) = committed_only(batches, &decided);
@@ -408,23 +417,32 @@ impl KafkaClient {
         Ok(FetchResult::Records(Fetched { records, next_offset, high_watermark: visible_end }))
     }
 
-    /// The transaction markers from `from` up to `until` (read_committed), for deciding batches
-    /// whose markers a fetch did not reach; at most [`MAX_MARKER_FETCHES`] fetches.
+    /// The transaction markers from `from` up to `until` (the high watermark: a marker of a
+    /// transaction that ended can lie past the last stable offset, when a transaction that began
+    /// before it ended is still open), until one of each of `wanted` producers is found; at most
+    /// [`MAX_MARKER_FETCHES`] fetches, at read_uncommitted.
     async fn later_markers(
         &self,
         topic: &str,
         partition: i32,
         from: i64,
         until: i64,
+        wanted: &[i64],
     ) -> Result<Vec<(i64, i64, bool)>> {
-        let mut found = Vec::new();
+        let mut found: Vec<(i64, i64, bool)> = Vec::new();
         let mut at = from;
         for _ in 0..MAX_MARKER_FETCHES {
-            if at >= until {
+            if at >= until || wanted.iter().all(|p| found.iter().any(|m| m.0 == *p)) {
                 break;
             }
             let Some(mut raw) = self
-                .raw_fetch(topic, partition, at, Duration::from_millis(1), Isolation::ReadCommitted)
+                .raw_fetch(
+                    topic,
+                    partition,
+                    at,
+                    Duration::from_millis(1),
+                    Isolation::ReadUncommitted,
+                )
                 .await?
             else {
                 break;
