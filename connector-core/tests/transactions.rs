@@ -262,7 +262,7 @@ async fn offsets_written_in_a_transaction_count_only_once_it_commits() {
         Some(1)
     );
 
-    // Open: not yet, and it holds back a later plain save, but no load hangs on it.
+    // Open: not yet, and it does not hold back a later plain save, nor does a load wait for it.
     assert!(p
         .send(store.offset_records("src", &offsets(3)))
         .await
@@ -272,9 +272,11 @@ async fn offsets_written_in_a_transaction_count_only_once_it_commits() {
     store.save("other", &offsets(9)).await.unwrap();
     let started = Instant::now();
     assert_eq!(at(&reader.load("src").await.unwrap()), Some(1));
-    assert_eq!(at(&reader.load("other").await.unwrap()), None, "behind the open transaction");
+    assert_eq!(at(&reader.load("other").await.unwrap()), Some(9), "not held back by the open txn");
+    let fresh = KafkaOffsetStore::new(client.clone(), "connect-offsets");
+    assert_eq!(at(&fresh.load("src").await.unwrap()), Some(1));
+    assert_eq!(at(&fresh.load("other").await.unwrap()), Some(9));
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    // The writer knows what it saved.
     assert_eq!(at(&store.load("other").await.unwrap()), Some(9));
     assert_eq!(at(&store.load("src").await.unwrap()), Some(1));
 
@@ -283,6 +285,7 @@ async fn offsets_written_in_a_transaction_count_only_once_it_commits() {
     assert_eq!(at(&store.load("src").await.unwrap()), Some(3));
     assert_eq!(at(&reader.load("src").await.unwrap()), Some(3));
     assert_eq!(at(&reader.load("other").await.unwrap()), Some(9));
+    assert_eq!(at(&fresh.load("src").await.unwrap()), Some(3), "re-read from the open txn");
 }
 
 /// Tansu holds a committed transaction "prepared" while any other transaction whose records
@@ -320,4 +323,37 @@ async fn overlapping_transactions_hold_the_last_stable_offset_until_none_is_open
     assert_eq!((lso, held), (vec![0, 0, 0], 0), "Tansu holds the LSO while transactions overlap");
     assert_eq!(released, end, "nothing open: everything stable");
     assert_eq!(read_all(&client, "overlap", Isolation::ReadCommitted).await.len(), 7);
+}
+
+/// Offsets committed while another producer's transaction overlaps them on the offsets topic
+/// (Tansu then holds the last stable offset before them) are read by a new store all the same:
+/// a restarted task must find the packet ids its last transaction recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_are_read_while_an_overlapping_transaction_holds_the_lso() {
+    use connector_core::{KafkaOffsetStore, OffsetMap, OffsetStore, TopicPartition};
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    let offsets = |o: i64| {
+        let mut m = OffsetMap::new();
+        m.insert_kafka(&TopicPartition::new("commands", 0), o);
+        m
+    };
+    let store = KafkaOffsetStore::new(client.clone(), "connect-offsets");
+    store.prepare().await.unwrap();
+    let mut other =
+        TransactionalProducer::init(client.clone(), "other", TXN_TIMEOUT).await.unwrap();
+    let mut task = TransactionalProducer::init(client.clone(), "task", TXN_TIMEOUT).await.unwrap();
+    assert!(other.send(store.offset_records("o", &offsets(1))).await.unwrap()[0].is_ok());
+    assert!(task.send(store.offset_records("t", &offsets(5))).await.unwrap()[0].is_ok());
+    task.commit().await.unwrap();
+    assert_eq!(client.stable_end_offset("connect-offsets", 0).await.unwrap(), 0, "held by `other`");
+
+    let restarted = KafkaOffsetStore::new(client.clone(), "connect-offsets");
+    let loaded = restarted.load("t").await.unwrap();
+    assert_eq!(loaded.kafka_offset(&TopicPartition::new("commands", 0)), Some(5));
+    assert!(restarted.load("o").await.unwrap().is_empty(), "still open");
+    other.commit().await.unwrap();
+    let loaded = restarted.load("o").await.unwrap();
+    assert_eq!(loaded.kafka_offset(&TopicPartition::new("commands", 0)), Some(1));
 }
