@@ -357,3 +357,57 @@ async fn committed_offsets_are_read_while_an_overlapping_transaction_holds_the_l
     let loaded = restarted.load("o").await.unwrap();
     assert_eq!(loaded.kafka_offset(&TopicPartition::new("commands", 0)), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_gets_its_own_error_and_the_transaction_can_only_be_aborted() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("rej", 1, 1).await.unwrap();
+    let mut p = TransactionalProducer::init(client.clone(), "rej-1", TXN_TIMEOUT).await.unwrap();
+
+    let mut batch = records("rej", "ok", 2);
+    batch.insert(1, ProducerRecord::new("rej", "bad").with_partition(7));
+    let results = p.send(batch).await.unwrap();
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let err = results[1].as_ref().unwrap_err();
+    assert_eq!(err.kind(), connector_core::ErrorKind::RecordRejected, "{err}");
+    let refused = p.commit().await.unwrap_err();
+    assert!(refused.to_string().contains("abort"), "{refused}");
+    p.abort().await.unwrap();
+    assert!(read_all(&client, "rej", Isolation::ReadCommitted).await.is_empty());
+
+    // The next transaction is a fresh one.
+    assert!(p.send(records("rej", "next", 2)).await.unwrap().iter().all(Result::is_ok));
+    p.commit().await.unwrap();
+    assert_eq!(read_all(&client, "rej", Isolation::ReadCommitted).await, values("next", 2));
+}
+
+/// Figures for choosing transaction sizes (printed; asserts only that it completes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_round_trip_figures() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("figures", 1, 1).await.unwrap();
+    let mut p = TransactionalProducer::init(client.clone(), "fig-1", TXN_TIMEOUT).await.unwrap();
+    for size in [1, 100, 1000] {
+        let txns = 10;
+        let started = Instant::now();
+        let mut send_time = Duration::ZERO;
+        for t in 0..txns {
+            let s = Instant::now();
+            let sent = p.send(records("figures", &format!("{size}-{t}-"), size)).await.unwrap();
+            send_time += s.elapsed();
+            assert!(sent.iter().all(Result::is_ok));
+            p.commit().await.unwrap();
+        }
+        let total = started.elapsed();
+        eprintln!(
+            "FIGURES txn of {size} records: {:.1} ms per transaction ({:.1} ms of it the send), {:.0} records/s",
+            total.as_secs_f64() * 1000.0 / f64::from(txns),
+            send_time.as_secs_f64() * 1000.0 / f64::from(txns),
+            f64::from(txns) * size as f64 / total.as_secs_f64()
+        );
+    }
+}
