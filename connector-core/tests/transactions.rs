@@ -411,3 +411,13 @@ async fn transaction_round_trip_figures() {
         );
     }
 }
+
+/// The producer's futures can run on a multi-threaded runtime (compile-time check).
+#[allow(dead_code)]
+fn the_futures_are_send(client: KafkaClient, p: &mut TransactionalProducer) {
+    fn send<T: Send>(_: T) {}
+    send(TransactionalProducer::init(client, "x", TXN_TIMEOUT));
+    send(p.send(Vec::new()));
+    send(p.commit());
+    send(p.abort());
+}
