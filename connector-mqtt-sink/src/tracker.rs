@@ -35,6 +35,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::exactly_once::{Done, Eos, Sent, Stored};
+
 use bytes::Bytes;
 use connector_core::{Error, SinkRecord, TopicPartition};
 use connector_mqtt_common::{Message, Outbound, PublishProperties, Refusal};
@@ -140,6 +142,11 @@ pub(crate) struct Tracker {
     /// Acknowledgements, refusals and ping answers received so far (a connection that got one
     /// worked, so the reconnect backoff starts over).
     pub(crate) answers: u64,
+    /// `exactly_once = true`: the packet-id state the event loop saves (see
+    /// [`exactly_once`](crate::exactly_once)).
+    eos: Option<Eos>,
+    /// Exactly once: records sent before a crash, to send again under their packet id (DUP).
+    resend: Vec<(u16, Publication)>,
 }
 
 impl Default for Tracker {
@@ -171,12 +178,115 @@ impl Tracker {
             failed: None,
             republished: 0,
             answers: 0,
+            eos: None,
+            resend: Vec::new(),
         }
+    }
+
+    /// Exactly once, resuming from the saved state `stored` (empty on the first run).
+    pub(crate) fn exactly_once(&mut self, stored: Stored) {
+        self.eos = Some(Eos::restore(stored));
+    }
+
+    /// Exactly once: whether the record at `offset` of `tp` is done or already handed over, so
+    /// it must not be published (again).
+    pub(crate) fn handled(&self, tp: &TopicPartition, offset: i64) -> bool {
+        self.eos.as_ref().is_some_and(|e| e.handled(tp, offset))
+    }
+
+    /// Exactly once: packet ids the state may still hold for other publishes.
+    fn state_holds(&self, pkid: u16) -> bool {
+        self.resend.iter().any(|(p, _)| *p == pkid)
+            || self.eos.as_ref().is_some_and(|e| {
+                e.pending_rels.contains(&pkid) || e.restored.values().any(|p| *p == pkid)
+            })
+    }
+
+    fn changed(&mut self, must_save: bool) {
+        if let Some(e) = &mut self.eos {
+            e.dirty = true;
+            e.must_save |= must_save;
+        }
+    }
+
+    /// Exactly once: the state to save before writing what was taken (`Some` when anything must
+    /// be saved first, or anything changed and `idle`).
+    pub(crate) fn state_to_save(&mut self, idle: bool) -> Option<(Stored, HashMap<TopicPartition, i64>)> {
+        let e = self.eos.as_ref()?;
+        if !(e.must_save || (idle && e.dirty)) {
+            return None;
+        }
+        let mut sent = Vec::new();
+        let mut released = Vec::new();
+        for (pkid, f) in &self.inflight {
+            if f.released {
+                released.push(*pkid);
+            } else {
+                let p = &f.publication;
+                sent.push(Sent { pkid: *pkid, topic: p.tp.topic.to_string(), partition: p.tp.partition, offset: p.offset });
+            }
+        }
+        for (pkid, p) in &self.resend {
+            sent.push(Sent { pkid: *pkid, topic: p.tp.topic.to_string(), partition: p.tp.partition, offset: p.offset });
+        }
+        let e = self.eos.as_mut()?;
+        for ((tp, offset), pkid) in &e.restored {
+            sent.push(Sent { pkid: *pkid, topic: tp.topic.to_string(), partition: tp.partition, offset: *offset });
+        }
+        released.extend(e.pending_rels.iter().copied());
+        sent.sort_by_key(|s| s.pkid);
+        released.sort_unstable();
+        let mut tps: Vec<TopicPartition> = self
+            .unacked
+            .keys()
+            .chain(e.last_added.keys())
+            .chain(e.loaded_through.keys())
+            .chain(e.finished.keys())
+            .chain(e.restored.keys().map(|(tp, _)| tp))
+            .cloned()
+            .collect();
+        tps.sort();
+        tps.dedup();
+        let mut done = Vec::new();
+        let mut throughs = HashMap::new();
+        for tp in tps {
+            let first = self.unacked.get(&tp).and_then(|s| s.first_key_value()).map(|(o, _)| *o);
+            let through = e.through(&tp, first);
+            let finished = e.finished.entry(tp.clone()).or_default();
+            finished.retain(|o| *o >= through);
+            done.push(Done { topic: tp.topic.to_string(), partition: tp.partition, through, above: finished.iter().copied().collect() });
+            throughs.insert(tp, through);
+        }
+        e.dirty = false;
+        e.must_save = false;
+        Some((Stored { sent, released, done }, throughs))
+    }
+
+    /// Exactly once: the state taken by [`state_to_save`](Self::state_to_save) is saved.
+    pub(crate) fn state_saved(&mut self, throughs: HashMap<TopicPartition, i64>) {
+        if let Some(e) = &mut self.eos {
+            e.persisted = throughs;
+            e.saves += 1;
+        }
+    }
+
+    /// Exactly once: saving the state failed; it is saved again before anything more is written.
+    pub(crate) fn state_not_saved(&mut self) {
+        self.changed(true);
+    }
+
+    /// Exactly once: state saves so far.
+    pub(crate) fn saves(&self) -> u64 {
+        self.eos.as_ref().map_or(0, |e| e.saves)
     }
 
     /// Publishes not yet done: waiting, in flight, being written, or refused and not yet handled.
     pub(crate) fn pending(&self) -> usize {
-        self.backlog.len() + self.inflight.len() + self.unwritten.len() + self.refused.len()
+        self.backlog.len()
+            + self.inflight.len()
+            + self.unwritten.len()
+            + self.refused.len()
+            + self.resend.len()
     }
 
     /// Registers a record to publish (its `seq` is assigned here).
@@ -184,6 +294,14 @@ impl Tracker {
         p.seq = self.next_seq;
         self.next_seq += 1;
         *self.unacked.entry(p.tp.clone()).or_default().entry(p.offset).or_default() += 1;
+        if let Some(e) = &mut self.eos {
+            e.added(&p.tp, p.offset);
+            if let Some(pkid) = e.restored.remove(&(p.tp.clone(), p.offset)) {
+                // Sent before a crash: again under its packet id, with DUP.
+                self.resend.push((pkid, p));
+                return;
+            }
+        }
         self.backlog.push_back(p);
     }
 
@@ -191,7 +309,9 @@ impl Tracker {
     fn next_pkid(&mut self) -> u16 {
         loop {
             self.last_pkid = if self.last_pkid == u16::MAX { 1 } else { self.last_pkid + 1 };
-            if !self.inflight.contains_key(&self.last_pkid) && self.reserved != Some(self.last_pkid)
+            if !self.inflight.contains_key(&self.last_pkid)
+                && self.reserved != Some(self.last_pkid)
+                && !self.state_holds(self.last_pkid)
             {
                 return self.last_pkid;
             }
@@ -238,6 +358,13 @@ impl Tracker {
         if !self.connected || self.awaiting_suback {
             return;
         }
+        // Exactly once: records sent before a crash, under their packet ids (the broker counts
+        // them already: outside the window).
+        for (pkid, p) in std::mem::take(&mut self.resend) {
+            out.push(p.packet(pkid, true));
+            self.inflight.insert(pkid, InFlight { publication: p, released: false });
+            self.changed(true);
+        }
         if self.probing.is_none() {
             // Kept session: the probe was acknowledged; the held publishes go out again now.
             for pkid in std::mem::take(&mut self.held) {
@@ -248,7 +375,7 @@ impl Tracker {
         }
         // A packet id reserved for a SUBSCRIBE is one fewer for publishes.
         let ids = usize::from(u16::MAX) - usize::from(self.reserved.is_some());
-        while self.inflight.len() < window.min(ids) && self.probing.is_none() {
+        while self.inflight.len() < window.min(ids) && self.probing.is_none() && self.state_room(window) {
             let Some(front) = self.backlog.front() else { break };
             let probe = front.suspect && front.qos != QoS::AtMostOnce;
             if probe && !self.inflight.is_empty() {
@@ -281,7 +408,17 @@ impl Tracker {
             }
             out.push(p.packet(pkid, false));
             self.inflight.insert(pkid, InFlight { publication: p, released: false });
+            self.changed(true);
         }
+    }
+
+    /// Exactly once: the state stays within the window (publishes in flight, PUBRELs and
+    /// packet ids of the loaded state, done offsets above the done-through). With nothing in
+    /// flight one more may go, so a state that fills the window cannot stall.
+    fn state_room(&self, window: usize) -> bool {
+        let Some(e) = &self.eos else { return true };
+        let used = self.inflight.len() + e.pending_rels.len() + e.restored.len() + e.finished_count();
+        used < window || (self.inflight.is_empty() && self.refused.is_empty())
     }
 
     /// Everything taken by [`take_sendable`](Self::take_sendable) was written out: the QoS 0
@@ -298,7 +435,17 @@ impl Tracker {
         if let Some(f) = self.inflight.remove(&pkid) {
             self.answers += 1;
             self.settle_probe(pkid);
-            self.done(&f.publication);
+            self.changed(false);
+            if !(self.eos.is_some() && f.released) {
+                // Exactly once: a QoS 2 publish was done at its PUBREC.
+                self.done(&f.publication);
+            }
+        } else if let Some(e) = &mut self.eos {
+            // A PUBREL of the loaded state completed.
+            if e.pending_rels.remove(&pkid) {
+                e.dirty = true;
+                self.answers += 1;
+            }
         }
     }
 
@@ -309,6 +456,7 @@ impl Tracker {
         self.heard = true;
         let Some(f) = self.inflight.remove(&refusal.pkid) else { return };
         self.answers += 1;
+        self.changed(false);
         self.settle_probe(refusal.pkid);
         let p = f.publication;
         let why =
@@ -358,28 +506,44 @@ impl Tracker {
     /// The error policy took care of a refused publish (dead letter written, or logged).
     pub(crate) fn settled(&mut self, p: &Publication) {
         self.done(p);
+        if let Some(e) = &mut self.eos {
+            e.finished.entry(p.tp.clone()).or_default().insert(p.offset);
+            e.dirty = true;
+        }
     }
 
     /// The broker received QoS 2 publish `pkid` (PUBREC); returns our PUBREL. (Sent for an
     /// unknown id too, so the broker can drop its state.)
     pub(crate) fn received(&mut self, pkid: u16) -> Outbound {
         self.heard = true;
-        if let Some(f) = self.inflight.get_mut(&pkid) {
-            f.released = true;
+        let newly = self.inflight.get_mut(&pkid).and_then(|f| {
+            let first = !std::mem::replace(&mut f.released, true);
+            first.then(|| (f.publication.tp.clone(), f.publication.offset))
+        });
+        if let (Some(e), Some((tp, offset))) = (&mut self.eos, newly) {
+            // Exactly once: the broker owns it now; the state must say so before the PUBREL.
+            e.finished.entry(tp.clone()).or_default().insert(offset);
+            e.dirty = true;
+            e.must_save = true;
+            self.done_offset(&tp, offset);
         }
         Outbound::PubRel(pkid)
     }
 
     fn done(&mut self, p: &Publication) {
-        let Some(copies) = self.unacked.get_mut(&p.tp) else { return };
-        if let Some(n) = copies.get_mut(&p.offset) {
+        self.done_offset(&p.tp, p.offset);
+    }
+
+    fn done_offset(&mut self, tp: &TopicPartition, offset: i64) {
+        let Some(copies) = self.unacked.get_mut(tp) else { return };
+        if let Some(n) = copies.get_mut(&offset) {
             *n -= 1;
             if *n == 0 {
-                copies.remove(&p.offset);
+                copies.remove(&offset);
             }
         }
         if copies.is_empty() {
-            self.unacked.remove(&p.tp);
+            self.unacked.remove(tp);
         }
     }
 
@@ -392,6 +556,23 @@ impl Tracker {
         self.awaiting_suback = false;
         self.probing = None;
         self.held.clear();
+        if let Some(e) = &mut self.eos {
+            if session_present {
+                // The loaded state's PUBRELs go out again first.
+                out.extend(e.pending_rels.iter().map(|p| Outbound::PubRel(*p)));
+            } else {
+                // A new session: the broker knows none of our packet ids. What was sent before
+                // the crash is published again under new ids (the broker may deliver it twice:
+                // a broker that lost the session loses the guarantee, not the messages).
+                e.pending_rels.clear();
+                e.restored.clear();
+                for (_, p) in std::mem::take(&mut self.resend) {
+                    self.unwritten.push(p);
+                }
+            }
+            e.dirty = true;
+            e.must_save = true;
+        }
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         flying.sort_by_key(|(_, f)| f.publication.seq);
         // QoS 0 publishes whose write did not complete go out again (in order).
@@ -486,7 +667,10 @@ impl Tracker {
             .map(|(tp, o)| {
                 let first_unacked =
                     self.unacked.get(tp).and_then(|s| s.first_key_value()).map(|(o, _)| *o);
-                (tp.clone(), first_unacked.map_or(*o, |u| u.min(*o)))
+                let safe = first_unacked.map_or(*o, |u| u.min(*o));
+                // Exactly once: never past what the saved state says is done.
+                let bound = self.eos.as_ref().and_then(|e| e.commit_bound(tp));
+                (tp.clone(), bound.map_or(safe, |b| b.min(safe)))
             })
             .collect()
     }

@@ -52,7 +52,7 @@ use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::stats::{TaskCounterHandle, TaskCounters, TaskKind, TaskStats};
 use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::runtime::CommitRequester;
-use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
+use crate::sink::{SinkTask, SinkTaskContext, SinkTaskState, StartFrom};
 use crate::{Error, Result};
 
 use commit::{
@@ -335,6 +335,8 @@ impl SinkEpoch {
 /// What every epoch of one task shares: identity, client, counters, settings, error policy.
 struct Env {
     name: Arc<str>,
+    /// The runner's offset store, where the task's own state lives (`SinkTaskContext::state`).
+    state: Arc<dyn OffsetStore>,
     task_id: usize,
     client: KafkaClient,
     stats: Arc<TaskCounters>,
@@ -370,6 +372,7 @@ impl Env {
         );
         Self {
             name: Arc::clone(&base.name),
+            state: Arc::clone(&base.offsets),
             task_id: base.task_id,
             client: base.client.clone(),
             stats,
@@ -388,7 +391,8 @@ impl Env {
         // Records the destination refuses after `put` go to the same error policy.
         let ctx = SinkTaskContext::new(Arc::clone(&self.name), self.task_id)
             .with_errant_record_reporter(Arc::new(self.handler.clone()))
-            .with_counters(self.counters.clone());
+            .with_counters(self.counters.clone())
+            .with_state(SinkTaskState::new(Arc::clone(&self.state), &self.name));
         let requests = ctx.commit_requester();
         (ctx, requests)
     }
