@@ -178,7 +178,12 @@ mod tests {
         let stored = Stored {
             sent: vec![Sent { pkid: 7, topic: "commands".into(), partition: 0, offset: 12 }],
             released: vec![3],
-            done: vec![Done { topic: "commands".into(), partition: 0, through: 10, above: vec![11] }],
+            done: vec![Done {
+                topic: "commands".into(),
+                partition: 0,
+                through: 10,
+                above: vec![11],
+            }],
         };
         let map = stored.to_map("sink-1").unwrap();
         assert_eq!(Stored::from_map(&map, "sink-1").unwrap(), stored);

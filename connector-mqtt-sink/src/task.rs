@@ -20,10 +20,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::{SinkSparkplugConfig, Tombstones};
 use crate::event_loop::{self, LoopSettings, Shared};
+use crate::exactly_once::Stored;
 use crate::properties::{self, Outcome, PropertyRules};
 use crate::render;
 use crate::sparkplug::{self, Births};
-use crate::exactly_once::Stored;
 use crate::tracker::{Publication, Tracker};
 
 /// Everything one sink task needs.

@@ -211,7 +211,10 @@ impl Tracker {
 
     /// Exactly once: the state to save before writing what was taken (`Some` when anything must
     /// be saved first, or anything changed and `idle`).
-    pub(crate) fn state_to_save(&mut self, idle: bool) -> Option<(Stored, HashMap<TopicPartition, i64>)> {
+    pub(crate) fn state_to_save(
+        &mut self,
+        idle: bool,
+    ) -> Option<(Stored, HashMap<TopicPartition, i64>)> {
         let e = self.eos.as_ref()?;
         if !(e.must_save || (idle && e.dirty)) {
             return None;
@@ -223,15 +226,30 @@ impl Tracker {
                 released.push(*pkid);
             } else {
                 let p = &f.publication;
-                sent.push(Sent { pkid: *pkid, topic: p.tp.topic.to_string(), partition: p.tp.partition, offset: p.offset });
+                sent.push(Sent {
+                    pkid: *pkid,
+                    topic: p.tp.topic.to_string(),
+                    partition: p.tp.partition,
+                    offset: p.offset,
+                });
             }
         }
         for (pkid, p) in &self.resend {
-            sent.push(Sent { pkid: *pkid, topic: p.tp.topic.to_string(), partition: p.tp.partition, offset: p.offset });
+            sent.push(Sent {
+                pkid: *pkid,
+                topic: p.tp.topic.to_string(),
+                partition: p.tp.partition,
+                offset: p.offset,
+            });
         }
         let e = self.eos.as_mut()?;
         for ((tp, offset), pkid) in &e.restored {
-            sent.push(Sent { pkid: *pkid, topic: tp.topic.to_string(), partition: tp.partition, offset: *offset });
+            sent.push(Sent {
+                pkid: *pkid,
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                offset: *offset,
+            });
         }
         released.extend(e.pending_rels.iter().copied());
         sent.sort_by_key(|s| s.pkid);
@@ -254,7 +272,12 @@ impl Tracker {
             let through = e.through(&tp, first);
             let finished = e.finished.entry(tp.clone()).or_default();
             finished.retain(|o| *o >= through);
-            done.push(Done { topic: tp.topic.to_string(), partition: tp.partition, through, above: finished.iter().copied().collect() });
+            done.push(Done {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                through,
+                above: finished.iter().copied().collect(),
+            });
             throughs.insert(tp, through);
         }
         e.dirty = false;
@@ -375,7 +398,10 @@ impl Tracker {
         }
         // A packet id reserved for a SUBSCRIBE is one fewer for publishes.
         let ids = usize::from(u16::MAX) - usize::from(self.reserved.is_some());
-        while self.inflight.len() < window.min(ids) && self.probing.is_none() && self.state_room(window) {
+        while self.inflight.len() < window.min(ids)
+            && self.probing.is_none()
+            && self.state_room(window)
+        {
             let Some(front) = self.backlog.front() else { break };
             let probe = front.suspect && front.qos != QoS::AtMostOnce;
             if probe && !self.inflight.is_empty() {
@@ -417,7 +443,8 @@ impl Tracker {
     /// flight one more may go, so a state that fills the window cannot stall.
     fn state_room(&self, window: usize) -> bool {
         let Some(e) = &self.eos else { return true };
-        let used = self.inflight.len() + e.pending_rels.len() + e.restored.len() + e.finished_count();
+        let used =
+            self.inflight.len() + e.pending_rels.len() + e.restored.len() + e.finished_count();
         used < window || (self.inflight.is_empty() && self.refused.is_empty())
     }
 
@@ -1155,5 +1182,105 @@ mod tests {
         }
         assert!(!t.has_refused(), "unrelated drops are no strikes");
         assert_eq!(t.inflight.values().map(|f| f.publication.strikes).collect::<Vec<_>>(), [0]);
+    }
+
+    fn eos_add(t: &mut Tracker, offset: i64) -> bool {
+        if t.handled(&tp(), offset) {
+            return false;
+        }
+        t.add(publication(offset, QoS::ExactlyOnce));
+        true
+    }
+
+    #[test]
+    fn exactly_once_saves_the_packet_id_before_the_publish_and_the_pubrec_before_the_pubrel() {
+        let mut t = Tracker::new(1000);
+        t.exactly_once(Stored::default());
+        let mut out = Vec::new();
+        t.connected(false, &mut out);
+        assert!(
+            t.state_to_save(false).is_some(),
+            "a new connection: saved before anything goes out"
+        );
+        for o in 0..3 {
+            assert!(eos_add(&mut t, o));
+        }
+        assert!(!eos_add(&mut t, 1), "handed over already: not published twice");
+        t.take_sendable(10, &mut out);
+        assert_eq!(
+            sent(&out),
+            [(1, "m0".into(), false), (2, "m1".into(), false), (3, "m2".into(), false)]
+        );
+        let (state, throughs) = t.state_to_save(false).expect("sent entries before the PUBLISH");
+        assert_eq!(
+            state.sent.iter().map(|s| (s.pkid, s.offset)).collect::<Vec<_>>(),
+            [(1, 0), (2, 1), (3, 2)]
+        );
+        assert_eq!(state.done[0].through, 0);
+        t.state_saved(throughs);
+        assert!(t.state_to_save(false).is_none(), "nothing new to say");
+        // PUBREC for offset 1 (out of order): saved before its PUBREL; not yet committable.
+        assert_eq!(t.received(2), Outbound::PubRel(2));
+        assert_eq!(safe(&t, 3), 0);
+        let (state, throughs) = t.state_to_save(false).expect("the PUBREC before the PUBREL");
+        assert_eq!(state.released, [2]);
+        assert_eq!((state.done[0].through, state.done[0].above.clone()), (0, vec![1]));
+        t.state_saved(throughs);
+        t.received(1);
+        let (state, throughs) = t.state_to_save(false).unwrap();
+        assert_eq!((state.done[0].through, state.done[0].above.clone()), (2, vec![]));
+        assert_eq!(safe(&t, 3), 0, "the done-through of the saved state bounds the commit");
+        t.state_saved(throughs);
+        assert_eq!(safe(&t, 3), 2);
+        // PUBCOMP frees the ids; saved when idle, never needed before a write.
+        t.acknowledged(1);
+        t.acknowledged(2);
+        assert!(t.state_to_save(false).is_none());
+        let (state, _) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
+        assert_eq!(state.sent.iter().map(|s| s.pkid).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn exactly_once_resumes_a_kept_session_with_the_same_packet_ids() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: vec![1],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![4] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored.clone());
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert_eq!(sent(&out), [(1, "rel".into(), false)], "the pending PUBREL again");
+        let (state, _) = t.state_to_save(false).unwrap();
+        assert_eq!(state, stored, "nothing new yet");
+        out.clear();
+        let added: Vec<i64> = (2..7).filter(|o| eos_add(&mut t, *o)).collect();
+        assert_eq!(added, [3, 5, 6], "2 is below the done-through, 4 is done");
+        t.take_sendable(10, &mut out);
+        let ids: Vec<(u16, String, bool)> = sent(&out);
+        assert_eq!(ids[0], (5, "m3".into(), true), "the same packet id, with DUP");
+        assert!(ids[1..].iter().all(|(p, _, dup)| *p != 5 && *p != 1 && !dup), "{ids:?}");
+        t.acknowledged(1);
+        let (state, _) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
+    }
+
+    #[test]
+    fn exactly_once_without_a_kept_session_publishes_again_under_new_ids() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: vec![1],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        let mut out = Vec::new();
+        t.connected(false, &mut out);
+        assert!(out.is_empty());
+        assert!(eos_add(&mut t, 3));
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(1, "m3".into(), false)]);
     }
 }
