@@ -23,7 +23,7 @@ pub(crate) mod wire;
 
 pub use client::{KafkaClient, OffsetSpec, PartitionMetadata, TopicMetadata};
 pub use config::{Compression, KafkaConfig, SaslMechanism, SecurityProtocol};
-pub use fetch::{FetchResult, Fetched};
+pub use fetch::{FetchResult, Fetched, Isolation};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerState, TopicBudget, DEFAULT_TOPIC_IDLE};
 pub use records::ProducerRecord;

@@ -64,10 +64,8 @@ pub(crate) mod primitives {
 
 /// v2 record batches.
 pub(crate) mod record {
-    #[cfg(test)]
-    pub(crate) use rskafka::protocol::record::ControlBatchRecord;
     pub(crate) use rskafka::protocol::record::{
-        ControlBatchOrRecords, Record, RecordBatch, RecordBatchCompression,
+        ControlBatchOrRecords, ControlBatchRecord, Record, RecordBatch, RecordBatchCompression,
         RecordBatchTimestampType, RecordHeader,
     };
 }
