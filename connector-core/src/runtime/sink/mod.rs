@@ -60,7 +60,7 @@ use commit::{
 };
 pub use config::SinkRuntimeConfig;
 use deliver::{deliver, queue_for_put};
-use fetch::{fetch_loop, initial_offset, FetchMsg};
+use fetch::{fetch_loop, initial_offset, isolation, FetchMsg};
 pub(crate) use group::run_in_group;
 pub use group::SinkGroupSettings;
 
@@ -412,7 +412,9 @@ impl Env {
             let start = match stored.kafka_offset(tp) {
                 Some(o) => o,
                 None => {
-                    let o = initial_offset(client, tp, config.start).await?;
+                    let o =
+                        initial_offset(client, tp, config.start, isolation(config.read_committed))
+                            .await?;
                     resolved.insert_kafka(tp, o);
                     o
                 }
@@ -558,7 +560,7 @@ impl<'a> SinkDriver<'a> {
                 self.client.clone(),
                 tp,
                 offset,
-                config.start,
+                (config.start, isolation(config.read_committed)),
                 tx.clone(),
                 self.stop_fetchers.clone(),
                 lag,
@@ -755,7 +757,10 @@ async fn add_partitions(
     for tp in &parts {
         let start = match stored.kafka_offset(tp) {
             Some(o) => o,
-            None => initial_offset(client, tp, StartFrom::Earliest).await?,
+            None => {
+                let read = isolation(config.read_committed);
+                initial_offset(client, tp, StartFrom::Earliest, read).await?
+            }
         };
         starts.push(start);
     }
@@ -772,7 +777,7 @@ async fn add_partitions(
             client.clone(),
             tp,
             start,
-            config.start,
+            (config.start, isolation(config.read_committed)),
             tx.clone(),
             stop.clone(),
             lag,
