@@ -420,6 +420,24 @@ mod tests {
     }
 
     #[test]
+    fn exactly_once_needs_qos_2_a_kept_session_and_one_task() {
+        let mut c = MqttSinkConfig::new("mqtt://h", vec!["cmd".into()], "cars/{key}/cmd");
+        c.exactly_once = true;
+        c.tasks = 2;
+        let e = c.validate();
+        let paths: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["qos", "clean_session", "tasks"]);
+        assert!(e.iter().all(|e| e.message.contains("exactly_once = true")), "{e:?}");
+        c.qos = 2;
+        c.clean_session = false;
+        c.tasks = 1;
+        assert!(c.validate().is_empty(), "qos 2 with a kept session is what exactly once needs");
+        c.exactly_once = false;
+        let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths, ["clean_session"], "still refused without exactly_once");
+    }
+
+    #[test]
     fn sparkplug_keys_are_checked_at_their_paths() {
         let ok = MqttSinkConfig::sparkplug_b("mqtt://h", vec!["cmd".into()]);
         assert!(ok.validate().is_empty());

@@ -15,7 +15,7 @@ use rumqttc::QoS;
 
 mod support;
 
-use support::{write, Runner};
+use support::{assert_validate_reports, write, Runner};
 
 fn sink_config(mqtt: &Mosquitto, bootstrap: &str, window: usize) -> String {
     format!(
@@ -265,4 +265,35 @@ async fn a_crash_after_the_pubrel_before_its_pubcomp_delivers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_pubcomp_before_the_next_save_delivers_once() {
     crash_at("sink.completed", 40).await;
+}
+
+/// `exactly_once = true` with QoS 1, a clean session and two tasks: each key is named.
+#[test]
+fn exactly_once_without_qos_2_a_kept_session_and_one_task_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "connect.toml",
+        r#"
+[kafka]
+bootstrap_servers = ["127.0.0.1:9"]
+
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "mqtt://127.0.0.1:1"
+topics = ["commands"]
+mqtt_topic = "cars/{key}/cmd"
+exactly_once = true
+tasks = 2
+"#,
+    );
+    assert_validate_reports(
+        &config,
+        &[
+            "connector[0].qos: must be 2 with exactly_once = true",
+            "connector[0].clean_session: must be false with exactly_once = true",
+            "connector[0].tasks: must be 1 with exactly_once = true",
+        ],
+    );
 }
