@@ -42,6 +42,7 @@ use tracing::{debug, warn};
 
 use crate::kafka::client::{KafkaClient, Lane, OffsetSpec};
 use crate::kafka::errors::{api_error, invalidates_metadata};
+use crate::kafka::fetch_response::RawFetchRequest;
 use crate::kafka::records::decode_batches;
 use crate::record::SinkRecord;
 use crate::{Error, Result};
@@ -561,13 +562,16 @@ impl KafkaClient {
                 }],
             }],
         };
-        let response = self.request_node(leader, fetch_lane(topic, partition), &request).await?;
+        // Decoded by our codec: rskafka misreads transaction markers (see `fetch_response.rs`).
+        let response = self
+            .request_node(leader, fetch_lane(topic, partition), RawFetchRequest(request))
+            .await?;
         let found = response
-            .responses
+            .topics
             .into_iter()
-            .filter(|t| t.topic.0 == topic)
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index.0 == partition);
+            .filter(|(t, _)| t == topic)
+            .flat_map(|(_, ps)| ps)
+            .find(|p| p.partition_index == partition);
         let Some(p) = found else {
             return Err(Error::retriable(format!(
                 "fetch: broker sent no data for {topic}-{partition}"
@@ -586,9 +590,11 @@ impl KafkaClient {
                     .with_offset(offset));
             }
         }
-        let high_watermark = p.high_watermark.0;
-        let last_stable = p.last_stable_offset.map_or(high_watermark, |o| o.0);
-        Ok(Some(RawFetch { batches: p.records.0, high_watermark, last_stable }))
+        let high_watermark = p.high_watermark;
+        // -1: the broker does not know it (Kafka before 0.11); take the high watermark.
+        let last_stable =
+            if p.last_stable_offset < 0 { high_watermark } else { p.last_stable_offset };
+        Ok(Some(RawFetch { batches: p.batches, high_watermark, last_stable }))
     }
 
     /// The offset the next record written to the partition will get.

@@ -1,6 +1,6 @@
 //! Kafka I/O over rskafka's wire protocol: the [`KafkaClient`] broker pool and metadata cache, the
 //! batching [`Producer`], fetching, topic creation, the Java-compatible partitioner, the group
-//! protocol client ([`group`]), and the `[kafka]` configuration.
+//! protocol client ([`group`]), the [`TransactionalProducer`], and the `[kafka]` configuration.
 //!
 //! We use rskafka's request/response codecs and its pipelined request multiplexer, over a TCP
 //! transport of our own (with `TCP_NODELAY`, one write per request), and do batching,
@@ -12,6 +12,7 @@ mod connection;
 mod describe_configs;
 mod errors;
 mod fetch;
+mod fetch_response;
 pub mod group;
 mod partitioner;
 mod produce;
@@ -19,6 +20,7 @@ mod producer;
 pub(crate) mod records;
 mod security;
 mod topic_name;
+mod txn;
 pub(crate) mod wire;
 
 pub use client::{KafkaClient, OffsetSpec, PartitionMetadata, TopicMetadata};
@@ -30,3 +32,4 @@ pub use records::ProducerRecord;
 pub use topic_name::{
     validate_topic_name, validate_topic_template, TopicNameError, MAX_TOPIC_NAME_LEN,
 };
+pub use txn::{ProducerFenced, TransactionalProducer};
