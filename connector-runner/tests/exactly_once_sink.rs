@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use connector_core::kafka::{KafkaClient, ProducerRecord};
+use connector_core::kafka::{KafkaClient, ProducerRecord, TransactionalProducer};
 use connector_testkit::{init_tracing, Mosquitto, MqttSubscriber, Tansu};
 use rumqttc::QoS;
 
@@ -296,4 +296,37 @@ tasks = 2
             "connector[0].tasks: must be 1 with exactly_once = true",
         ],
     );
+}
+
+/// The sink reads at `read_committed`: commands of an aborted transaction (a crashed
+/// producer's, aborted by the next instance's init) are never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_of_an_aborted_transaction_are_never_published() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("commands", 1, 1).await.unwrap();
+    produce_commands(&client, 0..5).await;
+    let timeout = Duration::from_secs(60);
+    let mut crashed = TransactionalProducer::init(client.clone(), "ops-1", timeout).await.unwrap();
+    let aborted =
+        (0..3).map(|i| ProducerRecord::new("commands", format!("aborted-{i}")).with_key("car-7"));
+    assert!(crashed.send(aborted.collect()).await.unwrap().iter().all(Result::is_ok));
+    drop(crashed);
+    // The next instance's init aborts the open transaction.
+    let _next = TransactionalProducer::init(client.clone(), "ops-1", timeout).await.unwrap();
+    produce_commands(&client, 5..10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "connect.toml", &sink_config(&mqtt, &tansu.bootstrap(), 10));
+    let car = MqttSubscriber::connect(&mqtt.url(), "car-7", "cars/car-7/cmd", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let mut runner = Runner::start(&config, &dir.path().join("connect.log"), &[]);
+    wait_distinct(&car, &runner, 10, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(runner.terminate(), Some(0));
+    let got: Vec<String> =
+        car.messages().iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+    assert_eq!(got, (0..10).map(|i| format!("cmd-{i}")).collect::<Vec<_>>());
 }
