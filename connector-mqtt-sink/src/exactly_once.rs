@@ -111,6 +111,9 @@ pub(crate) struct Eos {
     pub(crate) must_save: bool,
     /// Saves made (for the log and the bench).
     pub(crate) saves: u64,
+    /// Packet ids of the loaded state whose record is no longer published (skipped now): their
+    /// PUBREL goes out next, which frees the id whether or not the broker had the PUBLISH.
+    pub(crate) release_now: Vec<u16>,
 }
 
 impl Eos {

@@ -260,7 +260,10 @@ impl SinkTask for MqttSinkTask {
             let (topic, payload) = match (&self.config.sparkplug, &self.config.mqtt_topic) {
                 (Some(_), template) => {
                     // `validate` refuses tombstones = "publish" here: an empty payload is no command.
-                    let Some(v) = &r.value else { continue };
+                    let Some(v) = &r.value else {
+                        shared.tracker.lock().skipped(&r.topic_partition(), r.offset);
+                        continue;
+                    };
                     let (topic, target) = sparkplug::route(template.as_ref(), r)
                         .map_err(|m| context(Error::rejected(m)))?;
                     let now_ms = u64::try_from(now.as_millis()).unwrap_or(0);
@@ -276,7 +279,10 @@ impl SinkTask for MqttSinkTask {
                     let payload = match (&r.value, self.config.tombstones) {
                         (Some(v), _) => v.clone(),
                         (None, Tombstones::Publish) => Bytes::new(),
-                        (None, Tombstones::Skip) => continue,
+                        (None, Tombstones::Skip) => {
+                            shared.tracker.lock().skipped(&r.topic_partition(), r.offset);
+                            continue;
+                        }
                     };
                     let topic =
                         render::mqtt_topic(template, r).map_err(|m| context(Error::rejected(m)))?;
@@ -292,6 +298,7 @@ impl SinkTask for MqttSinkTask {
             let properties = match properties::outcome(r, &self.config.properties, now) {
                 Ok(Outcome::Publish(p)) => p,
                 Ok(Outcome::Expired) => {
+                    shared.tracker.lock().skipped(&r.topic_partition(), r.offset);
                     self.counters.expired.fetch_add(1, Ordering::Relaxed);
                     debug!(topic = %r.topic, partition = r.partition, offset = r.offset, "not publishing an expired record");
                     continue;

@@ -194,6 +194,20 @@ impl Tracker {
         self.eos.as_ref().is_some_and(|e| e.handled(tp, offset))
     }
 
+    /// Exactly once: the record at `offset` of `tp` is not published (a tombstone skipped, an
+    /// expired command). If it was sent before a crash, its packet id is released with a PUBREL
+    /// (the broker completes it, or answers PUBCOMP for an id it does not hold) and it is done.
+    pub(crate) fn skipped(&mut self, tp: &TopicPartition, offset: i64) {
+        let Some(e) = &mut self.eos else { return };
+        if let Some(pkid) = e.restored.remove(&(tp.clone(), offset)) {
+            e.pending_rels.insert(pkid);
+            e.release_now.push(pkid);
+            e.finished.entry(tp.clone()).or_default().insert(offset);
+            e.dirty = true;
+            e.must_save = true;
+        }
+    }
+
     /// Exactly once: packet ids the state may still hold for other publishes.
     fn state_holds(&self, pkid: u16) -> bool {
         self.resend.iter().any(|(p, _)| *p == pkid)
@@ -383,6 +397,9 @@ impl Tracker {
         }
         // Exactly once: records sent before a crash, under their packet ids (the broker counts
         // them already: outside the window).
+        if let Some(e) = &mut self.eos {
+            out.extend(e.release_now.drain(..).map(Outbound::PubRel));
+        }
         for (pkid, p) in std::mem::take(&mut self.resend) {
             out.push(p.packet(pkid, true));
             self.inflight.insert(pkid, InFlight { publication: p, released: false });
@@ -593,6 +610,7 @@ impl Tracker {
                 // a broker that lost the session loses the guarantee, not the messages).
                 e.pending_rels.clear();
                 e.restored.clear();
+                e.release_now.clear();
                 for (_, p) in std::mem::take(&mut self.resend) {
                     self.unwritten.push(p);
                 }
@@ -1282,5 +1300,29 @@ mod tests {
         assert!(eos_add(&mut t, 3));
         t.take_sendable(10, &mut out);
         assert_eq!(sent(&out), [(1, "m3".into(), false)]);
+    }
+
+    #[test]
+    fn exactly_once_a_restored_record_no_longer_published_releases_its_packet_id() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: vec![],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert!(out.is_empty());
+        t.skipped(&tp(), 3); // now a skipped tombstone, say
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(5, "rel".into(), false)]);
+        let (state, _) = t.state_to_save(false).unwrap();
+        assert!(state.sent.is_empty());
+        assert_eq!(state.released, [5]);
+        assert!(t.handled(&tp(), 3));
+        t.acknowledged(5);
+        let (state, _) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
     }
 }
