@@ -4,7 +4,7 @@
 //! the QoS 2 sender protocol (`CONNECTOR_CRASH_AT`, see docs/delivery-guarantees.md).
 
 // Test code: an unwrap that fails is a failing test, with the error in its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
