@@ -178,6 +178,7 @@ async fn sigkills_during_a_command_stream_deliver_every_command_exactly_once() {
         tokio::time::sleep(Duration::from_millis(next() % 40)).await;
         runner.kill();
     }
+    let before_last = tally(&s.car).len();
     let mut runner = Runner::start(&s.config, &s.log, &[]);
     wait_distinct(&s.car, &runner, n, Duration::from_secs(60)).await;
     // Late duplicates would arrive now.
@@ -207,6 +208,15 @@ async fn sigkills_during_a_command_stream_deliver_every_command_exactly_once() {
     assert!(sent.iter().chain(&released).any(|n| *n > 0), "no restart had anything to finish");
     println!("restarts resumed {sent:?} unfinished publishes and {released:?} pending PUBRELs");
     assert_eq!(resumes.len(), kills + 1);
+    // Batched saves: the last run's saves against the commands it delivered.
+    let saves = log
+        .lines()
+        .filter(|l| l.contains("QoS 2 state saves made by this task"))
+        .map(strip_ansi)
+        .last()
+        .map_or(0, |l| field(&l, "saves"));
+    println!("the last run made {saves} state saves for {} commands", n - before_last);
+    assert!(saves > 0);
     drop(s.mqtt);
 }
 

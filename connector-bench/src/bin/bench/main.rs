@@ -83,8 +83,9 @@ struct Cli {
     #[arg(long, default_value = "3.1.1")]
     mqtt_version: String,
     /// Measurements to run, comma-separated: bare, source, scrape (the source QoS 1 100 B row
-    /// without and with GET /metrics every second), sink, python, latency, distributed,
-    /// sparkplug (Sparkplug B NDATA through the source), soak.
+    /// without and with GET /metrics every second), sink, sink-eos (not by default: the sink at
+    /// QoS 2, at least once and exactly once at windows 100 and 1000), python, latency,
+    /// distributed, sparkplug (Sparkplug B NDATA through the source), soak.
     #[arg(
         long,
         default_value = "bare,source,scrape,sink,python,latency,distributed,sparkplug,soak",
