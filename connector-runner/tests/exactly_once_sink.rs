@@ -211,9 +211,8 @@ async fn sigkills_during_a_command_stream_deliver_every_command_exactly_once() {
     // Batched saves: the last run's saves against the commands it delivered.
     let saves = log
         .lines()
-        .filter(|l| l.contains("QoS 2 state saves made by this task"))
+        .rfind(|l| l.contains("QoS 2 state saves made by this task"))
         .map(strip_ansi)
-        .last()
         .map_or(0, |l| field(&l, "saves"));
     println!("the last run made {saves} state saves for {} commands", n - before_last);
     assert!(saves > 0);
