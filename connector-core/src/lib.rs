@@ -32,6 +32,7 @@ pub use record::{
 };
 pub use secret::{Secret, SecretError};
 pub use sink::{
-    DynSinkConnector, ErrantRecordReporter, SinkConnector, SinkTask, SinkTaskContext, StartFrom,
+    DynSinkConnector, ErrantRecordReporter, SinkConnector, SinkTask, SinkTaskContext,
+    SinkTaskState, StartFrom,
 };
 pub use source::{DynSourceConnector, SourceConnector, SourceTask, SourceTaskContext};

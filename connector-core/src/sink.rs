@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use crate::config::ConnectorConfig;
 use crate::error_policy::{ErrorHandler, FailedRecord, Stage};
+use crate::offset::{MemoryOffsetStore, OffsetMap, OffsetStore};
 use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::{CommitRequester, TaskCounterHandle};
 use crate::{Error, Result};
@@ -94,6 +95,60 @@ impl ErrantRecordReporter for ErrorHandler {
     }
 }
 
+/// A sink task's own durable state (beyond the Kafka offsets the runtime commits): kept in the
+/// runner's offset store under a namespace of its own per connector (`<connector>.sink-state`),
+/// so it is stable across restarts and workers. The exactly-once MQTT sink keeps its QoS 2
+/// packet-id state here.
+///
+/// ```
+/// use connector_core::{OffsetMap, SinkTaskContext, TopicPartition};
+///
+/// # tokio_test(async {
+/// let ctx = SinkTaskContext::new("commands", 0); // a memory store: durable only in-process
+/// let mut state = OffsetMap::new();
+/// state.insert_kafka(&TopicPartition::new("commands", 0), 7);
+/// ctx.state().save(&state).await?;
+/// assert_eq!(ctx.state().load().await?, state);
+/// # Ok::<(), connector_core::Error>(()) });
+/// # fn tokio_test<F: std::future::Future<Output = connector_core::Result<()>>>(f: F) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f).unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SinkTaskState {
+    store: Arc<dyn OffsetStore>,
+    namespace: Arc<str>,
+}
+
+impl SinkTaskState {
+    /// The state of connector `connector` in `store` (namespace `<connector>.sink-state`).
+    pub fn new(store: Arc<dyn OffsetStore>, connector: &str) -> Self {
+        Self { store, namespace: format!("{connector}.sink-state").into() }
+    }
+
+    /// The namespace the state is stored under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Everything saved so far (empty when nothing ever was).
+    ///
+    /// # Errors
+    /// When stored state exists but cannot be read: the task must not start without it.
+    pub async fn load(&self) -> Result<OffsetMap> {
+        self.store.load(&self.namespace).await
+    }
+
+    /// Durably stores `state`, merged over what is stored (entries not in `state` keep their
+    /// value). When it returns `Ok`, the state survives a crash.
+    ///
+    /// # Errors
+    /// When it could not be made durable; what was stored before is kept.
+    pub async fn save(&self, state: &OffsetMap) -> Result<()> {
+        self.store.save(&self.namespace, state).await
+    }
+}
+
 /// What a sink task is given at start.
 #[derive(Debug, Clone)]
 pub struct SinkTaskContext {
@@ -102,19 +157,37 @@ pub struct SinkTaskContext {
     errant: Option<Arc<dyn ErrantRecordReporter>>,
     commit: CommitRequester,
     counters: TaskCounterHandle,
+    state: SinkTaskState,
 }
 
 impl SinkTaskContext {
     /// A context for task `task_id` of `connector`, without an errant-record reporter (a record
     /// reported through [`report`](Self::report) then fails the task, as with `tolerance = "none"`).
+    /// Its [`state`](Self::state) is kept in memory (lost with the process) until
+    /// [`with_state`](Self::with_state) gives it a durable store.
     pub fn new(connector: impl Into<Arc<str>>, task_id: usize) -> Self {
+        let connector: Arc<str> = connector.into();
+        let state = SinkTaskState::new(Arc::new(MemoryOffsetStore::new()), &connector);
         Self {
-            connector: connector.into(),
+            connector,
             task_id,
             errant: None,
             commit: CommitRequester::new(),
             counters: TaskCounterHandle::default(),
+            state,
         }
+    }
+
+    /// Keeps the task's [`state`](Self::state) in `state` (the runtime passes the runner's offset
+    /// store).
+    pub fn with_state(mut self, state: SinkTaskState) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// The task's own durable state store; see [`SinkTaskState`].
+    pub fn state(&self) -> &SinkTaskState {
+        &self.state
     }
 
     /// Counts into `counters` (the runtime passes the connector's).
@@ -379,6 +452,12 @@ pub trait SinkConnector: Send + Sync + Sized + 'static {
         StartFrom::Earliest
     }
 
+    /// Whether the runtime reads at `read_committed` (only records of committed Kafka
+    /// transactions, up to the last stable offset). Default false (`read_uncommitted`).
+    fn read_committed(&self) -> bool {
+        false
+    }
+
     /// Splits the work into at most `max_tasks` task configs (at least one).
     ///
     /// # Errors
@@ -400,6 +479,11 @@ pub trait DynSinkConnector: Send + Sync {
     /// Where to start in partitions without a committed offset.
     fn start_from(&self) -> StartFrom;
 
+    /// Whether the runtime reads at `read_committed`; see [`SinkConnector::read_committed`].
+    fn read_committed(&self) -> bool {
+        false
+    }
+
     /// Creates the connector's tasks (at most `max_tasks`).
     ///
     /// # Errors
@@ -414,6 +498,10 @@ impl<C: SinkConnector> DynSinkConnector for C {
 
     fn start_from(&self) -> StartFrom {
         SinkConnector::start_from(self)
+    }
+
+    fn read_committed(&self) -> bool {
+        SinkConnector::read_committed(self)
     }
 
     fn create_tasks(&self, max_tasks: usize) -> Result<Vec<Box<dyn SinkTask>>> {

@@ -126,7 +126,8 @@ mqtt_connector_config! {
         /// kept session: after any reconnect without one, the sink sends every unacknowledged publish
         /// again. `false` lets the broker's kept session finish interrupted publishes instead; it is refused with
         /// `qos = 2`, where a session left by an earlier run can make the broker discard a new publish
-        /// that reuses a packet id still pending there.
+        /// that reuses a packet id still pending there, unless `exactly_once = true` (which needs
+        /// it, and keeps the pending packet ids itself).
         #[serde(default = "default_true")]
         pub clean_session: bool,
         /// MQTT 5: which record headers become user properties: "all" (default; every header except
@@ -147,6 +148,13 @@ mqtt_connector_config! {
         /// each task is its own MQTT client (`<client_id>-<i>`).
         #[serde(default = "default_tasks")]
         pub tasks: usize,
+        /// Deliver each record exactly once to QoS 2 subscribers, across crashes of the connector
+        /// (default false: at least once). Needs `qos = 2`, `clean_session = false` (the broker
+        /// keeps our QoS 2 packet-id state) and `tasks = 1`; the packet ids in flight are kept in
+        /// the runner's offset store, and Kafka is read at `read_committed`. See
+        /// docs/delivery-guarantees.md.
+        #[serde(default)]
+        pub exactly_once: bool,
     }
 }
 
@@ -185,6 +193,7 @@ impl MqttSinkConfig {
             user_property_prefix: None,
             message_expiry_secs: None,
             tasks: default_tasks(),
+            exactly_once: false,
             format: SinkFormat::Raw,
             sparkplug: None,
         }
@@ -293,7 +302,9 @@ impl ConnectorConfig for MqttSinkConfig {
         if !(1..=256).contains(&self.tasks) {
             e.push("tasks", "expected 1 to 256");
         }
-        if self.qos == 2 && !self.clean_session {
+        if self.exactly_once {
+            self.validate_exactly_once(&mut e);
+        } else if self.qos == 2 && !self.clean_session {
             e.push(
                 "clean_session",
                 "must be true with qos = 2: a QoS 2 session left by an earlier run can make the broker discard a new publish reusing a pending packet id",
@@ -310,6 +321,28 @@ impl ConnectorConfig for MqttSinkConfig {
 }
 
 impl MqttSinkConfig {
+    /// `exactly_once = true`: the settings the QoS 2 sender protocol relies on.
+    fn validate_exactly_once(&self, e: &mut ConfigErrors) {
+        if self.qos != 2 {
+            e.push(
+                "qos",
+                format!("must be 2 with exactly_once = true (is {}): only the QoS 2 handshake lets the broker discard a publish sent again after a crash", self.qos),
+            );
+        }
+        if self.clean_session {
+            e.push(
+                "clean_session",
+                "must be false with exactly_once = true: the broker must keep the session whose QoS 2 packet ids a restarted task finishes",
+            );
+        }
+        if self.tasks != 1 {
+            e.push(
+                "tasks",
+                format!("must be 1 with exactly_once = true (is {}): a partition moving to another task would change the MQTT session, whose packet ids the other task cannot finish", self.tasks),
+            );
+        }
+    }
+
     fn validate_sparkplug(&self, e: &mut ConfigErrors) {
         if !self.mqtt_topic.is_empty() {
             match check_template(&self.mqtt_topic) {
@@ -384,6 +417,24 @@ mod tests {
         c.inflight = 0;
         let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
         assert_eq!(paths, ["topics[0]", "mqtt_topic", "qos", "inflight"]);
+    }
+
+    #[test]
+    fn exactly_once_needs_qos_2_a_kept_session_and_one_task() {
+        let mut c = MqttSinkConfig::new("mqtt://h", vec!["cmd".into()], "cars/{key}/cmd");
+        c.exactly_once = true;
+        c.tasks = 2;
+        let e = c.validate();
+        let paths: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["qos", "clean_session", "tasks"]);
+        assert!(e.iter().all(|e| e.message.contains("exactly_once = true")), "{e:?}");
+        c.qos = 2;
+        c.clean_session = false;
+        c.tasks = 1;
+        assert!(c.validate().is_empty(), "qos 2 with a kept session is what exactly once needs");
+        c.exactly_once = false;
+        let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths, ["clean_session"], "still refused without exactly_once");
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl SinkConnector for MqttSinkConnector {
             retain_header: config.retain_header.clone(),
             tombstones: config.tombstones,
             inflight: config.inflight,
+            exactly_once: config.exactly_once,
             reconnect_backoff: config.connection.reconnect_backoff,
             properties: PropertyRules {
                 v5: config.connection.mqtt_version == MqttVersion::V5,
@@ -66,6 +67,12 @@ impl SinkConnector for MqttSinkConnector {
 
     fn topics(&self) -> Vec<String> {
         self.config.topics.clone()
+    }
+
+    /// Exactly once reads only committed Kafka transactions: a record of an aborted one was
+    /// never meant to be sent.
+    fn read_committed(&self) -> bool {
+        self.config.exactly_once
     }
 
     fn start_from(&self) -> StartFrom {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connector_core::backoff::{Backoff, BackoffConfig};
-use connector_core::{Error, ErrorKind};
+use connector_core::{crash_point, Error, ErrorKind, SinkTaskState};
 use connector_mqtt_common::{
     pause_before_reconnect, Inbound, Link, Message, MqttUrl, Outbound, Refusal, Session, Status,
 };
@@ -76,6 +76,9 @@ pub(crate) struct LoopSettings {
     pub(crate) counters: connector_core::runtime::TaskCounterHandle,
     /// Filters to subscribe to on every connection (the BIRTH topics), feeding `Shared::births`.
     pub(crate) subscribe: Vec<String>,
+    /// `exactly_once = true`: where the tracker's packet-id state is saved before each write
+    /// that needs it.
+    pub(crate) state: Option<SinkTaskState>,
 }
 
 /// Runs until the connection is refused for good or `stop` is cancelled.
@@ -197,6 +200,8 @@ async fn drive(
     if let Some(online) = online {
         link.write(Outbound::Publish(online)).await?;
     }
+    // Exactly once: what goes out again (PUBLISH with DUP, PUBREL) is what the saved state says.
+    persist(shared, settings, false).await?;
     for packet in resend {
         link.write(packet).await?;
     }
@@ -232,10 +237,17 @@ async fn drive(
             shared.changed.notify_waiters();
         }
         if !out.is_empty() {
+            // Exactly once: "offset O is being sent as packet id P" is saved before the PUBLISH.
+            if persist(shared, settings, false).await? {
+                crash_point("sink.sent_saved");
+            }
             for packet in out.drain(..) {
                 link.write(packet).await?;
             }
             link.flush().await?;
+            if settings.state.is_some() {
+                crash_point("sink.published");
+            }
             // QoS 0 publishes are done once written.
             shared.tracker.lock().written();
             shared.changed.notify_waiters();
@@ -259,15 +271,24 @@ async fn drive(
             packet = link.read() => {
                 let mut next = Some(packet);
                 let mut batch = 0usize;
+                let mut rels = Vec::new();
                 while let Some(packet) = next.take() {
                     batch += 1;
                     match packet? {
                         Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
                             shared.tracker.lock().acknowledged(pkid);
+                            if settings.state.is_some() {
+                                crash_point("sink.completed");
+                            }
                         }
                         Inbound::PubRec(pkid) => {
                             let rel = shared.tracker.lock().received(pkid);
-                            link.write(rel).await?;
+                            if settings.state.is_some() {
+                                // Exactly once: sent once the state says the broker has it.
+                                rels.push(rel);
+                            } else {
+                                link.write(rel).await?;
+                            }
                         }
                         Inbound::Refused(refusal) => refused(shared, settings, &refusal),
                         // Unsolicited (BIRTHs the broker may have sent before it read our last
@@ -332,12 +353,58 @@ async fn drive(
                     }
                     next = link.read_buffered();
                 }
+                // Exactly once: "O is the broker's, P awaits PUBREL" is saved before the PUBRELs
+                // (one save for the batch); PUBCOMPs ride along with it, or get one of their own.
+                if persist(shared, settings, true).await? && !rels.is_empty() {
+                    crash_point("sink.received_saved");
+                }
+                let released = !rels.is_empty();
+                for rel in rels {
+                    link.write(rel).await?;
+                }
                 link.flush().await?;
+                if released {
+                    crash_point("sink.released");
+                }
                 shared.changed.notify_waiters();
                 settings.commit.request();
                 if batch >= INBOUND_BATCH {
                     tokio::task::yield_now().await;
                 }
+            }
+        }
+    }
+}
+
+/// Attempts at saving the exactly-once state before the connection is given up on.
+const SAVE_ATTEMPTS: u32 = 5;
+
+/// Exactly once: saves the tracker's state when something about to be written needs it (or,
+/// when `idle`, when it changed at all). `Ok(true)` when a state was saved. A failed save is
+/// retried with backoff a few times; then the connection ends (and the state is saved before
+/// anything is written on the next one).
+async fn persist(shared: &Shared, settings: &LoopSettings, idle: bool) -> Result<bool, Error> {
+    let Some(state) = &settings.state else { return Ok(false) };
+    let Some((stored, throughs)) = shared.tracker.lock().state_to_save(idle) else {
+        return Ok(false);
+    };
+    let map = stored.to_map(&settings.client_id)?;
+    let mut backoff = Backoff::new(settings.backoff);
+    loop {
+        match state.save(&map).await {
+            Ok(()) => {
+                shared.tracker.lock().state_saved(throughs);
+                // The offsets the state now covers may be committed.
+                settings.commit.request();
+                return Ok(true);
+            }
+            Err(e) if e.is_retriable() && backoff.attempts() + 1 < SAVE_ATTEMPTS => {
+                warn!(client_id = %settings.client_id, error = %e.report(), "saving the exactly-once state failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                shared.tracker.lock().state_not_saved();
+                return Err(e);
             }
         }
     }

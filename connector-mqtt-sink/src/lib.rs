@@ -3,6 +3,7 @@
 mod config;
 mod connector;
 mod event_loop;
+mod exactly_once;
 #[doc(hidden)]
 pub mod fuzzing;
 mod properties;

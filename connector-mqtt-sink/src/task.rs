@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{SinkSparkplugConfig, Tombstones};
 use crate::event_loop::{self, LoopSettings, Shared};
+use crate::exactly_once::Stored;
 use crate::properties::{self, Outcome, PropertyRules};
 use crate::render;
 use crate::sparkplug::{self, Births};
@@ -45,6 +46,8 @@ pub struct MqttSinkTaskConfig {
     pub tombstones: Tombstones,
     /// Most publishes in flight.
     pub inflight: usize,
+    /// `exactly_once = true`: the QoS 2 packet-id state is kept in the task's state store.
+    pub exactly_once: bool,
     /// Reconnect backoff.
     pub reconnect_backoff: BackoffConfig,
     /// MQTT 5 properties and expiry.
@@ -193,6 +196,23 @@ impl SinkTask for MqttSinkTask {
             births: learning.map(|s| Births::new(s.max_nodes)),
             ..Shared::default()
         });
+        let state = if c.exactly_once {
+            // Before the first connection: its PUBRELs and DUP publishes come from this state.
+            let client_id = &c.connection.client_id;
+            let stored = Stored::from_map(&ctx.state().load().await?, client_id)?;
+            info!(
+                client_id = %client_id,
+                namespace = ctx.state().namespace(),
+                sent = stored.sent.len(),
+                released = stored.released.len(),
+                partitions = stored.done.len(),
+                "exactly once: resuming the QoS 2 state of the MQTT session"
+            );
+            shared.tracker.lock().exactly_once(stored);
+            Some(ctx.state().clone())
+        } else {
+            None
+        };
         let (status_tx, mut status) = watch::channel(Status::default());
         let settings = LoopSettings {
             url: c.connection.url.clone(),
@@ -204,6 +224,7 @@ impl SinkTask for MqttSinkTask {
             commit: ctx.commit_requester(),
             counters: ctx.counters().clone(),
             subscribe: learning.map(|s| sparkplug::birth_filters(&s.groups)).unwrap_or_default(),
+            state,
         };
         shared.tracker.lock().max_packet = c.connection.max_packet_size;
         self.event_loop = Some(tokio::spawn(event_loop::run(
@@ -229,13 +250,20 @@ impl SinkTask for MqttSinkTask {
         let version = self.config.connection.version;
         let now = connector_core::Timestamp::now();
         for r in records {
+            if shared.tracker.lock().handled(&r.topic_partition(), r.offset) {
+                // Exactly once: the broker has it already, or it is in flight.
+                continue;
+            }
             let context = |e: Error| {
                 e.with_topic(&*r.topic).with_partition(r.partition).with_offset(r.offset)
             };
             let (topic, payload) = match (&self.config.sparkplug, &self.config.mqtt_topic) {
                 (Some(_), template) => {
                     // `validate` refuses tombstones = "publish" here: an empty payload is no command.
-                    let Some(v) = &r.value else { continue };
+                    let Some(v) = &r.value else {
+                        shared.tracker.lock().skipped(&r.topic_partition(), r.offset);
+                        continue;
+                    };
                     let (topic, target) = sparkplug::route(template.as_ref(), r)
                         .map_err(|m| context(Error::rejected(m)))?;
                     let now_ms = u64::try_from(now.as_millis()).unwrap_or(0);
@@ -251,7 +279,10 @@ impl SinkTask for MqttSinkTask {
                     let payload = match (&r.value, self.config.tombstones) {
                         (Some(v), _) => v.clone(),
                         (None, Tombstones::Publish) => Bytes::new(),
-                        (None, Tombstones::Skip) => continue,
+                        (None, Tombstones::Skip) => {
+                            shared.tracker.lock().skipped(&r.topic_partition(), r.offset);
+                            continue;
+                        }
                     };
                     let topic =
                         render::mqtt_topic(template, r).map_err(|m| context(Error::rejected(m)))?;
@@ -267,6 +298,7 @@ impl SinkTask for MqttSinkTask {
             let properties = match properties::outcome(r, &self.config.properties, now) {
                 Ok(Outcome::Publish(p)) => p,
                 Ok(Outcome::Expired) => {
+                    shared.tracker.lock().skipped(&r.topic_partition(), r.offset);
                     self.counters.expired.fetch_add(1, Ordering::Relaxed);
                     debug!(topic = %r.topic, partition = r.partition, offset = r.offset, "not publishing an expired record");
                     continue;
@@ -330,7 +362,13 @@ impl SinkTask for MqttSinkTask {
 
     async fn stop(&mut self) -> Result<()> {
         let Some(shared) = self.shared.take() else { return Ok(()) };
-        let pending = shared.tracker.lock().pending();
+        let (pending, saves) = {
+            let t = shared.tracker.lock();
+            (t.pending(), t.saves())
+        };
+        if self.config.exactly_once {
+            info!(client_id = %self.config.connection.client_id, saves, "exactly once: QoS 2 state saves made by this task");
+        }
         if pending > 0 {
             debug!(
                 pending,

@@ -35,6 +35,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::exactly_once::{Done, Eos, Sent, Stored};
+
 use bytes::Bytes;
 use connector_core::{Error, SinkRecord, TopicPartition};
 use connector_mqtt_common::{Message, Outbound, PublishProperties, Refusal};
@@ -140,6 +142,11 @@ pub(crate) struct Tracker {
     /// Acknowledgements, refusals and ping answers received so far (a connection that got one
     /// worked, so the reconnect backoff starts over).
     pub(crate) answers: u64,
+    /// `exactly_once = true`: the packet-id state the event loop saves (see
+    /// [`exactly_once`](crate::exactly_once)).
+    eos: Option<Eos>,
+    /// Exactly once: records sent before a crash, to send again under their packet id (DUP).
+    resend: Vec<(u16, Publication)>,
 }
 
 impl Default for Tracker {
@@ -171,12 +178,152 @@ impl Tracker {
             failed: None,
             republished: 0,
             answers: 0,
+            eos: None,
+            resend: Vec::new(),
         }
+    }
+
+    /// Exactly once, resuming from the saved state `stored` (empty on the first run).
+    pub(crate) fn exactly_once(&mut self, stored: Stored) {
+        self.eos = Some(Eos::restore(stored));
+    }
+
+    /// Exactly once: whether the record at `offset` of `tp` is done or already handed over, so
+    /// it must not be published (again).
+    pub(crate) fn handled(&self, tp: &TopicPartition, offset: i64) -> bool {
+        self.eos.as_ref().is_some_and(|e| e.handled(tp, offset))
+    }
+
+    /// Exactly once: the record at `offset` of `tp` is not published (a tombstone skipped, an
+    /// expired command). If it was sent before a crash, its packet id is released with a PUBREL
+    /// (the broker completes it, or answers PUBCOMP for an id it does not hold) and it is done.
+    pub(crate) fn skipped(&mut self, tp: &TopicPartition, offset: i64) {
+        let Some(e) = &mut self.eos else { return };
+        if let Some(pkid) = e.restored.remove(&(tp.clone(), offset)) {
+            e.pending_rels.insert(pkid);
+            e.release_now.push(pkid);
+            e.finished.entry(tp.clone()).or_default().insert(offset);
+            e.dirty = true;
+            e.must_save = true;
+        }
+    }
+
+    /// Exactly once: packet ids the state may still hold for other publishes.
+    fn state_holds(&self, pkid: u16) -> bool {
+        self.resend.iter().any(|(p, _)| *p == pkid)
+            || self.eos.as_ref().is_some_and(|e| {
+                e.pending_rels.contains(&pkid) || e.restored.values().any(|p| *p == pkid)
+            })
+    }
+
+    fn changed(&mut self, must_save: bool) {
+        if let Some(e) = &mut self.eos {
+            e.dirty = true;
+            e.must_save |= must_save;
+        }
+    }
+
+    /// Exactly once: the state to save before writing what was taken (`Some` when anything must
+    /// be saved first, or anything changed and `idle`).
+    pub(crate) fn state_to_save(
+        &mut self,
+        idle: bool,
+    ) -> Option<(Stored, HashMap<TopicPartition, i64>)> {
+        let e = self.eos.as_ref()?;
+        if !(e.must_save || (idle && e.dirty)) {
+            return None;
+        }
+        let mut sent = Vec::new();
+        let mut released = Vec::new();
+        for (pkid, f) in &self.inflight {
+            if f.released {
+                released.push(*pkid);
+            } else {
+                let p = &f.publication;
+                sent.push(Sent {
+                    pkid: *pkid,
+                    topic: p.tp.topic.to_string(),
+                    partition: p.tp.partition,
+                    offset: p.offset,
+                });
+            }
+        }
+        for (pkid, p) in &self.resend {
+            sent.push(Sent {
+                pkid: *pkid,
+                topic: p.tp.topic.to_string(),
+                partition: p.tp.partition,
+                offset: p.offset,
+            });
+        }
+        let e = self.eos.as_mut()?;
+        for ((tp, offset), pkid) in &e.restored {
+            sent.push(Sent {
+                pkid: *pkid,
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                offset: *offset,
+            });
+        }
+        released.extend(e.pending_rels.iter().copied());
+        sent.sort_by_key(|s| s.pkid);
+        released.sort_unstable();
+        let mut tps: Vec<TopicPartition> = self
+            .unacked
+            .keys()
+            .chain(e.last_added.keys())
+            .chain(e.loaded_through.keys())
+            .chain(e.finished.keys())
+            .chain(e.restored.keys().map(|(tp, _)| tp))
+            .cloned()
+            .collect();
+        tps.sort();
+        tps.dedup();
+        let mut done = Vec::new();
+        let mut throughs = HashMap::new();
+        for tp in tps {
+            let first = self.unacked.get(&tp).and_then(|s| s.first_key_value()).map(|(o, _)| *o);
+            let through = e.through(&tp, first);
+            let finished = e.finished.entry(tp.clone()).or_default();
+            finished.retain(|o| *o >= through);
+            done.push(Done {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                through,
+                above: finished.iter().copied().collect(),
+            });
+            throughs.insert(tp, through);
+        }
+        e.dirty = false;
+        e.must_save = false;
+        Some((Stored { sent, released, done }, throughs))
+    }
+
+    /// Exactly once: the state taken by [`state_to_save`](Self::state_to_save) is saved.
+    pub(crate) fn state_saved(&mut self, throughs: HashMap<TopicPartition, i64>) {
+        if let Some(e) = &mut self.eos {
+            e.persisted = throughs;
+            e.saves += 1;
+        }
+    }
+
+    /// Exactly once: saving the state failed; it is saved again before anything more is written.
+    pub(crate) fn state_not_saved(&mut self) {
+        self.changed(true);
+    }
+
+    /// Exactly once: state saves so far.
+    pub(crate) fn saves(&self) -> u64 {
+        self.eos.as_ref().map_or(0, |e| e.saves)
     }
 
     /// Publishes not yet done: waiting, in flight, being written, or refused and not yet handled.
     pub(crate) fn pending(&self) -> usize {
-        self.backlog.len() + self.inflight.len() + self.unwritten.len() + self.refused.len()
+        self.backlog.len()
+            + self.inflight.len()
+            + self.unwritten.len()
+            + self.refused.len()
+            + self.resend.len()
     }
 
     /// Registers a record to publish (its `seq` is assigned here).
@@ -184,6 +331,14 @@ impl Tracker {
         p.seq = self.next_seq;
         self.next_seq += 1;
         *self.unacked.entry(p.tp.clone()).or_default().entry(p.offset).or_default() += 1;
+        if let Some(e) = &mut self.eos {
+            e.added(&p.tp, p.offset);
+            if let Some(pkid) = e.restored.remove(&(p.tp.clone(), p.offset)) {
+                // Sent before a crash: again under its packet id, with DUP.
+                self.resend.push((pkid, p));
+                return;
+            }
+        }
         self.backlog.push_back(p);
     }
 
@@ -191,7 +346,9 @@ impl Tracker {
     fn next_pkid(&mut self) -> u16 {
         loop {
             self.last_pkid = if self.last_pkid == u16::MAX { 1 } else { self.last_pkid + 1 };
-            if !self.inflight.contains_key(&self.last_pkid) && self.reserved != Some(self.last_pkid)
+            if !self.inflight.contains_key(&self.last_pkid)
+                && self.reserved != Some(self.last_pkid)
+                && !self.state_holds(self.last_pkid)
             {
                 return self.last_pkid;
             }
@@ -238,6 +395,16 @@ impl Tracker {
         if !self.connected || self.awaiting_suback {
             return;
         }
+        // Exactly once: records sent before a crash, under their packet ids (the broker counts
+        // them already: outside the window).
+        if let Some(e) = &mut self.eos {
+            out.extend(e.release_now.drain(..).map(Outbound::PubRel));
+        }
+        for (pkid, p) in std::mem::take(&mut self.resend) {
+            out.push(p.packet(pkid, true));
+            self.inflight.insert(pkid, InFlight { publication: p, released: false });
+            self.changed(true);
+        }
         if self.probing.is_none() {
             // Kept session: the probe was acknowledged; the held publishes go out again now.
             for pkid in std::mem::take(&mut self.held) {
@@ -248,7 +415,10 @@ impl Tracker {
         }
         // A packet id reserved for a SUBSCRIBE is one fewer for publishes.
         let ids = usize::from(u16::MAX) - usize::from(self.reserved.is_some());
-        while self.inflight.len() < window.min(ids) && self.probing.is_none() {
+        while self.inflight.len() < window.min(ids)
+            && self.probing.is_none()
+            && self.state_room(window)
+        {
             let Some(front) = self.backlog.front() else { break };
             let probe = front.suspect && front.qos != QoS::AtMostOnce;
             if probe && !self.inflight.is_empty() {
@@ -281,7 +451,18 @@ impl Tracker {
             }
             out.push(p.packet(pkid, false));
             self.inflight.insert(pkid, InFlight { publication: p, released: false });
+            self.changed(true);
         }
+    }
+
+    /// Exactly once: the state stays within the window (publishes in flight, PUBRELs and
+    /// packet ids of the loaded state, done offsets above the done-through). With nothing in
+    /// flight one more may go, so a state that fills the window cannot stall.
+    fn state_room(&self, window: usize) -> bool {
+        let Some(e) = &self.eos else { return true };
+        let used =
+            self.inflight.len() + e.pending_rels.len() + e.restored.len() + e.finished_count();
+        used < window || (self.inflight.is_empty() && self.refused.is_empty())
     }
 
     /// Everything taken by [`take_sendable`](Self::take_sendable) was written out: the QoS 0
@@ -298,7 +479,17 @@ impl Tracker {
         if let Some(f) = self.inflight.remove(&pkid) {
             self.answers += 1;
             self.settle_probe(pkid);
-            self.done(&f.publication);
+            self.changed(false);
+            if !(self.eos.is_some() && f.released) {
+                // Exactly once: a QoS 2 publish was done at its PUBREC.
+                self.done(&f.publication);
+            }
+        } else if let Some(e) = &mut self.eos {
+            // A PUBREL of the loaded state completed.
+            if e.pending_rels.remove(&pkid) {
+                e.dirty = true;
+                self.answers += 1;
+            }
         }
     }
 
@@ -309,6 +500,7 @@ impl Tracker {
         self.heard = true;
         let Some(f) = self.inflight.remove(&refusal.pkid) else { return };
         self.answers += 1;
+        self.changed(false);
         self.settle_probe(refusal.pkid);
         let p = f.publication;
         let why =
@@ -358,28 +550,44 @@ impl Tracker {
     /// The error policy took care of a refused publish (dead letter written, or logged).
     pub(crate) fn settled(&mut self, p: &Publication) {
         self.done(p);
+        if let Some(e) = &mut self.eos {
+            e.finished.entry(p.tp.clone()).or_default().insert(p.offset);
+            e.dirty = true;
+        }
     }
 
     /// The broker received QoS 2 publish `pkid` (PUBREC); returns our PUBREL. (Sent for an
     /// unknown id too, so the broker can drop its state.)
     pub(crate) fn received(&mut self, pkid: u16) -> Outbound {
         self.heard = true;
-        if let Some(f) = self.inflight.get_mut(&pkid) {
-            f.released = true;
+        let newly = self.inflight.get_mut(&pkid).and_then(|f| {
+            let first = !std::mem::replace(&mut f.released, true);
+            first.then(|| (f.publication.tp.clone(), f.publication.offset))
+        });
+        if let (Some(e), Some((tp, offset))) = (&mut self.eos, newly) {
+            // Exactly once: the broker owns it now; the state must say so before the PUBREL.
+            e.finished.entry(tp.clone()).or_default().insert(offset);
+            e.dirty = true;
+            e.must_save = true;
+            self.done_offset(&tp, offset);
         }
         Outbound::PubRel(pkid)
     }
 
     fn done(&mut self, p: &Publication) {
-        let Some(copies) = self.unacked.get_mut(&p.tp) else { return };
-        if let Some(n) = copies.get_mut(&p.offset) {
+        self.done_offset(&p.tp, p.offset);
+    }
+
+    fn done_offset(&mut self, tp: &TopicPartition, offset: i64) {
+        let Some(copies) = self.unacked.get_mut(tp) else { return };
+        if let Some(n) = copies.get_mut(&offset) {
             *n -= 1;
             if *n == 0 {
-                copies.remove(&p.offset);
+                copies.remove(&offset);
             }
         }
         if copies.is_empty() {
-            self.unacked.remove(&p.tp);
+            self.unacked.remove(tp);
         }
     }
 
@@ -392,6 +600,24 @@ impl Tracker {
         self.awaiting_suback = false;
         self.probing = None;
         self.held.clear();
+        if let Some(e) = &mut self.eos {
+            if session_present {
+                // The loaded state's PUBRELs go out again first.
+                out.extend(e.pending_rels.iter().map(|p| Outbound::PubRel(*p)));
+            } else {
+                // A new session: the broker knows none of our packet ids. What was sent before
+                // the crash is published again under new ids (the broker may deliver it twice:
+                // a broker that lost the session loses the guarantee, not the messages).
+                e.pending_rels.clear();
+                e.restored.clear();
+                e.release_now.clear();
+                for (_, p) in std::mem::take(&mut self.resend) {
+                    self.unwritten.push(p);
+                }
+            }
+            e.dirty = true;
+            e.must_save = true;
+        }
         let mut flying: Vec<(u16, InFlight)> = self.inflight.drain().collect();
         flying.sort_by_key(|(_, f)| f.publication.seq);
         // QoS 0 publishes whose write did not complete go out again (in order).
@@ -486,7 +712,10 @@ impl Tracker {
             .map(|(tp, o)| {
                 let first_unacked =
                     self.unacked.get(tp).and_then(|s| s.first_key_value()).map(|(o, _)| *o);
-                (tp.clone(), first_unacked.map_or(*o, |u| u.min(*o)))
+                let safe = first_unacked.map_or(*o, |u| u.min(*o));
+                // Exactly once: never past what the saved state says is done.
+                let bound = self.eos.as_ref().and_then(|e| e.commit_bound(tp));
+                (tp.clone(), bound.map_or(safe, |b| b.min(safe)))
             })
             .collect()
     }
@@ -971,5 +1200,129 @@ mod tests {
         }
         assert!(!t.has_refused(), "unrelated drops are no strikes");
         assert_eq!(t.inflight.values().map(|f| f.publication.strikes).collect::<Vec<_>>(), [0]);
+    }
+
+    fn eos_add(t: &mut Tracker, offset: i64) -> bool {
+        if t.handled(&tp(), offset) {
+            return false;
+        }
+        t.add(publication(offset, QoS::ExactlyOnce));
+        true
+    }
+
+    #[test]
+    fn exactly_once_saves_the_packet_id_before_the_publish_and_the_pubrec_before_the_pubrel() {
+        let mut t = Tracker::new(1000);
+        t.exactly_once(Stored::default());
+        let mut out = Vec::new();
+        t.connected(false, &mut out);
+        assert!(
+            t.state_to_save(false).is_some(),
+            "a new connection: saved before anything goes out"
+        );
+        for o in 0..3 {
+            assert!(eos_add(&mut t, o));
+        }
+        assert!(!eos_add(&mut t, 1), "handed over already: not published twice");
+        t.take_sendable(10, &mut out);
+        assert_eq!(
+            sent(&out),
+            [(1, "m0".into(), false), (2, "m1".into(), false), (3, "m2".into(), false)]
+        );
+        let (state, throughs) = t.state_to_save(false).expect("sent entries before the PUBLISH");
+        assert_eq!(
+            state.sent.iter().map(|s| (s.pkid, s.offset)).collect::<Vec<_>>(),
+            [(1, 0), (2, 1), (3, 2)]
+        );
+        assert_eq!(state.done[0].through, 0);
+        t.state_saved(throughs);
+        assert!(t.state_to_save(false).is_none(), "nothing new to say");
+        // PUBREC for offset 1 (out of order): saved before its PUBREL; not yet committable.
+        assert_eq!(t.received(2), Outbound::PubRel(2));
+        assert_eq!(safe(&t, 3), 0);
+        let (state, throughs) = t.state_to_save(false).expect("the PUBREC before the PUBREL");
+        assert_eq!(state.released, [2]);
+        assert_eq!((state.done[0].through, state.done[0].above.clone()), (0, vec![1]));
+        t.state_saved(throughs);
+        t.received(1);
+        let (state, throughs) = t.state_to_save(false).unwrap();
+        assert_eq!((state.done[0].through, state.done[0].above.clone()), (2, vec![]));
+        assert_eq!(safe(&t, 3), 0, "the done-through of the saved state bounds the commit");
+        t.state_saved(throughs);
+        assert_eq!(safe(&t, 3), 2);
+        // PUBCOMP frees the ids; saved when idle, never needed before a write.
+        t.acknowledged(1);
+        t.acknowledged(2);
+        assert!(t.state_to_save(false).is_none());
+        let (state, _) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
+        assert_eq!(state.sent.iter().map(|s| s.pkid).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn exactly_once_resumes_a_kept_session_with_the_same_packet_ids() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: vec![1],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![4] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored.clone());
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert_eq!(sent(&out), [(1, "rel".into(), false)], "the pending PUBREL again");
+        let (state, _) = t.state_to_save(false).unwrap();
+        assert_eq!(state, stored, "nothing new yet");
+        out.clear();
+        let added: Vec<i64> = (2..7).filter(|o| eos_add(&mut t, *o)).collect();
+        assert_eq!(added, [3, 5, 6], "2 is below the done-through, 4 is done");
+        t.take_sendable(10, &mut out);
+        let ids: Vec<(u16, String, bool)> = sent(&out);
+        assert_eq!(ids[0], (5, "m3".into(), true), "the same packet id, with DUP");
+        assert!(ids[1..].iter().all(|(p, _, dup)| *p != 5 && *p != 1 && !dup), "{ids:?}");
+        t.acknowledged(1);
+        let (state, _) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
+    }
+
+    #[test]
+    fn exactly_once_without_a_kept_session_publishes_again_under_new_ids() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: vec![1],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        let mut out = Vec::new();
+        t.connected(false, &mut out);
+        assert!(out.is_empty());
+        assert!(eos_add(&mut t, 3));
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(1, "m3".into(), false)]);
+    }
+
+    #[test]
+    fn exactly_once_a_restored_record_no_longer_published_releases_its_packet_id() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: vec![],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert!(out.is_empty());
+        t.skipped(&tp(), 3); // now a skipped tombstone, say
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(5, "rel".into(), false)]);
+        let (state, _) = t.state_to_save(false).unwrap();
+        assert!(state.sent.is_empty());
+        assert_eq!(state.released, [5]);
+        assert!(t.handled(&tp(), 3));
+        t.acknowledged(5);
+        let (state, _) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
     }
 }

@@ -145,7 +145,7 @@ async fn with_tolerance_none_an_mqtt5_refusal_fails_the_connector_naming_record_
 
 /// 500 commands, every 50th to a topic the ACL denies, MQTT 5: the 10 refused ones are dead
 /// letters with the broker's reason, the 490 others reach a subscriber, offsets move past all.
-async fn refused_ones_are_dead_lettered(name: &str, qos: u8) {
+async fn refused_ones_are_dead_lettered(name: &str, qos: u8, exactly_once: bool) {
     init_tracing();
     let (mqtt, _acl) = mosquitto_denying_blocked().await;
     let tansu = Tansu::start().await.unwrap();
@@ -157,6 +157,11 @@ async fn refused_ones_are_dead_lettered(name: &str, qos: u8) {
     let mut config = MqttSinkConfig::new(mqtt.url(), vec![name.into()], "cars/{key}/cmd");
     config.connection.mqtt_version = MqttVersion::V5;
     config.qos = qos;
+    if exactly_once {
+        config.exactly_once = true;
+        config.clean_session = false;
+        config.inflight = 20;
+    }
     let began = Instant::now();
     let dlq = format!("{name}.dlq");
     let sink = start(name, config, &client, &store, dead_letters(&dlq));
@@ -174,6 +179,16 @@ async fn refused_ones_are_dead_lettered(name: &str, qos: u8) {
     .unwrap();
     sink.shutdown.cancel();
     sink.handle.await.unwrap().unwrap();
+    if exactly_once {
+        // A refused PUBREC freed its packet id: the saved state holds no publish in flight.
+        let state = store.load(&format!("{name}.sink-state")).await.unwrap();
+        let session = state
+            .get(&connector_core::SourcePartition::from([("mqtt_session", name)]))
+            .expect("the session's state");
+        let json = serde_json::to_value(session).unwrap();
+        assert_eq!(json["sent"], serde_json::json!([]), "{json}");
+        assert_eq!(json["done"][0]["through"], 500, "{json}");
+    }
     // The refusals are counted by reason code (what `/metrics` exports as
     // mqtt_publish_refused_total{reason="not_authorized"}), each dead letter once.
     let refusals: u64 = sink
@@ -236,12 +251,19 @@ async fn refused_ones_are_dead_lettered(name: &str, qos: u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tolerance_all_mqtt5_refusals_are_dead_lettered_with_the_reason_and_the_rest_delivered(
 ) {
-    refused_ones_are_dead_lettered("acl1", 1).await;
+    refused_ones_are_dead_lettered("acl1", 1, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_qos2_pubrec_is_dead_lettered_and_gets_no_pubrel() {
-    refused_ones_are_dead_lettered("acl2", 2).await;
+    refused_ones_are_dead_lettered("acl2", 2, false).await;
+}
+
+/// Exactly once: a refused PUBREC (MQTT 5, reason code >= 0x80) goes to the error policy and
+/// frees its packet id; the rest is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_refused_pubrec_is_dead_lettered_and_frees_its_packet_id() {
+    refused_ones_are_dead_lettered("acl3", 2, true).await;
 }
 
 /// 200 small commands and one of 10 kB to a Mosquitto with `max_packet_size 4096`.

@@ -319,7 +319,11 @@ impl<'a> SinkRuntime<'a> {
         let tasks = connector.create_tasks(max_tasks).map_err(|e| e.with_connector(&*name))?;
         let known: HashSet<TopicPartition> = partitions.iter().cloned().collect();
         let assignment = Assignment::new(assign_round_robin(partitions, tasks.len()));
-        let config = SinkRuntimeConfig { start: connector.start_from(), ..config };
+        let config = SinkRuntimeConfig {
+            start: connector.start_from(),
+            read_committed: connector.read_committed(),
+            ..config
+        };
         let stop = shutdown.child_token();
         let mut set = JoinSet::new();
         for (id, task) in tasks.into_iter().enumerate() {

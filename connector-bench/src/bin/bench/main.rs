@@ -83,8 +83,9 @@ struct Cli {
     #[arg(long, default_value = "3.1.1")]
     mqtt_version: String,
     /// Measurements to run, comma-separated: bare, source, scrape (the source QoS 1 100 B row
-    /// without and with GET /metrics every second), sink, python, latency, distributed,
-    /// sparkplug (Sparkplug B NDATA through the source), soak.
+    /// without and with GET /metrics every second), sink, sink-eos (not by default: the sink at
+    /// QoS 2, at least once and exactly once at windows 100 and 1000), python, latency,
+    /// distributed, sparkplug (Sparkplug B NDATA through the source), soak.
     #[arg(
         long,
         default_value = "bare,source,scrape,sink,python,latency,distributed,sparkplug,soak",
@@ -289,8 +290,20 @@ impl Driver {
                 if !self.row_wanted(1, size) {
                     continue;
                 }
-                let t = scenarios::sink(&b, &self.settings, 1, size, count).await?;
+                let t = scenarios::sink(&b, &self.settings, 1, size, count, None).await?;
                 self.record(label, t, ceiling.get(&(1, size)).copied(), true);
+            }
+        }
+        if self.wants("sink-eos") {
+            // QoS 2 at least once, then exactly once at two windows (one state save covers
+            // every publish of one write and every acknowledgement of one read).
+            for (eos, label) in [
+                (None, "sink QoS2 100 B"),
+                (Some(100), "sink QoS2 exactly-once w100 100 B"),
+                (Some(1000), "sink QoS2 exactly-once w1000 100 B"),
+            ] {
+                let t = scenarios::sink(&b, &self.settings, 2, 100, n, eos).await?;
+                self.record(label, t, ceiling.get(&(1, 100)).copied(), true);
             }
         }
         if self.wants("python") {

@@ -502,8 +502,16 @@ pub async fn source(
 
 /// (3) Kafka -> MQTT through our sink: `n` records of `size` bytes are written to Kafka first;
 /// the sink publishes them at `qos`; an independent subscriber counts them. Time runs from the
-/// first arrival to the last.
-pub async fn sink(b: &Brokers, s: &Settings, qos: u8, size: usize, n: u64) -> Result<Throughput> {
+/// first arrival to the last. `exactly_once`: with `exactly_once = true` and that `inflight`
+/// window (its QoS 2 state saved in the Kafka offset store, as in production).
+pub async fn sink(
+    b: &Brokers,
+    s: &Settings,
+    qos: u8,
+    size: usize,
+    n: u64,
+    exactly_once: Option<usize>,
+) -> Result<Throughput> {
     let id = b.id("sink");
     let topic = format!("bench-{id}");
     let prefix = format!("bench/{id}");
@@ -523,11 +531,15 @@ pub async fn sink(b: &Brokers, s: &Settings, qos: u8, size: usize, n: u64) -> Re
         b.mqtt.port(),
         &format!("{id}-sub"),
         &format!("{prefix}/#"),
-        QoS::AtLeastOnce,
+        if qos == 2 { QoS::ExactlyOnce } else { QoS::AtLeastOnce },
         n,
     )
     .await?;
     let mut c = runner_config(b, "", &id, "mqtt-sink");
+    if let Some(window) = exactly_once {
+        c = c.replace("store = \"memory\"", "store = \"kafka\"");
+        let _ = writeln!(c, "exactly_once = true\nclean_session = false\ninflight = {window}");
+    }
     let _ = writeln!(c, "mqtt_url = \"{}\"\ntopics = [\"{topic}\"]", b.mqtt.url());
     let _ = writeln!(c, "mqtt_version = \"{}\"", s.mqtt_version);
     let _ = writeln!(c, "mqtt_topic = \"{prefix}/{{key}}\"\nqos = {qos}");

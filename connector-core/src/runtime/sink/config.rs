@@ -36,6 +36,11 @@ pub struct SinkRuntimeConfig {
     #[serde(skip)]
     #[schemars(skip)]
     pub pipeline: Pipeline,
+    /// Fetch at `read_committed` (set from [`SinkConnector::read_committed`](crate::SinkConnector::read_committed),
+    /// not a config key).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub read_committed: bool,
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -60,6 +65,7 @@ impl Default for SinkRuntimeConfig {
             max_put_records: default_max_put_records(),
             pipeline: Pipeline::default(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            read_committed: false,
         }
     }
 }

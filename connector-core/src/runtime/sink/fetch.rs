@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::backoff::Backoff;
-use crate::kafka::{FetchResult, KafkaClient, OffsetSpec};
+use crate::kafka::{FetchResult, Isolation, KafkaClient, OffsetSpec};
 use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::stats::PartitionLag;
 use crate::sink::StartFrom;
@@ -21,11 +21,22 @@ pub(super) enum FetchMsg {
     Failed(Error),
 }
 
-/// Where to start a partition without a committed offset.
+/// How a sink reads: [`Isolation::ReadCommitted`] for a connector that asks for it.
+pub(super) fn isolation(read_committed: bool) -> Isolation {
+    if read_committed {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    }
+}
+
+/// Where to start a partition without a committed offset (`latest` at `read_committed`: the
+/// last stable offset, so a transaction still open is read once committed).
 pub(super) async fn initial_offset(
     client: &KafkaClient,
     tp: &TopicPartition,
     start: StartFrom,
+    isolation: Isolation,
 ) -> Result<i64> {
     let mut backoff = Backoff::new(client.config().retry_backoff);
     loop {
@@ -33,7 +44,9 @@ pub(super) async fn initial_offset(
             StartFrom::Earliest => {
                 client.list_offset(&tp.topic, tp.partition, OffsetSpec::Earliest).await
             }
-            StartFrom::Latest => client.end_offset(&tp.topic, tp.partition).await,
+            StartFrom::Latest => {
+                client.end_offset_isolated(&tp.topic, tp.partition, isolation).await
+            }
         };
         match result {
             Ok(o) => return Ok(o),
@@ -54,7 +67,7 @@ pub(super) async fn fetch_loop(
     client: KafkaClient,
     tp: TopicPartition,
     mut offset: i64,
-    start: StartFrom,
+    (start, isolation): (StartFrom, Isolation),
     tx: mpsc::Sender<FetchMsg>,
     stop: CancellationToken,
     lag: Option<Arc<PartitionLag>>,
@@ -70,7 +83,7 @@ pub(super) async fn fetch_loop(
         let max_wait = if behind { CATCH_UP_FETCH_WAIT } else { long_poll };
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            r = client.fetch(&tp.topic, tp.partition, offset, max_wait) => r,
+            r = client.fetch_isolated(&tp.topic, tp.partition, offset, max_wait, isolation) => r,
         };
         match result {
             Ok(FetchResult::Records(fetched)) => {
@@ -88,7 +101,7 @@ pub(super) async fn fetch_loop(
                 }
             }
             Ok(FetchResult::OffsetOutOfRange) => {
-                let reset = match initial_offset(&client, &tp, start).await {
+                let reset = match initial_offset(&client, &tp, start, isolation).await {
                     Ok(o) => o,
                     Err(e) => {
                         let _ = tx.send(FetchMsg::Failed(e)).await;

@@ -52,7 +52,7 @@ use crate::record::{SinkRecord, TopicPartition};
 use crate::runtime::stats::{TaskCounterHandle, TaskCounters, TaskKind, TaskStats};
 use crate::runtime::task::{OnStarted, PauseSwitch, TaskBase};
 use crate::runtime::CommitRequester;
-use crate::sink::{SinkTask, SinkTaskContext, StartFrom};
+use crate::sink::{SinkTask, SinkTaskContext, SinkTaskState, StartFrom};
 use crate::{Error, Result};
 
 use commit::{
@@ -60,7 +60,7 @@ use commit::{
 };
 pub use config::SinkRuntimeConfig;
 use deliver::{deliver, queue_for_put};
-use fetch::{fetch_loop, initial_offset, FetchMsg};
+use fetch::{fetch_loop, initial_offset, isolation, FetchMsg};
 pub(crate) use group::run_in_group;
 pub use group::SinkGroupSettings;
 
@@ -335,6 +335,8 @@ impl SinkEpoch {
 /// What every epoch of one task shares: identity, client, counters, settings, error policy.
 struct Env {
     name: Arc<str>,
+    /// The runner's offset store, where the task's own state lives (`SinkTaskContext::state`).
+    state: Arc<dyn OffsetStore>,
     task_id: usize,
     client: KafkaClient,
     stats: Arc<TaskCounters>,
@@ -370,6 +372,7 @@ impl Env {
         );
         Self {
             name: Arc::clone(&base.name),
+            state: Arc::clone(&base.offsets),
             task_id: base.task_id,
             client: base.client.clone(),
             stats,
@@ -388,7 +391,8 @@ impl Env {
         // Records the destination refuses after `put` go to the same error policy.
         let ctx = SinkTaskContext::new(Arc::clone(&self.name), self.task_id)
             .with_errant_record_reporter(Arc::new(self.handler.clone()))
-            .with_counters(self.counters.clone());
+            .with_counters(self.counters.clone())
+            .with_state(SinkTaskState::new(Arc::clone(&self.state), &self.name));
         let requests = ctx.commit_requester();
         (ctx, requests)
     }
@@ -408,7 +412,9 @@ impl Env {
             let start = match stored.kafka_offset(tp) {
                 Some(o) => o,
                 None => {
-                    let o = initial_offset(client, tp, config.start).await?;
+                    let o =
+                        initial_offset(client, tp, config.start, isolation(config.read_committed))
+                            .await?;
                     resolved.insert_kafka(tp, o);
                     o
                 }
@@ -554,7 +560,7 @@ impl<'a> SinkDriver<'a> {
                 self.client.clone(),
                 tp,
                 offset,
-                config.start,
+                (config.start, isolation(config.read_committed)),
                 tx.clone(),
                 self.stop_fetchers.clone(),
                 lag,
@@ -751,7 +757,10 @@ async fn add_partitions(
     for tp in &parts {
         let start = match stored.kafka_offset(tp) {
             Some(o) => o,
-            None => initial_offset(client, tp, StartFrom::Earliest).await?,
+            None => {
+                let read = isolation(config.read_committed);
+                initial_offset(client, tp, StartFrom::Earliest, read).await?
+            }
         };
         starts.push(start);
     }
@@ -768,7 +777,7 @@ async fn add_partitions(
             client.clone(),
             tp,
             start,
-            config.start,
+            (config.start, isolation(config.read_committed)),
             tx.clone(),
             stop.clone(),
             lag,

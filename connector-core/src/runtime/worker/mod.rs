@@ -635,7 +635,11 @@ impl Worker {
                 let buckets =
                     if grouped { Vec::new() } else { assign_round_robin(partitions, tasks.len()) };
                 let assignment = Assignment::new(buckets);
-                let config = SinkRuntimeConfig { start: connector.start_from(), ..config.clone() };
+                let config = SinkRuntimeConfig {
+                    start: connector.start_from(),
+                    read_committed: connector.read_committed(),
+                    ..config.clone()
+                };
                 let watcher = tokio::spawn(watch_partitions(
                     Arc::from(name),
                     inner.client.clone(),
