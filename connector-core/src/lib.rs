@@ -2,8 +2,8 @@
 
 pub mod backoff;
 mod config;
-mod crash_point;
 pub mod converter;
+mod crash_point;
 mod error;
 mod error_policy;
 #[doc(hidden)]
@@ -21,8 +21,8 @@ pub mod tls;
 pub mod transform;
 
 pub use config::{ConfigError, ConfigErrors, ConnectorConfig};
-pub use crash_point::crash_point;
 pub use converter::Converter;
+pub use crash_point::crash_point;
 pub use error::{Error, ErrorContext, ErrorKind, Result};
 pub use error_policy::{ErrorPolicyConfig, RetryTimeout, Tolerance};
 pub use offset::{FileOffsetStore, KafkaOffsetStore, MemoryOffsetStore, OffsetMap, OffsetStore};
