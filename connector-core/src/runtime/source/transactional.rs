@@ -82,8 +82,8 @@ pub(super) async fn init_producer(
 ) -> Result<TransactionalProducer> {
     if super::h1_stub::as_kafka(offsets).is_none() {
         return Err(Error::config(
-            "offsets.type",
-            "exactly_once needs the Kafka offset store (offsets.type = \"kafka\"): the source offsets are written in the same transaction as the records",
+            "offsets.store",
+            "exactly_once needs the Kafka offset store (store = \"kafka\"): the source offsets are written in the same transaction as the records",
         ));
     }
     let id = transactional_id(name, task_id);
