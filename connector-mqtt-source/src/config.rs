@@ -83,7 +83,7 @@ mqtt_connector_config! {
         /// recorded is acknowledged without being written again, and on PUBREL the id is cleared
         /// in a committed transaction before the PUBCOMP. Consumers must read with
         /// `isolation.level = read_committed`. Needs `qos = 2`, `clean_session = false`,
-        /// `format = "raw"` and the Kafka offset store (`[offsets] type = "kafka"`); the
+        /// `format = "raw"` and the Kafka offset store (`[offsets] store = "kafka"`); the
         /// transactional id is `<connector>-<task>`. See docs/delivery-guarantees.md.
         #[serde(default)]
         pub exactly_once: bool,
