@@ -261,6 +261,37 @@ async fn crash_right_after_init() {
     crash_at("source.after_init", 1).await;
 }
 
+/// A second instance of the same task (same connector name, so the same transactional id)
+/// fences the first: the first stops with an error saying so and writes nothing more; the
+/// stream goes on exactly once through the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_instance_stops_with_a_clear_error_and_writes_nothing() {
+    init_tracing();
+    let mqtt = Mosquitto::start().await.unwrap();
+    let tansu = Tansu::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "connect.toml", &config(&mqtt, &tansu, 50));
+    let publisher = Arc::new(MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap());
+    let mut old = start_subscribed(&config, &dir.path().join("old.log"), &tansu, &publisher).await;
+    let n = 2_000;
+    let publishing = publish_all(&publisher, n, 100);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new = Runner::start(&config, &dir.path().join("new.log"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = old.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the old instance goes on; log:\n{}", tail(&old.log()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(1), "{}", tail(&old.log()));
+    let last = old.log().lines().last().unwrap_or_default().to_owned();
+    assert!(last.contains("fenced") && last.contains("eos-0"), "{last}");
+    publishing.await.unwrap();
+    assert_exactly_once(&tansu, n, &new, Duration::from_secs(30)).await;
+}
+
 #[test]
 fn exactly_once_config_errors_name_their_keys() {
     let dir = tempfile::tempdir().unwrap();
