@@ -318,8 +318,11 @@ pub trait DynSourceConnector: Send + Sync {
     /// See [`SourceConnector::max_in_flight_records`].
     fn max_in_flight_records(&self) -> Option<usize>;
 
-    /// See [`SourceConnector::exactly_once`].
-    fn exactly_once(&self) -> bool;
+    /// See [`SourceConnector::exactly_once`] (provided, `false`, for connectors that implement
+    /// this trait directly).
+    fn exactly_once(&self) -> bool {
+        false
+    }
 
     /// Creates the connector's tasks (at most `max_tasks`).
     ///

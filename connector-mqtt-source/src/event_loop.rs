@@ -70,6 +70,7 @@ impl Received {
 
 /// An acknowledgement the source task releases to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // named after the MQTT packets
 pub(crate) enum Ack {
     /// QoS 1: the message is ours.
     PubAck(u16),
