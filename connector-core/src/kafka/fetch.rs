@@ -19,6 +19,15 @@
 //! stepped over at once only when the batch after it is older than [`RECENT_GAP`] (Kafka never
 //! compacts the active segment, so a gap before a recent batch is most likely a produce still
 //! being stored, and is waited for like any other).
+//!
+//! At [`Isolation::ReadCommitted`] a fetch returns only records of committed transactions (and
+//! records written outside transactions), up to the last stable offset. Kafka tells a
+//! read_committed consumer which transactions were aborted (the fetch response's aborted
+//! transactions); Tansu 0.6 always sends that list empty, so the records of an aborted
+//! transaction below the last stable offset would be delivered. We therefore decide each
+//! transactional batch by the marker its producer wrote after it (commit or abort), looking ahead
+//! past the response when the marker is not in it, and never return a record past a transactional
+//! batch not decided yet (the next fetch starts there).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,14 +37,41 @@ use crate::kafka::wire::messages::{
     FetchRequest, FetchRequestPartition, FetchRequestTopic, IsolationLevel, NORMAL_CONSUMER,
 };
 use crate::kafka::wire::primitives::{Int32, Int64, String_};
-use crate::kafka::wire::record::RecordBatch;
+use crate::kafka::wire::record::{ControlBatchOrRecords, ControlBatchRecord, RecordBatch};
 use tracing::{debug, warn};
 
 use crate::kafka::client::{KafkaClient, Lane, OffsetSpec};
 use crate::kafka::errors::{api_error, invalidates_metadata};
+use crate::kafka::fetch_response::RawFetchRequest;
 use crate::kafka::records::decode_batches;
 use crate::record::SinkRecord;
 use crate::{Error, Result};
+
+/// Which records a fetch returns: Kafka's `isolation.level`.
+///
+/// ```
+/// use connector_core::kafka::Isolation;
+///
+/// assert_eq!(Isolation::default(), Isolation::ReadUncommitted);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// Every record up to the high watermark, of open and aborted transactions too.
+    #[default]
+    ReadUncommitted,
+    /// Records outside transactions and of committed transactions, up to the last stable offset
+    /// (the first offset of the oldest open transaction).
+    ReadCommitted,
+}
+
+impl Isolation {
+    fn level(self) -> IsolationLevel {
+        match self {
+            Self::ReadUncommitted => IsolationLevel::ReadUncommitted,
+            Self::ReadCommitted => IsolationLevel::ReadCommitted,
+        }
+    }
+}
 
 /// What one fetch returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +80,10 @@ pub struct Fetched {
     pub records: Vec<SinkRecord>,
     /// The offset to fetch next (past any transaction markers or skipped records).
     pub next_offset: i64,
-    /// The partition's high watermark: the offset the next written record will get.
+    /// The end of the partition at the fetch's isolation: at [`Isolation::ReadUncommitted`] the
+    /// high watermark (the offset the next written record will get), at
+    /// [`Isolation::ReadCommitted`] the last stable offset (no record at or past it is returned
+    /// until the transactions open there end).
     pub high_watermark: i64,
 }
 
@@ -57,11 +96,86 @@ pub enum FetchResult {
     OffsetOutOfRange,
 }
 
-/// Raw batches of one partition and its high watermark.
+/// Raw batches of one partition, its high watermark and last stable offset.
 struct RawFetch {
     batches: Vec<RecordBatch>,
     high_watermark: i64,
+    /// The last stable offset (the high watermark when the broker did not send one).
+    last_stable: i64,
 }
+
+impl RawFetch {
+    /// Where the records visible at `isolation` end.
+    fn end(&self, isolation: Isolation) -> i64 {
+        match isolation {
+            Isolation::ReadUncommitted => self.high_watermark,
+            Isolation::ReadCommitted => self.last_stable.min(self.high_watermark),
+        }
+    }
+}
+
+/// The transaction markers of `batches`: producer id, offset, and whether it commits.
+fn markers(batches: &[RecordBatch]) -> impl Iterator<Item = (i64, i64, bool)> + '_ {
+    batches.iter().filter_map(|b| match &b.records {
+        ControlBatchOrRecords::ControlBatch(c) => {
+            Some((b.producer_id, b.base_offset, matches!(c, ControlBatchRecord::Commit)))
+        }
+        ControlBatchOrRecords::Records(_) => None,
+    })
+}
+
+/// Of sorted, contiguous `batches`, what a read_committed consumer sees: batches outside
+/// transactions, batches of committed transactions and the markers (which decode to nothing);
+/// batches of aborted transactions are dropped. A transactional batch is decided by the next
+/// marker of its producer, in `batches` or else in `later` (markers found past them, in order).
+/// Returns, per batch, whether it is kept (`None`: not decided).
+fn decide(batches: &[RecordBatch], later: &[(i64, i64, bool)]) -> Vec<Option<bool>> {
+    use std::collections::HashMap;
+    let mut decided: Vec<Option<bool>> = vec![None; batches.len()];
+    let mut pending: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, b) in batches.iter().enumerate() {
+        match &b.records {
+            ControlBatchOrRecords::ControlBatch(c) => {
+                let commit = matches!(c, ControlBatchRecord::Commit);
+                for j in pending.remove(&b.producer_id).unwrap_or_default() {
+                    decided[j] = Some(commit);
+                }
+                decided[i] = Some(true);
+            }
+            ControlBatchOrRecords::Records(_) if b.is_transactional => {
+                pending.entry(b.producer_id).or_default().push(i);
+            }
+            ControlBatchOrRecords::Records(_) => decided[i] = Some(true),
+        }
+    }
+    for (pid, idx) in pending {
+        if let Some(&(_, _, commit)) = later.iter().find(|m| m.0 == pid) {
+            for j in idx {
+                decided[j] = Some(commit);
+            }
+        }
+    }
+    decided
+}
+
+/// The batches [`decide`] keeps, up to the first undecided one, and that one's offset.
+fn committed_only(
+    batches: Vec<RecordBatch>,
+    decided: &[Option<bool>],
+) -> (Vec<RecordBatch>, Option<i64>) {
+    let mut out = Vec::with_capacity(batches.len());
+    for (b, d) in batches.into_iter().zip(decided.iter().copied()) {
+        match d {
+            Some(true) => out.push(b),
+            Some(false) => {}
+            None => return (out, Some(b.base_offset)),
+        }
+    }
+    (out, None)
+}
+
+/// Most look-ahead fetches spent finding the markers of transactions a fetch could not decide.
+const MAX_MARKER_FETCHES: usize = 64;
 
 fn batch_end(b: &RecordBatch) -> i64 {
     b.base_offset + i64::from(b.last_offset_delta) + 1
@@ -179,15 +293,49 @@ impl KafkaClient {
         offset: i64,
         max_wait: Duration,
     ) -> Result<FetchResult> {
-        let Some(mut raw) = self.raw_fetch(topic, partition, offset, max_wait).await? else {
+        self.fetch_isolated(topic, partition, offset, max_wait, Isolation::ReadUncommitted).await
+    }
+
+    /// [`fetch`](Self::fetch) at `isolation`. At [`Isolation::ReadCommitted`] only records of
+    /// committed transactions (and outside transactions) are returned, up to the last stable
+    /// offset, which [`Fetched::high_watermark`] then is.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use connector_core::kafka::{FetchResult, Isolation, KafkaClient, KafkaConfig};
+    ///
+    /// # async fn example() -> connector_core::Result<()> {
+    /// let client = KafkaClient::connect(KafkaConfig::new(["127.0.0.1:9092"])).await?;
+    /// let wait = Duration::from_millis(100);
+    /// if let FetchResult::Records(f) =
+    ///     client.fetch_isolated("telemetry", 0, 0, wait, Isolation::ReadCommitted).await?
+    /// {
+    ///     println!("{} committed records, stable up to {}", f.records.len(), f.high_watermark);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`fetch`](Self::fetch).
+    pub async fn fetch_isolated(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+        isolation: Isolation,
+    ) -> Result<FetchResult> {
+        let Some(mut raw) = self.raw_fetch(topic, partition, offset, max_wait, isolation).await?
+        else {
             return Ok(FetchResult::OffsetOutOfRange);
         };
         sort_batches(&mut raw.batches);
         let mut compacted = None;
         let mut start = offset;
         let covered = covers(&raw.batches, offset);
-        if !covered && (offset < raw.high_watermark || !raw.batches.is_empty()) {
-            if let Some(mut found) = self.locate(topic, partition, offset).await? {
+        if !covered && (offset < raw.end(isolation) || !raw.batches.is_empty()) {
+            if let Some(mut found) = self.locate(topic, partition, offset, isolation).await? {
                 sort_batches(&mut found.batches);
                 raw = found;
             } else {
@@ -197,7 +345,9 @@ impl KafkaClient {
                 let removed = self.is_compacted(topic, &mut compacted).await?
                     && !next_is_recent(&raw.batches, offset);
                 if !removed {
-                    if let Some(mut found) = self.wait_for_gap(topic, partition, offset).await? {
+                    if let Some(mut found) =
+                        self.wait_for_gap(topic, partition, offset, isolation).await?
+                    {
                         sort_batches(&mut found.batches);
                         raw = found;
                     }
@@ -219,12 +369,13 @@ impl KafkaClient {
                 }
             }
         }
+        let visible_end = raw.end(isolation);
         let (run, end) = contiguous_run(raw.batches, start);
         // Gaps in a compacted topic are removed records, not records still being written, unless
         // the batch after the first gap is recent: then the run ends there and the next fetch,
         // starting at the gap, waits for it.
         let gaps_are_removed = !run.rest.is_empty()
-            && end < raw.high_watermark
+            && end < visible_end
             && !next_is_recent(&run.rest, end)
             && self.is_compacted(topic, &mut compacted).await?;
         if let (false, Some(next)) = (gaps_are_removed, run.rest.first()) {
@@ -237,14 +388,56 @@ impl KafkaClient {
                 "batches missing below the high watermark: returning the records before the gap"
             );
         }
-        let (batches, next_offset) = run.into_batches(end, offset, gaps_are_removed);
+        let (mut batches, mut next_offset) = run.into_batches(end, offset, gaps_are_removed);
+        if isolation == Isolation::ReadCommitted {
+            let mut decided = decide(&batches, &[]);
+            // A transaction whose marker is past this response, with nothing before it to
+            // return: look ahead for the marker (so the fetch makes progress).
+            if decided.first().is_some_and(Option::is_none) {
+                let later = self.later_markers(topic, partition, next_offset, visible_end).await?;
+                decided = decide(&batches, &later);
+            }
+            let (kept, undecided) = committed_only(batches, &decided);
+            batches = kept;
+            if let Some(at) = undecided {
+                next_offset = at.max(offset);
+            }
+        }
         let topic_name: Arc<str> = Arc::from(topic);
         let records = decode_batches(&topic_name, partition, batches, offset)?;
-        Ok(FetchResult::Records(Fetched {
-            records,
-            next_offset,
-            high_watermark: raw.high_watermark,
-        }))
+        Ok(FetchResult::Records(Fetched { records, next_offset, high_watermark: visible_end }))
+    }
+
+    /// The transaction markers from `from` up to `until` (read_committed), for deciding batches
+    /// whose markers a fetch did not reach; at most [`MAX_MARKER_FETCHES`] fetches.
+    async fn later_markers(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, i64, bool)>> {
+        let mut found = Vec::new();
+        let mut at = from;
+        for _ in 0..MAX_MARKER_FETCHES {
+            if at >= until {
+                break;
+            }
+            let Some(mut raw) = self
+                .raw_fetch(topic, partition, at, Duration::from_millis(1), Isolation::ReadCommitted)
+                .await?
+            else {
+                break;
+            };
+            sort_batches(&mut raw.batches);
+            found.extend(markers(&raw.batches).filter(|m| m.1 >= at));
+            let end = raw.batches.iter().map(batch_end).max().unwrap_or(at);
+            if end <= at {
+                break;
+            }
+            at = end;
+        }
+        Ok(found)
     }
 
     /// Whether `topic` is compacted (`cleanup.policy` names `compact`), asked at most once per
@@ -271,13 +464,15 @@ impl KafkaClient {
         topic: &str,
         partition: i32,
         offset: i64,
+        isolation: Isolation,
     ) -> Result<Option<RawFetch>> {
         let started = std::time::Instant::now();
         let limit = MAX_GAP_WAIT.min(self.config().request_timeout());
         while started.elapsed() < limit {
             tokio::time::sleep(GAP_POLL).await;
-            let Some(raw) =
-                self.raw_fetch(topic, partition, offset, Duration::from_millis(1)).await?
+            let Some(raw) = self
+                .raw_fetch(topic, partition, offset, Duration::from_millis(1), isolation)
+                .await?
             else {
                 return Ok(None);
             };
@@ -293,7 +488,13 @@ impl KafkaClient {
     /// from further back (1, 2, 4, ... records) until a batch starts at or before `offset`, then walk
     /// forward batch by batch until one ends after it. `None` when no batch holds it (the records
     /// were deleted or compacted away), in which case the skip was right.
-    async fn locate(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<RawFetch>> {
+    async fn locate(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        isolation: Isolation,
+    ) -> Result<Option<RawFetch>> {
         let earliest = self.list_offset(topic, partition, OffsetSpec::Earliest).await?;
         let mut back: i64 = 1;
         let mut probe = offset.saturating_sub(back).max(earliest);
@@ -301,8 +502,9 @@ impl KafkaClient {
             if probe >= offset {
                 return Ok(None);
             }
-            let Some(raw) =
-                self.raw_fetch(topic, partition, probe, Duration::from_millis(1)).await?
+            let Some(raw) = self
+                .raw_fetch(topic, partition, probe, Duration::from_millis(1), isolation)
+                .await?
             else {
                 return Ok(None);
             };
@@ -340,6 +542,7 @@ impl KafkaClient {
         partition: i32,
         offset: i64,
         max_wait: Duration,
+        isolation: Isolation,
     ) -> Result<Option<RawFetch>> {
         let leader = self.leader_for(topic, partition).await?;
         let max_bytes = self.config().fetch_max_bytes;
@@ -349,7 +552,7 @@ impl KafkaClient {
             max_wait_ms: Int32(i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX).max(1)),
             min_bytes: Int32(1),
             max_bytes: Some(Int32(max_bytes)),
-            isolation_level: Some(IsolationLevel::ReadUncommitted),
+            isolation_level: Some(isolation.level()),
             topics: vec![FetchRequestTopic {
                 topic: String_(topic.to_owned()),
                 partitions: vec![FetchRequestPartition {
@@ -359,13 +562,16 @@ impl KafkaClient {
                 }],
             }],
         };
-        let response = self.request_node(leader, fetch_lane(topic, partition), &request).await?;
+        // Decoded by our codec: rskafka misreads transaction markers (see `fetch_response.rs`).
+        let response = self
+            .request_node(leader, fetch_lane(topic, partition), RawFetchRequest(request))
+            .await?;
         let found = response
-            .responses
+            .topics
             .into_iter()
-            .filter(|t| t.topic.0 == topic)
-            .flat_map(|t| t.partitions)
-            .find(|p| p.partition_index.0 == partition);
+            .filter(|(t, _)| t == topic)
+            .flat_map(|(_, ps)| ps)
+            .find(|p| p.partition_index == partition);
         let Some(p) = found else {
             return Err(Error::retriable(format!(
                 "fetch: broker sent no data for {topic}-{partition}"
@@ -384,7 +590,11 @@ impl KafkaClient {
                     .with_offset(offset));
             }
         }
-        Ok(Some(RawFetch { batches: p.records.0, high_watermark: p.high_watermark.0 }))
+        let high_watermark = p.high_watermark;
+        // -1: the broker does not know it (Kafka before 0.11); take the high watermark.
+        let last_stable =
+            if p.last_stable_offset < 0 { high_watermark } else { p.last_stable_offset };
+        Ok(Some(RawFetch { batches: p.batches, high_watermark, last_stable }))
     }
 
     /// The offset the next record written to the partition will get.
@@ -395,9 +605,39 @@ impl KafkaClient {
     /// # Errors
     /// Retriable when the leader is unreachable.
     pub async fn end_offset(&self, topic: &str, partition: i32) -> Result<i64> {
+        self.end_offset_isolated(topic, partition, Isolation::ReadUncommitted).await
+    }
+
+    /// The last stable offset of the partition: where a read_committed consumer's records end
+    /// (the first offset of the oldest open transaction, or the high watermark when none is open).
+    ///
+    /// Read from a read_committed fetch's `last_stable_offset`: Tansu 0.6 (memory storage)
+    /// answers ListOffsets latest at read_committed with the offset after some stored batch, not
+    /// the last stable offset.
+    ///
+    /// # Errors
+    /// Retriable when the leader is unreachable.
+    pub async fn stable_end_offset(&self, topic: &str, partition: i32) -> Result<i64> {
+        self.end_offset_isolated(topic, partition, Isolation::ReadCommitted).await
+    }
+
+    /// [`end_offset`](Self::end_offset) at `isolation`: at [`Isolation::ReadCommitted`] the
+    /// [`stable_end_offset`](Self::stable_end_offset).
+    ///
+    /// # Errors
+    /// Retriable when the leader is unreachable.
+    pub async fn end_offset_isolated(
+        &self,
+        topic: &str,
+        partition: i32,
+        isolation: Isolation,
+    ) -> Result<i64> {
         let earliest = self.list_offset(topic, partition, OffsetSpec::Earliest).await?;
-        match self.raw_fetch(topic, partition, earliest, Duration::from_millis(1)).await? {
-            Some(raw) => Ok(raw.high_watermark),
+        match self
+            .raw_fetch(topic, partition, earliest, Duration::from_millis(1), isolation)
+            .await?
+        {
+            Some(raw) => Ok(raw.end(isolation)),
             None => Err(Error::retriable(format!(
                 "{topic}-{partition}: earliest offset {earliest} moved while reading the end offset"
             ))),
@@ -410,8 +650,6 @@ mod tests {
     use super::*;
     use crate::kafka::config::Compression;
     use crate::kafka::records::{build_batch, PendingRecord};
-    use crate::kafka::wire::record::ControlBatchOrRecords;
-    use crate::kafka::wire::record::ControlBatchRecord;
     use crate::record::Headers;
     use bytes::Bytes;
 
@@ -524,6 +762,61 @@ mod tests {
         let (offsets, next) = assemble(vec![marker(12), batch(10, 2)], 10, false);
         assert_eq!(offsets, [10, 11]);
         assert_eq!(next, 13);
+    }
+
+    /// A transactional batch of producer `pid`.
+    fn txn(base: i64, n: i64, pid: i64) -> RecordBatch {
+        let mut b = batch(base, n);
+        b.is_transactional = true;
+        b.producer_id = pid;
+        b
+    }
+
+    /// A marker of producer `pid` at `offset`.
+    fn end_txn(offset: i64, pid: i64, commit: bool) -> RecordBatch {
+        let mut b = marker(offset);
+        b.producer_id = pid;
+        if !commit {
+            b.records = ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Abort);
+        }
+        b
+    }
+
+    /// What a read_committed fetch at `offset` makes of `batches` (markers `later` past them).
+    fn committed(batches: Vec<RecordBatch>, later: &[(i64, i64, bool)]) -> (Vec<i64>, Option<i64>) {
+        let decided = decide(&batches, later);
+        let (kept, undecided) = committed_only(batches, &decided);
+        let topic: Arc<str> = Arc::from("t");
+        let records = decode_batches(&topic, 0, kept, 0).unwrap();
+        (records.iter().map(|r| r.offset).collect(), undecided)
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_transactions_and_keeps_committed_ones() {
+        // Producer 1 commits 0..2, producer 2 aborts 2..4, interleaved with a plain batch.
+        let batches = vec![
+            txn(0, 2, 1),
+            txn(2, 2, 2),
+            batch(4, 1),
+            end_txn(5, 1, true),
+            end_txn(6, 2, false),
+        ];
+        assert_eq!(committed(batches, &[]), (vec![0, 1, 4], None));
+    }
+
+    #[test]
+    fn read_committed_stops_at_a_transaction_not_decided_yet() {
+        let batches = || vec![batch(0, 1), txn(1, 2, 7), batch(3, 1)];
+        assert_eq!(committed(batches(), &[]), (vec![0], Some(1)));
+        // Its marker found by looking ahead decides it.
+        assert_eq!(committed(batches(), &[(7, 9, true)]), (vec![0, 1, 2, 3], None));
+        assert_eq!(committed(batches(), &[(7, 9, false)]), (vec![0, 3], None));
+    }
+
+    #[test]
+    fn a_producers_next_transaction_is_decided_by_its_next_marker() {
+        let batches = vec![txn(0, 1, 1), end_txn(1, 1, false), txn(2, 1, 1), end_txn(3, 1, true)];
+        assert_eq!(committed(batches, &[]), (vec![2], None));
     }
 
     #[test]

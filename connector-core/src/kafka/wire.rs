@@ -45,29 +45,24 @@ pub(crate) mod messages {
         CreateTopicConfig, CreateTopicRequest, CreateTopicsRequest, DeleteTopicsRequest,
         FetchRequest, FetchRequestPartition, FetchRequestTopic, IsolationLevel, ListOffsetsRequest,
         ListOffsetsRequestPartition, ListOffsetsRequestTopic, MetadataRequest,
-        MetadataRequestTopic, MetadataResponse, ProduceRequest, ProduceResponse,
-        ReadVersionedError, ReadVersionedType, RequestBody, WriteVersionedError,
-        WriteVersionedType, NORMAL_CONSUMER,
-    };
-    #[cfg(test)]
-    pub(crate) use rskafka::protocol::messages::{
-        ProduceRequestPartitionData, ProduceRequestTopicData,
+        MetadataRequestTopic, MetadataResponse, ProduceRequest, ProduceRequestPartitionData,
+        ProduceRequestTopicData, ProduceResponse, ReadVersionedError, ReadVersionedType,
+        RequestBody, WriteVersionedError, WriteVersionedType, NORMAL_CONSUMER,
     };
 }
 
 /// Protocol primitives.
 pub(crate) mod primitives {
     pub(crate) use rskafka::protocol::primitives::{
-        Array, Boolean, Bytes, Int16, Int32, Int64, Int8, NullableString, Records, String_,
+        Array, Boolean, Bytes, CompactNullableString, Int16, Int32, Int64, Int8, NullableString,
+        Records, String_, TaggedFields,
     };
 }
 
 /// v2 record batches.
 pub(crate) mod record {
-    #[cfg(test)]
-    pub(crate) use rskafka::protocol::record::ControlBatchRecord;
     pub(crate) use rskafka::protocol::record::{
-        ControlBatchOrRecords, Record, RecordBatch, RecordBatchCompression,
+        ControlBatchOrRecords, ControlBatchRecord, Record, RecordBatch, RecordBatchCompression,
         RecordBatchTimestampType, RecordHeader,
     };
 }

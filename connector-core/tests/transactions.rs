@@ -1,0 +1,205 @@
+//! The transactional producer and read_committed fetching on a real broker (Tansu 0.6.0 with our
+//! EndTxn route): committed records are visible and aborted ones are not, to our fetch and to a
+//! librdkafka read_committed consumer; an open transaction holds the last stable offset; a second
+//! instance of a transactional id fences the first and aborts its open transaction.
+
+// Test code: an unwrap that fails is a failing test, with the error in its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use connector_core::kafka::{
+    FetchResult, Isolation, KafkaClient, OffsetSpec, ProducerRecord, TransactionalProducer,
+};
+use connector_testkit::{init_tracing, Tansu};
+
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn records(topic: &str, prefix: &str, n: usize) -> Vec<ProducerRecord> {
+    (0..n).map(|i| ProducerRecord::new(topic, format!("{prefix}{i}")).with_partition(0)).collect()
+}
+
+/// Every value of partition 0 visible at `isolation`, up to the end at that isolation.
+async fn read_all(client: &KafkaClient, topic: &str, isolation: Isolation) -> Vec<String> {
+    let end = client.end_offset_isolated(topic, 0, isolation).await.unwrap();
+    let mut offset = client.list_offset(topic, 0, OffsetSpec::Earliest).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while offset < end {
+        assert!(Instant::now() < deadline, "read stuck at {offset} of {end}");
+        match client
+            .fetch_isolated(topic, 0, offset, Duration::from_millis(50), isolation)
+            .await
+            .unwrap()
+        {
+            FetchResult::Records(f) => {
+                for r in f.records {
+                    out.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+                }
+                offset = f.next_offset.max(offset);
+            }
+            FetchResult::OffsetOutOfRange => panic!("offset {offset} out of range"),
+        }
+    }
+    out
+}
+
+/// The values a librdkafka consumer at read_committed sees in partition 0 of `topic`: polled
+/// until `expect` arrived and then nothing more for a second (or 15 s passed).
+fn librdkafka_read_committed(bootstrap: &str, topic: &str, expect: usize) -> Vec<String> {
+    const SCRIPT: &str = r#"
+import sys, time
+from confluent_kafka import Consumer, TopicPartition
+bootstrap, topic, expect = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "rc-check", "enable.auto.commit": False,
+              "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
+c.assign([TopicPartition(topic, 0, 0)])
+got, deadline, quiet_since = [], time.time() + 15, None
+while time.time() < deadline:
+    m = c.poll(0.2)
+    if m is None or m.error():
+        if len(got) >= expect:
+            quiet_since = quiet_since or time.time()
+            if time.time() - quiet_since > 1.0:
+                break
+        continue
+    quiet_since = None
+    got.append(m.value().decode())
+c.close()
+for v in got:
+    print(v)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, bootstrap, topic, &expect.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_records_are_visible_and_aborted_ones_are_not() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("tx", 1, 1).await.unwrap();
+
+    let mut p = TransactionalProducer::init(client.clone(), "tx-1", TXN_TIMEOUT).await.unwrap();
+    assert!(p.producer_id() >= 0 && p.epoch() >= 0);
+    for r in p.send(records("tx", "c", 5)).await.unwrap() {
+        r.unwrap();
+    }
+    p.commit().await.unwrap();
+    let sent = p.send(records("tx", "a", 5)).await.unwrap();
+    assert!(sent.iter().all(Result::is_ok));
+    p.abort().await.unwrap();
+    let sent = p.send(records("tx", "d", 3)).await.unwrap();
+    let offsets: Vec<i64> = sent.into_iter().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets.windows(2).filter(|w| w[1] != w[0] + 1).count(), 0, "{offsets:?}");
+    p.commit().await.unwrap();
+
+    let mut want = values("c", 5);
+    want.extend(values("d", 3));
+    assert_eq!(read_all(&client, "tx", Isolation::ReadCommitted).await, want);
+    let uncommitted = read_all(&client, "tx", Isolation::ReadUncommitted).await;
+    assert_eq!(uncommitted.len(), 13, "aborted records are in the log: {uncommitted:?}");
+    // 13 records and 3 markers; nothing open, so the last stable offset is the high watermark.
+    assert_eq!(client.end_offset("tx", 0).await.unwrap(), 16);
+    assert_eq!(client.stable_end_offset("tx", 0).await.unwrap(), 16);
+
+    let seen = tokio::task::spawn_blocking({
+        let bootstrap = tansu.bootstrap();
+        move || librdkafka_read_committed(&bootstrap, "tx", 8)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, want, "librdkafka at read_committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_is_invisible_and_holds_the_last_stable_offset() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("open", 1, 1).await.unwrap();
+    client.produce(records("open", "before", 2)).await.unwrap();
+
+    let mut p = TransactionalProducer::init(client.clone(), "open-1", TXN_TIMEOUT).await.unwrap();
+    assert!(p.send(records("open", "t", 3)).await.unwrap().iter().all(Result::is_ok));
+    assert!(p.in_transaction());
+    // Written outside the transaction, after it began.
+    client.produce(records("open", "after", 2)).await.unwrap();
+
+    assert_eq!(client.end_offset("open", 0).await.unwrap(), 7);
+    assert_eq!(client.stable_end_offset("open", 0).await.unwrap(), 2, "held at the txn's start");
+    assert_eq!(read_all(&client, "open", Isolation::ReadCommitted).await, values("before", 2));
+    // A fetch at the last stable offset returns nothing and stays there.
+    let FetchResult::Records(f) = client
+        .fetch_isolated("open", 0, 2, Duration::from_millis(50), Isolation::ReadCommitted)
+        .await
+        .unwrap()
+    else {
+        panic!("out of range")
+    };
+    assert!(f.records.is_empty(), "{:?}", f.records);
+    assert_eq!((f.next_offset, f.high_watermark), (2, 2));
+
+    p.commit().await.unwrap();
+    assert!(!p.in_transaction());
+    assert_eq!(client.stable_end_offset("open", 0).await.unwrap(), 8);
+    let mut want = values("before", 2);
+    want.extend(values("t", 3));
+    want.extend(values("after", 2));
+    assert_eq!(read_all(&client, "open", Isolation::ReadCommitted).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_init_fences_the_first_instance_which_writes_nothing() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("fence", 1, 1).await.unwrap();
+
+    let mut zombie =
+        TransactionalProducer::init(client.clone(), "task-0", TXN_TIMEOUT).await.unwrap();
+    assert!(zombie.send(records("fence", "z", 2)).await.unwrap().iter().all(Result::is_ok));
+    let mut p = TransactionalProducer::init(client.clone(), "task-0", TXN_TIMEOUT).await.unwrap();
+    assert_eq!(p.producer_id(), zombie.producer_id());
+    assert!(p.epoch() > zombie.epoch(), "{} > {}", p.epoch(), zombie.epoch());
+
+    let err = zombie.send(records("fence", "z", 1)).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("fenced") && msg.contains("task-0"), "{msg}");
+    assert!(msg.contains("a newer instance of this task started"), "{msg}");
+    assert!(zombie.commit().await.unwrap_err().is_fenced());
+
+    assert!(p.send(records("fence", "p", 2)).await.unwrap().iter().all(Result::is_ok));
+    p.commit().await.unwrap();
+    assert_eq!(read_all(&client, "fence", Isolation::ReadCommitted).await, values("p", 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_producers_open_transaction_is_aborted_by_the_next_init() {
+    init_tracing();
+    let tansu = Tansu::start().await.unwrap();
+    let client = tansu.client().await.unwrap();
+    client.create_topic("crash", 1, 1).await.unwrap();
+
+    let mut crashed =
+        TransactionalProducer::init(client.clone(), "task-1", TXN_TIMEOUT).await.unwrap();
+    assert!(crashed.send(records("crash", "lost", 3)).await.unwrap().iter().all(Result::is_ok));
+    drop(crashed);
+    assert_eq!(client.stable_end_offset("crash", 0).await.unwrap(), 0, "open: LSO held");
+
+    let mut p = TransactionalProducer::init(client.clone(), "task-1", TXN_TIMEOUT).await.unwrap();
+    // The abort marker is written and nothing is open any more.
+    assert_eq!(client.stable_end_offset("crash", 0).await.unwrap(), 4);
+    assert!(p.send(records("crash", "kept", 2)).await.unwrap().iter().all(Result::is_ok));
+    p.commit().await.unwrap();
+    assert_eq!(read_all(&client, "crash", Isolation::ReadCommitted).await, values("kept", 2));
+}
