@@ -1,6 +1,9 @@
 //! [`KafkaOffsetStore`]: offsets in a single-partition Kafka topic, in Kafka Connect's format
 //! (key = JSON `["<connector>", {partition}]`, value = JSON offset), so the latest record per key
 //! is the current offset.
+//!
+//! The topic is read at read_committed, up to the last stable offset: offsets written inside a
+//! transaction that aborted never count, and those of an open one count once it commits.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-use crate::kafka::{FetchResult, KafkaClient, OffsetSpec, ProducerRecord};
+use crate::kafka::{FetchResult, Isolation, KafkaClient, OffsetSpec, ProducerRecord};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::{Error, Result};
 
@@ -21,9 +24,16 @@ const CLEANUP_POLICY: &str = "cleanup.policy";
 const COMPACT: &str = "compact";
 
 /// Offsets in a Kafka topic (default name `connect-offsets`), read at first use up to the
-/// high watermark (keeping the last value of each key), read on from there at every later load
-/// (so offsets another process saved are seen) and appended to on every save. Each save is
-/// written as one batch to one partition. The topic is created with `cleanup.policy=compact`, so
+/// last stable offset (keeping the last value of each key, of records outside transactions and of
+/// committed transactions), read on from there at every later load (so offsets another process
+/// saved are seen) and appended to on every save. Each save is written as one batch to one
+/// partition. Offsets can also be written inside a Kafka transaction
+/// ([`offset_records`](Self::offset_records), then [`committed`](Self::committed)).
+///
+/// While another producer's transaction is open on the offsets topic, the last stable offset
+/// stays at its start, so offsets written after it are not read back until it ends; what this
+/// store saved (or was told was [`committed`](Self::committed)) meanwhile is remembered apart and
+/// wins over what the read finds, until a read reaches the end of the topic. The topic is created with `cleanup.policy=compact`, so
 /// the broker keeps the latest offset of every key however long ago it was written; an existing
 /// topic that is not compacted is refused at start (where the broker describes topic configs).
 ///
@@ -42,14 +52,125 @@ const COMPACT: &str = "compact";
 pub struct KafkaOffsetStore {
     client: KafkaClient,
     topic: String,
-    /// Every connector's offsets as read, and the topic offset the read reached.
-    cache: Mutex<Option<(HashMap<String, OffsetMap>, i64)>>,
+    /// What was read and written, once the topic was first read.
+    cache: Mutex<Option<Cache>>,
+}
+
+/// The offsets a [`KafkaOffsetStore`] knows.
+#[derive(Debug, Default)]
+struct Cache {
+    /// Whether the topic was read from its start (else only `written` is known).
+    loaded: bool,
+    /// Every connector's offsets as read from the topic.
+    read: HashMap<String, OffsetMap>,
+    /// The topic offset the read reached.
+    position: i64,
+    /// Whether the last read reached the high watermark (no transaction held it back).
+    complete: bool,
+    /// Offsets this store wrote (saved, or committed in a transaction) that the read may not
+    /// have reached yet (an open transaction holds the last stable offset before them). They win
+    /// over `read` until a read reaches the high watermark.
+    written: HashMap<String, OffsetMap>,
+}
+
+impl Cache {
+    fn get(&self, namespace: &str) -> OffsetMap {
+        let mut out = self.read.get(namespace).cloned().unwrap_or_default();
+        if let Some(w) = self.written.get(namespace) {
+            out.merge(w);
+        }
+        out
+    }
+
+    fn learn(&mut self, namespace: &str, offsets: &OffsetMap) {
+        self.written.entry(namespace.to_owned()).or_default().merge(offsets);
+    }
 }
 
 impl KafkaOffsetStore {
     /// A store in `topic` (created with one partition if missing).
     pub fn new(client: KafkaClient, topic: impl Into<String>) -> Self {
         Self { client, topic: topic.into(), cache: Mutex::new(None) }
+    }
+
+    /// The offsets topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The records [`save`](OffsetStore::save)`(namespace, offsets)` would write (same key and
+    /// value format, partition 0), to be written inside a Kafka transaction; after it commits,
+    /// tell the store with [`committed`](Self::committed).
+    ///
+    /// ```
+    /// use connector_core::kafka::{KafkaClient, KafkaConfig};
+    /// use connector_core::{KafkaOffsetStore, OffsetMap, TopicPartition};
+    ///
+    /// # async fn example(client: KafkaClient) {
+    /// let store = KafkaOffsetStore::new(client, "connect-offsets");
+    /// let mut offsets = OffsetMap::new();
+    /// offsets.insert_kafka(&TopicPartition::new("commands", 0), 7);
+    /// let records = store.offset_records("sink", &offsets);
+    /// assert_eq!(records.len(), 1);
+    /// assert_eq!(&*records[0].topic, "connect-offsets");
+    /// # }
+    /// ```
+    pub fn offset_records(&self, namespace: &str, offsets: &OffsetMap) -> Vec<ProducerRecord> {
+        offsets
+            .iter()
+            .map(|(p, o)| {
+                let key = Value::Array(vec![
+                    Value::String(namespace.to_owned()),
+                    Value::Object(p.clone().into_map()),
+                ]);
+                ProducerRecord::new(
+                    self.topic.as_str(),
+                    Bytes::from(Value::Object(o.clone().into_map()).to_string()),
+                )
+                .with_key(Bytes::from(key.to_string()))
+                .with_partition(0)
+            })
+            .collect()
+    }
+
+    /// After a transaction holding [`offset_records`](Self::offset_records)`(namespace,
+    /// offsets)` committed: the store learns them, so the next [`load`](OffsetStore::load)
+    /// returns them even while the read of the topic cannot reach them yet.
+    pub async fn committed(&self, namespace: &str, offsets: &OffsetMap) {
+        let mut cache = self.cache.lock().await;
+        cache.get_or_insert_with(Cache::default).learn(namespace, offsets);
+    }
+
+    /// Makes sure the topic exists and is compacted, and has been read once (call before writing
+    /// [`offset_records`](Self::offset_records) into a transaction: a transaction cannot
+    /// create the topic).
+    ///
+    /// # Errors
+    /// As for [`load`](OffsetStore::load).
+    pub async fn prepare(&self) -> Result<()> {
+        self.prepare_locked(&mut *self.cache.lock().await, false).await.map(|_| ())
+    }
+
+    /// The cache, read from the topic's start if it was not yet, else (when `refresh`) brought
+    /// up to date.
+    async fn prepare_locked<'a>(
+        &self,
+        slot: &'a mut Option<Cache>,
+        refresh: bool,
+    ) -> Result<&'a mut Cache> {
+        let cache = slot.get_or_insert_with(Cache::default);
+        if !cache.loaded {
+            let fresh = self.read_all().await?;
+            let written = std::mem::take(&mut cache.written);
+            *cache = Cache { written, ..fresh };
+            if cache.complete {
+                cache.written.clear();
+            }
+        } else if refresh {
+            // Not a stale copy: another worker may have saved since (its task moved here).
+            self.catch_up(cache).await?;
+        }
+        Ok(cache)
     }
 
     async fn ensure_topic(&self) -> Result<()> {
@@ -97,10 +218,10 @@ impl KafkaOffsetStore {
     }
 
     /// Reads the topic from the start into a fresh cache.
-    async fn read_all(&self) -> Result<(HashMap<String, OffsetMap>, i64)> {
+    async fn read_all(&self) -> Result<Cache> {
         self.ensure_topic().await?;
         let start = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
-        let mut cache = (HashMap::new(), start);
+        let mut cache = Cache { loaded: true, position: start, ..Cache::default() };
         self.catch_up(&mut cache).await?;
         Ok(cache)
     }
@@ -108,15 +229,16 @@ impl KafkaOffsetStore {
     /// Reads what was appended since the cache was last brought up to date (by other processes
     /// too: in distributed mode a task that moved here resumes from the offsets its previous
     /// worker saved last).
-    async fn catch_up(&self, cache: &mut (HashMap<String, OffsetMap>, i64)) -> Result<()> {
-        let (out, offset) = (&mut cache.0, &mut cache.1);
-        let end = self.client.end_offset(&self.topic, 0).await?;
+    async fn catch_up(&self, cache: &mut Cache) -> Result<()> {
+        let (out, offset) = (&mut cache.read, &mut cache.position);
+        let end = self.client.stable_end_offset(&self.topic, 0).await?;
+        let high_watermark = self.client.end_offset(&self.topic, 0).await?;
         if *offset > end {
             // The topic was recreated: read it again from its start.
             out.clear();
             *offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
         }
-        // The high watermark is taken once: saves made while we read are not chased, so the
+        // The last stable offset is taken once: saves made while we read are not chased, so the
         // read ends. Only the last value of each key is kept, so memory follows the number of
         // keys, not the topic's history.
         let stall_limit = self.client.config().request_timeout();
@@ -128,17 +250,25 @@ impl KafkaOffsetStore {
                     self.topic
                 )));
             }
-            let fetched =
-                match self.client.fetch(&self.topic, 0, *offset, Duration::from_millis(100)).await?
-                {
-                    FetchResult::Records(f) => f,
-                    FetchResult::OffsetOutOfRange => {
-                        return Err(Error::retriable(format!(
-                            "offsets topic {} changed while being read",
-                            self.topic
-                        )))
-                    }
-                };
+            let fetched = match self
+                .client
+                .fetch_isolated(
+                    &self.topic,
+                    0,
+                    *offset,
+                    Duration::from_millis(100),
+                    Isolation::ReadCommitted,
+                )
+                .await?
+            {
+                FetchResult::Records(f) => f,
+                FetchResult::OffsetOutOfRange => {
+                    return Err(Error::retriable(format!(
+                        "offsets topic {} changed while being read",
+                        self.topic
+                    )))
+                }
+            };
             for r in &fetched.records {
                 self.apply(out, r.key.as_deref(), r.value.as_deref(), r.offset)?;
             }
@@ -146,6 +276,12 @@ impl KafkaOffsetStore {
                 last_progress = std::time::Instant::now();
             }
             *offset = fetched.next_offset.max(*offset);
+        }
+        cache.complete = end >= high_watermark;
+        if cache.complete {
+            // No transaction was open: everything written before this read, our own writes
+            // included, has been read.
+            cache.written.clear();
         }
         Ok(())
     }
@@ -192,42 +328,21 @@ impl KafkaOffsetStore {
 #[async_trait]
 impl OffsetStore for KafkaOffsetStore {
     async fn load(&self, namespace: &str) -> Result<OffsetMap> {
-        let mut cache = self.cache.lock().await;
-        match cache.as_mut() {
-            // Not a stale copy: another worker may have saved since (its task moved here).
-            Some(c) => self.catch_up(c).await?,
-            None => *cache = Some(self.read_all().await?),
-        }
-        Ok(cache.as_ref().and_then(|c| c.0.get(namespace)).cloned().unwrap_or_default())
+        self.prepare_locked(&mut *self.cache.lock().await, true).await.map(|c| c.get(namespace))
     }
 
     async fn save(&self, namespace: &str, offsets: &OffsetMap) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut cache = self.cache.lock().await;
-        if cache.is_none() {
-            *cache = Some(self.read_all().await?);
-        }
-        let records = offsets
-            .iter()
-            .map(|(p, o)| {
-                let key = Value::Array(vec![
-                    Value::String(namespace.to_owned()),
-                    Value::Object(p.clone().into_map()),
-                ]);
-                ProducerRecord::new(
-                    self.topic.as_str(),
-                    Bytes::from(Value::Object(o.clone().into_map()).to_string()),
-                )
-                .with_key(Bytes::from(key.to_string()))
-                .with_partition(0)
-            })
-            .collect();
-        self.client.produce(records).await?;
-        if let Some(c) = cache.as_mut() {
-            c.0.entry(namespace.to_owned()).or_default().merge(offsets);
-        }
+        let mut guard = self.cache.lock().await;
+        let cache = self.prepare_locked(&mut guard, false).await?;
+        self.client.produce(self.offset_records(namespace, offsets)).await?;
+        cache.learn(namespace, offsets);
         Ok(())
+    }
+
+    fn as_kafka(&self) -> Option<&KafkaOffsetStore> {
+        Some(self)
     }
 }

@@ -62,4 +62,11 @@ pub trait OffsetStore: Send + Sync + std::fmt::Debug {
     /// never a mix or a torn write (write a temporary file and rename it, say; one Kafka produce):
     /// the next `load` must still read.
     async fn save(&self, namespace: &str, offsets: &OffsetMap) -> Result<()>;
+
+    /// This store as a [`KafkaOffsetStore`], when it is one: exactly-once sources write their
+    /// offsets inside their Kafka transactions ([`KafkaOffsetStore::offset_records`]), which only
+    /// an offsets topic allows. Wrappers around a Kafka store pass it through.
+    fn as_kafka(&self) -> Option<&KafkaOffsetStore> {
+        None
+    }
 }
