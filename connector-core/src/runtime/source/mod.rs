@@ -23,7 +23,6 @@
 
 mod config;
 mod driver;
-mod h1_stub;
 mod transactional;
 
 use std::collections::VecDeque;
@@ -233,7 +232,7 @@ impl SourceTaskRuntime {
             Arc::clone(&stats),
         );
         if let Some(producer) = txn {
-            let Some(store) = h1_stub::as_kafka(&*offsets) else {
+            let Some(store) = offsets.as_kafka() else {
                 return Err(tag(Error::fatal("exactly_once needs the Kafka offset store")));
             };
             let driver = transactional::TransactionalDriver {

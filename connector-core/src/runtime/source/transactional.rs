@@ -23,11 +23,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::h1_stub::TransactionalProducer;
 use crate::backoff::Backoff;
 use crate::crash_point;
 use crate::error_policy::{ErrorHandler, FailedRecord, Handled, Stage};
-use crate::kafka::{KafkaClient, ProducerRecord};
+use crate::kafka::{KafkaClient, ProducerRecord, TransactionalProducer};
 use crate::offset::{KafkaOffsetStore, OffsetMap, OffsetStore};
 use crate::record::{RecordMetadata, SourceRecord};
 use crate::runtime::stats::TaskCounters;
@@ -80,7 +79,7 @@ pub(super) async fn init_producer(
     task_id: usize,
     config: &SourceRuntimeConfig,
 ) -> Result<TransactionalProducer> {
-    if super::h1_stub::as_kafka(offsets).is_none() {
+    if offsets.as_kafka().is_none() {
         return Err(Error::config(
             "offsets.store",
             "exactly_once needs the Kafka offset store (store = \"kafka\"): the source offsets are written in the same transaction as the records",
@@ -285,7 +284,7 @@ impl TransactionalDriver<'_> {
             }
         }
         crash_point("source.before_commit");
-        self.producer.commit().await?;
+        self.commit().await?;
         crash_point("source.after_commit");
         self.stats.add_offset_commits(1);
         self.store.committed(self.name, &offsets).await;
@@ -314,6 +313,26 @@ impl TransactionalDriver<'_> {
         Ok(())
     }
 }
+
+impl TransactionalDriver<'_> {
+    /// EndTxn(commit), again while the coordinator does not answer in time (a repeated commit
+    /// of a committed transaction succeeds), within the client's request timeout a few times.
+    async fn commit(&mut self) -> Result<()> {
+        let mut attempts = 0;
+        loop {
+            match self.producer.commit().await {
+                Err(e) if e.is_retriable() && attempts < COMMIT_ATTEMPTS => {
+                    attempts += 1;
+                    warn!(connector = %self.name, error = %e.report(), attempt = attempts, "transaction commit not answered; committing again");
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// How often an unanswered commit is tried again before the task fails.
+const COMMIT_ATTEMPTS: u32 = 5;
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
