@@ -106,12 +106,16 @@ impl TransactionalDriver<'_> {
         let interval = Duration::from_millis(self.config.transaction_interval_ms.max(1));
         let mut backoff = Backoff::new(self.config.pipeline.task_backoff());
         let mut failing_since: Option<Instant> = None;
+        // Polled records past the size of the transaction they were polled for: the next one's.
+        let mut carry: std::collections::VecDeque<SourceRecord> = Default::default();
         loop {
-            let mut batch: Vec<SourceRecord> = Vec::new();
-            let mut deadline: Option<Instant> = None;
+            let take = carry.len().min(max);
+            let mut batch: Vec<SourceRecord> = carry.drain(..take).collect();
+            let mut deadline: Option<Instant> =
+                (!batch.is_empty()).then(|| Instant::now() + interval);
             let mut stopping = false;
             let mut retry_at: Option<Instant> = None;
-            while batch.len() < max {
+            while batch.len() < max && carry.is_empty() {
                 let paused = pause.is_paused();
                 tokio::select! {
                     biased;
@@ -132,7 +136,10 @@ impl TransactionalDriver<'_> {
                             failing_since = None;
                             self.stats.add_in(records.len() as u64);
                             deadline.get_or_insert_with(|| Instant::now() + interval);
-                            batch.extend(records);
+                            let room = max - batch.len();
+                            let mut records = records.into_iter();
+                            batch.extend(records.by_ref().take(room));
+                            carry.extend(records);
                         }
                         Err(e) => {
                             if !e.is_retriable() {
