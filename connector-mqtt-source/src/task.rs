@@ -68,15 +68,22 @@ pub struct MqttSourceTaskConfig {
 /// of its last record.
 ///
 /// Bounded by the broker's in-flight window: an id enters with a message the broker has not had
-/// PUBCOMP for, and the broker sends no more such messages than its window (MQTT 5: our Receive
-/// Maximum, `inflight`; MQTT 3.1.1: Mosquitto's `max_inflight_messages`, to be set at most to
-/// `inflight`). A set growing past `inflight` fails the task with an error saying so.
+/// PUBCOMP for, and the broker sends no more messages awaiting PUBREC than its window (MQTT 5:
+/// our Receive Maximum, `inflight`; MQTT 3.1.1: Mosquitto's `max_inflight_messages`, to be set
+/// at most to `inflight`); the ids awaiting their clear are bounded by what the source reads
+/// ahead. A set growing past [`QOS2_LIMIT_FACTOR`] × `inflight` fails the task with an error
+/// saying so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Qos2State {
     partition: connector_core::SourcePartition,
     received: std::collections::BTreeSet<u16>,
     limit: usize,
 }
+
+/// The recorded ids are refused past this many times `inflight`: the broker's window of
+/// messages awaiting PUBREC (Mosquitto frees a window slot at PUBREC, not at PUBCOMP), plus the
+/// PUBRELs read and not yet cleared in a committed transaction, plus a transaction's worth.
+const QOS2_LIMIT_FACTOR: usize = 4;
 
 /// The source offset of [`Qos2State`].
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -130,7 +137,7 @@ impl Qos2State {
         }
         if self.received.len() >= self.limit {
             return Err(Error::fatal(format!(
-                "more than inflight = {} QoS 2 messages await their PUBREL: the broker's in-flight window is larger than `inflight` (Mosquitto: set max_inflight_messages to at most inflight)",
+                "more than {} QoS 2 messages ({QOS2_LIMIT_FACTOR} x inflight) await their PUBREL: the broker's in-flight window is larger than `inflight` (Mosquitto: set max_inflight_messages to at most inflight)",
                 self.limit
             )));
         }
@@ -507,7 +514,8 @@ impl SourceTask for MqttSourceTask {
         let stop = CancellationToken::new();
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         if c.exactly_once {
-            let state = Qos2State::restore(&c.connection.client_id, ctx.offsets(), c.inflight)?;
+            let limit = (c.inflight * QOS2_LIMIT_FACTOR).min(usize::from(u16::MAX));
+            let state = Qos2State::restore(&c.connection.client_id, ctx.offsets(), limit)?;
             info!(connector = ctx.connector(), client_id = %c.connection.client_id, recorded = state.len(), "exactly once: QoS 2 packet ids restored from the offset store");
             self.qos2 = Some(state);
         }
@@ -928,7 +936,7 @@ mod tests {
         let Qos2Publish::New(o) = s.publish(3).unwrap() else { panic!("new") };
         assert_eq!(ids(&o), [3, 7], "the full set on every record");
         let e = s.publish(9).unwrap_err();
-        assert!(e.to_string().contains("inflight = 2"), "{e}");
+        assert!(e.to_string().contains("more than 2 QoS 2 messages"), "{e}");
         let cleared = s.release(7);
         assert!(cleared.is_offset_only());
         assert_eq!(ids(cleared.source_offset.as_ref().unwrap()), [3]);

@@ -140,11 +140,19 @@ async fn assert_exactly_once(tansu: &Tansu, n: usize, runner: &Runner, within: D
             assert_eq!(seen.len(), n, "only the published values");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{lost} of {n} not at read_committed; log:\n{}",
-            tail(&runner.log())
-        );
+        if Instant::now() >= deadline {
+            let mut ends = Vec::new();
+            for t in [TOPIC, "connect-offsets"] {
+                let lso = client.stable_end_offset(t, 0).await.unwrap();
+                let hw = client.end_offset(t, 0).await.unwrap();
+                ends.push(format!("{t}: last stable {lso}, high watermark {hw}"));
+            }
+            panic!(
+                "{lost} of {n} not at read_committed ({}); log:\n{}",
+                ends.join("; "),
+                tail(&runner.log())
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let bootstrap = tansu.bootstrap();
