@@ -172,6 +172,24 @@ async fn assert_exactly_once(tansu: &Tansu, n: usize, runner: &Runner, within: D
     );
 }
 
+/// `text` without its ANSI colours.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -259,6 +277,25 @@ async fn twenty_sigkills_during_a_qos2_stream_deliver_each_message_exactly_once(
     assert_exactly_once(&tansu, n, &runner, Duration::from_secs(60)).await;
     let kills = runner.log().matches("transactional producer ready").count();
     assert!(kills >= 21, "21 starts of the task ({kills})");
+    assert_ids_drain(&config, &log, runner).await;
+}
+
+/// Once the stream is over, every recorded packet id is cleared (each PUBREL handled): a restart
+/// restores none. A stale id would one day make a new message with that id look like a
+/// redelivery.
+async fn assert_ids_drain(config: &str, log: &Path, mut runner: Runner) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runner.terminate(), Some(0), "{}", tail(&runner.log()));
+    let before = runner.log().matches("packet ids restored").count();
+    let runner = Runner::start(config, log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while runner.log().matches("packet ids restored").count() == before {
+        assert!(Instant::now() < deadline, "{}", tail(&runner.log()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = plain(&runner.log());
+    let last = log.lines().filter(|l| l.contains("packet ids restored")).last().unwrap().to_owned();
+    assert!(last.contains("recorded=0"), "{last}");
 }
 
 /// One crash at `point` (its `pass`-th pass) mid-stream, then a restart: each message once.
