@@ -174,6 +174,18 @@ fn committed_only(
     (out, None)
 }
 
+/// What a fetch returns of transactional records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Everything (read_uncommitted).
+    Uncommitted,
+    /// Read_committed: committed records up to the last stable offset, stopping at a
+    /// transaction not decided yet.
+    Committed,
+    /// Up to the high watermark: committed records, skipping transactions not decided yet.
+    Decided,
+}
+
 /// Most look-ahead fetches spent finding the markers of transactions a fetch could not decide.
 const MAX_MARKER_FETCHES: usize = 64;
 
@@ -326,9 +338,46 @@ impl KafkaClient {
         max_wait: Duration,
         isolation: Isolation,
     ) -> Result<FetchResult> {
+        let mode = match isolation {
+            Isolation::ReadUncommitted => Mode::Uncommitted,
+            Isolation::ReadCommitted => Mode::Committed,
+        };
+        Ok(self.fetch_mode(topic, partition, offset, max_wait, mode).await?.0)
+    }
+
+    /// A fetch up to the high watermark that returns records outside transactions and of
+    /// transactions whose commit marker is written, and skips (instead of stopping at) those of
+    /// transactions not decided yet; with the offset of the first skipped one. For the offsets
+    /// store: a transaction that is open (or that Tansu holds "prepared", see `docs/kafka-io.md`)
+    /// does not hold back the records after it.
+    ///
+    /// # Errors
+    /// As for [`fetch`](Self::fetch).
+    pub(crate) async fn fetch_decided(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+    ) -> Result<(FetchResult, Option<i64>)> {
+        self.fetch_mode(topic, partition, offset, max_wait, Mode::Decided).await
+    }
+
+    async fn fetch_mode(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait: Duration,
+        mode: Mode,
+    ) -> Result<(FetchResult, Option<i64>)> {
+        let isolation = match mode {
+            Mode::Committed => Isolation::ReadCommitted,
+            Mode::Uncommitted | Mode::Decided => Isolation::ReadUncommitted,
+        };
         let Some(mut raw) = self.raw_fetch(topic, partition, offset, max_wait, isolation).await?
         else {
-            return Ok(FetchResult::OffsetOutOfRange);
+            return Ok((FetchResult::OffsetOutOfRange, None));
         };
         sort_batches(&mut raw.batches);
         let mut compacted = None;
@@ -370,6 +419,7 @@ impl KafkaClient {
             }
         }
         let visible_end = raw.end(isolation);
+        let raw_high_watermark = raw.high_watermark;
         let (run, end) = contiguous_run(raw.batches, start);
         // Gaps in a compacted topic are removed records, not records still being written, unless
         // the batch after the first gap is recent: then the run ends there and the next fetch,
@@ -389,42 +439,78 @@ impl KafkaClient {
             );
         }
         let (mut batches, mut next_offset) = run.into_batches(end, offset, gaps_are_removed);
-        if isolation == Isolation::ReadCommitted {
+        let mut skipped = None;
+        if mode != Mode::Uncommitted {
             let mut decided = decide(&batches, &[]);
             // A transaction whose marker is past this response, with nothing before it to
-            // return: look ahead for the marker (so the fetch makes progress).
-            if decided.first().is_some_and(Option::is_none) {
-                let later = self.later_markers(topic, partition, next_offset, visible_end).await?;
+            // return (or, for `Decided`, any): look ahead for the marker.
+            let look = match mode {
+                Mode::Committed => decided.first().is_some_and(Option::is_none),
+                _ => decided.iter().any(Option::is_none),
+            };
+            if look {
+                let wanted: Vec<i64> = batches
+                    .iter()
+                    .zip(&decided)
+                    .filter(|(_, d)| d.is_none())
+                    .map(|(b, _)| b.producer_id)
+                    .collect();
+                let later = self
+                    .later_markers(topic, partition, next_offset, raw_high_watermark, &wanted)
+                    .await?;
                 decided = decide(&batches, &later);
             }
-            let (kept, undecided) = committed_only(batches, &decided);
-            batches = kept;
-            if let Some(at) = undecided {
-                next_offset = at.max(offset);
+            if mode == Mode::Decided {
+                skipped = batches
+                    .iter()
+                    .zip(&decided)
+                    .find(|(_, d)| d.is_none())
+                    .map(|(b, _)| b.base_offset);
+                batches = batches
+                    .into_iter()
+                    .zip(decided)
+                    .filter_map(|(b, d)| (d == Some(true)).then_some(b))
+                    .collect();
+            } else {
+                let (kept, undecided) = committed_only(batches, &decided);
+                batches = kept;
+                if let Some(at) = undecided {
+                    next_offset = at.max(offset);
+                }
             }
         }
         let topic_name: Arc<str> = Arc::from(topic);
         let records = decode_batches(&topic_name, partition, batches, offset)?;
-        Ok(FetchResult::Records(Fetched { records, next_offset, high_watermark: visible_end }))
+        let fetched = Fetched { records, next_offset, high_watermark: visible_end };
+        Ok((FetchResult::Records(fetched), skipped))
     }
 
-    /// The transaction markers from `from` up to `until` (read_committed), for deciding batches
-    /// whose markers a fetch did not reach; at most [`MAX_MARKER_FETCHES`] fetches.
+    /// The transaction markers from `from` up to `until` (the high watermark: a marker of a
+    /// transaction that ended can lie past the last stable offset, when a transaction that began
+    /// before it ended is still open), until one of each of `wanted` producers is found; at most
+    /// [`MAX_MARKER_FETCHES`] fetches, at read_uncommitted.
     async fn later_markers(
         &self,
         topic: &str,
         partition: i32,
         from: i64,
         until: i64,
+        wanted: &[i64],
     ) -> Result<Vec<(i64, i64, bool)>> {
-        let mut found = Vec::new();
+        let mut found: Vec<(i64, i64, bool)> = Vec::new();
         let mut at = from;
         for _ in 0..MAX_MARKER_FETCHES {
-            if at >= until {
+            if at >= until || wanted.iter().all(|p| found.iter().any(|m| m.0 == *p)) {
                 break;
             }
             let Some(mut raw) = self
-                .raw_fetch(topic, partition, at, Duration::from_millis(1), Isolation::ReadCommitted)
+                .raw_fetch(
+                    topic,
+                    partition,
+                    at,
+                    Duration::from_millis(1),
+                    Isolation::ReadUncommitted,
+                )
                 .await?
             else {
                 break;

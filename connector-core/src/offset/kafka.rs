@@ -2,8 +2,10 @@
 //! (key = JSON `["<connector>", {partition}]`, value = JSON offset), so the latest record per key
 //! is the current offset.
 //!
-//! The topic is read at read_committed, up to the last stable offset: offsets written inside a
-//! transaction that aborted never count, and those of an open one count once it commits.
+//! Offsets written inside a transaction count once its commit marker is written; those of an
+//! aborted transaction never count. The topic is read to the high watermark, not to the last
+//! stable offset: a transaction left open (a zombie's, before its task restarts) or one Tansu
+//! holds "prepared" must not hide the offsets written after it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-use crate::kafka::{FetchResult, Isolation, KafkaClient, OffsetSpec, ProducerRecord};
+use crate::kafka::{FetchResult, KafkaClient, OffsetSpec, ProducerRecord};
 use crate::offset::{OffsetMap, OffsetStore};
 use crate::{Error, Result};
 
@@ -24,16 +26,14 @@ const CLEANUP_POLICY: &str = "cleanup.policy";
 const COMPACT: &str = "compact";
 
 /// Offsets in a Kafka topic (default name `connect-offsets`), read at first use up to the
-/// last stable offset (keeping the last value of each key, of records outside transactions and of
+/// high watermark (keeping the last value of each key, of records outside transactions and of
 /// committed transactions), read on from there at every later load (so offsets another process
 /// saved are seen) and appended to on every save. Each save is written as one batch to one
 /// partition. Offsets can also be written inside a Kafka transaction
 /// ([`offset_records`](Self::offset_records), then [`committed`](Self::committed)).
 ///
-/// While another producer's transaction is open on the offsets topic, the last stable offset
-/// stays at its start, so offsets written after it are not read back until it ends; what this
-/// store saved (or was told was [`committed`](Self::committed)) meanwhile is remembered apart and
-/// wins over what the read finds, until a read reaches the end of the topic. The topic is created with `cleanup.policy=compact`, so
+/// A transaction still open on the offsets topic is skipped (its offsets count once its commit
+/// marker is there) and does not hold back what was written after it. The topic is created with `cleanup.policy=compact`, so
 /// the broker keeps the latest offset of every key however long ago it was written; an existing
 /// topic that is not compacted is refused at start (where the broker describes topic configs).
 ///
@@ -59,31 +59,25 @@ pub struct KafkaOffsetStore {
 /// The offsets a [`KafkaOffsetStore`] knows.
 #[derive(Debug, Default)]
 struct Cache {
-    /// Whether the topic was read from its start (else only `written` is known).
+    /// Whether the topic was read from its start.
     loaded: bool,
-    /// Every connector's offsets as read from the topic.
+    /// Every connector's offsets as read from the topic (and written by this store).
     read: HashMap<String, OffsetMap>,
-    /// The topic offset the read reached.
+    /// Where the next read starts: where the last one ended, or the first record of a
+    /// transaction it found open (re-read once decided; records after it are read again in
+    /// order, which leaves the same last value of each key).
     position: i64,
-    /// Whether the last read reached the high watermark (no transaction held it back).
-    complete: bool,
-    /// Offsets this store wrote (saved, or committed in a transaction) that the read may not
-    /// have reached yet (an open transaction holds the last stable offset before them). They win
-    /// over `read` until a read reaches the high watermark.
-    written: HashMap<String, OffsetMap>,
 }
 
 impl Cache {
     fn get(&self, namespace: &str) -> OffsetMap {
-        let mut out = self.read.get(namespace).cloned().unwrap_or_default();
-        if let Some(w) = self.written.get(namespace) {
-            out.merge(w);
-        }
-        out
+        self.read.get(namespace).cloned().unwrap_or_default()
     }
 
     fn learn(&mut self, namespace: &str, offsets: &OffsetMap) {
-        self.written.entry(namespace.to_owned()).or_default().merge(offsets);
+        if self.loaded {
+            self.read.entry(namespace.to_owned()).or_default().merge(offsets);
+        }
     }
 }
 
@@ -134,8 +128,8 @@ impl KafkaOffsetStore {
     }
 
     /// After a transaction holding [`offset_records`](Self::offset_records)`(namespace,
-    /// offsets)` committed: the store learns them, so the next [`load`](OffsetStore::load)
-    /// returns them even while the read of the topic cannot reach them yet.
+    /// offsets)` committed: the store's cache learns them, as after a
+    /// [`save`](OffsetStore::save).
     pub async fn committed(&self, namespace: &str, offsets: &OffsetMap) {
         let mut cache = self.cache.lock().await;
         cache.get_or_insert_with(Cache::default).learn(namespace, offsets);
@@ -160,12 +154,7 @@ impl KafkaOffsetStore {
     ) -> Result<&'a mut Cache> {
         let cache = slot.get_or_insert_with(Cache::default);
         if !cache.loaded {
-            let fresh = self.read_all().await?;
-            let written = std::mem::take(&mut cache.written);
-            *cache = Cache { written, ..fresh };
-            if cache.complete {
-                cache.written.clear();
-            }
+            *cache = self.read_all().await?;
         } else if refresh {
             // Not a stale copy: another worker may have saved since (its task moved here).
             self.catch_up(cache).await?;
@@ -231,17 +220,17 @@ impl KafkaOffsetStore {
     /// worker saved last).
     async fn catch_up(&self, cache: &mut Cache) -> Result<()> {
         let (out, offset) = (&mut cache.read, &mut cache.position);
-        let end = self.client.stable_end_offset(&self.topic, 0).await?;
-        let high_watermark = self.client.end_offset(&self.topic, 0).await?;
+        let end = self.client.end_offset(&self.topic, 0).await?;
         if *offset > end {
             // The topic was recreated: read it again from its start.
             out.clear();
             *offset = self.client.list_offset(&self.topic, 0, OffsetSpec::Earliest).await?;
         }
-        // The last stable offset is taken once: saves made while we read are not chased, so the
+        // The high watermark is taken once: saves made while we read are not chased, so the
         // read ends. Only the last value of each key is kept, so memory follows the number of
         // keys, not the topic's history.
         let stall_limit = self.client.config().request_timeout();
+        let mut first_open: Option<i64> = None;
         let mut last_progress = std::time::Instant::now();
         while *offset < end {
             if last_progress.elapsed() > stall_limit {
@@ -250,17 +239,14 @@ impl KafkaOffsetStore {
                     self.topic
                 )));
             }
-            let fetched = match self
+            let (result, open) = self
                 .client
-                .fetch_isolated(
-                    &self.topic,
-                    0,
-                    *offset,
-                    Duration::from_millis(100),
-                    Isolation::ReadCommitted,
-                )
-                .await?
-            {
+                .fetch_decided(&self.topic, 0, *offset, Duration::from_millis(100))
+                .await?;
+            if let Some(at) = open {
+                first_open.get_or_insert(at);
+            }
+            let fetched = match result {
                 FetchResult::Records(f) => f,
                 FetchResult::OffsetOutOfRange => {
                     return Err(Error::retriable(format!(
@@ -277,11 +263,10 @@ impl KafkaOffsetStore {
             }
             *offset = fetched.next_offset.max(*offset);
         }
-        cache.complete = end >= high_watermark;
-        if cache.complete {
-            // No transaction was open: everything written before this read, our own writes
-            // included, has been read.
-            cache.written.clear();
+        if let Some(at) = first_open {
+            // Read again from the open transaction next time, when it may be decided.
+            debug!(topic = %self.topic, at, "offsets topic holds an open transaction");
+            cache.position = at.min(cache.position);
         }
         Ok(())
     }
