@@ -159,10 +159,7 @@ async fn assert_exactly_once(tansu: &Tansu, n: usize, runner: &Runner, within: D
     let seen =
         tokio::task::spawn_blocking(move || read_committed(&bootstrap, TOPIC)).await.unwrap();
     let (lost, dups) = lost_and_duplicates(&seen, n);
-    eprintln!(
-        "librdkafka at read_committed: {} distinct, {lost} lost, {dups} duplicates",
-        seen.len()
-    );
+    tracing::info!(distinct = seen.len(), lost, duplicates = dups, "librdkafka at read_committed");
     assert_eq!(
         (lost, dups),
         (0, 0),
@@ -265,7 +262,7 @@ async fn twenty_sigkills_during_a_qos2_stream_deliver_each_message_exactly_once(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
             as u64
             | 1;
-    eprintln!("kill schedule seed {seed}");
+    tracing::info!(seed, "kill schedule");
     let mut rng = Rng(seed);
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(300 + rng.next(900))).await;
@@ -294,7 +291,7 @@ async fn assert_ids_drain(config: &str, log: &Path, mut runner: Runner) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = plain(&runner.log());
-    let last = log.lines().filter(|l| l.contains("packet ids restored")).last().unwrap().to_owned();
+    let last = log.lines().rfind(|l| l.contains("packet ids restored")).unwrap().to_owned();
     assert!(last.contains("recorded=0"), "{last}");
 }
 
