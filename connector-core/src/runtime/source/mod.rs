@@ -20,6 +20,13 @@
 //!   `shutdown_timeout_ms`), the task is stopped.
 //! * Paused (see [`SourceTaskRuntime::with_pause`]): no more polls; what was polled still goes to
 //!   Kafka, acknowledgements are still handled and offsets still saved.
+//! * Exactly once ([`SourceConnector::exactly_once`](crate::SourceConnector::exactly_once), with
+//!   the Kafka offset store): a different loop (`transactional.rs`). A transactional producer
+//!   (`transactional.id = "{connector}-{task}"`) is started before the offsets are read; each
+//!   batch of up to `transaction_max_records` records (or what `transaction_interval_ms` brought)
+//!   is written with its source offsets in one transaction, and `commit_records` follows the
+//!   commit. Offset-only records ([`SourceRecord::offset_only`](crate::SourceRecord::offset_only))
+//!   are never written; their offsets count, in both loops.
 
 mod config;
 mod driver;
