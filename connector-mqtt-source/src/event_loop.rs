@@ -433,7 +433,8 @@ async fn drive_link(
             () = channels.acks.ready.notified() => {
                 channels.acks.take(&mut acks);
                 let pubrecs = acks.iter().any(|a| matches!(a, Ack::PubRec(_)));
-                debug!(acks = acks.len(), pubrecs, "writing acknowledgements");
+                let pubcomps = acks.iter().filter(|a| matches!(a, Ack::PubComp(_))).count();
+                debug!(acks = acks.len(), pubrecs, pubcomps, "writing acknowledgements");
                 for ack in acks.drain(..) {
                     link.write(ack_packet(ack)).await?;
                 }
