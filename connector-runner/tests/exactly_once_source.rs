@@ -416,7 +416,7 @@ async fn exactly_once_rate_by_transaction_size() {
             let comps: usize = l
                 .lines()
                 .filter_map(|x| {
-                    x.split("pubcomps=").nth(1)?.split_whitespace().next()?.parse().ok()
+                    x.split("pubcomps=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok()
                 })
                 .sum();
             let recs = l.matches("pubrecs=true").count();
