@@ -365,8 +365,10 @@ async fn a_fenced_instance_stops_with_a_clear_error_and_writes_nothing() {
     let config = write(dir.path(), "connect.toml", &config(&mqtt, &tansu, 50));
     let publisher = Arc::new(MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap());
     let mut old = start_subscribed(&config, &dir.path().join("old.log"), &tansu, &publisher).await;
-    let n = 2_000;
-    let publishing = publish_all(&publisher, n, 100);
+    // A steady stream (about 500 msg/s): an instance learns it is fenced at its next
+    // transaction, so the old one must get something to write after the new one started.
+    let n = 3_000;
+    let publishing = publish_all(&publisher, n, 10);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let new = Runner::start(&config, &dir.path().join("new.log"), &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
