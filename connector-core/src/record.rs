@@ -459,6 +459,49 @@ impl SourceRecord {
         self
     }
 
+    /// A record that is never written to Kafka: only its source offset counts. The runtime
+    /// commits `offset` for `partition` like a written record's (in order with the others; with
+    /// exactly-once, in the same transaction) and passes the record back through
+    /// `commit_records`. The MQTT source uses it to record a QoS 2 PUBREL.
+    ///
+    /// It is a record with an empty topic and neither key nor value (see
+    /// [`is_offset_only`](Self::is_offset_only)).
+    ///
+    /// ```
+    /// use connector_core::SourceRecord;
+    ///
+    /// let r = SourceRecord::offset_only([("session", "s1")], [("position", 7)]);
+    /// assert!(r.is_offset_only());
+    /// assert!(!SourceRecord::new("t", "v").is_offset_only());
+    /// ```
+    pub fn offset_only(
+        partition: impl Into<SourcePartition>,
+        offset: impl Into<SourceOffset>,
+    ) -> Self {
+        Self {
+            topic: String::new(),
+            partition: None,
+            key: None,
+            value: None,
+            headers: Headers::new(),
+            timestamp: None,
+            source_partition: partition.into(),
+            source_offset: Some(offset.into()),
+            rejected: None,
+        }
+    }
+
+    /// Whether this is an [`offset_only`](Self::offset_only) record: empty topic, no key, no
+    /// value, no headers, a source offset, not rejected.
+    pub fn is_offset_only(&self) -> bool {
+        self.topic.is_empty()
+            && self.key.is_none()
+            && self.value.is_none()
+            && self.headers.is_empty()
+            && self.source_offset.is_some()
+            && self.rejected.is_none()
+    }
+
     /// Marks the record as one that cannot be written, with the reason (see
     /// [`rejected`](Self::rejected)).
     pub fn reject(mut self, reason: impl Into<String>) -> Self {

@@ -303,12 +303,26 @@ pub trait SourceConnector: Send + Sync + Sized + 'static {
     fn max_in_flight_records(&self) -> Option<usize> {
         None
     }
+
+    /// Whether this connector's tasks are to run exactly once (issue 17): the runtime then writes
+    /// each batch of records together with their source offsets in one Kafka transaction
+    /// (`transactional.id = "{connector}-{task}"`) and calls `commit_records` only after the
+    /// commit. It needs the Kafka offset store. The default is `false` (at-least-once).
+    fn exactly_once(&self) -> bool {
+        false
+    }
 }
 
 /// The object-safe side of [`SourceConnector`], used by the runtime and the runner's registry.
 pub trait DynSourceConnector: Send + Sync {
     /// See [`SourceConnector::max_in_flight_records`].
     fn max_in_flight_records(&self) -> Option<usize>;
+
+    /// See [`SourceConnector::exactly_once`] (provided, `false`, for connectors that implement
+    /// this trait directly).
+    fn exactly_once(&self) -> bool {
+        false
+    }
 
     /// Creates the connector's tasks (at most `max_tasks`).
     ///
@@ -320,6 +334,10 @@ pub trait DynSourceConnector: Send + Sync {
 impl<C: SourceConnector> DynSourceConnector for C {
     fn max_in_flight_records(&self) -> Option<usize> {
         SourceConnector::max_in_flight_records(self)
+    }
+
+    fn exactly_once(&self) -> bool {
+        SourceConnector::exactly_once(self)
     }
 
     fn create_tasks(&self, max_tasks: usize) -> Result<Vec<Box<dyn SourceTask>>> {

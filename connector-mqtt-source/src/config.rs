@@ -77,6 +77,16 @@ mqtt_connector_config! {
         /// Sparkplug B settings; only with `format = "sparkplug_b"` (left out: every default).
         #[serde(default)]
         pub sparkplug: Option<SparkplugSourceConfig>,
+        /// Exactly once into Kafka (default false: at least once). Each QoS 2 message is written in
+        /// a Kafka transaction together with "packet id P of this session received" in the offsets
+        /// topic, and PUBREC is sent only after the commit; a redelivered message whose id is
+        /// recorded is acknowledged without being written again, and on PUBREL the id is cleared
+        /// in a committed transaction before the PUBCOMP. Consumers must read with
+        /// `isolation.level = read_committed`. Needs `qos = 2`, `clean_session = false`,
+        /// `format = "raw"` and the Kafka offset store (`[offsets] store = "kafka"`); the
+        /// transactional id is `<connector>-<task>`. See docs/delivery-guarantees.md.
+        #[serde(default)]
+        pub exactly_once: bool,
     }
 }
 
@@ -294,6 +304,7 @@ impl MqttSourceConfig {
             expired_messages: ExpiredMessages::default(),
             format: SourceFormat::default(),
             sparkplug: None,
+            exactly_once: false,
         }
     }
 
@@ -369,6 +380,17 @@ impl ConnectorConfig for MqttSourceConfig {
                 e.extend(self.sparkplug_settings().validate());
             }
         }
+        if self.exactly_once {
+            if self.qos != 2 {
+                e.push("qos", "exactly_once = true needs qos = 2 (the QoS 2 handshake is what lets a redelivered message be recognised)");
+            }
+            if self.clean_session {
+                e.push("clean_session", "exactly_once = true needs clean_session = false (the recorded packet ids belong to the broker's persistent session)");
+            }
+            if self.format != SourceFormat::Raw {
+                e.push("format", "exactly_once = true needs format = \"raw\": a Sparkplug message becomes several records plus edge-node state, which the exactly-once protocol does not cover yet");
+            }
+        }
         e
     }
 
@@ -407,6 +429,24 @@ mod tests {
             paths(&c),
             ["mqtt_url", "password", "topics[0]", "qos", "kafka_topic", "key", "inflight"]
         );
+    }
+
+    #[test]
+    fn exactly_once_needs_qos_2_a_persistent_session_and_raw_payloads() {
+        let mut c = MqttSourceConfig::new("mqtt://h", vec!["a/#".into()], "t");
+        c.exactly_once = true;
+        assert_eq!(paths(&c), ["qos"], "default qos 1");
+        c.qos = 2;
+        assert!(c.validate().is_empty());
+        c.clean_session = true;
+        c.format = SourceFormat::SparkplugB;
+        c.key = default_key();
+        let errors = c.validate();
+        let got: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(got, ["clean_session", "format"]);
+        assert!(errors.iter().all(|e| e.message.contains("exactly_once")), "{errors:?}");
+        c.exactly_once = false;
+        assert!(c.validate().is_empty(), "at-least-once allows them");
     }
 
     #[test]

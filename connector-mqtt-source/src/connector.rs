@@ -76,6 +76,7 @@ impl SourceConnector for MqttSourceConnector {
             reconnect_backoff: config.connection.reconnect_backoff,
             expired_messages: config.expired_messages,
             sparkplug,
+            exactly_once: config.exactly_once,
         };
         Ok(Self { name: name.to_owned(), config, base })
     }
@@ -102,6 +103,10 @@ impl SourceConnector for MqttSourceConnector {
 
     fn max_in_flight_records(&self) -> Option<usize> {
         Some(self.config.inflight)
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.config.exactly_once
     }
 }
 

@@ -41,6 +41,62 @@ pub(crate) struct Received {
     pub(crate) received: Timestamp,
     /// Size of a PUBLISH over `max_packet_size`, whose payload was dropped unread.
     pub(crate) oversize: Option<usize>,
+    /// Exactly-once only: not a message but the broker's PUBREL of QoS 2 packet id
+    /// `publish.pkid` (the rest of `publish` is empty). Its PUBCOMP goes out once the id is
+    /// cleared in a committed transaction.
+    pub(crate) released: bool,
+}
+
+impl Received {
+    /// The PUBREL of `pkid`, in order with the messages.
+    fn pubrel(pkid: u16, generation: u64, received: Timestamp) -> Self {
+        Self {
+            publish: Message {
+                topic: String::new(),
+                payload: bytes::Bytes::new(),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                dup: false,
+                pkid,
+                properties: None,
+            },
+            generation,
+            received,
+            oversize: None,
+            released: true,
+        }
+    }
+}
+
+/// An acknowledgement the source task releases to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // named after the MQTT packets
+pub(crate) enum Ack {
+    /// QoS 1: the message is ours.
+    PubAck(u16),
+    /// QoS 2, first step: the message is ours; the broker answers with PUBREL.
+    PubRec(u16),
+    /// QoS 2, last step (exactly-once only: after the id was cleared in Kafka).
+    PubComp(u16),
+}
+
+impl Ack {
+    /// The acknowledgement of a message of `qos` (none for QoS 0).
+    pub(crate) fn of(pkid: u16, qos: QoS) -> Option<Self> {
+        match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Self::PubAck(pkid)),
+            QoS::ExactlyOnce => Some(Self::PubRec(pkid)),
+        }
+    }
+
+    /// Its packet id.
+    #[cfg(test)]
+    pub(crate) fn pkid(self) -> u16 {
+        match self {
+            Self::PubAck(p) | Self::PubRec(p) | Self::PubComp(p) => p,
+        }
+    }
 }
 
 /// What the event loop hands to the source task.
@@ -50,6 +106,10 @@ pub(crate) enum Incoming {
     Messages(Vec<Received>),
     /// The connection cannot be used any more (refused login, refused subscription).
     Failed(Error),
+    /// Exactly-once only: the broker did not keep our session (CONNACK session present = 0), so
+    /// the recorded QoS 2 packet ids mean nothing any more. Sent before any message of that
+    /// connection.
+    NewSession,
     /// A primary host's connection was lost (after the messages read on it): Sparkplug 3.0
     /// marks the data of every node on that broker stale. Sent once per lost connection.
     ConnectionLost {
@@ -77,24 +137,21 @@ pub(crate) struct Acks {
 #[derive(Debug, Default)]
 struct AckState {
     generation: u64,
-    queued: Vec<(u16, QoS)>,
+    queued: Vec<Ack>,
 }
 
 impl Acks {
-    /// Queues acknowledgements of `(packet id, QoS, generation)`; those of an earlier connection
-    /// are left out (the broker redelivers their messages). Returns how many were left out.
-    pub(crate) fn release(&self, acks: impl IntoIterator<Item = (u16, QoS, u64)>) -> u64 {
+    /// Queues acknowledgements of `(ack, generation)`; those of an earlier connection are left
+    /// out (the broker redelivers their messages). Returns how many were left out.
+    pub(crate) fn release(&self, acks: impl IntoIterator<Item = (Ack, u64)>) -> u64 {
         let mut stale = 0;
         let mut queued_any = false;
         {
             let mut state = self.state.lock();
             let current = state.generation;
-            for (pkid, qos, generation) in acks {
-                if qos == QoS::AtMostOnce {
-                    continue;
-                }
+            for (ack, generation) in acks {
                 if generation == current {
-                    state.queued.push((pkid, qos));
+                    state.queued.push(ack);
                     queued_any = true;
                 } else {
                     stale += 1;
@@ -113,7 +170,7 @@ impl Acks {
     }
 
     /// Moves the queued acknowledgements into `into`.
-    fn take(&self, into: &mut Vec<(u16, QoS)>) {
+    fn take(&self, into: &mut Vec<Ack>) {
         std::mem::swap(&mut self.state.lock().queued, into);
     }
 
@@ -140,6 +197,9 @@ pub(crate) struct LoopSettings {
     pub(crate) counters: connector_core::runtime::TaskCounterHandle,
     /// Sparkplug Primary Host: the STATE topic `spBv1.0/STATE/<host_id>` (also in `filters`).
     pub(crate) state_topic: Option<String>,
+    /// Exactly once: PUBRELs go to the task (PUBCOMP once the id is cleared in Kafka), and a
+    /// session the broker did not keep is announced ([`Incoming::NewSession`]).
+    pub(crate) exactly_once: bool,
 }
 
 /// A Sparkplug primary host's STATE messages for one connection: `{"online":..,"timestamp":T}`,
@@ -240,6 +300,17 @@ pub(crate) async fn run(mut session: Session, mut channels: LoopChannels, settin
                 backoff.reset();
                 info!(client_id = %settings.client_id, url = %settings.url, session_present = c.session_present, "connected to MQTT broker");
                 subscribed &= c.session_present;
+                // Nothing of a lost connection is pending here (handed over before the
+                // reconnect), so the task hears of the new session before its messages.
+                if settings.exactly_once && !c.session_present {
+                    let sent = tokio::select! {
+                        () = channels.stop.cancelled() => return,
+                        r = channels.tx.send(Incoming::NewSession) => r,
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
                 channels.status.send_replace(Status {
                     connected: true,
                     last_error: None,
@@ -332,7 +403,7 @@ async fn drive_link(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keepalive.reset();
     let buffer = settings.buffer.max(MAX_BATCH);
-    let mut acks: Vec<(u16, QoS)> = Vec::new();
+    let mut acks: Vec<Ack> = Vec::new();
     // Whether the task's publishes may go out: at once, or after a primary host's STATE birth.
     let mut born = host.is_none();
 
@@ -347,10 +418,8 @@ async fn drive_link(
             () = channels.stop.cancelled() => {
                 // Queued acknowledgements go out before the DISCONNECT; the session stays.
                 channels.acks.take(&mut acks);
-                for (pkid, qos) in acks.drain(..) {
-                    if let Some(packet) = ack_packet(pkid, qos) {
-                        link.write(packet).await?;
-                    }
+                for ack in acks.drain(..) {
+                    link.write(ack_packet(ack)).await?;
                 }
                 // A primary host's death certificate, with the timestamp of its birth.
                 let offline = match host.as_deref_mut() {
@@ -363,12 +432,16 @@ async fn drive_link(
             }
             () = channels.acks.ready.notified() => {
                 channels.acks.take(&mut acks);
-                for (pkid, qos) in acks.drain(..) {
-                    if let Some(packet) = ack_packet(pkid, qos) {
-                        link.write(packet).await?;
-                    }
+                let pubrecs = acks.iter().any(|a| matches!(a, Ack::PubRec(_)));
+                let pubcomps = acks.iter().filter(|a| matches!(a, Ack::PubComp(_))).count();
+                debug!(acks = acks.len(), pubrecs, pubcomps, "writing acknowledgements");
+                for ack in acks.drain(..) {
+                    link.write(ack_packet(ack)).await?;
                 }
                 link.flush().await?;
+                if pubrecs && settings.exactly_once {
+                    connector_core::crash_point("source.after_pubrec");
+                }
             }
             // A primary host publishes nothing before its STATE birth (Sparkplug 3.0).
             Some(message) = channels.publish.recv(), if born => {
@@ -395,7 +468,7 @@ async fn drive_link(
                                 info!(topic = %publish.topic, "our STATE was set offline: publishing online again");
                                 link.write(Outbound::Publish(h.message(true))).await?;
                             }
-                            pending.push_back(Received { publish, generation, received, oversize: None });
+                            pending.push_back(Received { publish, generation, received, oversize: None, released: false });
                         }
                         Inbound::Oversize { message, size } => {
                             warn!(
@@ -410,6 +483,7 @@ async fn drive_link(
                                 generation,
                                 received,
                                 oversize: Some(size),
+                                released: false,
                             });
                         }
                         Inbound::SubAck { pkid, refused }
@@ -426,6 +500,10 @@ async fn drive_link(
                             }
                         }
                         // The broker releases a QoS 2 message we acknowledged with PUBREC.
+                        // Exactly once: the task clears the id in Kafka first (see `Received`).
+                        Inbound::PubRel(pkid) if settings.exactly_once => {
+                            pending.push_back(Received::pubrel(pkid, generation, received));
+                        }
                         Inbound::PubRel(pkid) => link.write(Outbound::PubComp(pkid)).await?,
                         Inbound::Disconnect(reason) => {
                             return Err(Error::retriable(format!(
@@ -446,13 +524,13 @@ async fn drive_link(
     }
 }
 
-/// The acknowledgement of a message: PUBACK for QoS 1, PUBREC for QoS 2 (the broker then sends
+/// The packet of an acknowledgement: PUBACK for QoS 1, PUBREC for QoS 2 (the broker then sends
 /// PUBREL, answered with PUBCOMP).
-fn ack_packet(pkid: u16, qos: QoS) -> Option<Outbound> {
-    match qos {
-        QoS::AtMostOnce => None,
-        QoS::AtLeastOnce => Some(Outbound::PubAck(pkid)),
-        QoS::ExactlyOnce => Some(Outbound::PubRec(pkid)),
+fn ack_packet(ack: Ack) -> Outbound {
+    match ack {
+        Ack::PubAck(pkid) => Outbound::PubAck(pkid),
+        Ack::PubRec(pkid) => Outbound::PubRec(pkid),
+        Ack::PubComp(pkid) => Outbound::PubComp(pkid),
     }
 }
 
@@ -494,14 +572,15 @@ mod tests {
     fn acks_of_an_earlier_connection_are_left_out() {
         let acks = Acks::default();
         let g = acks.generation();
-        assert_eq!(acks.release([(1, QoS::AtLeastOnce, g), (2, QoS::AtMostOnce, g)]), 0);
+        assert_eq!(acks.release([(Ack::PubAck(1), g), (Ack::PubRec(2), g)]), 0);
         acks.connection_lost();
         let mut taken = Vec::new();
         acks.take(&mut taken);
         assert!(taken.is_empty(), "queued acks of the lost connection are dropped");
-        assert_eq!(acks.release([(3, QoS::AtLeastOnce, g)]), 1, "stale");
-        assert_eq!(acks.release([(4, QoS::ExactlyOnce, g + 1)]), 0);
+        assert_eq!(acks.release([(Ack::PubAck(3), g)]), 1, "stale");
+        assert_eq!(acks.release([(Ack::PubRec(4), g + 1), (Ack::PubComp(5), g + 1)]), 0);
         acks.take(&mut taken);
-        assert_eq!(taken, vec![(4, QoS::ExactlyOnce)]);
+        assert_eq!(taken, vec![Ack::PubRec(4), Ack::PubComp(5)]);
+        assert_eq!(Ack::of(6, QoS::AtMostOnce), None);
     }
 }

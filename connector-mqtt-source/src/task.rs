@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{state_topic, ExpiredMessages, SparkplugMode, SparkplugSourceConfig};
-use crate::event_loop::{self, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH};
+use crate::event_loop::{
+    self, Ack, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH,
+};
 use crate::render;
 use crate::sparkplug::{self, Base, Sparkplug};
 
@@ -55,6 +57,113 @@ pub struct MqttSourceTaskConfig {
     pub expired_messages: ExpiredMessages,
     /// Sparkplug B decoding (`format = "sparkplug_b"`); `None`: payloads as they are.
     pub sparkplug: Option<SparkplugSourceConfig>,
+    /// Exactly once (QoS 2 receiver state kept with the records; see [`Qos2State`]).
+    pub exactly_once: bool,
+}
+
+/// The QoS 2 receiver state of an exactly-once source: the packet ids of the MQTT session
+/// `{"mqtt_session": "<client id>"}` whose message is in Kafka (or on its way, in poll order)
+/// and whose PUBREL has not been handled yet. Every record carries the whole set as its source
+/// offset `{"qos2_received": [ids]}`, so the offset committed with a transaction is the set as
+/// of its last record.
+///
+/// Bounded by the broker's in-flight window: an id enters with a message the broker has not had
+/// PUBCOMP for, and the broker sends no more messages awaiting PUBREC than its window (MQTT 5:
+/// our Receive Maximum, `inflight`; MQTT 3.1.1: Mosquitto's `max_inflight_messages`, to be set
+/// at most to `inflight`); the ids awaiting their clear are bounded by what the source reads
+/// ahead. A set growing past [`QOS2_LIMIT_FACTOR`] × `inflight` fails the task with an error
+/// saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Qos2State {
+    partition: connector_core::SourcePartition,
+    received: std::collections::BTreeSet<u16>,
+    limit: usize,
+}
+
+/// The recorded ids are refused past this many times `inflight` (and past 65535, all the packet
+/// ids there are): the broker's window of messages awaiting PUBREC, plus the ids whose PUBREL is
+/// on its way or read and not yet cleared in a committed transaction. Measured with Mosquitto
+/// (`max_inflight_messages = inflight = 1000`, 20,000 messages as fast as they go, 20 SIGKILLs):
+/// up to about 4 x inflight, all cleared once the stream is over.
+const QOS2_LIMIT_FACTOR: usize = 16;
+
+/// The source offset of [`Qos2State`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Qos2Offset {
+    qos2_received: Vec<u16>,
+}
+
+/// What an exactly-once source makes of a received QoS 2 PUBLISH.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Qos2Publish {
+    /// Not seen in this session: write it (its record carries the returned offset).
+    New(connector_core::SourceOffset),
+    /// Its id is recorded: Kafka has it; PUBREC without writing.
+    Duplicate,
+}
+
+impl Qos2State {
+    /// The state of session `client_id` as the offset store has it.
+    pub(crate) fn restore(
+        client_id: &str,
+        offsets: &connector_core::OffsetMap,
+        limit: usize,
+    ) -> Result<Self> {
+        let partition = connector_core::SourcePartition::from_serialize(&serde_json::json!({
+            "mqtt_session": client_id
+        }))?;
+        let received = match offsets.get(&partition) {
+            Some(o) => o.deserialize_into::<Qos2Offset>()?.qos2_received.into_iter().collect(),
+            None => Default::default(),
+        };
+        Ok(Self { partition, received, limit: limit.max(1) })
+    }
+
+    /// The session's source partition.
+    pub(crate) fn partition(&self) -> &connector_core::SourcePartition {
+        &self.partition
+    }
+
+    fn offset(&self) -> connector_core::SourceOffset {
+        let o = Qos2Offset { qos2_received: self.received.iter().copied().collect() };
+        connector_core::SourceOffset::from_serialize(&o).unwrap_or_default()
+    }
+
+    /// A QoS 2 PUBLISH with `pkid` arrived.
+    ///
+    /// # Errors
+    /// Fatal when more ids would be recorded than `inflight` allows.
+    pub(crate) fn publish(&mut self, pkid: u16) -> Result<Qos2Publish> {
+        if self.received.contains(&pkid) {
+            return Ok(Qos2Publish::Duplicate);
+        }
+        if self.received.len() >= self.limit {
+            return Err(Error::fatal(format!(
+                "more than {} QoS 2 messages ({QOS2_LIMIT_FACTOR} x inflight) await their PUBREL: the broker's in-flight window is larger than `inflight` (Mosquitto: set max_inflight_messages to at most inflight)",
+                self.limit
+            )));
+        }
+        self.received.insert(pkid);
+        Ok(Qos2Publish::New(self.offset()))
+    }
+
+    /// The broker released `pkid` (PUBREL): its offset-only record clears it; PUBCOMP follows
+    /// its commit.
+    pub(crate) fn release(&mut self, pkid: u16) -> SourceRecord {
+        self.received.remove(&pkid);
+        SourceRecord::offset_only(self.partition.clone(), self.offset())
+    }
+
+    /// The broker did not keep the session: every recorded id is void.
+    pub(crate) fn new_session(&mut self) -> SourceRecord {
+        self.received.clear();
+        SourceRecord::offset_only(self.partition.clone(), self.offset())
+    }
+
+    /// How many ids are recorded.
+    pub(crate) fn len(&self) -> usize {
+        self.received.len()
+    }
 }
 
 /// Most Rebirth requests waiting for the event loop; more are dropped (they are QoS 0 anyway,
@@ -75,6 +184,8 @@ struct Unacked {
     /// acknowledged only once the offset store has them (`commit`), or a crash right after the
     /// acknowledgement would lose the state the broker no longer redelivers.
     durable: bool,
+    /// Exactly once: a PUBREL, answered with PUBCOMP once its offset-only record is committed.
+    pubcomp: bool,
 }
 
 struct Running {
@@ -84,10 +195,10 @@ struct Running {
     event_loop: JoinHandle<()>,
     unacked: VecDeque<Unacked>,
     /// Acknowledgements collected by `commit_records`, released together.
-    releasing: Vec<(u16, QoS, u64)>,
+    releasing: Vec<(Ack, u64)>,
     /// Acknowledgements from the first `durable` message on, waiting for the offset store
     /// (acknowledgements go out in receive order, so everything after it waits too).
-    held: Vec<(u16, QoS, u64)>,
+    held: Vec<(Ack, u64)>,
     /// Asks the runtime to save the offsets soon while acknowledgements are held for them,
     /// rather than at the next `offset_flush_interval_ms`.
     flush: CommitRequester,
@@ -137,12 +248,11 @@ impl Running {
     /// Queues the acknowledgement of a message whose records are all committed: released with
     /// the run, or held for the offset store (see [`Unacked::durable`]).
     fn take(&mut self, u: &Unacked) {
-        if u.qos == QoS::AtMostOnce {
-            // Nothing to send, nothing to keep in order (and `held` stays bounded by the
-            // broker's QoS 1/2 window).
-            return;
-        }
-        let ack = (u.pkid, u.qos, u.generation);
+        let ack = if u.pubcomp { Some(Ack::PubComp(u.pkid)) } else { Ack::of(u.pkid, u.qos) };
+        // QoS 0: nothing to send, nothing to keep in order (and `held` stays bounded by the
+        // broker's QoS 1/2 window).
+        let Some(ack) = ack else { return };
+        let ack = (ack, u.generation);
         if u.durable || !self.held.is_empty() {
             self.held.push(ack);
             self.flush.request();
@@ -187,6 +297,9 @@ pub struct MqttSourceCounters {
     pub rebirths_dropped: AtomicU64,
     /// Sparkplug messages that could not be used (sent to the error policy).
     pub sparkplug_invalid: AtomicU64,
+    /// Exactly once: redelivered QoS 2 messages whose packet id was recorded (Kafka has them),
+    /// acknowledged without being written again.
+    pub qos2_duplicates: AtomicU64,
 }
 
 /// Reads one MQTT client's messages. See the crate docs for the delivery contract.
@@ -196,6 +309,8 @@ pub struct MqttSourceTask {
     sparkplug: Option<Sparkplug>,
     pending_error: Option<Error>,
     counters: Arc<MqttSourceCounters>,
+    /// Exactly once: the QoS 2 receiver state (restored in `start`).
+    qos2: Option<Qos2State>,
 }
 
 impl std::fmt::Debug for MqttSourceTask {
@@ -211,7 +326,14 @@ impl MqttSourceTask {
     /// A task for `config`; it connects in `start`.
     pub fn new(config: MqttSourceTaskConfig) -> Self {
         let sparkplug = config.sparkplug.as_ref().map(Sparkplug::new);
-        Self { config, running: None, sparkplug, pending_error: None, counters: Arc::default() }
+        Self {
+            config,
+            running: None,
+            sparkplug,
+            pending_error: None,
+            counters: Arc::default(),
+            qos2: None,
+        }
     }
 
     /// The task's counters.
@@ -393,6 +515,12 @@ impl SourceTask for MqttSourceTask {
         let (status_tx, mut status) = watch::channel(Status::default());
         let stop = CancellationToken::new();
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        if c.exactly_once {
+            let limit = (c.inflight * QOS2_LIMIT_FACTOR).min(usize::from(u16::MAX));
+            let state = Qos2State::restore(&c.connection.client_id, ctx.offsets(), limit)?;
+            info!(connector = ctx.connector(), client_id = %c.connection.client_id, recorded = state.len(), "exactly once: QoS 2 packet ids restored from the offset store");
+            self.qos2 = Some(state);
+        }
         if let Some(sparkplug) = self.sparkplug.as_mut() {
             let restored = sparkplug.restore(ctx.offsets());
             info!(
@@ -416,6 +544,7 @@ impl SourceTask for MqttSourceTask {
             max_packet_size: c.connection.max_packet_size,
             counters: ctx.counters().clone(),
             state_topic,
+            exactly_once: c.exactly_once,
         };
         let channels = LoopChannels {
             tx,
@@ -520,10 +649,66 @@ impl SourceTask for MqttSourceTask {
                         generation,
                         records: n,
                         durable: false,
+                        pubcomp: false,
+                    });
+                }
+                Incoming::NewSession => {
+                    let Some(state) = self.qos2.as_mut() else { continue };
+                    info!(recorded = state.len(), "the MQTT broker did not keep the session: the recorded QoS 2 packet ids are void");
+                    // Committed in order before any message of the new session counts.
+                    records.push(state.new_session());
+                    unacked.push(Unacked {
+                        pkid: 0,
+                        qos: QoS::AtMostOnce,
+                        generation: 0,
+                        records: 1,
+                        durable: false,
+                        pubcomp: false,
                     });
                 }
                 Incoming::Messages(batch) => {
                     for m in batch {
+                        if m.released {
+                            // Exactly once: PUBREL. The id is cleared in Kafka, then PUBCOMP.
+                            let Some(state) = self.qos2.as_mut() else { continue };
+                            records.push(state.release(m.publish.pkid));
+                            unacked.push(Unacked {
+                                pkid: m.publish.pkid,
+                                qos: QoS::ExactlyOnce,
+                                generation: m.generation,
+                                records: 1,
+                                durable: false,
+                                pubcomp: true,
+                            });
+                            continue;
+                        }
+                        let mut offset = None;
+                        if let Some(state) =
+                            self.qos2.as_mut().filter(|_| m.publish.qos == QoS::ExactlyOnce)
+                        {
+                            match state.publish(m.publish.pkid) {
+                                Ok(Qos2Publish::New(o)) => {
+                                    offset = Some((state.partition().clone(), o))
+                                }
+                                Ok(Qos2Publish::Duplicate) => {
+                                    // Kafka has it: PUBREC (in order) without writing.
+                                    self.counters.qos2_duplicates.fetch_add(1, Ordering::Relaxed);
+                                    unacked.push(Unacked {
+                                        pkid: m.publish.pkid,
+                                        qos: QoS::ExactlyOnce,
+                                        generation: m.generation,
+                                        records: 0,
+                                        durable: false,
+                                        pubcomp: false,
+                                    });
+                                    continue;
+                                }
+                                Err(e) => {
+                                    self.pending_error = Some(e);
+                                    break 'batches;
+                                }
+                            }
+                        }
                         let p = &m.publish;
                         let retained = self.config.skip_retained && p.retain;
                         let drop_expired = !retained
@@ -532,8 +717,23 @@ impl SourceTask for MqttSourceTask {
                         let forwarded = !retained && !drop_expired;
                         let (pkid, qos, generation) = (p.pkid, p.qos, m.generation);
                         if forwarded {
+                            let first = records.len();
                             let (n, durable) = self.records(m, &mut records);
-                            unacked.push(Unacked { pkid, qos, generation, records: n, durable });
+                            if let Some((partition, o)) = offset {
+                                // Raw format: one record per message, carrying the set.
+                                for r in &mut records[first..] {
+                                    r.source_partition = partition.clone();
+                                    r.source_offset = Some(o.clone());
+                                }
+                            }
+                            unacked.push(Unacked {
+                                pkid,
+                                qos,
+                                generation,
+                                records: n,
+                                durable,
+                                pubcomp: false,
+                            });
                         } else if retained {
                             unacked.push(Unacked {
                                 pkid,
@@ -541,6 +741,7 @@ impl SourceTask for MqttSourceTask {
                                 generation,
                                 records: 0,
                                 durable: false,
+                                pubcomp: false,
                             });
                             self.counters.skipped_retained.fetch_add(1, Ordering::Relaxed);
                         } else {
@@ -550,6 +751,7 @@ impl SourceTask for MqttSourceTask {
                                 generation,
                                 records: 0,
                                 durable: false,
+                                pubcomp: false,
                             });
                             self.counters.expired_dropped.fetch_add(1, Ordering::Relaxed);
                             debug!(topic = %p.topic, "dropped an MQTT message whose expiry interval had passed");
@@ -644,7 +846,7 @@ async fn sleep_until_ms(deadline: Option<u64>) {
 fn incoming_len(i: &Incoming) -> usize {
     match i {
         Incoming::Messages(m) => m.len(),
-        Incoming::Failed(_) | Incoming::ConnectionLost { .. } => 0,
+        Incoming::Failed(_) | Incoming::ConnectionLost { .. } | Incoming::NewSession => 0,
     }
 }
 
@@ -668,6 +870,7 @@ mod tests {
             generation: 0,
             received,
             oversize: None,
+            released: false,
         }
     }
 
@@ -697,8 +900,9 @@ mod tests {
             generation: 0,
             records,
             durable,
+            pubcomp: false,
         };
-        let pkids = |v: &[(u16, QoS, u64)]| v.iter().map(|a| a.0).collect::<Vec<_>>();
+        let pkids = |v: &[(Ack, u64)]| v.iter().map(|a| a.0.pkid()).collect::<Vec<_>>();
         r.unacked.extend([u(1, 2, false), u(2, 0, false), u(3, 1, true), u(4, 1, false)]);
         r.skipped_prefix();
         r.next_forwarded().unwrap();
@@ -712,6 +916,43 @@ mod tests {
         r.durable();
         assert_eq!(pkids(&r.releasing), [1, 2, 3, 4]);
         assert!(r.next_forwarded().is_err(), "no record left to commit");
+    }
+
+    /// The QoS 2 receiver state: a recorded id is a duplicate until its PUBREL; every record
+    /// carries the whole set; a new session voids it; it is restored from the offsets; it does
+    /// not grow past `inflight`.
+    #[test]
+    fn qos2_state_records_ids_until_pubrel_and_is_bounded() {
+        let ids = |o: &connector_core::SourceOffset| {
+            o.deserialize_into::<Qos2Offset>().unwrap().qos2_received
+        };
+        let mut s = Qos2State::restore("edge-1", &connector_core::OffsetMap::new(), 2).unwrap();
+        assert_eq!(
+            s.partition().get_str("mqtt_session"),
+            Some("edge-1"),
+            "one partition per MQTT session"
+        );
+        let Qos2Publish::New(o) = s.publish(7).unwrap() else { panic!("new") };
+        assert_eq!(ids(&o), [7]);
+        assert_eq!(s.publish(7).unwrap(), Qos2Publish::Duplicate, "same id before PUBREL");
+        let Qos2Publish::New(o) = s.publish(3).unwrap() else { panic!("new") };
+        assert_eq!(ids(&o), [3, 7], "the full set on every record");
+        let e = s.publish(9).unwrap_err();
+        assert!(e.to_string().contains("more than 2 QoS 2 messages"), "{e}");
+        let cleared = s.release(7);
+        assert!(cleared.is_offset_only());
+        assert_eq!(ids(cleared.source_offset.as_ref().unwrap()), [3]);
+        assert!(matches!(s.publish(7).unwrap(), Qos2Publish::New(_)), "a reused id is new");
+
+        let mut offsets = connector_core::OffsetMap::new();
+        offsets.insert(cleared.source_partition.clone(), cleared.source_offset.clone().unwrap());
+        let mut restored = Qos2State::restore("edge-1", &offsets, 2).unwrap();
+        assert_eq!(restored.publish(3).unwrap(), Qos2Publish::Duplicate, "restored from Kafka");
+        let other = Qos2State::restore("edge-2", &offsets, 2).unwrap();
+        assert_eq!(other.len(), 0, "another session's ids are not ours");
+        let void = restored.new_session();
+        assert_eq!(ids(void.source_offset.as_ref().unwrap()), Vec::<u16>::new());
+        assert!(matches!(restored.publish(3).unwrap(), Qos2Publish::New(_)));
     }
 
     #[test]

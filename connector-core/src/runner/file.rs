@@ -403,6 +403,18 @@ impl ConnectFile {
             Some(_) => errors.push("connector", "expected [[connector]] tables"),
         }
 
+        // Exactly-once sources write their offsets in the same Kafka transaction as the records.
+        if offsets.as_ref().is_some_and(|o| o.store != OffsetStoreKind::Kafka) {
+            for c in &connectors {
+                if matches!(&c.connector, BuiltConnector::Source(s) if s.exactly_once()) {
+                    errors.push(
+                        "offsets.store",
+                        format!("connector {:?} has exactly_once = true, which needs store = \"kafka\" (its source offsets are written in the same Kafka transaction as its records)", c.name),
+                    );
+                }
+            }
+        }
+
         match (kafka, offsets, progress, cluster, rest) {
             (Some(kafka), Some(offsets), Some(progress), Some(cluster), Some(rest))
                 if errors.is_empty() =>

@@ -202,6 +202,7 @@ pub(crate) fn source_task_config(
         config.max_in_flight_records = config.max_in_flight_records.min(window.max(1));
     }
     config.topic_budget = Some(config.topic_budget());
+    config.exactly_once = connector.exactly_once();
     config
 }
 

@@ -39,6 +39,21 @@ pub struct SourceRuntimeConfig {
     /// `max_kafka_topics`.
     #[serde(default = "default_kafka_topic_idle_ms")]
     pub kafka_topic_idle_ms: u64,
+    /// Exactly-once sources only: most records (offset-only ones included) in one Kafka
+    /// transaction. Clipped to `max_in_flight_records` (the MQTT source: its `inflight`), since
+    /// a source holds its records unacknowledged until their transaction commits.
+    #[serde(default = "default_transaction_max_records")]
+    pub transaction_max_records: usize,
+    /// Exactly-once sources only: longest a transaction stays open for more records after its
+    /// first one was polled; it then commits with what it has.
+    #[serde(default = "default_transaction_interval_ms")]
+    pub transaction_interval_ms: u64,
+    /// Whether the connector asked for exactly-once delivery
+    /// ([`SourceConnector::exactly_once`](crate::SourceConnector::exactly_once); set by the
+    /// runtime from the connector).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub exactly_once: bool,
     /// The count behind `max_kafka_topics`, shared by the connector's tasks (set by the runner;
     /// `None`: each task counts alone).
     #[serde(skip)]
@@ -69,6 +84,12 @@ fn default_max_kafka_topics() -> usize {
 fn default_kafka_topic_idle_ms() -> u64 {
     300_000
 }
+fn default_transaction_max_records() -> usize {
+    1_000
+}
+fn default_transaction_interval_ms() -> u64 {
+    100
+}
 
 impl Default for SourceRuntimeConfig {
     fn default() -> Self {
@@ -79,6 +100,9 @@ impl Default for SourceRuntimeConfig {
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
             max_kafka_topics: default_max_kafka_topics(),
             kafka_topic_idle_ms: default_kafka_topic_idle_ms(),
+            transaction_max_records: default_transaction_max_records(),
+            transaction_interval_ms: default_transaction_interval_ms(),
+            exactly_once: false,
             topic_budget: None,
             pipeline: Pipeline::default(),
         }
@@ -103,6 +127,12 @@ impl SourceRuntimeConfig {
         }
         if self.kafka_topic_idle_ms < 1000 {
             e.push("kafka_topic_idle_ms", "must be at least 1000");
+        }
+        if self.transaction_max_records == 0 {
+            e.push("transaction_max_records", "must be at least 1");
+        }
+        if self.transaction_interval_ms == 0 {
+            e.push("transaction_interval_ms", "must be at least 1");
         }
         e
     }

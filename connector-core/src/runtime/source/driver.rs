@@ -50,12 +50,14 @@ pub(super) enum Outcome {
     Delivered(RecordMetadata),
     /// A transform dropped it.
     Dropped,
+    /// An offset-only record ([`SourceRecord::offset_only`]): never written, its offset counts.
+    OffsetOnly,
     /// It failed at `Stage`; the error policy decides.
     Failed(Stage, Error),
 }
 
 /// The record as it goes to Kafka, or why it does not.
-fn prepare(
+pub(super) fn prepare(
     pipeline: &Pipeline,
     record: &mut SourceRecord,
 ) -> Result<Option<ProducerRecord>, (Stage, String)> {
@@ -298,6 +300,12 @@ impl<'a> SourceDriver<'a> {
         let mut pushed = 0;
         for mut record in records {
             self.window.held_bytes += record.size();
+            if record.is_offset_only() {
+                let seq = self.finalizer.push(Polled { record, at });
+                pushed += 1;
+                self.finalizer.complete(seq, Outcome::OffsetOnly);
+                continue;
+            }
             let prepared = prepare(&self.config.pipeline, &mut record);
             let seq = self.finalizer.push(Polled { record, at });
             pushed += 1;
@@ -408,6 +416,7 @@ async fn finalize(
             stats.add_dropped(1);
             None
         }
+        Outcome::OffsetOnly => None,
         // Only errors about the record itself are the policy's to tolerate; a broker refusing us
         // (authorization, say) stops the task whatever the policy.
         Outcome::Failed(_, e) if e.kind() != ErrorKind::RecordRejected => {

@@ -20,9 +20,17 @@
 //!   `shutdown_timeout_ms`), the task is stopped.
 //! * Paused (see [`SourceTaskRuntime::with_pause`]): no more polls; what was polled still goes to
 //!   Kafka, acknowledgements are still handled and offsets still saved.
+//! * Exactly once ([`SourceConnector::exactly_once`](crate::SourceConnector::exactly_once), with
+//!   the Kafka offset store): a different loop (`transactional.rs`). A transactional producer
+//!   (`transactional.id = "{connector}-{task}"`) is started before the offsets are read; each
+//!   batch of up to `transaction_max_records` records (or what `transaction_interval_ms` brought)
+//!   is written with its source offsets in one transaction, and `commit_records` follows the
+//!   commit. Offset-only records ([`SourceRecord::offset_only`](crate::SourceRecord::offset_only))
+//!   are never written; their offsets count, in both loops.
 
 mod config;
 mod driver;
+mod transactional;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -195,6 +203,15 @@ impl SourceTaskRuntime {
         stats.set_kind(TaskKind::Source);
         let counters = TaskCounterHandle::new(task_id, base.stats.custom().clone());
         let tag = |e: Error| e.with_connector(&*name).with_task(task_id);
+        // Exactly once: the producer's init fences an older instance of this task and aborts
+        // its open transaction BEFORE the offsets are read, so they are final.
+        let txn = if config.exactly_once {
+            let p =
+                transactional::init_producer(client.clone(), &*offsets, &name, task_id, &config);
+            Some(p.await.map_err(tag)?)
+        } else {
+            None
+        };
         let initial = offsets.load(&name).await.map_err(tag)?;
         let requests = CommitRequester::new();
         info!(connector = %name, task = task_id, offsets = initial.len(), "starting source task");
@@ -209,7 +226,7 @@ impl SourceTaskRuntime {
         let mut committer = Committer {
             name: Arc::clone(&name),
             stats: Arc::clone(&stats),
-            store: offsets,
+            store: Arc::clone(&offsets),
             pending: OffsetMap::new(),
             finalized_since_commit: 0,
             requests,
@@ -221,6 +238,30 @@ impl SourceTaskRuntime {
             client.clone(),
             Arc::clone(&stats),
         );
+        if let Some(producer) = txn {
+            let Some(store) = offsets.as_kafka() else {
+                return Err(tag(Error::fatal("exactly_once needs the Kafka offset store")));
+            };
+            let driver = transactional::TransactionalDriver {
+                name: &name,
+                config: &config,
+                stats: &stats,
+                handler: &handler,
+                store,
+                producer,
+            };
+            let result = driver.run(&mut *task, &mut base.pause, shutdown).await.map_err(tag);
+            if let Err(e) = task.stop().await {
+                warn!(connector = %name, task = task_id, error = %e.report(), "source task stop failed");
+            }
+            match &result {
+                Ok(()) => info!(connector = %name, task = task_id, "source task stopped"),
+                Err(e) => {
+                    warn!(connector = %name, task = task_id, error = %e.report(), "source task failed")
+                }
+            }
+            return result;
+        }
         let max_records = config.max_in_flight_records.max(1);
         stats.set_window_capacity(max_records as u64, config.max_in_flight_bytes.max(1) as u64);
         let (producer, acks) =
