@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use connector_core::kafka::{FetchResult, KafkaClient, OffsetSpec, ProducerRecord};
+use connector_core::kafka::{FetchResult, Isolation, KafkaClient, OffsetSpec, ProducerRecord};
 use connector_core::{RecordMetadata, SinkRecord};
 
 use crate::error::{Result, TestkitError};
@@ -44,22 +44,34 @@ where
 /// # Errors
 /// When the broker does not answer.
 pub async fn consume_all(client: &KafkaClient, topic: &str) -> Result<Vec<SinkRecord>> {
-    retrying(|| consume_all_once(client, topic)).await
+    retrying(|| consume_all_once(client, topic, Isolation::ReadUncommitted)).await
+}
+
+/// Every committed record of `topic` as a `read_committed` consumer sees it (all partitions,
+/// earliest to the last stable offset; records of aborted transactions and transaction markers
+/// left out), ordered by partition then offset.
+///
+/// # Errors
+/// When the broker does not answer.
+pub async fn consume_all_committed(client: &KafkaClient, topic: &str) -> Result<Vec<SinkRecord>> {
+    retrying(|| consume_all_once(client, topic, Isolation::ReadCommitted)).await
 }
 
 async fn consume_all_once(
     client: &KafkaClient,
     topic: &str,
+    isolation: Isolation,
 ) -> connector_core::Result<Vec<SinkRecord>> {
     let Some(meta) = client.refresh_topic(topic).await? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for partition in 0..meta.partition_count() {
-        let end = client.end_offset(topic, partition).await?;
+        let end = client.end_offset_isolated(topic, partition, isolation).await?;
         let mut offset = client.list_offset(topic, partition, OffsetSpec::Earliest).await?;
         while offset < end {
-            match client.fetch(topic, partition, offset, Duration::from_millis(100)).await? {
+            let wait = Duration::from_millis(100);
+            match client.fetch_isolated(topic, partition, offset, wait, isolation).await? {
                 FetchResult::Records(f) => {
                     out.extend(f.records.into_iter().filter(|r| r.offset < end));
                     if f.next_offset <= offset {

@@ -368,9 +368,103 @@ async fn live_source(
     Ok((process, load::device_topics(&prefix, DEVICES), base))
 }
 
+/// (2b) MQTT -> Kafka at QoS 2 through our source with `exactly_once = true`, transactions of up
+/// to `txn_records` records (its packet-id state in the Kafka offset store, as in production):
+/// `n` messages of `size` bytes published at QoS 2. Time runs from the first publish until a
+/// read_committed reader sees them all; the count and the duplicates are read at read_committed.
+pub async fn source_exactly_once(
+    b: &Brokers,
+    s: &Settings,
+    txn_records: usize,
+    size: usize,
+    n: u64,
+) -> Result<Throughput> {
+    let id = b.id("srceos");
+    let topic = format!("bench-{id}");
+    let prefix = format!("bench/{id}");
+    let filter = format!("{prefix}/#");
+    b.client.create_topic(&topic, 1, 1).await.map_err(|e| format!("create {topic}: {e}"))?;
+    let mut c = runner_config(b, &format!("linger_ms = {}", s.linger_ms), &id, "mqtt-source")
+        .replace("store = \"memory\"", "store = \"kafka\"");
+    let _ = writeln!(c, "mqtt_url = \"{}\"\nmqtt_version = \"{}\"", b.mqtt.url(), s.mqtt_version);
+    let _ = writeln!(c, "topics = [\"{filter}\"]\nqos = 2\nkafka_topic = \"{topic}\"");
+    let _ = writeln!(c, "exactly_once = true\nclean_session = false");
+    let _ = writeln!(c, "runtime = {{ transaction_max_records = {txn_records} }}");
+    if let Some(n) = s.source_inflight {
+        let _ = writeln!(c, "inflight = {n}");
+    }
+    let mut process = spawn_connect(b, s, &id, &c)?;
+    let probe = MqttPublisher::connect(&b.mqtt.url(), &format!("{id}-probe"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let subscribed =
+        wait_source_subscribed(&probe, &format!("{prefix}/probe"), b"probe", &b.client, &topic)
+            .await;
+    process.check_running()?;
+    subscribed.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stable = |client: &KafkaClient| {
+        let (client, topic) = (client.clone(), topic.clone());
+        async move { client.stable_end_offset(&topic, 0).await.map_err(|e| e.to_string()) }
+    };
+    let base = stable(&b.client).await?;
+    let topics = load::device_topics(&prefix, DEVICES);
+    let publisher =
+        Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
+    let before = (b.brokers_sample(), process.sample());
+    let started = Instant::now();
+    let publishing = {
+        let publisher = Arc::clone(&publisher);
+        tokio::spawn(async move { publisher.publish(&topics, QoS::ExactlyOnce, 0, n, size, None).await })
+    };
+    // Progress is the last stable offset (records plus one marker per transaction); once it is
+    // past `n` records, a read_committed count decides whether all have arrived.
+    let idle = Duration::from_secs(5);
+    let (mut end, mut last_progress, mut delivered, mut checks) = (base, Instant::now(), 0, 0u32);
+    while delivered < n && started.elapsed() < RUN_TIMEOUT && last_progress.elapsed() < idle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = stable(&b.client).await?;
+        if now > end {
+            end = now;
+            last_progress = Instant::now();
+            if end - base >= n as i64 {
+                delivered = count_committed(&b.client, &topic, base).await?.0;
+            }
+        }
+        checks += 1;
+        if checks % 200 == 0 {
+            process.check_running()?;
+        }
+    }
+    let after = (b.brokers_sample(), process.sample());
+    publishing.await.map_err(|e| e.to_string())??;
+    process.check_running()?;
+    drop(process);
+    let (delivered, duplicates) = count_committed(&b.client, &topic, base).await?;
+    let mut t = Throughput { sent: n, delivered, duplicates, ..Throughput::default() };
+    t.finish(
+        last_progress.saturating_duration_since(started),
+        before.0,
+        after.0,
+        Some((before.1, after.1)),
+    );
+    Ok(t)
+}
+
+/// [`count_in_kafka`] as a read_committed consumer sees the topic.
+async fn count_committed(client: &KafkaClient, topic: &str, base: i64) -> Result<(u64, u64)> {
+    let records = kafka::consume_all_committed(client, topic).await.map_err(|e| e.to_string())?;
+    Ok(distinct(&records, base))
+}
+
 /// Distinct benchmark messages among the records of `topic` after `base`, and duplicates.
 async fn count_in_kafka(client: &KafkaClient, topic: &str, base: i64) -> Result<(u64, u64)> {
     let records = kafka::consume_all(client, topic).await.map_err(|e| e.to_string())?;
+    Ok(distinct(&records, base))
+}
+
+/// Distinct benchmark messages among `records` at or after `base`, and duplicates.
+fn distinct(records: &[connector_core::SinkRecord], base: i64) -> (u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let mut duplicates = 0;
     for r in records.iter().filter(|r| r.offset >= base) {
@@ -380,7 +474,7 @@ async fn count_in_kafka(client: &KafkaClient, topic: &str, base: i64) -> Result<
             }
         }
     }
-    Ok((seen.len() as u64, duplicates))
+    (seen.len() as u64, duplicates)
 }
 
 /// (1) Bare MQTT: publisher -> Mosquitto -> subscriber, `n` messages of `size` bytes at `qos`.
