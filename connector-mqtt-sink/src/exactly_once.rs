@@ -141,6 +141,29 @@ impl Eos {
             || self.finished.get(tp).is_some_and(|f| f.contains(&offset))
     }
 
+    /// Releases the packet id of the restored entry of `offset` of `tp`, whose record is not
+    /// published again: a PUBREL goes out next (saved first), which frees the id whether or not
+    /// the broker had the PUBLISH. Returns whether there was such an entry.
+    pub(crate) fn release(&mut self, tp: &TopicPartition, offset: i64) -> bool {
+        let Some(pkid) = self.restored.remove(&(tp.clone(), offset)) else { return false };
+        self.pending_rels.insert(pkid);
+        self.release_now.push(pkid);
+        self.dirty = true;
+        self.must_save = true;
+        true
+    }
+
+    /// Releases every restored entry of `tp` below `offset`: the records from `offset` on are
+    /// being handed over, so those will not come in this run (deleted by retention, filtered
+    /// by a transform). Kept, they would hold the done-through and fill the window forever.
+    pub(crate) fn release_below(&mut self, tp: &TopicPartition, offset: i64) {
+        let below: Vec<i64> =
+            self.restored.keys().filter(|(t, o)| t == tp && *o < offset).map(|(_, o)| *o).collect();
+        for o in below {
+            self.release(tp, o);
+        }
+    }
+
     /// A record was handed over.
     pub(crate) fn added(&mut self, tp: &TopicPartition, offset: i64) {
         self.first_added.entry(tp.clone()).or_insert(offset);

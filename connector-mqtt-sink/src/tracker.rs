@@ -199,12 +199,26 @@ impl Tracker {
     /// (the broker completes it, or answers PUBCOMP for an id it does not hold) and it is done.
     pub(crate) fn skipped(&mut self, tp: &TopicPartition, offset: i64) {
         let Some(e) = &mut self.eos else { return };
-        if let Some(pkid) = e.restored.remove(&(tp.clone(), offset)) {
-            e.pending_rels.insert(pkid);
-            e.release_now.push(pkid);
+        if e.release(tp, offset) {
             e.finished.entry(tp.clone()).or_default().insert(offset);
-            e.dirty = true;
-            e.must_save = true;
+        }
+    }
+
+    /// Exactly once: the record at `offset` of `tp` is about to be offered to `put` (or, from
+    /// `pre_commit`, the next offset to offer). A record sent before a crash at a lower offset
+    /// that did not come again will not come in this run: its packet id is released.
+    pub(crate) fn offering(&mut self, tp: &TopicPartition, offset: i64) {
+        if let Some(e) = &mut self.eos {
+            e.release_below(tp, offset);
+        }
+    }
+
+    /// Exactly once: `put` refused the record at `offset` of `tp` (the error policy gets it).
+    /// If it was sent before a crash, its packet id is released, so that it never pins the
+    /// state; whether its offset is done is the error policy's matter, as for any record.
+    pub(crate) fn not_published(&mut self, tp: &TopicPartition, offset: i64) {
+        if let Some(e) = &mut self.eos {
+            e.release(tp, offset);
         }
     }
 
@@ -1324,5 +1338,51 @@ mod tests {
         t.acknowledged(5);
         let (state, _) = t.state_to_save(true).unwrap();
         assert!(state.released.is_empty());
+    }
+
+    #[test]
+    fn exactly_once_a_restored_record_that_never_comes_again_or_is_refused_releases_its_id() {
+        let stored = Stored {
+            sent: vec![
+                Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 },
+                Sent { pkid: 6, topic: "commands".into(), partition: 0, offset: 4 },
+                Sent { pkid: 7, topic: "commands".into(), partition: 0, offset: 8 },
+            ],
+            released: vec![],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        // Offset 3 was deleted by retention: the fetch resumes at 4, which put refuses now.
+        t.offering(&tp(), 4);
+        t.not_published(&tp(), 4);
+        t.offering(&tp(), 5);
+        assert!(eos_add(&mut t, 5));
+        // pre_commit: the runtime offered up to 7 (6 filtered by a transform).
+        t.offering(&tp(), 7);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        let rels: Vec<u16> = out
+            .iter()
+            .filter_map(|p| match p {
+                Outbound::PubRel(p) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rels, [5, 6], "released, not pinned");
+        let (state, throughs) = t.state_to_save(false).unwrap();
+        assert_eq!(state.sent.iter().map(|s| s.pkid).collect::<Vec<_>>(), [1, 7]);
+        assert_eq!(state.released, [5, 6]);
+        assert_eq!(throughs[&tp()], 5, "no longer held at 3");
+        let sent5 = sent(&out).into_iter().find(|(_, p, _)| p == "m5").unwrap().0;
+        t.received(sent5);
+        t.acknowledged(sent5);
+        t.acknowledged(5);
+        t.acknowledged(6);
+        let (state, throughs) = t.state_to_save(true).unwrap();
+        assert!(!state.released.contains(&5) && !state.released.contains(&6));
+        assert_eq!(throughs[&tp()], 6);
     }
 }
