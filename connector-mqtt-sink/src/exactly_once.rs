@@ -28,9 +28,10 @@ pub(crate) struct Stored {
     /// PUBLISHes that may have gone out, not yet received by the broker (no PUBREC).
     #[serde(default)]
     pub(crate) sent: Vec<Sent>,
-    /// Packet ids the broker received (PUBREC) whose PUBCOMP has not arrived.
+    /// Packet ids the broker received (PUBREC) whose PUBCOMP has not arrived, with the record
+    /// each carries (published again if the broker loses the session before the PUBCOMP).
     #[serde(default)]
-    pub(crate) released: Vec<u16>,
+    pub(crate) released: Vec<Released>,
     /// How far each partition is done.
     #[serde(default)]
     pub(crate) done: Vec<Done>,
@@ -40,6 +41,25 @@ pub(crate) struct Stored {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Sent {
     pub(crate) pkid: u16,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+/// "Packet id `pkid` awaits its PUBCOMP": the broker has the PUBLISH (PUBREC) and our PUBREL
+/// is, or will be, on its way. `record` is the record it carries, if it is still to be
+/// delivered (none for an id released because its record is no longer published): it is not
+/// done until the PUBCOMP, and is published again if the broker lost the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Released {
+    pub(crate) pkid: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) record: Option<At>,
+}
+
+/// A record: `offset` of `topic`/`partition`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct At {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
@@ -95,6 +115,9 @@ pub(crate) struct Eos {
     pub(crate) restored: HashMap<(TopicPartition, i64), u16>,
     /// From the loaded state: PUBRELs to send again, and whose PUBCOMP frees the id.
     pub(crate) pending_rels: BTreeSet<u16>,
+    /// From the loaded state: the record each pending PUBREL carries, until it comes again
+    /// (then it waits in the tracker for the PUBCOMP) or is done.
+    pub(crate) rel_records: HashMap<(TopicPartition, i64), u16>,
     /// Done-through per partition as loaded: records below are skipped.
     pub(crate) loaded_through: HashMap<TopicPartition, i64>,
     /// Done offsets above the done-through, per partition (loaded, or PUBREC'd / settled since).
@@ -123,7 +146,13 @@ impl Eos {
         for s in stored.sent {
             eos.restored.insert((TopicPartition::new(s.topic, s.partition), s.offset), s.pkid);
         }
-        eos.pending_rels = stored.released.into_iter().collect();
+        for r in stored.released {
+            eos.pending_rels.insert(r.pkid);
+            if let Some(at) = r.record {
+                eos.rel_records
+                    .insert((TopicPartition::new(at.topic, at.partition), at.offset), r.pkid);
+            }
+        }
         for d in stored.done {
             let tp = TopicPartition::new(d.topic, d.partition);
             eos.loaded_through.insert(tp.clone(), d.through);
@@ -145,6 +174,10 @@ impl Eos {
     /// published again: a PUBREL goes out next (saved first), which frees the id whether or not
     /// the broker had the PUBLISH. Returns whether there was such an entry.
     pub(crate) fn release(&mut self, tp: &TopicPartition, offset: i64) -> bool {
+        if self.rel_records.remove(&(tp.clone(), offset)).is_some() {
+            self.dirty = true;
+            return true;
+        }
         let Some(pkid) = self.restored.remove(&(tp.clone(), offset)) else { return false };
         self.pending_rels.insert(pkid);
         self.release_now.push(pkid);
@@ -162,6 +195,9 @@ impl Eos {
         for o in below {
             self.release(tp, o);
         }
+        // A pending PUBREL whose record will not come: the PUBREL still goes, the record is the
+        // runtime's matter.
+        self.rel_records.retain(|(t, o), _| !(t == tp && *o < offset));
     }
 
     /// A record was handed over.
@@ -185,7 +221,13 @@ impl Eos {
             (None, Some(l)) => *l,
             (None, None) => 0,
         };
-        let restored = self.restored.keys().filter(|(t, _)| t == tp).map(|(_, o)| *o).min();
+        let restored = self
+            .restored
+            .keys()
+            .chain(self.rel_records.keys())
+            .filter(|(t, _)| t == tp)
+            .map(|(_, o)| *o)
+            .min();
         [Some(base), first_not_done, restored].into_iter().flatten().min().unwrap_or(base)
     }
 
@@ -203,7 +245,13 @@ mod tests {
     fn the_state_reads_back_as_saved() {
         let stored = Stored {
             sent: vec![Sent { pkid: 7, topic: "commands".into(), partition: 0, offset: 12 }],
-            released: vec![3],
+            released: vec![
+                Released { pkid: 3, record: None },
+                Released {
+                    pkid: 4,
+                    record: Some(At { topic: "commands".into(), partition: 0, offset: 13 }),
+                },
+            ],
             done: vec![Done {
                 topic: "commands".into(),
                 partition: 0,
