@@ -15,7 +15,7 @@ use rumqttc::QoS;
 
 mod support;
 
-use support::{assert_validate_reports, write, Runner};
+use support::{assert_validate_reports, connect, write, Runner};
 
 fn sink_config(mqtt: &Mosquitto, bootstrap: &str, window: usize) -> String {
     format!(
@@ -305,6 +305,36 @@ tasks = 2
             "connector[0].tasks: must be 1 with exactly_once = true",
         ],
     );
+}
+
+/// `exactly_once = true` with the memory offset store: refused, naming `offsets.store` (the state
+/// would die with the process); the file store is accepted.
+#[test]
+fn exactly_once_with_the_memory_offset_store_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = r#"
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "mqtt://127.0.0.1:1"
+topics = ["commands"]
+mqtt_topic = "cars/{key}/cmd"
+qos = 2
+clean_session = false
+exactly_once = true
+"#;
+    let memory = format!(
+        "[kafka]\nbootstrap_servers = [\"127.0.0.1:9\"]\n[offsets]\nstore = \"memory\"\n{table}"
+    );
+    let config = write(dir.path(), "memory.toml", &memory);
+    assert_validate_reports(
+        &config,
+        &["offsets.store: connector commands: exactly_once = true needs a durable offset store"],
+    );
+    let file = format!("[kafka]\nbootstrap_servers = [\"127.0.0.1:9\"]\n[offsets]\nstore = \"file\"\npath = \"{}\"\n{table}", dir.path().join("offsets.json").display());
+    let config = write(dir.path(), "file.toml", &file);
+    let out = connect(&["validate", "--config", &config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The sink reads at `read_committed`: commands of an aborted transaction (a crashed
