@@ -517,6 +517,15 @@ impl Tracker {
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
     pub(crate) fn acknowledged(&mut self, pkid: u16) {
         self.heard = true;
+        if self
+            .inflight
+            .get(&pkid)
+            .is_some_and(|f| f.publication.qos == QoS::ExactlyOnce && !f.released)
+        {
+            // A PUBCOMP (or PUBACK) for a QoS 2 publish we sent no PUBREL for is not its
+            // completion (a stray answer to an earlier use of the id): ignored.
+            return;
+        }
         if let Some(f) = self.inflight.remove(&pkid) {
             self.answers += 1;
             self.settle_probe(pkid);
@@ -656,8 +665,10 @@ impl Tracker {
         self.held.clear();
         if let Some(e) = &mut self.eos {
             if session_present {
-                // The loaded state's PUBRELs go out again first.
+                // The loaded state's PUBRELs go out again first (those released while
+                // disconnected among them: once, not again from `release_now`).
                 out.extend(e.pending_rels.iter().map(|p| Outbound::PubRel(*p)));
+                e.release_now.clear();
             } else {
                 // A new session: the broker knows none of our packet ids. What was sent before
                 // the crash is published again under new ids (the broker may deliver it twice:
@@ -1494,5 +1505,30 @@ mod tests {
         let (state, throughs) = t.state_to_save(true).unwrap();
         assert!(state.released.is_empty());
         assert_eq!(throughs[&tp()], 4);
+    }
+
+    #[test]
+    fn exactly_once_a_pubrel_goes_once_and_a_pubcomp_before_the_pubrec_is_ignored() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: Vec::new(),
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        // Skipped while not connected yet: its PUBREL goes out once on the kept session.
+        t.skipped(&tp(), 3);
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert!(eos_add(&mut t, 4));
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(5, "rel".into(), false), (1, "m4".into(), false)]);
+        // A PUBCOMP for 1, which got no PUBREC (no PUBREL of ours): not its completion.
+        t.acknowledged(1);
+        assert_eq!(t.pending(), 1);
+        assert_eq!(safe(&t, 5), 3);
+        assert_eq!(t.received(1), Outbound::PubRel(1));
+        t.acknowledged(1);
+        assert_eq!(t.pending(), 0);
     }
 }
