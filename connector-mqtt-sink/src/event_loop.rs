@@ -201,7 +201,8 @@ async fn drive(
         link.write(Outbound::Publish(online)).await?;
     }
     // Exactly once: what goes out again (PUBLISH with DUP, PUBREL) is what the saved state says.
-    persist(shared, settings, false).await?;
+    persist(shared, settings, stop, false).await?;
+    halt_if_stopped(settings, stop)?;
     for packet in resend {
         link.write(packet).await?;
     }
@@ -238,9 +239,10 @@ async fn drive(
         }
         if !out.is_empty() {
             // Exactly once: "offset O is being sent as packet id P" is saved before the PUBLISH.
-            if persist(shared, settings, false).await? {
+            if persist(shared, settings, stop, false).await? {
                 crash_point("sink.sent_saved");
             }
+            halt_if_stopped(settings, stop)?;
             for packet in out.drain(..) {
                 link.write(packet).await?;
             }
@@ -355,8 +357,11 @@ async fn drive(
                 }
                 // Exactly once: "O is the broker's, P awaits PUBREL" is saved before the PUBRELs
                 // (one save for the batch); PUBCOMPs ride along with it, or get one of their own.
-                if persist(shared, settings, true).await? && !rels.is_empty() {
+                if persist(shared, settings, stop, true).await? && !rels.is_empty() {
                     crash_point("sink.received_saved");
+                }
+                if !rels.is_empty() {
+                    halt_if_stopped(settings, stop)?;
                 }
                 let released = !rels.is_empty();
                 for rel in rels {
@@ -376,6 +381,19 @@ async fn drive(
     }
 }
 
+/// Exactly once: once the task is stopping, nothing more is saved or written (a newer instance
+/// of the task may have loaded the state already: a save or a PUBLISH/PUBREL of ours would mix
+/// with its own). The connection ends without a DISCONNECT, like a crash, which the protocol
+/// covers: what was saved is finished by the next instance.
+fn halt_if_stopped(settings: &LoopSettings, stop: &CancellationToken) -> Result<(), Error> {
+    if settings.state.is_some() && stop.is_cancelled() {
+        return Err(Error::retriable(
+            "the MQTT sink task is stopping: nothing more is saved or written",
+        ));
+    }
+    Ok(())
+}
+
 /// Attempts at saving the exactly-once state before the connection is given up on.
 const SAVE_ATTEMPTS: u32 = 5;
 
@@ -383,7 +401,12 @@ const SAVE_ATTEMPTS: u32 = 5;
 /// when `idle`, when it changed at all). `Ok(true)` when a state was saved. A failed save is
 /// retried with backoff a few times; then the connection ends (and the state is saved before
 /// anything is written on the next one).
-async fn persist(shared: &Shared, settings: &LoopSettings, idle: bool) -> Result<bool, Error> {
+async fn persist(
+    shared: &Shared,
+    settings: &LoopSettings,
+    stop: &CancellationToken,
+    idle: bool,
+) -> Result<bool, Error> {
     let Some(state) = &settings.state else { return Ok(false) };
     let Some((stored, throughs)) = shared.tracker.lock().state_to_save(idle) else {
         return Ok(false);
@@ -391,6 +414,10 @@ async fn persist(shared: &Shared, settings: &LoopSettings, idle: bool) -> Result
     let map = stored.to_map(&settings.client_id)?;
     let mut backoff = Backoff::new(settings.backoff);
     loop {
+        if let Err(e) = halt_if_stopped(settings, stop) {
+            shared.tracker.lock().state_not_saved();
+            return Err(e);
+        }
         match state.save(&map).await {
             Ok(()) => {
                 shared.tracker.lock().state_saved(throughs);

@@ -390,8 +390,12 @@ impl SinkTask for MqttSinkTask {
         // The event loop sends DISCONNECT and ends.
         self.stop.cancel();
         if let Some(h) = self.event_loop.as_mut() {
-            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
-                warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
+            if tokio::time::timeout(Duration::from_secs(5), &mut *h).await.is_err() {
+                // Aborted: a loop stuck in a save or a write must not go on after the task
+                // stopped (with exactly once, a newer instance may be running already).
+                warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time; aborting it");
+                h.abort();
+                let _ = h.await;
             }
         }
         Ok(())
