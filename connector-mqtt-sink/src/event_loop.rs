@@ -48,6 +48,12 @@ const SUBSCRIBE_DROPS: u8 = 2;
 /// Most packets read in one batch before the loop flushes, sends and pings again.
 const INBOUND_BATCH: usize = 256;
 
+/// Exactly once: a state change no write waits for (PUBCOMPs: records done, ids free) is saved
+/// with the next save a write needs, or after this long at the latest. It only holds back the
+/// Kafka commit of those records (a crash meanwhile re-sends their PUBRELs, which the broker
+/// answers with PUBCOMP): one save less per command at low rates.
+const DEFERRED_SAVE: Duration = Duration::from_millis(500);
+
 /// State shared by the sink task and its event loop.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -226,6 +232,8 @@ async fn drive(
     // Backlog publishes wait for the SUBACK (see `Tracker::awaiting_suback`), this long at most.
     let suback_deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
     let mut out: Vec<Outbound> = Vec::new();
+    // Exactly once: when the state changed with nothing to write (see `DEFERRED_SAVE`).
+    let mut deferred_save: Option<tokio::time::Instant> = None;
     loop {
         // Send what the window allows, in one write.
         let oversize = {
@@ -269,6 +277,10 @@ async fn drive(
             // Before reading: a flood of BIRTHs must not starve the keep-alive.
             // Fails when the previous ping got no answer: the connection is dead.
             _ = keepalive.tick() => link.ping().await?,
+            () = tokio::time::sleep_until(deferred_save.unwrap_or_else(tokio::time::Instant::now)), if deferred_save.is_some() => {
+                deferred_save = None;
+                persist(shared, settings, stop, true).await?;
+            }
             () = shared.work.notified() => {}
             packet = link.read() => {
                 let mut next = Some(packet);
@@ -355,10 +367,14 @@ async fn drive(
                     }
                     next = link.read_buffered();
                 }
-                // Exactly once: "O is the broker's, P awaits PUBREL" is saved before the PUBRELs
-                // (one save for the batch); PUBCOMPs ride along with it, or get one of their own.
-                if persist(shared, settings, stop, true).await? && !rels.is_empty() {
+                // Exactly once: "the broker has O under P" is saved before the PUBRELs (one save
+                // for the batch); PUBCOMPs ride along with it or the next save, at the latest
+                // after DEFERRED_SAVE.
+                if persist(shared, settings, stop, false).await? && !rels.is_empty() {
                     crash_point("sink.received_saved");
+                }
+                if deferred_save.is_none() && shared.tracker.lock().state_dirty() {
+                    deferred_save = Some(tokio::time::Instant::now() + DEFERRED_SAVE);
                 }
                 if !rels.is_empty() {
                     halt_if_stopped(settings, stop)?;

@@ -347,6 +347,11 @@ impl Tracker {
         self.changed(true);
     }
 
+    /// Exactly once: whether the state changed since it was last saved.
+    pub(crate) fn state_dirty(&self) -> bool {
+        self.eos.as_ref().is_some_and(|e| e.dirty)
+    }
+
     /// Exactly once: state saves so far.
     pub(crate) fn saves(&self) -> u64 {
         self.eos.as_ref().map_or(0, |e| e.saves)
