@@ -445,9 +445,19 @@ async fn persist(
                 warn!(client_id = %settings.client_id, error = %e.report(), "saving the exactly-once state failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            Err(e) => {
+            Err(e) if e.is_retriable() => {
                 shared.tracker.lock().state_not_saved();
                 return Err(e);
+            }
+            Err(e) => {
+                // Refused for good (a state too large for the store, say): reconnecting would
+                // only be refused again. The task fails.
+                shared.tracker.lock().state_not_saved();
+                return Err(Error::fatal(format!(
+                    "the offset store refused the exactly-once state of MQTT session {}: {}",
+                    settings.client_id,
+                    e.report()
+                )));
             }
         }
     }
