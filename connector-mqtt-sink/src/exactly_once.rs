@@ -86,8 +86,20 @@ impl Stored {
     ///
     /// # Errors
     /// Fatal when a state is stored but cannot be read: starting without it could send a
-    /// command twice.
+    /// command twice. A config error naming `client_id` when `map` holds the state of another
+    /// session (the client id changed): the new session cannot finish the old one's packet ids,
+    /// and starting empty would publish again every record not committed to Kafka yet.
     pub(crate) fn from_map(map: &OffsetMap, client_id: &str) -> Result<Self> {
+        if let Some(other) =
+            map.iter().filter_map(|(p, _)| p.get_str("mqtt_session")).find(|s| *s != client_id)
+        {
+            return Err(Error::config(
+                "client_id",
+                format!(
+                    "the exactly-once state of this connector belongs to MQTT session {other:?}, not {client_id:?}: a changed client id starts a new MQTT session, which cannot finish the old one's QoS 2 packet ids; set client_id back to {other:?} (or give the connector a new name, accepting that records not yet committed to Kafka are published again)"
+                ),
+            ));
+        }
         match map.get(&partition(client_id)) {
             None => Ok(Self::default()),
             Some(o) => o.deserialize_into().map_err(|e| {
@@ -261,7 +273,9 @@ mod tests {
         };
         let map = stored.to_map("sink-1").unwrap();
         assert_eq!(Stored::from_map(&map, "sink-1").unwrap(), stored);
-        assert_eq!(Stored::from_map(&map, "other").unwrap(), Stored::default());
+        assert_eq!(Stored::from_map(&OffsetMap::new(), "sink-1").unwrap(), Stored::default());
+        let e = Stored::from_map(&map, "other").unwrap_err().to_string();
+        assert!(e.contains("client_id") && e.contains("\"sink-1\""), "{e}");
         let eos = Eos::restore(stored);
         let tp = TopicPartition::new("commands", 0);
         assert!(eos.handled(&tp, 9) && eos.handled(&tp, 11));
