@@ -164,6 +164,9 @@ fn default_qos() -> u8 {
 fn default_true() -> bool {
     true
 }
+/// Largest `inflight` with `exactly_once = true`: the saved state stays well below 1 MB.
+const MAX_EXACTLY_ONCE_INFLIGHT: usize = 4096;
+
 fn default_inflight() -> usize {
     1000
 }
@@ -341,6 +344,12 @@ impl MqttSinkConfig {
                 format!("must be 1 with exactly_once = true (is {}): a partition moving to another task would change the MQTT session, whose packet ids the other task cannot finish", self.tasks),
             );
         }
+        if self.inflight > MAX_EXACTLY_ONCE_INFLIGHT {
+            e.push(
+                "inflight",
+                format!("must be at most {MAX_EXACTLY_ONCE_INFLIGHT} with exactly_once = true (is {}): the saved QoS 2 state holds up to one entry of ~100 bytes per publish in flight, and must fit one record of the offset store (Kafka's default limit is 1 MB)", self.inflight),
+            );
+        }
     }
 
     fn validate_sparkplug(&self, e: &mut ConfigErrors) {
@@ -432,6 +441,10 @@ mod tests {
         c.clean_session = false;
         c.tasks = 1;
         assert!(c.validate().is_empty(), "qos 2 with a kept session is what exactly once needs");
+        c.inflight = MAX_EXACTLY_ONCE_INFLIGHT + 1;
+        let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
+        assert_eq!(paths, ["inflight"], "the state must fit one offset-store record");
+        c.inflight = MAX_EXACTLY_ONCE_INFLIGHT;
         c.exactly_once = false;
         let paths: Vec<_> = c.validate().iter().map(|e| e.path.clone()).collect();
         assert_eq!(paths, ["clean_session"], "still refused without exactly_once");

@@ -48,6 +48,12 @@ const SUBSCRIBE_DROPS: u8 = 2;
 /// Most packets read in one batch before the loop flushes, sends and pings again.
 const INBOUND_BATCH: usize = 256;
 
+/// Exactly once: a state change no write waits for (PUBCOMPs: records done, ids free) is saved
+/// with the next save a write needs, or after this long at the latest. It only holds back the
+/// Kafka commit of those records (a crash meanwhile re-sends their PUBRELs, which the broker
+/// answers with PUBCOMP): one save less per command at low rates.
+const DEFERRED_SAVE: Duration = Duration::from_millis(500);
+
 /// State shared by the sink task and its event loop.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -201,7 +207,8 @@ async fn drive(
         link.write(Outbound::Publish(online)).await?;
     }
     // Exactly once: what goes out again (PUBLISH with DUP, PUBREL) is what the saved state says.
-    persist(shared, settings, false).await?;
+    persist(shared, settings, stop, false).await?;
+    halt_if_stopped(settings, stop)?;
     for packet in resend {
         link.write(packet).await?;
     }
@@ -225,6 +232,8 @@ async fn drive(
     // Backlog publishes wait for the SUBACK (see `Tracker::awaiting_suback`), this long at most.
     let suback_deadline = tokio::time::Instant::now() + SUBACK_TIMEOUT;
     let mut out: Vec<Outbound> = Vec::new();
+    // Exactly once: when the state changed with nothing to write (see `DEFERRED_SAVE`).
+    let mut deferred_save: Option<tokio::time::Instant> = None;
     loop {
         // Send what the window allows, in one write.
         let oversize = {
@@ -238,9 +247,10 @@ async fn drive(
         }
         if !out.is_empty() {
             // Exactly once: "offset O is being sent as packet id P" is saved before the PUBLISH.
-            if persist(shared, settings, false).await? {
+            if persist(shared, settings, stop, false).await? {
                 crash_point("sink.sent_saved");
             }
+            halt_if_stopped(settings, stop)?;
             for packet in out.drain(..) {
                 link.write(packet).await?;
             }
@@ -267,6 +277,10 @@ async fn drive(
             // Before reading: a flood of BIRTHs must not starve the keep-alive.
             // Fails when the previous ping got no answer: the connection is dead.
             _ = keepalive.tick() => link.ping().await?,
+            () = tokio::time::sleep_until(deferred_save.unwrap_or_else(tokio::time::Instant::now)), if deferred_save.is_some() => {
+                deferred_save = None;
+                persist(shared, settings, stop, true).await?;
+            }
             () = shared.work.notified() => {}
             packet = link.read() => {
                 let mut next = Some(packet);
@@ -353,10 +367,17 @@ async fn drive(
                     }
                     next = link.read_buffered();
                 }
-                // Exactly once: "O is the broker's, P awaits PUBREL" is saved before the PUBRELs
-                // (one save for the batch); PUBCOMPs ride along with it, or get one of their own.
-                if persist(shared, settings, true).await? && !rels.is_empty() {
+                // Exactly once: "the broker has O under P" is saved before the PUBRELs (one save
+                // for the batch); PUBCOMPs ride along with it or the next save, at the latest
+                // after DEFERRED_SAVE.
+                if persist(shared, settings, stop, false).await? && !rels.is_empty() {
                     crash_point("sink.received_saved");
+                }
+                if deferred_save.is_none() && shared.tracker.lock().state_dirty() {
+                    deferred_save = Some(tokio::time::Instant::now() + DEFERRED_SAVE);
+                }
+                if !rels.is_empty() {
+                    halt_if_stopped(settings, stop)?;
                 }
                 let released = !rels.is_empty();
                 for rel in rels {
@@ -376,6 +397,19 @@ async fn drive(
     }
 }
 
+/// Exactly once: once the task is stopping, nothing more is saved or written (a newer instance
+/// of the task may have loaded the state already: a save or a PUBLISH/PUBREL of ours would mix
+/// with its own). The connection ends without a DISCONNECT, like a crash, which the protocol
+/// covers: what was saved is finished by the next instance.
+fn halt_if_stopped(settings: &LoopSettings, stop: &CancellationToken) -> Result<(), Error> {
+    if settings.state.is_some() && stop.is_cancelled() {
+        return Err(Error::retriable(
+            "the MQTT sink task is stopping: nothing more is saved or written",
+        ));
+    }
+    Ok(())
+}
+
 /// Attempts at saving the exactly-once state before the connection is given up on.
 const SAVE_ATTEMPTS: u32 = 5;
 
@@ -383,7 +417,12 @@ const SAVE_ATTEMPTS: u32 = 5;
 /// when `idle`, when it changed at all). `Ok(true)` when a state was saved. A failed save is
 /// retried with backoff a few times; then the connection ends (and the state is saved before
 /// anything is written on the next one).
-async fn persist(shared: &Shared, settings: &LoopSettings, idle: bool) -> Result<bool, Error> {
+async fn persist(
+    shared: &Shared,
+    settings: &LoopSettings,
+    stop: &CancellationToken,
+    idle: bool,
+) -> Result<bool, Error> {
     let Some(state) = &settings.state else { return Ok(false) };
     let Some((stored, throughs)) = shared.tracker.lock().state_to_save(idle) else {
         return Ok(false);
@@ -391,6 +430,10 @@ async fn persist(shared: &Shared, settings: &LoopSettings, idle: bool) -> Result
     let map = stored.to_map(&settings.client_id)?;
     let mut backoff = Backoff::new(settings.backoff);
     loop {
+        if let Err(e) = halt_if_stopped(settings, stop) {
+            shared.tracker.lock().state_not_saved();
+            return Err(e);
+        }
         match state.save(&map).await {
             Ok(()) => {
                 shared.tracker.lock().state_saved(throughs);
@@ -402,9 +445,19 @@ async fn persist(shared: &Shared, settings: &LoopSettings, idle: bool) -> Result
                 warn!(client_id = %settings.client_id, error = %e.report(), "saving the exactly-once state failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            Err(e) => {
+            Err(e) if e.is_retriable() => {
                 shared.tracker.lock().state_not_saved();
                 return Err(e);
+            }
+            Err(e) => {
+                // Refused for good (a state too large for the store, say): reconnecting would
+                // only be refused again. The task fails.
+                shared.tracker.lock().state_not_saved();
+                return Err(Error::fatal(format!(
+                    "the offset store refused the exactly-once state of MQTT session {}: {}",
+                    settings.client_id,
+                    e.report()
+                )));
             }
         }
     }

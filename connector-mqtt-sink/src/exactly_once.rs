@@ -28,9 +28,10 @@ pub(crate) struct Stored {
     /// PUBLISHes that may have gone out, not yet received by the broker (no PUBREC).
     #[serde(default)]
     pub(crate) sent: Vec<Sent>,
-    /// Packet ids the broker received (PUBREC) whose PUBCOMP has not arrived.
+    /// Packet ids the broker received (PUBREC) whose PUBCOMP has not arrived, with the record
+    /// each carries (published again if the broker loses the session before the PUBCOMP).
     #[serde(default)]
-    pub(crate) released: Vec<u16>,
+    pub(crate) released: Vec<Released>,
     /// How far each partition is done.
     #[serde(default)]
     pub(crate) done: Vec<Done>,
@@ -40,6 +41,25 @@ pub(crate) struct Stored {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Sent {
     pub(crate) pkid: u16,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+}
+
+/// "Packet id `pkid` awaits its PUBCOMP": the broker has the PUBLISH (PUBREC) and our PUBREL
+/// is, or will be, on its way. `record` is the record it carries, if it is still to be
+/// delivered (none for an id released because its record is no longer published): it is not
+/// done until the PUBCOMP, and is published again if the broker lost the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Released {
+    pub(crate) pkid: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) record: Option<At>,
+}
+
+/// A record: `offset` of `topic`/`partition`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct At {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
@@ -66,8 +86,20 @@ impl Stored {
     ///
     /// # Errors
     /// Fatal when a state is stored but cannot be read: starting without it could send a
-    /// command twice.
+    /// command twice. A config error naming `client_id` when `map` holds the state of another
+    /// session (the client id changed): the new session cannot finish the old one's packet ids,
+    /// and starting empty would publish again every record not committed to Kafka yet.
     pub(crate) fn from_map(map: &OffsetMap, client_id: &str) -> Result<Self> {
+        if let Some(other) =
+            map.iter().filter_map(|(p, _)| p.get_str("mqtt_session")).find(|s| *s != client_id)
+        {
+            return Err(Error::config(
+                "client_id",
+                format!(
+                    "the exactly-once state of this connector belongs to MQTT session {other:?}, not {client_id:?}: a changed client id starts a new MQTT session, which cannot finish the old one's QoS 2 packet ids; set client_id back to {other:?} (or give the connector a new name, accepting that records not yet committed to Kafka are published again)"
+                ),
+            ));
+        }
         match map.get(&partition(client_id)) {
             None => Ok(Self::default()),
             Some(o) => o.deserialize_into().map_err(|e| {
@@ -95,6 +127,9 @@ pub(crate) struct Eos {
     pub(crate) restored: HashMap<(TopicPartition, i64), u16>,
     /// From the loaded state: PUBRELs to send again, and whose PUBCOMP frees the id.
     pub(crate) pending_rels: BTreeSet<u16>,
+    /// From the loaded state: the record each pending PUBREL carries, until it comes again
+    /// (then it waits in the tracker for the PUBCOMP) or is done.
+    pub(crate) rel_records: HashMap<(TopicPartition, i64), u16>,
     /// Done-through per partition as loaded: records below are skipped.
     pub(crate) loaded_through: HashMap<TopicPartition, i64>,
     /// Done offsets above the done-through, per partition (loaded, or PUBREC'd / settled since).
@@ -123,7 +158,13 @@ impl Eos {
         for s in stored.sent {
             eos.restored.insert((TopicPartition::new(s.topic, s.partition), s.offset), s.pkid);
         }
-        eos.pending_rels = stored.released.into_iter().collect();
+        for r in stored.released {
+            eos.pending_rels.insert(r.pkid);
+            if let Some(at) = r.record {
+                eos.rel_records
+                    .insert((TopicPartition::new(at.topic, at.partition), at.offset), r.pkid);
+            }
+        }
         for d in stored.done {
             let tp = TopicPartition::new(d.topic, d.partition);
             eos.loaded_through.insert(tp.clone(), d.through);
@@ -139,6 +180,36 @@ impl Eos {
         self.loaded_through.get(tp).is_some_and(|t| offset < *t)
             || self.last_added.get(tp).is_some_and(|l| offset <= *l)
             || self.finished.get(tp).is_some_and(|f| f.contains(&offset))
+    }
+
+    /// Releases the packet id of the restored entry of `offset` of `tp`, whose record is not
+    /// published again: a PUBREL goes out next (saved first), which frees the id whether or not
+    /// the broker had the PUBLISH. Returns whether there was such an entry.
+    pub(crate) fn release(&mut self, tp: &TopicPartition, offset: i64) -> bool {
+        if self.rel_records.remove(&(tp.clone(), offset)).is_some() {
+            self.dirty = true;
+            return true;
+        }
+        let Some(pkid) = self.restored.remove(&(tp.clone(), offset)) else { return false };
+        self.pending_rels.insert(pkid);
+        self.release_now.push(pkid);
+        self.dirty = true;
+        self.must_save = true;
+        true
+    }
+
+    /// Releases every restored entry of `tp` below `offset`: the records from `offset` on are
+    /// being handed over, so those will not come in this run (deleted by retention, filtered
+    /// by a transform). Kept, they would hold the done-through and fill the window forever.
+    pub(crate) fn release_below(&mut self, tp: &TopicPartition, offset: i64) {
+        let below: Vec<i64> =
+            self.restored.keys().filter(|(t, o)| t == tp && *o < offset).map(|(_, o)| *o).collect();
+        for o in below {
+            self.release(tp, o);
+        }
+        // A pending PUBREL whose record will not come: the PUBREL still goes, the record is the
+        // runtime's matter.
+        self.rel_records.retain(|(t, o), _| !(t == tp && *o < offset));
     }
 
     /// A record was handed over.
@@ -162,7 +233,13 @@ impl Eos {
             (None, Some(l)) => *l,
             (None, None) => 0,
         };
-        let restored = self.restored.keys().filter(|(t, _)| t == tp).map(|(_, o)| *o).min();
+        let restored = self
+            .restored
+            .keys()
+            .chain(self.rel_records.keys())
+            .filter(|(t, _)| t == tp)
+            .map(|(_, o)| *o)
+            .min();
         [Some(base), first_not_done, restored].into_iter().flatten().min().unwrap_or(base)
     }
 
@@ -180,7 +257,13 @@ mod tests {
     fn the_state_reads_back_as_saved() {
         let stored = Stored {
             sent: vec![Sent { pkid: 7, topic: "commands".into(), partition: 0, offset: 12 }],
-            released: vec![3],
+            released: vec![
+                Released { pkid: 3, record: None },
+                Released {
+                    pkid: 4,
+                    record: Some(At { topic: "commands".into(), partition: 0, offset: 13 }),
+                },
+            ],
             done: vec![Done {
                 topic: "commands".into(),
                 partition: 0,
@@ -190,7 +273,9 @@ mod tests {
         };
         let map = stored.to_map("sink-1").unwrap();
         assert_eq!(Stored::from_map(&map, "sink-1").unwrap(), stored);
-        assert_eq!(Stored::from_map(&map, "other").unwrap(), Stored::default());
+        assert_eq!(Stored::from_map(&OffsetMap::new(), "sink-1").unwrap(), Stored::default());
+        let e = Stored::from_map(&map, "other").unwrap_err().to_string();
+        assert!(e.contains("client_id") && e.contains("\"sink-1\""), "{e}");
         let eos = Eos::restore(stored);
         let tp = TopicPartition::new("commands", 0);
         assert!(eos.handled(&tp, 9) && eos.handled(&tp, 11));

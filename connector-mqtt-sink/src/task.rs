@@ -250,11 +250,18 @@ impl SinkTask for MqttSinkTask {
         let version = self.config.connection.version;
         let now = connector_core::Timestamp::now();
         for r in records {
-            if shared.tracker.lock().handled(&r.topic_partition(), r.offset) {
-                // Exactly once: the broker has it already, or it is in flight.
-                continue;
+            {
+                let mut t = shared.tracker.lock();
+                t.offering(&r.topic_partition(), r.offset);
+                if t.handled(&r.topic_partition(), r.offset) {
+                    // Exactly once: the broker has it already, or it is in flight.
+                    continue;
+                }
             }
             let context = |e: Error| {
+                // Exactly once: a record sent before a crash and refused now releases its id.
+                shared.tracker.lock().not_published(&r.topic_partition(), r.offset);
+                shared.work.notify_one();
                 e.with_topic(&*r.topic).with_partition(r.partition).with_offset(r.offset)
             };
             let (topic, payload) = match (&self.config.sparkplug, &self.config.mqtt_topic) {
@@ -347,10 +354,15 @@ impl SinkTask for MqttSinkTask {
             self.settle_refused().await?;
         }
         let shared = self.shared()?;
-        let t = shared.tracker.lock();
+        let mut t = shared.tracker.lock();
         if let Some(e) = &t.failed {
             return Err(e.clone());
         }
+        // Exactly once: records sent before a crash below the offered offsets will not come.
+        for (tp, next) in offsets {
+            t.offering(tp, *next);
+        }
+        shared.work.notify_one();
         Ok(t.safe_offsets(offsets))
     }
 
@@ -378,8 +390,12 @@ impl SinkTask for MqttSinkTask {
         // The event loop sends DISCONNECT and ends.
         self.stop.cancel();
         if let Some(h) = self.event_loop.as_mut() {
-            if tokio::time::timeout(Duration::from_secs(5), h).await.is_err() {
-                warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time");
+            if tokio::time::timeout(Duration::from_secs(5), &mut *h).await.is_err() {
+                // Aborted: a loop stuck in a save or a write must not go on after the task
+                // stopped (with exactly once, a newer instance may be running already).
+                warn!(client_id = %self.config.connection.client_id, "MQTT event loop did not stop in time; aborting it");
+                h.abort();
+                let _ = h.await;
             }
         }
         Ok(())

@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::exactly_once::{Done, Eos, Sent, Stored};
+use crate::exactly_once::{At, Done, Eos, Released, Sent, Stored};
 
 use bytes::Bytes;
 use connector_core::{Error, SinkRecord, TopicPartition};
@@ -147,6 +147,9 @@ pub(crate) struct Tracker {
     eos: Option<Eos>,
     /// Exactly once: records sent before a crash, to send again under their packet id (DUP).
     resend: Vec<(u16, Publication)>,
+    /// Exactly once: records of the loaded state's pending PUBRELs, come again, waiting for
+    /// their PUBCOMP (published again if the session is lost), by packet id.
+    rel_held: HashMap<u16, Publication>,
 }
 
 impl Default for Tracker {
@@ -180,6 +183,7 @@ impl Tracker {
             answers: 0,
             eos: None,
             resend: Vec::new(),
+            rel_held: HashMap::new(),
         }
     }
 
@@ -199,12 +203,26 @@ impl Tracker {
     /// (the broker completes it, or answers PUBCOMP for an id it does not hold) and it is done.
     pub(crate) fn skipped(&mut self, tp: &TopicPartition, offset: i64) {
         let Some(e) = &mut self.eos else { return };
-        if let Some(pkid) = e.restored.remove(&(tp.clone(), offset)) {
-            e.pending_rels.insert(pkid);
-            e.release_now.push(pkid);
+        if e.release(tp, offset) {
             e.finished.entry(tp.clone()).or_default().insert(offset);
-            e.dirty = true;
-            e.must_save = true;
+        }
+    }
+
+    /// Exactly once: the record at `offset` of `tp` is about to be offered to `put` (or, from
+    /// `pre_commit`, the next offset to offer). A record sent before a crash at a lower offset
+    /// that did not come again will not come in this run: its packet id is released.
+    pub(crate) fn offering(&mut self, tp: &TopicPartition, offset: i64) {
+        if let Some(e) = &mut self.eos {
+            e.release_below(tp, offset);
+        }
+    }
+
+    /// Exactly once: `put` refused the record at `offset` of `tp` (the error policy gets it).
+    /// If it was sent before a crash, its packet id is released, so that it never pins the
+    /// state; whether its offset is done is the error policy's matter, as for any record.
+    pub(crate) fn not_published(&mut self, tp: &TopicPartition, offset: i64) {
+        if let Some(e) = &mut self.eos {
+            e.release(tp, offset);
         }
     }
 
@@ -235,9 +253,14 @@ impl Tracker {
         }
         let mut sent = Vec::new();
         let mut released = Vec::new();
+        let at = |p: &Publication| At {
+            topic: p.tp.topic.to_string(),
+            partition: p.tp.partition,
+            offset: p.offset,
+        };
         for (pkid, f) in &self.inflight {
             if f.released {
-                released.push(*pkid);
+                released.push(Released { pkid: *pkid, record: Some(at(&f.publication)) });
             } else {
                 let p = &f.publication;
                 sent.push(Sent {
@@ -265,9 +288,20 @@ impl Tracker {
                 offset: *offset,
             });
         }
-        released.extend(e.pending_rels.iter().copied());
+        let mut rel_at: HashMap<u16, At> = e
+            .rel_records
+            .iter()
+            .map(|((tp, o), p)| {
+                (*p, At { topic: tp.topic.to_string(), partition: tp.partition, offset: *o })
+            })
+            .collect();
+        for (pkid, p) in &self.rel_held {
+            rel_at.insert(*pkid, at(p));
+        }
+        released
+            .extend(e.pending_rels.iter().map(|p| Released { pkid: *p, record: rel_at.remove(p) }));
         sent.sort_by_key(|s| s.pkid);
-        released.sort_unstable();
+        released.sort_unstable_by_key(|r| r.pkid);
         let mut tps: Vec<TopicPartition> = self
             .unacked
             .keys()
@@ -275,6 +309,7 @@ impl Tracker {
             .chain(e.loaded_through.keys())
             .chain(e.finished.keys())
             .chain(e.restored.keys().map(|(tp, _)| tp))
+            .chain(e.rel_records.keys().map(|(tp, _)| tp))
             .cloned()
             .collect();
         tps.sort();
@@ -312,6 +347,11 @@ impl Tracker {
         self.changed(true);
     }
 
+    /// Exactly once: whether the state changed since it was last saved.
+    pub(crate) fn state_dirty(&self) -> bool {
+        self.eos.as_ref().is_some_and(|e| e.dirty)
+    }
+
     /// Exactly once: state saves so far.
     pub(crate) fn saves(&self) -> u64 {
         self.eos.as_ref().map_or(0, |e| e.saves)
@@ -324,6 +364,7 @@ impl Tracker {
             + self.unwritten.len()
             + self.refused.len()
             + self.resend.len()
+            + self.rel_held.len()
     }
 
     /// Registers a record to publish (its `seq` is assigned here).
@@ -336,6 +377,11 @@ impl Tracker {
             if let Some(pkid) = e.restored.remove(&(p.tp.clone(), p.offset)) {
                 // Sent before a crash: again under its packet id, with DUP.
                 self.resend.push((pkid, p));
+                return;
+            }
+            if let Some(pkid) = e.rel_records.remove(&(p.tp.clone(), p.offset)) {
+                // The broker has it and our PUBREL is pending: done at its PUBCOMP.
+                self.rel_held.insert(pkid, p);
                 return;
             }
         }
@@ -476,19 +522,42 @@ impl Tracker {
     /// The broker acknowledged `pkid` (PUBACK for QoS 1, PUBCOMP for QoS 2).
     pub(crate) fn acknowledged(&mut self, pkid: u16) {
         self.heard = true;
+        if self
+            .inflight
+            .get(&pkid)
+            .is_some_and(|f| f.publication.qos == QoS::ExactlyOnce && !f.released)
+        {
+            // A PUBCOMP (or PUBACK) for a QoS 2 publish we sent no PUBREL for is not its
+            // completion (a stray answer to an earlier use of the id): ignored.
+            return;
+        }
         if let Some(f) = self.inflight.remove(&pkid) {
             self.answers += 1;
             self.settle_probe(pkid);
             self.changed(false);
-            if !(self.eos.is_some() && f.released) {
-                // Exactly once: a QoS 2 publish was done at its PUBREC.
-                self.done(&f.publication);
+            self.done(&f.publication);
+            if let Some(e) = &mut self.eos {
+                // Exactly once: done at PUBCOMP (not at PUBREC: a broker that loses the session
+                // before it has delivered nothing, and the record is published again).
+                e.finished
+                    .entry(f.publication.tp.clone())
+                    .or_default()
+                    .insert(f.publication.offset);
             }
         } else if let Some(e) = &mut self.eos {
             // A PUBREL of the loaded state completed.
             if e.pending_rels.remove(&pkid) {
                 e.dirty = true;
                 self.answers += 1;
+                if let Some(p) = self.rel_held.remove(&pkid) {
+                    e.finished.entry(p.tp.clone()).or_default().insert(p.offset);
+                    self.done(&p);
+                } else if let Some(k) =
+                    e.rel_records.iter().find(|(_, p)| **p == pkid).map(|(k, _)| k.clone())
+                {
+                    e.rel_records.remove(&k);
+                    e.finished.entry(k.0).or_default().insert(k.1);
+                }
             }
         }
     }
@@ -564,12 +633,11 @@ impl Tracker {
             let first = !std::mem::replace(&mut f.released, true);
             first.then(|| (f.publication.tp.clone(), f.publication.offset))
         });
-        if let (Some(e), Some((tp, offset))) = (&mut self.eos, newly) {
-            // Exactly once: the broker owns it now; the state must say so before the PUBREL.
-            e.finished.entry(tp.clone()).or_default().insert(offset);
+        if let (Some(e), Some(_)) = (&mut self.eos, newly) {
+            // Exactly once: the broker has it now; the state must say so before the PUBREL (a
+            // DUP PUBLISH under its id after the PUBREL would be a new message). Done at PUBCOMP.
             e.dirty = true;
             e.must_save = true;
-            self.done_offset(&tp, offset);
         }
         Outbound::PubRel(pkid)
     }
@@ -602,18 +670,26 @@ impl Tracker {
         self.held.clear();
         if let Some(e) = &mut self.eos {
             if session_present {
-                // The loaded state's PUBRELs go out again first.
+                // The loaded state's PUBRELs go out again first (those released while
+                // disconnected among them: once, not again from `release_now`).
                 out.extend(e.pending_rels.iter().map(|p| Outbound::PubRel(*p)));
+                e.release_now.clear();
             } else {
                 // A new session: the broker knows none of our packet ids. What was sent before
                 // the crash is published again under new ids (the broker may deliver it twice:
                 // a broker that lost the session loses the guarantee, not the messages).
+                // A record whose PUBREC was saved is not done before its PUBCOMP, so it is
+                // published again too: a broker delivers a QoS 2 message at PUBREL, so one that
+                // lost the session before it delivered nothing.
                 e.pending_rels.clear();
                 e.restored.clear();
+                e.rel_records.clear();
                 e.release_now.clear();
                 for (_, p) in std::mem::take(&mut self.resend) {
                     self.unwritten.push(p);
                 }
+                self.republished += self.rel_held.len() as u64;
+                self.unwritten.extend(self.rel_held.drain().map(|(_, p)| p));
             }
             e.dirty = true;
             e.must_save = true;
@@ -1202,6 +1278,10 @@ mod tests {
         assert_eq!(t.inflight.values().map(|f| f.publication.strikes).collect::<Vec<_>>(), [0]);
     }
 
+    fn rel_ids(state: &Stored) -> Vec<u16> {
+        state.released.iter().map(|r| r.pkid).collect()
+    }
+
     fn eos_add(t: &mut Tracker, offset: i64) -> bool {
         if t.handled(&tp(), offset) {
             return false;
@@ -1241,20 +1321,27 @@ mod tests {
         assert_eq!(t.received(2), Outbound::PubRel(2));
         assert_eq!(safe(&t, 3), 0);
         let (state, throughs) = t.state_to_save(false).expect("the PUBREC before the PUBREL");
-        assert_eq!(state.released, [2]);
-        assert_eq!((state.done[0].through, state.done[0].above.clone()), (0, vec![1]));
+        assert_eq!(rel_ids(&state), [2]);
+        assert_eq!(state.released[0].record.as_ref().map(|a| a.offset), Some(1), "with its record");
+        assert_eq!((state.done[0].through, state.done[0].above.clone()), (0, vec![]));
         t.state_saved(throughs);
         t.received(1);
         let (state, throughs) = t.state_to_save(false).unwrap();
-        assert_eq!((state.done[0].through, state.done[0].above.clone()), (2, vec![]));
+        assert_eq!(
+            (state.done[0].through, state.done[0].above.clone()),
+            (0, vec![]),
+            "done at PUBCOMP, not at PUBREC"
+        );
+        t.state_saved(throughs);
+        // PUBCOMP: done, and frees the ids; saved when idle, never needed before a write.
+        t.acknowledged(2);
+        t.acknowledged(1);
+        assert!(t.state_to_save(false).is_none());
         assert_eq!(safe(&t, 3), 0, "the done-through of the saved state bounds the commit");
+        let (state, throughs) = t.state_to_save(true).unwrap();
+        assert_eq!((state.done[0].through, state.done[0].above.clone()), (2, vec![]));
         t.state_saved(throughs);
         assert_eq!(safe(&t, 3), 2);
-        // PUBCOMP frees the ids; saved when idle, never needed before a write.
-        t.acknowledged(1);
-        t.acknowledged(2);
-        assert!(t.state_to_save(false).is_none());
-        let (state, _) = t.state_to_save(true).unwrap();
         assert!(state.released.is_empty());
         assert_eq!(state.sent.iter().map(|s| s.pkid).collect::<Vec<_>>(), [3]);
     }
@@ -1263,7 +1350,7 @@ mod tests {
     fn exactly_once_resumes_a_kept_session_with_the_same_packet_ids() {
         let stored = Stored {
             sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
-            released: vec![1],
+            released: vec![Released { pkid: 1, record: None }],
             done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![4] }],
         };
         let mut t = Tracker::new(1000);
@@ -1289,7 +1376,7 @@ mod tests {
     fn exactly_once_without_a_kept_session_publishes_again_under_new_ids() {
         let stored = Stored {
             sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
-            released: vec![1],
+            released: vec![Released { pkid: 1, record: None }],
             done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
         };
         let mut t = Tracker::new(1000);
@@ -1306,7 +1393,7 @@ mod tests {
     fn exactly_once_a_restored_record_no_longer_published_releases_its_packet_id() {
         let stored = Stored {
             sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
-            released: vec![],
+            released: Vec::new(),
             done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
         };
         let mut t = Tracker::new(1000);
@@ -1319,10 +1406,134 @@ mod tests {
         assert_eq!(sent(&out), [(5, "rel".into(), false)]);
         let (state, _) = t.state_to_save(false).unwrap();
         assert!(state.sent.is_empty());
-        assert_eq!(state.released, [5]);
+        assert_eq!(rel_ids(&state), [5]);
         assert!(t.handled(&tp(), 3));
         t.acknowledged(5);
         let (state, _) = t.state_to_save(true).unwrap();
         assert!(state.released.is_empty());
+    }
+
+    #[test]
+    fn exactly_once_a_restored_record_that_never_comes_again_or_is_refused_releases_its_id() {
+        let stored = Stored {
+            sent: vec![
+                Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 },
+                Sent { pkid: 6, topic: "commands".into(), partition: 0, offset: 4 },
+                Sent { pkid: 7, topic: "commands".into(), partition: 0, offset: 8 },
+            ],
+            released: Vec::new(),
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        // Offset 3 was deleted by retention: the fetch resumes at 4, which put refuses now.
+        t.offering(&tp(), 4);
+        t.not_published(&tp(), 4);
+        t.offering(&tp(), 5);
+        assert!(eos_add(&mut t, 5));
+        // pre_commit: the runtime offered up to 7 (6 filtered by a transform).
+        t.offering(&tp(), 7);
+        out.clear();
+        t.take_sendable(10, &mut out);
+        let rels: Vec<u16> = out
+            .iter()
+            .filter_map(|p| match p {
+                Outbound::PubRel(p) => Some(*p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rels, [5, 6], "released, not pinned");
+        let (state, throughs) = t.state_to_save(false).unwrap();
+        assert_eq!(state.sent.iter().map(|s| s.pkid).collect::<Vec<_>>(), [1, 7]);
+        assert_eq!(rel_ids(&state), [5, 6]);
+        assert_eq!(throughs[&tp()], 5, "no longer held at 3");
+        let sent5 = sent(&out).into_iter().find(|(_, p, _)| p == "m5").unwrap().0;
+        t.received(sent5);
+        t.acknowledged(sent5);
+        t.acknowledged(5);
+        t.acknowledged(6);
+        let (state, throughs) = t.state_to_save(true).unwrap();
+        assert!(!rel_ids(&state).contains(&5) && !rel_ids(&state).contains(&6));
+        assert_eq!(throughs[&tp()], 6);
+    }
+
+    fn pubrec_saved_state() -> Stored {
+        // Offset 3 went as packet id 5 and its PUBREC was saved; the task died before the PUBREL.
+        Stored {
+            sent: Vec::new(),
+            released: vec![Released {
+                pkid: 5,
+                record: Some(At { topic: "commands".into(), partition: 0, offset: 3 }),
+            }],
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        }
+    }
+
+    #[test]
+    fn exactly_once_a_pubrec_saved_before_a_lost_session_is_published_again() {
+        // The broker restarted without persistence: it never delivered the message (a QoS 2
+        // message reaches subscribers at PUBREL), so the record must go again.
+        let mut t = Tracker::new(1000);
+        t.exactly_once(pubrec_saved_state());
+        let mut out = Vec::new();
+        t.connected(false, &mut out);
+        assert!(out.is_empty(), "no PUBREL on a new session");
+        assert!(eos_add(&mut t, 3), "not done: it comes again and is published");
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(1, "m3".into(), false)]);
+        assert_eq!(safe(&t, 4), 3);
+    }
+
+    #[test]
+    fn exactly_once_a_pubrec_saved_on_a_kept_session_is_done_at_its_pubcomp_not_sent_again() {
+        let mut t = Tracker::new(1000);
+        t.exactly_once(pubrec_saved_state());
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert_eq!(sent(&out), [(5, "rel".into(), false)]);
+        out.clear();
+        assert!(eos_add(&mut t, 3));
+        t.take_sendable(10, &mut out);
+        assert!(out.is_empty(), "the broker has it: not published again");
+        let (state, _) = t.state_to_save(false).unwrap();
+        assert_eq!(state.released, pubrec_saved_state().released, "still carries its record");
+        assert_eq!(t.pending(), 1);
+        // The connection drops before the PUBCOMP and the broker lost the session meanwhile.
+        t.disconnected();
+        t.connected(false, &mut out);
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(1, "m3".into(), false)], "published again, new id");
+        t.received(1);
+        t.acknowledged(1);
+        let (state, throughs) = t.state_to_save(true).unwrap();
+        assert!(state.released.is_empty());
+        assert_eq!(throughs[&tp()], 4);
+    }
+
+    #[test]
+    fn exactly_once_a_pubrel_goes_once_and_a_pubcomp_before_the_pubrec_is_ignored() {
+        let stored = Stored {
+            sent: vec![Sent { pkid: 5, topic: "commands".into(), partition: 0, offset: 3 }],
+            released: Vec::new(),
+            done: vec![Done { topic: "commands".into(), partition: 0, through: 3, above: vec![] }],
+        };
+        let mut t = Tracker::new(1000);
+        t.exactly_once(stored);
+        // Skipped while not connected yet: its PUBREL goes out once on the kept session.
+        t.skipped(&tp(), 3);
+        let mut out = Vec::new();
+        t.connected(true, &mut out);
+        assert!(eos_add(&mut t, 4));
+        t.take_sendable(10, &mut out);
+        assert_eq!(sent(&out), [(5, "rel".into(), false), (1, "m4".into(), false)]);
+        // A PUBCOMP for 1, which got no PUBREC (no PUBREL of ours): not its completion.
+        t.acknowledged(1);
+        assert_eq!(t.pending(), 1);
+        assert_eq!(safe(&t, 5), 3);
+        assert_eq!(t.received(1), Outbound::PubRel(1));
+        t.acknowledged(1);
+        assert_eq!(t.pending(), 0);
     }
 }

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use connector_core::kafka::{KafkaClient, ProducerRecord, TransactionalProducer};
-use connector_testkit::{init_tracing, Mosquitto, MqttSubscriber, Tansu};
+use connector_testkit::{init_tracing, Mosquitto, MosquittoOptions, MqttSubscriber, Tansu};
 use rumqttc::QoS;
 
 mod support;
 
-use support::{assert_validate_reports, write, Runner};
+use support::{assert_validate_reports, connect, write, Runner};
 
 fn sink_config(mqtt: &Mosquitto, bootstrap: &str, window: usize) -> String {
     format!(
@@ -125,8 +125,12 @@ struct Setup {
 }
 
 async fn setup(n: usize, window: usize) -> Setup {
+    setup_with(n, window, MosquittoOptions::default()).await
+}
+
+async fn setup_with(n: usize, window: usize, options: MosquittoOptions) -> Setup {
     init_tracing();
-    let mqtt = Mosquitto::start().await.unwrap();
+    let mqtt = Mosquitto::start_with(options).await.unwrap();
     let tansu = Tansu::start().await.unwrap();
     let client = tansu.client().await.unwrap();
     produce_commands(&client, 0..n).await;
@@ -276,6 +280,60 @@ async fn a_crash_after_the_pubcomp_before_the_next_save_delivers_once() {
     crash_at("sink.completed", 40).await;
 }
 
+/// Crash after saving PUBRECs, before their PUBRELs; the broker then restarts without
+/// persistence (the session is lost). Mosquitto delivers a QoS 2 message at PUBREL, so those
+/// commands reached no one: the restarted task must publish them again (at least once now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_saving_pubrecs_then_a_broker_that_lost_the_session_loses_no_command() {
+    let (n, window) = (300usize, 20usize);
+    let options = MosquittoOptions { persistence: false, ..MosquittoOptions::default() };
+    let mut s = setup_with(n, window, options).await;
+    let at = "sink.received_saved:3";
+    let mut crashing = Runner::start_with_env(&s.config, &s.log, &[("CONNECTOR_CRASH_AT", at)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crashing.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no crash at {at}; log:\n{}", tail(&crashing.log()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What the broker had released reaches the car before the broker goes.
+    let mut before = tally(&s.car).len();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = tally(&s.car).len();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let first = s.car.messages();
+    s.mqtt.restart().await.unwrap();
+    // Another client id: the first car reconnects too, to a session without its subscription.
+    let car = MqttSubscriber::connect(&s.mqtt.url(), "car-7b", "cars/car-7/cmd", QoS::ExactlyOnce)
+        .await
+        .unwrap();
+    let mut runner = Runner::start(&s.config, &s.log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = |car: &MqttSubscriber| {
+        let mut all: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        for p in first.iter().chain(car.messages().iter()) {
+            *all.entry(p.payload.to_vec()).or_insert(0) += 1;
+        }
+        all
+    };
+    while seen(&car).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} commands after a lost session; log:\n{}",
+            seen(&car).len(),
+            tail(&runner.log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runner.terminate(), Some(0));
+    let repeats = seen(&car).values().filter(|c| **c > 1).count();
+    println!("lost session: {before} commands before the crash, all {n} after, {repeats} repeated");
+}
+
 /// `exactly_once = true` with QoS 1, a clean session and two tasks: each key is named.
 #[test]
 fn exactly_once_without_qos_2_a_kept_session_and_one_task_is_a_config_error() {
@@ -305,6 +363,36 @@ tasks = 2
             "connector[0].tasks: must be 1 with exactly_once = true",
         ],
     );
+}
+
+/// `exactly_once = true` with the memory offset store: refused, naming `offsets.store` (the state
+/// would die with the process); the file store is accepted.
+#[test]
+fn exactly_once_with_the_memory_offset_store_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = r#"
+[[connector]]
+name = "commands"
+type = "mqtt-sink"
+mqtt_url = "mqtt://127.0.0.1:1"
+topics = ["commands"]
+mqtt_topic = "cars/{key}/cmd"
+qos = 2
+clean_session = false
+exactly_once = true
+"#;
+    let memory = format!(
+        "[kafka]\nbootstrap_servers = [\"127.0.0.1:9\"]\n[offsets]\nstore = \"memory\"\n{table}"
+    );
+    let config = write(dir.path(), "memory.toml", &memory);
+    assert_validate_reports(
+        &config,
+        &["offsets.store: connector commands: exactly_once = true needs a durable offset store"],
+    );
+    let file = format!("[kafka]\nbootstrap_servers = [\"127.0.0.1:9\"]\n[offsets]\nstore = \"file\"\npath = \"{}\"\n{table}", dir.path().join("offsets.json").display());
+    let config = write(dir.path(), "file.toml", &file);
+    let out = connect(&["validate", "--config", &config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The sink reads at `read_committed`: commands of an aborted transaction (a crashed

@@ -415,6 +415,26 @@ impl ConnectFile {
             }
         }
 
+        if offsets.as_ref().is_some_and(|o| o.store == OffsetStoreKind::Memory) {
+            // An exactly-once sink keeps its QoS 2 packet-id state in the offset store: the
+            // memory store forgets it (and the offsets) with the process, so a restart would
+            // publish commands again. The file store (fsync, rename, directory fsync) and the
+            // Kafka store are durable.
+            for c in &connectors {
+                if matches!(c.connector, BuiltConnector::Sink(_))
+                    && c.raw.get("exactly_once") == Some(&Value::Bool(true))
+                {
+                    errors.push(
+                        "offsets.store",
+                        format!(
+                            "connector {}: exactly_once = true needs a durable offset store (store = \"kafka\" or \"file\"); \"memory\" loses its state with the process",
+                            c.name
+                        ),
+                    );
+                }
+            }
+        }
+
         match (kafka, offsets, progress, cluster, rest) {
             (Some(kafka), Some(offsets), Some(progress), Some(cluster), Some(rest))
                 if errors.is_empty() =>
