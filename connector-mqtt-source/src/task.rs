@@ -129,13 +129,23 @@ impl Qos2State {
         connector_core::SourceOffset::from_serialize(&o).unwrap_or_default()
     }
 
-    /// A QoS 2 PUBLISH with `pkid` arrived.
+    /// A QoS 2 PUBLISH with `pkid` arrived; `dup` is its DUP flag.
+    ///
+    /// A recorded id is a redelivery only with DUP = 1: a broker must set it on every
+    /// redelivery (MQTT 3.1.1 section 3.3.1.1, MQTT 5 section 3.3.1.1), so a PUBLISH with DUP = 0
+    /// under a recorded id is a new message and the recorded id is stale (a broker that lost
+    /// part of the session, or a crash between a new session's CONNACK and its first commit).
+    /// Taking it for a redelivery would drop it; writing it keeps at-least-once.
     ///
     /// # Errors
     /// Fatal when more ids would be recorded than `inflight` allows.
-    pub(crate) fn publish(&mut self, pkid: u16) -> Result<Qos2Publish> {
+    pub(crate) fn publish(&mut self, pkid: u16, dup: bool) -> Result<Qos2Publish> {
         if self.received.contains(&pkid) {
-            return Ok(Qos2Publish::Duplicate);
+            if dup {
+                return Ok(Qos2Publish::Duplicate);
+            }
+            warn!(pkid, "a QoS 2 PUBLISH with DUP = 0 under a recorded packet id: a new message (the recorded id was stale)");
+            return Ok(Qos2Publish::New(self.offset()));
         }
         if self.received.len() >= self.limit {
             return Err(Error::fatal(format!(
@@ -686,18 +696,25 @@ impl SourceTask for MqttSourceTask {
                         if let Some(state) =
                             self.qos2.as_mut().filter(|_| m.publish.qos == QoS::ExactlyOnce)
                         {
-                            match state.publish(m.publish.pkid) {
+                            match state.publish(m.publish.pkid, m.publish.dup) {
                                 Ok(Qos2Publish::New(o)) => {
                                     offset = Some((state.partition().clone(), o))
                                 }
                                 Ok(Qos2Publish::Duplicate) => {
-                                    // Kafka has it: PUBREC (in order) without writing.
+                                    // Kafka has it: PUBREC (in order) without writing the
+                                    // message, after the commit of an offset-only record, so
+                                    // an instance fenced by a newer one (whose transaction is
+                                    // refused) never acknowledges it.
                                     self.counters.qos2_duplicates.fetch_add(1, Ordering::Relaxed);
+                                    records.push(SourceRecord::offset_only(
+                                        state.partition().clone(),
+                                        state.offset(),
+                                    ));
                                     unacked.push(Unacked {
                                         pkid: m.publish.pkid,
                                         qos: QoS::ExactlyOnce,
                                         generation: m.generation,
-                                        records: 0,
+                                        records: 1,
                                         durable: false,
                                         pubcomp: false,
                                     });
@@ -932,27 +949,32 @@ mod tests {
             Some("edge-1"),
             "one partition per MQTT session"
         );
-        let Qos2Publish::New(o) = s.publish(7).unwrap() else { panic!("new") };
+        let Qos2Publish::New(o) = s.publish(7, false).unwrap() else { panic!("new") };
         assert_eq!(ids(&o), [7]);
-        assert_eq!(s.publish(7).unwrap(), Qos2Publish::Duplicate, "same id before PUBREL");
-        let Qos2Publish::New(o) = s.publish(3).unwrap() else { panic!("new") };
+        assert_eq!(s.publish(7, true).unwrap(), Qos2Publish::Duplicate, "same id before PUBREL");
+        assert!(
+            matches!(s.publish(7, false).unwrap(), Qos2Publish::New(_)),
+            "DUP = 0 under a recorded id: a new message, not dropped"
+        );
+        assert_eq!(s.len(), 1, "the id stays recorded once");
+        let Qos2Publish::New(o) = s.publish(3, false).unwrap() else { panic!("new") };
         assert_eq!(ids(&o), [3, 7], "the full set on every record");
-        let e = s.publish(9).unwrap_err();
+        let e = s.publish(9, false).unwrap_err();
         assert!(e.to_string().contains("more than 2 QoS 2 messages"), "{e}");
         let cleared = s.release(7);
         assert!(cleared.is_offset_only());
         assert_eq!(ids(cleared.source_offset.as_ref().unwrap()), [3]);
-        assert!(matches!(s.publish(7).unwrap(), Qos2Publish::New(_)), "a reused id is new");
+        assert!(matches!(s.publish(7, false).unwrap(), Qos2Publish::New(_)), "a reused id is new");
 
         let mut offsets = connector_core::OffsetMap::new();
         offsets.insert(cleared.source_partition.clone(), cleared.source_offset.clone().unwrap());
         let mut restored = Qos2State::restore("edge-1", &offsets, 2).unwrap();
-        assert_eq!(restored.publish(3).unwrap(), Qos2Publish::Duplicate, "restored from Kafka");
+        assert_eq!(restored.publish(3, true).unwrap(), Qos2Publish::Duplicate, "restored from Kafka");
         let other = Qos2State::restore("edge-2", &offsets, 2).unwrap();
         assert_eq!(other.len(), 0, "another session's ids are not ours");
         let void = restored.new_session();
         assert_eq!(ids(void.source_offset.as_ref().unwrap()), Vec::<u16>::new());
-        assert!(matches!(restored.publish(3).unwrap(), Qos2Publish::New(_)));
+        assert!(matches!(restored.publish(3, true).unwrap(), Qos2Publish::New(_)));
     }
 
     #[test]
