@@ -969,7 +969,11 @@ mod tests {
         let mut offsets = connector_core::OffsetMap::new();
         offsets.insert(cleared.source_partition.clone(), cleared.source_offset.clone().unwrap());
         let mut restored = Qos2State::restore("edge-1", &offsets, 2).unwrap();
-        assert_eq!(restored.publish(3, true).unwrap(), Qos2Publish::Duplicate, "restored from Kafka");
+        assert_eq!(
+            restored.publish(3, true).unwrap(),
+            Qos2Publish::Duplicate,
+            "restored from Kafka"
+        );
         let other = Qos2State::restore("edge-2", &offsets, 2).unwrap();
         assert_eq!(other.len(), 0, "another session's ids are not ours");
         let void = restored.new_session();

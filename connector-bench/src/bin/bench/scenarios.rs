@@ -415,7 +415,9 @@ pub async fn source_exactly_once(
     let started = Instant::now();
     let publishing = {
         let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move { publisher.publish(&topics, QoS::ExactlyOnce, 0, n, size, None).await })
+        tokio::spawn(
+            async move { publisher.publish(&topics, QoS::ExactlyOnce, 0, n, size, None).await },
+        )
     };
     // Progress is the last stable offset (records plus one marker per transaction); once it is
     // past `n` records, a read_committed count decides whether all have arrived.
