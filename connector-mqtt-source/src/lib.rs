@@ -5,6 +5,7 @@ mod connector;
 mod event_loop;
 #[doc(hidden)]
 pub mod fuzzing;
+mod qos2;
 mod render;
 mod sparkplug;
 mod task;

@@ -28,6 +28,7 @@ use crate::config::{state_topic, ExpiredMessages, SparkplugMode, SparkplugSource
 use crate::event_loop::{
     self, Ack, Acks, Incoming, LoopChannels, LoopSettings, Received, MAX_BATCH,
 };
+use crate::qos2::{Qos2Publish, Qos2State};
 use crate::render;
 use crate::sparkplug::{self, Base, Sparkplug};
 
@@ -59,121 +60,6 @@ pub struct MqttSourceTaskConfig {
     pub sparkplug: Option<SparkplugSourceConfig>,
     /// Exactly once (QoS 2 receiver state kept with the records; see [`Qos2State`]).
     pub exactly_once: bool,
-}
-
-/// The QoS 2 receiver state of an exactly-once source: the packet ids of the MQTT session
-/// `{"mqtt_session": "<client id>"}` whose message is in Kafka (or on its way, in poll order)
-/// and whose PUBREL has not been handled yet. Every record carries the whole set as its source
-/// offset `{"qos2_received": [ids]}`, so the offset committed with a transaction is the set as
-/// of its last record.
-///
-/// Bounded by the broker's in-flight window: an id enters with a message the broker has not had
-/// PUBCOMP for, and the broker sends no more messages awaiting PUBREC than its window (MQTT 5:
-/// our Receive Maximum, `inflight`; MQTT 3.1.1: Mosquitto's `max_inflight_messages`, to be set
-/// at most to `inflight`); the ids awaiting their clear are bounded by what the source reads
-/// ahead. A set growing past [`QOS2_LIMIT_FACTOR`] × `inflight` fails the task with an error
-/// saying so.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Qos2State {
-    partition: connector_core::SourcePartition,
-    received: std::collections::BTreeSet<u16>,
-    limit: usize,
-}
-
-/// The recorded ids are refused past this many times `inflight` (and past 65535, all the packet
-/// ids there are): the broker's window of messages awaiting PUBREC, plus the ids whose PUBREL is
-/// on its way or read and not yet cleared in a committed transaction. Measured with Mosquitto
-/// (`max_inflight_messages = inflight = 1000`, 20,000 messages as fast as they go, 20 SIGKILLs):
-/// up to about 4 x inflight, all cleared once the stream is over.
-const QOS2_LIMIT_FACTOR: usize = 16;
-
-/// The source offset of [`Qos2State`].
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Qos2Offset {
-    qos2_received: Vec<u16>,
-}
-
-/// What an exactly-once source makes of a received QoS 2 PUBLISH.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Qos2Publish {
-    /// Not seen in this session: write it (its record carries the returned offset).
-    New(connector_core::SourceOffset),
-    /// Its id is recorded: Kafka has it; PUBREC without writing.
-    Duplicate,
-}
-
-impl Qos2State {
-    /// The state of session `client_id` as the offset store has it.
-    pub(crate) fn restore(
-        client_id: &str,
-        offsets: &connector_core::OffsetMap,
-        limit: usize,
-    ) -> Result<Self> {
-        let partition = connector_core::SourcePartition::from_serialize(&serde_json::json!({
-            "mqtt_session": client_id
-        }))?;
-        let received = match offsets.get(&partition) {
-            Some(o) => o.deserialize_into::<Qos2Offset>()?.qos2_received.into_iter().collect(),
-            None => Default::default(),
-        };
-        Ok(Self { partition, received, limit: limit.max(1) })
-    }
-
-    /// The session's source partition.
-    pub(crate) fn partition(&self) -> &connector_core::SourcePartition {
-        &self.partition
-    }
-
-    fn offset(&self) -> connector_core::SourceOffset {
-        let o = Qos2Offset { qos2_received: self.received.iter().copied().collect() };
-        connector_core::SourceOffset::from_serialize(&o).unwrap_or_default()
-    }
-
-    /// A QoS 2 PUBLISH with `pkid` arrived; `dup` is its DUP flag.
-    ///
-    /// A recorded id is a redelivery only with DUP = 1: a broker must set it on every
-    /// redelivery (MQTT 3.1.1 section 3.3.1.1, MQTT 5 section 3.3.1.1), so a PUBLISH with DUP = 0
-    /// under a recorded id is a new message and the recorded id is stale (a broker that lost
-    /// part of the session, or a crash between a new session's CONNACK and its first commit).
-    /// Taking it for a redelivery would drop it; writing it keeps at-least-once.
-    ///
-    /// # Errors
-    /// Fatal when more ids would be recorded than `inflight` allows.
-    pub(crate) fn publish(&mut self, pkid: u16, dup: bool) -> Result<Qos2Publish> {
-        if self.received.contains(&pkid) {
-            if dup {
-                return Ok(Qos2Publish::Duplicate);
-            }
-            warn!(pkid, "a QoS 2 PUBLISH with DUP = 0 under a recorded packet id: a new message (the recorded id was stale)");
-            return Ok(Qos2Publish::New(self.offset()));
-        }
-        if self.received.len() >= self.limit {
-            return Err(Error::fatal(format!(
-                "more than {} QoS 2 messages ({QOS2_LIMIT_FACTOR} x inflight) await their PUBREL: the broker's in-flight window is larger than `inflight` (Mosquitto: set max_inflight_messages to at most inflight)",
-                self.limit
-            )));
-        }
-        self.received.insert(pkid);
-        Ok(Qos2Publish::New(self.offset()))
-    }
-
-    /// The broker released `pkid` (PUBREL): its offset-only record clears it; PUBCOMP follows
-    /// its commit.
-    pub(crate) fn release(&mut self, pkid: u16) -> SourceRecord {
-        self.received.remove(&pkid);
-        SourceRecord::offset_only(self.partition.clone(), self.offset())
-    }
-
-    /// The broker did not keep the session: every recorded id is void.
-    pub(crate) fn new_session(&mut self) -> SourceRecord {
-        self.received.clear();
-        SourceRecord::offset_only(self.partition.clone(), self.offset())
-    }
-
-    /// How many ids are recorded.
-    pub(crate) fn len(&self) -> usize {
-        self.received.len()
-    }
 }
 
 /// Most Rebirth requests waiting for the event loop; more are dropped (they are QoS 0 anyway,
@@ -526,8 +412,7 @@ impl SourceTask for MqttSourceTask {
         let stop = CancellationToken::new();
         let (publish, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         if c.exactly_once {
-            let limit = (c.inflight * QOS2_LIMIT_FACTOR).min(usize::from(u16::MAX));
-            let state = Qos2State::restore(&c.connection.client_id, ctx.offsets(), limit)?;
+            let state = Qos2State::restore(&c.connection.client_id, ctx.offsets())?;
             info!(connector = ctx.connector(), client_id = %c.connection.client_id, recorded = state.len(), "exactly once: QoS 2 packet ids restored from the offset store");
             self.qos2 = Some(state);
         }
@@ -697,10 +582,10 @@ impl SourceTask for MqttSourceTask {
                             self.qos2.as_mut().filter(|_| m.publish.qos == QoS::ExactlyOnce)
                         {
                             match state.publish(m.publish.pkid, m.publish.dup) {
-                                Ok(Qos2Publish::New(o)) => {
+                                Qos2Publish::New(o) => {
                                     offset = Some((state.partition().clone(), o))
                                 }
-                                Ok(Qos2Publish::Duplicate) => {
+                                Qos2Publish::Duplicate => {
                                     // Kafka has it: PUBREC (in order) without writing the
                                     // message, after the commit of an offset-only record, so
                                     // an instance fenced by a newer one (whose transaction is
@@ -719,10 +604,6 @@ impl SourceTask for MqttSourceTask {
                                         pubcomp: false,
                                     });
                                     continue;
-                                }
-                                Err(e) => {
-                                    self.pending_error = Some(e);
-                                    break 'batches;
                                 }
                             }
                         }
@@ -933,52 +814,6 @@ mod tests {
         r.durable();
         assert_eq!(pkids(&r.releasing), [1, 2, 3, 4]);
         assert!(r.next_forwarded().is_err(), "no record left to commit");
-    }
-
-    /// The QoS 2 receiver state: a recorded id is a duplicate until its PUBREL; every record
-    /// carries the whole set; a new session voids it; it is restored from the offsets; it does
-    /// not grow past `inflight`.
-    #[test]
-    fn qos2_state_records_ids_until_pubrel_and_is_bounded() {
-        let ids = |o: &connector_core::SourceOffset| {
-            o.deserialize_into::<Qos2Offset>().unwrap().qos2_received
-        };
-        let mut s = Qos2State::restore("edge-1", &connector_core::OffsetMap::new(), 2).unwrap();
-        assert_eq!(
-            s.partition().get_str("mqtt_session"),
-            Some("edge-1"),
-            "one partition per MQTT session"
-        );
-        let Qos2Publish::New(o) = s.publish(7, false).unwrap() else { panic!("new") };
-        assert_eq!(ids(&o), [7]);
-        assert_eq!(s.publish(7, true).unwrap(), Qos2Publish::Duplicate, "same id before PUBREL");
-        assert!(
-            matches!(s.publish(7, false).unwrap(), Qos2Publish::New(_)),
-            "DUP = 0 under a recorded id: a new message, not dropped"
-        );
-        assert_eq!(s.len(), 1, "the id stays recorded once");
-        let Qos2Publish::New(o) = s.publish(3, false).unwrap() else { panic!("new") };
-        assert_eq!(ids(&o), [3, 7], "the full set on every record");
-        let e = s.publish(9, false).unwrap_err();
-        assert!(e.to_string().contains("more than 2 QoS 2 messages"), "{e}");
-        let cleared = s.release(7);
-        assert!(cleared.is_offset_only());
-        assert_eq!(ids(cleared.source_offset.as_ref().unwrap()), [3]);
-        assert!(matches!(s.publish(7, false).unwrap(), Qos2Publish::New(_)), "a reused id is new");
-
-        let mut offsets = connector_core::OffsetMap::new();
-        offsets.insert(cleared.source_partition.clone(), cleared.source_offset.clone().unwrap());
-        let mut restored = Qos2State::restore("edge-1", &offsets, 2).unwrap();
-        assert_eq!(
-            restored.publish(3, true).unwrap(),
-            Qos2Publish::Duplicate,
-            "restored from Kafka"
-        );
-        let other = Qos2State::restore("edge-2", &offsets, 2).unwrap();
-        assert_eq!(other.len(), 0, "another session's ids are not ours");
-        let void = restored.new_session();
-        assert_eq!(ids(void.source_offset.as_ref().unwrap()), Vec::<u16>::new());
-        assert!(matches!(restored.publish(3, true).unwrap(), Qos2Publish::New(_)));
     }
 
     #[test]
