@@ -58,7 +58,7 @@ pub struct MqttSourceTaskConfig {
     pub expired_messages: ExpiredMessages,
     /// Sparkplug B decoding (`format = "sparkplug_b"`); `None`: payloads as they are.
     pub sparkplug: Option<SparkplugSourceConfig>,
-    /// Exactly once (QoS 2 receiver state kept with the records; see [`Qos2State`]).
+    /// Exactly once (QoS 2 receiver state kept with the records; docs/delivery-guarantees.md).
     pub exactly_once: bool,
 }
 
