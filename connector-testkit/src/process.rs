@@ -54,14 +54,34 @@ fn is_executable(p: &Path) -> bool {
     p.is_file()
 }
 
-/// A free TCP port on 127.0.0.1 (free when returned; bind it soon).
+/// A free TCP port on 127.0.0.1 (free when returned; bind it soon). A port this process
+/// handed out recently is not handed out again, so that brokers started at the same moment by
+/// tests running side by side do not get one port (the kernel may give a released port out
+/// again at once); the brokers' start also checks that the port is really theirs.
 ///
 /// # Errors
 /// When no port can be bound.
 pub fn free_port() -> Result<u16> {
-    let l =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| TestkitError::io("bind a free port", e))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| TestkitError::io("read a bound port", e))
+    static RECENT: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
+    let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut port = 0;
+    for _ in 0..64 {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| TestkitError::io("bind a free port", e))?;
+        port = l
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| TestkitError::io("read a bound port", e))?;
+        if !recent.contains(&port) {
+            break;
+        }
+    }
+    if recent.len() >= 4096 {
+        recent.pop_front();
+    }
+    recent.push_back(port);
+    Ok(port)
 }
 
 /// A child process that is killed (SIGKILL) and reaped when dropped.
@@ -127,7 +147,12 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Waits until `addr` accepts TCP connections or `child` exits or `timeout` passes.
+/// Waits until `child` itself listens on `addr` (and accepts connections), or `child` exits, or
+/// `timeout` passes. False also when another process answers on the port: `free_port` releases
+/// the port it found, so a broker started at the same moment by another test (or a client's
+/// outgoing connection) can take it first, and a broker whose bind failed would otherwise be
+/// taken for ready while the tests talk to someone else's broker. The callers retry on a new
+/// port.
 pub(crate) async fn wait_for_port(
     addr: SocketAddr,
     child: &mut ChildGuard,
@@ -139,11 +164,65 @@ pub(crate) async fn wait_for_port(
             return false;
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
+            return match child.pid().map(|pid| listens_on(pid, addr.port())) {
+                Some(Some(false)) => {
+                    tracing::warn!(
+                        port = addr.port(),
+                        "another process listens on the port: retrying on another"
+                    );
+                    false
+                }
+                // Ours, or no way to tell (no /proc).
+                _ => true,
+            };
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     false
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (Linux: the LISTEN sockets of
+/// /proc/net/tcp{,6} against the process's file descriptors); `None` where /proc cannot tell.
+pub(crate) fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    if inodes.is_empty() {
+        // Something answered but no LISTEN socket is listed: the tables cannot tell.
+        return None;
+    }
+    Some(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    }))
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    /// Our own listener is ours; a port another process listens on is not.
+    #[test]
+    fn a_listener_is_told_from_another_processes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(listens_on(std::process::id(), port), Some(true));
+        // PID 1 (init or the container's entry point) does not listen on our port.
+        assert!(!listens_on(1, port).unwrap_or(false));
+    }
 }
 
 /// The last `n` lines of a log file.
