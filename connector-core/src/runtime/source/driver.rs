@@ -335,23 +335,9 @@ impl<'a> SourceDriver<'a> {
     /// A failed poll: retried after a backoff (bounded by `errors.retry_timeout_ms`) when
     /// retriable, else the task's end.
     fn on_poll_error(&mut self, e: Error) -> Result<()> {
-        if !e.is_retriable() {
-            self.stats.add_error();
-            return Err(e);
-        }
-        self.stats.add_retry();
-        let since = *self.failing_since.get_or_insert_with(Instant::now);
-        if self.config.pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
-            self.stats.add_error();
-            return Err(Error::fatal(format!(
-                "poll kept failing for {:?} (errors.retry_timeout_ms): {}",
-                since.elapsed(),
-                e.report()
-            )));
-        }
-        let delay = self.poll_backoff.next_delay();
-        warn!(connector = %self.name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
-        self.poll_retry = Some(Instant::now() + delay);
+        let (stats, backoff) = (self.stats, &mut self.poll_backoff);
+        let at = poll_retry_at(self.name, self.config, stats, &mut self.failing_since, backoff, e)?;
+        self.poll_retry = Some(at);
         Ok(())
     }
 
@@ -458,4 +444,33 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// A failed poll, for both source loops: when to poll again (after a backoff, while the failures
+/// last less than `errors.retry_timeout_ms`) if it is retriable, else the task's end.
+pub(super) fn poll_retry_at(
+    name: &str,
+    config: &SourceRuntimeConfig,
+    stats: &TaskCounters,
+    failing_since: &mut Option<Instant>,
+    backoff: &mut Backoff,
+    e: Error,
+) -> Result<Instant> {
+    if !e.is_retriable() {
+        stats.add_error();
+        return Err(e);
+    }
+    stats.add_retry();
+    let since = *failing_since.get_or_insert_with(Instant::now);
+    if config.pipeline.retry_limit().is_some_and(|limit| since.elapsed() >= limit) {
+        stats.add_error();
+        return Err(Error::fatal(format!(
+            "poll kept failing for {:?} (errors.retry_timeout_ms): {}",
+            since.elapsed(),
+            e.report()
+        )));
+    }
+    let delay = backoff.next_delay();
+    warn!(connector = %name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
+    Ok(Instant::now() + delay)
 }

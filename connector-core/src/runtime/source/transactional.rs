@@ -35,7 +35,7 @@ use crate::source::SourceTask;
 use crate::{Error, ErrorKind, Result};
 
 use super::config::SourceRuntimeConfig;
-use super::driver::prepare;
+use super::driver::{poll_retry_at, prepare};
 
 /// Pause before polling again after `poll` returned nothing.
 const IDLE_POLL_PAUSE: Duration = Duration::from_millis(10);
@@ -142,25 +142,17 @@ impl TransactionalDriver<'_> {
                             carry.extend(records);
                         }
                         Err(e) => {
-                            if !e.is_retriable() {
-                                self.stats.add_error();
-                                // What was polled before is not committed: the source delivers
-                                // it again after the restart.
-                                return Err(e);
-                            }
-                            self.stats.add_retry();
-                            let since = *failing_since.get_or_insert_with(Instant::now);
-                            if self.config.pipeline.retry_limit().is_some_and(|l| since.elapsed() >= l) {
-                                self.stats.add_error();
-                                return Err(Error::fatal(format!(
-                                    "poll kept failing for {:?} (errors.retry_timeout_ms): {}",
-                                    since.elapsed(),
-                                    e.report()
-                                )));
-                            }
-                            let delay = backoff.next_delay();
-                            warn!(connector = %self.name, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "poll failed; retrying");
-                            retry_at = Some(Instant::now() + delay);
+                            // Not retriable: what was polled before is not committed, and the
+                            // source delivers it again after the restart.
+                            let (name, config, stats) = (self.name, self.config, self.stats);
+                            retry_at = Some(poll_retry_at(
+                                name,
+                                config,
+                                stats,
+                                &mut failing_since,
+                                &mut backoff,
+                                e,
+                            )?);
                         }
                     },
                 }
