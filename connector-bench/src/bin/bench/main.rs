@@ -14,6 +14,15 @@
 //!    `format = "sparkplug_b"` (10 edge nodes, `--sparkplug-metrics` metrics per message by
 //!    alias, QoS 1), one record per metric and one per message, next to the raw QoS 1 rows.
 //!
+//! 8. CPU per message against the broker's: each row's CPU-µs per message divided by what
+//!    Mosquitto spent per relayed message in the bare row of the same round (QoS and size of the
+//!    row; the sink and the paced and fleet rows against bare QoS 1 100 B);
+//! 9. a paced row (`--paced-rate` msg/s through the source), fleet rows (100, 10,000 and 100,000
+//!    device topics through the source; 10,000 keys and MQTT topics through the sink), and a
+//!    Node.js reference bridge (`scripts/node-bridge/bridge.js`);
+//! 10. `--only instructions`: instructions per message of the source and the sink under
+//!    callgrind (see `instructions.rs`), a figure machine noise does not move.
+//!
 //! Each round (`--runs`) starts fresh brokers and measures the ceiling and the bridges in turn,
 //! so every ratio compares figures from the same round; the summary gives medians over rounds.
 //! `scripts/bench` builds everything in release mode and runs this. `--smoke` runs tiny counts
@@ -22,6 +31,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod distributed;
+mod instructions;
 mod load;
 mod procstat;
 mod scenarios;
@@ -34,7 +44,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::scenarios::{Bridge, Brokers, Latency, Settings, Soak, Throughput};
+use crate::scenarios::{Bridge, Brokers, Latency, Settings, Soak, SourceLoad, Throughput, DEVICES};
 
 /// Measures our MQTT <-> Kafka connectors against the bare brokers and a Python bridge.
 #[derive(Parser, Debug)]
@@ -58,6 +68,24 @@ struct Cli {
     /// The Python reference bridge.
     #[arg(long, default_value = "scripts/mqtt-kafka-bridge.py")]
     python_bridge: PathBuf,
+    /// The Node.js reference bridge (`npm ci --prefix scripts/node-bridge` installs its packages).
+    #[arg(long, default_value = "scripts/node-bridge/bridge.js")]
+    node_bridge: PathBuf,
+    /// Messages through the Node.js reference bridge.
+    #[arg(long, default_value_t = 30_000)]
+    node_messages: u64,
+    /// Messages per second of the paced source row (`--only paced`).
+    #[arg(long, default_value_t = 10_000)]
+    paced_rate: u64,
+    /// Seconds of the paced source row.
+    #[arg(long, default_value_t = 10)]
+    paced_secs: u64,
+    /// Messages per fleet row (`--only fleet`).
+    #[arg(long, default_value_t = 200_000)]
+    fleet_messages: u64,
+    /// Messages of each counted workload of `--only instructions`.
+    #[arg(long, default_value_t = 20_000)]
+    instructions_messages: u64,
     /// Messages per second for the latency measurement.
     #[arg(long, default_value_t = 1_000)]
     latency_rate: u64,
@@ -87,10 +115,13 @@ struct Cli {
     /// QoS 2, at least once and exactly once at transactions of 100 and 1000 records), sink,
     /// sink-eos (not by default: the sink at QoS 2, at least once and exactly once at windows
     /// 100 and 1000), python, latency,
-    /// distributed, sparkplug (Sparkplug B NDATA through the source), soak.
+    /// distributed, sparkplug (Sparkplug B NDATA through the source), soak, paced (the source
+    /// QoS 1 100 B at `--paced-rate`), fleet (100, 10,000 and 100,000 device topics through
+    /// the source; 10,000 keys through the sink), node (the Node.js bridge), instructions (not
+    /// by default: instructions per message under callgrind).
     #[arg(
         long,
-        default_value = "bare,source,scrape,sink,python,latency,distributed,sparkplug,soak",
+        default_value = "bare,source,scrape,sink,python,node,paced,fleet,latency,distributed,sparkplug,soak",
         value_delimiter = ','
     )]
     only: Vec<String>,
@@ -204,8 +235,23 @@ struct Driver {
     dist: BTreeMap<usize, Vec<(Throughput, Option<f64>)>>,
     failovers: Vec<distributed::Failover>,
     soak: Option<Soak>,
+    /// Per round: instructions per message of the source and of the sink.
+    instructions: Vec<(instructions::Count, instructions::Count)>,
+    /// Mosquitto's CPU-µs per relayed message in this round's bare rows, by (QoS, size).
+    broker_cpu: BTreeMap<(u8, usize), f64>,
     problems: Vec<String>,
 }
+
+/// The fleet rows: device topics through the source.
+const FLEET: [(usize, &str); 3] = [
+    (100, "source QoS1 100 B, 100 devices"),
+    (10_000, "source QoS1 100 B, 10k devices"),
+    (100_000, "source QoS1 100 B, 100k devices"),
+];
+const SINK_FLEET: &str = "sink QoS1 100 B, 10k keys";
+const PACED: &str = "source QoS1 100 B paced";
+const PYTHON: &str = "python bridge QoS1 100 B";
+const NODE: &str = "node bridge QoS1 100 B";
 
 impl Driver {
     fn wants(&self, what: &str) -> bool {
@@ -214,6 +260,21 @@ impl Driver {
 
     fn row_wanted(&self, qos: u8, size: usize) -> bool {
         self.cli.qos.contains(&qos) && self.cli.sizes.contains(&size)
+    }
+
+    /// Records a row. Its CPU per message is set against the broker's in the bare row of this
+    /// round for `reference` (QoS, size).
+    fn record_against(
+        &mut self,
+        label: &'static str,
+        mut t: Throughput,
+        ceiling: Option<f64>,
+        lossless: bool,
+        reference: (u8, usize),
+    ) {
+        let broker = self.broker_cpu.get(&reference).copied().filter(|c| *c > 0.0);
+        t.cpu_vs_broker = t.cpu_us_per_msg.zip(broker).map(|(ours, b)| ours / b);
+        self.record(label, t, ceiling, lossless);
     }
 
     fn record(&mut self, label: &'static str, t: Throughput, ceiling: Option<f64>, lossless: bool) {
@@ -231,6 +292,7 @@ impl Driver {
         let mut b = Brokers::start(&self.settings).await?;
         let (n, big, py) = (self.cli.messages, self.cli.big_messages, self.cli.python_messages);
         let mut ceiling = BTreeMap::new();
+        self.broker_cpu.clear();
         if self.wants("bare") {
             for (qos, size, count, label) in [
                 (0, 100, n, "bare pub->sub QoS0 100 B"),
@@ -243,6 +305,7 @@ impl Driver {
                 }
                 let t = scenarios::bare(&b, qos, size, count).await?;
                 ceiling.insert((qos, size), t.rate);
+                self.broker_cpu.insert((qos, size), t.mosquitto_us_per_msg);
                 self.record(label, t, None, qos == 1);
             }
         }
@@ -256,10 +319,16 @@ impl Driver {
                 if !self.row_wanted(qos, size) {
                     continue;
                 }
-                let t =
-                    scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count, false)
-                        .await?;
-                self.record(label, t, ceiling.get(&(qos, size)).copied(), qos == 1);
+                let load = SourceLoad::default();
+                let t = scenarios::source(&b, &self.settings, Bridge::Ours, qos, size, count, load)
+                    .await?;
+                self.record_against(
+                    label,
+                    t,
+                    ceiling.get(&(qos, size)).copied(),
+                    qos == 1,
+                    (qos, size),
+                );
             }
         }
         if self.wants("scrape") {
@@ -269,9 +338,10 @@ impl Driver {
             if round % 2 == 0 {
                 order.reverse();
             }
-            for (scraped, label) in order {
+            for (scrape, label) in order {
+                let load = SourceLoad { scrape, ..SourceLoad::default() };
                 let t =
-                    scenarios::source(&b, &self.settings, Bridge::Ours, 1, 100, n, scraped).await?;
+                    scenarios::source(&b, &self.settings, Bridge::Ours, 1, 100, n, load).await?;
                 if let Some((scrapes, bytes, cpu)) = t.scrapes {
                     let cpu = cpu.map_or_else(|| "—".to_owned(), |c| format!("{c:.0}"));
                     println!(
@@ -282,15 +352,34 @@ impl Driver {
                         self.problems.push(format!("{label}: no scrape happened"));
                     }
                 }
-                self.record(label, t, ceiling.get(&(1, 100)).copied(), true);
+                self.record_against(label, t, ceiling.get(&(1, 100)).copied(), true, (1, 100));
             }
+        }
+        if self.wants("paced") {
+            let (rate, secs) = (self.cli.paced_rate, self.cli.paced_secs);
+            let load = SourceLoad { rate: Some(rate), ..SourceLoad::default() };
+            let t = scenarios::source(&b, &self.settings, Bridge::Ours, 1, 100, rate * secs, load)
+                .await?;
+            self.record_against(PACED, t, Some(rate as f64), true, (1, 100));
+        }
+        if self.wants("fleet") {
+            for (devices, label) in FLEET {
+                let load = SourceLoad { devices, ..SourceLoad::default() };
+                let m = self.cli.fleet_messages;
+                let t =
+                    scenarios::source(&b, &self.settings, Bridge::Ours, 1, 100, m, load).await?;
+                self.record_against(label, t, ceiling.get(&(1, 100)).copied(), true, (1, 100));
+            }
+            let t = scenarios::sink(&b, &self.settings, 1, 100, n, None, 10_000).await?;
+            self.record_against(SINK_FLEET, t, ceiling.get(&(1, 100)).copied(), true, (1, 100));
         }
         if self.wants("source-eos") {
             // QoS 2 at least once, then exactly once at two transaction sizes, one after the
             // other in each round so that they share its conditions.
             // Against the bare QoS 2 rate when the round measured one (`--qos 1,2`).
             let bare = ceiling.get(&(2, 100)).or_else(|| ceiling.get(&(1, 100))).copied();
-            let t = scenarios::source(&b, &self.settings, Bridge::Ours, 2, 100, n, false).await?;
+            let load = SourceLoad::default();
+            let t = scenarios::source(&b, &self.settings, Bridge::Ours, 2, 100, n, load).await?;
             self.record("source QoS2 100 B", t, bare, true);
             for (txn, label) in [
                 (100, "source QoS2 exactly-once t100 100 B"),
@@ -310,8 +399,8 @@ impl Driver {
                 if !self.row_wanted(1, size) {
                     continue;
                 }
-                let t = scenarios::sink(&b, &self.settings, 1, size, count, None).await?;
-                self.record(label, t, ceiling.get(&(1, size)).copied(), true);
+                let t = scenarios::sink(&b, &self.settings, 1, size, count, None, DEVICES).await?;
+                self.record_against(label, t, ceiling.get(&(1, size)).copied(), true, (1, size));
             }
         }
         if self.wants("sink-eos") {
@@ -322,14 +411,42 @@ impl Driver {
                 (Some(100), "sink QoS2 exactly-once w100 100 B"),
                 (Some(1000), "sink QoS2 exactly-once w1000 100 B"),
             ] {
-                let t = scenarios::sink(&b, &self.settings, 2, 100, n, eos).await?;
+                let t = scenarios::sink(&b, &self.settings, 2, 100, n, eos, DEVICES).await?;
                 self.record(label, t, ceiling.get(&(1, 100)).copied(), true);
             }
         }
         if self.wants("python") {
-            let t =
-                scenarios::source(&b, &self.settings, Bridge::Python, 1, 100, py, false).await?;
-            self.record("python bridge QoS1 100 B", t, ceiling.get(&(1, 100)).copied(), true);
+            let load = SourceLoad::default();
+            let t = scenarios::source(&b, &self.settings, Bridge::Python, 1, 100, py, load).await?;
+            self.record_against(PYTHON, t, ceiling.get(&(1, 100)).copied(), true, (1, 100));
+        }
+        if self.wants("node") {
+            let (load, m) = (SourceLoad::default(), self.cli.node_messages);
+            let t = scenarios::source(&b, &self.settings, Bridge::Node, 1, 100, m, load).await?;
+            self.record_against(NODE, t, ceiling.get(&(1, 100)).copied(), true, (1, 100));
+        }
+        if self.wants("instructions") {
+            if !instructions::available() {
+                return Err("--only instructions needs valgrind and callgrind_control".into());
+            }
+            let m = self.cli.instructions_messages;
+            let src = instructions::source(&b, &self.settings, m).await?;
+            println!(
+                "  {:<28} {} instructions for {} messages = {:.0} per message",
+                "instructions source QoS1",
+                src.instructions,
+                src.messages,
+                src.per_message()
+            );
+            let sink = instructions::sink(&b, &self.settings, m).await?;
+            println!(
+                "  {:<28} {} instructions for {} messages = {:.0} per message",
+                "instructions sink QoS1",
+                sink.instructions,
+                sink.messages,
+                sink.per_message()
+            );
+            self.instructions.push((src, sink));
         }
         if self.wants("latency") {
             let (rate, secs) = (self.cli.latency_rate, self.cli.latency_secs);
@@ -449,31 +566,141 @@ impl Driver {
         Ok(())
     }
 
+    /// Per round, `f` of the rows `a` and `b` (rows that ran in every round line up by round).
+    fn per_round(
+        &self,
+        a: &str,
+        b: &str,
+        f: fn(&Throughput, &Throughput) -> Option<f64>,
+    ) -> Vec<f64> {
+        match (self.rows.get(a), self.rows.get(b)) {
+            (Some(x), Some(y)) => {
+                x.runs.iter().zip(&y.runs).filter_map(|((p, _), (q, _))| f(p, q)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The goals of issue 18, each a ratio within one round (medians over rounds).
+    fn goals(&self, r: &mut String) {
+        let mut lines = Vec::new();
+        let row = |label: &str, f: fn(&(Throughput, Option<f64>)) -> Option<f64>| {
+            self.rows.get(label).and_then(|row| median(row.runs.iter().filter_map(f).collect()))
+        };
+        let mut goal = |what: String, value: Option<f64>, ok: fn(f64) -> bool| {
+            if let Some(v) = value {
+                let mark = if ok(v) { "met" } else { "not met" };
+                lines.push(format!("- {what}: **{v:.2}** ({mark})"));
+            }
+        };
+        for (label, bound) in [
+            ("source QoS1 100 B", "≤ 0.2"),
+            ("source QoS0 100 B", "≤ 0.4"),
+            ("sink QoS1 100 B", "≤ 0.3"),
+            (PACED, "≤ 0.4"),
+        ] {
+            let v = row(label, |(t, _)| t.cpu_vs_broker);
+            let ok: fn(f64) -> bool = match bound {
+                "≤ 0.2" => |v| v <= 0.2,
+                "≤ 0.3" => |v| v <= 0.3,
+                _ => |v| v <= 0.4,
+            };
+            goal(
+                format!(
+                    "{label}: CPU per message × Mosquitto's per relayed message (goal {bound})"
+                ),
+                v,
+                ok,
+            );
+        }
+        goal(
+            "source QoS0 100 B: msg/s × bare QoS 0 (goal ≥ 0.85)".into(),
+            row("source QoS0 100 B", |(_, ratio)| *ratio),
+            |v| v >= 0.85,
+        );
+        goal(
+            "sink QoS1 100 B: peak RSS, MiB (goal ≤ 20)".into(),
+            row("sink QoS1 100 B", |(t, _)| t.peak_rss.map(mib)),
+            |v| v <= 20.0,
+        );
+        for (peer, label) in [("Python", PYTHON), ("Node.js", NODE)] {
+            let cpu = self.per_round(label, "source QoS1 100 B", |p, o| {
+                Some(p.cpu_us_per_msg? / o.cpu_us_per_msg.filter(|c| *c > 0.0)?)
+            });
+            let goal_text = if peer == "Python" { " (goal ≥ 15)" } else { "" };
+            goal(
+                format!("{peer} bridge CPU per message ÷ ours, source QoS1 100 B{goal_text}"),
+                median(cpu),
+                if peer == "Python" { |v| v >= 15.0 } else { |_| true },
+            );
+            let rate = self.per_round(label, "source QoS1 100 B", |p, o| {
+                (p.rate > 0.0).then(|| o.rate / p.rate)
+            });
+            goal(format!("our msg/s ÷ the {peer} bridge's"), median(rate), |_| true);
+        }
+        let flat = self.per_round(FLEET[2].1, FLEET[0].1, |big, small| {
+            (small.rate > 0.0).then(|| big.rate / small.rate)
+        });
+        goal("fleet: msg/s at 100k devices ÷ at 100 (flat: ≈ 1)".into(), median(flat), |v| {
+            v >= 0.9
+        });
+        let p99: Vec<f64> =
+            self.latencies.iter().filter(|l| l[2].p99 > 0.0).map(|l| l[0].p99 / l[2].p99).collect();
+        goal(
+            "latency p99 through our source ÷ Kafka alone (goal ≤ 1.5)".into(),
+            median(p99),
+            |v| v <= 1.5,
+        );
+        let ins = |f: fn(&(instructions::Count, instructions::Count)) -> f64| {
+            median(self.instructions.iter().map(f).collect())
+        };
+        goal(
+            "instructions per message, source QoS1 100 B".into(),
+            ins(|c| c.0.per_message()),
+            |_| true,
+        );
+        goal(
+            "instructions per message, sink QoS1 100 B".into(),
+            ins(|c| c.1.per_message()),
+            |_| true,
+        );
+        if !lines.is_empty() {
+            let _ =
+                writeln!(r, "\nGoals (issue 18), medians over rounds of ratios within a round:\n");
+            for l in lines {
+                let _ = writeln!(r, "{l}");
+            }
+        }
+    }
+
     fn report(&self) -> String {
         /// Picks one figure out of a run (its throughput and its ratio to the ceiling).
         type Pick = dyn Fn(&(Throughput, Option<f64>)) -> Option<f64>;
         let mut r = String::new();
         let _ = writeln!(r, "Our connectors speak MQTT {}.\n", self.settings.mqtt_version);
-        let _ = writeln!(r, "| measurement | msg/s | × ceiling | CPU-µs/msg | peak RSS | Mosquitto cores | Tansu cores | bridge cores | delivered |");
-        let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(r, "| measurement | msg/s | × ceiling | CPU-µs/msg | × broker CPU | peak RSS | Mosquitto CPU-µs/msg | Mosquitto cores | Tansu cores | bridge cores | delivered |");
+        let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (label, row) in &self.rows {
             let col = |f: &Pick| median(row.runs.iter().filter_map(f).collect());
             let delivered: Vec<String> =
                 row.runs.iter().map(|(t, _)| format!("{}/{}", t.delivered, t.sent)).collect();
             let _ = writeln!(
                 r,
-                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 col(&|(t, _)| Some(t.rate)).map_or_else(|| "—".into(), with_commas),
                 fmt_opt(col(&|(_, ratio)| *ratio), 2),
                 fmt_opt(col(&|(t, _)| t.cpu_us_per_msg), 2),
+                fmt_opt(col(&|(t, _)| t.cpu_vs_broker), 2),
                 col(&|(t, _)| t.peak_rss.map(mib))
                     .map_or_else(|| "—".into(), |m| format!("{m:.1} MiB")),
+                fmt_opt(col(&|(t, _)| Some(t.mosquitto_us_per_msg)), 2),
                 fmt_opt(col(&|(t, _)| Some(t.mosquitto_cores)), 2),
                 fmt_opt(col(&|(t, _)| Some(t.tansu_cores)), 2),
                 fmt_opt(col(&|(t, _)| Some(t.bridge_cores)).filter(|c| *c > 0.0), 2),
                 delivered.join(", "),
             );
         }
+        self.goals(&mut r);
         for label in [SPARKPLUG_METRIC, SPARKPLUG_MESSAGE] {
             let Some(row) = self.rows.get(label) else { continue };
             let metrics = self.cli.sparkplug_metrics as f64;
@@ -650,6 +877,11 @@ fn main() -> ExitCode {
         cli.failover_rate = cli.failover_rate.min(500);
         cli.failover_secs = cli.failover_secs.min(9);
         cli.sparkplug_messages = cli.sparkplug_messages.min(1_000);
+        cli.node_messages = cli.node_messages.min(1_000);
+        cli.paced_rate = cli.paced_rate.min(500);
+        cli.paced_secs = cli.paced_secs.min(2);
+        cli.fleet_messages = cli.fleet_messages.min(2_000);
+        cli.instructions_messages = cli.instructions_messages.min(500);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
@@ -666,6 +898,7 @@ fn main() -> ExitCode {
     let settings = Settings {
         connect,
         python_bridge: cli.python_bridge.clone(),
+        node_bridge: cli.node_bridge.clone(),
         linger_ms: cli.linger_ms,
         mosquitto_inflight: cli.mosquitto_inflight,
         source_inflight: cli.source_inflight,
@@ -686,6 +919,8 @@ fn main() -> ExitCode {
         dist: BTreeMap::new(),
         failovers: Vec::new(),
         soak: None,
+        instructions: Vec::new(),
+        broker_cpu: BTreeMap::new(),
         problems: Vec::new(),
     };
     let result = runtime.block_on(async {

@@ -36,6 +36,25 @@ pub enum Bridge {
     Ours,
     /// `scripts/mqtt-kafka-bridge.py` (paho-mqtt + confluent-kafka).
     Python,
+    /// `scripts/node-bridge/bridge.js` (mqtt.js + a Node Kafka client).
+    Node,
+}
+
+/// How a source measurement's load is shaped.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLoad {
+    /// Device topics the messages are spread over (round-robin).
+    pub devices: usize,
+    /// Messages per second (None: as fast as the publisher goes).
+    pub rate: Option<u64>,
+    /// GET /metrics every second while the run lasts.
+    pub scrape: bool,
+}
+
+impl Default for SourceLoad {
+    fn default() -> Self {
+        Self { devices: DEVICES, rate: None, scrape: false }
+    }
 }
 
 /// Settings shared by all measurements.
@@ -45,6 +64,8 @@ pub struct Settings {
     pub connect: PathBuf,
     /// The Python reference bridge.
     pub python_bridge: PathBuf,
+    /// The Node.js reference bridge (`bridge.js`, its packages installed beside it).
+    pub node_bridge: PathBuf,
     /// `linger_ms` of our producer.
     pub linger_ms: u64,
     /// Mosquitto `max_inflight_messages`.
@@ -138,6 +159,11 @@ pub struct Throughput {
     pub tansu_cores: f64,
     /// Cores the bridge process kept busy.
     pub bridge_cores: f64,
+    /// Mosquitto's CPU time per delivered message, in microseconds.
+    pub mosquitto_us_per_msg: f64,
+    /// The bridge's CPU per message against Mosquitto's per relayed message in the bare row of
+    /// the same round (the driver fills it in).
+    pub cpu_vs_broker: Option<f64>,
     /// With `/metrics` scraped during the run: scrapes done, the size of the last response, and
     /// the CPU one scrape cost the process (µs, from back-to-back scrapes after the run).
     pub scrapes: Option<(u64, usize, Option<f64>)>,
@@ -155,7 +181,9 @@ impl Throughput {
         self.secs = wall.as_secs_f64().max(1e-9);
         self.rate = self.delivered as f64 / self.secs;
         let cores = |d: Duration| d.as_secs_f64() / self.secs;
-        self.mosquitto_cores = cores(procstat::cpu_between(brokers_before.0, brokers_after.0));
+        let mosquitto = procstat::cpu_between(brokers_before.0, brokers_after.0);
+        self.mosquitto_cores = cores(mosquitto);
+        self.mosquitto_us_per_msg = mosquitto.as_secs_f64() * 1e6 / self.delivered.max(1) as f64;
         self.tansu_cores = cores(procstat::cpu_between(brokers_before.1, brokers_after.1));
         if let Some((before, after)) = bridge {
             let cpu = procstat::cpu_between(before, after);
@@ -336,8 +364,28 @@ fn start_python_source(
     UnderTest::spawn(cmd, b.dir.path().join(format!("{id}.log")))
 }
 
+/// Starts the Node.js reference bridge from `filter` to `topic`.
+fn start_node_source(
+    b: &Brokers,
+    s: &Settings,
+    id: &str,
+    filter: &str,
+    topic: &str,
+    qos: u8,
+) -> Result<UnderTest> {
+    let mut cmd = Command::new("node");
+    cmd.arg(&s.node_bridge)
+        .args(["--mqtt-host", "127.0.0.1", "--mqtt-port", &b.mqtt.port().to_string()])
+        .args(["--filter", filter, "--qos", &qos.to_string()])
+        .args(["--kafka", &b.tansu.bootstrap(), "--topic", topic, "--client-id", id])
+        .args(["--linger-ms", &s.linger_ms.to_string()]);
+    UnderTest::spawn(cmd, b.dir.path().join(format!("{id}.log")))
+}
+
 /// Starts a source bridge and waits until its subscription is live. Returns it, the device
-/// topics to publish on, and the Kafka offset the benchmark's records start after.
+/// topics (`devices` of them) to publish on, and the Kafka offset the benchmark's records start
+/// after.
+#[allow(clippy::too_many_arguments)]
 async fn live_source(
     b: &Brokers,
     s: &Settings,
@@ -346,6 +394,7 @@ async fn live_source(
     id: &str,
     topic: &str,
     rest: Option<&str>,
+    devices: usize,
 ) -> Result<(UnderTest, Vec<String>, i64)> {
     let prefix = format!("bench/{id}");
     let filter = format!("{prefix}/#");
@@ -353,6 +402,7 @@ async fn live_source(
     let mut process = match bridge {
         Bridge::Ours => start_our_source(b, s, id, &filter, topic, qos, rest)?,
         Bridge::Python => start_python_source(b, s, id, &filter, topic, qos)?,
+        Bridge::Node => start_node_source(b, s, id, &filter, topic, qos)?,
     };
     let probe = MqttPublisher::connect(&b.mqtt.url(), &format!("{id}-probe"))
         .await
@@ -365,7 +415,7 @@ async fn live_source(
     // Let probes still in flight land before taking the starting offset.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = b.client.end_offset(topic, 0).await.map_err(|e| e.to_string())?;
-    Ok((process, load::device_topics(&prefix, DEVICES), base))
+    Ok((process, load::device_topics(&prefix, devices), base))
 }
 
 /// (2b) MQTT -> Kafka at QoS 2 through our source with `exactly_once = true`, transactions of up
@@ -517,8 +567,7 @@ pub async fn bare(b: &Brokers, qos: u8, size: usize, n: u64) -> Result<Throughpu
 
 /// (2) MQTT -> Kafka through `bridge`: `n` messages of `size` bytes published at `qos`, counted
 /// in Kafka. Time runs from the first publish until Kafka holds them all (QoS 0: until no more
-/// arrive for 3 s).
-#[allow(clippy::too_many_arguments)]
+/// arrive for 3 s). `load` spreads the messages over its device topics, at its rate.
 pub async fn source(
     b: &Brokers,
     s: &Settings,
@@ -526,17 +575,19 @@ pub async fn source(
     qos: u8,
     size: usize,
     n: u64,
-    scrape: bool,
+    load: SourceLoad,
 ) -> Result<Throughput> {
     let id = b.id(match bridge {
         Bridge::Ours => "src",
         Bridge::Python => "py",
+        Bridge::Node => "node",
     });
+    let SourceLoad { devices, rate, scrape } = load;
     let topic = format!("bench-{id}");
     // With `scrape`: the REST API on, and GET /metrics every second while the run lasts.
     let rest = if scrape { Some(free_local_addr()?) } else { None };
     let (mut process, topics, base) =
-        live_source(b, s, bridge, qos, &id, &topic, rest.as_deref()).await?;
+        live_source(b, s, bridge, qos, &id, &topic, rest.as_deref(), devices).await?;
     let stop_scraping = Arc::new(AtomicU64::new(0));
     let scraper_addr = rest.clone();
     let scraper = rest.map(|addr| spawn_scraper(addr, Arc::clone(&stop_scraping)));
@@ -546,7 +597,7 @@ pub async fn source(
     let started = Instant::now();
     let publishing = {
         let publisher = Arc::clone(&publisher);
-        tokio::spawn(async move { publisher.publish(&topics, qos_of(qos), 0, n, size, None).await })
+        tokio::spawn(async move { publisher.publish(&topics, qos_of(qos), 0, n, size, rate).await })
     };
     let idle = Duration::from_secs(3);
     let (mut count, mut last_progress) = (0i64, Instant::now());
@@ -599,7 +650,8 @@ pub async fn source(
 /// (3) Kafka -> MQTT through our sink: `n` records of `size` bytes are written to Kafka first;
 /// the sink publishes them at `qos`; an independent subscriber counts them. Time runs from the
 /// first arrival to the last. `exactly_once`: with `exactly_once = true` and that `inflight`
-/// window (its QoS 2 state saved in the Kafka offset store, as in production).
+/// window (its QoS 2 state saved in the Kafka offset store, as in production). The records'
+/// keys, and so the MQTT topics they go to, are `keys` distinct device names.
 pub async fn sink(
     b: &Brokers,
     s: &Settings,
@@ -607,6 +659,7 @@ pub async fn sink(
     size: usize,
     n: u64,
     exactly_once: Option<usize>,
+    keys: usize,
 ) -> Result<Throughput> {
     let id = b.id("sink");
     let topic = format!("bench-{id}");
@@ -617,7 +670,7 @@ pub async fn sink(
         let chunk: Vec<ProducerRecord> = (seq..n.min(seq + 5_000))
             .map(|i| {
                 ProducerRecord::new(topic.as_str(), load::payload(i, size))
-                    .with_key(format!("d{}", i % DEVICES as u64))
+                    .with_key(format!("d{}", i % keys.max(1) as u64))
             })
             .collect();
         seq += chunk.len() as u64;
@@ -707,7 +760,8 @@ async fn paced_source(
 ) -> Result<Paced> {
     let id = b.id(kind);
     let topic = format!("bench-{id}");
-    let (process, topics, base) = live_source(b, s, Bridge::Ours, 1, &id, &topic, None).await?;
+    let (process, topics, base) =
+        live_source(b, s, Bridge::Ours, 1, &id, &topic, None, DEVICES).await?;
     let publisher =
         Arc::new(LoadPublisher::connect(b.mqtt.port(), &format!("{id}-pub"), PUBLISH_INFLIGHT));
     let n = rate * secs;
