@@ -5,6 +5,7 @@
 //! Source partitions and offsets are opaque JSON maps, as in Kafka Connect: the framework stores and
 //! returns them but never looks inside.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -164,7 +165,11 @@ macro_rules! record_builders {
             }
 
             /// Appends a header.
-            pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+            pub fn with_header(
+                mut self,
+                key: impl Into<std::borrow::Cow<'static, str>>,
+                value: impl Into<Bytes>,
+            ) -> Self {
                 self.headers.push(key, value);
                 self
             }
@@ -246,10 +251,22 @@ impl fmt::Display for Timestamp {
 }
 
 /// One record header: a UTF-8 key and a byte value.
+///
+/// The key is a [`Cow`]: a fixed name (`"mqtt.topic"`) is borrowed for the life of the program
+/// and costs no allocation to create or to clone, which matters when every record carries a few.
+///
+/// ```
+/// use connector_core::Header;
+///
+/// let h = Header { key: "unit".into(), value: "C".into() };
+/// assert_eq!(h.key, "unit");
+/// let owned = Header { key: format!("tag-{}", 1).into(), value: "a".into() };
+/// assert_eq!(&*owned.key, "tag-1");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Header {
-    /// Header key (Kafka requires UTF-8).
-    pub key: String,
+    /// Header key (Kafka requires UTF-8): borrowed when it is a fixed name, else owned.
+    pub key: Cow<'static, str>,
     /// Header value.
     pub value: Bytes,
 }
@@ -283,8 +300,9 @@ impl Headers {
         Self(Vec::with_capacity(n))
     }
 
-    /// Appends a header, keeping any earlier one with the same key.
-    pub fn push(&mut self, key: impl Into<String>, value: impl Into<Bytes>) {
+    /// Appends a header, keeping any earlier one with the same key. A `&'static str` key is kept
+    /// borrowed (no allocation); a `String` is moved in.
+    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) {
         self.0.push(Header { key: key.into(), value: value.into() });
     }
 
@@ -364,7 +382,7 @@ impl<'a> IntoIterator for &'a Headers {
     }
 }
 
-impl<K: Into<String>, V: Into<Bytes>> FromIterator<(K, V)> for Headers {
+impl<K: Into<Cow<'static, str>>, V: Into<Bytes>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Self(iter.into_iter().map(|(k, v)| Header { key: k.into(), value: v.into() }).collect())
     }
@@ -613,7 +631,7 @@ mod tests {
     #[test]
     fn headers_keep_order_and_duplicates() {
         let h: Headers = vec![("a", "1"), ("b", "2"), ("a", "3")].into_iter().collect();
-        let keys: Vec<_> = h.iter().map(|h| h.key.as_str()).collect();
+        let keys: Vec<_> = h.iter().map(|h| &*h.key).collect();
         assert_eq!(keys, ["a", "b", "a"]);
         assert_eq!(h.first("a").map(|b| &b[..]), Some(&b"1"[..]));
         assert_eq!(h.last("a").map(|b| &b[..]), Some(&b"3"[..]));

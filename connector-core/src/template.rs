@@ -149,7 +149,10 @@ impl Template {
     where
         F: FnMut(&str) -> Result<Cow<'a, str>, E>,
     {
-        let mut out = String::new();
+        // The literals' length plus room for a few values: one allocation in the common case.
+        let literal: usize =
+            self.parts.iter().map(|p| if let Part::Literal(s) = p { s.len() } else { 16 }).sum();
+        let mut out = String::with_capacity(literal);
         for p in &self.parts {
             match p {
                 Part::Literal(s) => out.push_str(s),

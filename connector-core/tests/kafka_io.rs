@@ -35,7 +35,7 @@ async fn records_round_trip_with_keys_ordered_duplicate_headers_and_timestamps()
     assert_eq!(got[0].key.as_deref(), Some(&b"k0"[..]));
     assert_eq!(got[0].value.as_deref(), Some(&b"v0"[..]));
     let headers: Vec<(String, Vec<u8>)> =
-        got[0].headers.iter().map(|h| (h.key.clone(), h.value.to_vec())).collect();
+        got[0].headers.iter().map(|h| (h.key.to_string(), h.value.to_vec())).collect();
     assert_eq!(
         headers,
         [

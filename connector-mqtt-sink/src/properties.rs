@@ -105,7 +105,7 @@ pub(crate) fn outcome(r: &SinkRecord, rules: &PropertyRules, now: Timestamp) -> 
         let name = match rules.user_properties {
             UserProperties::None => continue,
             UserProperties::All if h.key.starts_with(headers::PREFIX) => continue,
-            UserProperties::All => h.key.as_str(),
+            UserProperties::All => &*h.key,
             UserProperties::Prefix => match h.key.strip_prefix(rules.prefix.as_str()) {
                 Some(name) if !name.is_empty() => name,
                 _ => continue,
@@ -131,7 +131,7 @@ mod tests {
     fn record(headers: &[(&str, &str)], age_ms: i64, now: Timestamp) -> SinkRecord {
         let mut h = Headers::new();
         for (k, v) in headers {
-            h.push(*k, Bytes::copy_from_slice(v.as_bytes()));
+            h.push(k.to_string(), Bytes::copy_from_slice(v.as_bytes()));
         }
         SinkRecord {
             topic: "t".into(),

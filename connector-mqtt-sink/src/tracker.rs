@@ -35,6 +35,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+/// The maps looked up for every message (by packet id, by partition): foldhash, randomly
+/// seeded, instead of SipHash (~5 lookups per message; issue 18).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::exactly_once::{At, Done, Eos, Released, Sent, Stored};
 
 use bytes::Bytes;
@@ -107,13 +111,13 @@ pub(crate) struct Tracker {
     /// Waiting to be sent.
     backlog: VecDeque<Publication>,
     /// Sent, waiting for PUBACK/PUBCOMP, by packet id.
-    inflight: HashMap<u16, InFlight>,
+    inflight: FastMap<u16, InFlight>,
     /// QoS 0 publishes handed to the event loop, done once written out.
     unwritten: Vec<Publication>,
     /// Refused or undeliverable, waiting for the sink task to hand them to the error policy.
     refused: VecDeque<Refused>,
     /// Copies not yet done, per offset, per partition.
-    unacked: HashMap<TopicPartition, BTreeMap<i64, u32>>,
+    unacked: FastMap<TopicPartition, BTreeMap<i64, u32>>,
     /// The suspect in flight alone, if any (nothing else is sent meanwhile).
     probing: Option<u16>,
     /// Some packet from the broker was read since the probe was written: a drop now is not
@@ -149,7 +153,7 @@ pub(crate) struct Tracker {
     resend: Vec<(u16, Publication)>,
     /// Exactly once: records of the loaded state's pending PUBRELs, come again, waiting for
     /// their PUBCOMP (published again if the session is lost), by packet id.
-    rel_held: HashMap<u16, Publication>,
+    rel_held: FastMap<u16, Publication>,
 }
 
 impl Default for Tracker {
@@ -165,10 +169,10 @@ impl Tracker {
             next_seq: 0,
             last_pkid: 0,
             backlog: VecDeque::new(),
-            inflight: HashMap::new(),
+            inflight: FastMap::default(),
             unwritten: Vec::new(),
             refused: VecDeque::new(),
-            unacked: HashMap::new(),
+            unacked: FastMap::default(),
             probing: None,
             heard: false,
             held: Vec::new(),
@@ -183,7 +187,7 @@ impl Tracker {
             answers: 0,
             eos: None,
             resend: Vec::new(),
-            rel_held: HashMap::new(),
+            rel_held: FastMap::default(),
         }
     }
 

@@ -30,7 +30,8 @@ pub(crate) fn kafka_topic(template: &Template, mqtt_topic: &str) -> Result<Strin
     let rendered = template.render(|name| substitute(mqtt_topic, name)).map_err(|e| {
         format!("kafka_topic {:?} for MQTT topic {mqtt_topic:?}: {e}", template.as_str())
     })?;
-    let name = rendered.replace('/', ".");
+    // Most names have no '/' (a fixed topic): keep the rendered string rather than copy it.
+    let name = if rendered.contains('/') { rendered.replace('/', ".") } else { rendered };
     connector_core::kafka::validate_topic_name(&name).map_err(|why| {
         format!(
             "MQTT topic {mqtt_topic:?} maps to Kafka topic {name:?} through kafka_topic {:?}, which is not legal: {why}",
@@ -45,11 +46,18 @@ pub(crate) fn kafka_topic(template: &Template, mqtt_topic: &str) -> Result<Strin
 /// # Errors
 /// A message naming the MQTT topic when a level is missing.
 pub(crate) fn key(template: &Template, mqtt_topic: &str) -> Result<Option<Bytes>, String> {
+    key_with(template, mqtt_topic, &Bytes::copy_from_slice(mqtt_topic.as_bytes()))
+}
+
+/// [`key`] with the topic's bytes already made (a `{topic}` key shares them).
+pub(crate) fn key_with(
+    template: &Template,
+    mqtt_topic: &str,
+    topic_bytes: &Bytes,
+) -> Result<Option<Bytes>, String> {
     match template.parts() {
         [] => Ok(None),
-        [Part::Placeholder(p)] if p == "topic" => {
-            Ok(Some(Bytes::copy_from_slice(mqtt_topic.as_bytes())))
-        }
+        [Part::Placeholder(p)] if p == "topic" => Ok(Some(topic_bytes.clone())),
         _ => template
             .render(|name| substitute(mqtt_topic, name))
             .map(|k| Some(Bytes::from(k)))

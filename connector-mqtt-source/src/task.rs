@@ -303,7 +303,9 @@ impl MqttSourceTask {
 
     fn record(&self, msg: Received) -> SourceRecord {
         let Received { publish, received, oversize, .. } = msg;
-        let mut record_headers = mqtt_headers(&publish);
+        // One copy of the MQTT topic serves the `mqtt.topic` header and a `{topic}` key.
+        let topic_bytes = Bytes::copy_from_slice(publish.topic.as_bytes());
+        let mut record_headers = mqtt_headers_with(&publish, topic_bytes.clone());
         let mut rejected = None;
         if let Some(size) = oversize {
             record_headers.push(headers::PACKET_SIZE, Bytes::from(size.to_string()));
@@ -319,7 +321,7 @@ impl MqttSourceTask {
                 publish.topic.replace('/', ".")
             }
         };
-        let key = match render::key(&self.config.key, &publish.topic) {
+        let key = match render::key_with(&self.config.key, &publish.topic, &topic_bytes) {
             Ok(k) => k,
             Err(why) => {
                 rejected.get_or_insert(why);
@@ -342,8 +344,13 @@ impl MqttSourceTask {
 
 /// The `mqtt.*` headers of a message, and its MQTT 5 properties.
 fn mqtt_headers(publish: &Message) -> Headers {
+    mqtt_headers_with(publish, Bytes::copy_from_slice(publish.topic.as_bytes()))
+}
+
+/// [`mqtt_headers`] with the topic's bytes already made.
+fn mqtt_headers_with(publish: &Message, topic: Bytes) -> Headers {
     let mut h = Headers::with_capacity(4);
-    h.push(headers::TOPIC, Bytes::copy_from_slice(publish.topic.as_bytes()));
+    h.push(headers::TOPIC, topic);
     h.push(headers::QOS, Bytes::from_static(qos_name(publish.qos)));
     h.push(headers::RETAIN, Bytes::from_static(bool_name(publish.retain)));
     h.push(headers::DUP, Bytes::from_static(bool_name(publish.dup)));
@@ -357,7 +364,7 @@ fn mqtt_headers(publish: &Message) -> Headers {
 /// kept), the others under `mqtt.*` names the MQTT sink reads back.
 fn v5_headers(p: &connector_mqtt_common::PublishProperties, out: &mut Headers) {
     for (name, value) in &p.user_properties {
-        out.push(name.as_str(), Bytes::copy_from_slice(value.as_bytes()));
+        out.push(name.clone(), Bytes::copy_from_slice(value.as_bytes()));
     }
     if let Some(ct) = &p.content_type {
         out.push(headers::CONTENT_TYPE, Bytes::copy_from_slice(ct.as_bytes()));
@@ -845,8 +852,7 @@ mod tests {
         };
         let mut h = Headers::new();
         v5_headers(&p, &mut h);
-        let got: Vec<(&str, &[u8])> =
-            h.iter().map(|h| (h.key.as_str(), h.value.as_ref())).collect();
+        let got: Vec<(&str, &[u8])> = h.iter().map(|h| (&*h.key, h.value.as_ref())).collect();
         assert_eq!(
             got,
             [

@@ -476,7 +476,7 @@ async fn librdkafka_reads_back_the_same_keys_values_and_headers() {
     let mut ours: Vec<Seen> = ours
         .iter()
         .map(|r| {
-            let headers = r.headers.iter().map(|h| (h.key.clone(), h.value.to_vec())).collect();
+            let headers = r.headers.iter().map(|h| (h.key.to_string(), h.value.to_vec())).collect();
             (r.key.as_ref().map(|b| b.to_vec()), r.value.as_ref().map(|b| b.to_vec()), headers)
         })
         .collect();

@@ -137,7 +137,7 @@ impl FileSinkTask {
                     headers: r
                         .headers
                         .iter()
-                        .map(|h| Ok((h.key.clone(), text(&h.value, "header value")?)))
+                        .map(|h| Ok((h.key.to_string(), text(&h.value, "header value")?)))
                         .collect::<Result<_>>()?,
                     timestamp: Some(r.timestamp.as_millis()),
                 };

@@ -213,7 +213,7 @@ async fn records_arrive_with_keys_headers_and_timestamps_intact() {
         let headers: Vec<(String, String)> = r
             .headers
             .iter()
-            .map(|h| (h.key.clone(), String::from_utf8(h.value.to_vec()).unwrap()))
+            .map(|h| (h.key.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
             .collect();
         assert_eq!(headers, s.headers, "headers keep order and duplicates");
     }

@@ -91,7 +91,7 @@ impl Drop for Sub {
 fn header_pairs(r: &connector_core::SinkRecord) -> Vec<(String, String)> {
     r.headers
         .iter()
-        .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.value).into_owned()))
+        .map(|h| (h.key.to_string(), String::from_utf8_lossy(&h.value).into_owned()))
         .collect()
 }
 

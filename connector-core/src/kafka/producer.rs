@@ -23,7 +23,7 @@
 //! `producer/accumulate.rs` (records in: topic metadata, partitioning, batching, idle eviction)
 //! and `producer/send.rs` (batches out: Produce requests, their answers, retries and splits).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,9 @@ use crate::{Error, Result};
 mod accumulate;
 mod send;
 mod topic_budget;
+
+/// The producer's maps looked up once or more per record: foldhash, randomly seeded.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub use topic_budget::{TopicBudget, DEFAULT_TOPIC_IDLE};
 
@@ -259,8 +262,8 @@ struct Actor<T> {
     delivery_timeout: Option<Duration>,
     commands: mpsc::Receiver<Command<T>>,
     acks: mpsc::Sender<Vec<Delivery<T>>>,
-    topics: HashMap<Arc<str>, TopicState<T>>,
-    partitions: HashMap<TopicPartition, PartitionState<T>>,
+    topics: FastMap<Arc<str>, TopicState<T>>,
+    partitions: FastMap<TopicPartition, PartitionState<T>>,
     tasks: FuturesUnordered<BoxFuture<'static, Event<T>>>,
     budget: TopicBudget,
     gauge: Arc<StateGauge>,
@@ -284,8 +287,8 @@ impl<T: Send + 'static> Actor<T> {
             client,
             commands,
             acks,
-            topics: HashMap::new(),
-            partitions: HashMap::new(),
+            topics: FastMap::default(),
+            partitions: FastMap::default(),
             tasks: FuturesUnordered::new(),
             budget,
             gauge,

@@ -117,7 +117,7 @@ pub(crate) fn build_batch(records: &[PendingRecord], compression: Compression) -
             headers: r
                 .headers
                 .iter()
-                .map(|h| RecordHeader { key: h.key.clone(), value: h.value.to_vec() })
+                .map(|h| RecordHeader { key: h.key.to_string(), value: h.value.to_vec() })
                 .collect(),
         })
         .collect();
@@ -344,7 +344,7 @@ pub(crate) fn decode_batches(
                 headers: r
                     .headers
                     .into_iter()
-                    .map(|h| Header { key: h.key, value: Bytes::from(h.value) })
+                    .map(|h| Header { key: h.key.into(), value: Bytes::from(h.value) })
                     .collect::<Vec<_>>()
                     .into(),
                 timestamp: Timestamp::from_millis(timestamp),
@@ -392,8 +392,7 @@ mod tests {
             assert_eq!(out[0].offset, 40);
             assert_eq!(out[0].timestamp.as_millis(), 1000);
             assert_eq!(out[1].timestamp.as_millis(), 990);
-            let keys: Vec<_> =
-                out[0].headers.iter().map(|h| (h.key.as_str(), h.value.to_vec())).collect();
+            let keys: Vec<_> = out[0].headers.iter().map(|h| (&*h.key, h.value.to_vec())).collect();
             assert_eq!(keys, [("b", b"1".to_vec()), ("a", b"2".to_vec()), ("b", b"3".to_vec())]);
             assert_eq!(out[1].value.as_deref(), Some(&b"v2"[..]));
             assert_eq!(out[0].value, None);

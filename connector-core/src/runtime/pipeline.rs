@@ -76,12 +76,21 @@ impl Pipeline {
     }
 
     /// What a source record becomes in Kafka: `Ok(None)` when a transform dropped it.
+    /// `topics` hands out the Kafka topic, checked once for consecutive records of one topic.
     pub(crate) fn source(
         &self,
         r: &SourceRecord,
+        topics: &mut TopicCache,
     ) -> Result<Option<ProducerRecord>, (Stage, String)> {
         if self.is_passthrough() {
-            return Ok(Some(ProducerRecord::from(r)));
+            return Ok(Some(ProducerRecord {
+                topic: topics.get(&r.topic)?,
+                partition: r.partition,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r.headers.clone(),
+                timestamp: r.timestamp,
+            }));
         }
         let t = TransformRecord {
             topic: r.topic.clone(),
@@ -93,7 +102,7 @@ impl Pipeline {
         let Some(t) = self.transform(t)? else { return Ok(None) };
         let t = self.convert(t)?;
         Ok(Some(ProducerRecord {
-            topic: Arc::from(t.topic),
+            topic: topics.get(&t.topic)?,
             partition: r.partition,
             key: t.key,
             value: t.value,
@@ -124,5 +133,27 @@ impl Pipeline {
             headers: t.headers,
             timestamp: t.timestamp.unwrap_or(r.timestamp),
         }))
+    }
+}
+
+/// The Kafka topic of the last source record, shared and already checked: consecutive records
+/// for one topic (the common case) take neither an allocation nor a check of the name.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCache(Option<Arc<str>>);
+
+impl TopicCache {
+    /// `topic` as a shared name, or why Kafka would refuse it.
+    pub(crate) fn get(&mut self, topic: &str) -> Result<Arc<str>, (Stage, String)> {
+        if let Some(last) = &self.0 {
+            if **last == *topic {
+                return Ok(Arc::clone(last));
+            }
+        }
+        crate::kafka::validate_topic_name(topic).map_err(|why| {
+            (Stage::KafkaProduce, format!("cannot write to Kafka topic {topic:?}: {why}"))
+        })?;
+        let shared: Arc<str> = Arc::from(topic);
+        self.0 = Some(Arc::clone(&shared));
+        Ok(shared)
     }
 }

@@ -76,7 +76,7 @@ pub struct DropHeaders {
 
 impl Transform for DropHeaders {
     fn apply(&self, mut r: TransformRecord) -> Result<Option<TransformRecord>, TransformError> {
-        r.headers.retain(|h| !self.headers.contains(&h.key));
+        r.headers.retain(|h| !self.headers.iter().any(|k| *k == h.key));
         Ok(Some(r))
     }
 }

@@ -1,7 +1,7 @@
 //! Records in: per-topic state and metadata lookups, the partition a record goes to, appending to
 //! the partition's open batch, and evicting topics left idle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -258,6 +258,6 @@ impl<T: Send + 'static> Actor<T> {
     }
 }
 
-fn state_has_no_meta<T>(topics: &HashMap<Arc<str>, TopicState<T>>, topic: &str) -> bool {
+fn state_has_no_meta<T>(topics: &super::FastMap<Arc<str>, TopicState<T>>, topic: &str) -> bool {
     topics.get(topic).is_some_and(|t| t.meta.is_none() && t.waiting.is_empty())
 }

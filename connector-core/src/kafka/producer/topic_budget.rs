@@ -1,6 +1,5 @@
 //! [`TopicBudget`]: the limit on distinct topics one connector's producers write to at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ impl Eq for TopicBudget {}
 
 #[derive(Debug)]
 struct BudgetState {
-    last_used: HashMap<Arc<str>, Instant>,
+    last_used: super::FastMap<Arc<str>, Instant>,
     last_sweep: Instant,
 }
 
@@ -52,7 +51,7 @@ impl TopicBudget {
             max_topics,
             idle,
             state: Arc::new(Mutex::new(BudgetState {
-                last_used: HashMap::new(),
+                last_used: super::FastMap::default(),
                 last_sweep: Instant::now(),
             })),
         }

@@ -179,14 +179,22 @@ pub(super) async fn deliver(
 pub(super) fn queue_for_put(
     queued: &mut VecDeque<(TopicPartition, Vec<SinkRecord>)>,
     tp: TopicPartition,
-    mut records: Vec<SinkRecord>,
+    records: Vec<SinkRecord>,
     max: usize,
 ) {
     let max = max.max(1);
-    while records.len() > max {
-        let rest = records.split_off(max);
-        queued.push_back((tp.clone(), records));
-        records = rest;
+    if records.len() <= max {
+        queued.push_back((tp, records));
+        return;
     }
-    queued.push_back((tp, records));
+    // Each record moves once (`split_off` from the front moved the rest again for every piece:
+    // ~5x the batch in copies for a full fetch).
+    let mut rest = records.into_iter();
+    loop {
+        let piece: Vec<SinkRecord> = rest.by_ref().take(max).collect();
+        if piece.is_empty() {
+            break;
+        }
+        queued.push_back((tp.clone(), piece));
+    }
 }

@@ -12,10 +12,10 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::error_policy::{ErrorHandler, FailedRecord, Handled, Stage};
-use crate::kafka::{validate_topic_name, Delivery, Producer, ProducerRecord};
+use crate::kafka::{Delivery, Producer, ProducerRecord};
 use crate::record::{RecordMetadata, SourceRecord};
 use crate::runtime::finalizer::OrderedFinalizer;
-use crate::runtime::pipeline::Pipeline;
+use crate::runtime::pipeline::{Pipeline, TopicCache};
 use crate::runtime::stats::{LatencyBatch, TaskCounters};
 use crate::runtime::task::PauseSwitch;
 use crate::source::SourceTask;
@@ -56,19 +56,16 @@ pub(super) enum Outcome {
     Failed(Stage, Error),
 }
 
-/// The record as it goes to Kafka, or why it does not.
+/// The record as it goes to Kafka, or why it does not (`topics`: see [`TopicCache`]).
 pub(super) fn prepare(
     pipeline: &Pipeline,
     record: &mut SourceRecord,
+    topics: &mut TopicCache,
 ) -> Result<Option<ProducerRecord>, (Stage, String)> {
     if let Some(why) = record.rejected.take() {
         return Err((Stage::TaskPoll, why));
     }
-    let Some(out) = pipeline.source(record)? else { return Ok(None) };
-    validate_topic_name(&out.topic).map_err(|why| {
-        (Stage::KafkaProduce, format!("cannot write to Kafka topic {:?}: {why}", out.topic))
-    })?;
-    Ok(Some(out))
+    pipeline.source(record, topics)
 }
 
 /// How many records and bytes are out, and whether the producer was told to send them now.
@@ -112,6 +109,8 @@ pub(super) struct SourceDriver<'a> {
     pub(super) finalizer: OrderedFinalizer<Polled, Outcome>,
     /// Polled records waiting for room in the window.
     pub(super) pending: VecDeque<(ProducerRecord, u64)>,
+    /// The Kafka topic of the last record, checked.
+    pub(super) topics: TopicCache,
     pub(super) window: Window,
     pub(super) phase: Phase,
     /// No poll before this (after an empty poll or a retriable failure).
@@ -306,7 +305,7 @@ impl<'a> SourceDriver<'a> {
                 self.finalizer.complete(seq, Outcome::OffsetOnly);
                 continue;
             }
-            let prepared = prepare(&self.config.pipeline, &mut record);
+            let prepared = prepare(&self.config.pipeline, &mut record, &mut self.topics);
             let seq = self.finalizer.push(Polled { record, at });
             pushed += 1;
             match prepared {

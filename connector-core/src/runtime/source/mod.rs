@@ -274,6 +274,7 @@ impl SourceTaskRuntime {
             producer,
             finalizer: OrderedFinalizer::new(),
             pending: VecDeque::new(),
+            topics: Default::default(),
             window: Window {
                 max_records,
                 max_bytes: config.max_in_flight_bytes.max(1),

@@ -36,6 +36,7 @@ use crate::{Error, ErrorKind, Result};
 
 use super::config::SourceRuntimeConfig;
 use super::driver::{poll_retry_at, prepare};
+use crate::runtime::pipeline::TopicCache;
 
 /// Pause before polling again after `poll` returned nothing.
 const IDLE_POLL_PAUSE: Duration = Duration::from_millis(10);
@@ -185,11 +186,12 @@ impl TransactionalDriver<'_> {
     ) -> Result<()> {
         let mut items: Vec<Item> = Vec::with_capacity(batch.len());
         let mut offsets = OffsetMap::new();
+        let mut topics = TopicCache::default();
         for record in &mut batch {
             let item = if record.is_offset_only() {
                 Item::Skip { dropped: false }
             } else {
-                match prepare(&self.config.pipeline, record) {
+                match prepare(&self.config.pipeline, record, &mut topics) {
                     Ok(Some(out)) => Item::Write(out),
                     Ok(None) => Item::Skip { dropped: true },
                     Err((stage, why)) => Item::Failed(stage, Error::rejected(why)),
