@@ -27,6 +27,10 @@ fn value<'a>(r: &'a SinkRecord, name: &str) -> Result<Cow<'a, str>, String> {
     if v.is_empty() {
         return Err(format!("{{{name}}} is empty"));
     }
+    // One pass over the bytes for the common, clean value; the details only for a bad one.
+    if !v.bytes().any(|b| matches!(b, b'/' | b'+' | b'#' | 0)) {
+        return Ok(v);
+    }
     let bad: Vec<&str> = [("/", "'/'"), ("+", "'+'"), ("#", "'#'"), ("\0", "NUL")]
         .into_iter()
         .filter(|(c, _)| v.contains(c))

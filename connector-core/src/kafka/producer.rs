@@ -191,10 +191,12 @@ struct Batch<T> {
 }
 
 impl<T> Batch<T> {
-    fn new() -> Self {
+    /// An empty batch with room for `n` records (the partition's last batch size, so that a
+    /// steady stream fills it without growing it step by step).
+    fn with_capacity(n: usize) -> Self {
         Self {
-            records: Vec::new(),
-            tags: Vec::new(),
+            records: Vec::with_capacity(n),
+            tags: Vec::with_capacity(n),
             bytes: 0,
             created: Instant::now(),
             first_sent: None,
@@ -228,6 +230,8 @@ struct PartitionState<T> {
     in_flight: bool,
     retry_at: Option<Instant>,
     backoff: Backoff,
+    /// Records of the last batch closed, the capacity of the next.
+    last_len: usize,
 }
 
 struct TopicState<T> {

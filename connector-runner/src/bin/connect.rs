@@ -21,11 +21,6 @@ use connector_runner::run;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// mimalloc instead of the system allocator: with glibc's, allocation and free were ~40% of the
-/// instructions the source spent per message (docs/benchmarks.md, "CPU per message", issue 18).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Runs Kafka Connect-style connectors (MQTT <-> Kafka and your own) from a TOML file.
 #[derive(Parser)]
 #[command(name = "connect", version)]

@@ -21,7 +21,7 @@
 //!    device topics through the source; 10,000 keys and MQTT topics through the sink), and a
 //!    Node.js reference bridge (`scripts/node-bridge/bridge.js`);
 //! 10. `--only instructions`: instructions per message of the source and the sink under
-//!    callgrind (see `instructions.rs`), a figure machine noise does not move.
+//!     callgrind (see `instructions.rs`), a figure machine noise does not move.
 //!
 //! Each round (`--runs`) starts fresh brokers and measures the ceiling and the bridges in turn,
 //! so every ratio compares figures from the same round; the summary gives medians over rounds.

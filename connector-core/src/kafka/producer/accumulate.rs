@@ -139,6 +139,7 @@ impl<T: Send + 'static> Actor<T> {
             in_flight: false,
             retry_at: None,
             backoff: Backoff::new(backoff_config),
+            last_len: 0,
         });
         let pending = PendingRecord {
             key: record.key,
@@ -152,11 +153,13 @@ impl<T: Send + 'static> Actor<T> {
                 || (!open.records.is_empty() && open.bytes + size > self.max_bytes)
             {
                 if let Some(full) = ps.open.take() {
+                    ps.last_len = full.records.len();
                     ps.queue.push_back(full);
                 }
             }
         }
-        let open = ps.open.get_or_insert_with(Batch::new);
+        let hint = ps.last_len.min(self.max_records);
+        let open = ps.open.get_or_insert_with(|| Batch::with_capacity(hint));
         open.records.push(pending);
         open.tags.push(tag);
         open.bytes += size;

@@ -36,6 +36,7 @@ impl<T: Send + 'static> Actor<T> {
                 });
                 if ready {
                     if let Some(b) = ps.open.take() {
+                        ps.last_len = b.records.len();
                         ps.queue.push_back(b);
                         if let Some(t) = self.topics.get_mut(&tp.topic) {
                             if t.sticky == Some(tp.partition) {
