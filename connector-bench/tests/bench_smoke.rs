@@ -25,9 +25,11 @@ fn connect_binary() -> PathBuf {
 #[test]
 fn the_benchmark_driver_accounts_for_every_message() {
     let bridge = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mqtt-kafka-bridge.py");
+    let node = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/node-bridge/bridge.js");
     let connect = connect_binary();
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args(["--smoke", "--connect", connect.to_str().unwrap(), "--python-bridge", bridge])
+        .args(["--node-bridge", node])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -38,11 +40,15 @@ fn the_benchmark_driver_accounts_for_every_message() {
         "source QoS1 100 B",
         "sink QoS1 100 B",
         "python bridge",
+        "node bridge",
         "distributed 1 worker(s)",
         "distributed 3 worker(s)",
         "failover",
         "sparkplug QoS1 per metric",
         "sparkplug QoS1 per message",
+        "source QoS1 100 B paced",
+        "source QoS1 100 B, 100k devices",
+        "sink QoS1 100 B, 10k keys",
     ] {
         assert!(stdout.contains(row), "no {row:?} row in\n{stdout}");
     }
@@ -50,5 +56,7 @@ fn the_benchmark_driver_accounts_for_every_message() {
         assert!(stdout.contains(line), "no {line:?} line in\n{stdout}");
     }
     assert!(stdout.contains("Memory run"), "{stdout}");
+    assert!(stdout.contains("| × broker CPU |"), "CPU against the broker's: {stdout}");
+    assert!(stdout.contains("Goals (issue 18)"), "{stdout}");
     assert!(stdout.contains("| workers | msg/s | × 1 worker |"), "distributed table: {stdout}");
 }

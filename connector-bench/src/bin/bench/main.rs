@@ -117,8 +117,9 @@ struct Cli {
     /// 100 and 1000), python, latency,
     /// distributed, sparkplug (Sparkplug B NDATA through the source), soak, paced (the source
     /// QoS 1 100 B at `--paced-rate`), fleet (100, 10,000 and 100,000 device topics through
-    /// the source; 10,000 keys through the sink), node (the Node.js bridge), instructions (not
-    /// by default: instructions per message under callgrind).
+    /// the source; 10,000 keys through the sink), node (the Node.js bridge; its packages come
+    /// from `scripts/install-brokers`), instructions (not by default: instructions per message
+    /// under callgrind).
     #[arg(
         long,
         default_value = "bare,source,scrape,sink,python,node,paced,fleet,latency,distributed,sparkplug,soak",
