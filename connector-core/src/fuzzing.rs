@@ -4,11 +4,8 @@
 //! panics only when the code breaks a property it promises. Not a stable API.
 
 use std::borrow::Cow;
-use std::io::Cursor;
 use std::sync::Arc;
 
-use crate::kafka::wire::primitives::Records;
-use crate::kafka::wire::traits::ReadType;
 use bytes::Bytes;
 
 use crate::converter::{Converter, JsonOutput};
@@ -121,14 +118,15 @@ pub fn config(text: &str, registry: &Registry) {
 }
 
 /// Reads `data` as the record batches of a fetched partition (`Records`: a 32-bit length, then
-/// v2 batches, as in a Fetch response) and turns them into sink records from the offset in the
-/// first 8 bytes: offsets must come out strictly increasing and at or after that offset.
+/// v2 batches, as in a Fetch response) with the fetch's own reader and turns them into sink
+/// records from the offset in the first 8 bytes: offsets must come out strictly increasing and
+/// at or after that offset.
 pub fn record_batches(data: &[u8]) {
     let (from, rest) = match data.split_first_chunk::<8>() {
         Some((head, rest)) => (i64::from_be_bytes(*head), rest),
         None => (0, data),
     };
-    let Ok(Records(batches)) = Records::read(&mut Cursor::new(rest)) else { return };
+    let Some(batches) = fetched_batches(rest) else { return };
     let topic: Arc<str> = Arc::from("fuzz");
     let Ok(records) = crate::kafka::records::decode_batches(&topic, 0, batches, from) else {
         return;
@@ -143,6 +141,15 @@ pub fn record_batches(data: &[u8]) {
         );
         last = Some(r.offset);
     }
+}
+
+/// The batches of a records section (`data`: its 32-bit length, then the batches), as a fetch
+/// reads them; `None` when it is not one.
+fn fetched_batches(data: &[u8]) -> Option<Vec<crate::kafka::fetch_response::Batch>> {
+    let (len, rest) = data.split_first_chunk::<4>()?;
+    let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
+    let section = Bytes::copy_from_slice(rest.get(..len)?);
+    crate::kafka::fetch_response::read_batches(&section).ok()
 }
 
 /// A valid input for [`record_batches`]: from-offset 0, then two uncompressed batches of three
@@ -189,7 +196,7 @@ mod tests {
     #[test]
     fn the_sample_batches_decode_to_six_records() {
         let data = sample_record_batches();
-        let Records(batches) = Records::read(&mut Cursor::new(&data[8..])).unwrap();
+        let batches = fetched_batches(&data[8..]).unwrap();
         let topic: Arc<str> = Arc::from("t");
         let records = crate::kafka::records::decode_batches(&topic, 0, batches, 0).unwrap();
         assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);

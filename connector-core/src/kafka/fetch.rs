@@ -37,12 +37,12 @@ use crate::kafka::wire::messages::{
     FetchRequest, FetchRequestPartition, FetchRequestTopic, IsolationLevel, NORMAL_CONSUMER,
 };
 use crate::kafka::wire::primitives::{Int32, Int64, String_};
-use crate::kafka::wire::record::{ControlBatchOrRecords, ControlBatchRecord, RecordBatch};
+use crate::kafka::wire::record::ControlBatchRecord;
 use tracing::{debug, warn};
 
 use crate::kafka::client::{KafkaClient, Lane, OffsetSpec};
 use crate::kafka::errors::{api_error, invalidates_metadata};
-use crate::kafka::fetch_response::RawFetchRequest;
+use crate::kafka::fetch_response::{Batch, BatchRecords, RawFetchRequest};
 use crate::kafka::records::decode_batches;
 use crate::record::SinkRecord;
 use crate::{Error, Result};
@@ -98,7 +98,7 @@ pub enum FetchResult {
 
 /// Raw batches of one partition, its high watermark and last stable offset.
 struct RawFetch {
-    batches: Vec<RecordBatch>,
+    batches: Vec<Batch>,
     high_watermark: i64,
     /// The last stable offset (the high watermark when the broker did not send one).
     last_stable: i64,
@@ -115,12 +115,12 @@ impl RawFetch {
 }
 
 /// The transaction markers of `batches`: producer id, offset, and whether it commits.
-fn markers(batches: &[RecordBatch]) -> impl Iterator<Item = (i64, i64, bool)> + '_ {
+fn markers(batches: &[Batch]) -> impl Iterator<Item = (i64, i64, bool)> + '_ {
     batches.iter().filter_map(|b| match &b.records {
-        ControlBatchOrRecords::ControlBatch(c) => {
+        BatchRecords::Control(c) => {
             Some((b.producer_id, b.base_offset, matches!(c, ControlBatchRecord::Commit)))
         }
-        ControlBatchOrRecords::Records(_) => None,
+        BatchRecords::Records(_) => None,
     })
 }
 
@@ -129,23 +129,23 @@ fn markers(batches: &[RecordBatch]) -> impl Iterator<Item = (i64, i64, bool)> + 
 /// batches of aborted transactions are dropped. A transactional batch is decided by the next
 /// marker of its producer, in `batches` or else in `later` (markers found past them, in order).
 /// Returns, per batch, whether it is kept (`None`: not decided).
-fn decide(batches: &[RecordBatch], later: &[(i64, i64, bool)]) -> Vec<Option<bool>> {
+fn decide(batches: &[Batch], later: &[(i64, i64, bool)]) -> Vec<Option<bool>> {
     use std::collections::HashMap;
     let mut decided: Vec<Option<bool>> = vec![None; batches.len()];
     let mut pending: HashMap<i64, Vec<usize>> = HashMap::new();
     for (i, b) in batches.iter().enumerate() {
         match &b.records {
-            ControlBatchOrRecords::ControlBatch(c) => {
+            BatchRecords::Control(c) => {
                 let commit = matches!(c, ControlBatchRecord::Commit);
                 for j in pending.remove(&b.producer_id).unwrap_or_default() {
                     decided[j] = Some(commit);
                 }
                 decided[i] = Some(true);
             }
-            ControlBatchOrRecords::Records(_) if b.is_transactional => {
+            BatchRecords::Records(_) if b.is_transactional => {
                 pending.entry(b.producer_id).or_default().push(i);
             }
-            ControlBatchOrRecords::Records(_) => decided[i] = Some(true),
+            BatchRecords::Records(_) => decided[i] = Some(true),
         }
     }
     for (pid, idx) in pending {
@@ -159,10 +159,7 @@ fn decide(batches: &[RecordBatch], later: &[(i64, i64, bool)]) -> Vec<Option<boo
 }
 
 /// The batches [`decide`] keeps, up to the first undecided one, and that one's offset.
-fn committed_only(
-    batches: Vec<RecordBatch>,
-    decided: &[Option<bool>],
-) -> (Vec<RecordBatch>, Option<i64>) {
+fn committed_only(batches: Vec<Batch>, decided: &[Option<bool>]) -> (Vec<Batch>, Option<i64>) {
     let mut out = Vec::with_capacity(batches.len());
     for (b, d) in batches.into_iter().zip(decided.iter().copied()) {
         match d {
@@ -189,33 +186,33 @@ enum Mode {
 /// Most look-ahead fetches spent finding the markers of transactions a fetch could not decide.
 const MAX_MARKER_FETCHES: usize = 64;
 
-fn batch_end(b: &RecordBatch) -> i64 {
+fn batch_end(b: &Batch) -> i64 {
     b.base_offset + i64::from(b.last_offset_delta) + 1
 }
 
 /// Whether one of `batches` holds `offset`.
-fn covers(batches: &[RecordBatch], offset: i64) -> bool {
+fn covers(batches: &[Batch], offset: i64) -> bool {
     batches.iter().any(|b| b.base_offset <= offset && batch_end(b) > offset)
 }
 
 /// Puts batches in offset order (a broker may hand them out of order; the sort is stable, so of
 /// repeated batches the first stays first).
-fn sort_batches(batches: &mut [RecordBatch]) {
+fn sort_batches(batches: &mut [Batch]) {
     batches.sort_by_key(|b| b.base_offset);
 }
 
 /// Sorted batches split at the first gap after `from`.
 struct Run {
     /// The batches that hold offsets from `from` on without a gap.
-    kept: Vec<RecordBatch>,
+    kept: Vec<Batch>,
     /// The batches after the first gap.
-    rest: Vec<RecordBatch>,
+    rest: Vec<Batch>,
 }
 
 /// Splits sorted `batches` into the contiguous run from `from` (batches ending at or before
 /// `from`, such as repeats, are dropped) and what follows the first gap, and returns the offset
 /// where the run ends (`from` when no batch holds `from`).
-fn contiguous_run(batches: Vec<RecordBatch>, from: i64) -> (Run, i64) {
+fn contiguous_run(batches: Vec<Batch>, from: i64) -> (Run, i64) {
     let mut end = from;
     let mut kept = Vec::new();
     let mut rest = Vec::new();
@@ -238,12 +235,7 @@ impl Run {
     /// The batches to decode for a fetch at `offset` and the offset to fetch next: the run up to
     /// `end` (where it stops), or, when the gaps are records compaction removed, every batch and
     /// the end of the last one.
-    fn into_batches(
-        self,
-        end: i64,
-        offset: i64,
-        gaps_are_removed: bool,
-    ) -> (Vec<RecordBatch>, i64) {
+    fn into_batches(self, end: i64, offset: i64, gaps_are_removed: bool) -> (Vec<Batch>, i64) {
         if gaps_are_removed {
             let next = self.rest.iter().map(batch_end).fold(end, i64::max).max(offset);
             let mut all = self.kept;
@@ -264,14 +256,14 @@ const RECENT_GAP: Duration = Duration::from_secs(60);
 
 /// Whether a gap of a compacted topic followed by `next` may be a produce not stored yet: `next`
 /// was written less than [`RECENT_GAP`] before `now_ms` (or has a timestamp in the future).
-fn gap_may_fill(next: &RecordBatch, now_ms: i64) -> bool {
+fn gap_may_fill(next: &Batch, now_ms: i64) -> bool {
     let recent = i64::try_from(RECENT_GAP.as_millis()).unwrap_or(i64::MAX);
     next.max_timestamp.max(next.first_timestamp) > now_ms.saturating_sub(recent)
 }
 
 /// Whether the first of `batches` ending after `offset` (the batch after a gap at `offset`) is
 /// recent, see [`gap_may_fill`].
-fn next_is_recent(batches: &[RecordBatch], offset: i64) -> bool {
+fn next_is_recent(batches: &[Batch], offset: i64) -> bool {
     let now = crate::record::Timestamp::now().as_millis();
     batches.iter().find(|b| batch_end(b) > offset).is_some_and(|b| gap_may_fill(b, now))
 }
@@ -740,7 +732,7 @@ mod tests {
     use bytes::Bytes;
 
     /// A batch of `n` records at `base` (values are the offsets, as text).
-    fn batch(base: i64, n: i64) -> RecordBatch {
+    fn batch(base: i64, n: i64) -> Batch {
         let records: Vec<PendingRecord> = (base..base + n)
             .map(|o| PendingRecord {
                 key: None,
@@ -749,21 +741,21 @@ mod tests {
                 timestamp: 1,
             })
             .collect();
-        let mut b = build_batch(&records, Compression::None);
+        let mut b = Batch::from(build_batch(&records, Compression::None));
         b.base_offset = base;
         b
     }
 
     /// A commit marker at `offset`.
-    fn marker(offset: i64) -> RecordBatch {
+    fn marker(offset: i64) -> Batch {
         let mut b = batch(offset, 1);
-        b.records = ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Commit);
+        b.records = BatchRecords::Control(ControlBatchRecord::Commit);
         b.is_transactional = true;
         b
     }
 
     /// What a fetch at `offset` makes of `batches`: record offsets and the next offset.
-    fn assemble(mut batches: Vec<RecordBatch>, offset: i64, removed: bool) -> (Vec<i64>, i64) {
+    fn assemble(mut batches: Vec<Batch>, offset: i64, removed: bool) -> (Vec<i64>, i64) {
         sort_batches(&mut batches);
         let (run, end) = contiguous_run(batches, offset);
         let (batches, next) = run.into_batches(end, offset, removed);
@@ -851,7 +843,7 @@ mod tests {
     }
 
     /// A transactional batch of producer `pid`.
-    fn txn(base: i64, n: i64, pid: i64) -> RecordBatch {
+    fn txn(base: i64, n: i64, pid: i64) -> Batch {
         let mut b = batch(base, n);
         b.is_transactional = true;
         b.producer_id = pid;
@@ -859,17 +851,17 @@ mod tests {
     }
 
     /// A marker of producer `pid` at `offset`.
-    fn end_txn(offset: i64, pid: i64, commit: bool) -> RecordBatch {
+    fn end_txn(offset: i64, pid: i64, commit: bool) -> Batch {
         let mut b = marker(offset);
         b.producer_id = pid;
         if !commit {
-            b.records = ControlBatchOrRecords::ControlBatch(ControlBatchRecord::Abort);
+            b.records = BatchRecords::Control(ControlBatchRecord::Abort);
         }
         b
     }
 
     /// What a read_committed fetch at `offset` makes of `batches` (markers `later` past them).
-    fn committed(batches: Vec<RecordBatch>, later: &[(i64, i64, bool)]) -> (Vec<i64>, Option<i64>) {
+    fn committed(batches: Vec<Batch>, later: &[(i64, i64, bool)]) -> (Vec<i64>, Option<i64>) {
         let decided = decide(&batches, later);
         let (kept, undecided) = committed_only(batches, &decided);
         let topic: Arc<str> = Arc::from("t");

@@ -12,7 +12,7 @@ mod connection;
 mod describe_configs;
 mod errors;
 mod fetch;
-mod fetch_response;
+pub(crate) mod fetch_response;
 pub mod group;
 mod partitioner;
 mod produce;

@@ -1,7 +1,7 @@
 //! Conversion between our records and Kafka's v2 record batches (rskafka's wire types), keeping
 //! header order and duplicate header keys in both directions. Produced batches are encoded
-//! directly into the request ([`encode_batch`], [`EncodedProduceRequest`]); fetched ones are
-//! decoded by rskafka.
+//! directly into the request ([`encode_batch`], [`EncodedProduceRequest`]); fetched ones are read
+//! by `fetch_response.rs` and turned into [`SinkRecord`]s here ([`decode_batches`]).
 
 use std::sync::Arc;
 
@@ -20,7 +20,8 @@ use crate::kafka::wire::traits::WriteError;
 use bytes::Bytes;
 
 use crate::kafka::config::Compression;
-use crate::record::{Header, Headers, SinkRecord, SourceRecord, Timestamp};
+use crate::kafka::fetch_response::{Batch, BatchRecords};
+use crate::record::{Headers, SinkRecord, SourceRecord, Timestamp};
 use crate::{Error, Result};
 
 /// A record ready to be written to Kafka: the part of a [`SourceRecord`] Kafka stores.
@@ -308,13 +309,13 @@ impl RequestBody for EncodedProduceRequest {
 pub(crate) fn decode_batches(
     topic: &Arc<str>,
     partition: i32,
-    batches: Vec<RecordBatch>,
+    batches: Vec<Batch>,
     from_offset: i64,
 ) -> Result<Vec<SinkRecord>> {
     let mut out: Vec<SinkRecord> = Vec::new();
     let mut next_expected = from_offset;
     for batch in batches {
-        let ControlBatchOrRecords::Records(records) = batch.records else {
+        let BatchRecords::Records(records) = batch.records else {
             continue;
         };
         out.reserve(records.len());
@@ -339,14 +340,9 @@ pub(crate) fn decode_batches(
                 original_topic: Arc::clone(topic),
                 partition,
                 offset,
-                key: r.key.map(Bytes::from),
-                value: r.value.map(Bytes::from),
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|h| Header { key: h.key.into(), value: Bytes::from(h.value) })
-                    .collect::<Vec<_>>()
-                    .into(),
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
                 timestamp: Timestamp::from_millis(timestamp),
             });
         }
@@ -357,7 +353,7 @@ pub(crate) fn decode_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::wire::traits::{ReadType, WriteType};
+    use crate::kafka::wire::traits::WriteType;
 
     #[test]
     fn a_batch_round_trips_with_duplicate_headers_in_order() {
@@ -385,9 +381,9 @@ mod tests {
             batch.base_offset = 40;
             let mut buf = Vec::new();
             batch.write(&mut buf).unwrap();
-            let read = RecordBatch::read(&mut std::io::Cursor::new(buf)).unwrap();
+            let read = crate::kafka::fetch_response::read_batches(&Bytes::from(buf)).unwrap();
             let topic: Arc<str> = Arc::from("t");
-            let out = decode_batches(&topic, 3, vec![read], 40).unwrap();
+            let out = decode_batches(&topic, 3, read, 40).unwrap();
             assert_eq!(out.len(), 2);
             assert_eq!(out[0].offset, 40);
             assert_eq!(out[0].timestamp.as_millis(), 1000);
@@ -419,7 +415,7 @@ mod tests {
         let mut b = build_batch(&records, Compression::None);
         b.base_offset = 10;
         let topic: Arc<str> = Arc::from("t");
-        let out = decode_batches(&topic, 0, vec![a, b], 10).unwrap();
+        let out = decode_batches(&topic, 0, vec![a.into(), b.into()], 10).unwrap();
         let offsets: Vec<_> = out.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [10, 11, 12]);
     }
@@ -430,7 +426,7 @@ mod tests {
         let mut batch = build_batch(&records, Compression::None);
         batch.base_offset = 100;
         let topic: Arc<str> = Arc::from("t");
-        let out = decode_batches(&topic, 0, vec![batch], 103).unwrap();
+        let out = decode_batches(&topic, 0, vec![batch.into()], 103).unwrap();
         let offsets: Vec<_> = out.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [103, 104]);
     }
