@@ -203,7 +203,10 @@ pub struct KafkaConfig {
     /// Replication factor of an auto-created topic.
     #[serde(default = "default_topic_replication_factor")]
     pub topic_replication_factor: i16,
-    /// Most bytes one fetch may return per partition.
+    /// Most bytes one fetch may return per partition (a larger first batch is still returned
+    /// whole). Fetched records share the fetch's buffer, so a sink holds a few of these per
+    /// partition: its prefetched batches, the one being put and those its unacknowledged
+    /// publishes came from.
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: i32,
     /// How long the broker may hold a fetch waiting for new records.
@@ -251,7 +254,8 @@ fn default_topic_replication_factor() -> i16 {
     1
 }
 fn default_fetch_max_bytes() -> i32 {
-    1024 * 1024
+    // 256 KiB: the bench's sink rows ran as fast as with 1 MiB, with peak RSS 7 MiB lower.
+    256 * 1024
 }
 fn default_fetch_max_wait_ms() -> u64 {
     500
