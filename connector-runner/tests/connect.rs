@@ -177,6 +177,14 @@ fn validate_reports_unknown_types_tables_and_toml_errors() {
 }
 
 #[test]
+fn run_refuses_zero_worker_threads_before_reading_the_file() {
+    let out = connect(&["run", "--config", "missing.toml", "--worker-threads", "0"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--worker-threads"), "{stderr}");
+}
+
+#[test]
 fn schema_describes_every_registered_type_and_the_reference_is_up_to_date() {
     let out = connect(&["schema"]);
     assert!(out.status.success());
@@ -275,8 +283,12 @@ async fn run_moves_telemetry_in_and_commands_out_on_real_brokers_and_drains_on_s
         "connect.toml",
         &both_ways_config(&mqtt, &tansu, &dir.path().join("offsets.json")),
     );
-    let mut runner =
-        Runner::start(&config, &dir.path().join("connect.log"), &["--log-format", "json"]);
+    // Two worker threads here; the other runs use the default (one on a 2-core machine).
+    let mut runner = Runner::start(
+        &config,
+        &dir.path().join("connect.log"),
+        &["--log-format", "json", "--worker-threads", "2"],
+    );
     let publisher = MqttPublisher::connect(&mqtt.url(), "plc").await.unwrap();
     let car = MqttSubscriber::connect(&mqtt.url(), "car-7", "cars/car-7/cmd", QoS::AtLeastOnce)
         .await
