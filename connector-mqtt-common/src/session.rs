@@ -124,8 +124,54 @@ impl Session {
 }
 
 /// A socket, plain or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket underneath, if there is one.
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Io for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Io for rumqttc::tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.get_ref().0)
+    }
+}
+
+/// The in-memory pipe of the fuzz targets and tests.
+impl Io for tokio::io::DuplexStream {}
+
+/// How long after a read its TCP acknowledgement may wait (see [`ack_now`]).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// Sends the TCP acknowledgement of what was read from `io` now, instead of when the kernel's
+/// delayed-ACK timer (40 ms or more) or our next write would carry it.
+///
+/// A broker with Nagle's algorithm on (Mosquitto's default, `set_tcp_nodelay false`) holds a
+/// small PUBLISH back while an earlier one is unacknowledged at the TCP level. At QoS 1 the
+/// PUBACK that would carry the acknowledgement waits for Kafka, so each message behind the first
+/// waited for Kafka's round trip as well: p99 publish -> Kafka at 1,000 msg/s was 1.6× Kafka's
+/// own. The connection calls this at most [`ACK_DELAY`] after a read, not after every read: an
+/// acknowledgement per segment would have the broker send each message in a segment of its own,
+/// one wake-up each (the paced bench row: 6.5 CPU-µs per message against 4.6; 5.2 this way).
+///
+/// `TCP_QUICKACK` on sends the pending acknowledgement; off again keeps the kernel's delayed
+/// acknowledgements for what follows. Where the option does not exist this does nothing.
+fn ack_now(io: &dyn Io) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(tcp) = io.tcp() {
+        let socket = socket2::SockRef::from(tcp);
+        let _ = socket.set_tcp_quickack(true);
+        let _ = socket.set_tcp_quickack(false);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = io;
+}
 
 /// Spare read-buffer room asked of the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -143,6 +189,8 @@ pub(crate) struct Connection {
     max_outgoing: Option<usize>,
     /// An oversize PUBLISH being read past.
     skipping: Option<Skipping>,
+    /// When the TCP acknowledgement of the last read is due (see [`ack_now`]).
+    ack_due: Option<tokio::time::Instant>,
 }
 
 /// An oversize PUBLISH whose head was read: the rest of it is discarded as it arrives.
@@ -210,6 +258,7 @@ impl Connection {
             max_incoming,
             max_outgoing: None,
             skipping: None,
+            ack_due: None,
         }
     }
 
@@ -323,9 +372,27 @@ impl Connection {
             if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
                 self.read.reserve(READ_CHUNK);
             }
-            match self.io.read_buf(&mut self.read).await {
+            let read = match self.ack_due {
+                None => self.io.read_buf(&mut self.read).await,
+                Some(due) => {
+                    let read = tokio::select! {
+                        biased;
+                        r = self.io.read_buf(&mut self.read) => Some(r),
+                        () = tokio::time::sleep_until(due) => None,
+                    };
+                    match read {
+                        Some(r) => r,
+                        None => {
+                            self.ack_due = None;
+                            ack_now(self.io.as_ref());
+                            continue;
+                        }
+                    }
+                }
+            };
+            match read {
                 Ok(0) => return Err(lost("the broker closed the connection")),
-                Ok(_) => {}
+                Ok(_) => self.schedule_ack(),
                 // A TLS 1.3 broker refuses our certificate on the first read, not in the handshake.
                 Err(e) if connector_core::tls::is_certificate_problem(&e) => {
                     return Err(Error::fatal(format!(
@@ -335,6 +402,19 @@ impl Connection {
                 }
                 Err(e) => return Err(lost(e)),
             }
+        }
+    }
+
+    /// After a read: its TCP acknowledgement goes out within [`ACK_DELAY`] ([`ack_now`]).
+    fn schedule_ack(&mut self) {
+        let now = tokio::time::Instant::now();
+        match self.ack_due {
+            Some(due) if due <= now => {
+                self.ack_due = None;
+                ack_now(self.io.as_ref());
+            }
+            Some(_) => {}
+            None => self.ack_due = Some(now + ACK_DELAY),
         }
     }
 
@@ -428,6 +508,7 @@ async fn connect(
         max_incoming: s.max_packet_size,
         max_outgoing: None,
         skipping: None,
+        ack_due: None,
     };
     let keep_alive = u16::try_from(s.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX);
     let login = s.credentials()?;
@@ -582,6 +663,7 @@ mod tests {
             max_incoming: max,
             max_outgoing: None,
             skipping: None,
+            ack_due: None,
         }
     }
 
